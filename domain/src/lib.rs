@@ -1,0 +1,13 @@
+//! saas-ledger's domain: the aggregates (Tenant, ...), their commands and events, the value
+//! objects that prove their input valid, and the pricing, period and quota rules.
+//!
+//! This crate is pure. It does no I/O and reads no clock: every instant it needs arrives as an
+//! argument, so every rule is a deterministic function that tests can pin down exactly.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod plan;
+pub mod tenant;
+pub mod values;
+
+pub use error::{Rejection, RejectionKind, ValidationError};

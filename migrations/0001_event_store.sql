@@ -1,0 +1,84 @@
+-- The event store: postgres-es's `events` table, extended with one global order.
+--
+-- postgres-es inserts (aggregate_type, aggregate_id, sequence, event_type, event_version,
+-- payload, metadata) and orders only within one aggregate. Everything else here is ours:
+--
+-- * `id`: allocated at insert time. Allocation order is NOT commit order (a transaction that
+--   takes id 7 can commit after one that took id 8), so nobody may read the log by `id`.
+-- * `position`: the public, gap-free global order. It is assigned after commit by the
+--   sequencer (projections/src/sequencer.rs) to committed rows only, in batches, under one
+--   advisory lock, always above every position already assigned. A reader that has seen
+--   position P can therefore never later find a row below P, a rolled-back insert never
+--   becomes visible and so never holds anybody up, and no open transaction stalls readers.
+-- * `tenant_id`, `recorded_at`: for tenant-scoped reads and audits without parsing json.
+CREATE TABLE events (
+    aggregate_type text        NOT NULL,
+    aggregate_id   text        NOT NULL,
+    sequence       bigint      NOT NULL CHECK (sequence >= 0),
+    event_type     text        NOT NULL,
+    event_version  text        NOT NULL,
+    payload        jsonb       NOT NULL,
+    metadata       jsonb       NOT NULL,
+    id             bigint      GENERATED ALWAYS AS IDENTITY,
+    position       bigint,
+    tenant_id      uuid        GENERATED ALWAYS AS ((metadata ->> 'tenant_id')::uuid) STORED,
+    recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+);
+
+CREATE UNIQUE INDEX events_id_key ON events (id);
+CREATE UNIQUE INDEX events_position_key ON events (position);
+-- The sequencer's work queue: only rows still waiting for a position are in it.
+CREATE INDEX events_unsequenced_idx ON events (id) WHERE position IS NULL;
+CREATE INDEX events_tenant_position_idx ON events (tenant_id, position);
+
+-- Events are append-only. The only update allowed is the sequencer's one-time assignment of
+-- `position`; anything else (and any delete or truncate) is refused by the database itself.
+CREATE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are append-only (% refused)', TG_OP USING ERRCODE = 'restrict_violation';
+END $$;
+
+CREATE TRIGGER events_append_only_update
+    BEFORE UPDATE ON events
+    FOR EACH ROW
+    WHEN (OLD.position IS NOT NULL
+          OR NEW.position IS NULL
+          OR (NEW.aggregate_type, NEW.aggregate_id, NEW.sequence, NEW.event_type, NEW.event_version,
+              NEW.payload, NEW.metadata, NEW.id, NEW.recorded_at)
+             IS DISTINCT FROM
+             (OLD.aggregate_type, OLD.aggregate_id, OLD.sequence, OLD.event_type, OLD.event_version,
+              OLD.payload, OLD.metadata, OLD.id, OLD.recorded_at))
+    EXECUTE FUNCTION events_refuse_change();
+
+CREATE TRIGGER events_append_only_delete
+    BEFORE DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION events_refuse_change();
+
+CREATE TRIGGER events_append_only_truncate
+    BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change();
+
+-- Every projection run (a projection at one version, built into its own schema) and its
+-- checkpoint. The checkpoint is updated in the same transaction as the run's read-model
+-- writes, so an event is applied exactly once however the process dies.
+CREATE TABLE projection_runs (
+    name                text        NOT NULL,
+    generation          integer     NOT NULL,
+    version             integer     NOT NULL,
+    schema_name         text        NOT NULL UNIQUE,
+    position            bigint      NOT NULL DEFAULT 0,
+    status              text        NOT NULL CHECK (status IN ('building', 'live', 'retired')),
+    last_error          text,
+    last_error_position bigint,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, generation)
+);
+
+-- At most one live run per projection.
+CREATE UNIQUE INDEX projection_runs_one_live ON projection_runs (name) WHERE status = 'live';
+
+-- Read models are served through stable views in this schema, which always point at the
+-- live run's tables; a rebuild swaps them in one transaction.
+CREATE SCHEMA rm;
