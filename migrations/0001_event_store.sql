@@ -82,3 +82,11 @@ CREATE UNIQUE INDEX projection_runs_one_live ON projection_runs (name) WHERE sta
 -- Read models are served through stable views in this schema, which always point at the
 -- live run's tables; a rebuild swaps them in one transaction.
 CREATE SCHEMA rm;
+
+-- The sequencer's state: the highest position assigned. Its row lock serialises sequencers
+-- (one per server process), so positions are handed out by one of them at a time.
+CREATE TABLE event_log_head (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    position  bigint  NOT NULL
+);
+INSERT INTO event_log_head (position) VALUES (0);

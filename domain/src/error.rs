@@ -23,7 +23,7 @@ pub trait Rejection: std::error::Error {
     /// What sort of refusal this is.
     fn kind(&self) -> RejectionKind;
     /// The contract's `UPPER_SNAKE` error code.
-    fn code(&self) -> &'static str;
+    fn code(&self) -> &str;
     /// Structured details for the client (which field, which limit, ...).
     fn details(&self) -> Map<String, Value> {
         Map::new()
@@ -61,7 +61,7 @@ impl Rejection for ValidationError {
     fn kind(&self) -> RejectionKind {
         RejectionKind::Validation
     }
-    fn code(&self) -> &'static str {
+    fn code(&self) -> &str {
         "VALIDATION_FAILED"
     }
     fn details(&self) -> Map<String, Value> {

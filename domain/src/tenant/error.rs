@@ -1,11 +1,14 @@
 use serde_json::{Map, Value};
 
 use super::{ApiKeyRole, TenantStatus};
-use crate::{Rejection, RejectionKind};
+use crate::{Rejection, RejectionKind, ValidationError};
 
 /// Why a tenant command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
+    /// The command's input breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
     /// The tenant does not exist.
     #[error("tenant not found")]
     NotFound,
@@ -39,6 +42,7 @@ pub enum TenantError {
 impl Rejection for TenantError {
     fn kind(&self) -> RejectionKind {
         match self {
+            Self::Invalid(e) => e.kind(),
             Self::NotFound | Self::KeyNotFound => RejectionKind::NotFound,
             Self::AlreadyExists | Self::InvalidTransition { .. } | Self::KeyAlreadyExists => {
                 RejectionKind::Conflict
@@ -47,8 +51,9 @@ impl Rejection for TenantError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    fn code(&self) -> &str {
         match self {
+            Self::Invalid(_) => "VALIDATION_FAILED",
             Self::NotFound | Self::KeyNotFound => "NOT_FOUND",
             Self::AlreadyExists | Self::KeyAlreadyExists => "CONFLICT",
             Self::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
@@ -57,6 +62,9 @@ impl Rejection for TenantError {
     }
 
     fn details(&self) -> Map<String, Value> {
+        if let Self::Invalid(e) = self {
+            return e.details();
+        }
         let mut details = Map::new();
         if let Self::InvalidTransition { status, .. } = self {
             details.insert("status".into(), Value::String(status.as_str().into()));

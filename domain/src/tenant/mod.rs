@@ -24,6 +24,14 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::ValidationError;
+
+/// The longest trial a tenant can be given, in days.
+pub const MAX_TRIAL_DAYS: u32 = 30;
+
+/// The trial a tenant gets when the sign-up names none, in days.
+pub const DEFAULT_TRIAL_DAYS: u32 = 14;
+
 /// Where a tenant is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,6 +130,13 @@ impl Tenant {
             TenantCommand::Create(new) => {
                 if self.status != New {
                     return Err(TenantError::AlreadyExists);
+                }
+                if new.trial_days > MAX_TRIAL_DAYS {
+                    return Err(ValidationError::new(
+                        "trial_days",
+                        format!("must be between 0 and {MAX_TRIAL_DAYS}"),
+                    )
+                    .into());
                 }
                 let owner_key = self.issue_key(new.owner_key.clone())?;
                 Ok(vec![new.created_event(), owner_key])

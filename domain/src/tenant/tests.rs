@@ -345,3 +345,16 @@ fn events_round_trip_through_their_stored_json() {
         assert_eq!(serde_json::from_value::<TenantEvent>(json).unwrap(), event);
     }
 }
+
+#[test]
+fn trials_longer_than_thirty_days_are_refused() {
+    let mut new = new_tenant();
+    new.trial_days = 31;
+    Given::with(())
+        .given_no_previous_events()
+        .when(TenantCommand::Create(Box::new(new)))
+        .then_expect_error(TenantError::Invalid(crate::ValidationError::new(
+            "trial_days",
+            "must be between 0 and 30",
+        )));
+}

@@ -1,0 +1,342 @@
+//! The application: configuration in, a running server out. Builds the state once (pool,
+//! clock, command services, projections) and the router with its middleware.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use commands::clock::{Clock, ManualClock, SystemClock};
+use commands::store::CommitHook;
+use commands::tenants::Tenants;
+use commands::{db, Actor, AggregateStore, CommandContext, Committed};
+use cqrs_es::Aggregate;
+use projections::{EventLog, Projections, Sequencer};
+use rand::RngCore;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::auth::TenantKey;
+use crate::config::Config;
+use crate::error::{ApiError, REQUEST_ID};
+use crate::routes;
+
+/// How long a command's response waits for the read models to include it.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared, immutable application state (cheap to clone).
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    pool: PgPool,
+    config: Config,
+    admin_token: String,
+    clock: Arc<dyn Clock>,
+    manual_clock: Option<Arc<ManualClock>>,
+    tenants: Tenants,
+    projections: Arc<Projections>,
+    log: EventLog,
+}
+
+impl AppState {
+    /// The database pool (read-model queries).
+    pub fn pool(&self) -> &PgPool {
+        &self.0.pool
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The platform admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.0.admin_token
+    }
+
+    /// The current instant, from the injected clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.clock.now()
+    }
+
+    /// The hand-moved clock, when `SAAS_LEDGER_TEST_CLOCK=1`.
+    pub fn manual_clock(&self) -> Option<&ManualClock> {
+        self.0.manual_clock.as_deref()
+    }
+
+    /// Tenant commands.
+    pub fn tenants(&self) -> &Tenants {
+        &self.0.tenants
+    }
+
+    /// The projections.
+    pub fn projections(&self) -> &Arc<Projections> {
+        &self.0.projections
+    }
+
+    /// The global event log.
+    pub fn log(&self) -> &EventLog {
+        &self.0.log
+    }
+
+    /// The context for a command issued now by `actor` for `tenant_id`, correlated with the
+    /// current request.
+    pub fn context(&self, tenant_id: Option<Uuid>, actor: Actor) -> CommandContext {
+        let request_id = REQUEST_ID
+            .try_with(Clone::clone)
+            .unwrap_or_else(|_| Uuid::now_v7().to_string());
+        CommandContext {
+            tenant_id,
+            actor,
+            causation_id: request_id.clone(),
+            correlation_id: request_id,
+            at: self.now(),
+        }
+    }
+
+    /// Waits until every live read model includes what `committed` appended to aggregate
+    /// `aggregate_id`, so the caller reads its own writes. A read model that is stuck does not
+    /// fail the command (it did commit): the wait gives up after a while and says so in the log.
+    pub async fn settle<A: Aggregate>(&self, aggregate_id: &str, committed: &Committed<A>) {
+        if let Some(sequence) = committed.last_sequence() {
+            if self
+                .0
+                .projections
+                .wait_for_event(A::TYPE, aggregate_id, sequence, SETTLE_TIMEOUT)
+                .await
+                .is_none()
+            {
+                tracing::warn!(
+                    aggregate_type = A::TYPE,
+                    aggregate_id,
+                    sequence,
+                    "read models did not catch up with a command in time"
+                );
+            }
+        }
+    }
+
+    /// Runs `work` to completion on its own task, so that a client hanging up cannot cancel
+    /// it between the commit and what must follow it (read-model settling, idempotency records).
+    pub async fn detach<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        tokio::spawn(REQUEST_ID.scope(request_id, work))
+            .await
+            .map_err(ApiError::internal)?
+    }
+
+    /// Whether tenant `id` exists.
+    pub async fn tenant_exists(&self, id: Uuid) -> Result<bool, ApiError> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm.tenants WHERE id = $1)")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    /// The active key with this hash, with its tenant's status.
+    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<TenantKey>, ApiError> {
+        Ok(sqlx::query_as(
+            "SELECT k.id AS key_id, k.tenant_id, k.role, t.status AS tenant_status
+             FROM rm.api_keys k JOIN rm.tenants t ON t.id = k.tenant_id
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(hash)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+}
+
+/// A built application: state ready, port bound, background work running.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+    generated_admin_token: bool,
+}
+
+impl Application {
+    /// Creates the database if needed, migrates it, brings every read model up, starts the
+    /// sequencer and projectors, and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        db::ensure_database(&config.database_url).await?;
+        let pool = db::connect(&config.database_url, config.db_max_connections).await?;
+        db::migrate(&pool).await?;
+
+        let sequencer = Sequencer::new(pool.clone());
+        let projections = Projections::new(pool.clone(), sequencer.clone(), projections::all());
+        projections.prepare().await?;
+        let shutdown = CancellationToken::new();
+        let background = projections.start(shutdown.clone());
+
+        let ring = sequencer.clone();
+        let on_commit: CommitHook = Arc::new(move || ring.ring());
+        let tenants = Tenants::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit));
+
+        let manual_clock = config
+            .test_clock
+            .then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
+        let clock: Arc<dyn Clock> = match &manual_clock {
+            Some(manual) => manual.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let generated_admin_token = config.admin_token.is_none();
+        let admin_token = config.admin_token.clone().unwrap_or_else(|| {
+            let mut bytes = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            format!("sla_{}", hex::encode(bytes))
+        });
+        let listener = TcpListener::bind(&config.bind).await?;
+        let state = AppState(Arc::new(Inner {
+            log: EventLog::new(pool.clone()),
+            pool,
+            config,
+            admin_token,
+            clock,
+            manual_clock,
+            tenants,
+            projections,
+        }));
+        let router = router(state.clone());
+        Ok(Self {
+            listener,
+            router,
+            state,
+            shutdown,
+            background,
+            generated_admin_token,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The application state (for tests and the CLI).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The admin token if it was generated (the caller prints it once), `None` if configured.
+    pub fn generated_admin_token(&self) -> Option<&str> {
+        self.generated_admin_token.then(|| self.state.admin_token())
+    }
+
+    /// Serves until `stop` completes, then drains in-flight requests and stops the
+    /// background work.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop)
+            .await;
+        self.shutdown.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.state.pool().close().await;
+        served
+    }
+}
+
+/// Request ids: UUIDv7, so they sort by time in logs.
+#[derive(Debug, Clone, Copy)]
+struct UuidV7Ids;
+
+impl MakeRequestId for UuidV7Ids {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&Uuid::now_v7().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// A client's `X-Request-Id` is kept only if it is a sane token (1-128 of `[A-Za-z0-9._:-]`);
+/// otherwise one is generated, so logs and event metadata never carry junk.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = request.headers().get("x-request-id").is_some_and(|v| {
+        let bytes = v.as_bytes();
+        (1..=128).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+    });
+    if !usable {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
+}
+
+/// Makes every error response, whoever produced it (router, body limit, timeout, panic),
+/// carry the contract's JSON error body, and scopes the request id for handlers.
+async fn contract_errors(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    REQUEST_ID
+        .scope(request_id, async move {
+            let response = next.run(request).await;
+            let status = response.status();
+            let is_json = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if status.as_u16() < 400 || is_json {
+                return response;
+            }
+            let allow = response.headers().get(header::ALLOW).cloned();
+            let mut replaced = ApiError::for_status(status).into_response();
+            if let Some(allow) = allow {
+                replaced.headers_mut().insert(header::ALLOW, allow);
+            }
+            replaced
+        })
+        .await
+}
+
+fn router(state: AppState) -> Router {
+    let config = state.config().clone();
+    routes::router(state)
+        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
+        .layer(CatchPanicLayer::custom(|_| ApiError::internal("a handler panicked").into_response()))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(middleware::from_fn(contract_errors))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(UuidV7Ids))
+        .layer(middleware::from_fn(drop_unusable_request_id))
+}

@@ -1,0 +1,248 @@
+//! Who is calling, and what they may do.
+//!
+//! `Authorization: Bearer <token>` carries either the platform admin token or a tenant API
+//! key. A key is looked up by its SHA-256 in the `rm.api_keys` read model (revocation waits
+//! for that model, so a revoked key stops working as soon as `DELETE` has answered). The
+//! tenant of a request is the tenant of its key; an `X-Tenant-ID` naming another tenant is
+//! refused. The admin may act for a tenant by naming it in `X-Tenant-ID`.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, Method, StatusCode};
+use commands::Actor;
+use domain::tenant::ApiKeyRole;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// The tenant-scoping header.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The platform admin, possibly acting for the tenant named in `X-Tenant-ID`.
+    Admin {
+        /// The tenant named in `X-Tenant-ID`, if any (it exists).
+        acting_for: Option<Uuid>,
+    },
+    /// A tenant API key.
+    Tenant(TenantKey),
+}
+
+/// A tenant API key that authenticated a request.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantKey {
+    /// The key's id.
+    pub key_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// Its role.
+    #[sqlx(try_from = "String")]
+    pub role: RoleText,
+    /// The tenant's status right now.
+    pub tenant_status: String,
+}
+
+/// An [`ApiKeyRole`] as read from the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleText(pub ApiKeyRole);
+
+impl TryFrom<String> for RoleText {
+    type Error = domain::ValidationError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ApiKeyRole::parse(&s).map(Self)
+    }
+}
+
+impl Caller {
+    /// The actor recorded in event metadata.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Self::Admin { .. } => Actor::Admin,
+            Self::Tenant(key) => Actor::ApiKey(key.key_id),
+        }
+    }
+
+    /// Whether this is the platform admin.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Self::Admin { .. })
+    }
+
+    /// Whether the caller may see tenant `id`'s data.
+    pub fn may_see(&self, id: Uuid) -> bool {
+        match self {
+            Self::Admin { .. } => true,
+            Self::Tenant(key) => key.tenant_id == id,
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthenticated("send Authorization: Bearer <token>"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(ApiError::unauthenticated(
+            "the Authorization header must be \"Bearer <token>\"",
+        )),
+    }
+}
+
+fn tenant_header(parts: &Parts) -> Result<Option<Uuid>, ApiError> {
+    match parts.headers.get(TENANT_HEADER) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::validation("X-Tenant-ID", "must be a tenant id (UUID)")),
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let token = bearer(parts)?;
+        let named = tenant_header(parts)?;
+        let caller = if bool::from(token.as_bytes().ct_eq(state.admin_token().as_bytes())) {
+            if let Some(id) = named {
+                if !state.tenant_exists(id).await? {
+                    return Err(ApiError::not_found("tenant"));
+                }
+            }
+            Caller::Admin { acting_for: named }
+        } else {
+            let key = state
+                .key_by_hash(&commands::api_keys::hash(token))
+                .await?
+                .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
+            if named.is_some_and(|id| id != key.tenant_id) {
+                return Err(ApiError::forbidden(
+                    "X-Tenant-ID names another tenant than the API key's",
+                ));
+            }
+            Caller::Tenant(key)
+        };
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+/// The platform admin; a tenant key gets 403.
+#[derive(Debug, Clone)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin { .. } => Ok(Admin),
+            Caller::Tenant(_) => Err(ApiError::forbidden("this route is for the platform admin")),
+        }
+    }
+}
+
+/// A request on behalf of one tenant: a tenant key, or the admin naming the tenant in
+/// `X-Tenant-ID`. Enforces the contract's gates on anything but reads: `readonly` keys may
+/// only read (403), a suspended tenant's commands get 402 `TENANT_SUSPENDED` and a cancelled
+/// tenant's 403 `TENANT_CANCELLED`.
+#[derive(Debug, Clone)]
+pub struct TenantCaller {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The key's role; `None` for the admin.
+    pub role: Option<ApiKeyRole>,
+    /// Who it is, for event metadata.
+    pub actor: Actor,
+}
+
+impl TenantCaller {
+    /// Refuses unless the caller is the admin or a key whose role may manage `role` keys
+    /// (owners and admins).
+    pub fn require_manager(&self) -> Result<(), ApiError> {
+        match self.role {
+            None | Some(ApiKeyRole::Owner | ApiKeyRole::Admin) => Ok(()),
+            Some(role) => Err(ApiError::forbidden(format!(
+                "a {} key may not do this; use an owner or admin key",
+                role.as_str()
+            ))),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for TenantCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let is_read = matches!(parts.method, Method::GET | Method::HEAD);
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin {
+                acting_for: Some(tenant_id),
+            } => Ok(Self {
+                tenant_id,
+                role: None,
+                actor: Actor::Admin,
+            }),
+            Caller::Admin { acting_for: None } => Err(ApiError::validation(
+                "X-Tenant-ID",
+                "the admin token must name a tenant in X-Tenant-ID for tenant routes",
+            )),
+            Caller::Tenant(key) => {
+                if !is_read {
+                    if !key.role.0.may_write() {
+                        return Err(ApiError::forbidden("a readonly key may only read"));
+                    }
+                    match key.tenant_status.as_str() {
+                        "suspended" => {
+                            return Err(ApiError::new(
+                                StatusCode::PAYMENT_REQUIRED,
+                                "TENANT_SUSPENDED",
+                                "the tenant is suspended; settle the open invoice to reactivate it",
+                            ))
+                        }
+                        "cancelled" => {
+                            return Err(ApiError::new(
+                                StatusCode::FORBIDDEN,
+                                "TENANT_CANCELLED",
+                                "the tenant is cancelled",
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Self {
+                    tenant_id: key.tenant_id,
+                    role: Some(key.role.0),
+                    actor: Actor::ApiKey(key.key_id),
+                })
+            }
+        }
+    }
+}

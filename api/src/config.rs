@@ -1,0 +1,91 @@
+//! Configuration, exactly as the contract's table names it: flags with environment fallbacks
+//! for the database and the bind address, environment only for secrets (a secret on the
+//! command line is visible to every user of the machine).
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// The default database: created on first start if missing.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/saas_ledger";
+
+/// Where and how to connect (shared by every subcommand that touches the database).
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL; the database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "SAAS_LEDGER_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    pub db_max_connections: u32,
+}
+
+/// `serve`'s settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address to listen on.
+    #[arg(long, env = "SAAS_LEDGER_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "SAAS_LEDGER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest a request may take, in seconds, before it is answered with 503.
+    #[arg(long, env = "SAAS_LEDGER_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+}
+
+/// Everything the application needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Postgres URL.
+    pub database_url: String,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// Listen address (`127.0.0.1:0` picks a free port).
+    pub bind: String,
+    /// The platform admin token; generated at start-up when `None`.
+    pub admin_token: Option<String>,
+    /// The payment provider's webhook secret; the webhook route answers 503 without it.
+    pub webhook_secret: Option<String>,
+    /// Whether `PUT /v1/admin/clock` is enabled (`SAAS_LEDGER_TEST_CLOCK=1`).
+    pub test_clock: bool,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Request time limit.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Resolves `serve`'s arguments and the secret-bearing environment variables.
+    pub fn from_args(args: ServeArgs) -> Self {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            database_url: args.database.database_url,
+            db_max_connections: args.database.db_max_connections,
+            bind: args.bind,
+            admin_token: env("SAAS_LEDGER_ADMIN_TOKEN"),
+            webhook_secret: env("SAAS_LEDGER_WEBHOOK_SECRET"),
+            test_clock: env("SAAS_LEDGER_TEST_CLOCK")
+                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            max_body_bytes: args.max_body_bytes,
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+        }
+    }
+
+    /// A configuration for `database_url` with every other setting at its default.
+    pub fn for_database(database_url: &str) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+            db_max_connections: 32,
+            bind: "127.0.0.1:0".to_owned(),
+            admin_token: None,
+            webhook_secret: None,
+            test_clock: false,
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! saas-ledger's HTTP API: axum routers per resource, authentication, the contract's error
+//! shape, and the application that ties the write side, the read side and the server together.
+//! Handlers stay thin: extract (caller, tenant, body) → build a command → execute → answer.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+
+pub use app::{AppState, Application};
+pub use config::Config;
+pub use error::ApiError;

@@ -1,0 +1,124 @@
+//! Tenant API keys: issue (the secret is shown once), list (never the secret), revoke.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::tenant::{ApiKeyRole, TenantCommand};
+use domain::values::DisplayName;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::TenantCaller;
+use crate::error::ApiError;
+use crate::extract::{path_id, ApiJson};
+
+/// The key routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/api-keys", post(issue).get(list))
+        .route("/v1/api-keys/{id}", delete(revoke))
+}
+
+/// `POST /v1/api-keys`: `role` is required, `name` defaults to the role.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueKey {
+    role: String,
+    name: Option<String>,
+}
+
+/// A key as listed (no secret, ever).
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct KeyView {
+    id: Uuid,
+    name: String,
+    role: String,
+    key_prefix: String,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+async fn issue(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<IssueKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_manager()?;
+    let role = ApiKeyRole::parse(&body.role)?;
+    let name = DisplayName::parse(body.name.as_deref().unwrap_or(role.as_str()), "name")?;
+    let tenant_id = caller.tenant_id;
+    let context = state.context(Some(tenant_id), caller.actor);
+    let app = state.clone();
+    let key = state
+        .detach(async move {
+            let (key, committed) = app
+                .tenants()
+                .issue_key(tenant_id, name, role, caller.role, &context)
+                .await?;
+            app.settle(&tenant_id.to_string(), &committed).await;
+            Ok(key)
+        })
+        .await?;
+    let view: KeyView = sqlx::query_as(
+        "SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1",
+    )
+    .bind(key.key_id)
+    .fetch_one(state.pool())
+    .await?;
+    let mut body = serde_json::to_value(view).map_err(ApiError::internal)?;
+    body["api_key"] = json!(key.secret);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+) -> Result<Json<Value>, ApiError> {
+    let keys: Vec<KeyView> = sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE tenant_id = $1 ORDER BY id")
+        .bind(caller.tenant_id)
+        .fetch_all(state.pool())
+        .await?;
+    Ok(Json(
+        json!({ "data": keys, "has_more": false, "next_cursor": null }),
+    ))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    caller.require_manager()?;
+    let key_id = path_id(&id, "API key")?;
+    let tenant_id = caller.tenant_id;
+    let context = state.context(Some(tenant_id), caller.actor);
+    let app = state.clone();
+    state
+        .detach(async move {
+            let committed = app
+                .tenants()
+                .execute(
+                    tenant_id,
+                    TenantCommand::RevokeApiKey {
+                        key_id,
+                        at: context.at,
+                    },
+                    &context,
+                )
+                .await?;
+            app.settle(&tenant_id.to_string(), &committed).await;
+            Ok(())
+        })
+        .await?;
+    let view: KeyView = sqlx::query_as(
+        "SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1",
+    )
+    .bind(key_id)
+    .fetch_one(state.pool())
+    .await?;
+    Ok(Json(view))
+}

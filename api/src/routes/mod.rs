@@ -1,0 +1,66 @@
+//! One module per resource, each with its own `router()`; [`router`] merges them.
+
+pub mod admin;
+pub mod api_keys;
+pub mod events;
+pub mod health;
+pub mod tenants;
+
+use axum::Router;
+use serde::Serialize;
+
+use crate::app::AppState;
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(tenants::router())
+        .merge(api_keys::router())
+        .merge(events::router())
+        .merge(admin::router())
+        .with_state(state)
+}
+
+/// A page of a list: `{data, has_more, next_cursor}`. Pass `next_cursor` back as `cursor` to
+/// get the next page.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    /// The items.
+    pub data: Vec<T>,
+    /// Whether more items follow.
+    pub has_more: bool,
+    /// The cursor of the next page, when there is one.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Cuts `rows` (fetched with `limit + 1`) to `limit` and derives the cursor from the last
+    /// item kept.
+    pub fn from_rows(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Self {
+        let has_more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = if has_more {
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
+        Self {
+            data: rows,
+            has_more,
+            next_cursor,
+        }
+    }
+}
+
+/// Checks a page size: 1 to 100, default 20.
+pub fn page_limit(limit: Option<i64>) -> Result<i64, crate::ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(l) if (1..=100).contains(&l) => Ok(l),
+        Some(_) => Err(crate::ApiError::validation(
+            "limit",
+            "must be between 1 and 100",
+        )),
+    }
+}

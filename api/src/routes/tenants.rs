@@ -1,0 +1,409 @@
+//! Tenants: sign-up (admin), listing and reading, the lifecycle (suspend, reactivate,
+//! cancel) and branding.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use commands::tenants::SignUp;
+use commands::Actor;
+use domain::plan::{BillingPeriod, PlanCode};
+use domain::tenant::{Branding, TenantCommand, DEFAULT_TRIAL_DAYS};
+use domain::values::{
+    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale,
+    TaxRate, TenantCode, TimeZoneName,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{page_limit, Page};
+use crate::app::AppState;
+use crate::auth::{Admin, Caller, TenantCaller};
+use crate::error::ApiError;
+use crate::extract::{path_id, ApiJson, ApiQuery, OptionalJson};
+
+/// The tenant routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants", post(create).get(list))
+        .route("/v1/tenants/{id}", get(read))
+        .route("/v1/tenants/{id}/suspend", post(suspend))
+        .route("/v1/tenants/{id}/reactivate", post(reactivate))
+        .route("/v1/tenants/{id}/cancel", post(cancel))
+        .route("/v1/tenant", get(read_own))
+        .route("/v1/tenant/branding", put(update_branding))
+}
+
+/// `POST /v1/tenants`. `code`, `name`, `billing_email` and `plan` are required; the rest
+/// default to `business_type: "other"`, `timezone: "UTC"`, `currency: "EUR"`, `locale: "en"`,
+/// `billing_period: "monthly"`, `trial_days: 14`, `tax_rate: "0"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    code: String,
+    name: String,
+    business_type: Option<String>,
+    timezone: Option<String>,
+    currency: Option<String>,
+    locale: Option<String>,
+    billing_email: String,
+    plan: String,
+    billing_period: Option<String>,
+    trial_days: Option<i64>,
+    tax_rate: Option<Value>,
+}
+
+impl CreateTenant {
+    fn parse(self) -> Result<SignUp, ApiError> {
+        let trial_days = match self.trial_days {
+            None => DEFAULT_TRIAL_DAYS,
+            Some(days) => u32::try_from(days)
+                .map_err(|_| ApiError::validation("trial_days", "must be between 0 and 30"))?,
+        };
+        let tax_rate = match self.tax_rate {
+            None | Some(Value::Null) => TaxRate::default(),
+            Some(Value::String(s)) => TaxRate::parse(&s)?,
+            Some(Value::Number(n)) => TaxRate::parse(&n.to_string())?,
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "tax_rate",
+                    "must be a percentage string such as \"8.1\"",
+                ))
+            }
+        };
+        Ok(SignUp {
+            code: TenantCode::parse(&self.code)?,
+            name: DisplayName::parse(&self.name, "name")?,
+            business_type: BusinessType::parse(self.business_type.as_deref().unwrap_or("other"))?,
+            timezone: TimeZoneName::parse(self.timezone.as_deref().unwrap_or("UTC"), "timezone")?,
+            currency: CurrencyCode::parse(self.currency.as_deref().unwrap_or("EUR"))?,
+            locale: Locale::parse(self.locale.as_deref().unwrap_or("en"))?,
+            billing_email: Email::parse(&self.billing_email, "billing_email")?,
+            plan: PlanCode::parse(&self.plan)?,
+            billing_period: BillingPeriod::parse(
+                self.billing_period.as_deref().unwrap_or("monthly"),
+            )?,
+            trial_days,
+            tax_rate,
+        })
+    }
+}
+
+/// A tenant as the read model has it.
+#[derive(Debug, sqlx::FromRow)]
+struct TenantRow {
+    id: Uuid,
+    code: String,
+    name: String,
+    business_type: String,
+    timezone: String,
+    currency: String,
+    locale: String,
+    billing_email: String,
+    plan: String,
+    plan_version: i32,
+    billing_period: String,
+    trial_days: i32,
+    tax_rate: Decimal,
+    subscription_id: Uuid,
+    status: String,
+    status_reason: Option<String>,
+    primary_color: Option<String>,
+    secondary_color: Option<String>,
+    logo_url: Option<String>,
+    custom_domain: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// The tenant resource.
+#[derive(Debug, Serialize)]
+struct TenantView {
+    id: Uuid,
+    code: String,
+    name: String,
+    business_type: String,
+    timezone: String,
+    currency: String,
+    locale: String,
+    billing_email: String,
+    plan: String,
+    plan_version: i32,
+    billing_period: String,
+    trial_days: i32,
+    tax_rate: String,
+    subscription_id: Uuid,
+    status: String,
+    status_reason: Option<String>,
+    branding: Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<TenantRow> for TenantView {
+    fn from(r: TenantRow) -> Self {
+        Self {
+            id: r.id,
+            code: r.code,
+            name: r.name,
+            business_type: r.business_type,
+            timezone: r.timezone,
+            currency: r.currency,
+            locale: r.locale,
+            billing_email: r.billing_email,
+            plan: r.plan,
+            plan_version: r.plan_version,
+            billing_period: r.billing_period,
+            trial_days: r.trial_days,
+            tax_rate: r.tax_rate.normalize().to_string(),
+            subscription_id: r.subscription_id,
+            status: r.status,
+            status_reason: r.status_reason,
+            branding: json!({
+                "primary_color": r.primary_color,
+                "secondary_color": r.secondary_color,
+                "logo_url": r.logo_url,
+                "custom_domain": r.custom_domain,
+            }),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const TENANT_COLUMNS: &str = "id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version, billing_period,
+    trial_days, tax_rate, subscription_id, status, status_reason, primary_color, secondary_color, logo_url, custom_domain, created_at, updated_at";
+
+async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiError> {
+    let row: Option<TenantRow> = sqlx::query_as(&format!(
+        "SELECT {TENANT_COLUMNS} FROM rm.tenants WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(state.pool())
+    .await?;
+    row.map(TenantView::from)
+        .ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> Result<impl IntoResponse, ApiError> {
+    let sign_up = body.parse()?;
+    let context = state.context(None, caller.actor());
+    let app = state.clone();
+    let created = state
+        .detach(async move {
+            let (key, committed) = app.tenants().sign_up(sign_up, &context).await?;
+            let id = committed.state.id.expect("a created tenant has an id");
+            app.settle(&id.to_string(), &committed).await;
+            Ok(json!({
+                "id": id,
+                "code": committed.state.code,
+                "api_key": key.secret,
+                "api_key_id": key.key_id,
+                "subscription_id": committed.state.subscription_id,
+                "status": committed.state.status.as_str(),
+            }))
+        })
+        .await?;
+    let location = format!("/v1/tenants/{}", created["id"].as_str().unwrap_or_default());
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(created),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<TenantView>>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let after: Option<Uuid> = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse()
+                .map_err(|_| ApiError::validation("cursor", "is not a cursor from a previous page"))
+        })
+        .transpose()?;
+    if let Some(status) = q.status.as_deref() {
+        if !["active", "suspended", "cancelled"].contains(&status) {
+            return Err(ApiError::validation(
+                "status",
+                "must be active, suspended or cancelled",
+            ));
+        }
+    }
+    let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+        "SELECT {TENANT_COLUMNS} FROM rm.tenants
+         WHERE ($1::uuid IS NULL OR id > $1) AND ($2::text IS NULL OR status = $2)
+         ORDER BY id LIMIT $3"
+    ))
+    .bind(after)
+    .bind(q.status)
+    .bind(limit + 1)
+    .fetch_all(state.pool())
+    .await?;
+    Ok(Json(Page::from_rows(
+        rows.into_iter().map(TenantView::from).collect(),
+        limit,
+        |t| t.id.to_string(),
+    )))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let id = path_id(&id, "tenant")?;
+    if !caller.may_see(id) {
+        return Err(ApiError::not_found("tenant"));
+    }
+    Ok(Json(load(&state, id).await?))
+}
+
+async fn read_own(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+) -> Result<Json<TenantView>, ApiError> {
+    Ok(Json(load(&state, caller.tenant_id).await?))
+}
+
+/// A reason for a lifecycle change (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reason {
+    reason: Option<String>,
+}
+
+impl Reason {
+    fn or(self, default: &str) -> Result<String, ApiError> {
+        Ok(DisplayName::parse(self.reason.as_deref().unwrap_or(default), "reason")?.into_inner())
+    }
+}
+
+/// Runs a command on tenant `id` for `actor`, waits for the read model, and answers with the
+/// tenant as it now is.
+async fn execute(
+    state: AppState,
+    actor: Actor,
+    id: Uuid,
+    command: impl FnOnce(DateTime<Utc>) -> TenantCommand,
+) -> Result<Json<TenantView>, ApiError> {
+    let context = state.context(Some(id), actor);
+    let command = command(context.at);
+    let app = state.clone();
+    state
+        .detach(async move {
+            let committed = app.tenants().execute(id, command, &context).await?;
+            app.settle(&id.to_string(), &committed).await;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(load(&state, id).await?))
+}
+
+async fn suspend(
+    State(state): State<AppState>,
+    _: Admin,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<TenantView>, ApiError> {
+    let reason = body.or("suspended by the platform admin")?;
+    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| {
+        TenantCommand::Suspend { reason, at }
+    })
+    .await
+}
+
+async fn reactivate(
+    State(state): State<AppState>,
+    _: Admin,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalJson(_): OptionalJson<Reason>,
+) -> Result<Json<TenantView>, ApiError> {
+    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| {
+        TenantCommand::Reactivate { at }
+    })
+    .await
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    _: Admin,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<TenantView>, ApiError> {
+    let reason = body.or("cancelled by the platform admin")?;
+    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| {
+        TenantCommand::Cancel { reason, at }
+    })
+    .await
+}
+
+/// `PUT /v1/tenant/branding`: replaces the branding; absent or null fields are cleared.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrandingBody {
+    primary_color: Option<String>,
+    secondary_color: Option<String>,
+    logo_url: Option<String>,
+    custom_domain: Option<String>,
+}
+
+impl BrandingBody {
+    fn parse(self) -> Result<Branding, ApiError> {
+        Ok(Branding {
+            primary_color: self
+                .primary_color
+                .map(|c| HexColor::parse(&c, "primary_color"))
+                .transpose()?,
+            secondary_color: self
+                .secondary_color
+                .map(|c| HexColor::parse(&c, "secondary_color"))
+                .transpose()?,
+            logo_url: self
+                .logo_url
+                .map(|u| HttpsUrl::parse(&u, "logo_url"))
+                .transpose()?,
+            custom_domain: self
+                .custom_domain
+                .map(|d| DomainName::parse(&d, "custom_domain"))
+                .transpose()?,
+        })
+    }
+}
+
+async fn update_branding(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<BrandingBody>,
+) -> Result<Json<TenantView>, ApiError> {
+    caller.require_manager()?;
+    let branding = body.parse()?;
+    execute(state, caller.actor, caller.tenant_id, |at| {
+        TenantCommand::UpdateBranding { branding, at }
+    })
+    .await
+}

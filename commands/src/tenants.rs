@@ -1,0 +1,176 @@
+//! Tenant commands: sign-up (with its owner key), lifecycle, branding and API keys.
+
+use domain::plan::{default_catalog, BillingPeriod, PlanCode};
+use domain::tenant::{ApiKeyRole, NewApiKey, NewTenant, Tenant, TenantCommand, TenantError};
+use domain::values::{
+    BusinessType, CurrencyCode, DisplayName, Email, Locale, TaxRate, TenantCode, TimeZoneName,
+};
+use domain::ValidationError;
+use uuid::Uuid;
+
+use crate::{api_keys, AggregateStore, CommandContext, CommandError, Committed};
+
+/// A validated sign-up request.
+#[derive(Debug, Clone)]
+pub struct SignUp {
+    /// Unique code.
+    pub code: TenantCode,
+    /// Display name.
+    pub name: DisplayName,
+    /// Vertical.
+    pub business_type: BusinessType,
+    /// Home time zone.
+    pub timezone: TimeZoneName,
+    /// Billing currency.
+    pub currency: CurrencyCode,
+    /// Document language.
+    pub locale: Locale,
+    /// Invoice address.
+    pub billing_email: Email,
+    /// Plan code.
+    pub plan: PlanCode,
+    /// Billing period.
+    pub billing_period: BillingPeriod,
+    /// Trial days.
+    pub trial_days: u32,
+    /// Tax rate.
+    pub tax_rate: TaxRate,
+}
+
+/// A key as handed out once: its id and secret.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    /// The key's id.
+    pub key_id: Uuid,
+    /// The secret; never stored, never shown again.
+    pub secret: String,
+}
+
+/// The tenant command service.
+pub struct Tenants {
+    store: AggregateStore<Tenant>,
+}
+
+impl Tenants {
+    /// Wraps the Tenant aggregate's store.
+    pub fn new(store: AggregateStore<Tenant>) -> Self {
+        Self { store }
+    }
+
+    /// Signs a tenant up and issues its owner key. The code's uniqueness is enforced by the
+    /// event store in the same transaction (a taken code is a `StoreRejection` 409).
+    pub async fn sign_up(
+        &self,
+        sign_up: SignUp,
+        context: &CommandContext,
+    ) -> Result<(IssuedKey, Committed<Tenant>), CommandError<TenantError>> {
+        let catalog = default_catalog();
+        let plan = catalog
+            .iter()
+            .find(|p| p.code == sign_up.plan)
+            .ok_or_else(|| {
+                CommandError::Domain(
+                    ValidationError::new(
+                        "plan",
+                        format!("no plan \"{}\" in the catalog", sign_up.plan),
+                    )
+                    .into(),
+                )
+            })?;
+        let tenant_id = Uuid::now_v7();
+        let (owner_key, issued) = new_key("owner", ApiKeyRole::Owner, None, context);
+        let new = NewTenant {
+            tenant_id,
+            code: sign_up.code,
+            name: sign_up.name,
+            business_type: sign_up.business_type,
+            timezone: sign_up.timezone,
+            currency: sign_up.currency,
+            locale: sign_up.locale,
+            billing_email: sign_up.billing_email,
+            plan: plan.code.clone(),
+            plan_version: plan.version,
+            billing_period: sign_up.billing_period,
+            trial_days: sign_up.trial_days,
+            tax_rate: sign_up.tax_rate,
+            subscription_id: Uuid::now_v7(),
+            owner_key,
+            at: context.at,
+        };
+        let context = context.for_tenant(tenant_id);
+        let committed = self
+            .store
+            .execute(
+                &tenant_id.to_string(),
+                TenantCommand::Create(Box::new(new)),
+                &context,
+            )
+            .await?;
+        Ok((issued, committed))
+    }
+
+    /// Issues another key for `tenant_id`; `issued_by` is the caller's role (`None`: admin).
+    pub async fn issue_key(
+        &self,
+        tenant_id: Uuid,
+        name: DisplayName,
+        role: ApiKeyRole,
+        issued_by: Option<ApiKeyRole>,
+        context: &CommandContext,
+    ) -> Result<(IssuedKey, Committed<Tenant>), CommandError<TenantError>> {
+        let (key, issued) = new_key(name.as_str(), role, issued_by, context);
+        let committed = self
+            .execute(tenant_id, TenantCommand::IssueApiKey(key), context)
+            .await?;
+        Ok((issued, committed))
+    }
+
+    /// Runs any other tenant command.
+    pub async fn execute(
+        &self,
+        tenant_id: Uuid,
+        command: TenantCommand,
+        context: &CommandContext,
+    ) -> Result<Committed<Tenant>, CommandError<TenantError>> {
+        self.store
+            .execute(&tenant_id.to_string(), command, context)
+            .await
+    }
+
+    /// The tenant aggregate's current state.
+    pub async fn load(&self, tenant_id: Uuid) -> Result<Option<Tenant>, CommandError<TenantError>> {
+        Ok(self
+            .store
+            .load(&tenant_id.to_string())
+            .await?
+            .map(|(state, _)| state))
+    }
+}
+
+fn new_key(
+    name: &str,
+    role: ApiKeyRole,
+    issued_by: Option<ApiKeyRole>,
+    context: &CommandContext,
+) -> (NewApiKey, IssuedKey) {
+    let generated = api_keys::generate();
+    let key_id = Uuid::now_v7();
+    let name = DisplayName::parse(name, "name")
+        .unwrap_or_else(|_| DisplayName::parse("key", "name").expect("a constant name is valid"));
+    let key = NewApiKey {
+        key_id,
+        name,
+        role,
+        key_hash: generated.hash,
+        key_prefix: generated.display_prefix,
+        issued_by,
+        at: context.at,
+    };
+    (
+        key,
+        IssuedKey {
+            key_id,
+            secret: generated.secret,
+        },
+    )
+}

@@ -1,0 +1,21 @@
+//! saas-ledger's read side.
+//!
+//! Events are appended by the write side in per-aggregate order only. Here they get one global
+//! order ([`sequencer`]), are read in that order ([`log`]), and are folded into read models by
+//! projectors whose checkpoints commit together with their writes ([`runner`]), so that a
+//! crash can neither lose nor double-apply an event.
+#![forbid(unsafe_code)]
+
+pub mod log;
+pub mod runner;
+pub mod sequencer;
+pub mod tenants;
+
+pub use log::{EventLog, StoredEvent};
+pub use runner::{Projection, ProjectionError, Projections, RunStatus};
+pub use sequencer::Sequencer;
+
+/// The projections this build maintains, in the order they are started.
+pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
+    vec![std::sync::Arc::new(tenants::TenantsProjection)]
+}

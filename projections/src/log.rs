@@ -1,0 +1,115 @@
+//! The global event log: every event in position order, as projections, replay and
+//! consumers read it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// One event as stored, with its global position.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct StoredEvent {
+    /// Global position: gap-free, strictly increasing in the order events became visible.
+    pub position: i64,
+    /// The tenant it belongs to (`None` for platform events).
+    pub tenant_id: Option<Uuid>,
+    /// `Tenant`, `Subscription`, ...
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// Position within the aggregate's stream (1, 2, ...).
+    pub sequence: i64,
+    /// `TenantCreated`, ...
+    pub event_type: String,
+    /// The payload's schema version.
+    pub event_version: String,
+    /// The event itself.
+    pub payload: Value,
+    /// Who, why, when (see `commands::CommandContext`).
+    pub metadata: Value,
+    /// When the database stored it.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The event's `occurred_at` metadata (the command's clock), falling back to `recorded_at`.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        self.metadata
+            .get("occurred_at")
+            .and_then(Value::as_str)
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map_or(self.recorded_at, |t| t.with_timezone(&Utc))
+    }
+}
+
+const COLUMNS: &str = "position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
+
+/// Reads the log.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    pool: PgPool,
+}
+
+impl EventLog {
+    /// A reader over `pool`'s `events` table.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Up to `limit` events after `after`, in order; only `tenant`'s when given.
+    pub async fn read_after(
+        &self,
+        after: i64,
+        limit: i64,
+        tenant: Option<Uuid>,
+    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        read_after(&self.pool, after, limit, tenant).await
+    }
+
+    /// The highest position assigned so far.
+    pub async fn head(&self) -> Result<i64, sqlx::Error> {
+        head(&self.pool).await
+    }
+
+    /// The position of one stored event, once the sequencer has given it one.
+    pub async fn position_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let position: Option<Option<i64>> = sqlx::query_scalar("SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3")
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(sequence as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(position.flatten())
+    }
+}
+
+/// [`EventLog::read_after`] on any connection (projectors read inside their transaction).
+pub async fn read_after(
+    db: impl PgExecutor<'_>,
+    after: i64,
+    limit: i64,
+    tenant: Option<Uuid>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE position > $1 AND ($3::uuid IS NULL OR tenant_id = $3) ORDER BY position LIMIT $2"
+    );
+    sqlx::query_as(&sql)
+        .bind(after)
+        .bind(limit)
+        .bind(tenant)
+        .fetch_all(db)
+        .await
+}
+
+/// [`EventLog::head`] on any connection.
+pub async fn head(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT position FROM event_log_head")
+        .fetch_one(db)
+        .await
+}

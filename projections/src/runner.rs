@@ -1,0 +1,590 @@
+//! Projectors: fold the global log into read models, exactly once, with blue/green rebuilds.
+//!
+//! Each projection (a name and a version) is built by a *run* into a Postgres schema of its
+//! own (`rm_<name>_g<generation>`), and the live run's tables are what the stable views in
+//! schema `rm` (`rm.tenants`, ...) show. A run reads events after its checkpoint, applies them
+//! and moves the checkpoint in one transaction, holding its `projection_runs` row lock so two
+//! processes never apply the same batch. A new version, or a rebuild, is a new run beside the
+//! live one; once it has caught up it is swapped in by one transaction that also moves the
+//! views, so readers never see an empty or half-built model.
+//!
+//! An event a projection cannot apply stops that run at that position with the error recorded
+//! (`last_error`); it is retried with back-off, and resumes when the cause is fixed. Nothing is
+//! ever skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{self, StoredEvent};
+use crate::sequencer::Sequencer;
+
+/// How many events one projector transaction applies at most.
+const BATCH: i64 = 500;
+
+/// A read model built from the log.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name (`tenants`); also the prefix of its schemas.
+    fn name(&self) -> &'static str;
+    /// Bump whenever the tables or the logic change: the new version is rebuilt beside the
+    /// old one and swapped in when it has caught up.
+    fn version(&self) -> i32;
+    /// The tables it owns, each exposed as the view `rm.<table>`.
+    fn tables(&self) -> &'static [&'static str];
+    /// Creates its (empty) tables in `schema`.
+    async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error>;
+    /// Applies one event to the tables in `schema`. Called in global order, exactly once per
+    /// event, inside the transaction that also moves the checkpoint. Takes time from the
+    /// event, never from a clock, so that a rebuild gives the same answer.
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        schema: &str,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError>;
+}
+
+/// Why a projection could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The database refused a write.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The payload does not have the shape the projection expects.
+    #[error("cannot read {event_type} payload: {source}")]
+    Payload {
+        /// The event type.
+        event_type: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+impl ProjectionError {
+    /// A payload decoding error for `event`.
+    pub fn payload(event: &StoredEvent, source: serde_json::Error) -> Self {
+        Self::Payload {
+            event_type: event.event_type.clone(),
+            source,
+        }
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Catching up beside the live run.
+    Building,
+    /// Serving reads.
+    Live,
+    /// Replaced; its schema is dropped.
+    Retired,
+}
+
+impl RunStatus {
+    fn parse(s: &str) -> Self {
+        match s {
+            "building" => Self::Building,
+            "live" => Self::Live,
+            _ => Self::Retired,
+        }
+    }
+}
+
+/// One run of a projection, as the status endpoint shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunInfo {
+    /// Projection name.
+    pub name: String,
+    /// Projection version the run builds.
+    pub version: i32,
+    /// Run number within the projection.
+    pub generation: i32,
+    /// `building`, `live` or `retired`.
+    #[sqlx(try_from = "String")]
+    pub status: RunStatusText,
+    /// The last position applied.
+    pub position: i64,
+    /// The log's head when asked.
+    pub head: i64,
+    /// `head - position`.
+    pub lag: i64,
+    /// Why the run is stuck, if it is.
+    pub last_error: Option<String>,
+    /// The position it is stuck at.
+    pub last_error_position: Option<i64>,
+}
+
+/// [`RunStatus`] as read from the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RunStatusText(pub RunStatus);
+
+impl TryFrom<String> for RunStatusText {
+    type Error = std::convert::Infallible;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Ok(Self(RunStatus::parse(&s)))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Run {
+    name: &'static str,
+    generation: i32,
+    schema: String,
+}
+
+enum Batch {
+    /// Applied a batch; there may be more.
+    Applied,
+    /// Nothing to do; the checkpoint is here.
+    Idle(i64),
+    /// The run was retired or promoted elsewhere; stop.
+    Gone,
+}
+
+struct Failure {
+    applied_before: usize,
+    position: i64,
+    error: ProjectionError,
+}
+
+/// All projections of this process: startup, the projector loops, waiting, status, rebuilds.
+pub struct Projections {
+    pool: PgPool,
+    sequencer: Arc<Sequencer>,
+    projections: Vec<Arc<dyn Projection>>,
+    live: HashMap<&'static str, watch::Sender<i64>>,
+}
+
+impl Projections {
+    /// The given projections over `pool`, fed by `sequencer`.
+    pub fn new(
+        pool: PgPool,
+        sequencer: Arc<Sequencer>,
+        projections: Vec<Arc<dyn Projection>>,
+    ) -> Arc<Self> {
+        let live = projections
+            .iter()
+            .map(|p| (p.name(), watch::Sender::new(0)))
+            .collect();
+        Arc::new(Self {
+            pool,
+            sequencer,
+            projections,
+            live,
+        })
+    }
+
+    fn projection(&self, name: &str) -> Option<&Arc<dyn Projection>> {
+        self.projections.iter().find(|p| p.name() == name)
+    }
+
+    /// Makes sure every projection has a live run of its current version, building (and
+    /// swapping in) a new run where needed. A projection without any live run is built before
+    /// this returns, so that reads never meet a missing view; one whose live run is of an older
+    /// version keeps serving from it while the new version builds in the background.
+    pub async fn prepare(&self) -> Result<(), ProjectionError> {
+        self.sequencer.drain().await?;
+        for projection in &self.projections {
+            let live: Option<(i32, i32)> = sqlx::query_as("SELECT generation, version FROM projection_runs WHERE name = $1 AND status = 'live'")
+                .bind(projection.name())
+                .fetch_optional(&self.pool)
+                .await?;
+            let building: Option<i32> = sqlx::query_scalar("SELECT generation FROM projection_runs WHERE name = $1 AND status = 'building' AND version = $2")
+                .bind(projection.name())
+                .bind(projection.version())
+                .fetch_optional(&self.pool)
+                .await?;
+            match live {
+                Some((_, version)) if version == projection.version() => {}
+                Some(_) if building.is_some() => {}
+                Some(_) => {
+                    self.new_run(projection.as_ref()).await?;
+                }
+                None => {
+                    let run = match building {
+                        Some(generation) => self.run_of(projection.as_ref(), generation),
+                        None => self.new_run(projection.as_ref()).await?,
+                    };
+                    self.catch_up(&run).await.map_err(|f| f.error)?;
+                    self.promote(&run).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a rebuild of `name` (or of every projection for `all`) from position 0 beside
+    /// the live run; returns the new runs' generations. The projector loops swap each one in
+    /// once it has caught up.
+    pub async fn rebuild(&self, name: &str) -> Result<Vec<(String, i32)>, ProjectionError> {
+        let mut started = Vec::new();
+        for projection in self
+            .projections
+            .iter()
+            .filter(|p| name == "all" || p.name() == name)
+        {
+            sqlx::query("DELETE FROM projection_runs WHERE name = $1 AND status = 'building'")
+                .bind(projection.name())
+                .execute(&self.pool)
+                .await?;
+            let run = self.new_run(projection.as_ref()).await?;
+            started.push((run.name.to_owned(), run.generation));
+        }
+        Ok(started)
+    }
+
+    /// The names of the projections.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+
+    fn run_of(&self, projection: &dyn Projection, generation: i32) -> Run {
+        Run {
+            name: projection.name(),
+            generation,
+            schema: format!("rm_{}_g{generation}", projection.name()),
+        }
+    }
+
+    async fn new_run(&self, projection: &dyn Projection) -> Result<Run, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('saas-ledger:projection-runs'))")
+            .execute(&mut *tx)
+            .await?;
+        let generation: i32 = sqlx::query_scalar(
+            "SELECT coalesce(max(generation), 0) + 1 FROM projection_runs WHERE name = $1",
+        )
+        .bind(projection.name())
+        .fetch_one(&mut *tx)
+        .await?;
+        let run = self.run_of(projection, generation);
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", run.schema))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {}", run.schema))
+            .execute(&mut *tx)
+            .await?;
+        projection.create(&mut tx, &run.schema).await?;
+        sqlx::query("INSERT INTO projection_runs (name, generation, version, schema_name, status) VALUES ($1, $2, $3, $4, 'building')")
+            .bind(run.name)
+            .bind(generation)
+            .bind(projection.version())
+            .bind(&run.schema)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(projection = run.name, generation, "projection run created");
+        Ok(run)
+    }
+
+    /// Applies one batch of at most `limit` events to `run`, checkpoint included, atomically.
+    async fn batch(&self, run: &Run, limit: i64) -> Result<Batch, Failure> {
+        let fail = |error: ProjectionError| Failure {
+            applied_before: 0,
+            position: 0,
+            error,
+        };
+        let projection = self
+            .projection(run.name)
+            .expect("runs belong to known projections");
+        let mut tx = self.pool.begin().await.map_err(|e| fail(e.into()))?;
+        let row: Option<(i64, String)> = sqlx::query_as("SELECT position, status FROM projection_runs WHERE name = $1 AND generation = $2 FOR UPDATE")
+            .bind(run.name)
+            .bind(run.generation)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let Some((position, status)) = row.filter(|(_, s)| s != "retired") else {
+            return Ok(Batch::Gone);
+        };
+        let events = log::read_after(&mut *tx, position, limit, None)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            tx.commit().await.map_err(|e| fail(e.into()))?;
+            self.publish(run.name, &status, position);
+            return Ok(Batch::Idle(position));
+        };
+        for (index, event) in events.iter().enumerate() {
+            if let Err(error) = projection.apply(&mut tx, &run.schema, event).await {
+                return Err(Failure {
+                    applied_before: index,
+                    position: event.position,
+                    error,
+                });
+            }
+        }
+        sqlx::query("UPDATE projection_runs SET position = $3, last_error = NULL, last_error_position = NULL, updated_at = now() WHERE name = $1 AND generation = $2")
+            .bind(run.name)
+            .bind(run.generation)
+            .bind(last)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        tx.commit().await.map_err(|e| fail(e.into()))?;
+        self.publish(run.name, &status, last);
+        Ok(Batch::Applied)
+    }
+
+    fn publish(&self, name: &str, status: &str, position: i64) {
+        if status == "live" {
+            if let Some(live) = self.live.get(name) {
+                live.send_if_modified(|p| {
+                    let moved = *p < position;
+                    *p = (*p).max(position);
+                    moved
+                });
+            }
+        }
+    }
+
+    /// Applies batches until the run has caught up with the log; returns its position, or
+    /// `None` if the run is gone. On a failing event, the events before it are committed and
+    /// the error is recorded on the run.
+    async fn catch_up(&self, run: &Run) -> Result<Option<i64>, Failure> {
+        loop {
+            match self.batch(run, BATCH).await {
+                Ok(Batch::Applied) => continue,
+                Ok(Batch::Idle(position)) => return Ok(Some(position)),
+                Ok(Batch::Gone) => return Ok(None),
+                Err(failure) => {
+                    if failure.applied_before > 0 {
+                        // Keep the progress before the failing event; ignore a second failure here.
+                        let _ = self.batch(run, failure.applied_before as i64).await;
+                    }
+                    let _ = sqlx::query("UPDATE projection_runs SET last_error = $3, last_error_position = $4, updated_at = now() WHERE name = $1 AND generation = $2")
+                        .bind(run.name)
+                        .bind(run.generation)
+                        .bind(failure.error.to_string())
+                        .bind(failure.position)
+                        .execute(&self.pool)
+                        .await;
+                    return Err(failure);
+                }
+            }
+        }
+    }
+
+    /// Swaps a caught-up building run in: in one transaction, with the live run's row locked
+    /// so its projector cannot move, the building run applies the last events, the `rm` views
+    /// move to its tables, and the old run is retired. Its schema is dropped afterwards.
+    async fn promote(&self, run: &Run) -> Result<(), ProjectionError> {
+        let projection = self
+            .projection(run.name)
+            .expect("runs belong to known projections");
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i32, String, i64, String)> =
+            sqlx::query_as("SELECT generation, status, position, schema_name FROM projection_runs WHERE name = $1 AND status <> 'retired' ORDER BY generation FOR UPDATE")
+                .bind(run.name)
+                .fetch_all(&mut *tx)
+                .await?;
+        let Some(&(_, ref status, mut position, _)) = rows.iter().find(|r| r.0 == run.generation)
+        else {
+            return Ok(());
+        };
+        if status != "building" {
+            return Ok(());
+        }
+        loop {
+            let events = log::read_after(&mut *tx, position, BATCH, None).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            for event in &events {
+                projection.apply(&mut tx, &run.schema, event).await?;
+            }
+            position = last;
+        }
+        for table in projection.tables() {
+            sqlx::query(&format!("DROP VIEW IF EXISTS rm.{table}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!(
+                "CREATE VIEW rm.{table} AS SELECT * FROM {}.{table}",
+                run.schema
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE projection_runs SET status = 'retired', updated_at = now() WHERE name = $1 AND status IN ('live', 'building') AND generation <> $2")
+            .bind(run.name)
+            .bind(run.generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE projection_runs SET status = 'live', position = $3, last_error = NULL, last_error_position = NULL, updated_at = now() WHERE name = $1 AND generation = $2")
+            .bind(run.name)
+            .bind(run.generation)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.publish(run.name, "live", position);
+        tracing::info!(
+            projection = run.name,
+            generation = run.generation,
+            position,
+            "projection run is live"
+        );
+        for (generation, _, _, schema) in rows.iter().filter(|r| r.0 != run.generation) {
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&self.pool)
+                .await
+            {
+                tracing::warn!(projection = run.name, generation, error = %e, "could not drop a retired run's schema");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the sequencer and one projector loop per projection; they stop on `shutdown`.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(self.sequencer.clone().run(shutdown.clone()))];
+        for projection in &self.projections {
+            let this = self.clone();
+            let name = projection.name();
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(
+                async move { this.follow(name, shutdown).await },
+            ));
+        }
+        tasks
+    }
+
+    /// One projection's loop: keep every non-retired run caught up, and swap a building run in
+    /// once it has caught up.
+    async fn follow(self: Arc<Self>, name: &'static str, shutdown: CancellationToken) {
+        let mut head = self.sequencer.subscribe();
+        let mut failures = 0u32;
+        loop {
+            match self.follow_once(name).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(projection = name, error = %e, failures, "projection is stuck; retrying");
+                }
+            }
+            let pause = if failures == 0 {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_millis(250 * u64::from(failures.min(40)))
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = head.changed(), if failures == 0 => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn follow_once(&self, name: &'static str) -> Result<(), ProjectionError> {
+        let projection = self
+            .projection(name)
+            .expect("followed projections are known");
+        let runs: Vec<(i32, String)> = sqlx::query_as("SELECT generation, status FROM projection_runs WHERE name = $1 AND status <> 'retired' ORDER BY generation")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        for (generation, status) in runs {
+            let run = self.run_of(projection.as_ref(), generation);
+            let position = self.catch_up(&run).await.map_err(|f| f.error)?;
+            if status == "building" && position.is_some() {
+                let head = log::head(&self.pool).await?;
+                if position >= Some(head) {
+                    self.promote(&run).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every live projection has applied `position` (read-your-writes), at most
+    /// `timeout`; returns whether it got there.
+    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        for live in self.live.values() {
+            let mut rx = live.subscribe();
+            loop {
+                if *rx.borrow_and_update() >= position {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return self.live_positions_reached(position).await;
+                }
+                // Another process may be running this projection: look at the table too.
+                let _ =
+                    tokio::time::timeout(left.min(Duration::from_millis(100)), rx.changed()).await;
+                if *rx.borrow() < position && self.live_positions_reached(position).await {
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    async fn live_positions_reached(&self, position: i64) -> bool {
+        let least: Result<Option<i64>, _> =
+            sqlx::query_scalar("SELECT min(position) FROM projection_runs WHERE status = 'live'")
+                .fetch_one(&self.pool)
+                .await;
+        matches!(least, Ok(Some(p)) if p >= position)
+    }
+
+    /// Waits until the event `(aggregate_type, aggregate_id, sequence)` has a position and every
+    /// live projection has applied it, at most `timeout`; returns the position if it got there.
+    pub async fn wait_for_event(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+        timeout: Duration,
+    ) -> Option<i64> {
+        let deadline = Instant::now() + timeout;
+        let log = log::EventLog::new(self.pool.clone());
+        let mut head = self.sequencer.subscribe();
+        self.sequencer.ring();
+        let position = loop {
+            head.borrow_and_update();
+            match log
+                .position_of(aggregate_type, aggregate_id, sequence)
+                .await
+            {
+                Ok(Some(position)) => break position,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look up an event's position");
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), head.changed()).await;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.wait_for(position, left).await.then_some(position)
+    }
+
+    /// Every run that is not retired, with its position and lag.
+    pub async fn status(&self) -> Result<Vec<RunInfo>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT r.name, r.version, r.generation, r.status, r.position, h.position AS head, h.position - r.position AS lag,
+                    r.last_error, r.last_error_position
+             FROM projection_runs r CROSS JOIN event_log_head h
+             WHERE r.status <> 'retired' ORDER BY r.name, r.generation",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+}

@@ -1,0 +1,130 @@
+//! The sequencer gives committed events their global position.
+//!
+//! Writers cannot number events in commit order themselves: a number drawn inside a
+//! transaction (a sequence, an identity) becomes visible when that transaction commits, and a
+//! transaction that drew 7 may commit after one that drew 8. A reader that had already passed
+//! 8 would never see 7. Readers that trust "max position" skip events this way; readers that
+//! wait for every gap to close stall behind rolled-back numbers and long transactions.
+//!
+//! So positions are assigned after commit instead. One sequencer at a time (the lock on
+//! `event_log_head`) takes the committed events that have no position yet, in insertion
+//! order, and numbers them from the current head onwards in a single transaction. Each
+//! position is therefore larger than any assigned before it, the numbering has no gaps, and
+//! what a transaction has not committed yet is simply numbered in a later round. Events of one
+//! aggregate keep their order: event n+1 can only be written after event n committed, so it
+//! is never numbered before it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// How many events one round numbers at most (keeps its transaction short).
+const BATCH: i64 = 5_000;
+
+/// How long an idle sequencer waits before looking for events other processes appended.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Numbers committed events; one per process, any number of processes.
+#[derive(Debug)]
+pub struct Sequencer {
+    pool: PgPool,
+    doorbell: Notify,
+    head: watch::Sender<i64>,
+}
+
+impl Sequencer {
+    /// A sequencer over `pool`.
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            doorbell: Notify::new(),
+            head: watch::Sender::new(0),
+        })
+    }
+
+    /// Wakes the sequencer: something was just committed.
+    pub fn ring(&self) {
+        self.doorbell.notify_one();
+    }
+
+    /// Follows the head position (the highest position assigned, as this process knows it).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    /// Numbers one batch of committed, unnumbered events; returns how many it numbered.
+    pub async fn step(&self) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Statement 1 takes the lock (waiting for a concurrent round to commit); statement 2
+        // then runs on a fresh snapshot that sees everything that round numbered.
+        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let numbered = sqlx::query(
+            "WITH batch AS (
+                 SELECT id, row_number() OVER (ORDER BY id) AS n
+                 FROM (SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT $2) waiting
+             )
+             UPDATE events e SET position = $1 + batch.n FROM batch WHERE e.id = batch.id",
+        )
+        .bind(head)
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let new_head = head + numbered as i64;
+        if numbered > 0 {
+            sqlx::query("UPDATE event_log_head SET position = $1")
+                .bind(new_head)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.head.send_if_modified(|h| {
+            let changed = *h != new_head;
+            *h = new_head;
+            changed
+        });
+        Ok(numbered)
+    }
+
+    /// Numbers until nothing is left; returns how many it numbered.
+    pub async fn drain(&self) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        loop {
+            let n = self.step().await?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs until `shutdown`: numbers whenever rung, and polls when idle for events that other
+    /// processes appended.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            match self.drain().await {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "sequencer round failed");
+                }
+            }
+            let pause = if failures == 0 {
+                IDLE_POLL
+            } else {
+                Duration::from_millis(100 * u64::from(failures.min(50)))
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.doorbell.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}

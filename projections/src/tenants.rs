@@ -1,0 +1,218 @@
+//! The `tenants` projection: tenant profiles and statuses (`rm.tenants`) and API keys
+//! (`rm.api_keys`, looked up by hash on every authenticated request).
+
+use async_trait::async_trait;
+use domain::tenant::TenantEvent;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::log::StoredEvent;
+use crate::runner::{Projection, ProjectionError};
+
+/// Builds `tenants` and `api_keys`.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantsProjection;
+
+#[async_trait]
+impl Projection for TenantsProjection {
+    fn name(&self) -> &'static str {
+        "tenants"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["tenants", "api_keys"]
+    }
+
+    async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+        let ddl = format!(
+            "CREATE TABLE {schema}.tenants (
+                 id               uuid PRIMARY KEY,
+                 code             text NOT NULL UNIQUE,
+                 name             text NOT NULL,
+                 business_type    text NOT NULL,
+                 timezone         text NOT NULL,
+                 currency         text NOT NULL,
+                 locale           text NOT NULL,
+                 billing_email    text NOT NULL,
+                 plan             text NOT NULL,
+                 plan_version     integer NOT NULL,
+                 billing_period   text NOT NULL,
+                 trial_days       integer NOT NULL,
+                 tax_rate         numeric NOT NULL,
+                 subscription_id  uuid NOT NULL,
+                 status           text NOT NULL,
+                 status_reason    text,
+                 primary_color    text,
+                 secondary_color  text,
+                 logo_url         text,
+                 custom_domain    text,
+                 created_at       timestamptz NOT NULL,
+                 updated_at       timestamptz NOT NULL,
+                 version          bigint NOT NULL
+             );
+             CREATE INDEX ON {schema}.tenants (created_at, id);
+             CREATE TABLE {schema}.api_keys (
+                 id          uuid PRIMARY KEY,
+                 tenant_id   uuid NOT NULL,
+                 name        text NOT NULL,
+                 role        text NOT NULL,
+                 key_hash    text NOT NULL UNIQUE,
+                 key_prefix  text NOT NULL,
+                 created_at  timestamptz NOT NULL,
+                 revoked_at  timestamptz
+             );
+             CREATE INDEX ON {schema}.api_keys (tenant_id);"
+        );
+        sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        schema: &str,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        if event.aggregate_type != "Tenant" {
+            return Ok(());
+        }
+        let tenant_event: TenantEvent = serde_json::from_value(event.payload.clone())
+            .map_err(|e| ProjectionError::payload(event, e))?;
+        let tenant_id: Uuid = event.aggregate_id.parse().map_err(|_| {
+            ProjectionError::payload(
+                event,
+                serde::de::Error::custom("aggregate id is not a uuid"),
+            )
+        })?;
+        let at = event.occurred_at();
+        let version = event.sequence;
+        let set_status = |status: &str| {
+            format!("UPDATE {schema}.tenants SET status = '{status}', status_reason = $2, updated_at = $3, version = $4 WHERE id = $1")
+        };
+        match tenant_event {
+            TenantEvent::TenantCreated {
+                code,
+                name,
+                business_type,
+                timezone,
+                currency,
+                locale,
+                billing_email,
+                plan,
+                plan_version,
+                billing_period,
+                trial_days,
+                tax_rate,
+                subscription_id,
+                created_at,
+                ..
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {schema}.tenants (id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version,
+                         billing_period, trial_days, tax_rate, subscription_id, status, created_at, updated_at, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'active', $15, $15, $16)"
+                ))
+                .bind(tenant_id)
+                .bind(code.as_str())
+                .bind(name.as_str())
+                .bind(business_type.as_str())
+                .bind(timezone.as_str())
+                .bind(currency.as_str())
+                .bind(locale.as_str())
+                .bind(billing_email.as_str())
+                .bind(plan.as_str())
+                .bind(plan_version as i32)
+                .bind(billing_period.as_str())
+                .bind(trial_days as i32)
+                .bind(tax_rate.percent())
+                .bind(subscription_id)
+                .bind(created_at)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+            }
+            TenantEvent::BrandingUpdated {
+                primary_color,
+                secondary_color,
+                logo_url,
+                custom_domain,
+                updated_at,
+            } => {
+                sqlx::query(&format!(
+                    "UPDATE {schema}.tenants SET primary_color = $2, secondary_color = $3, logo_url = $4, custom_domain = $5, updated_at = $6, version = $7 WHERE id = $1"
+                ))
+                .bind(tenant_id)
+                .bind(primary_color.map(|c| c.into_inner()))
+                .bind(secondary_color.map(|c| c.into_inner()))
+                .bind(logo_url.map(|u| u.into_inner()))
+                .bind(custom_domain.map(|d| d.into_inner()))
+                .bind(updated_at)
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+            }
+            TenantEvent::TenantSuspended { reason, .. } => {
+                sqlx::query(&set_status("suspended"))
+                    .bind(tenant_id)
+                    .bind(reason)
+                    .bind(at)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            TenantEvent::TenantReactivated { .. } => {
+                sqlx::query(&set_status("active"))
+                    .bind(tenant_id)
+                    .bind(None::<String>)
+                    .bind(at)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            TenantEvent::TenantCancelled { reason, .. } => {
+                sqlx::query(&set_status("cancelled"))
+                    .bind(tenant_id)
+                    .bind(reason)
+                    .bind(at)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            TenantEvent::ApiKeyIssued {
+                key_id,
+                name,
+                role,
+                key_hash,
+                key_prefix,
+                issued_at,
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {schema}.api_keys (id, tenant_id, name, role, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ))
+                .bind(key_id)
+                .bind(tenant_id)
+                .bind(name.as_str())
+                .bind(role.as_str())
+                .bind(key_hash)
+                .bind(key_prefix)
+                .bind(issued_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            TenantEvent::ApiKeyRevoked { key_id, revoked_at } => {
+                sqlx::query(&format!(
+                    "UPDATE {schema}.api_keys SET revoked_at = $2 WHERE id = $1"
+                ))
+                .bind(key_id)
+                .bind(revoked_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
