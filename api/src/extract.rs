@@ -51,23 +51,16 @@ fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError
         return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
             .with("expected", "application/json"));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let message = inner.to_string();
-                let field = field_of(&path, &message);
-                ApiError::validation(&field, strip_position(&message))
-            }
-            _ => ApiError::malformed_json(format!("the body is not valid JSON: {inner}")),
-        }
-    })?;
-    deserializer
-        .end()
+    // Syntax first (the whole body), then shape: a broken body is MALFORMED_JSON even when
+    // its first part already has the wrong shape.
+    let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::malformed_json(format!("the body is not valid JSON: {e}")))?;
-    Ok(value)
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let field = field_of(&path, &message);
+        ApiError::validation(&field, strip_position(&message))
+    })
 }
 
 /// The field an error is about: the path where it happened, or, for missing and unknown

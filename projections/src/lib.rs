@@ -12,7 +12,7 @@ pub mod sequencer;
 pub mod tenants;
 
 pub use log::{EventLog, StoredEvent};
-pub use runner::{Projection, ProjectionError, Projections, RunStatus};
+pub use runner::{Projection, ProjectionError, Projections, RunInfo};
 pub use sequencer::Sequencer;
 
 /// The projections this build maintains, in the order they are started.

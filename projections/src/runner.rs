@@ -78,28 +78,6 @@ impl ProjectionError {
     }
 }
 
-/// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// Catching up beside the live run.
-    Building,
-    /// Serving reads.
-    Live,
-    /// Replaced; its schema is dropped.
-    Retired,
-}
-
-impl RunStatus {
-    fn parse(s: &str) -> Self {
-        match s {
-            "building" => Self::Building,
-            "live" => Self::Live,
-            _ => Self::Retired,
-        }
-    }
-}
-
 /// One run of a projection, as the status endpoint shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunInfo {
@@ -109,9 +87,8 @@ pub struct RunInfo {
     pub version: i32,
     /// Run number within the projection.
     pub generation: i32,
-    /// `building`, `live` or `retired`.
-    #[sqlx(try_from = "String")]
-    pub status: RunStatusText,
+    /// `building` (catching up beside the live run), `live` (serving reads) or `retired`.
+    pub status: String,
     /// The last position applied.
     pub position: i64,
     /// The log's head when asked.
@@ -122,18 +99,6 @@ pub struct RunInfo {
     pub last_error: Option<String>,
     /// The position it is stuck at.
     pub last_error_position: Option<i64>,
-}
-
-/// [`RunStatus`] as read from the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct RunStatusText(pub RunStatus);
-
-impl TryFrom<String> for RunStatusText {
-    type Error = std::convert::Infallible;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Ok(Self(RunStatus::parse(&s)))
-    }
 }
 
 #[derive(Debug, Clone)]

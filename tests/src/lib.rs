@@ -1,0 +1,302 @@
+//! The end-to-end harness: [`spawn_app`] starts the real server on a free port against a
+//! fresh Postgres database of its own, and [`TestApp`] offers typed helpers so that each test
+//! reads like the scenario it proves. The database is dropped when the `TestApp` is.
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The admin token every test server uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The Postgres server tests create their databases on (`TEST_DATABASE_URL` overrides it).
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A running server and a way to talk to it.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// A client without a default token.
+    pub client: reqwest::Client,
+    /// The test database's name.
+    pub db_name: String,
+    /// A pool on the test database, for looking behind the API.
+    pub pool: PgPool,
+    /// The application state (the command services, projections, ...).
+    pub state: api::AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts the server on a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the server on a fresh database, with the configuration adjusted by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut api::Config)) -> TestApp {
+    let db_name = format!("sl_test_{}", Uuid::new_v4().simple());
+    let url = format!("{}/{db_name}", server_url());
+    let mut config = api::Config::for_database(&url);
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config.db_max_connections = 16;
+    tweak(&mut config);
+    let app = api::Application::build(config)
+        .await
+        .expect("the application starts");
+    let address = format!("http://{}", app.local_addr());
+    let state = app.state().clone();
+    let pool = state.pool().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("a client");
+    TestApp {
+        address,
+        client,
+        db_name,
+        pool,
+        state,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        let db_name = self.db_name.clone();
+        // Drop the database from a thread with its own runtime: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&format!("{}/postgres", server_url()))
+                    .await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A response's status and JSON body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body as JSON (`Null` if empty or not JSON).
+    pub body: Value,
+}
+
+impl Reply {
+    async fn from(response: Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The error code of a contract error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+    }
+
+    /// Asserts the status and returns the body.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        &self.body
+    }
+
+    /// Asserts a contract error with this status and code.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        assert_eq!(self.code(), code, "unexpected code; body: {}", self.body);
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "no message: {}",
+            self.body
+        );
+        assert!(
+            self.body["error"]["details"].is_object(),
+            "no details: {}",
+            self.body
+        );
+    }
+}
+
+/// A tenant created through the API, with its owner key.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    /// Its id.
+    pub id: Uuid,
+    /// Its code.
+    pub code: String,
+    /// Its owner key.
+    pub key: String,
+}
+
+impl TestApp {
+    /// A request with `token` as bearer (if any).
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// Sends `builder` and reads the reply.
+    pub async fn send(&self, builder: RequestBuilder) -> Reply {
+        Reply::from(builder.send().await.expect("the server answers")).await
+    }
+
+    /// `GET path` with `token`.
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send(self.request(Method::GET, path, Some(token)))
+            .await
+    }
+
+    /// `POST path` with a JSON body and `token`.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(self.request(Method::POST, path, Some(token)).json(&body))
+            .await
+    }
+
+    /// `PUT path` with a JSON body and `token`.
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send(self.request(Method::PUT, path, Some(token)).json(&body))
+            .await
+    }
+
+    /// `DELETE path` with `token`.
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.send(self.request(Method::DELETE, path, Some(token)))
+            .await
+    }
+
+    /// A valid sign-up body for `code`.
+    pub fn tenant_body(code: &str) -> Value {
+        json!({
+            "code": code,
+            "name": format!("Tenant {code}"),
+            "business_type": "clinic",
+            "timezone": "Europe/Zurich",
+            "currency": "CHF",
+            "locale": "de-CH",
+            "billing_email": format!("billing@{code}.example"),
+            "plan": "starter",
+            "billing_period": "monthly",
+            "trial_days": 14,
+            "tax_rate": "8.1"
+        })
+    }
+
+    /// `POST /v1/tenants` as the admin.
+    pub async fn create_tenant_raw(&self, body: Value) -> Reply {
+        self.post("/v1/tenants", ADMIN_TOKEN, body).await
+    }
+
+    /// Creates tenant `code` and returns it with its owner key.
+    pub async fn create_tenant(&self, code: &str) -> TestTenant {
+        let reply = self.create_tenant_raw(Self::tenant_body(code)).await;
+        let body = reply.expect(201);
+        TestTenant {
+            id: body["id"].as_str().expect("an id").parse().expect("a uuid"),
+            code: code.to_owned(),
+            key: body["api_key"].as_str().expect("a key").to_owned(),
+        }
+    }
+
+    /// Issues a key with `role` for the tenant of `token`; returns the secret.
+    pub async fn issue_key(&self, token: &str, role: &str) -> String {
+        let reply = self
+            .post(
+                "/v1/api-keys",
+                token,
+                json!({"role": role, "name": format!("{role} key")}),
+            )
+            .await;
+        reply.expect(201)["api_key"]
+            .as_str()
+            .expect("a secret")
+            .to_owned()
+    }
+
+    /// Every event in the log, read through `GET /v1/events` as the admin.
+    pub async fn all_events(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let response = self
+                .request(
+                    Method::GET,
+                    &format!("/v1/events?after={after}&limit=10000"),
+                    Some(ADMIN_TOKEN),
+                )
+                .send()
+                .await
+                .expect("events");
+            assert_eq!(response.status(), 200);
+            let text = response.text().await.expect("a body");
+            let page: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
+                .collect();
+            let Some(last) = page.last() else {
+                return events;
+            };
+            after = last["position"].as_i64().expect("a position");
+            events.extend(page);
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real server, real Postgres, one database per test.
+
+mod auth;
+mod bad_input;
+mod global_order;
+mod projector_crash;
+mod tenants;
