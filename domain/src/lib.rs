@@ -5,8 +5,10 @@
 //! argument, so every rule is a deterministic function that tests can pin down exactly.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod error;
 pub mod plan;
+pub mod subscription;
 pub mod tenant;
 pub mod values;
 

@@ -1,0 +1,98 @@
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use super::{Addons, PlanTerms};
+use crate::plan::BillingPeriod;
+use crate::values::TaxRate;
+
+/// What can be asked of a subscription. Every instant comes in the command.
+#[derive(Debug, Clone)]
+pub enum SubscriptionCommand {
+    /// Open the subscription with the tenant.
+    Start(Box<StartSubscription>),
+    /// Switch plan (and maybe billing period): upgrades at once with proration, downgrades at
+    /// period end unless `immediately`.
+    ChangePlan {
+        /// The new plan's terms.
+        plan: PlanTerms,
+        /// The new billing period (`None`: keep).
+        billing_period: Option<BillingPeriod>,
+        /// Apply a downgrade now instead of at period end.
+        immediately: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// End it, now or at period end.
+    Cancel {
+        /// Whether to wait for the period end.
+        at_period_end: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Withdraw a pending cancellation.
+    Resume {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Set the add-ons (billed from the next period on).
+    SetAddons {
+        /// The new add-ons.
+        addons: Addons,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Process every trial end, renewal and grace expiry up to `as_of` (the billing run).
+    AdvanceTo {
+        /// The instant to advance to.
+        as_of: DateTime<Utc>,
+    },
+    /// Record the payment provider's outcome for an invoice.
+    RecordPayment {
+        /// The provider's notification id (processed once).
+        payment_id: String,
+        /// The invoice paid (or not).
+        invoice_id: Uuid,
+        /// What happened.
+        outcome: PaymentOutcome,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// A payment notification's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// Paid this amount in this currency.
+    Succeeded {
+        /// Amount paid.
+        amount: Decimal,
+        /// Its currency.
+        currency: String,
+    },
+    /// The charge failed.
+    Failed,
+}
+
+/// Opening a subscription.
+#[derive(Debug, Clone)]
+pub struct StartSubscription {
+    /// Its id.
+    pub subscription_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// The tenant's code.
+    pub tenant_code: String,
+    /// Invoice currency.
+    pub currency: String,
+    /// Tax rate.
+    pub tax_rate: TaxRate,
+    /// Plan terms.
+    pub plan: PlanTerms,
+    /// Billing period.
+    pub billing_period: BillingPeriod,
+    /// Trial days (0: none).
+    pub trial_days: u32,
+    /// When.
+    pub at: DateTime<Utc>,
+}

@@ -1,0 +1,302 @@
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Addons, PendingChange, PlanTerms, Subscription, SubscriptionStatus};
+use crate::billing::invoice::{InvoiceLine, LineKind};
+use crate::plan::BillingPeriod;
+use crate::values::TaxRate;
+
+/// What happened to a subscription: facts a reader of the log can use on their own (an
+/// invoice event carries every line and total).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum SubscriptionEvent {
+    /// Opened with the tenant.
+    SubscriptionStarted {
+        /// Its id.
+        subscription_id: Uuid,
+        /// Its tenant.
+        tenant_id: Uuid,
+        /// The tenant's code.
+        tenant_code: String,
+        /// Invoice currency.
+        currency: String,
+        /// Tax rate.
+        tax_rate: TaxRate,
+        /// Plan terms.
+        plan: PlanTerms,
+        /// Billing period.
+        billing_period: BillingPeriod,
+        /// End of the trial, if there is one.
+        trial_ends_at: Option<DateTime<Utc>>,
+        /// The billing anchor (trial end, or start).
+        anchor: DateTime<Utc>,
+        /// When.
+        started_at: DateTime<Utc>,
+    },
+    /// A paid period began (trial end or renewal).
+    PeriodStarted {
+        /// Index of the period after the anchor.
+        period_index: u32,
+        /// Start.
+        period_start: DateTime<Utc>,
+        /// End.
+        period_end: DateTime<Utc>,
+    },
+    /// An invoice was issued.
+    InvoiceIssued {
+        /// Its id.
+        invoice_id: Uuid,
+        /// Its per-tenant number (`ACME-000001`).
+        number: String,
+        /// The period it is for.
+        period_start: DateTime<Utc>,
+        /// End of that period.
+        period_end: DateTime<Utc>,
+        /// Currency.
+        currency: String,
+        /// Lines.
+        lines: Vec<InvoiceLine>,
+        /// Sum of the lines.
+        subtotal: Decimal,
+        /// Tax.
+        tax: Decimal,
+        /// Subtotal plus tax.
+        total: Decimal,
+        /// When.
+        issued_at: DateTime<Utc>,
+        /// When payment is due.
+        due_at: DateTime<Utc>,
+        /// Set when nothing is to be paid (a zero total).
+        paid_at: Option<DateTime<Utc>>,
+    },
+    /// The plan (or billing period) changed now.
+    PlanChanged {
+        /// New terms.
+        plan: PlanTerms,
+        /// New billing period.
+        billing_period: BillingPeriod,
+        /// A new billing anchor when the billing period changed (periods restart there).
+        new_anchor: Option<DateTime<Utc>>,
+        /// When it took effect.
+        effective_at: DateTime<Utc>,
+    },
+    /// A plan change was scheduled for the period end.
+    PlanChangeScheduled {
+        /// New terms.
+        plan: PlanTerms,
+        /// New billing period.
+        billing_period: BillingPeriod,
+        /// When it takes effect.
+        effective_at: DateTime<Utc>,
+    },
+    /// A scheduled plan change was dropped.
+    ScheduledPlanChangeDropped {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Cancellation at period end was requested.
+    CancellationScheduled {
+        /// When it takes effect.
+        effective_at: DateTime<Utc>,
+    },
+    /// A pending cancellation was withdrawn.
+    CancellationWithdrawn {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The subscription ended.
+    SubscriptionCancelled {
+        /// When.
+        cancelled_at: DateTime<Utc>,
+        /// Whether at once (rather than at a period end).
+        immediately: bool,
+    },
+    /// The add-ons changed (billed from the next period).
+    AddonsChanged {
+        /// New add-ons.
+        addons: Addons,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A payment failed; the subscription is past due.
+    PaymentFailed {
+        /// The provider's notification id.
+        payment_id: String,
+        /// The invoice.
+        invoice_id: Uuid,
+        /// When.
+        failed_at: DateTime<Utc>,
+    },
+    /// An invoice was paid.
+    PaymentSucceeded {
+        /// The provider's notification id.
+        payment_id: String,
+        /// The invoice.
+        invoice_id: Uuid,
+        /// Amount paid.
+        amount: Decimal,
+        /// When.
+        paid_at: DateTime<Utc>,
+    },
+    /// The grace period ran out unpaid.
+    SubscriptionSuspended {
+        /// When.
+        suspended_at: DateTime<Utc>,
+    },
+    /// Failed invoices were paid; back in good standing.
+    SubscriptionReactivated {
+        /// When.
+        reactivated_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for SubscriptionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::SubscriptionStarted { .. } => "SubscriptionStarted",
+            Self::PeriodStarted { .. } => "PeriodStarted",
+            Self::InvoiceIssued { .. } => "InvoiceIssued",
+            Self::PlanChanged { .. } => "PlanChanged",
+            Self::PlanChangeScheduled { .. } => "PlanChangeScheduled",
+            Self::ScheduledPlanChangeDropped { .. } => "ScheduledPlanChangeDropped",
+            Self::CancellationScheduled { .. } => "CancellationScheduled",
+            Self::CancellationWithdrawn { .. } => "CancellationWithdrawn",
+            Self::SubscriptionCancelled { .. } => "SubscriptionCancelled",
+            Self::AddonsChanged { .. } => "AddonsChanged",
+            Self::PaymentFailed { .. } => "PaymentFailed",
+            Self::PaymentSucceeded { .. } => "PaymentSucceeded",
+            Self::SubscriptionSuspended { .. } => "SubscriptionSuspended",
+            Self::SubscriptionReactivated { .. } => "SubscriptionReactivated",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
+    use SubscriptionEvent as E;
+    match event {
+        E::SubscriptionStarted {
+            subscription_id,
+            tenant_id,
+            tenant_code,
+            currency,
+            tax_rate,
+            plan,
+            billing_period,
+            trial_ends_at,
+            anchor,
+            started_at,
+        } => {
+            s.id = Some(subscription_id);
+            s.tenant_id = Some(tenant_id);
+            s.tenant_code = tenant_code;
+            s.currency = currency;
+            s.tax_rate = tax_rate;
+            s.plan = Some(plan);
+            s.billing_period = Some(billing_period);
+            s.started_at = Some(started_at);
+            s.trial_ends_at = trial_ends_at;
+            s.anchor = Some(anchor);
+            s.status = if trial_ends_at.is_some() {
+                SubscriptionStatus::Trialing
+            } else {
+                SubscriptionStatus::Active
+            };
+        }
+        E::PeriodStarted { period_index, .. } => {
+            s.period_index = period_index;
+            if s.status == SubscriptionStatus::Trialing {
+                s.status = SubscriptionStatus::Active;
+            }
+        }
+        E::InvoiceIssued {
+            invoice_id,
+            total,
+            paid_at,
+            lines,
+            ..
+        } => {
+            s.invoices_issued += 1;
+            s.credit_balance += lines
+                .iter()
+                .filter(|l| l.kind == LineKind::Credit)
+                .map(|l| l.amount)
+                .sum::<Decimal>();
+            if paid_at.is_none() {
+                s.unpaid.insert(invoice_id, total);
+            }
+        }
+        E::PlanChanged {
+            plan,
+            billing_period,
+            new_anchor,
+            ..
+        } => {
+            s.plan = Some(plan);
+            s.billing_period = Some(billing_period);
+            s.pending_change = None;
+            if let Some(anchor) = new_anchor {
+                s.anchor = Some(anchor);
+                s.period_index = 0;
+            }
+        }
+        E::PlanChangeScheduled {
+            plan,
+            billing_period,
+            effective_at,
+        } => {
+            s.pending_change = Some(PendingChange {
+                plan,
+                billing_period,
+                effective_at,
+            });
+        }
+        E::ScheduledPlanChangeDropped { .. } => s.pending_change = None,
+        E::CancellationScheduled { .. } => s.cancel_at_period_end = true,
+        E::CancellationWithdrawn { .. } => s.cancel_at_period_end = false,
+        E::SubscriptionCancelled { cancelled_at, .. } => {
+            s.status = SubscriptionStatus::Cancelled;
+            s.cancelled_at = Some(cancelled_at);
+            s.cancel_at_period_end = false;
+            s.pending_change = None;
+        }
+        E::AddonsChanged { addons, .. } => s.addons = addons,
+        E::PaymentFailed {
+            payment_id,
+            invoice_id,
+            failed_at,
+        } => {
+            s.payments_seen.insert(payment_id);
+            s.failed.insert(invoice_id);
+            if matches!(
+                s.status,
+                SubscriptionStatus::Active | SubscriptionStatus::Trialing
+            ) {
+                s.status = SubscriptionStatus::PastDue;
+                s.past_due_since = Some(failed_at);
+            }
+        }
+        E::PaymentSucceeded {
+            payment_id,
+            invoice_id,
+            ..
+        } => {
+            s.payments_seen.insert(payment_id);
+            s.unpaid.remove(&invoice_id);
+            s.failed.remove(&invoice_id);
+        }
+        E::SubscriptionSuspended { .. } => s.status = SubscriptionStatus::Suspended,
+        E::SubscriptionReactivated { .. } => {
+            s.status = SubscriptionStatus::Active;
+            s.past_due_since = None;
+        }
+    }
+}

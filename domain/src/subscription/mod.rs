@@ -1,0 +1,261 @@
+//! The Subscription aggregate: a tenant's plan, its billing periods, its invoices and its
+//! payment standing.
+//!
+//! Lifecycle: `trialing` → `active` at trial end → `past_due` on a failed payment →
+//! `suspended` 7 days later if still unpaid → `active` again once the failed invoices are paid;
+//! `cancelled` immediately or at period end (a pending cancellation can be withdrawn).
+//! Time only moves through commands: [`SubscriptionCommand::AdvanceTo`] (the billing run)
+//! processes, in chronological order, every trial end, renewal and grace expiry up to its
+//! instant, and is idempotent: advancing to an instant already reached appends nothing.
+//!
+//! Invoices are facts of this aggregate (`InvoiceIssued`), numbered per subscription (one per
+//! tenant, so per tenant), with ids derived from the subscription id and number: re-running
+//! the same history gives the same ids.
+
+mod commands;
+mod error;
+mod events;
+mod rules;
+
+pub use commands::{PaymentOutcome, StartSubscription, SubscriptionCommand};
+pub use error::SubscriptionError;
+pub use events::SubscriptionEvent;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::billing::period::{self, Period};
+use crate::plan::{BillingPeriod, Plan, PlanCode, PlanLimits};
+use crate::values::TaxRate;
+
+/// Days a failed payment may stay unpaid before the subscription is suspended.
+pub const GRACE_DAYS: i64 = 7;
+
+/// A plan version's terms as a subscription signed up to them: later catalog versions never
+/// change what an existing subscriber pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanTerms {
+    /// Plan code.
+    pub code: PlanCode,
+    /// Catalog version.
+    pub version: u32,
+    /// Display name.
+    pub name: String,
+    /// Price per month.
+    pub monthly_price: Decimal,
+    /// Price per year.
+    pub yearly_price: Decimal,
+    /// Limits.
+    pub limits: PlanLimits,
+}
+
+impl PlanTerms {
+    /// The terms of a catalog plan.
+    pub fn of(plan: &Plan) -> Self {
+        Self {
+            code: plan.code.clone(),
+            version: plan.version,
+            name: plan.name.clone(),
+            monthly_price: plan.monthly_price,
+            yearly_price: plan.yearly_price,
+            limits: plan.limits.clone(),
+        }
+    }
+
+    /// The price of one period.
+    pub fn price(&self, period: BillingPeriod) -> Decimal {
+        match period {
+            BillingPeriod::Monthly => self.monthly_price,
+            BillingPeriod::Yearly => self.yearly_price,
+        }
+    }
+}
+
+/// Paid extras on top of the plan, billed in advance with each period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addons {
+    /// Users beyond the plan's.
+    pub extra_users: u32,
+    /// Storage beyond the plan's, in GB.
+    pub extra_storage_gb: u32,
+}
+
+/// Usage that is billed in arrears for one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BillableUsage {
+    /// API calls made.
+    pub api_calls: u64,
+    /// SMS sent.
+    pub sms: u64,
+}
+
+/// A boxed future, for object-safe ports.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The port through which the aggregate learns a tenant's usage in a period (implemented by
+/// the write side over the usage records).
+pub trait UsageMeter: Send + Sync {
+    /// Usage of `tenant_id` in `[period.start, period.end)`.
+    fn billable_usage(
+        &self,
+        tenant_id: Uuid,
+        period: Period,
+    ) -> BoxFuture<'_, Result<BillableUsage, String>>;
+}
+
+/// The aggregate's services.
+pub type SubscriptionServices = Arc<dyn UsageMeter>;
+
+/// Where a subscription is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    /// Not started.
+    #[default]
+    New,
+    /// In its free trial.
+    Trialing,
+    /// Paying and in good standing.
+    Active,
+    /// A payment failed; the grace period runs.
+    PastDue,
+    /// The grace period expired unpaid.
+    Suspended,
+    /// Ended.
+    Cancelled,
+}
+
+impl SubscriptionStatus {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Trialing => "trialing",
+            Self::Active => "active",
+            Self::PastDue => "past_due",
+            Self::Suspended => "suspended",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A plan change waiting for the period end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChange {
+    /// The plan to switch to.
+    pub plan: PlanTerms,
+    /// Its billing period.
+    pub billing_period: BillingPeriod,
+    /// When.
+    pub effective_at: DateTime<Utc>,
+}
+
+/// The Subscription aggregate's state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Subscription {
+    /// Its id.
+    pub id: Option<Uuid>,
+    /// Its tenant.
+    pub tenant_id: Option<Uuid>,
+    /// The tenant's code (invoice numbers).
+    pub tenant_code: String,
+    /// Invoice currency.
+    pub currency: String,
+    /// Tax rate.
+    pub tax_rate: TaxRate,
+    /// Status.
+    pub status: SubscriptionStatus,
+    /// Current plan terms.
+    pub plan: Option<PlanTerms>,
+    /// Current billing period kind.
+    pub billing_period: Option<BillingPeriod>,
+    /// When the subscription started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the trial ends (or ended).
+    pub trial_ends_at: Option<DateTime<Utc>>,
+    /// The billing anchor (trial end, or start without trial, or the last interval switch).
+    pub anchor: Option<DateTime<Utc>>,
+    /// Which period after the anchor is current.
+    pub period_index: u32,
+    /// Whether it ends at the current period's end.
+    pub cancel_at_period_end: bool,
+    /// A downgrade waiting for the period end.
+    pub pending_change: Option<PendingChange>,
+    /// Add-ons.
+    pub addons: Addons,
+    /// Invoices issued so far (the next number is this + 1).
+    pub invoices_issued: u32,
+    /// Unpaid invoices and their totals.
+    pub unpaid: BTreeMap<Uuid, Decimal>,
+    /// Unpaid invoices whose payment failed.
+    pub failed: BTreeSet<Uuid>,
+    /// Since when a payment has been overdue.
+    pub past_due_since: Option<DateTime<Utc>>,
+    /// Payment notifications already processed (by provider id).
+    pub payments_seen: BTreeSet<String>,
+    /// Account credit to apply to the next invoices.
+    pub credit_balance: Decimal,
+    /// When it was cancelled.
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl Subscription {
+    /// The current period: the trial while trialing, else the anchor's current period.
+    pub fn current_period(&self) -> Option<Period> {
+        match self.status {
+            SubscriptionStatus::New => None,
+            SubscriptionStatus::Trialing => Some(Period {
+                start: self.started_at?,
+                end: self.trial_ends_at?,
+            }),
+            _ => Some(period::nth(
+                self.anchor?,
+                self.billing_period?,
+                self.period_index,
+            )),
+        }
+    }
+
+    /// The instant the grace period of an overdue payment runs out.
+    pub fn grace_expires_at(&self) -> Option<DateTime<Utc>> {
+        match self.status {
+            SubscriptionStatus::PastDue => {
+                self.past_due_since.map(|t| t + Duration::days(GRACE_DAYS))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Aggregate for Subscription {
+    const TYPE: &'static str = "Subscription";
+    type Command = SubscriptionCommand;
+    type Event = SubscriptionEvent;
+    type Error = SubscriptionError;
+    type Services = SubscriptionServices;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        meter: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        rules::handle(self, command, meter.as_ref(), sink).await
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        events::apply(self, event);
+    }
+}
+
+#[cfg(test)]
+mod tests;
