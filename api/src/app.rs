@@ -11,9 +11,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use commands::accounts::Accounts;
 use commands::clock::{Clock, ManualClock, SystemClock};
+use commands::plans::Plans;
 use commands::store::CommitHook;
+use commands::subscriptions::{PgUsageMeter, Subscriptions};
 use commands::tenants::Tenants;
+use commands::usage::Usage;
 use commands::{db, Actor, AggregateStore, CommandContext, Committed};
 use cqrs_es::Aggregate;
 use projections::{EventLog, Projections, Sequencer};
@@ -24,9 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
@@ -49,7 +51,10 @@ struct Inner {
     admin_token: String,
     clock: Arc<dyn Clock>,
     manual_clock: Option<Arc<ManualClock>>,
-    tenants: Tenants,
+    billing_lock: tokio::sync::Mutex<()>,
+    tenants: Arc<Tenants>,
+    accounts: Accounts,
+    usage: Usage,
     projections: Arc<Projections>,
     log: EventLog,
 }
@@ -81,8 +86,41 @@ impl AppState {
     }
 
     /// Tenant commands.
-    pub fn tenants(&self) -> &Tenants {
+    pub fn tenants(&self) -> &Arc<Tenants> {
         &self.0.tenants
+    }
+
+    /// Plans, subscriptions, billing and payments (work spanning aggregates).
+    pub fn accounts(&self) -> &Accounts {
+        &self.0.accounts
+    }
+
+    /// Usage commands.
+    pub fn usage(&self) -> &Usage {
+        &self.0.usage
+    }
+
+    /// Waits until every live read model has applied everything appended so far (used before
+    /// and after work that reads many read models, such as the billing run).
+    pub async fn settle_all(&self) {
+        match self.0.projections.drain_and_head().await {
+            Ok(head) => {
+                if !self.0.projections.wait_for(head, SETTLE_TIMEOUT).await {
+                    tracing::warn!(head, "read models did not reach the head in time");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the log head"),
+        }
+    }
+
+    /// Runs the billing cycle as of `as_of` with read models settled before and after.
+    pub async fn run_billing(&self, as_of: chrono::DateTime<chrono::Utc>) -> Result<commands::accounts::BillingReport, ApiError> {
+        let _serialised = self.0.billing_lock.lock().await;
+        self.settle_all().await;
+        let correlation = REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| format!("billing-{}", Uuid::now_v7()));
+        let report = self.0.accounts.run_billing(as_of, &correlation).await?;
+        self.settle_all().await;
+        Ok(report)
     }
 
     /// The projections.
@@ -98,16 +136,8 @@ impl AppState {
     /// The context for a command issued now by `actor` for `tenant_id`, correlated with the
     /// current request.
     pub fn context(&self, tenant_id: Option<Uuid>, actor: Actor) -> CommandContext {
-        let request_id = REQUEST_ID
-            .try_with(Clone::clone)
-            .unwrap_or_else(|_| Uuid::now_v7().to_string());
-        CommandContext {
-            tenant_id,
-            actor,
-            causation_id: request_id.clone(),
-            correlation_id: request_id,
-            at: self.now(),
-        }
+        let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| Uuid::now_v7().to_string());
+        CommandContext { tenant_id, actor, causation_id: request_id.clone(), correlation_id: request_id, at: self.now() }
     }
 
     /// Waits until every live read model includes what `committed` appended to aggregate
@@ -115,43 +145,22 @@ impl AppState {
     /// fail the command (it did commit): the wait gives up after a while and says so in the log.
     pub async fn settle<A: Aggregate>(&self, aggregate_id: &str, committed: &Committed<A>) {
         if let Some(sequence) = committed.last_sequence() {
-            if self
-                .0
-                .projections
-                .wait_for_event(A::TYPE, aggregate_id, sequence, SETTLE_TIMEOUT)
-                .await
-                .is_none()
-            {
-                tracing::warn!(
-                    aggregate_type = A::TYPE,
-                    aggregate_id,
-                    sequence,
-                    "read models did not catch up with a command in time"
-                );
+            if self.0.projections.wait_for_event(A::TYPE, aggregate_id, sequence, SETTLE_TIMEOUT).await.is_none() {
+                tracing::warn!(aggregate_type = A::TYPE, aggregate_id, sequence, "read models did not catch up with a command in time");
             }
         }
     }
 
     /// Runs `work` to completion on its own task, so that a client hanging up cannot cancel
     /// it between the commit and what must follow it (read-model settling, idempotency records).
-    pub async fn detach<T: Send + 'static>(
-        &self,
-        work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    pub async fn detach<T: Send + 'static>(&self, work: impl Future<Output = Result<T, ApiError>> + Send + 'static) -> Result<T, ApiError> {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
-        tokio::spawn(REQUEST_ID.scope(request_id, work))
-            .await
-            .map_err(ApiError::internal)?
+        tokio::spawn(REQUEST_ID.scope(request_id, work)).await.map_err(ApiError::internal)?
     }
 
     /// Whether tenant `id` exists.
     pub async fn tenant_exists(&self, id: Uuid) -> Result<bool, ApiError> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm.tenants WHERE id = $1)")
-                .bind(id)
-                .fetch_one(self.pool())
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm.tenants WHERE id = $1)").bind(id).fetch_one(self.pool()).await?)
     }
 
     /// The active key with this hash, with its tenant's status.
@@ -193,11 +202,14 @@ impl Application {
 
         let ring = sequencer.clone();
         let on_commit: CommitHook = Arc::new(move || ring.ring());
-        let tenants = Tenants::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit));
+        let tenants = Arc::new(Tenants::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone())));
+        let plans = Arc::new(Plans::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone())));
+        let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
+        let subscriptions = Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), meter, Vec::new(), on_commit.clone())));
+        let accounts = Accounts::new(pool.clone(), plans, tenants.clone(), subscriptions);
+        let usage = Usage::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit));
 
-        let manual_clock = config
-            .test_clock
-            .then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
+        let manual_clock = config.test_clock.then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
         let clock: Arc<dyn Clock> = match &manual_clock {
             Some(manual) => manual.clone(),
             None => Arc::new(SystemClock),
@@ -216,25 +228,24 @@ impl Application {
             admin_token,
             clock,
             manual_clock,
+            billing_lock: tokio::sync::Mutex::new(()),
             tenants,
+            accounts,
+            usage,
             projections,
         }));
+        let seed = state.context(None, Actor::System("catalog"));
+        state.accounts().plans().seed_defaults(&seed).await.map_err(|e| e.to_string())?;
+        state.settle_all().await;
+        let mut background = background;
+        background.push(tokio::spawn(billing_loop(state.clone(), shutdown.clone())));
         let router = router(state.clone());
-        Ok(Self {
-            listener,
-            router,
-            state,
-            shutdown,
-            background,
-            generated_admin_token,
-        })
+        Ok(Self { listener, router, state, shutdown, background, generated_admin_token })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// The application state (for tests and the CLI).
@@ -249,13 +260,8 @@ impl Application {
 
     /// Serves until `stop` completes, then drains in-flight requests and stops the
     /// background work.
-    pub async fn run_until(
-        self,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stop)
-            .await;
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(stop).await;
         self.shutdown.cancel();
         for task in self.background {
             let _ = task.await;
@@ -265,15 +271,30 @@ impl Application {
     }
 }
 
+/// Runs the billing cycle as of the server's clock every `billing_interval`, so renewals, trial
+/// ends and grace expiries happen without anyone asking.
+async fn billing_loop(state: AppState, shutdown: CancellationToken) {
+    let interval = state.config().billing_interval;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match state.run_billing(state.now()).await {
+            Ok(report) if !report.failures.is_empty() => tracing::warn!(?report, "billing run had failures"),
+            Ok(report) => tracing::debug!(?report, "billing run"),
+            Err(e) => tracing::error!(error = ?e, "billing run failed"),
+        }
+    }
+}
+
 /// Request ids: UUIDv7, so they sort by time in logs.
 #[derive(Debug, Clone, Copy)]
 struct UuidV7Ids;
 
 impl MakeRequestId for UuidV7Ids {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&Uuid::now_v7().to_string())
-            .ok()
-            .map(RequestId::new)
+        HeaderValue::from_str(&Uuid::now_v7().to_string()).ok().map(RequestId::new)
     }
 }
 
@@ -282,10 +303,7 @@ impl MakeRequestId for UuidV7Ids {
 async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
     let usable = request.headers().get("x-request-id").is_some_and(|v| {
         let bytes = v.as_bytes();
-        (1..=128).contains(&bytes.len())
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+        (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
     });
     if !usable {
         request.headers_mut().remove("x-request-id");
@@ -296,20 +314,12 @@ async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response 
 /// Makes every error response, whoever produced it (router, body limit, timeout, panic),
 /// carry the contract's JSON error body, and scopes the request id for handlers.
 async fn contract_errors(request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     REQUEST_ID
         .scope(request_id, async move {
             let response = next.run(request).await;
             let status = response.status();
-            let is_json = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
             if status.as_u16() < 400 || is_json {
                 return response;
             }

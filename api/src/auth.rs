@@ -81,22 +81,11 @@ impl Caller {
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthenticated("send Authorization: Bearer <token>"))?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| ApiError::unauthenticated("send Authorization: Bearer <token>"))?;
+    let value = value.to_str().map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
     match value.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(token.trim())
-        }
-        _ => Err(ApiError::unauthenticated(
-            "the Authorization header must be \"Bearer <token>\"",
-        )),
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err(ApiError::unauthenticated("the Authorization header must be \"Bearer <token>\"")),
     }
 }
 
@@ -115,10 +104,7 @@ fn tenant_header(parts: &Parts) -> Result<Option<Uuid>, ApiError> {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
@@ -137,9 +123,7 @@ impl FromRequestParts<AppState> for Caller {
                 .await?
                 .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
             if named.is_some_and(|id| id != key.tenant_id) {
-                return Err(ApiError::forbidden(
-                    "X-Tenant-ID names another tenant than the API key's",
-                ));
+                return Err(ApiError::forbidden("X-Tenant-ID names another tenant than the API key's"));
             }
             Caller::Tenant(key)
         };
@@ -155,10 +139,7 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
             Caller::Admin { .. } => Ok(Admin),
             Caller::Tenant(_) => Err(ApiError::forbidden("this route is for the platform admin")),
@@ -186,10 +167,7 @@ impl TenantCaller {
     pub fn require_manager(&self) -> Result<(), ApiError> {
         match self.role {
             None | Some(ApiKeyRole::Owner | ApiKeyRole::Admin) => Ok(()),
-            Some(role) => Err(ApiError::forbidden(format!(
-                "a {} key may not do this; use an owner or admin key",
-                role.as_str()
-            ))),
+            Some(role) => Err(ApiError::forbidden(format!("a {} key may not do this; use an owner or admin key", role.as_str()))),
         }
     }
 }
@@ -197,23 +175,13 @@ impl TenantCaller {
 impl FromRequestParts<AppState> for TenantCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let is_read = matches!(parts.method, Method::GET | Method::HEAD);
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Admin {
-                acting_for: Some(tenant_id),
-            } => Ok(Self {
-                tenant_id,
-                role: None,
-                actor: Actor::Admin,
-            }),
-            Caller::Admin { acting_for: None } => Err(ApiError::validation(
-                "X-Tenant-ID",
-                "the admin token must name a tenant in X-Tenant-ID for tenant routes",
-            )),
+            Caller::Admin { acting_for: Some(tenant_id) } => Ok(Self { tenant_id, role: None, actor: Actor::Admin }),
+            Caller::Admin { acting_for: None } => {
+                Err(ApiError::validation("X-Tenant-ID", "the admin token must name a tenant in X-Tenant-ID for tenant routes"))
+            }
             Caller::Tenant(key) => {
                 if !is_read {
                     if !key.role.0.may_write() {
@@ -227,21 +195,11 @@ impl FromRequestParts<AppState> for TenantCaller {
                                 "the tenant is suspended; settle the open invoice to reactivate it",
                             ))
                         }
-                        "cancelled" => {
-                            return Err(ApiError::new(
-                                StatusCode::FORBIDDEN,
-                                "TENANT_CANCELLED",
-                                "the tenant is cancelled",
-                            ))
-                        }
+                        "cancelled" => return Err(ApiError::new(StatusCode::FORBIDDEN, "TENANT_CANCELLED", "the tenant is cancelled")),
                         _ => {}
                     }
                 }
-                Ok(Self {
-                    tenant_id: key.tenant_id,
-                    role: Some(key.role.0),
-                    actor: Actor::ApiKey(key.key_id),
-                })
+                Ok(Self { tenant_id: key.tenant_id, role: Some(key.role.0), actor: Actor::ApiKey(key.key_id) })
             }
         }
     }

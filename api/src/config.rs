@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Longest a request may take, in seconds, before it is answered with 503.
     #[arg(long, env = "SAAS_LEDGER_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// How often the billing cycle runs by itself, in seconds.
+    #[arg(long, env = "SAAS_LEDGER_BILLING_INTERVAL_SECS", default_value_t = 60)]
+    pub billing_interval_secs: u64,
 }
 
 /// Everything the application needs, resolved.
@@ -56,6 +59,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Request time limit.
     pub request_timeout: Duration,
+    /// How often the server runs the billing cycle by itself.
+    pub billing_interval: Duration,
 }
 
 impl Config {
@@ -68,10 +73,10 @@ impl Config {
             bind: args.bind,
             admin_token: env("SAAS_LEDGER_ADMIN_TOKEN"),
             webhook_secret: env("SAAS_LEDGER_WEBHOOK_SECRET"),
-            test_clock: env("SAAS_LEDGER_TEST_CLOCK")
-                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            test_clock: env("SAAS_LEDGER_TEST_CLOCK").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
             max_body_bytes: args.max_body_bytes,
             request_timeout: Duration::from_secs(args.request_timeout_secs),
+            billing_interval: Duration::from_secs(args.billing_interval_secs.max(1)),
         }
     }
 
@@ -86,6 +91,7 @@ impl Config {
             test_clock: false,
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            billing_interval: Duration::from_secs(60),
         }
     }
 }

@@ -34,13 +34,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.to_owned(),
-            message: message.into(),
-            details: Map::new(),
-            retry_after: None,
-        }
+        Self { status, code: code.to_owned(), message: message.into(), details: Map::new(), retry_after: None }
     }
 
     /// Adds a detail.
@@ -71,21 +65,13 @@ impl ApiError {
 
     /// 404 `NOT_FOUND`.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("no such {what}"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such {what}"))
     }
 
     /// 500 `INTERNAL`: logs `cause` and tells the client only the request id.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "an internal error occurred; quote the request id when reporting it",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "an internal error occurred; quote the request id when reporting it")
     }
 
     /// The canonical error for a bare status produced outside our handlers (router 404/405,
@@ -93,19 +79,12 @@ impl ApiError {
     pub fn for_status(status: StatusCode) -> Self {
         let (code, message) = match status {
             StatusCode::NOT_FOUND => ("NOT_FOUND", "no such route"),
-            StatusCode::METHOD_NOT_ALLOWED => (
-                "METHOD_NOT_ALLOWED",
-                "this route does not accept that method",
-            ),
+            StatusCode::METHOD_NOT_ALLOWED => ("METHOD_NOT_ALLOWED", "this route does not accept that method"),
             StatusCode::PAYLOAD_TOO_LARGE => ("PAYLOAD_TOO_LARGE", "the request body is too large"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-                "UNSUPPORTED_MEDIA_TYPE",
-                "send the body as application/json",
-            ),
-            StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => (
-                "TIMEOUT",
-                "the request took too long; it may or may not have taken effect",
-            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json"),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => {
+                ("TIMEOUT", "the request took too long; it may or may not have taken effect")
+            }
             StatusCode::UNAUTHORIZED => ("UNAUTHENTICATED", "missing or invalid credentials"),
             StatusCode::FORBIDDEN => ("FORBIDDEN", "not allowed"),
             s if s.is_server_error() => return Self::internal(format!("bare {s} response")),
@@ -123,13 +102,10 @@ impl IntoResponse for ApiError {
                 details.insert("request_id".into(), Value::String(id));
             }
         }
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "details": details}});
+        let body = json!({"error": {"code": self.code, "message": self.message, "details": details}});
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -147,13 +123,7 @@ fn status_of(kind: RejectionKind) -> StatusCode {
 
 /// Any domain refusal.
 pub fn rejection(r: &dyn Rejection) -> ApiError {
-    ApiError {
-        status: status_of(r.kind()),
-        code: r.code().to_owned(),
-        message: r.to_string(),
-        details: r.details(),
-        retry_after: None,
-    }
+    ApiError { status: status_of(r.kind()), code: r.code().to_owned(), message: r.to_string(), details: r.details(), retry_after: None }
 }
 
 impl From<ValidationError> for ApiError {
@@ -167,11 +137,7 @@ impl<E: Rejection> From<CommandError<E>> for ApiError {
         match e {
             CommandError::Domain(e) => rejection(&e),
             CommandError::Store(r) => rejection(&r),
-            CommandError::Concurrency(_) => Self::new(
-                StatusCode::CONFLICT,
-                "CONCURRENT_MODIFICATION",
-                e.to_string(),
-            ),
+            CommandError::Concurrency(_) => Self::new(StatusCode::CONFLICT, "CONCURRENT_MODIFICATION", e.to_string()),
             CommandError::Internal(cause) => Self::internal(cause),
         }
     }

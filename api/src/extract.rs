@@ -30,31 +30,24 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<(bool, By
         .and_then(|v| v.split(';').next())
         .map(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json"
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false);
-    let bytes =
-        Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
-                }
-                _ => ApiError::malformed_json(rejection.body_text()),
-            })?;
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE),
+        _ => ApiError::malformed_json(rejection.body_text()),
+    })?;
     Ok((is_json, bytes))
 }
 
 fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError> {
     if !is_json {
-        return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
-            .with("expected", "application/json"));
+        return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE).with("expected", "application/json"));
     }
     // Syntax first (the whole body), then shape: a broken body is MALFORMED_JSON even when
     // its first part already has the wrong shape.
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::malformed_json(format!("the body is not valid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::malformed_json(format!("the body is not valid JSON: {e}")))?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
@@ -66,12 +59,7 @@ fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError
 /// The field an error is about: the path where it happened, or, for missing and unknown
 /// fields (reported at the parent), the field named in serde's message.
 fn field_of(path: &str, message: &str) -> String {
-    let named = |prefix: &str| {
-        message
-            .split_once(prefix)
-            .and_then(|(_, rest)| rest.split_once('`'))
-            .map(|(name, _)| name.to_owned())
-    };
+    let named = |prefix: &str| message.split_once(prefix).and_then(|(_, rest)| rest.split_once('`')).map(|(name, _)| name.to_owned());
     // An unknown field is reported at its own path; a missing one at its parent's.
     if let Some(name) = named("unknown field `") {
         return if path == "." { name } else { path.to_owned() };
@@ -85,11 +73,7 @@ fn field_of(path: &str, message: &str) -> String {
 }
 
 fn strip_position(message: &str) -> String {
-    message
-        .split(" at line ")
-        .next()
-        .unwrap_or(message)
-        .to_owned()
+    message.split(" at line ").next().unwrap_or(message).to_owned()
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -124,18 +108,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(q)| Self(q))
-            .map_err(|rejection| {
-                let text = rejection.body_text();
-                let message = text.trim_start_matches("Failed to deserialize query string: ");
-                let field = message
-                    .split_once('`')
-                    .and_then(|(_, rest)| rest.split_once('`'))
-                    .map_or("query", |(f, _)| f);
-                ApiError::validation(field, message)
-            })
+        Query::<T>::from_request_parts(parts, state).await.map(|Query(q)| Self(q)).map_err(|rejection| {
+            let text = rejection.body_text();
+            let message = text.trim_start_matches("Failed to deserialize query string: ");
+            let field = message.split_once('`').and_then(|(_, rest)| rest.split_once('`')).map_or("query", |(f, _)| f);
+            ApiError::validation(field, message)
+        })
     }
 }
 
@@ -152,25 +130,10 @@ mod tests {
     #[test]
     fn fields_are_named_for_missing_unknown_and_mistyped_values() {
         assert_eq!(field_of(".", "missing field `code`"), "code");
-        assert_eq!(
-            field_of("colour", "unknown field `colour`, expected one of `a`"),
-            "colour"
-        );
-        assert_eq!(
-            field_of("customer.nick", "unknown field `nick`, expected one of `a`"),
-            "customer.nick"
-        );
-        assert_eq!(
-            field_of("customer", "missing field `email`"),
-            "customer.email"
-        );
-        assert_eq!(
-            field_of("trial_days", "invalid type: string \"x\", expected u32"),
-            "trial_days"
-        );
-        assert_eq!(
-            field_of(".", "invalid type: sequence, expected a map"),
-            "body"
-        );
+        assert_eq!(field_of("colour", "unknown field `colour`, expected one of `a`"), "colour");
+        assert_eq!(field_of("customer.nick", "unknown field `nick`, expected one of `a`"), "customer.nick");
+        assert_eq!(field_of("customer", "missing field `email`"), "customer.email");
+        assert_eq!(field_of("trial_days", "invalid type: string \"x\", expected u32"), "trial_days");
+        assert_eq!(field_of(".", "invalid type: sequence, expected a map"), "body");
     }
 }

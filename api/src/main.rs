@@ -42,11 +42,8 @@ enum ProjectionsCommand {
 }
 
 fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -92,16 +89,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             commands::db::migrate(&pool).await?;
             println!("migrations applied");
         }
-        Command::Projections {
-            database,
-            command: ProjectionsCommand::Status,
-        } => {
+        Command::Projections { database, command: ProjectionsCommand::Status } => {
             let pool = commands::db::connect(&database.database_url, 2).await?;
-            let projections = projections::Projections::new(
-                pool.clone(),
-                projections::Sequencer::new(pool),
-                projections::all(),
-            );
+            let projections = projections::Projections::new(pool.clone(), projections::Sequencer::new(pool), projections::all());
             println!(
                 "{:<16} {:>7} {:>10} {:<9} {:>12} {:>12} {:>10}  last error",
                 "projection", "version", "generation", "status", "position", "head", "lag"
@@ -112,9 +102,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     run.name,
                     run.version,
                     run.generation,
-                    serde_json::to_value(run.status)?
-                        .as_str()
-                        .unwrap_or_default(),
+                    serde_json::to_value(run.status)?.as_str().unwrap_or_default(),
                     run.position,
                     run.head,
                     run.lag,

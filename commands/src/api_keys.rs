@@ -25,11 +25,7 @@ pub fn generate() -> GeneratedKey {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
-    GeneratedKey {
-        hash: hash(&secret),
-        display_prefix: secret[..KEY_PREFIX.len() + 8].to_owned(),
-        secret,
-    }
+    GeneratedKey { hash: hash(&secret), display_prefix: secret[..KEY_PREFIX.len() + 8].to_owned(), secret }
 }
 
 /// The stored form of a presented secret.

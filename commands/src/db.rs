@@ -12,20 +12,13 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Settings every connection of ours gets. Transactions must stay short: they hold row locks
 /// that other commands wait for, so one left open by a bug is ended by the server.
-const SESSION_SETTINGS: [(&str, &str); 3] = [
-    ("application_name", "saas-ledger"),
-    ("idle_in_transaction_session_timeout", "60s"),
-    ("lock_timeout", "10s"),
-];
+const SESSION_SETTINGS: [(&str, &str); 3] =
+    [("application_name", "saas-ledger"), ("idle_in_transaction_session_timeout", "60s"), ("lock_timeout", "10s")];
 
 /// Opens a pool of at most `max_connections` to `url`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.options(SESSION_SETTINGS);
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10)).connect_with(options).await
 }
 
 /// Creates the database named in `url` unless it exists (safe when several processes race).
@@ -47,9 +40,6 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 /// Whether every embedded migration has been applied (for readiness checks).
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await?;
+    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
     Ok(applied == Some(latest))
 }

@@ -44,20 +44,12 @@ impl StoreRejection {
             "SL429" => RejectionKind::QuotaExceeded,
             _ => return None,
         };
-        let mut details: Map<String, Value> = error
-            .detail()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or_default();
+        let mut details: Map<String, Value> = error.detail().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
         let code = match details.remove("code") {
             Some(Value::String(code)) => code,
             _ => "CONFLICT".to_owned(),
         };
-        Some(Self {
-            kind,
-            code,
-            message: error.message().to_owned(),
-            details,
-        })
+        Some(Self { kind, code, message: error.message().to_owned(), details })
     }
 }
 
@@ -84,8 +76,7 @@ impl<E: std::error::Error> CommandError<E> {
         match error {
             AggregateError::UserError(e) => Self::Domain(e),
             AggregateError::AggregateConflict => Self::Concurrency(aggregate_type),
-            AggregateError::DatabaseConnectionError(e)
-            | AggregateError::DeserializationError(e) => Self::Internal(e.to_string()),
+            AggregateError::DatabaseConnectionError(e) | AggregateError::DeserializationError(e) => Self::Internal(e.to_string()),
             AggregateError::UnexpectedError(e) => {
                 let rejection = e
                     .downcast_ref::<sqlx::Error>()

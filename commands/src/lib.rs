@@ -3,13 +3,17 @@
 //! who/why/when metadata, and database-enforced rules come back as typed refusals.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod api_keys;
 pub mod clock;
 pub mod db;
 pub mod error;
 pub mod metadata;
+pub mod plans;
 pub mod store;
+pub mod subscriptions;
 pub mod tenants;
+pub mod usage;
 
 pub use error::{CommandError, StoreRejection};
 pub use metadata::{Actor, CommandContext};

@@ -45,10 +45,7 @@ pub struct CommandContext {
 impl CommandContext {
     /// The same context on behalf of another tenant (a sign-up creates the tenant it is for).
     pub fn for_tenant(&self, tenant_id: Uuid) -> Self {
-        Self {
-            tenant_id: Some(tenant_id),
-            ..self.clone()
-        }
+        Self { tenant_id: Some(tenant_id), ..self.clone() }
     }
 
     /// The metadata map stored with each event.
@@ -60,10 +57,7 @@ impl CommandContext {
         metadata.insert("actor".to_owned(), self.actor.to_string());
         metadata.insert("correlation_id".to_owned(), self.correlation_id.clone());
         metadata.insert("causation_id".to_owned(), self.causation_id.clone());
-        metadata.insert(
-            "occurred_at".to_owned(),
-            self.at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        );
+        metadata.insert("occurred_at".to_owned(), self.at.to_rfc3339_opts(SecondsFormat::Micros, true));
         metadata
     }
 }

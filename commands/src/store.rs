@@ -57,19 +57,10 @@ where
 {
     /// An executor over `pool`'s `events` table (plain event store, no snapshots), with the
     /// upcasters that lift old event versions as they are read.
-    pub fn new(
-        pool: PgPool,
-        services: A::Services,
-        upcasters: Vec<Box<dyn EventUpcaster>>,
-        on_commit: CommitHook,
-    ) -> Self {
+    pub fn new(pool: PgPool, services: A::Services, upcasters: Vec<Box<dyn EventUpcaster>>, on_commit: CommitHook) -> Self {
         let repo = PostgresEventRepository::new(pool);
         let store = PersistedEventStore::new_event_store(repo).with_upcasters(upcasters);
-        Self {
-            store,
-            services,
-            on_commit,
-        }
+        Self { store, services, on_commit }
     }
 
     /// Runs `command` on aggregate `aggregate_id` and appends its events with `context`'s
@@ -84,23 +75,12 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut loaded = self
-                .store
-                .load_aggregate(aggregate_id)
-                .await
-                .map_err(Self::error)?;
+            let mut loaded = self.store.load_aggregate(aggregate_id).await.map_err(Self::error)?;
             let sink = EventSink::default();
-            loaded
-                .aggregate
-                .handle(command.clone(), &self.services, &sink)
-                .await
-                .map_err(CommandError::Domain)?;
+            loaded.aggregate.handle(command.clone(), &self.services, &sink).await.map_err(CommandError::Domain)?;
             let events = sink.collect().await;
             if events.is_empty() {
-                return Ok(Committed {
-                    state: loaded.aggregate,
-                    events: Vec::new(),
-                });
+                return Ok(Committed { state: loaded.aggregate, events: Vec::new() });
             }
             let state = loaded.aggregate.clone();
             match self.store.commit(events, loaded, metadata.clone()).await {
@@ -109,12 +89,7 @@ where
                     return Ok(Committed { state, events });
                 }
                 Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(
-                        aggregate_type = A::TYPE,
-                        aggregate_id,
-                        attempt,
-                        "optimistic concurrency conflict; retrying"
-                    );
+                    tracing::debug!(aggregate_type = A::TYPE, aggregate_id, attempt, "optimistic concurrency conflict; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) => return Err(Self::error(e)),
@@ -123,27 +98,14 @@ where
     }
 
     /// The aggregate's current state and last sequence, or `None` if it has no events.
-    pub async fn load(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Option<(A, usize)>, CommandError<A::Error>> {
-        let loaded = self
-            .store
-            .load_aggregate(aggregate_id)
-            .await
-            .map_err(Self::error)?;
+    pub async fn load(&self, aggregate_id: &str) -> Result<Option<(A, usize)>, CommandError<A::Error>> {
+        let loaded = self.store.load_aggregate(aggregate_id).await.map_err(Self::error)?;
         Ok((loaded.current_sequence > 0).then_some((loaded.aggregate, loaded.current_sequence)))
     }
 
     /// The aggregate's events, upcast to their current versions.
-    pub async fn events(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
-        self.store
-            .load_events(aggregate_id)
-            .await
-            .map_err(Self::error)
+    pub async fn events(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
+        self.store.load_events(aggregate_id).await.map_err(Self::error)
     }
 
     fn error(error: AggregateError<A::Error>) -> CommandError<A::Error> {
@@ -154,9 +116,5 @@ where
 /// Exponential back-off with full jitter: 1-2 ms, 2-4 ms, ... capped at 100 ms.
 fn backoff(attempt: u32) -> Duration {
     let base = 1u64 << attempt.min(7);
-    Duration::from_micros(
-        rand::thread_rng()
-            .gen_range(base * 1000..=base * 2000)
-            .min(100_000),
-    )
+    Duration::from_micros(rand::thread_rng().gen_range(base * 1000..=base * 2000).min(100_000))
 }

@@ -1,11 +1,8 @@
 //! Tenant commands: sign-up (with its owner key), lifecycle, branding and API keys.
 
-use domain::plan::{default_catalog, BillingPeriod, PlanCode};
+use domain::plan::{BillingPeriod, Plan, PlanCode};
 use domain::tenant::{ApiKeyRole, NewApiKey, NewTenant, Tenant, TenantCommand, TenantError};
-use domain::values::{
-    BusinessType, CurrencyCode, DisplayName, Email, Locale, TaxRate, TenantCode, TimeZoneName,
-};
-use domain::ValidationError;
+use domain::values::{BusinessType, CurrencyCode, DisplayName, Email, Locale, TaxRate, TenantCode, TimeZoneName};
 use uuid::Uuid;
 
 use crate::{api_keys, AggregateStore, CommandContext, CommandError, Committed};
@@ -57,26 +54,14 @@ impl Tenants {
         Self { store }
     }
 
-    /// Signs a tenant up and issues its owner key. The code's uniqueness is enforced by the
+    /// Signs a tenant up on `plan` and issues its owner key. The code's uniqueness is enforced by the
     /// event store in the same transaction (a taken code is a `StoreRejection` 409).
     pub async fn sign_up(
         &self,
         sign_up: SignUp,
+        plan: &Plan,
         context: &CommandContext,
     ) -> Result<(IssuedKey, Committed<Tenant>), CommandError<TenantError>> {
-        let catalog = default_catalog();
-        let plan = catalog
-            .iter()
-            .find(|p| p.code == sign_up.plan)
-            .ok_or_else(|| {
-                CommandError::Domain(
-                    ValidationError::new(
-                        "plan",
-                        format!("no plan \"{}\" in the catalog", sign_up.plan),
-                    )
-                    .into(),
-                )
-            })?;
         let tenant_id = Uuid::now_v7();
         let (owner_key, issued) = new_key("owner", ApiKeyRole::Owner, None, context);
         let new = NewTenant {
@@ -98,14 +83,7 @@ impl Tenants {
             at: context.at,
         };
         let context = context.for_tenant(tenant_id);
-        let committed = self
-            .store
-            .execute(
-                &tenant_id.to_string(),
-                TenantCommand::Create(Box::new(new)),
-                &context,
-            )
-            .await?;
+        let committed = self.store.execute(&tenant_id.to_string(), TenantCommand::Create(Box::new(new)), &context).await?;
         Ok((issued, committed))
     }
 
@@ -119,9 +97,7 @@ impl Tenants {
         context: &CommandContext,
     ) -> Result<(IssuedKey, Committed<Tenant>), CommandError<TenantError>> {
         let (key, issued) = new_key(name.as_str(), role, issued_by, context);
-        let committed = self
-            .execute(tenant_id, TenantCommand::IssueApiKey(key), context)
-            .await?;
+        let committed = self.execute(tenant_id, TenantCommand::IssueApiKey(key), context).await?;
         Ok((issued, committed))
     }
 
@@ -132,45 +108,19 @@ impl Tenants {
         command: TenantCommand,
         context: &CommandContext,
     ) -> Result<Committed<Tenant>, CommandError<TenantError>> {
-        self.store
-            .execute(&tenant_id.to_string(), command, context)
-            .await
+        self.store.execute(&tenant_id.to_string(), command, context).await
     }
 
     /// The tenant aggregate's current state.
     pub async fn load(&self, tenant_id: Uuid) -> Result<Option<Tenant>, CommandError<TenantError>> {
-        Ok(self
-            .store
-            .load(&tenant_id.to_string())
-            .await?
-            .map(|(state, _)| state))
+        Ok(self.store.load(&tenant_id.to_string()).await?.map(|(state, _)| state))
     }
 }
 
-fn new_key(
-    name: &str,
-    role: ApiKeyRole,
-    issued_by: Option<ApiKeyRole>,
-    context: &CommandContext,
-) -> (NewApiKey, IssuedKey) {
+fn new_key(name: &str, role: ApiKeyRole, issued_by: Option<ApiKeyRole>, context: &CommandContext) -> (NewApiKey, IssuedKey) {
     let generated = api_keys::generate();
     let key_id = Uuid::now_v7();
-    let name = DisplayName::parse(name, "name")
-        .unwrap_or_else(|_| DisplayName::parse("key", "name").expect("a constant name is valid"));
-    let key = NewApiKey {
-        key_id,
-        name,
-        role,
-        key_hash: generated.hash,
-        key_prefix: generated.display_prefix,
-        issued_by,
-        at: context.at,
-    };
-    (
-        key,
-        IssuedKey {
-            key_id,
-            secret: generated.secret,
-        },
-    )
+    let name = DisplayName::parse(name, "name").unwrap_or_else(|_| DisplayName::parse("key", "name").expect("a constant name is valid"));
+    let key = NewApiKey { key_id, name, role, key_hash: generated.hash, key_prefix: generated.display_prefix, issued_by, at: context.at };
+    (key, IssuedKey { key_id, secret: generated.secret })
 }

@@ -43,10 +43,7 @@ pub struct ValidationError {
 impl ValidationError {
     /// A validation error on `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 
     /// The same error, reported under another field name (a parser knows the rule, the

@@ -10,6 +10,7 @@ pub mod error;
 pub mod plan;
 pub mod subscription;
 pub mod tenant;
+pub mod usage;
 pub mod values;
 
 pub use error::{Rejection, RejectionKind, ValidationError};

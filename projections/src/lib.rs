@@ -6,10 +6,13 @@
 //! crash can neither lose nor double-apply an event.
 #![forbid(unsafe_code)]
 
+pub mod billing;
+pub mod catalog;
 pub mod log;
 pub mod runner;
 pub mod sequencer;
 pub mod tenants;
+pub mod usage;
 
 pub use log::{EventLog, StoredEvent};
 pub use runner::{Projection, ProjectionError, Projections, RunInfo};
@@ -17,5 +20,10 @@ pub use sequencer::Sequencer;
 
 /// The projections this build maintains, in the order they are started.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
-    vec![std::sync::Arc::new(tenants::TenantsProjection)]
+    vec![
+        std::sync::Arc::new(tenants::TenantsProjection),
+        std::sync::Arc::new(catalog::CatalogProjection),
+        std::sync::Arc::new(billing::BillingProjection),
+        std::sync::Arc::new(usage::UsageProjection),
+    ]
 }

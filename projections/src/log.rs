@@ -43,7 +43,8 @@ impl StoredEvent {
     }
 }
 
-const COLUMNS: &str = "position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
+const COLUMNS: &str =
+    "position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
 /// Reads the log.
 #[derive(Debug, Clone)]
@@ -58,12 +59,7 @@ impl EventLog {
     }
 
     /// Up to `limit` events after `after`, in order; only `tenant`'s when given.
-    pub async fn read_after(
-        &self,
-        after: i64,
-        limit: i64,
-        tenant: Option<Uuid>,
-    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    pub async fn read_after(&self, after: i64, limit: i64, tenant: Option<Uuid>) -> Result<Vec<StoredEvent>, sqlx::Error> {
         read_after(&self.pool, after, limit, tenant).await
     }
 
@@ -73,43 +69,26 @@ impl EventLog {
     }
 
     /// The position of one stored event, once the sequencer has given it one.
-    pub async fn position_of(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: usize,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        let position: Option<Option<i64>> = sqlx::query_scalar("SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3")
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .bind(sequence as i64)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn position_of(&self, aggregate_type: &str, aggregate_id: &str, sequence: usize) -> Result<Option<i64>, sqlx::Error> {
+        let position: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3")
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(sequence as i64)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(position.flatten())
     }
 }
 
 /// [`EventLog::read_after`] on any connection (projectors read inside their transaction).
-pub async fn read_after(
-    db: impl PgExecutor<'_>,
-    after: i64,
-    limit: i64,
-    tenant: Option<Uuid>,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE position > $1 AND ($3::uuid IS NULL OR tenant_id = $3) ORDER BY position LIMIT $2"
-    );
-    sqlx::query_as(&sql)
-        .bind(after)
-        .bind(limit)
-        .bind(tenant)
-        .fetch_all(db)
-        .await
+pub async fn read_after(db: impl PgExecutor<'_>, after: i64, limit: i64, tenant: Option<Uuid>) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM events WHERE position > $1 AND ($3::uuid IS NULL OR tenant_id = $3) ORDER BY position LIMIT $2");
+    sqlx::query_as(&sql).bind(after).bind(limit).bind(tenant).fetch_all(db).await
 }
 
 /// [`EventLog::head`] on any connection.
 pub async fn head(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT position FROM event_log_head")
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar("SELECT position FROM event_log_head").fetch_one(db).await
 }

@@ -44,12 +44,7 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one event to the tables in `schema`. Called in global order, exactly once per
     /// event, inside the transaction that also moves the checkpoint. Takes time from the
     /// event, never from a clock, so that a rebuild gives the same answer.
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        schema: &str,
-        event: &StoredEvent,
-    ) -> Result<(), ProjectionError>;
+    async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError>;
 }
 
 /// Why a projection could not apply an event.
@@ -71,10 +66,7 @@ pub enum ProjectionError {
 impl ProjectionError {
     /// A payload decoding error for `event`.
     pub fn payload(event: &StoredEvent, source: serde_json::Error) -> Self {
-        Self::Payload {
-            event_type: event.event_type.clone(),
-            source,
-        }
+        Self::Payload { event_type: event.event_type.clone(), source }
     }
 }
 
@@ -133,21 +125,9 @@ pub struct Projections {
 
 impl Projections {
     /// The given projections over `pool`, fed by `sequencer`.
-    pub fn new(
-        pool: PgPool,
-        sequencer: Arc<Sequencer>,
-        projections: Vec<Arc<dyn Projection>>,
-    ) -> Arc<Self> {
-        let live = projections
-            .iter()
-            .map(|p| (p.name(), watch::Sender::new(0)))
-            .collect();
-        Arc::new(Self {
-            pool,
-            sequencer,
-            projections,
-            live,
-        })
+    pub fn new(pool: PgPool, sequencer: Arc<Sequencer>, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
+        let live = projections.iter().map(|p| (p.name(), watch::Sender::new(0))).collect();
+        Arc::new(Self { pool, sequencer, projections, live })
     }
 
     fn projection(&self, name: &str) -> Option<&Arc<dyn Projection>> {
@@ -161,15 +141,17 @@ impl Projections {
     pub async fn prepare(&self) -> Result<(), ProjectionError> {
         self.sequencer.drain().await?;
         for projection in &self.projections {
-            let live: Option<(i32, i32)> = sqlx::query_as("SELECT generation, version FROM projection_runs WHERE name = $1 AND status = 'live'")
-                .bind(projection.name())
-                .fetch_optional(&self.pool)
-                .await?;
-            let building: Option<i32> = sqlx::query_scalar("SELECT generation FROM projection_runs WHERE name = $1 AND status = 'building' AND version = $2")
-                .bind(projection.name())
-                .bind(projection.version())
-                .fetch_optional(&self.pool)
-                .await?;
+            let live: Option<(i32, i32)> =
+                sqlx::query_as("SELECT generation, version FROM projection_runs WHERE name = $1 AND status = 'live'")
+                    .bind(projection.name())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let building: Option<i32> =
+                sqlx::query_scalar("SELECT generation FROM projection_runs WHERE name = $1 AND status = 'building' AND version = $2")
+                    .bind(projection.name())
+                    .bind(projection.version())
+                    .fetch_optional(&self.pool)
+                    .await?;
             match live {
                 Some((_, version)) if version == projection.version() => {}
                 Some(_) if building.is_some() => {}
@@ -194,11 +176,7 @@ impl Projections {
     /// once it has caught up.
     pub async fn rebuild(&self, name: &str) -> Result<Vec<(String, i32)>, ProjectionError> {
         let mut started = Vec::new();
-        for projection in self
-            .projections
-            .iter()
-            .filter(|p| name == "all" || p.name() == name)
-        {
+        for projection in self.projections.iter().filter(|p| name == "all" || p.name() == name) {
             sqlx::query("DELETE FROM projection_runs WHERE name = $1 AND status = 'building'")
                 .bind(projection.name())
                 .execute(&self.pool)
@@ -215,31 +193,19 @@ impl Projections {
     }
 
     fn run_of(&self, projection: &dyn Projection, generation: i32) -> Run {
-        Run {
-            name: projection.name(),
-            generation,
-            schema: format!("rm_{}_g{generation}", projection.name()),
-        }
+        Run { name: projection.name(), generation, schema: format!("rm_{}_g{generation}", projection.name()) }
     }
 
     async fn new_run(&self, projection: &dyn Projection) -> Result<Run, ProjectionError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('saas-ledger:projection-runs'))")
-            .execute(&mut *tx)
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('saas-ledger:projection-runs'))").execute(&mut *tx).await?;
+        let generation: i32 = sqlx::query_scalar("SELECT coalesce(max(generation), 0) + 1 FROM projection_runs WHERE name = $1")
+            .bind(projection.name())
+            .fetch_one(&mut *tx)
             .await?;
-        let generation: i32 = sqlx::query_scalar(
-            "SELECT coalesce(max(generation), 0) + 1 FROM projection_runs WHERE name = $1",
-        )
-        .bind(projection.name())
-        .fetch_one(&mut *tx)
-        .await?;
         let run = self.run_of(projection, generation);
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", run.schema))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("CREATE SCHEMA {}", run.schema))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", run.schema)).execute(&mut *tx).await?;
+        sqlx::query(&format!("CREATE SCHEMA {}", run.schema)).execute(&mut *tx).await?;
         projection.create(&mut tx, &run.schema).await?;
         sqlx::query("INSERT INTO projection_runs (name, generation, version, schema_name, status) VALUES ($1, $2, $3, $4, 'building')")
             .bind(run.name)
@@ -255,27 +221,20 @@ impl Projections {
 
     /// Applies one batch of at most `limit` events to `run`, checkpoint included, atomically.
     async fn batch(&self, run: &Run, limit: i64) -> Result<Batch, Failure> {
-        let fail = |error: ProjectionError| Failure {
-            applied_before: 0,
-            position: 0,
-            error,
-        };
-        let projection = self
-            .projection(run.name)
-            .expect("runs belong to known projections");
+        let fail = |error: ProjectionError| Failure { applied_before: 0, position: 0, error };
+        let projection = self.projection(run.name).expect("runs belong to known projections");
         let mut tx = self.pool.begin().await.map_err(|e| fail(e.into()))?;
-        let row: Option<(i64, String)> = sqlx::query_as("SELECT position, status FROM projection_runs WHERE name = $1 AND generation = $2 FOR UPDATE")
-            .bind(run.name)
-            .bind(run.generation)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| fail(e.into()))?;
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT position, status FROM projection_runs WHERE name = $1 AND generation = $2 FOR UPDATE")
+                .bind(run.name)
+                .bind(run.generation)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| fail(e.into()))?;
         let Some((position, status)) = row.filter(|(_, s)| s != "retired") else {
             return Ok(Batch::Gone);
         };
-        let events = log::read_after(&mut *tx, position, limit, None)
-            .await
-            .map_err(|e| fail(e.into()))?;
+        let events = log::read_after(&mut *tx, position, limit, None).await.map_err(|e| fail(e.into()))?;
         let Some(last) = events.last().map(|e| e.position) else {
             tx.commit().await.map_err(|e| fail(e.into()))?;
             self.publish(run.name, &status, position);
@@ -283,11 +242,7 @@ impl Projections {
         };
         for (index, event) in events.iter().enumerate() {
             if let Err(error) = projection.apply(&mut tx, &run.schema, event).await {
-                return Err(Failure {
-                    applied_before: index,
-                    position: event.position,
-                    error,
-                });
+                return Err(Failure { applied_before: index, position: event.position, error });
             }
         }
         sqlx::query("UPDATE projection_runs SET position = $3, last_error = NULL, last_error_position = NULL, updated_at = now() WHERE name = $1 AND generation = $2")
@@ -345,17 +300,14 @@ impl Projections {
     /// so its projector cannot move, the building run applies the last events, the `rm` views
     /// move to its tables, and the old run is retired. Its schema is dropped afterwards.
     async fn promote(&self, run: &Run) -> Result<(), ProjectionError> {
-        let projection = self
-            .projection(run.name)
-            .expect("runs belong to known projections");
+        let projection = self.projection(run.name).expect("runs belong to known projections");
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(i32, String, i64, String)> =
             sqlx::query_as("SELECT generation, status, position, schema_name FROM projection_runs WHERE name = $1 AND status <> 'retired' ORDER BY generation FOR UPDATE")
                 .bind(run.name)
                 .fetch_all(&mut *tx)
                 .await?;
-        let Some(&(_, ref status, mut position, _)) = rows.iter().find(|r| r.0 == run.generation)
-        else {
+        let Some(&(_, ref status, mut position, _)) = rows.iter().find(|r| r.0 == run.generation) else {
             return Ok(());
         };
         if status != "building" {
@@ -372,15 +324,8 @@ impl Projections {
             position = last;
         }
         for table in projection.tables() {
-            sqlx::query(&format!("DROP VIEW IF EXISTS rm.{table}"))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(&format!(
-                "CREATE VIEW rm.{table} AS SELECT * FROM {}.{table}",
-                run.schema
-            ))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&format!("DROP VIEW IF EXISTS rm.{table}")).execute(&mut *tx).await?;
+            sqlx::query(&format!("CREATE VIEW rm.{table} AS SELECT * FROM {}.{table}", run.schema)).execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE projection_runs SET status = 'retired', updated_at = now() WHERE name = $1 AND status IN ('live', 'building') AND generation <> $2")
             .bind(run.name)
@@ -395,17 +340,9 @@ impl Projections {
             .await?;
         tx.commit().await?;
         self.publish(run.name, "live", position);
-        tracing::info!(
-            projection = run.name,
-            generation = run.generation,
-            position,
-            "projection run is live"
-        );
+        tracing::info!(projection = run.name, generation = run.generation, position, "projection run is live");
         for (generation, _, _, schema) in rows.iter().filter(|r| r.0 != run.generation) {
-            if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(&self.pool)
-                .await
-            {
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&self.pool).await {
                 tracing::warn!(projection = run.name, generation, error = %e, "could not drop a retired run's schema");
             }
         }
@@ -419,9 +356,7 @@ impl Projections {
             let this = self.clone();
             let name = projection.name();
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(
-                async move { this.follow(name, shutdown).await },
-            ));
+            tasks.push(tokio::spawn(async move { this.follow(name, shutdown).await }));
         }
         tasks
     }
@@ -439,11 +374,7 @@ impl Projections {
                     tracing::error!(projection = name, error = %e, failures, "projection is stuck; retrying");
                 }
             }
-            let pause = if failures == 0 {
-                Duration::from_millis(200)
-            } else {
-                Duration::from_millis(250 * u64::from(failures.min(40)))
-            };
+            let pause = if failures == 0 { Duration::from_millis(200) } else { Duration::from_millis(250 * u64::from(failures.min(40))) };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = head.changed(), if failures == 0 => {}
@@ -453,13 +384,12 @@ impl Projections {
     }
 
     async fn follow_once(&self, name: &'static str) -> Result<(), ProjectionError> {
-        let projection = self
-            .projection(name)
-            .expect("followed projections are known");
-        let runs: Vec<(i32, String)> = sqlx::query_as("SELECT generation, status FROM projection_runs WHERE name = $1 AND status <> 'retired' ORDER BY generation")
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
+        let projection = self.projection(name).expect("followed projections are known");
+        let runs: Vec<(i32, String)> =
+            sqlx::query_as("SELECT generation, status FROM projection_runs WHERE name = $1 AND status <> 'retired' ORDER BY generation")
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await?;
         for (generation, status) in runs {
             let run = self.run_of(projection.as_ref(), generation);
             let position = self.catch_up(&run).await.map_err(|f| f.error)?;
@@ -488,8 +418,7 @@ impl Projections {
                     return self.live_positions_reached(position).await;
                 }
                 // Another process may be running this projection: look at the table too.
-                let _ =
-                    tokio::time::timeout(left.min(Duration::from_millis(100)), rx.changed()).await;
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), rx.changed()).await;
                 if *rx.borrow() < position && self.live_positions_reached(position).await {
                     return true;
                 }
@@ -500,31 +429,20 @@ impl Projections {
 
     async fn live_positions_reached(&self, position: i64) -> bool {
         let least: Result<Option<i64>, _> =
-            sqlx::query_scalar("SELECT min(position) FROM projection_runs WHERE status = 'live'")
-                .fetch_one(&self.pool)
-                .await;
+            sqlx::query_scalar("SELECT min(position) FROM projection_runs WHERE status = 'live'").fetch_one(&self.pool).await;
         matches!(least, Ok(Some(p)) if p >= position)
     }
 
     /// Waits until the event `(aggregate_type, aggregate_id, sequence)` has a position and every
     /// live projection has applied it, at most `timeout`; returns the position if it got there.
-    pub async fn wait_for_event(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: usize,
-        timeout: Duration,
-    ) -> Option<i64> {
+    pub async fn wait_for_event(&self, aggregate_type: &str, aggregate_id: &str, sequence: usize, timeout: Duration) -> Option<i64> {
         let deadline = Instant::now() + timeout;
         let log = log::EventLog::new(self.pool.clone());
         let mut head = self.sequencer.subscribe();
         self.sequencer.ring();
         let position = loop {
             head.borrow_and_update();
-            match log
-                .position_of(aggregate_type, aggregate_id, sequence)
-                .await
-            {
+            match log.position_of(aggregate_type, aggregate_id, sequence).await {
                 Ok(Some(position)) => break position,
                 Ok(None) => {}
                 Err(e) => {
@@ -539,6 +457,12 @@ impl Projections {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         self.wait_for(position, left).await.then_some(position)
+    }
+
+    /// Numbers everything committed so far and returns the head position.
+    pub async fn drain_and_head(&self) -> Result<i64, sqlx::Error> {
+        self.sequencer.drain().await?;
+        log::head(&self.pool).await
     }
 
     /// Every run that is not retired, with its position and lag.

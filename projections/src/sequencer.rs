@@ -38,11 +38,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// A sequencer over `pool`.
     pub fn new(pool: PgPool) -> Arc<Self> {
-        Arc::new(Self {
-            pool,
-            doorbell: Notify::new(),
-            head: watch::Sender::new(0),
-        })
+        Arc::new(Self { pool, doorbell: Notify::new(), head: watch::Sender::new(0) })
     }
 
     /// Wakes the sequencer: something was just committed.
@@ -60,9 +56,7 @@ impl Sequencer {
         let mut tx = self.pool.begin().await?;
         // Statement 1 takes the lock (waiting for a concurrent round to commit); statement 2
         // then runs on a fresh snapshot that sees everything that round numbered.
-        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE").fetch_one(&mut *tx).await?;
         let numbered = sqlx::query(
             "WITH batch AS (
                  SELECT id, row_number() OVER (ORDER BY id) AS n
@@ -77,10 +71,7 @@ impl Sequencer {
         .rows_affected();
         let new_head = head + numbered as i64;
         if numbered > 0 {
-            sqlx::query("UPDATE event_log_head SET position = $1")
-                .bind(new_head)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("UPDATE event_log_head SET position = $1").bind(new_head).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.head.send_if_modified(|h| {
@@ -115,11 +106,7 @@ impl Sequencer {
                     tracing::error!(error = %e, failures, "sequencer round failed");
                 }
             }
-            let pause = if failures == 0 {
-                IDLE_POLL
-            } else {
-                Duration::from_millis(100 * u64::from(failures.min(50)))
-            };
+            let pause = if failures == 0 { IDLE_POLL } else { Duration::from_millis(100 * u64::from(failures.min(50))) };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.doorbell.notified() => {}

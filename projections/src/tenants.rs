@@ -2,7 +2,7 @@
 //! (`rm.api_keys`, looked up by hash on every authenticated request).
 
 use async_trait::async_trait;
-use domain::tenant::TenantEvent;
+use domain::tenant::{SuspensionSource, TenantEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -46,6 +46,7 @@ impl Projection for TenantsProjection {
                  subscription_id  uuid NOT NULL,
                  status           text NOT NULL,
                  status_reason    text,
+                 suspended_by     text,
                  primary_color    text,
                  secondary_color  text,
                  logo_url         text,
@@ -71,27 +72,19 @@ impl Projection for TenantsProjection {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        schema: &str,
-        event: &StoredEvent,
-    ) -> Result<(), ProjectionError> {
+    async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
         if event.aggregate_type != "Tenant" {
             return Ok(());
         }
-        let tenant_event: TenantEvent = serde_json::from_value(event.payload.clone())
-            .map_err(|e| ProjectionError::payload(event, e))?;
-        let tenant_id: Uuid = event.aggregate_id.parse().map_err(|_| {
-            ProjectionError::payload(
-                event,
-                serde::de::Error::custom("aggregate id is not a uuid"),
-            )
-        })?;
+        let tenant_event: TenantEvent = serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+        let tenant_id: Uuid = event
+            .aggregate_id
+            .parse()
+            .map_err(|_| ProjectionError::payload(event, serde::de::Error::custom("aggregate id is not a uuid")))?;
         let at = event.occurred_at();
         let version = event.sequence;
         let set_status = |status: &str| {
-            format!("UPDATE {schema}.tenants SET status = '{status}', status_reason = $2, updated_at = $3, version = $4 WHERE id = $1")
+            format!("UPDATE {schema}.tenants SET status = '{status}', status_reason = $2, updated_at = $3, version = $4, suspended_by = $5 WHERE id = $1")
         };
         match tenant_event {
             TenantEvent::TenantCreated {
@@ -135,13 +128,7 @@ impl Projection for TenantsProjection {
                 .execute(&mut *conn)
                 .await?;
             }
-            TenantEvent::BrandingUpdated {
-                primary_color,
-                secondary_color,
-                logo_url,
-                custom_domain,
-                updated_at,
-            } => {
+            TenantEvent::BrandingUpdated { primary_color, secondary_color, logo_url, custom_domain, updated_at } => {
                 sqlx::query(&format!(
                     "UPDATE {schema}.tenants SET primary_color = $2, secondary_color = $3, logo_url = $4, custom_domain = $5, updated_at = $6, version = $7 WHERE id = $1"
                 ))
@@ -155,12 +142,17 @@ impl Projection for TenantsProjection {
                 .execute(&mut *conn)
                 .await?;
             }
-            TenantEvent::TenantSuspended { reason, .. } => {
+            TenantEvent::TenantSuspended { reason, source, .. } => {
+                let source = match source {
+                    SuspensionSource::Admin => "admin",
+                    SuspensionSource::Billing => "billing",
+                };
                 sqlx::query(&set_status("suspended"))
                     .bind(tenant_id)
                     .bind(reason)
                     .bind(at)
                     .bind(version)
+                    .bind(source)
                     .execute(&mut *conn)
                     .await?;
             }
@@ -170,6 +162,7 @@ impl Projection for TenantsProjection {
                     .bind(None::<String>)
                     .bind(at)
                     .bind(version)
+                    .bind(None::<String>)
                     .execute(&mut *conn)
                     .await?;
             }
@@ -179,17 +172,11 @@ impl Projection for TenantsProjection {
                     .bind(reason)
                     .bind(at)
                     .bind(version)
+                    .bind(None::<String>)
                     .execute(&mut *conn)
                     .await?;
             }
-            TenantEvent::ApiKeyIssued {
-                key_id,
-                name,
-                role,
-                key_hash,
-                key_prefix,
-                issued_at,
-            } => {
+            TenantEvent::ApiKeyIssued { key_id, name, role, key_hash, key_prefix, issued_at } => {
                 sqlx::query(&format!(
                     "INSERT INTO {schema}.api_keys (id, tenant_id, name, role, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
                 ))
@@ -204,13 +191,11 @@ impl Projection for TenantsProjection {
                 .await?;
             }
             TenantEvent::ApiKeyRevoked { key_id, revoked_at } => {
-                sqlx::query(&format!(
-                    "UPDATE {schema}.api_keys SET revoked_at = $2 WHERE id = $1"
-                ))
-                .bind(key_id)
-                .bind(revoked_at)
-                .execute(&mut *conn)
-                .await?;
+                sqlx::query(&format!("UPDATE {schema}.api_keys SET revoked_at = $2 WHERE id = $1"))
+                    .bind(key_id)
+                    .bind(revoked_at)
+                    .execute(&mut *conn)
+                    .await?;
             }
         }
         Ok(())

@@ -14,8 +14,7 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// The Postgres server tests create their databases on (`TEST_DATABASE_URL` overrides it).
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 /// A running server and a way to talk to it.
@@ -47,9 +46,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut api::Config)) -> TestApp {
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.db_max_connections = 16;
     tweak(&mut config);
-    let app = api::Application::build(config)
-        .await
-        .expect("the application starts");
+    let app = api::Application::build(config).await.expect("the application starts");
     let address = format!("http://{}", app.local_addr());
     let state = app.state().clone();
     let pool = state.pool().clone();
@@ -57,20 +54,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut api::Config)) -> TestApp {
     let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("a client");
-    TestApp {
-        address,
-        client,
-        db_name,
-        pool,
-        state,
-        stop: Some(stop),
-        server: Some(server),
-    }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().expect("a client");
+    TestApp { address, client, db_name, pool, state, stop: Some(stop), server: Some(server) }
 }
 
 impl Drop for TestApp {
@@ -84,19 +69,12 @@ impl Drop for TestApp {
         let db_name = self.db_name.clone();
         // Drop the database from a thread with its own runtime: Drop cannot await.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             runtime.block_on(async move {
-                if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&format!("{}/postgres", server_url()))
-                    .await
+                if let Ok(pool) =
+                    sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", server_url())).await
                 {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-                        .execute(&pool)
-                        .await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&pool).await;
                 }
             });
         })
@@ -121,54 +99,28 @@ impl Reply {
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Self {
-            status,
-            headers,
-            body,
-        }
+        Self { status, headers, body }
     }
 
     /// The error code of a contract error body.
     pub fn code(&self) -> &str {
-        self.body["error"]["code"]
-            .as_str()
-            .unwrap_or("<no error code>")
+        self.body["error"]["code"].as_str().unwrap_or("<no error code>")
     }
 
     /// Asserts the status and returns the body.
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected status; body: {}",
-            self.body
-        );
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
         &self.body
     }
 
     /// Asserts a contract error with this status and code.
     #[track_caller]
     pub fn expect_error(&self, status: u16, code: &str) {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected status; body: {}",
-            self.body
-        );
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
         assert_eq!(self.code(), code, "unexpected code; body: {}", self.body);
-        assert!(
-            self.body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "no message: {}",
-            self.body
-        );
-        assert!(
-            self.body["error"]["details"].is_object(),
-            "no details: {}",
-            self.body
-        );
+        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "no message: {}", self.body);
+        assert!(self.body["error"]["details"].is_object(), "no details: {}", self.body);
     }
 }
 
@@ -186,9 +138,7 @@ pub struct TestTenant {
 impl TestApp {
     /// A request with `token` as bearer (if any).
     pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
-        let builder = self
-            .client
-            .request(method, format!("{}{path}", self.address));
+        let builder = self.client.request(method, format!("{}{path}", self.address));
         match token {
             Some(token) => builder.bearer_auth(token),
             None => builder,
@@ -202,26 +152,22 @@ impl TestApp {
 
     /// `GET path` with `token`.
     pub async fn get(&self, path: &str, token: &str) -> Reply {
-        self.send(self.request(Method::GET, path, Some(token)))
-            .await
+        self.send(self.request(Method::GET, path, Some(token))).await
     }
 
     /// `POST path` with a JSON body and `token`.
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.send(self.request(Method::POST, path, Some(token)).json(&body))
-            .await
+        self.send(self.request(Method::POST, path, Some(token)).json(&body)).await
     }
 
     /// `PUT path` with a JSON body and `token`.
     pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.send(self.request(Method::PUT, path, Some(token)).json(&body))
-            .await
+        self.send(self.request(Method::PUT, path, Some(token)).json(&body)).await
     }
 
     /// `DELETE path` with `token`.
     pub async fn delete(&self, path: &str, token: &str) -> Reply {
-        self.send(self.request(Method::DELETE, path, Some(token)))
-            .await
+        self.send(self.request(Method::DELETE, path, Some(token))).await
     }
 
     /// A valid sign-up body for `code`.
@@ -259,17 +205,8 @@ impl TestApp {
 
     /// Issues a key with `role` for the tenant of `token`; returns the secret.
     pub async fn issue_key(&self, token: &str, role: &str) -> String {
-        let reply = self
-            .post(
-                "/v1/api-keys",
-                token,
-                json!({"role": role, "name": format!("{role} key")}),
-            )
-            .await;
-        reply.expect(201)["api_key"]
-            .as_str()
-            .expect("a secret")
-            .to_owned()
+        let reply = self.post("/v1/api-keys", token, json!({"role": role, "name": format!("{role} key")})).await;
+        reply.expect(201)["api_key"].as_str().expect("a secret").to_owned()
     }
 
     /// Every event in the log, read through `GET /v1/events` as the admin.
@@ -278,20 +215,13 @@ impl TestApp {
         let mut after = 0;
         loop {
             let response = self
-                .request(
-                    Method::GET,
-                    &format!("/v1/events?after={after}&limit=10000"),
-                    Some(ADMIN_TOKEN),
-                )
+                .request(Method::GET, &format!("/v1/events?after={after}&limit=10000"), Some(ADMIN_TOKEN))
                 .send()
                 .await
                 .expect("events");
             assert_eq!(response.status(), 200);
             let text = response.text().await.expect("a body");
-            let page: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
-                .collect();
+            let page: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("an NDJSON line")).collect();
             let Some(last) = page.last() else {
                 return events;
             };

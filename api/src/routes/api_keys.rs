@@ -18,9 +18,7 @@ use crate::extract::{path_id, ApiJson};
 
 /// The key routes.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/api-keys", post(issue).get(list))
-        .route("/v1/api-keys/{id}", delete(revoke))
+    Router::new().route("/v1/api-keys", post(issue).get(list)).route("/v1/api-keys/{id}", delete(revoke))
 }
 
 /// `POST /v1/api-keys`: `role` is required, `name` defaults to the role.
@@ -55,43 +53,30 @@ async fn issue(
     let app = state.clone();
     let key = state
         .detach(async move {
-            let (key, committed) = app
-                .tenants()
-                .issue_key(tenant_id, name, role, caller.role, &context)
-                .await?;
+            let (key, committed) = app.tenants().issue_key(tenant_id, name, role, caller.role, &context).await?;
             app.settle(&tenant_id.to_string(), &committed).await;
             Ok(key)
         })
         .await?;
-    let view: KeyView = sqlx::query_as(
-        "SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1",
-    )
-    .bind(key.key_id)
-    .fetch_one(state.pool())
-    .await?;
+    let view: KeyView = sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1")
+        .bind(key.key_id)
+        .fetch_one(state.pool())
+        .await?;
     let mut body = serde_json::to_value(view).map_err(ApiError::internal)?;
     body["api_key"] = json!(key.secret);
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-async fn list(
-    State(state): State<AppState>,
-    caller: TenantCaller,
-) -> Result<Json<Value>, ApiError> {
-    let keys: Vec<KeyView> = sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE tenant_id = $1 ORDER BY id")
-        .bind(caller.tenant_id)
-        .fetch_all(state.pool())
-        .await?;
-    Ok(Json(
-        json!({ "data": keys, "has_more": false, "next_cursor": null }),
-    ))
+async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
+    let keys: Vec<KeyView> =
+        sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE tenant_id = $1 ORDER BY id")
+            .bind(caller.tenant_id)
+            .fetch_all(state.pool())
+            .await?;
+    Ok(Json(json!({ "data": keys, "has_more": false, "next_cursor": null })))
 }
 
-async fn revoke(
-    State(state): State<AppState>,
-    caller: TenantCaller,
-    Path(id): Path<String>,
-) -> Result<Json<KeyView>, ApiError> {
+async fn revoke(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
     caller.require_manager()?;
     let key_id = path_id(&id, "API key")?;
     let tenant_id = caller.tenant_id;
@@ -99,26 +84,14 @@ async fn revoke(
     let app = state.clone();
     state
         .detach(async move {
-            let committed = app
-                .tenants()
-                .execute(
-                    tenant_id,
-                    TenantCommand::RevokeApiKey {
-                        key_id,
-                        at: context.at,
-                    },
-                    &context,
-                )
-                .await?;
+            let committed = app.tenants().execute(tenant_id, TenantCommand::RevokeApiKey { key_id, at: context.at }, &context).await?;
             app.settle(&tenant_id.to_string(), &committed).await;
             Ok(())
         })
         .await?;
-    let view: KeyView = sqlx::query_as(
-        "SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1",
-    )
-    .bind(key_id)
-    .fetch_one(state.pool())
-    .await?;
+    let view: KeyView = sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1")
+        .bind(key_id)
+        .fetch_one(state.pool())
+        .await?;
     Ok(Json(view))
 }

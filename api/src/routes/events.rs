@@ -27,17 +27,10 @@ struct EventsQuery {
 /// One JSON object per line, in position order. The admin sees every tenant's events (or one
 /// tenant's with `X-Tenant-ID`); a tenant key sees its own. `limit` is 1 to 10000 (default
 /// 1000); pass the last `position` seen as `after` to continue.
-async fn events(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<EventsQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<EventsQuery>) -> Result<impl IntoResponse, ApiError> {
     let after = q.after.unwrap_or(0);
     if after < 0 {
-        return Err(ApiError::validation(
-            "after",
-            "must be a position (0 or more)",
-        ));
+        return Err(ApiError::validation("after", "must be a position (0 or more)"));
     }
     let limit = q.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {

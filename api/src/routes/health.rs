@@ -11,9 +11,7 @@ use crate::error::ApiError;
 
 /// `/healthz` and `/readyz`.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
 /// The process is up.
@@ -25,18 +23,10 @@ async fn healthz() -> Json<Value> {
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match commands::db::migrations_applied(state.pool()).await {
         Ok(true) => Ok(Json(json!({"status": "ready"}))),
-        Ok(false) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NOT_READY",
-            "database migrations are not all applied",
-        )),
+        Ok(false) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "database migrations are not all applied")),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NOT_READY",
-                "the database is not reachable",
-            ))
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "the database is not reachable"))
         }
     }
 }

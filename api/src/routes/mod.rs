@@ -4,7 +4,12 @@ pub mod admin;
 pub mod api_keys;
 pub mod events;
 pub mod health;
+pub mod invoices;
+pub mod plans;
+pub mod subscription;
 pub mod tenants;
+pub mod usage;
+pub mod webhooks;
 
 use axum::Router;
 use serde::Serialize;
@@ -19,6 +24,11 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(events::router())
         .merge(admin::router())
+        .merge(plans::router())
+        .merge(subscription::router())
+        .merge(invoices::router())
+        .merge(usage::router())
+        .merge(webhooks::router())
         .with_state(state)
 }
 
@@ -40,16 +50,8 @@ impl<T> Page<T> {
     pub fn from_rows(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Self {
         let has_more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
-        let next_cursor = if has_more {
-            rows.last().map(cursor_of)
-        } else {
-            None
-        };
-        Self {
-            data: rows,
-            has_more,
-            next_cursor,
-        }
+        let next_cursor = if has_more { rows.last().map(cursor_of) } else { None };
+        Self { data: rows, has_more, next_cursor }
     }
 }
 
@@ -58,9 +60,6 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, crate::ApiError> {
     match limit {
         None => Ok(20),
         Some(l) if (1..=100).contains(&l) => Ok(l),
-        Some(_) => Err(crate::ApiError::validation(
-            "limit",
-            "must be between 1 and 100",
-        )),
+        Some(_) => Err(crate::ApiError::validation("limit", "must be between 1 and 100")),
     }
 }

@@ -10,10 +10,9 @@ use chrono::{DateTime, Utc};
 use commands::tenants::SignUp;
 use commands::Actor;
 use domain::plan::{BillingPeriod, PlanCode};
-use domain::tenant::{Branding, TenantCommand, DEFAULT_TRIAL_DAYS};
+use domain::tenant::{Branding, SuspensionSource, TenantCommand, DEFAULT_TRIAL_DAYS};
 use domain::values::{
-    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale,
-    TaxRate, TenantCode, TimeZoneName,
+    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale, TaxRate, TenantCode, TimeZoneName,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -61,19 +60,13 @@ impl CreateTenant {
     fn parse(self) -> Result<SignUp, ApiError> {
         let trial_days = match self.trial_days {
             None => DEFAULT_TRIAL_DAYS,
-            Some(days) => u32::try_from(days)
-                .map_err(|_| ApiError::validation("trial_days", "must be between 0 and 30"))?,
+            Some(days) => u32::try_from(days).map_err(|_| ApiError::validation("trial_days", "must be between 0 and 30"))?,
         };
         let tax_rate = match self.tax_rate {
             None | Some(Value::Null) => TaxRate::default(),
             Some(Value::String(s)) => TaxRate::parse(&s)?,
             Some(Value::Number(n)) => TaxRate::parse(&n.to_string())?,
-            Some(_) => {
-                return Err(ApiError::validation(
-                    "tax_rate",
-                    "must be a percentage string such as \"8.1\"",
-                ))
-            }
+            Some(_) => return Err(ApiError::validation("tax_rate", "must be a percentage string such as \"8.1\"")),
         };
         Ok(SignUp {
             code: TenantCode::parse(&self.code)?,
@@ -84,9 +77,7 @@ impl CreateTenant {
             locale: Locale::parse(self.locale.as_deref().unwrap_or("en"))?,
             billing_email: Email::parse(&self.billing_email, "billing_email")?,
             plan: PlanCode::parse(&self.plan)?,
-            billing_period: BillingPeriod::parse(
-                self.billing_period.as_deref().unwrap_or("monthly"),
-            )?,
+            billing_period: BillingPeriod::parse(self.billing_period.as_deref().unwrap_or("monthly"))?,
             trial_days,
             tax_rate,
         })
@@ -179,14 +170,9 @@ const TENANT_COLUMNS: &str = "id, code, name, business_type, timezone, currency,
     trial_days, tax_rate, subscription_id, status, status_reason, primary_color, secondary_color, logo_url, custom_domain, created_at, updated_at";
 
 async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiError> {
-    let row: Option<TenantRow> = sqlx::query_as(&format!(
-        "SELECT {TENANT_COLUMNS} FROM rm.tenants WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(state.pool())
-    .await?;
-    row.map(TenantView::from)
-        .ok_or_else(|| ApiError::not_found("tenant"))
+    let row: Option<TenantRow> =
+        sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM rm.tenants WHERE id = $1")).bind(id).fetch_optional(state.pool()).await?;
+    row.map(TenantView::from).ok_or_else(|| ApiError::not_found("tenant"))
 }
 
 async fn create(
@@ -196,29 +182,33 @@ async fn create(
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<impl IntoResponse, ApiError> {
     let sign_up = body.parse()?;
+    let plan = state
+        .accounts()
+        .plans()
+        .latest(&sign_up.plan)
+        .await?
+        .ok_or_else(|| ApiError::validation("plan", format!("no plan \"{}\" in the catalog", sign_up.plan)))?;
     let context = state.context(None, caller.actor());
     let app = state.clone();
     let created = state
         .detach(async move {
-            let (key, committed) = app.tenants().sign_up(sign_up, &context).await?;
-            let id = committed.state.id.expect("a created tenant has an id");
-            app.settle(&id.to_string(), &committed).await;
+            let signed_up = app.accounts().sign_up(sign_up, &plan, &context).await?;
+            let tenant = &signed_up.tenant.state;
+            let id = tenant.id.expect("a created tenant has an id");
+            let subscription_id = tenant.subscription_id.expect("a created tenant has a subscription");
+            app.settle(&subscription_id.to_string(), &signed_up.subscription).await;
             Ok(json!({
                 "id": id,
-                "code": committed.state.code,
-                "api_key": key.secret,
-                "api_key_id": key.key_id,
-                "subscription_id": committed.state.subscription_id,
-                "status": committed.state.status.as_str(),
+                "code": tenant.code,
+                "api_key": signed_up.key.secret,
+                "api_key_id": signed_up.key.key_id,
+                "subscription_id": subscription_id,
+                "status": tenant.status.as_str(),
             }))
         })
         .await?;
     let location = format!("/v1/tenants/{}", created["id"].as_str().unwrap_or_default());
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(created),
-    ))
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,26 +219,16 @@ struct ListQuery {
     status: Option<String>,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    _: Admin,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Page<TenantView>>, ApiError> {
+async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<TenantView>>, ApiError> {
     let limit = page_limit(q.limit)?;
     let after: Option<Uuid> = q
         .cursor
         .as_deref()
-        .map(|c| {
-            c.parse()
-                .map_err(|_| ApiError::validation("cursor", "is not a cursor from a previous page"))
-        })
+        .map(|c| c.parse().map_err(|_| ApiError::validation("cursor", "is not a cursor from a previous page")))
         .transpose()?;
     if let Some(status) = q.status.as_deref() {
         if !["active", "suspended", "cancelled"].contains(&status) {
-            return Err(ApiError::validation(
-                "status",
-                "must be active, suspended or cancelled",
-            ));
+            return Err(ApiError::validation("status", "must be active, suspended or cancelled"));
         }
     }
     let rows: Vec<TenantRow> = sqlx::query_as(&format!(
@@ -261,18 +241,10 @@ async fn list(
     .bind(limit + 1)
     .fetch_all(state.pool())
     .await?;
-    Ok(Json(Page::from_rows(
-        rows.into_iter().map(TenantView::from).collect(),
-        limit,
-        |t| t.id.to_string(),
-    )))
+    Ok(Json(Page::from_rows(rows.into_iter().map(TenantView::from).collect(), limit, |t| t.id.to_string())))
 }
 
-async fn read(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<TenantView>, ApiError> {
+async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
     let id = path_id(&id, "tenant")?;
     if !caller.may_see(id) {
         return Err(ApiError::not_found("tenant"));
@@ -280,10 +252,7 @@ async fn read(
     Ok(Json(load(&state, id).await?))
 }
 
-async fn read_own(
-    State(state): State<AppState>,
-    caller: TenantCaller,
-) -> Result<Json<TenantView>, ApiError> {
+async fn read_own(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<TenantView>, ApiError> {
     Ok(Json(load(&state, caller.tenant_id).await?))
 }
 
@@ -329,10 +298,8 @@ async fn suspend(
     OptionalJson(body): OptionalJson<Reason>,
 ) -> Result<Json<TenantView>, ApiError> {
     let reason = body.or("suspended by the platform admin")?;
-    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| {
-        TenantCommand::Suspend { reason, at }
-    })
-    .await
+    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| TenantCommand::Suspend { reason, source: SuspensionSource::Admin, at })
+        .await
 }
 
 async fn reactivate(
@@ -342,10 +309,7 @@ async fn reactivate(
     Path(id): Path<String>,
     OptionalJson(_): OptionalJson<Reason>,
 ) -> Result<Json<TenantView>, ApiError> {
-    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| {
-        TenantCommand::Reactivate { at }
-    })
-    .await
+    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| TenantCommand::Reactivate { source: SuspensionSource::Admin, at }).await
 }
 
 async fn cancel(
@@ -356,10 +320,7 @@ async fn cancel(
     OptionalJson(body): OptionalJson<Reason>,
 ) -> Result<Json<TenantView>, ApiError> {
     let reason = body.or("cancelled by the platform admin")?;
-    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| {
-        TenantCommand::Cancel { reason, at }
-    })
-    .await
+    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| TenantCommand::Cancel { reason, at }).await
 }
 
 /// `PUT /v1/tenant/branding`: replaces the branding; absent or null fields are cleared.
@@ -375,22 +336,10 @@ struct BrandingBody {
 impl BrandingBody {
     fn parse(self) -> Result<Branding, ApiError> {
         Ok(Branding {
-            primary_color: self
-                .primary_color
-                .map(|c| HexColor::parse(&c, "primary_color"))
-                .transpose()?,
-            secondary_color: self
-                .secondary_color
-                .map(|c| HexColor::parse(&c, "secondary_color"))
-                .transpose()?,
-            logo_url: self
-                .logo_url
-                .map(|u| HttpsUrl::parse(&u, "logo_url"))
-                .transpose()?,
-            custom_domain: self
-                .custom_domain
-                .map(|d| DomainName::parse(&d, "custom_domain"))
-                .transpose()?,
+            primary_color: self.primary_color.map(|c| HexColor::parse(&c, "primary_color")).transpose()?,
+            secondary_color: self.secondary_color.map(|c| HexColor::parse(&c, "secondary_color")).transpose()?,
+            logo_url: self.logo_url.map(|u| HttpsUrl::parse(&u, "logo_url")).transpose()?,
+            custom_domain: self.custom_domain.map(|d| DomainName::parse(&d, "custom_domain")).transpose()?,
         })
     }
 }
@@ -402,8 +351,5 @@ async fn update_branding(
 ) -> Result<Json<TenantView>, ApiError> {
     caller.require_manager()?;
     let branding = body.parse()?;
-    execute(state, caller.actor, caller.tenant_id, |at| {
-        TenantCommand::UpdateBranding { branding, at }
-    })
-    .await
+    execute(state, caller.actor, caller.tenant_id, |at| TenantCommand::UpdateBranding { branding, at }).await
 }

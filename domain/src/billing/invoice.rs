@@ -40,31 +40,14 @@ pub struct InvoiceLine {
 
 impl InvoiceLine {
     /// A line of `quantity` units at `unit_price`, rounded once.
-    pub fn new(
-        kind: LineKind,
-        description: impl Into<String>,
-        quantity: Decimal,
-        unit_price: Decimal,
-    ) -> Self {
-        Self {
-            kind,
-            description: description.into(),
-            quantity,
-            unit_price,
-            amount: round_cents(quantity * unit_price),
-        }
+    pub fn new(kind: LineKind, description: impl Into<String>, quantity: Decimal, unit_price: Decimal) -> Self {
+        Self { kind, description: description.into(), quantity, unit_price, amount: round_cents(quantity * unit_price) }
     }
 
     /// A line with an already-rounded amount (proration, credits): quantity 1.
     pub fn fixed(kind: LineKind, description: impl Into<String>, amount: Decimal) -> Self {
         let amount = round_cents(amount);
-        Self {
-            kind,
-            description: description.into(),
-            quantity: Decimal::ONE,
-            unit_price: amount,
-            amount,
-        }
+        Self { kind, description: description.into(), quantity: Decimal::ONE, unit_price: amount, amount }
     }
 }
 
@@ -83,11 +66,7 @@ pub struct Totals {
 pub fn totals(lines: &[InvoiceLine], tax_rate: TaxRate) -> Totals {
     let subtotal = round_cents(lines.iter().map(|l| l.amount).sum());
     let tax = round_cents(subtotal * tax_rate.percent() / Decimal::ONE_HUNDRED);
-    Totals {
-        subtotal,
-        tax,
-        total: round_cents(subtotal + tax),
-    }
+    Totals { subtotal, tax, total: round_cents(subtotal + tax) }
 }
 
 #[cfg(test)]

@@ -34,18 +34,13 @@ pub fn months_in(period: BillingPeriod) -> u32 {
 
 /// The anchor plus `months`, clamped to the end of the target month.
 pub fn add_months(anchor: DateTime<Utc>, months: u32) -> DateTime<Utc> {
-    anchor
-        .checked_add_months(Months::new(months))
-        .expect("billing dates stay within chrono's range")
+    anchor.checked_add_months(Months::new(months)).expect("billing dates stay within chrono's range")
 }
 
 /// The `index`-th period (0-based) of a subscription anchored at `anchor`.
 pub fn nth(anchor: DateTime<Utc>, period: BillingPeriod, index: u32) -> Period {
     let months = months_in(period);
-    Period {
-        start: add_months(anchor, months * index),
-        end: add_months(anchor, months * (index + 1)),
-    }
+    Period { start: add_months(anchor, months * index), end: add_months(anchor, months * (index + 1)) }
 }
 
 #[cfg(test)]
@@ -61,22 +56,9 @@ mod tests {
     #[test]
     fn month_ends_clamp_and_do_not_drift() {
         let anchor = utc(2027, 1, 31);
-        let ends: Vec<_> = (0..4)
-            .map(|i| nth(anchor, BillingPeriod::Monthly, i).end)
-            .collect();
-        assert_eq!(
-            ends,
-            [
-                utc(2027, 2, 28),
-                utc(2027, 3, 31),
-                utc(2027, 4, 30),
-                utc(2027, 5, 31)
-            ]
-        );
-        assert_eq!(
-            nth(utc(2028, 1, 31), BillingPeriod::Monthly, 0).end,
-            utc(2028, 2, 29)
-        );
+        let ends: Vec<_> = (0..4).map(|i| nth(anchor, BillingPeriod::Monthly, i).end).collect();
+        assert_eq!(ends, [utc(2027, 2, 28), utc(2027, 3, 31), utc(2027, 4, 30), utc(2027, 5, 31)]);
+        assert_eq!(nth(utc(2028, 1, 31), BillingPeriod::Monthly, 0).end, utc(2028, 2, 29));
     }
 
     #[test]

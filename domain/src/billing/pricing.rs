@@ -30,9 +30,7 @@ pub const API_CALL_BLOCK_SIZE: u64 = 1000;
 pub fn api_call_overage_blocks(calls: u64, allowance: Option<u64>) -> u64 {
     match allowance {
         None => 0,
-        Some(allowance) => calls
-            .saturating_sub(allowance)
-            .div_ceil(API_CALL_BLOCK_SIZE),
+        Some(allowance) => calls.saturating_sub(allowance).div_ceil(API_CALL_BLOCK_SIZE),
     }
 }
 

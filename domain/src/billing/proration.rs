@@ -30,10 +30,7 @@ pub fn remaining_share(period: Period, at: DateTime<Utc>) -> Decimal {
 /// Splits a switch from `old_price` to `new_price` at `at` within `period`.
 pub fn split(old_price: Decimal, new_price: Decimal, period: Period, at: DateTime<Utc>) -> Split {
     let share = remaining_share(period, at);
-    Split {
-        credit: round_cents(old_price * share),
-        charge: round_cents(new_price * share),
-    }
+    Split { credit: round_cents(old_price * share), charge: round_cents(new_price * share) }
 }
 
 #[cfg(test)]
@@ -44,20 +41,14 @@ mod tests {
     use super::*;
 
     fn period() -> Period {
-        Period {
-            start: Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap(),
-            end: Utc.with_ymd_and_hms(2027, 5, 1, 0, 0, 0).unwrap(),
-        }
+        Period { start: Utc.with_ymd_and_hms(2027, 4, 1, 0, 0, 0).unwrap(), end: Utc.with_ymd_and_hms(2027, 5, 1, 0, 0, 0).unwrap() }
     }
 
     #[test]
     fn the_contracts_half_way_example() {
         let at = Utc.with_ymd_and_hms(2027, 4, 16, 0, 0, 0).unwrap();
         let s = split(Decimal::new(2900, 2), Decimal::new(7900, 2), period(), at);
-        assert_eq!(
-            (s.credit.to_string(), s.charge.to_string()),
-            ("14.50".into(), "39.50".into())
-        );
+        assert_eq!((s.credit.to_string(), s.charge.to_string()), ("14.50".into(), "39.50".into()));
         assert_eq!((s.charge - s.credit).to_string(), "25.00");
     }
 

@@ -12,15 +12,9 @@ string_value!(
 impl PlanCode {
     /// Parses a plan code's shape (whether such a plan exists is the catalog's question).
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
-        let ok = (2..=50).contains(&input.len())
-            && input
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok = (2..=50).contains(&input.len()) && input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !ok {
-            return Err(ValidationError::new(
-                "plan",
-                "must be a plan code such as \"starter\"",
-            ));
+            return Err(ValidationError::new("plan", "must be a plan code such as \"starter\""));
         }
         Ok(Self(input.to_owned()))
     }
@@ -56,6 +50,9 @@ pub struct Plan {
     pub monthly_price: Decimal,
     /// Price per year (10 × monthly in the default catalog).
     pub yearly_price: Decimal,
+    /// The currency the prices are quoted in. Tenants are invoiced in their own currency at
+    /// these list prices (there is no conversion).
+    pub currency: String,
     /// Limits.
     pub limits: PlanLimits,
     /// Feature flags shown to customers.
@@ -66,17 +63,13 @@ pub struct Plan {
 
 /// The contract's default catalog: starter, professional, business and enterprise, version 1.
 pub fn default_catalog() -> Vec<Plan> {
-    let plan = |code: &str,
-                name: &str,
-                monthly: i64,
-                limits: [Option<u64>; 6],
-                rate: u32,
-                features: &[&str]| Plan {
+    let plan = |code: &str, name: &str, monthly: i64, limits: [Option<u64>; 6], rate: u32, features: &[&str]| Plan {
         code: PlanCode(code.to_owned()),
         name: name.to_owned(),
         version: 1,
         monthly_price: Decimal::new(monthly * 100, 2),
         yearly_price: Decimal::new(monthly * 1000, 2),
+        currency: "EUR".to_owned(),
         limits: PlanLimits {
             users: limits[0],
             bookings_per_month: limits[1],
@@ -89,33 +82,12 @@ pub fn default_catalog() -> Vec<Plan> {
         rate_limit_per_minute: rate,
     };
     vec![
-        plan(
-            "starter",
-            "Starter",
-            29,
-            [
-                Some(3),
-                Some(100),
-                Some(5),
-                Some(50),
-                Some(1024),
-                Some(10_000),
-            ],
-            200,
-            &["bookings", "events"],
-        ),
+        plan("starter", "Starter", 29, [Some(3), Some(100), Some(5), Some(50), Some(1024), Some(10_000)], 200, &["bookings", "events"]),
         plan(
             "professional",
             "Professional",
             79,
-            [
-                Some(10),
-                Some(500),
-                Some(25),
-                Some(200),
-                Some(5120),
-                Some(50_000),
-            ],
+            [Some(10), Some(500), Some(25), Some(200), Some(5120), Some(50_000)],
             500,
             &["bookings", "events", "branding"],
         ),
@@ -123,14 +95,7 @@ pub fn default_catalog() -> Vec<Plan> {
             "business",
             "Business",
             199,
-            [
-                Some(50),
-                Some(2000),
-                Some(100),
-                Some(1000),
-                Some(20480),
-                Some(200_000),
-            ],
+            [Some(50), Some(2000), Some(100), Some(1000), Some(20480), Some(200_000)],
             1000,
             &["bookings", "events", "branding", "custom_domain"],
         ),
@@ -152,10 +117,7 @@ mod tests {
     #[test]
     fn default_catalog_matches_the_contract() {
         let catalog = default_catalog();
-        let prices: Vec<String> = catalog
-            .iter()
-            .map(|p| p.monthly_price.to_string())
-            .collect();
+        let prices: Vec<String> = catalog.iter().map(|p| p.monthly_price.to_string()).collect();
         assert_eq!(prices, ["29.00", "79.00", "199.00", "499.00"]);
         for plan in &catalog {
             assert_eq!(plan.yearly_price, plan.monthly_price * Decimal::TEN);

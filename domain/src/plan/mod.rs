@@ -1,6 +1,9 @@
 //! The plan catalog: what a tenant can subscribe to, at what price and with which limits.
 
+mod aggregate;
 mod catalog;
+
+pub use aggregate::{PlanCommand, PlanError, PlanEvent, PlanVersions};
 
 pub use catalog::{default_catalog, Plan, PlanCode, PlanLimits};
 
@@ -24,10 +27,7 @@ impl BillingPeriod {
         match input {
             "monthly" => Ok(Self::Monthly),
             "yearly" => Ok(Self::Yearly),
-            _ => Err(ValidationError::new(
-                "billing_period",
-                "must be \"monthly\" or \"yearly\"",
-            )),
+            _ => Err(ValidationError::new("billing_period", "must be \"monthly\" or \"yearly\"")),
         }
     }
 

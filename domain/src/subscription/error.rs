@@ -52,10 +52,9 @@ impl Rejection for SubscriptionError {
         match self {
             Self::Invalid(_) | Self::PaymentMismatch { .. } => RejectionKind::Validation,
             Self::NotFound | Self::InvoiceNotFound => RejectionKind::NotFound,
-            Self::AlreadyExists
-            | Self::InvalidTransition { .. }
-            | Self::NothingToChange(_)
-            | Self::UsageUnavailable(_) => RejectionKind::Conflict,
+            Self::AlreadyExists | Self::InvalidTransition { .. } | Self::NothingToChange(_) | Self::UsageUnavailable(_) => {
+                RejectionKind::Conflict
+            }
         }
     }
 
@@ -64,9 +63,7 @@ impl Rejection for SubscriptionError {
             Self::Invalid(_) | Self::PaymentMismatch { .. } => "VALIDATION_FAILED",
             Self::NotFound | Self::InvoiceNotFound => "NOT_FOUND",
             Self::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
-            Self::AlreadyExists | Self::NothingToChange(_) | Self::UsageUnavailable(_) => {
-                "CONFLICT"
-            }
+            Self::AlreadyExists | Self::NothingToChange(_) | Self::UsageUnavailable(_) => "CONFLICT",
         }
     }
 

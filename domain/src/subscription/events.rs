@@ -205,11 +205,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
             s.started_at = Some(started_at);
             s.trial_ends_at = trial_ends_at;
             s.anchor = Some(anchor);
-            s.status = if trial_ends_at.is_some() {
-                SubscriptionStatus::Trialing
-            } else {
-                SubscriptionStatus::Active
-            };
+            s.status = if trial_ends_at.is_some() { SubscriptionStatus::Trialing } else { SubscriptionStatus::Active };
         }
         E::PeriodStarted { period_index, .. } => {
             s.period_index = period_index;
@@ -217,29 +213,14 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
                 s.status = SubscriptionStatus::Active;
             }
         }
-        E::InvoiceIssued {
-            invoice_id,
-            total,
-            paid_at,
-            lines,
-            ..
-        } => {
+        E::InvoiceIssued { invoice_id, total, paid_at, lines, .. } => {
             s.invoices_issued += 1;
-            s.credit_balance += lines
-                .iter()
-                .filter(|l| l.kind == LineKind::Credit)
-                .map(|l| l.amount)
-                .sum::<Decimal>();
+            s.credit_balance += lines.iter().filter(|l| l.kind == LineKind::Credit).map(|l| l.amount).sum::<Decimal>();
             if paid_at.is_none() {
                 s.unpaid.insert(invoice_id, total);
             }
         }
-        E::PlanChanged {
-            plan,
-            billing_period,
-            new_anchor,
-            ..
-        } => {
+        E::PlanChanged { plan, billing_period, new_anchor, .. } => {
             s.plan = Some(plan);
             s.billing_period = Some(billing_period);
             s.pending_change = None;
@@ -248,16 +229,8 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
                 s.period_index = 0;
             }
         }
-        E::PlanChangeScheduled {
-            plan,
-            billing_period,
-            effective_at,
-        } => {
-            s.pending_change = Some(PendingChange {
-                plan,
-                billing_period,
-                effective_at,
-            });
+        E::PlanChangeScheduled { plan, billing_period, effective_at } => {
+            s.pending_change = Some(PendingChange { plan, billing_period, effective_at });
         }
         E::ScheduledPlanChangeDropped { .. } => s.pending_change = None,
         E::CancellationScheduled { .. } => s.cancel_at_period_end = true,
@@ -269,26 +242,15 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
             s.pending_change = None;
         }
         E::AddonsChanged { addons, .. } => s.addons = addons,
-        E::PaymentFailed {
-            payment_id,
-            invoice_id,
-            failed_at,
-        } => {
+        E::PaymentFailed { payment_id, invoice_id, failed_at } => {
             s.payments_seen.insert(payment_id);
             s.failed.insert(invoice_id);
-            if matches!(
-                s.status,
-                SubscriptionStatus::Active | SubscriptionStatus::Trialing
-            ) {
+            if matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::Trialing) {
                 s.status = SubscriptionStatus::PastDue;
                 s.past_due_since = Some(failed_at);
             }
         }
-        E::PaymentSucceeded {
-            payment_id,
-            invoice_id,
-            ..
-        } => {
+        E::PaymentSucceeded { payment_id, invoice_id, .. } => {
             s.payments_seen.insert(payment_id);
             s.unpaid.remove(&invoice_id);
             s.failed.remove(&invoice_id);

@@ -105,11 +105,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// the write side over the usage records).
 pub trait UsageMeter: Send + Sync {
     /// Usage of `tenant_id` in `[period.start, period.end)`.
-    fn billable_usage(
-        &self,
-        tenant_id: Uuid,
-        period: Period,
-    ) -> BoxFuture<'_, Result<BillableUsage, String>>;
+    fn billable_usage(&self, tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>>;
 }
 
 /// The aggregate's services.
@@ -213,24 +209,21 @@ impl Subscription {
     pub fn current_period(&self) -> Option<Period> {
         match self.status {
             SubscriptionStatus::New => None,
-            SubscriptionStatus::Trialing => Some(Period {
-                start: self.started_at?,
-                end: self.trial_ends_at?,
-            }),
-            _ => Some(period::nth(
-                self.anchor?,
-                self.billing_period?,
-                self.period_index,
-            )),
+            SubscriptionStatus::Trialing => Some(Period { start: self.started_at?, end: self.trial_ends_at? }),
+            _ => Some(period::nth(self.anchor?, self.billing_period?, self.period_index)),
         }
+    }
+
+    /// When the billing run next has something to do for this subscription (trial end,
+    /// renewal, grace expiry), if ever.
+    pub fn next_due_at(&self) -> Option<DateTime<Utc>> {
+        rules::next_due(self).map(|(at, _)| at)
     }
 
     /// The instant the grace period of an overdue payment runs out.
     pub fn grace_expires_at(&self) -> Option<DateTime<Utc>> {
         match self.status {
-            SubscriptionStatus::PastDue => {
-                self.past_due_since.map(|t| t + Duration::days(GRACE_DAYS))
-            }
+            SubscriptionStatus::PastDue => self.past_due_since.map(|t| t + Duration::days(GRACE_DAYS)),
             _ => None,
         }
     }
@@ -243,12 +236,7 @@ impl Aggregate for Subscription {
     type Error = SubscriptionError;
     type Services = SubscriptionServices;
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        meter: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
+    async fn handle(&mut self, command: Self::Command, meter: &Self::Services, sink: &EventSink<Self>) -> Result<(), Self::Error> {
         rules::handle(self, command, meter.as_ref(), sink).await
     }
 

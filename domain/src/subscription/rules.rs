@@ -6,8 +6,8 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::{
-    PaymentOutcome, StartSubscription, Subscription, SubscriptionCommand, SubscriptionError,
-    SubscriptionEvent as E, SubscriptionStatus as S, UsageMeter,
+    PaymentOutcome, StartSubscription, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent as E,
+    SubscriptionStatus as S, UsageMeter,
 };
 use crate::billing::invoice::{totals, InvoiceLine, LineKind};
 use crate::billing::period::{self, months_in, Period};
@@ -18,41 +18,25 @@ use crate::ValidationError;
 type Sink = EventSink<Subscription>;
 type Outcome = Result<(), SubscriptionError>;
 
-pub(super) async fn handle(
-    s: &mut Subscription,
-    command: SubscriptionCommand,
-    meter: &dyn UsageMeter,
-    sink: &Sink,
-) -> Outcome {
+pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, meter: &dyn UsageMeter, sink: &Sink) -> Outcome {
     use SubscriptionCommand as C;
     if s.status == S::New && !matches!(command, C::Start(_)) {
         return Err(SubscriptionError::NotFound);
     }
     match command {
         C::Start(start) => start_subscription(s, *start, sink).await,
-        C::ChangePlan {
-            plan,
-            billing_period,
-            immediately,
-            at,
-        } => change_plan(s, plan, billing_period, immediately, at, sink).await,
+        C::ChangePlan { plan, billing_period, immediately, at } => change_plan(s, plan, billing_period, immediately, at, sink).await,
         C::Cancel { at_period_end, at } => cancel(s, at_period_end, at, meter, sink).await,
         C::Resume { at } => {
             if s.status == S::Cancelled || !s.cancel_at_period_end {
-                return Err(SubscriptionError::InvalidTransition {
-                    action: "resume (no cancellation is pending)",
-                    status: s.status,
-                });
+                return Err(SubscriptionError::InvalidTransition { action: "resume (no cancellation is pending)", status: s.status });
             }
             sink.write(E::CancellationWithdrawn { at }, s).await;
             Ok(())
         }
         C::SetAddons { addons, at } => {
             if s.status == S::Cancelled {
-                return Err(SubscriptionError::InvalidTransition {
-                    action: "change the add-ons of",
-                    status: s.status,
-                });
+                return Err(SubscriptionError::InvalidTransition { action: "change the add-ons of", status: s.status });
             }
             if addons != s.addons {
                 sink.write(E::AddonsChanged { addons, at }, s).await;
@@ -60,32 +44,18 @@ pub(super) async fn handle(
             Ok(())
         }
         C::AdvanceTo { as_of } => advance_to(s, as_of, meter, sink).await,
-        C::RecordPayment {
-            payment_id,
-            invoice_id,
-            outcome,
-            at,
-        } => record_payment(s, payment_id, invoice_id, outcome, at, sink).await,
+        C::RecordPayment { payment_id, invoice_id, outcome, at } => record_payment(s, payment_id, invoice_id, outcome, at, sink).await,
     }
 }
 
-async fn start_subscription(
-    s: &mut Subscription,
-    start: StartSubscription,
-    sink: &Sink,
-) -> Outcome {
+async fn start_subscription(s: &mut Subscription, start: StartSubscription, sink: &Sink) -> Outcome {
     if s.status != S::New {
         return Err(SubscriptionError::AlreadyExists);
     }
     if start.trial_days > MAX_TRIAL_DAYS {
-        return Err(ValidationError::new(
-            "trial_days",
-            format!("must be between 0 and {MAX_TRIAL_DAYS}"),
-        )
-        .into());
+        return Err(ValidationError::new("trial_days", format!("must be between 0 and {MAX_TRIAL_DAYS}")).into());
     }
-    let trial_ends_at =
-        (start.trial_days > 0).then(|| start.at + Duration::days(i64::from(start.trial_days)));
+    let trial_ends_at = (start.trial_days > 0).then(|| start.at + Duration::days(i64::from(start.trial_days)));
     let anchor = trial_ends_at.unwrap_or(start.at);
     sink.write(
         E::SubscriptionStarted {
@@ -110,27 +80,9 @@ async fn start_subscription(
 }
 
 /// Starts period `index` after the anchor and invoices it in advance, plus `arrears`.
-async fn begin_period(
-    s: &mut Subscription,
-    index: u32,
-    arrears: Vec<InvoiceLine>,
-    at: DateTime<Utc>,
-    sink: &Sink,
-) {
-    let period = period::nth(
-        s.anchor.expect("started"),
-        s.billing_period.expect("started"),
-        index,
-    );
-    sink.write(
-        E::PeriodStarted {
-            period_index: index,
-            period_start: period.start,
-            period_end: period.end,
-        },
-        s,
-    )
-    .await;
+async fn begin_period(s: &mut Subscription, index: u32, arrears: Vec<InvoiceLine>, at: DateTime<Utc>, sink: &Sink) {
+    let period = period::nth(s.anchor.expect("started"), s.billing_period.expect("started"), index);
+    sink.write(E::PeriodStarted { period_index: index, period_start: period.start, period_end: period.end }, s).await;
     let mut lines = advance_lines(s, period);
     lines.extend(arrears);
     issue_invoice(s, period, lines, at, sink).await;
@@ -141,11 +93,7 @@ fn advance_lines(s: &Subscription, period: Period) -> Vec<InvoiceLine> {
     let plan = s.plan.as_ref().expect("started");
     let billing_period = s.billing_period.expect("started");
     let months = Decimal::from(months_in(billing_period));
-    let dates = format!(
-        "{} – {}",
-        period.start.format("%Y-%m-%d"),
-        period.end.format("%Y-%m-%d")
-    );
+    let dates = format!("{} – {}", period.start.format("%Y-%m-%d"), period.end.format("%Y-%m-%d"));
     let mut lines = vec![InvoiceLine::new(
         LineKind::Plan,
         format!("{} plan ({}), {dates}", plan.name, billing_period.as_str()),
@@ -172,23 +120,12 @@ fn advance_lines(s: &Subscription, period: Period) -> Vec<InvoiceLine> {
 }
 
 /// Usage of the closed `period` billed in arrears: API calls beyond the allowance and SMS.
-async fn arrears_lines(
-    s: &Subscription,
-    meter: &dyn UsageMeter,
-    period: Period,
-) -> Result<Vec<InvoiceLine>, SubscriptionError> {
-    let usage = meter
-        .billable_usage(s.tenant_id.expect("started"), period)
-        .await
-        .map_err(SubscriptionError::UsageUnavailable)?;
+async fn arrears_lines(s: &Subscription, meter: &dyn UsageMeter, period: Period) -> Result<Vec<InvoiceLine>, SubscriptionError> {
+    let usage = meter.billable_usage(s.tenant_id.expect("started"), period).await.map_err(SubscriptionError::UsageUnavailable)?;
     let plan = s.plan.as_ref().expect("started");
     let months = u64::from(months_in(s.billing_period.expect("started")));
     let allowance = plan.limits.api_calls_per_month.map(|a| a * months);
-    let dates = format!(
-        "{} – {}",
-        period.start.format("%Y-%m-%d"),
-        period.end.format("%Y-%m-%d")
-    );
+    let dates = format!("{} – {}", period.start.format("%Y-%m-%d"), period.end.format("%Y-%m-%d"));
     let mut lines = Vec::new();
     let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance);
     if blocks > 0 {
@@ -197,20 +134,10 @@ async fn arrears_lines(
             usage.api_calls,
             allowance.unwrap_or_default()
         );
-        lines.push(InvoiceLine::new(
-            LineKind::Overage,
-            description,
-            Decimal::from(blocks),
-            pricing::api_call_block(),
-        ));
+        lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block()));
     }
     if usage.sms > 0 {
-        lines.push(InvoiceLine::new(
-            LineKind::Overage,
-            format!("SMS, {dates}"),
-            Decimal::from(usage.sms),
-            pricing::sms_each(),
-        ));
+        lines.push(InvoiceLine::new(LineKind::Overage, format!("SMS, {dates}"), Decimal::from(usage.sms), pricing::sms_each()));
     }
     Ok(lines)
 }
@@ -218,26 +145,12 @@ async fn arrears_lines(
 /// Issues an invoice for `period` with `lines`: account credit is applied (never below zero),
 /// and a negative balance (an immediate downgrade's unused difference) is carried to account
 /// credit, so no invoice ever has a negative total.
-async fn issue_invoice(
-    s: &mut Subscription,
-    period: Period,
-    mut lines: Vec<InvoiceLine>,
-    at: DateTime<Utc>,
-    sink: &Sink,
-) {
+async fn issue_invoice(s: &mut Subscription, period: Period, mut lines: Vec<InvoiceLine>, at: DateTime<Utc>, sink: &Sink) {
     let sum: Decimal = lines.iter().map(|l| l.amount).sum();
     if sum > Decimal::ZERO && s.credit_balance > Decimal::ZERO {
-        lines.push(InvoiceLine::fixed(
-            LineKind::Credit,
-            "Account credit applied",
-            -sum.min(s.credit_balance),
-        ));
+        lines.push(InvoiceLine::fixed(LineKind::Credit, "Account credit applied", -sum.min(s.credit_balance)));
     } else if sum < Decimal::ZERO {
-        lines.push(InvoiceLine::fixed(
-            LineKind::Credit,
-            "Carried to account credit",
-            -sum,
-        ));
+        lines.push(InvoiceLine::fixed(LineKind::Credit, "Carried to account credit", -sum));
     }
     let money = totals(&lines, s.tax_rate);
     let number = s.invoices_issued + 1;
@@ -276,10 +189,7 @@ async fn change_plan(
     sink: &Sink,
 ) -> Outcome {
     if matches!(s.status, S::Cancelled | S::Suspended) {
-        return Err(SubscriptionError::InvalidTransition {
-            action: "change the plan of",
-            status: s.status,
-        });
+        return Err(SubscriptionError::InvalidTransition { action: "change the plan of", status: s.status });
     }
     let current = s.plan.clone().expect("started");
     let current_period = s.billing_period.expect("started");
@@ -289,47 +199,21 @@ async fn change_plan(
             sink.write(E::ScheduledPlanChangeDropped { at }, s).await;
             return Ok(());
         }
-        return Err(SubscriptionError::NothingToChange(
-            "the subscription is already on this plan",
-        ));
+        return Err(SubscriptionError::NothingToChange("the subscription is already on this plan"));
     }
     if s.status == S::Trialing {
-        sink.write(
-            E::PlanChanged {
-                plan,
-                billing_period: new_period,
-                new_anchor: None,
-                effective_at: at,
-            },
-            s,
-        )
-        .await;
+        sink.write(E::PlanChanged { plan, billing_period: new_period, new_anchor: None, effective_at: at }, s).await;
         return Ok(());
     }
     let period = s.current_period().expect("started");
     if new_period != current_period {
         // A new interval restarts the periods now: the unused old period is credited and the
         // first new period is charged in full.
-        let credit =
-            proration::split(current.price(current_period), Decimal::ZERO, period, at).credit;
-        sink.write(
-            E::PlanChanged {
-                plan,
-                billing_period: new_period,
-                new_anchor: Some(at),
-                effective_at: at,
-            },
-            s,
-        )
-        .await;
+        let credit = proration::split(current.price(current_period), Decimal::ZERO, period, at).credit;
+        sink.write(E::PlanChanged { plan, billing_period: new_period, new_anchor: Some(at), effective_at: at }, s).await;
         let unused = InvoiceLine::fixed(
             LineKind::Proration,
-            format!(
-                "Unused time on {} ({}) from {}",
-                current.name,
-                current_period.as_str(),
-                at.format("%Y-%m-%d")
-            ),
+            format!("Unused time on {} ({}) from {}", current.name, current_period.as_str(), at.format("%Y-%m-%d")),
             -credit,
         );
         begin_period(s, 0, vec![unused], at, sink).await;
@@ -337,152 +221,73 @@ async fn change_plan(
     }
     let (old_price, new_price) = (current.price(current_period), plan.price(current_period));
     if new_price < old_price && !immediately {
-        sink.write(
-            E::PlanChangeScheduled {
-                plan,
-                billing_period: new_period,
-                effective_at: period.end,
-            },
-            s,
-        )
-        .await;
+        sink.write(E::PlanChangeScheduled { plan, billing_period: new_period, effective_at: period.end }, s).await;
         return Ok(());
     }
     let split = proration::split(old_price, new_price, period, at);
     let new_name = plan.name.clone();
-    sink.write(
-        E::PlanChanged {
-            plan,
-            billing_period: new_period,
-            new_anchor: None,
-            effective_at: at,
-        },
-        s,
-    )
-    .await;
+    sink.write(E::PlanChanged { plan, billing_period: new_period, new_anchor: None, effective_at: at }, s).await;
     if new_price != old_price {
         let from = at.format("%Y-%m-%d %H:%M UTC");
         let lines = vec![
-            InvoiceLine::fixed(
-                LineKind::Proration,
-                format!("Unused time on {} from {from}", current.name),
-                -split.credit,
-            ),
-            InvoiceLine::fixed(
-                LineKind::Proration,
-                format!("Remaining time on {new_name} from {from}"),
-                split.charge,
-            ),
+            InvoiceLine::fixed(LineKind::Proration, format!("Unused time on {} from {from}", current.name), -split.credit),
+            InvoiceLine::fixed(LineKind::Proration, format!("Remaining time on {new_name} from {from}"), split.charge),
         ];
-        issue_invoice(
-            s,
-            Period {
-                start: at,
-                end: period.end,
-            },
-            lines,
-            at,
-            sink,
-        )
-        .await;
+        issue_invoice(s, Period { start: at, end: period.end }, lines, at, sink).await;
     }
     Ok(())
 }
 
-async fn cancel(
-    s: &mut Subscription,
-    at_period_end: bool,
-    at: DateTime<Utc>,
-    meter: &dyn UsageMeter,
-    sink: &Sink,
-) -> Outcome {
+async fn cancel(s: &mut Subscription, at_period_end: bool, at: DateTime<Utc>, meter: &dyn UsageMeter, sink: &Sink) -> Outcome {
     if s.status == S::Cancelled {
-        return Err(SubscriptionError::InvalidTransition {
-            action: "cancel",
-            status: s.status,
-        });
+        return Err(SubscriptionError::InvalidTransition { action: "cancel", status: s.status });
     }
     let period = s.current_period().expect("started");
     if at_period_end {
         if s.cancel_at_period_end {
-            return Err(SubscriptionError::NothingToChange(
-                "the cancellation is already scheduled",
-            ));
+            return Err(SubscriptionError::NothingToChange("the cancellation is already scheduled"));
         }
-        sink.write(
-            E::CancellationScheduled {
-                effective_at: period.end,
-            },
-            s,
-        )
-        .await;
+        sink.write(E::CancellationScheduled { effective_at: period.end }, s).await;
         return Ok(());
     }
     if s.status != S::Trialing {
-        let used = Period {
-            start: period.start,
-            end: at.max(period.start),
-        };
+        let used = Period { start: period.start, end: at.max(period.start) };
         let arrears = arrears_lines(s, meter, used).await?;
         if !arrears.is_empty() {
             issue_invoice(s, used, arrears, at, sink).await;
         }
     }
-    sink.write(
-        E::SubscriptionCancelled {
-            cancelled_at: at,
-            immediately: true,
-        },
-        s,
-    )
-    .await;
+    sink.write(E::SubscriptionCancelled { cancelled_at: at, immediately: true }, s).await;
     Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Due {
+pub(super) enum Due {
     GraceExpired,
     TrialEnd,
     PeriodEnd,
 }
 
 /// The next thing that is due, and when (grace expiry first on a tie).
-fn next_due(s: &Subscription) -> Option<(DateTime<Utc>, Due)> {
+pub(super) fn next_due(s: &Subscription) -> Option<(DateTime<Utc>, Due)> {
     let mut candidates = Vec::new();
     if let Some(at) = s.grace_expires_at() {
         candidates.push((at, Due::GraceExpired));
     }
     match s.status {
         S::Trialing => candidates.push((s.trial_ends_at?, Due::TrialEnd)),
-        S::Active | S::PastDue | S::Suspended => {
-            candidates.push((s.current_period()?.end, Due::PeriodEnd))
-        }
+        S::Active | S::PastDue | S::Suspended => candidates.push((s.current_period()?.end, Due::PeriodEnd)),
         S::New | S::Cancelled => {}
     }
     candidates.into_iter().min_by_key(|(at, _)| *at)
 }
 
-async fn advance_to(
-    s: &mut Subscription,
-    as_of: DateTime<Utc>,
-    meter: &dyn UsageMeter,
-    sink: &Sink,
-) -> Outcome {
+async fn advance_to(s: &mut Subscription, as_of: DateTime<Utc>, meter: &dyn UsageMeter, sink: &Sink) -> Outcome {
     while let Some((when, due)) = next_due(s).filter(|(when, _)| *when <= as_of) {
         match due {
-            Due::GraceExpired => {
-                sink.write(E::SubscriptionSuspended { suspended_at: when }, s)
-                    .await
-            }
+            Due::GraceExpired => sink.write(E::SubscriptionSuspended { suspended_at: when }, s).await,
             Due::TrialEnd if s.cancel_at_period_end => {
-                sink.write(
-                    E::SubscriptionCancelled {
-                        cancelled_at: when,
-                        immediately: false,
-                    },
-                    s,
-                )
-                .await
+                sink.write(E::SubscriptionCancelled { cancelled_at: when, immediately: false }, s).await
             }
             Due::TrialEnd => begin_period(s, 0, Vec::new(), when, sink).await,
             Due::PeriodEnd => {
@@ -492,30 +297,17 @@ async fn advance_to(
                     if !arrears.is_empty() {
                         issue_invoice(s, closed, arrears, when, sink).await;
                     }
-                    sink.write(
-                        E::SubscriptionCancelled {
-                            cancelled_at: when,
-                            immediately: false,
-                        },
-                        s,
-                    )
-                    .await;
+                    sink.write(E::SubscriptionCancelled { cancelled_at: when, immediately: false }, s).await;
                     continue;
                 }
                 let mut next_index = s.period_index + 1;
                 if let Some(change) = s.pending_change.clone() {
-                    let new_anchor =
-                        (Some(change.billing_period) != s.billing_period).then_some(when);
+                    let new_anchor = (Some(change.billing_period) != s.billing_period).then_some(when);
                     if new_anchor.is_some() {
                         next_index = 0;
                     }
                     sink.write(
-                        E::PlanChanged {
-                            plan: change.plan,
-                            billing_period: change.billing_period,
-                            new_anchor,
-                            effective_at: when,
-                        },
+                        E::PlanChanged { plan: change.plan, billing_period: change.billing_period, new_anchor, effective_at: when },
                         s,
                     )
                     .await;
@@ -540,14 +332,9 @@ async fn record_payment(
     }
     let subscription_id = s.id.expect("started");
     let Some(&total) = s.unpaid.get(&invoice_id) else {
-        let ours =
-            (1..=s.invoices_issued).any(|n| self::invoice_id(subscription_id, n) == invoice_id);
+        let ours = (1..=s.invoices_issued).any(|n| self::invoice_id(subscription_id, n) == invoice_id);
         // A notification about an invoice that is already paid changes nothing.
-        return if ours {
-            Ok(())
-        } else {
-            Err(SubscriptionError::InvoiceNotFound)
-        };
+        return if ours { Ok(()) } else { Err(SubscriptionError::InvoiceNotFound) };
     };
     match outcome {
         PaymentOutcome::Succeeded { amount, currency } => {
@@ -559,32 +346,12 @@ async fn record_payment(
                     currency,
                 });
             }
-            sink.write(
-                E::PaymentSucceeded {
-                    payment_id,
-                    invoice_id,
-                    amount,
-                    paid_at: at,
-                },
-                s,
-            )
-            .await;
+            sink.write(E::PaymentSucceeded { payment_id, invoice_id, amount, paid_at: at }, s).await;
             if matches!(s.status, S::PastDue | S::Suspended) && s.failed.is_empty() {
-                sink.write(E::SubscriptionReactivated { reactivated_at: at }, s)
-                    .await;
+                sink.write(E::SubscriptionReactivated { reactivated_at: at }, s).await;
             }
         }
-        PaymentOutcome::Failed => {
-            sink.write(
-                E::PaymentFailed {
-                    payment_id,
-                    invoice_id,
-                    failed_at: at,
-                },
-                s,
-            )
-            .await
-        }
+        PaymentOutcome::Failed => sink.write(E::PaymentFailed { payment_id, invoice_id, failed_at: at }, s).await,
     }
     Ok(())
 }

@@ -28,9 +28,7 @@ fn no_usage() -> TestFramework<Subscription> {
 }
 
 fn usage(api_calls: u64, sms: u64) -> TestFramework<Subscription> {
-    TestFramework::with(
-        Arc::new(FixedUsage(BillableUsage { api_calls, sms })) as SubscriptionServices
-    )
+    TestFramework::with(Arc::new(FixedUsage(BillableUsage { api_calls, sms })) as SubscriptionServices)
 }
 
 fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
@@ -38,12 +36,7 @@ fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
 }
 
 fn terms(code: &str) -> PlanTerms {
-    PlanTerms::of(
-        default_catalog()
-            .iter()
-            .find(|p| p.code.as_str() == code)
-            .unwrap(),
-    )
+    PlanTerms::of(default_catalog().iter().find(|p| p.code.as_str() == code).unwrap())
 }
 
 fn id() -> Uuid {
@@ -73,18 +66,11 @@ fn run(
     framework.given(given).when(command).inspect_result()
 }
 
-fn ok(
-    framework: TestFramework<Subscription>,
-    given: &[SubscriptionEvent],
-    command: SubscriptionCommand,
-) -> Vec<SubscriptionEvent> {
+fn ok(framework: TestFramework<Subscription>, given: &[SubscriptionEvent], command: SubscriptionCommand) -> Vec<SubscriptionEvent> {
     run(framework, given.to_vec(), command).expect("the command is accepted")
 }
 
-fn history(
-    framework: fn() -> TestFramework<Subscription>,
-    commands: Vec<SubscriptionCommand>,
-) -> Vec<SubscriptionEvent> {
+fn history(framework: fn() -> TestFramework<Subscription>, commands: Vec<SubscriptionCommand>) -> Vec<SubscriptionEvent> {
     let mut events = Vec::new();
     for command in commands {
         let new = ok(framework(), &events, command);
@@ -94,31 +80,13 @@ fn history(
 }
 
 fn invoices(events: &[SubscriptionEvent]) -> Vec<&SubscriptionEvent> {
-    events
-        .iter()
-        .filter(|e| matches!(e, SubscriptionEvent::InvoiceIssued { .. }))
-        .collect()
+    events.iter().filter(|e| matches!(e, SubscriptionEvent::InvoiceIssued { .. })).collect()
 }
 
 /// (kind, amount) of each line, and (subtotal, tax, total), as strings.
 fn money(invoice: &SubscriptionEvent) -> (Vec<(LineKind, String)>, [String; 3]) {
-    let SubscriptionEvent::InvoiceIssued {
-        lines,
-        subtotal,
-        tax,
-        total,
-        ..
-    } = invoice
-    else {
-        panic!("not an invoice: {invoice:?}")
-    };
-    (
-        lines
-            .iter()
-            .map(|l| (l.kind, l.amount.to_string()))
-            .collect(),
-        [subtotal.to_string(), tax.to_string(), total.to_string()],
-    )
+    let SubscriptionEvent::InvoiceIssued { lines, subtotal, tax, total, .. } = invoice else { panic!("not an invoice: {invoice:?}") };
+    (lines.iter().map(|l| (l.kind, l.amount.to_string())).collect(), [subtotal.to_string(), tax.to_string(), total.to_string()])
 }
 
 fn cents(s: &str) -> String {
@@ -129,46 +97,17 @@ fn cents(s: &str) -> String {
 fn a_trial_starts_without_an_invoice_and_ends_with_the_first_one() {
     let started = ok(no_usage(), &[], start(14, at(2027, 1, 17)));
     assert_eq!(started.len(), 1);
-    let SubscriptionEvent::SubscriptionStarted {
-        trial_ends_at,
-        anchor,
-        ..
-    } = &started[0]
-    else {
-        panic!()
-    };
+    let SubscriptionEvent::SubscriptionStarted { trial_ends_at, anchor, .. } = &started[0] else { panic!() };
     assert_eq!(*trial_ends_at, Some(at(2027, 1, 31)));
     assert_eq!(*anchor, at(2027, 1, 31));
 
-    assert!(ok(
-        no_usage(),
-        &started,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 1, 30)
-        }
-    )
-    .is_empty());
-    let ended = ok(
-        no_usage(),
-        &started,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 1, 31),
-        },
-    );
-    assert!(
-        matches!(ended[0], SubscriptionEvent::PeriodStarted { period_index: 0, period_end, .. } if period_end == at(2027, 2, 28))
-    );
+    assert!(ok(no_usage(), &started, SubscriptionCommand::AdvanceTo { as_of: at(2027, 1, 30) }).is_empty());
+    let ended = ok(no_usage(), &started, SubscriptionCommand::AdvanceTo { as_of: at(2027, 1, 31) });
+    assert!(matches!(ended[0], SubscriptionEvent::PeriodStarted { period_index: 0, period_end, .. } if period_end == at(2027, 2, 28)));
     let (lines, totals) = money(&ended[1]);
     assert_eq!(lines, [(LineKind::Plan, cents("29.00"))]);
     assert_eq!(totals, [cents("29.00"), cents("2.90"), cents("31.90")]);
-    let SubscriptionEvent::InvoiceIssued {
-        number,
-        invoice_id: iid,
-        ..
-    } = &ended[1]
-    else {
-        panic!()
-    };
+    let SubscriptionEvent::InvoiceIssued { number, invoice_id: iid, .. } = &ended[1] else { panic!() };
     assert_eq!(number, "ACME-000001");
     assert_eq!(*iid, invoice_id(id(), 1));
 }
@@ -177,22 +116,13 @@ fn a_trial_starts_without_an_invoice_and_ends_with_the_first_one() {
 fn without_a_trial_the_first_period_is_invoiced_at_once() {
     let events = ok(no_usage(), &[], start(0, at(2027, 3, 5)));
     assert_eq!(events.len(), 3);
-    assert_eq!(
-        money(&events[2]).1,
-        [cents("29.00"), cents("2.90"), cents("31.90")]
-    );
+    assert_eq!(money(&events[2]).1, [cents("29.00"), cents("2.90"), cents("31.90")]);
 }
 
 #[test]
 fn renewals_keep_the_anchor_day_and_bill_usage_in_arrears() {
     let events = history(no_usage, vec![start(0, at(2027, 1, 31))]);
-    let renewed = ok(
-        usage(12_001, 3),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 4, 30),
-        },
-    );
+    let renewed = ok(usage(12_001, 3), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 30) });
     let ends: Vec<DateTime<Utc>> = renewed
         .iter()
         .filter_map(|e| match e {
@@ -203,26 +133,12 @@ fn renewals_keep_the_anchor_day_and_bill_usage_in_arrears() {
     assert_eq!(ends, [at(2027, 3, 31), at(2027, 4, 30), at(2027, 5, 31)]);
     let (lines, totals) = money(invoices(&renewed)[0]);
     // 12,001 calls on 10,000 included → 3 started blocks × 0.50; 3 SMS × 0.05.
-    assert_eq!(
-        lines,
-        [
-            (LineKind::Plan, cents("29.00")),
-            (LineKind::Overage, cents("1.50")),
-            (LineKind::Overage, cents("0.15"))
-        ]
-    );
+    assert_eq!(lines, [(LineKind::Plan, cents("29.00")), (LineKind::Overage, cents("1.50")), (LineKind::Overage, cents("0.15"))]);
     assert_eq!(totals, [cents("30.65"), cents("3.07"), cents("33.72")]);
     // Advancing to the same instant again changes nothing.
     let mut all = events.clone();
     all.extend(renewed);
-    assert!(ok(
-        usage(12_001, 3),
-        &all,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 4, 30)
-        }
-    )
-    .is_empty());
+    assert!(ok(usage(12_001, 3), &all, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 30) }).is_empty());
 }
 
 #[test]
@@ -232,24 +148,11 @@ fn an_upgrade_half_way_is_prorated_by_the_second() {
     let upgraded = ok(
         no_usage(),
         &events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("professional"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 4, 16),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("professional"), billing_period: None, immediately: false, at: at(2027, 4, 16) },
     );
-    assert!(
-        matches!(&upgraded[0], SubscriptionEvent::PlanChanged { plan, .. } if plan.code.as_str() == "professional")
-    );
+    assert!(matches!(&upgraded[0], SubscriptionEvent::PlanChanged { plan, .. } if plan.code.as_str() == "professional"));
     let (lines, totals) = money(&upgraded[1]);
-    assert_eq!(
-        lines,
-        [
-            (LineKind::Proration, cents("-14.50")),
-            (LineKind::Proration, cents("39.50"))
-        ]
-    );
+    assert_eq!(lines, [(LineKind::Proration, cents("-14.50")), (LineKind::Proration, cents("39.50"))]);
     assert_eq!(totals, [cents("25.00"), cents("2.50"), cents("27.50")]);
 }
 
@@ -259,41 +162,18 @@ fn a_downgrade_waits_for_the_period_end_and_is_billed_from_there() {
     events.extend(ok(
         no_usage(),
         &events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("professional"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 4, 1),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("professional"), billing_period: None, immediately: false, at: at(2027, 4, 1) },
     ));
     let scheduled = ok(
         no_usage(),
         &events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("starter"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 4, 10),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("starter"), billing_period: None, immediately: false, at: at(2027, 4, 10) },
     );
-    assert!(
-        matches!(&scheduled[..], [SubscriptionEvent::PlanChangeScheduled { effective_at, .. }] if *effective_at == at(2027, 5, 1))
-    );
+    assert!(matches!(&scheduled[..], [SubscriptionEvent::PlanChangeScheduled { effective_at, .. }] if *effective_at == at(2027, 5, 1)));
     events.extend(scheduled);
-    let renewed = ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 5, 1),
-        },
-    );
-    assert!(
-        matches!(&renewed[0], SubscriptionEvent::PlanChanged { plan, .. } if plan.code.as_str() == "starter")
-    );
-    assert_eq!(
-        money(invoices(&renewed)[0]).0,
-        [(LineKind::Plan, cents("29.00"))]
-    );
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 5, 1) });
+    assert!(matches!(&renewed[0], SubscriptionEvent::PlanChanged { plan, .. } if plan.code.as_str() == "starter"));
+    assert_eq!(money(invoices(&renewed)[0]).0, [(LineKind::Plan, cents("29.00"))]);
 }
 
 #[test]
@@ -302,49 +182,20 @@ fn an_immediate_downgrade_carries_the_difference_to_the_next_invoice() {
     events.extend(ok(
         no_usage(),
         &events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("professional"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 4, 1),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("professional"), billing_period: None, immediately: false, at: at(2027, 4, 1) },
     ));
     let down = ok(
         no_usage(),
         &events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("starter"),
-            billing_period: None,
-            immediately: true,
-            at: at(2027, 4, 16),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("starter"), billing_period: None, immediately: true, at: at(2027, 4, 16) },
     );
     let (lines, totals) = money(invoices(&down)[0]);
-    assert_eq!(
-        lines,
-        [
-            (LineKind::Proration, cents("-39.50")),
-            (LineKind::Proration, cents("14.50")),
-            (LineKind::Credit, cents("25.00"))
-        ]
-    );
+    assert_eq!(lines, [(LineKind::Proration, cents("-39.50")), (LineKind::Proration, cents("14.50")), (LineKind::Credit, cents("25.00"))]);
     assert_eq!(totals, [cents("0.00"), cents("0.00"), cents("0.00")]);
     events.extend(down);
-    let renewed = ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 5, 1),
-        },
-    );
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 5, 1) });
     let (lines, totals) = money(invoices(&renewed)[0]);
-    assert_eq!(
-        lines,
-        [
-            (LineKind::Plan, cents("29.00")),
-            (LineKind::Credit, cents("-25.00"))
-        ]
-    );
+    assert_eq!(lines, [(LineKind::Plan, cents("29.00")), (LineKind::Credit, cents("-25.00"))]);
     assert_eq!(totals, [cents("4.00"), cents("0.40"), cents("4.40")]);
 }
 
@@ -354,23 +205,13 @@ fn changing_plan_in_a_trial_is_free_and_changing_to_the_same_plan_is_refused() {
     let changed = ok(
         no_usage(),
         &events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("business"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 1, 5),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("business"), billing_period: None, immediately: false, at: at(2027, 1, 5) },
     );
     assert_eq!(changed.len(), 1);
     let same = run(
         no_usage(),
         events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("starter"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 1, 5),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("starter"), billing_period: None, immediately: false, at: at(2027, 1, 5) },
     );
     assert!(matches!(same, Err(SubscriptionError::NothingToChange(_))));
 }
@@ -392,116 +233,48 @@ fn switching_to_yearly_restarts_the_periods_and_credits_the_unused_month() {
         matches!(&switched[1], SubscriptionEvent::PeriodStarted { period_index: 0, period_start, period_end } if *period_start == at(2027, 4, 16) && *period_end == at(2028, 4, 16))
     );
     let (lines, totals) = money(invoices(&switched)[0]);
-    assert_eq!(
-        lines,
-        [
-            (LineKind::Plan, cents("290.00")),
-            (LineKind::Proration, cents("-14.50"))
-        ]
-    );
+    assert_eq!(lines, [(LineKind::Plan, cents("290.00")), (LineKind::Proration, cents("-14.50"))]);
     assert_eq!(totals[0], "275.50");
 }
 
 #[test]
 fn cancel_at_period_end_can_be_withdrawn_and_otherwise_ends_the_subscription() {
     let mut events = history(no_usage, vec![start(0, at(2027, 4, 1))]);
-    let scheduled = ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::Cancel {
-            at_period_end: true,
-            at: at(2027, 4, 10),
-        },
-    );
-    assert!(
-        matches!(&scheduled[..], [SubscriptionEvent::CancellationScheduled { effective_at }] if *effective_at == at(2027, 5, 1))
-    );
+    let scheduled = ok(no_usage(), &events, SubscriptionCommand::Cancel { at_period_end: true, at: at(2027, 4, 10) });
+    assert!(matches!(&scheduled[..], [SubscriptionEvent::CancellationScheduled { effective_at }] if *effective_at == at(2027, 5, 1)));
     events.extend(scheduled);
     assert!(matches!(
-        run(
-            no_usage(),
-            events.clone(),
-            SubscriptionCommand::Cancel {
-                at_period_end: true,
-                at: at(2027, 4, 11)
-            }
-        ),
+        run(no_usage(), events.clone(), SubscriptionCommand::Cancel { at_period_end: true, at: at(2027, 4, 11) }),
         Err(SubscriptionError::NothingToChange(_))
     ));
-    let resumed = ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::Resume {
-            at: at(2027, 4, 12),
-        },
-    );
-    assert!(matches!(
-        &resumed[..],
-        [SubscriptionEvent::CancellationWithdrawn { .. }]
-    ));
-    let ended = ok(
-        usage(0, 2),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 6, 1),
-        },
-    );
+    let resumed = ok(no_usage(), &events, SubscriptionCommand::Resume { at: at(2027, 4, 12) });
+    assert!(matches!(&resumed[..], [SubscriptionEvent::CancellationWithdrawn { .. }]));
+    let ended = ok(usage(0, 2), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 6, 1) });
     // The last period's usage is invoiced, then it ends; nothing renews.
-    assert_eq!(
-        money(invoices(&ended)[0]).0,
-        [(LineKind::Overage, cents("0.10"))]
-    );
+    assert_eq!(money(invoices(&ended)[0]).0, [(LineKind::Overage, cents("0.10"))]);
     assert!(
         matches!(ended.last(), Some(SubscriptionEvent::SubscriptionCancelled { immediately: false, cancelled_at }) if *cancelled_at == at(2027, 5, 1))
     );
     events.extend(ended);
     for command in [
-        SubscriptionCommand::Cancel {
-            at_period_end: false,
-            at: at(2027, 6, 2),
-        },
+        SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 6, 2) },
         SubscriptionCommand::Resume { at: at(2027, 6, 2) },
-        SubscriptionCommand::ChangePlan {
-            plan: terms("business"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 6, 2),
-        },
-        SubscriptionCommand::SetAddons {
-            addons: Addons {
-                extra_users: 1,
-                extra_storage_gb: 0,
-            },
-            at: at(2027, 6, 2),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("business"), billing_period: None, immediately: false, at: at(2027, 6, 2) },
+        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 1, extra_storage_gb: 0 }, at: at(2027, 6, 2) },
     ] {
         assert!(matches!(
             run(no_usage(), events.clone(), command),
-            Err(SubscriptionError::InvalidTransition {
-                status: SubscriptionStatus::Cancelled,
-                ..
-            })
+            Err(SubscriptionError::InvalidTransition { status: SubscriptionStatus::Cancelled, .. })
         ));
     }
-    assert!(ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2028, 1, 1)
-        }
-    )
-    .is_empty());
+    assert!(ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2028, 1, 1) }).is_empty());
 }
 
 #[test]
 fn resume_without_a_pending_cancellation_is_refused() {
     let events = history(no_usage, vec![start(0, at(2027, 4, 1))]);
     assert!(matches!(
-        run(
-            no_usage(),
-            events,
-            SubscriptionCommand::Resume { at: at(2027, 4, 2) }
-        ),
+        run(no_usage(), events, SubscriptionCommand::Resume { at: at(2027, 4, 2) }),
         Err(SubscriptionError::InvalidTransition { .. })
     ));
 }
@@ -509,22 +282,9 @@ fn resume_without_a_pending_cancellation_is_refused() {
 #[test]
 fn cancelling_immediately_bills_the_usage_so_far() {
     let events = history(no_usage, vec![start(0, at(2027, 4, 1))]);
-    let cancelled = ok(
-        usage(0, 4),
-        &events,
-        SubscriptionCommand::Cancel {
-            at_period_end: false,
-            at: at(2027, 4, 20),
-        },
-    );
+    let cancelled = ok(usage(0, 4), &events, SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 4, 20) });
     assert_eq!(money(&cancelled[0]).0, [(LineKind::Overage, cents("0.20"))]);
-    assert!(matches!(
-        cancelled[1],
-        SubscriptionEvent::SubscriptionCancelled {
-            immediately: true,
-            ..
-        }
-    ));
+    assert!(matches!(cancelled[1], SubscriptionEvent::SubscriptionCancelled { immediately: true, .. }));
 }
 
 #[test]
@@ -533,42 +293,17 @@ fn addons_are_billed_in_advance_from_the_next_period() {
     events.extend(ok(
         no_usage(),
         &events,
-        SubscriptionCommand::SetAddons {
-            addons: Addons {
-                extra_users: 2,
-                extra_storage_gb: 5,
-            },
-            at: at(2027, 4, 3),
-        },
+        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 2, extra_storage_gb: 5 }, at: at(2027, 4, 3) },
     ));
     assert!(ok(
         no_usage(),
         &events,
-        SubscriptionCommand::SetAddons {
-            addons: Addons {
-                extra_users: 2,
-                extra_storage_gb: 5
-            },
-            at: at(2027, 4, 4)
-        }
+        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 2, extra_storage_gb: 5 }, at: at(2027, 4, 4) }
     )
     .is_empty());
-    let renewed = ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 5, 1),
-        },
-    );
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 5, 1) });
     let (lines, totals) = money(invoices(&renewed)[0]);
-    assert_eq!(
-        lines,
-        [
-            (LineKind::Plan, cents("29.00")),
-            (LineKind::Addon, cents("10.00")),
-            (LineKind::Addon, cents("0.50"))
-        ]
-    );
+    assert_eq!(lines, [(LineKind::Plan, cents("29.00")), (LineKind::Addon, cents("10.00")), (LineKind::Addon, cents("0.50"))]);
     assert_eq!(totals[0], "39.50");
 }
 
@@ -586,29 +321,11 @@ fn a_failed_payment_leads_to_past_due_then_suspension_and_payment_reactivates() 
             at: at(2027, 4, 2),
         },
     );
-    assert!(matches!(
-        &failed[..],
-        [SubscriptionEvent::PaymentFailed { .. }]
-    ));
+    assert!(matches!(&failed[..], [SubscriptionEvent::PaymentFailed { .. }]));
     events.extend(failed);
-    assert!(ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 4, 8)
-        }
-    )
-    .is_empty());
-    let suspended = ok(
-        no_usage(),
-        &events,
-        SubscriptionCommand::AdvanceTo {
-            as_of: at(2027, 4, 9),
-        },
-    );
-    assert!(
-        matches!(&suspended[..], [SubscriptionEvent::SubscriptionSuspended { suspended_at }] if *suspended_at == at(2027, 4, 9))
-    );
+    assert!(ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 8) }).is_empty());
+    let suspended = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 9) });
+    assert!(matches!(&suspended[..], [SubscriptionEvent::SubscriptionSuspended { suspended_at }] if *suspended_at == at(2027, 4, 9)));
     events.extend(suspended);
     // Duplicate notification: nothing. Wrong amount: refused. Unknown invoice: not found.
     assert!(ok(
@@ -625,46 +342,28 @@ fn a_failed_payment_leads_to_past_due_then_suspension_and_payment_reactivates() 
     let wrong = SubscriptionCommand::RecordPayment {
         payment_id: "evt_2".into(),
         invoice_id: first,
-        outcome: PaymentOutcome::Succeeded {
-            amount: Decimal::new(2900, 2),
-            currency: "EUR".into(),
-        },
+        outcome: PaymentOutcome::Succeeded { amount: Decimal::new(2900, 2), currency: "EUR".into() },
         at: at(2027, 4, 10),
     };
-    assert!(matches!(
-        run(no_usage(), events.clone(), wrong),
-        Err(SubscriptionError::PaymentMismatch { .. })
-    ));
+    assert!(matches!(run(no_usage(), events.clone(), wrong), Err(SubscriptionError::PaymentMismatch { .. })));
     let unknown = SubscriptionCommand::RecordPayment {
         payment_id: "evt_3".into(),
         invoice_id: Uuid::from_u128(99),
         outcome: PaymentOutcome::Failed,
         at: at(2027, 4, 10),
     };
-    assert!(matches!(
-        run(no_usage(), events.clone(), unknown),
-        Err(SubscriptionError::InvoiceNotFound)
-    ));
+    assert!(matches!(run(no_usage(), events.clone(), unknown), Err(SubscriptionError::InvoiceNotFound)));
     let paid = ok(
         no_usage(),
         &events,
         SubscriptionCommand::RecordPayment {
             payment_id: "evt_4".into(),
             invoice_id: first,
-            outcome: PaymentOutcome::Succeeded {
-                amount: Decimal::new(3190, 2),
-                currency: "EUR".into(),
-            },
+            outcome: PaymentOutcome::Succeeded { amount: Decimal::new(3190, 2), currency: "EUR".into() },
             at: at(2027, 4, 11),
         },
     );
-    assert!(matches!(
-        &paid[..],
-        [
-            SubscriptionEvent::PaymentSucceeded { .. },
-            SubscriptionEvent::SubscriptionReactivated { .. }
-        ]
-    ));
+    assert!(matches!(&paid[..], [SubscriptionEvent::PaymentSucceeded { .. }, SubscriptionEvent::SubscriptionReactivated { .. }]));
     events.extend(paid);
     // Paying an already paid invoice again changes nothing.
     assert!(ok(
@@ -684,53 +383,21 @@ fn a_failed_payment_leads_to_past_due_then_suspension_and_payment_reactivates() 
 
 #[test]
 fn commands_before_start_are_not_found_and_start_happens_once() {
-    assert!(matches!(
-        run(
-            no_usage(),
-            vec![],
-            SubscriptionCommand::AdvanceTo {
-                as_of: at(2027, 1, 1)
-            }
-        ),
-        Err(SubscriptionError::NotFound)
-    ));
+    assert!(matches!(run(no_usage(), vec![], SubscriptionCommand::AdvanceTo { as_of: at(2027, 1, 1) }), Err(SubscriptionError::NotFound)));
     let events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
-    assert!(matches!(
-        run(no_usage(), events, start(0, at(2027, 1, 2))),
-        Err(SubscriptionError::AlreadyExists)
-    ));
-    assert!(matches!(
-        run(no_usage(), vec![], start(31, at(2027, 1, 2))),
-        Err(SubscriptionError::Invalid(_))
-    ));
+    assert!(matches!(run(no_usage(), events, start(0, at(2027, 1, 2))), Err(SubscriptionError::AlreadyExists)));
+    assert!(matches!(run(no_usage(), vec![], start(31, at(2027, 1, 2))), Err(SubscriptionError::Invalid(_))));
 }
 
 #[test]
 fn changing_plan_while_suspended_is_refused() {
     let mut events = history(no_usage, vec![start(0, at(2027, 4, 1))]);
-    events.push(SubscriptionEvent::PaymentFailed {
-        payment_id: "p".into(),
-        invoice_id: invoice_id(id(), 1),
-        failed_at: at(2027, 4, 2),
-    });
-    events.push(SubscriptionEvent::SubscriptionSuspended {
-        suspended_at: at(2027, 4, 9),
-    });
+    events.push(SubscriptionEvent::PaymentFailed { payment_id: "p".into(), invoice_id: invoice_id(id(), 1), failed_at: at(2027, 4, 2) });
+    events.push(SubscriptionEvent::SubscriptionSuspended { suspended_at: at(2027, 4, 9) });
     let refused = run(
         no_usage(),
         events,
-        SubscriptionCommand::ChangePlan {
-            plan: terms("business"),
-            billing_period: None,
-            immediately: false,
-            at: at(2027, 4, 10),
-        },
+        SubscriptionCommand::ChangePlan { plan: terms("business"), billing_period: None, immediately: false, at: at(2027, 4, 10) },
     );
-    assert!(matches!(
-        refused,
-        Err(SubscriptionError::InvalidTransition {
-            status: SubscriptionStatus::Suspended,
-            ..
-        })
-    ));
+    assert!(matches!(refused, Err(SubscriptionError::InvalidTransition { status: SubscriptionStatus::Suspended, .. })));
 }

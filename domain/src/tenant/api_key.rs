@@ -24,10 +24,7 @@ impl ApiKeyRole {
             "admin" => Ok(Self::Admin),
             "member" => Ok(Self::Member),
             "readonly" => Ok(Self::Readonly),
-            _ => Err(ValidationError::new(
-                "role",
-                "must be one of \"owner\", \"admin\", \"member\", \"readonly\"",
-            )),
+            _ => Err(ValidationError::new("role", "must be one of \"owner\", \"admin\", \"member\", \"readonly\"")),
         }
     }
 

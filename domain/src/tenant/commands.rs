@@ -1,11 +1,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ApiKeyRole, TenantEvent};
+use super::{ApiKeyRole, SuspensionSource, TenantEvent};
 use crate::plan::{BillingPeriod, PlanCode};
 use crate::values::{
-    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale,
-    TaxRate, TenantCode, TimeZoneName,
+    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale, TaxRate, TenantCode, TimeZoneName,
 };
 
 /// What can be asked of a tenant. Every instant comes in the command (`at`): the aggregate
@@ -25,11 +24,16 @@ pub enum TenantCommand {
     Suspend {
         /// Why (shown to admins and in the audit trail).
         reason: String,
+        /// Who decides.
+        source: SuspensionSource,
         /// When.
         at: DateTime<Utc>,
     },
-    /// Reactivate a suspended tenant.
+    /// Reactivate a suspended tenant. Billing may only lift a suspension billing imposed; for
+    /// anything else its request changes nothing.
     Reactivate {
+        /// Who decides.
+        source: SuspensionSource,
         /// When.
         at: DateTime<Utc>,
     },

@@ -44,9 +44,7 @@ impl Rejection for TenantError {
         match self {
             Self::Invalid(e) => e.kind(),
             Self::NotFound | Self::KeyNotFound => RejectionKind::NotFound,
-            Self::AlreadyExists | Self::InvalidTransition { .. } | Self::KeyAlreadyExists => {
-                RejectionKind::Conflict
-            }
+            Self::AlreadyExists | Self::InvalidTransition { .. } | Self::KeyAlreadyExists => RejectionKind::Conflict,
             Self::RoleNotGrantable { .. } => RejectionKind::Forbidden,
         }
     }

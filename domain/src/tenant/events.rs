@@ -3,11 +3,10 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::ApiKeyRole;
+use super::{ApiKeyRole, SuspensionSource};
 use crate::plan::{BillingPeriod, PlanCode};
 use crate::values::{
-    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale,
-    TaxRate, TenantCode, TimeZoneName,
+    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale, TaxRate, TenantCode, TimeZoneName,
 };
 
 /// What happened to a tenant. Facts, in the past tense, carrying everything a reader of the
@@ -67,6 +66,9 @@ pub enum TenantEvent {
     TenantSuspended {
         /// Why.
         reason: String,
+        /// Who decided (events from before this field existed were the admin's).
+        #[serde(default)]
+        source: SuspensionSource,
         /// When.
         suspended_at: DateTime<Utc>,
     },

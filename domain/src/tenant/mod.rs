@@ -59,6 +59,17 @@ impl TenantStatus {
     }
 }
 
+/// Who suspended a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuspensionSource {
+    /// The platform admin.
+    #[default]
+    Admin,
+    /// Billing: the grace period of a failed payment ran out.
+    Billing,
+}
+
 /// What the aggregate remembers of an API key: enough to refuse a second revocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
@@ -81,6 +92,8 @@ pub struct Tenant {
     pub api_keys: BTreeMap<Uuid, KeyState>,
     /// The subscription opened with the tenant.
     pub subscription_id: Option<Uuid>,
+    /// Who suspended it, while suspended.
+    pub suspended_by: Option<SuspensionSource>,
 }
 
 impl Tenant {
@@ -94,10 +107,7 @@ impl Tenant {
     fn refuse_if_cancelled(&self, action: &'static str) -> Result<(), TenantError> {
         self.require_created()?;
         if self.status == TenantStatus::Cancelled {
-            return Err(TenantError::InvalidTransition {
-                action,
-                status: self.status,
-            });
+            return Err(TenantError::InvalidTransition { action, status: self.status });
         }
         Ok(())
     }
@@ -105,10 +115,7 @@ impl Tenant {
     fn issue_key(&self, key: NewApiKey) -> Result<TenantEvent, TenantError> {
         if let Some(issuer) = key.issued_by {
             if !issuer.may_issue(key.role) {
-                return Err(TenantError::RoleNotGrantable {
-                    issuer,
-                    role: key.role,
-                });
+                return Err(TenantError::RoleNotGrantable { issuer, role: key.role });
             }
         }
         if self.api_keys.contains_key(&key.key_id) {
@@ -132,11 +139,7 @@ impl Tenant {
                     return Err(TenantError::AlreadyExists);
                 }
                 if new.trial_days > MAX_TRIAL_DAYS {
-                    return Err(ValidationError::new(
-                        "trial_days",
-                        format!("must be between 0 and {MAX_TRIAL_DAYS}"),
-                    )
-                    .into());
+                    return Err(ValidationError::new("trial_days", format!("must be between 0 and {MAX_TRIAL_DAYS}")).into());
                 }
                 let owner_key = self.issue_key(new.owner_key.clone())?;
                 Ok(vec![new.created_event(), owner_key])
@@ -151,31 +154,22 @@ impl Tenant {
                     updated_at: at,
                 }])
             }
-            TenantCommand::Suspend { reason, at } => match self.status {
+            TenantCommand::Suspend { reason, source, at } => match self.status {
                 New => Err(TenantError::NotFound),
-                Active => Ok(vec![TenantEvent::TenantSuspended {
-                    reason,
-                    suspended_at: at,
-                }]),
-                Suspended | Cancelled => Err(TenantError::InvalidTransition {
-                    action: "suspend",
-                    status: self.status,
-                }),
+                Active => Ok(vec![TenantEvent::TenantSuspended { reason, source, suspended_at: at }]),
+                Suspended | Cancelled => Err(TenantError::InvalidTransition { action: "suspend", status: self.status }),
             },
-            TenantCommand::Reactivate { at } => match self.status {
+            TenantCommand::Reactivate { source: SuspensionSource::Billing, .. } if self.suspended_by != Some(SuspensionSource::Billing) => {
+                Ok(vec![])
+            }
+            TenantCommand::Reactivate { at, .. } => match self.status {
                 New => Err(TenantError::NotFound),
                 Suspended => Ok(vec![TenantEvent::TenantReactivated { reactivated_at: at }]),
-                Active | Cancelled => Err(TenantError::InvalidTransition {
-                    action: "reactivate",
-                    status: self.status,
-                }),
+                Active | Cancelled => Err(TenantError::InvalidTransition { action: "reactivate", status: self.status }),
             },
             TenantCommand::Cancel { reason, at } => {
                 self.refuse_if_cancelled("cancel")?;
-                Ok(vec![TenantEvent::TenantCancelled {
-                    reason,
-                    cancelled_at: at,
-                }])
+                Ok(vec![TenantEvent::TenantCancelled { reason, cancelled_at: at }])
             }
             TenantCommand::IssueApiKey(key) => {
                 self.refuse_if_cancelled("issue an API key for")?;
@@ -184,12 +178,7 @@ impl Tenant {
             TenantCommand::RevokeApiKey { key_id, at } => {
                 self.require_created()?;
                 match self.api_keys.get(&key_id) {
-                    Some(KeyState {
-                        revoked_at: None, ..
-                    }) => Ok(vec![TenantEvent::ApiKeyRevoked {
-                        key_id,
-                        revoked_at: at,
-                    }]),
+                    Some(KeyState { revoked_at: None, .. }) => Ok(vec![TenantEvent::ApiKeyRevoked { key_id, revoked_at: at }]),
                     _ => Err(TenantError::KeyNotFound),
                 }
             }
@@ -204,12 +193,7 @@ impl Aggregate for Tenant {
     type Error = TenantError;
     type Services = ();
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _: &(),
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
+    async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
         for event in self.decide(command)? {
             sink.write(event, self).await;
         }
@@ -218,29 +202,24 @@ impl Aggregate for Tenant {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            TenantEvent::TenantCreated {
-                tenant_id,
-                code,
-                subscription_id,
-                ..
-            } => {
+            TenantEvent::TenantCreated { tenant_id, code, subscription_id, .. } => {
                 self.id = Some(tenant_id);
                 self.code = Some(code.into_inner());
                 self.subscription_id = Some(subscription_id);
                 self.status = TenantStatus::Active;
             }
             TenantEvent::BrandingUpdated { .. } => {}
-            TenantEvent::TenantSuspended { .. } => self.status = TenantStatus::Suspended,
-            TenantEvent::TenantReactivated { .. } => self.status = TenantStatus::Active,
+            TenantEvent::TenantSuspended { source, .. } => {
+                self.status = TenantStatus::Suspended;
+                self.suspended_by = Some(source);
+            }
+            TenantEvent::TenantReactivated { .. } => {
+                self.status = TenantStatus::Active;
+                self.suspended_by = None;
+            }
             TenantEvent::TenantCancelled { .. } => self.status = TenantStatus::Cancelled,
             TenantEvent::ApiKeyIssued { key_id, role, .. } => {
-                self.api_keys.insert(
-                    key_id,
-                    KeyState {
-                        role,
-                        revoked_at: None,
-                    },
-                );
+                self.api_keys.insert(key_id, KeyState { role, revoked_at: None });
             }
             TenantEvent::ApiKeyRevoked { key_id, revoked_at } => {
                 if let Some(key) = self.api_keys.get_mut(&key_id) {

@@ -68,64 +68,37 @@ fn created() -> Vec<TenantEvent> {
 
 fn suspended() -> Vec<TenantEvent> {
     let mut events = created();
-    events.push(TenantEvent::TenantSuspended {
-        reason: "fraud check".into(),
-        suspended_at: at(3),
-    });
+    events.push(TenantEvent::TenantSuspended { source: SuspensionSource::Admin, reason: "fraud check".into(), suspended_at: at(3) });
     events
 }
 
 fn cancelled() -> Vec<TenantEvent> {
     let mut events = created();
-    events.push(TenantEvent::TenantCancelled {
-        reason: "closed".into(),
-        cancelled_at: at(3),
-    });
+    events.push(TenantEvent::TenantCancelled { reason: "closed".into(), cancelled_at: at(3) });
     events
 }
 
 #[test]
 fn creating_a_tenant_records_it_and_its_owner_key() {
-    Given::with(())
-        .given_no_previous_events()
-        .when(TenantCommand::Create(Box::new(new_tenant())))
-        .then_expect_events(created());
+    Given::with(()).given_no_previous_events().when(TenantCommand::Create(Box::new(new_tenant()))).then_expect_events(created());
 }
 
 #[test]
 fn a_tenant_cannot_be_created_twice() {
-    Given::with(())
-        .given(created())
-        .when(TenantCommand::Create(Box::new(new_tenant())))
-        .then_expect_error(TenantError::AlreadyExists);
+    Given::with(()).given(created()).when(TenantCommand::Create(Box::new(new_tenant()))).then_expect_error(TenantError::AlreadyExists);
 }
 
 #[test]
 fn commands_on_a_missing_tenant_are_not_found() {
     for command in [
-        TenantCommand::Suspend {
-            reason: "x".into(),
-            at: at(3),
-        },
-        TenantCommand::Reactivate { at: at(3) },
-        TenantCommand::Cancel {
-            reason: "x".into(),
-            at: at(3),
-        },
-        TenantCommand::RevokeApiKey {
-            key_id: Uuid::from_u128(10),
-            at: at(3),
-        },
-        TenantCommand::UpdateBranding {
-            branding: Branding::default(),
-            at: at(3),
-        },
+        TenantCommand::Suspend { source: SuspensionSource::Admin, reason: "x".into(), at: at(3) },
+        TenantCommand::Reactivate { source: SuspensionSource::Admin, at: at(3) },
+        TenantCommand::Cancel { reason: "x".into(), at: at(3) },
+        TenantCommand::RevokeApiKey { key_id: Uuid::from_u128(10), at: at(3) },
+        TenantCommand::UpdateBranding { branding: Branding::default(), at: at(3) },
         TenantCommand::IssueApiKey(key(11, ApiKeyRole::Member, None)),
     ] {
-        Given::with(())
-            .given_no_previous_events()
-            .when(command)
-            .then_expect_error(TenantError::NotFound);
+        Given::with(()).given_no_previous_events().when(command).then_expect_error(TenantError::NotFound);
     }
 }
 
@@ -133,86 +106,32 @@ fn commands_on_a_missing_tenant_are_not_found() {
 fn suspend_and_reactivate() {
     Given::with(())
         .given(created())
-        .when(TenantCommand::Suspend {
-            reason: "fraud check".into(),
-            at: at(3),
-        })
+        .when(TenantCommand::Suspend { source: SuspensionSource::Admin, reason: "fraud check".into(), at: at(3) })
         .then_expect_events(vec![TenantEvent::TenantSuspended {
+            source: SuspensionSource::Admin,
             reason: "fraud check".into(),
             suspended_at: at(3),
         }]);
     Given::with(())
         .given(suspended())
-        .when(TenantCommand::Reactivate { at: at(4) })
-        .then_expect_events(vec![TenantEvent::TenantReactivated {
-            reactivated_at: at(4),
-        }]);
+        .when(TenantCommand::Reactivate { source: SuspensionSource::Admin, at: at(4) })
+        .then_expect_events(vec![TenantEvent::TenantReactivated { reactivated_at: at(4) }]);
 }
 
 #[test]
 fn illegal_lifecycle_transitions_are_refused() {
     use TenantStatus::*;
     let cases = [
-        (
-            suspended(),
-            TenantCommand::Suspend {
-                reason: "again".into(),
-                at: at(4),
-            },
-            "suspend",
-            Suspended,
-        ),
-        (
-            created(),
-            TenantCommand::Reactivate { at: at(4) },
-            "reactivate",
-            Active,
-        ),
-        (
-            cancelled(),
-            TenantCommand::Reactivate { at: at(4) },
-            "reactivate",
-            Cancelled,
-        ),
-        (
-            cancelled(),
-            TenantCommand::Suspend {
-                reason: "x".into(),
-                at: at(4),
-            },
-            "suspend",
-            Cancelled,
-        ),
-        (
-            cancelled(),
-            TenantCommand::Cancel {
-                reason: "x".into(),
-                at: at(4),
-            },
-            "cancel",
-            Cancelled,
-        ),
-        (
-            cancelled(),
-            TenantCommand::UpdateBranding {
-                branding: Branding::default(),
-                at: at(4),
-            },
-            "update the branding of",
-            Cancelled,
-        ),
-        (
-            cancelled(),
-            TenantCommand::IssueApiKey(key(11, ApiKeyRole::Member, None)),
-            "issue an API key for",
-            Cancelled,
-        ),
+        (suspended(), TenantCommand::Suspend { source: SuspensionSource::Admin, reason: "again".into(), at: at(4) }, "suspend", Suspended),
+        (created(), TenantCommand::Reactivate { source: SuspensionSource::Admin, at: at(4) }, "reactivate", Active),
+        (cancelled(), TenantCommand::Reactivate { source: SuspensionSource::Admin, at: at(4) }, "reactivate", Cancelled),
+        (cancelled(), TenantCommand::Suspend { source: SuspensionSource::Admin, reason: "x".into(), at: at(4) }, "suspend", Cancelled),
+        (cancelled(), TenantCommand::Cancel { reason: "x".into(), at: at(4) }, "cancel", Cancelled),
+        (cancelled(), TenantCommand::UpdateBranding { branding: Branding::default(), at: at(4) }, "update the branding of", Cancelled),
+        (cancelled(), TenantCommand::IssueApiKey(key(11, ApiKeyRole::Member, None)), "issue an API key for", Cancelled),
     ];
     for (given, command, action, status) in cases {
-        Given::with(())
-            .given(given)
-            .when(command)
-            .then_expect_error(TenantError::InvalidTransition { action, status });
+        Given::with(()).given(given).when(command).then_expect_error(TenantError::InvalidTransition { action, status });
     }
 }
 
@@ -221,14 +140,8 @@ fn cancel_is_final_from_active_or_suspended() {
     for given in [created(), suspended()] {
         Given::with(())
             .given(given)
-            .when(TenantCommand::Cancel {
-                reason: "closed".into(),
-                at: at(5),
-            })
-            .then_expect_events(vec![TenantEvent::TenantCancelled {
-                reason: "closed".into(),
-                cancelled_at: at(5),
-            }]);
+            .when(TenantCommand::Cancel { reason: "closed".into(), at: at(5) })
+            .then_expect_events(vec![TenantEvent::TenantCancelled { reason: "closed".into(), cancelled_at: at(5) }]);
     }
 }
 
@@ -240,30 +153,22 @@ fn branding_is_replaced_as_a_whole() {
         logo_url: Some(HttpsUrl::parse("https://cdn.example.com/l.png", "logo_url").unwrap()),
         custom_domain: Some(DomainName::parse("book.acme.example", "custom_domain").unwrap()),
     };
-    Given::with(())
-        .given(created())
-        .when(TenantCommand::UpdateBranding {
-            branding: branding.clone(),
-            at: at(3),
-        })
-        .then_expect_events(vec![TenantEvent::BrandingUpdated {
+    Given::with(()).given(created()).when(TenantCommand::UpdateBranding { branding: branding.clone(), at: at(3) }).then_expect_events(
+        vec![TenantEvent::BrandingUpdated {
             primary_color: branding.primary_color,
             secondary_color: None,
             logo_url: branding.logo_url,
             custom_domain: branding.custom_domain,
             updated_at: at(3),
-        }]);
+        }],
+    );
 }
 
 #[test]
 fn keys_are_issued_within_the_issuers_role_and_revoked_once() {
     Given::with(())
         .given(created())
-        .when(TenantCommand::IssueApiKey(key(
-            11,
-            ApiKeyRole::Readonly,
-            Some(ApiKeyRole::Admin),
-        )))
+        .when(TenantCommand::IssueApiKey(key(11, ApiKeyRole::Readonly, Some(ApiKeyRole::Admin))))
         .then_expect_events(vec![TenantEvent::ApiKeyIssued {
             key_id: Uuid::from_u128(11),
             name: DisplayName::parse("desk", "name").unwrap(),
@@ -274,63 +179,30 @@ fn keys_are_issued_within_the_issuers_role_and_revoked_once() {
         }]);
     Given::with(())
         .given(created())
-        .when(TenantCommand::IssueApiKey(key(
-            11,
-            ApiKeyRole::Owner,
-            Some(ApiKeyRole::Admin),
-        )))
-        .then_expect_error(TenantError::RoleNotGrantable {
-            issuer: ApiKeyRole::Admin,
-            role: ApiKeyRole::Owner,
-        });
+        .when(TenantCommand::IssueApiKey(key(11, ApiKeyRole::Owner, Some(ApiKeyRole::Admin))))
+        .then_expect_error(TenantError::RoleNotGrantable { issuer: ApiKeyRole::Admin, role: ApiKeyRole::Owner });
     Given::with(())
         .given(created())
-        .when(TenantCommand::IssueApiKey(key(
-            11,
-            ApiKeyRole::Readonly,
-            Some(ApiKeyRole::Member),
-        )))
-        .then_expect_error(TenantError::RoleNotGrantable {
-            issuer: ApiKeyRole::Member,
-            role: ApiKeyRole::Readonly,
-        });
+        .when(TenantCommand::IssueApiKey(key(11, ApiKeyRole::Readonly, Some(ApiKeyRole::Member))))
+        .then_expect_error(TenantError::RoleNotGrantable { issuer: ApiKeyRole::Member, role: ApiKeyRole::Readonly });
     Given::with(())
         .given(created())
-        .when(TenantCommand::IssueApiKey(key(
-            10,
-            ApiKeyRole::Member,
-            None,
-        )))
+        .when(TenantCommand::IssueApiKey(key(10, ApiKeyRole::Member, None)))
         .then_expect_error(TenantError::KeyAlreadyExists);
 
     Given::with(())
         .given(created())
-        .when(TenantCommand::RevokeApiKey {
-            key_id: Uuid::from_u128(10),
-            at: at(6),
-        })
-        .then_expect_events(vec![TenantEvent::ApiKeyRevoked {
-            key_id: Uuid::from_u128(10),
-            revoked_at: at(6),
-        }]);
+        .when(TenantCommand::RevokeApiKey { key_id: Uuid::from_u128(10), at: at(6) })
+        .then_expect_events(vec![TenantEvent::ApiKeyRevoked { key_id: Uuid::from_u128(10), revoked_at: at(6) }]);
     let mut revoked = created();
-    revoked.push(TenantEvent::ApiKeyRevoked {
-        key_id: Uuid::from_u128(10),
-        revoked_at: at(6),
-    });
+    revoked.push(TenantEvent::ApiKeyRevoked { key_id: Uuid::from_u128(10), revoked_at: at(6) });
     Given::with(())
         .given(revoked)
-        .when(TenantCommand::RevokeApiKey {
-            key_id: Uuid::from_u128(10),
-            at: at(7),
-        })
+        .when(TenantCommand::RevokeApiKey { key_id: Uuid::from_u128(10), at: at(7) })
         .then_expect_error(TenantError::KeyNotFound);
     Given::with(())
         .given(created())
-        .when(TenantCommand::RevokeApiKey {
-            key_id: Uuid::from_u128(99),
-            at: at(7),
-        })
+        .when(TenantCommand::RevokeApiKey { key_id: Uuid::from_u128(99), at: at(7) })
         .then_expect_error(TenantError::KeyNotFound);
 }
 
@@ -338,10 +210,7 @@ fn keys_are_issued_within_the_issuers_role_and_revoked_once() {
 fn events_round_trip_through_their_stored_json() {
     for event in suspended() {
         let json = serde_json::to_value(&event).unwrap();
-        assert_eq!(
-            json["type"],
-            serde_json::Value::String(cqrs_es::DomainEvent::event_type(&event))
-        );
+        assert_eq!(json["type"], serde_json::Value::String(cqrs_es::DomainEvent::event_type(&event)));
         assert_eq!(serde_json::from_value::<TenantEvent>(json).unwrap(), event);
     }
 }
@@ -353,8 +222,28 @@ fn trials_longer_than_thirty_days_are_refused() {
     Given::with(())
         .given_no_previous_events()
         .when(TenantCommand::Create(Box::new(new)))
-        .then_expect_error(TenantError::Invalid(crate::ValidationError::new(
-            "trial_days",
-            "must be between 0 and 30",
-        )));
+        .then_expect_error(TenantError::Invalid(crate::ValidationError::new("trial_days", "must be between 0 and 30")));
+}
+
+#[test]
+fn billing_lifts_only_the_suspensions_it_imposed() {
+    let billing_reactivation = || TenantCommand::Reactivate { source: SuspensionSource::Billing, at: at(5) };
+    Given::with(()).given(suspended()).when(billing_reactivation()).then_expect_events(vec![]);
+    let mut by_billing = created();
+    by_billing.push(TenantEvent::TenantSuspended {
+        source: SuspensionSource::Billing,
+        reason: "payment overdue".into(),
+        suspended_at: at(3),
+    });
+    Given::with(())
+        .given(by_billing)
+        .when(billing_reactivation())
+        .then_expect_events(vec![TenantEvent::TenantReactivated { reactivated_at: at(5) }]);
+}
+
+#[test]
+fn suspensions_recorded_before_the_source_field_read_as_the_admins() {
+    let old = serde_json::json!({"type": "TenantSuspended", "reason": "x", "suspended_at": "2026-01-01T00:00:00Z"});
+    let event: TenantEvent = serde_json::from_value(old).unwrap();
+    assert!(matches!(event, TenantEvent::TenantSuspended { source: SuspensionSource::Admin, .. }));
 }

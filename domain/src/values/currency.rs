@@ -11,8 +11,6 @@ impl CurrencyCode {
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         iso_currency::Currency::from_code(input)
             .map(|c| Self(c.code().to_owned()))
-            .ok_or_else(|| {
-                ValidationError::new("currency", "must be an ISO 4217 code such as \"EUR\"")
-            })
+            .ok_or_else(|| ValidationError::new("currency", "must be an ISO 4217 code such as \"EUR\""))
     }
 }

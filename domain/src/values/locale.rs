@@ -10,23 +10,12 @@ impl Locale {
     /// Accepts a 2-3 letter language, an optional 4-letter script and an optional 2-letter
     /// or 3-digit region, normalising case (`DE-ch` becomes `de-CH`).
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
-        let err = || {
-            ValidationError::new(
-                "locale",
-                "must be a language tag such as \"en\" or \"de-CH\"",
-            )
-        };
+        let err = || ValidationError::new("locale", "must be a language tag such as \"en\" or \"de-CH\"");
         let mut parts = input.split(['-', '_']);
-        let lang = parts
-            .next()
-            .filter(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()))
-            .ok_or_else(err)?;
+        let lang = parts.next().filter(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic())).ok_or_else(err)?;
         let mut out = lang.to_ascii_lowercase();
         let mut rest: Vec<&str> = parts.collect();
-        if let Some(script) = rest
-            .first()
-            .filter(|s| s.len() == 4 && s.bytes().all(|b| b.is_ascii_alphabetic()))
-        {
+        if let Some(script) = rest.first().filter(|s| s.len() == 4 && s.bytes().all(|b| b.is_ascii_alphabetic())) {
             out.push('-');
             out.push_str(&script[..1].to_ascii_uppercase());
             out.push_str(&script[1..].to_ascii_lowercase());

@@ -15,16 +15,10 @@ impl DisplayName {
             return Err(ValidationError::new(field, "must not be empty"));
         }
         if trimmed.chars().count() > 200 {
-            return Err(ValidationError::new(
-                field,
-                "must be at most 200 characters",
-            ));
+            return Err(ValidationError::new(field, "must be at most 200 characters"));
         }
         if has_control(trimmed) {
-            return Err(ValidationError::new(
-                field,
-                "must not contain control characters",
-            ));
+            return Err(ValidationError::new(field, "must not contain control characters"));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -40,14 +34,9 @@ impl BusinessType {
     /// Accepts 2 to 50 characters of `a-z`, `0-9`, `_` and `-`.
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         let ok = (2..=50).contains(&input.len())
-            && input
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            && input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if !ok {
-            return Err(ValidationError::new(
-                "business_type",
-                "must be 2 to 50 characters of a-z, 0-9, '_' and '-' (e.g. \"clinic\")",
-            ));
+            return Err(ValidationError::new("business_type", "must be 2 to 50 characters of a-z, 0-9, '_' and '-' (e.g. \"clinic\")"));
         }
         Ok(Self(input.to_owned()))
     }
@@ -59,16 +48,8 @@ mod tests {
 
     #[test]
     fn display_names_are_trimmed_and_bounded() {
-        assert_eq!(
-            DisplayName::parse("  Acme  ", "name").unwrap().as_str(),
-            "Acme"
-        );
-        assert_eq!(
-            DisplayName::parse("Zürich Ärzte 医院", "name")
-                .unwrap()
-                .as_str(),
-            "Zürich Ärzte 医院"
-        );
+        assert_eq!(DisplayName::parse("  Acme  ", "name").unwrap().as_str(), "Acme");
+        assert_eq!(DisplayName::parse("Zürich Ärzte 医院", "name").unwrap().as_str(), "Zürich Ärzte 医院");
         assert!(DisplayName::parse("   ", "name").is_err());
         assert!(DisplayName::parse("a\nb", "name").is_err());
         assert!(DisplayName::parse(&"x".repeat(201), "name").is_err());

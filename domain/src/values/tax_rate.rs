@@ -4,26 +4,16 @@ use serde::{Deserialize, Serialize};
 use crate::ValidationError;
 
 /// A tax rate in percent (`"8.1"` means 8.1 %), between 0 and 100 with at most four decimals.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaxRate(Decimal);
 
 impl TaxRate {
     /// Parses the contract's percentage string.
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
-        let err = || {
-            ValidationError::new(
-                "tax_rate",
-                "must be a percentage string between \"0\" and \"100\" with at most 4 decimals",
-            )
-        };
+        let err = || ValidationError::new("tax_rate", "must be a percentage string between \"0\" and \"100\" with at most 4 decimals");
         let rate: Decimal = input.trim().parse().map_err(|_| err())?;
-        if rate.is_sign_negative() && !rate.is_zero()
-            || rate > Decimal::ONE_HUNDRED
-            || rate.scale() > 4
-        {
+        if rate.is_sign_negative() && !rate.is_zero() || rate > Decimal::ONE_HUNDRED || rate.scale() > 4 {
             return Err(err());
         }
         Ok(Self(rate.normalize()))

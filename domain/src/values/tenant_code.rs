@@ -9,14 +9,9 @@ string_value!(
 impl TenantCode {
     /// Accepts 3 to 50 characters of lowercase ASCII letters, digits and `-`.
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
-        let ok_chars = input
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok_chars = input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !(3..=50).contains(&input.len()) || !ok_chars {
-            return Err(ValidationError::new(
-                "code",
-                "must be 3 to 50 characters of a-z, 0-9 and '-'",
-            ));
+            return Err(ValidationError::new("code", "must be 3 to 50 characters of a-z, 0-9 and '-'"));
         }
         Ok(Self(input.to_owned()))
     }
@@ -36,15 +31,7 @@ mod tests {
         for ok in ["abc", "acme-clinic-01", &"a".repeat(50)] {
             assert!(TenantCode::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "ab",
-            "Acme",
-            "acme clinic",
-            "acme_clinic",
-            "ämé",
-            &"a".repeat(51),
-            "",
-        ] {
+        for bad in ["ab", "Acme", "acme clinic", "acme_clinic", "ämé", &"a".repeat(51), ""] {
             assert!(TenantCode::parse(bad).is_err(), "{bad}");
         }
     }

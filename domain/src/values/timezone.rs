@@ -12,12 +12,7 @@ impl TimeZoneName {
         input
             .parse::<chrono_tz::Tz>()
             .map(|tz| Self(tz.name().to_owned()))
-            .map_err(|_| {
-                ValidationError::new(
-                    field,
-                    "must be an IANA time zone such as \"Europe/Zurich\" or \"UTC\"",
-                )
-            })
+            .map_err(|_| ValidationError::new(field, "must be an IANA time zone such as \"Europe/Zurich\" or \"UTC\""))
     }
 
     /// The zone for local-time arithmetic.

@@ -7,50 +7,24 @@ use serde_json::json;
 #[tokio::test]
 async fn requests_without_valid_credentials_are_401() {
     let app = spawn_app().await;
-    app.send(app.request(Method::GET, "/v1/tenants", None))
+    app.send(app.request(Method::GET, "/v1/tenants", None)).await.expect_error(401, "UNAUTHENTICATED");
+    app.get("/v1/tenants", "wrong-token").await.expect_error(401, "UNAUTHENTICATED");
+    app.get("/v1/tenant", "slk_0000000000000000000000000000000000000000000000000000000000000000")
         .await
         .expect_error(401, "UNAUTHENTICATED");
-    app.get("/v1/tenants", "wrong-token")
+    app.send(app.request(Method::GET, "/v1/tenants", None).header("Authorization", "Basic YWRtaW46YWRtaW4="))
         .await
         .expect_error(401, "UNAUTHENTICATED");
-    app.get(
-        "/v1/tenant",
-        "slk_0000000000000000000000000000000000000000000000000000000000000000",
-    )
-    .await
-    .expect_error(401, "UNAUTHENTICATED");
-    app.send(
-        app.request(Method::GET, "/v1/tenants", None)
-            .header("Authorization", "Basic YWRtaW46YWRtaW4="),
-    )
-    .await
-    .expect_error(401, "UNAUTHENTICATED");
 }
 
 #[tokio::test]
 async fn tenant_keys_cannot_use_admin_routes() {
     let app = spawn_app().await;
     let tenant = app.create_tenant("plain").await;
-    app.get("/v1/tenants", &tenant.key)
-        .await
-        .expect_error(403, "FORBIDDEN");
-    app.post(
-        "/v1/tenants",
-        &tenant.key,
-        e2e::TestApp::tenant_body("sneaky"),
-    )
-    .await
-    .expect_error(403, "FORBIDDEN");
-    app.post(
-        &format!("/v1/tenants/{}/suspend", tenant.id),
-        &tenant.key,
-        json!({}),
-    )
-    .await
-    .expect_error(403, "FORBIDDEN");
-    app.get("/v1/admin/projections", &tenant.key)
-        .await
-        .expect_error(403, "FORBIDDEN");
+    app.get("/v1/tenants", &tenant.key).await.expect_error(403, "FORBIDDEN");
+    app.post("/v1/tenants", &tenant.key, e2e::TestApp::tenant_body("sneaky")).await.expect_error(403, "FORBIDDEN");
+    app.post(&format!("/v1/tenants/{}/suspend", tenant.id), &tenant.key, json!({})).await.expect_error(403, "FORBIDDEN");
+    app.get("/v1/admin/projections", &tenant.key).await.expect_error(403, "FORBIDDEN");
 }
 
 #[tokio::test]
@@ -60,12 +34,8 @@ async fn a_readonly_key_can_read_but_not_write() {
     let readonly = app.issue_key(&tenant.key, "readonly").await;
     app.get("/v1/tenant", &readonly).await.expect(200);
     app.get("/v1/api-keys", &readonly).await.expect(200);
-    app.post("/v1/api-keys", &readonly, json!({"role": "readonly"}))
-        .await
-        .expect_error(403, "FORBIDDEN");
-    app.put("/v1/tenant/branding", &readonly, json!({}))
-        .await
-        .expect_error(403, "FORBIDDEN");
+    app.post("/v1/api-keys", &readonly, json!({"role": "readonly"})).await.expect_error(403, "FORBIDDEN");
+    app.put("/v1/tenant/branding", &readonly, json!({})).await.expect_error(403, "FORBIDDEN");
 }
 
 #[tokio::test]
@@ -74,15 +44,9 @@ async fn roles_limit_which_keys_can_be_issued() {
     let tenant = app.create_tenant("roles").await;
     let admin_key = app.issue_key(&tenant.key, "admin").await;
     let member_key = app.issue_key(&admin_key, "member").await;
-    app.post("/v1/api-keys", &admin_key, json!({"role": "owner"}))
-        .await
-        .expect_error(403, "FORBIDDEN");
-    app.post("/v1/api-keys", &member_key, json!({"role": "member"}))
-        .await
-        .expect_error(403, "FORBIDDEN");
-    app.post("/v1/api-keys", &tenant.key, json!({"role": "root"}))
-        .await
-        .expect_error(400, "VALIDATION_FAILED");
+    app.post("/v1/api-keys", &admin_key, json!({"role": "owner"})).await.expect_error(403, "FORBIDDEN");
+    app.post("/v1/api-keys", &member_key, json!({"role": "member"})).await.expect_error(403, "FORBIDDEN");
+    app.post("/v1/api-keys", &tenant.key, json!({"role": "root"})).await.expect_error(400, "VALIDATION_FAILED");
     app.issue_key(&tenant.key, "owner").await;
 }
 
@@ -91,42 +55,21 @@ async fn other_tenants_data_is_404_and_a_foreign_x_tenant_id_is_403() {
     let app = spawn_app().await;
     let a = app.create_tenant("tenant-a").await;
     let b = app.create_tenant("tenant-b").await;
-    app.get(&format!("/v1/tenants/{}", b.id), &a.key)
+    app.get(&format!("/v1/tenants/{}", b.id), &a.key).await.expect_error(404, "NOT_FOUND");
+    app.get(&format!("/v1/tenants/{}", a.id), &a.key).await.expect(200);
+    app.send(app.request(Method::GET, "/v1/tenant", Some(&a.key)).header("X-Tenant-ID", b.id.to_string()))
         .await
-        .expect_error(404, "NOT_FOUND");
-    app.get(&format!("/v1/tenants/{}", a.id), &a.key)
-        .await
-        .expect(200);
-    app.send(
-        app.request(Method::GET, "/v1/tenant", Some(&a.key))
-            .header("X-Tenant-ID", b.id.to_string()),
-    )
-    .await
-    .expect_error(403, "FORBIDDEN");
-    app.send(
-        app.request(Method::GET, "/v1/tenant", Some(&a.key))
-            .header("X-Tenant-ID", a.id.to_string()),
-    )
-    .await
-    .expect(200);
+        .expect_error(403, "FORBIDDEN");
+    app.send(app.request(Method::GET, "/v1/tenant", Some(&a.key)).header("X-Tenant-ID", a.id.to_string())).await.expect(200);
 
     // B's key id does not exist for A.
     let b_keys = app.get("/v1/api-keys", &b.key).await;
-    let b_key_id = b_keys.expect(200)["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.delete(&format!("/v1/api-keys/{b_key_id}"), &a.key)
-        .await
-        .expect_error(404, "NOT_FOUND");
+    let b_key_id = b_keys.expect(200)["data"][0]["id"].as_str().unwrap().to_owned();
+    app.delete(&format!("/v1/api-keys/{b_key_id}"), &a.key).await.expect_error(404, "NOT_FOUND");
     app.get("/v1/tenant", &b.key).await.expect(200);
 
     // A's event log holds only A's events.
-    let response = app
-        .request(Method::GET, "/v1/events", Some(&a.key))
-        .send()
-        .await
-        .unwrap();
+    let response = app.request(Method::GET, "/v1/events", Some(&a.key)).send().await.unwrap();
     let text = response.text().await.unwrap();
     assert!(!text.is_empty());
     for line in text.lines() {
@@ -139,29 +82,16 @@ async fn other_tenants_data_is_404_and_a_foreign_x_tenant_id_is_403() {
 async fn the_admin_acts_for_a_tenant_through_x_tenant_id() {
     let app = spawn_app().await;
     let tenant = app.create_tenant("assisted").await;
-    let own = app
-        .send(
-            app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN))
-                .header("X-Tenant-ID", tenant.id.to_string()),
-        )
-        .await;
+    let own = app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", tenant.id.to_string())).await;
     assert_eq!(own.expect(200)["code"], "assisted");
-    app.get("/v1/tenant", ADMIN_TOKEN)
+    app.get("/v1/tenant", ADMIN_TOKEN).await.expect_error(400, "VALIDATION_FAILED");
+    let missing = uuid::Uuid::now_v7();
+    app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", missing.to_string()))
+        .await
+        .expect_error(404, "NOT_FOUND");
+    app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", "nope"))
         .await
         .expect_error(400, "VALIDATION_FAILED");
-    let missing = uuid::Uuid::now_v7();
-    app.send(
-        app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN))
-            .header("X-Tenant-ID", missing.to_string()),
-    )
-    .await
-    .expect_error(404, "NOT_FOUND");
-    app.send(
-        app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN))
-            .header("X-Tenant-ID", "nope"),
-    )
-    .await
-    .expect_error(400, "VALIDATION_FAILED");
 }
 
 #[tokio::test]
@@ -173,23 +103,10 @@ async fn a_revoked_key_stops_working_as_soon_as_delete_answers() {
     let keys = app.get("/v1/api-keys", &tenant.key).await;
     let keys = keys.expect(200)["data"].as_array().unwrap().clone();
     assert_eq!(keys.len(), 2);
-    assert!(
-        keys.iter()
-            .all(|k| k.get("api_key").is_none() && k.get("key_hash").is_none()),
-        "secrets or hashes listed: {keys:?}"
-    );
-    let member_id = keys.iter().find(|k| k["role"] == "member").unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let revoked = app
-        .delete(&format!("/v1/api-keys/{member_id}"), &tenant.key)
-        .await;
+    assert!(keys.iter().all(|k| k.get("api_key").is_none() && k.get("key_hash").is_none()), "secrets or hashes listed: {keys:?}");
+    let member_id = keys.iter().find(|k| k["role"] == "member").unwrap()["id"].as_str().unwrap().to_owned();
+    let revoked = app.delete(&format!("/v1/api-keys/{member_id}"), &tenant.key).await;
     assert!(revoked.expect(200)["revoked_at"].as_str().is_some());
-    app.get("/v1/tenant", &member)
-        .await
-        .expect_error(401, "UNAUTHENTICATED");
-    app.delete(&format!("/v1/api-keys/{member_id}"), &tenant.key)
-        .await
-        .expect_error(404, "NOT_FOUND");
+    app.get("/v1/tenant", &member).await.expect_error(401, "UNAUTHENTICATED");
+    app.delete(&format!("/v1/api-keys/{member_id}"), &tenant.key).await.expect_error(404, "NOT_FOUND");
 }

@@ -32,16 +32,13 @@ impl Projection for Counting {
         &["event_counts"]
     }
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
-        let ddl = format!("CREATE TABLE {schema}.event_counts (aggregate_id text PRIMARY KEY, events bigint NOT NULL, last_sequence bigint NOT NULL)");
+        let ddl = format!(
+            "CREATE TABLE {schema}.event_counts (aggregate_id text PRIMARY KEY, events bigint NOT NULL, last_sequence bigint NOT NULL)"
+        );
         sqlx::query(&ddl).execute(conn).await?;
         Ok(())
     }
-    async fn apply(
-        &self,
-        conn: &mut PgConnection,
-        schema: &str,
-        event: &StoredEvent,
-    ) -> Result<(), ProjectionError> {
+    async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
         let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
         if Some(n) == self.stall_at {
             // "Crash" here: the task is aborted while this batch's transaction is open.
@@ -61,27 +58,17 @@ impl Projection for Counting {
 }
 
 fn counting(stall_at: Option<usize>) -> Arc<Counting> {
-    Arc::new(Counting {
-        stall_at,
-        applied: AtomicUsize::new(0),
-        stalled: Notify::new(),
-    })
+    Arc::new(Counting { stall_at, applied: AtomicUsize::new(0), stalled: Notify::new() })
 }
 
 async fn wait_until_sequenced(pool: &PgPool, total: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head").fetch_one(pool).await.unwrap();
         if head == total {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the sequencer did not number {total} events (head {head})"
-        );
+        assert!(Instant::now() < deadline, "the sequencer did not number {total} events (head {head})");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -98,46 +85,27 @@ async fn a_projector_killed_mid_batch_resumes_without_losing_or_repeating_an_eve
     .await
     .unwrap();
     app.create_tenant("crash-test").await;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&app.pool).await.unwrap();
     wait_until_sequenced(&app.pool, total).await;
 
     // First process: stalls on the 700th event, i.e. in its second batch of 500, and is killed.
     let crashing = counting(Some(700));
-    let first = Projections::new(
-        app.pool.clone(),
-        Sequencer::new(app.pool.clone()),
-        vec![crashing.clone() as Arc<dyn Projection>],
-    );
+    let first = Projections::new(app.pool.clone(), Sequencer::new(app.pool.clone()), vec![crashing.clone() as Arc<dyn Projection>]);
     let task = tokio::spawn(async move { first.prepare().await });
-    tokio::time::timeout(Duration::from_secs(30), crashing.stalled.notified())
-        .await
-        .expect("the projector reached event 700");
+    tokio::time::timeout(Duration::from_secs(30), crashing.stalled.notified()).await.expect("the projector reached event 700");
     task.abort();
     let _ = task.await;
 
     // Only the first, committed batch survived: checkpoint and model agree.
     let checkpoint: i64 =
-        sqlx::query_scalar("SELECT position FROM projection_runs WHERE name = 'event_counts'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("SELECT position FROM projection_runs WHERE name = 'event_counts'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(checkpoint, 500);
     let counted: i64 =
-        sqlx::query_scalar("SELECT sum(events)::bigint FROM rm_event_counts_g1.event_counts")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("SELECT sum(events)::bigint FROM rm_event_counts_g1.event_counts").fetch_one(&app.pool).await.unwrap();
     assert_eq!(counted, 500);
 
     // Second process: resumes at 500 and finishes.
-    let second = Projections::new(
-        app.pool.clone(),
-        Sequencer::new(app.pool.clone()),
-        vec![counting(None) as Arc<dyn Projection>],
-    );
+    let second = Projections::new(app.pool.clone(), Sequencer::new(app.pool.clone()), vec![counting(None) as Arc<dyn Projection>]);
     second.prepare().await.unwrap();
 
     let mismatches: i64 = sqlx::query_scalar(
@@ -149,28 +117,16 @@ async fn a_projector_killed_mid_batch_resumes_without_losing_or_repeating_an_eve
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(
-        mismatches, 0,
-        "the model differs from a fresh count of the log"
-    );
-    let counted: i64 = sqlx::query_scalar("SELECT sum(events)::bigint FROM rm.event_counts")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    assert_eq!(mismatches, 0, "the model differs from a fresh count of the log");
+    let counted: i64 = sqlx::query_scalar("SELECT sum(events)::bigint FROM rm.event_counts").fetch_one(&app.pool).await.unwrap();
     assert_eq!(counted, total);
 }
 
 async fn tenants_model(app: &e2e::TestApp) -> Value {
     let tenants: Value =
-        sqlx::query_scalar("SELECT coalesce(json_agg(t ORDER BY id), '[]') FROM rm.tenants t")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("SELECT coalesce(json_agg(t ORDER BY id), '[]') FROM rm.tenants t").fetch_one(&app.pool).await.unwrap();
     let keys: Value =
-        sqlx::query_scalar("SELECT coalesce(json_agg(k ORDER BY id), '[]') FROM rm.api_keys k")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("SELECT coalesce(json_agg(k ORDER BY id), '[]') FROM rm.api_keys k").fetch_one(&app.pool).await.unwrap();
     json!({"tenants": tenants, "api_keys": keys})
 }
 
@@ -181,56 +137,27 @@ async fn a_rebuilt_tenants_model_equals_the_live_one() {
         let tenant = app.create_tenant(&format!("rebuild-{i}")).await;
         app.issue_key(&tenant.key, "member").await;
         if i % 2 == 0 {
-            app.post(
-                &format!("/v1/tenants/{}/suspend", tenant.id),
-                ADMIN_TOKEN,
-                json!({"reason": "test"}),
-            )
-            .await
-            .expect(200);
+            app.post(&format!("/v1/tenants/{}/suspend", tenant.id), ADMIN_TOKEN, json!({"reason": "test"})).await.expect(200);
         }
         if i % 3 == 0 {
-            app.put(
-                "/v1/tenant/branding",
-                &tenant.key,
-                json!({"primary_color": "#ABCDEF"}),
-            )
-            .await;
+            app.put("/v1/tenant/branding", &tenant.key, json!({"primary_color": "#ABCDEF"})).await;
         }
     }
     let before = tenants_model(&app).await;
-    let started = app
-        .post(
-            "/v1/admin/projections/tenants/rebuild",
-            ADMIN_TOKEN,
-            json!({}),
-        )
-        .await;
+    let started = app.post("/v1/admin/projections/tenants/rebuild", ADMIN_TOKEN, json!({})).await;
     assert_eq!(started.expect(202)["rebuilding"][0]["generation"], 2);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = app.get("/v1/admin/projections", ADMIN_TOKEN).await;
         let runs = status.expect(200).as_array().unwrap().clone();
-        if runs
-            .iter()
-            .any(|r| r["name"] == "tenants" && r["generation"] == 2 && r["status"] == "live")
-        {
-            assert_eq!(
-                runs.iter().filter(|r| r["name"] == "tenants").count(),
-                1,
-                "the old run is still listed: {runs:?}"
-            );
+        if runs.iter().any(|r| r["name"] == "tenants" && r["generation"] == 2 && r["status"] == "live") {
+            assert_eq!(runs.iter().filter(|r| r["name"] == "tenants").count(), 1, "the old run is still listed: {runs:?}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the rebuild did not finish: {runs:?}"
-        );
+        assert!(Instant::now() < deadline, "the rebuild did not finish: {runs:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(tenants_model(&app).await, before);
-    app.post("/v1/admin/projections/nope/rebuild", ADMIN_TOKEN, json!({}))
-        .await
-        .expect_error(404, "NOT_FOUND");
+    app.post("/v1/admin/projections/nope/rebuild", ADMIN_TOKEN, json!({})).await.expect_error(404, "NOT_FOUND");
 }

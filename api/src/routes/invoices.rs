@@ -1,0 +1,141 @@
+//! Invoices: listing and reading (the tenant's own; the admin's across tenants).
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::billing::invoice::InvoiceLine;
+use domain::billing::money::format;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{page_limit, Page};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{path_id, ApiQuery};
+
+/// The invoice routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/invoices", get(list)).route("/v1/invoices/{id}", get(read))
+}
+
+/// The columns of [`InvoiceRow`].
+pub const INVOICE_COLUMNS: &str =
+    "id, number, tenant_id, period_start, period_end, currency, status, lines, subtotal, tax, total, issued_at, due_at, paid_at, payment_failed_at";
+
+/// An invoice as the read model has it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct InvoiceRow {
+    id: Uuid,
+    number: String,
+    tenant_id: Uuid,
+    period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+    currency: String,
+    status: String,
+    lines: sqlx::types::Json<Vec<InvoiceLine>>,
+    subtotal: Decimal,
+    tax: Decimal,
+    total: Decimal,
+    issued_at: DateTime<Utc>,
+    due_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+    payment_failed_at: Option<DateTime<Utc>>,
+}
+
+/// The invoice resource: money as two-decimal strings.
+pub fn invoice_json(r: InvoiceRow) -> Value {
+    let lines: Vec<Value> = r
+        .lines
+        .0
+        .iter()
+        .map(|l| json!({"kind": l.kind, "description": l.description, "quantity": l.quantity.normalize(), "unit_price": format(l.unit_price), "amount": format(l.amount)}))
+        .collect();
+    json!({
+        "id": r.id,
+        "number": r.number,
+        "tenant_id": r.tenant_id,
+        "period_start": r.period_start,
+        "period_end": r.period_end,
+        "currency": r.currency,
+        "status": r.status,
+        "lines": lines,
+        "subtotal": format(r.subtotal),
+        "tax": format(r.tax),
+        "total": format(r.total),
+        "issued_at": r.issued_at,
+        "due_at": r.due_at,
+        "paid_at": r.paid_at,
+        "payment_failed_at": r.payment_failed_at,
+    })
+}
+
+fn scope(caller: &Caller) -> Option<Uuid> {
+    match caller {
+        Caller::Admin { acting_for } => *acting_for,
+        Caller::Tenant(key) => Some(key.tenant_id),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/invoices?status&from&to&limit&cursor`: newest first; `from`/`to` bound `issued_at`
+/// (`from` inclusive, `to` exclusive).
+async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<Value>>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    if let Some(status) = q.status.as_deref() {
+        if !["draft", "open", "paid", "void"].contains(&status) {
+            return Err(ApiError::validation("status", "must be draft, open, paid or void"));
+        }
+    }
+    let cursor: Option<(DateTime<Utc>, Uuid)> = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.split_once('_')
+                .and_then(|(t, id)| Some((DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc), id.parse().ok()?)))
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from a previous page"))
+        })
+        .transpose()?;
+    let rows: Vec<InvoiceRow> = sqlx::query_as(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM rm.invoices
+         WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR status = $2)
+           AND ($3::timestamptz IS NULL OR issued_at >= $3) AND ($4::timestamptz IS NULL OR issued_at < $4)
+           AND ($5::timestamptz IS NULL OR (issued_at, id) < ($5, $6))
+         ORDER BY issued_at DESC, id DESC LIMIT $7"
+    ))
+    .bind(scope(&caller))
+    .bind(q.status)
+    .bind(q.from)
+    .bind(q.to)
+    .bind(cursor.map(|c| c.0))
+    .bind(cursor.map(|c| c.1))
+    .bind(limit + 1)
+    .fetch_all(state.pool())
+    .await?;
+    let page = Page::from_rows(rows, limit, |r| format!("{}_{}", r.issued_at.to_rfc3339(), r.id));
+    Ok(Json(Page { data: page.data.into_iter().map(invoice_json).collect(), has_more: page.has_more, next_cursor: page.next_cursor }))
+}
+
+/// `GET /v1/invoices/{id}`: another tenant's invoice is 404.
+async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id, "invoice")?;
+    let row: Option<InvoiceRow> =
+        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"))
+            .bind(id)
+            .bind(scope(&caller))
+            .fetch_optional(state.pool())
+            .await?;
+    row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
+}

@@ -1,0 +1,185 @@
+//! The caller's subscription: reading it, changing plan, cancelling, resuming, add-ons.
+
+use axum::extract::State;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use domain::billing::money::format;
+use domain::plan::{BillingPeriod, PlanCode};
+use domain::subscription::{Addons, PlanTerms, Subscription, SubscriptionCommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::invoices::{invoice_json, InvoiceRow, INVOICE_COLUMNS};
+use crate::app::AppState;
+use crate::auth::TenantCaller;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, OptionalJson};
+
+/// The subscription routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/subscription", get(read))
+        .route("/v1/subscription/change-plan", post(change_plan))
+        .route("/v1/subscription/cancel", post(cancel))
+        .route("/v1/subscription/resume", post(resume))
+        .route("/v1/subscription/addons", put(set_addons))
+}
+
+fn view(id: Uuid, s: &Subscription) -> Value {
+    let plan = s.plan.as_ref();
+    let period = s.current_period();
+    json!({
+        "id": id,
+        "tenant_id": s.tenant_id,
+        "plan": plan.map(|p| p.code.as_str()),
+        "plan_version": plan.map(|p| p.version),
+        "billing_period": s.billing_period.map(|p| p.as_str()),
+        "status": s.status.as_str(),
+        "trial_ends_at": s.trial_ends_at,
+        "current_period_start": period.map(|p| p.start),
+        "current_period_end": period.map(|p| p.end),
+        "cancel_at_period_end": s.cancel_at_period_end,
+        "cancelled_at": s.cancelled_at,
+        "addons": { "extra_users": s.addons.extra_users, "extra_storage_gb": s.addons.extra_storage_gb },
+        "pending_change": s.pending_change.as_ref().map(|c| json!({
+            "plan": c.plan.code, "plan_version": c.plan.version, "billing_period": c.billing_period.as_str(), "effective_at": c.effective_at,
+        })),
+        "credit_balance": format(s.credit_balance),
+        "past_due_since": s.past_due_since,
+    })
+}
+
+async fn subscription_of(state: &AppState, tenant_id: Uuid) -> Result<(Uuid, Subscription), ApiError> {
+    let row: Option<(Uuid, sqlx::types::Json<Subscription>)> =
+        sqlx::query_as("SELECT id, state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(state.pool()).await?;
+    row.map(|(id, s)| (id, s.0)).ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+/// `GET /v1/subscription`.
+async fn read(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
+    let (id, subscription) = subscription_of(&state, caller.tenant_id).await?;
+    Ok(Json(view(id, &subscription)))
+}
+
+/// Runs `command` on the caller's subscription, waits for the read models and answers with
+/// the subscription, plus the invoice the command issued, if any.
+async fn run(
+    state: AppState,
+    caller: TenantCaller,
+    command: impl FnOnce(chrono::DateTime<chrono::Utc>) -> SubscriptionCommand,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_manager()?;
+    let (id, _) = subscription_of(&state, caller.tenant_id).await?;
+    let context = state.context(Some(caller.tenant_id), caller.actor);
+    let command = command(context.at);
+    let app = state.clone();
+    let committed = state
+        .detach(async move {
+            let committed = app.accounts().subscription_command(id, command, &context).await?;
+            app.settle_all().await;
+            Ok(committed)
+        })
+        .await?;
+    let mut body = view(id, &committed.state);
+    let issued = committed.events.iter().find_map(|e| match &e.payload {
+        domain::subscription::SubscriptionEvent::InvoiceIssued { invoice_id, .. } => Some(*invoice_id),
+        _ => None,
+    });
+    if let Some(invoice_id) = issued {
+        let row: InvoiceRow = sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1"))
+            .bind(invoice_id)
+            .fetch_one(state.pool())
+            .await?;
+        body["invoice"] = invoice_json(row);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePlan {
+    plan: String,
+    billing_period: Option<String>,
+    #[serde(default)]
+    immediately: bool,
+}
+
+/// `POST /v1/subscription/change-plan`: an upgrade applies now with a prorated invoice; a
+/// downgrade waits for the period end unless `immediately` (its unused difference becomes
+/// account credit); a new billing period restarts the periods now.
+async fn change_plan(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<ChangePlan>,
+) -> Result<Json<Value>, ApiError> {
+    let code = PlanCode::parse(&body.plan)?;
+    let billing_period = body.billing_period.as_deref().map(BillingPeriod::parse).transpose()?;
+    let plan = state
+        .accounts()
+        .plans()
+        .latest(&code)
+        .await?
+        .ok_or_else(|| ApiError::validation("plan", format!("no plan \"{code}\" in the catalog")))?;
+    let terms = PlanTerms::of(&plan);
+    run(state, caller, move |at| SubscriptionCommand::ChangePlan { plan: terms, billing_period, immediately: body.immediately, at }).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cancel {
+    at_period_end: Option<bool>,
+}
+
+impl Default for Cancel {
+    fn default() -> Self {
+        Self { at_period_end: Some(true) }
+    }
+}
+
+/// `POST /v1/subscription/cancel {at_period_end}` (default `true`: at period end).
+async fn cancel(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    OptionalJson(body): OptionalJson<Cancel>,
+) -> Result<Json<Value>, ApiError> {
+    let at_period_end = body.at_period_end.unwrap_or(true);
+    run(state, caller, move |at| SubscriptionCommand::Cancel { at_period_end, at }).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+/// `POST /v1/subscription/resume`: withdraws a pending cancellation.
+async fn resume(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    OptionalJson(_): OptionalJson<Empty>,
+) -> Result<Json<Value>, ApiError> {
+    run(state, caller, |at| SubscriptionCommand::Resume { at }).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddonsBody {
+    extra_users: Option<u32>,
+    extra_storage_gb: Option<u32>,
+}
+
+/// `PUT /v1/subscription/addons {extra_users, extra_storage_gb}`: billed in advance from the
+/// next period on (absent fields are 0).
+async fn set_addons(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<AddonsBody>,
+) -> Result<Json<Value>, ApiError> {
+    let addons = Addons { extra_users: body.extra_users.unwrap_or(0), extra_storage_gb: body.extra_storage_gb.unwrap_or(0) };
+    if addons.extra_users > 10_000 {
+        return Err(ApiError::validation("extra_users", "must be at most 10000"));
+    }
+    if addons.extra_storage_gb > 1_000_000 {
+        return Err(ApiError::validation("extra_storage_gb", "must be at most 1000000"));
+    }
+    run(state, caller, move |at| SubscriptionCommand::SetAddons { addons, at }).await
+}

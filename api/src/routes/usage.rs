@@ -1,0 +1,204 @@
+//! Usage metering: recording facts (one, or up to 1000 at once) and reading time series.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use commands::CommandError;
+use domain::usage::{parse_idempotency_key, parse_quantity, MetricName, RecordUsage};
+use futures::stream::{self, StreamExt};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::auth::TenantCaller;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery};
+
+/// The usage routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/usage", post(record).get(series)).route("/v1/usage/batch", post(record_batch))
+}
+
+/// Most records in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// One usage fact as sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageBody {
+    metric: String,
+    quantity: i64,
+    idempotency_key: String,
+    occurred_at: Option<DateTime<Utc>>,
+}
+
+impl UsageBody {
+    fn parse(self, caller: &TenantCaller, now: DateTime<Utc>) -> Result<RecordUsage, ApiError> {
+        Ok(RecordUsage {
+            tenant_id: caller.tenant_id,
+            metric: MetricName::parse(&self.metric)?,
+            quantity: parse_quantity(self.quantity)?,
+            idempotency_key: parse_idempotency_key(&self.idempotency_key)?,
+            occurred_at: self.occurred_at.unwrap_or(now),
+            at: now,
+        })
+    }
+}
+
+/// `POST /v1/usage` → 202 `{accepted: true, duplicate}`. A key recorded before is accepted
+/// again as a duplicate and counted once.
+async fn record(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<UsageBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let fact = body.parse(&caller, state.now())?;
+    let context = state.context(Some(caller.tenant_id), caller.actor);
+    let app = state.clone();
+    let duplicate = state
+        .detach(async move {
+            let id = domain::usage::usage_id(fact.tenant_id, &fact.idempotency_key);
+            let recorded = app.usage().record(fact, &context).await?;
+            app.settle(&id, &recorded.committed).await;
+            Ok(recorded.duplicate)
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true, "duplicate": duplicate }))))
+}
+
+/// A batch: `{"records": [...]}` or a bare array.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BatchBody {
+    Wrapped { records: Vec<Value> },
+    Bare(Vec<Value>),
+}
+
+/// `POST /v1/usage/batch`: up to 1000 records, each accepted or refused on its own →
+/// 202 `{accepted, duplicates, refused, results: [{index, accepted, duplicate, error}]}`.
+async fn record_batch(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let records = match body {
+        BatchBody::Wrapped { records } | BatchBody::Bare(records) => records,
+    };
+    if records.is_empty() || records.len() > MAX_BATCH {
+        return Err(ApiError::validation("records", format!("must hold 1 to {MAX_BATCH} records")));
+    }
+    let now = state.now();
+    let context = state.context(Some(caller.tenant_id), caller.actor.clone());
+    let parsed: Vec<Result<RecordUsage, ApiError>> = records
+        .into_iter()
+        .map(|r| {
+            serde_json::from_value::<UsageBody>(r)
+                .map_err(|e| ApiError::validation("record", e.to_string()))
+                .and_then(|b| b.parse(&caller, now))
+        })
+        .collect();
+    let app = state.clone();
+    let results = state
+        .detach(async move {
+            let outcomes: Vec<(usize, Result<(bool, Option<(String, commands::Committed<domain::usage::UsageFact>)>), ApiError>)> =
+                stream::iter(parsed.into_iter().enumerate())
+                    .map(|(index, fact)| {
+                        let app = app.clone();
+                        let context = context.clone();
+                        async move {
+                            let outcome = match fact {
+                                Err(e) => Err(e),
+                                Ok(fact) => {
+                                    let id = domain::usage::usage_id(fact.tenant_id, &fact.idempotency_key);
+                                    app.usage()
+                                        .record(fact, &context)
+                                        .await
+                                        .map(|r| (r.duplicate, Some((id, r.committed))))
+                                        .map_err(|e: CommandError<_>| e.into())
+                                }
+                            };
+                            (index, outcome)
+                        }
+                    })
+                    .buffered(16)
+                    .collect()
+                    .await;
+            if let Some((id, committed)) = outcomes.iter().rev().find_map(|(_, o)| o.as_ref().ok().and_then(|(_, c)| c.as_ref())) {
+                app.settle(id, committed).await;
+                app.settle_all().await;
+            }
+            Ok(outcomes)
+        })
+        .await?;
+    let (mut accepted, mut duplicates, mut refused) = (0, 0, 0);
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|(index, outcome)| match outcome {
+            Ok((duplicate, _)) => {
+                accepted += 1;
+                duplicates += usize::from(duplicate);
+                json!({"index": index, "accepted": true, "duplicate": duplicate})
+            }
+            Err(e) => {
+                refused += 1;
+                json!({"index": index, "accepted": false, "error": {"code": e.code, "message": e.message, "details": e.details}})
+            }
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted, "duplicates": duplicates, "refused": refused, "results": results}))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    metric: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    granularity: Option<String>,
+}
+
+/// `GET /v1/usage?metric&from&to&granularity=hour|day|month` → buckets (UTC) with each
+/// metric's total (counters) or latest value (gauges). Defaults: the last 30 days, by day.
+async fn series(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<SeriesQuery>) -> Result<Json<Value>, ApiError> {
+    let granularity = q.granularity.as_deref().unwrap_or("day");
+    if !["hour", "day", "month"].contains(&granularity) {
+        return Err(ApiError::validation("granularity", "must be hour, day or month"));
+    }
+    let metric = q.metric.as_deref().map(MetricName::parse).transpose()?;
+    let to = q.to.unwrap_or_else(|| state.now());
+    let from = q.from.unwrap_or(to - chrono::Duration::days(30));
+    if from >= to {
+        return Err(ApiError::validation("from", "must be before to"));
+    }
+    let rows: Vec<(String, String, DateTime<Utc>, Decimal, i64, i64)> = sqlx::query_as(
+        "SELECT metric, kind, date_trunc($4, hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
+                sum(total), sum(facts)::bigint,
+                (array_agg(last_value ORDER BY last_at DESC))[1]
+         FROM rm.usage_hourly
+         WHERE tenant_id = $1 AND ($2::text IS NULL OR metric = $2) AND hour >= date_trunc('hour', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND hour < $5
+         GROUP BY metric, kind, bucket ORDER BY metric, bucket",
+    )
+    .bind(caller.tenant_id)
+    .bind(metric.as_ref().map(|m| m.as_str()))
+    .bind(from)
+    .bind(granularity)
+    .bind(to)
+    .fetch_all(state.pool())
+    .await?;
+    let step = |start: DateTime<Utc>| match granularity {
+        "hour" => start + chrono::Duration::hours(1),
+        "day" => start + chrono::Duration::days(1),
+        _ => domain::billing::period::add_months(start, 1),
+    };
+    let buckets: Vec<Value> = rows
+        .into_iter()
+        .map(|(metric, kind, start, total, facts, last)| {
+            let value = if kind == "gauge" { Decimal::from(last) } else { total };
+            json!({"metric": metric, "kind": kind, "start": start, "end": step(start), "value": value.normalize(), "facts": facts})
+        })
+        .collect();
+    Ok(Json(json!({"granularity": granularity, "from": from, "to": to, "buckets": buckets})))
+}

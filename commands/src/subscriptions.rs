@@ -1,0 +1,72 @@
+//! Subscription commands, and the usage meter the aggregate bills arrears with.
+
+use std::sync::Arc;
+
+use domain::billing::period::Period;
+use domain::subscription::{BillableUsage, BoxFuture, Subscription, SubscriptionCommand, SubscriptionError, UsageMeter};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{AggregateStore, CommandContext, CommandError, Committed};
+
+/// Reads a tenant's billable usage in a period from the usage read model (`rm.usage_records`,
+/// one row per accepted usage fact). The billing run waits for the read models to catch up
+/// before it runs, so the sums include every fact recorded before it.
+#[derive(Debug, Clone)]
+pub struct PgUsageMeter {
+    pool: PgPool,
+}
+
+impl PgUsageMeter {
+    /// A meter over `pool`.
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self { pool })
+    }
+}
+
+impl UsageMeter for PgUsageMeter {
+    fn billable_usage(&self, tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
+        Box::pin(async move {
+            let (api_calls, sms): (i64, i64) = sqlx::query_as(
+                "SELECT coalesce(sum(quantity) FILTER (WHERE metric = 'api_calls'), 0)::bigint,
+                        coalesce(sum(quantity) FILTER (WHERE metric = 'sms'), 0)::bigint
+                 FROM rm.usage_records
+                 WHERE tenant_id = $1 AND metric IN ('api_calls', 'sms') AND occurred_at >= $2 AND occurred_at < $3",
+            )
+            .bind(tenant_id)
+            .bind(period.start)
+            .bind(period.end)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(BillableUsage { api_calls: api_calls.max(0) as u64, sms: sms.max(0) as u64 })
+        })
+    }
+}
+
+/// The subscription command service.
+pub struct Subscriptions {
+    store: AggregateStore<Subscription>,
+}
+
+impl Subscriptions {
+    /// Wraps the Subscription aggregate's store.
+    pub fn new(store: AggregateStore<Subscription>) -> Self {
+        Self { store }
+    }
+
+    /// Runs a command on subscription `id`.
+    pub async fn execute(
+        &self,
+        id: Uuid,
+        command: SubscriptionCommand,
+        context: &CommandContext,
+    ) -> Result<Committed<Subscription>, CommandError<SubscriptionError>> {
+        self.store.execute(&id.to_string(), command, context).await
+    }
+
+    /// The subscription's current state.
+    pub async fn load(&self, id: Uuid) -> Result<Option<Subscription>, CommandError<SubscriptionError>> {
+        Ok(self.store.load(&id.to_string()).await?.map(|(state, _)| state))
+    }
+}

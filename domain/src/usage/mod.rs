@@ -1,0 +1,237 @@
+//! Usage metering: one aggregate per usage fact.
+//!
+//! A usage fact's stream is keyed by `<tenant>:<idempotency_key>` and holds exactly one
+//! event. That choice gives two properties for free: recording costs the same whether the
+//! tenant has a thousand or a million facts behind it (loading the aggregate reads an empty
+//! or one-event stream), and a fact is counted once, ever: a retry finds the stream taken, and
+//! of concurrent retries the event store's primary key lets exactly one append win.
+//! Totals per period (quota, billing, analytics) are read models over these facts.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::values::string_value;
+use crate::{Rejection, RejectionKind, ValidationError};
+
+string_value!(
+    /// A metric's name: `[a-z][a-z0-9_]{0,63}` (`api_calls`, `storage_bytes`, `sms`, ...).
+    MetricName
+);
+
+impl MetricName {
+    /// Parses a metric name.
+    pub fn parse(input: &str) -> Result<Self, ValidationError> {
+        let ok = (1..=64).contains(&input.len())
+            && input.as_bytes()[0].is_ascii_lowercase()
+            && input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(ValidationError::new("metric", "must be a metric name such as \"api_calls\" ([a-z][a-z0-9_]*, at most 64)"));
+        }
+        Ok(Self(input.to_owned()))
+    }
+
+    /// How the metric aggregates.
+    pub fn kind(&self) -> MetricKind {
+        match self.as_str() {
+            "storage_bytes" => MetricKind::Gauge,
+            _ => MetricKind::Counter,
+        }
+    }
+}
+
+/// How a metric's facts combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// Facts add up (`api_calls`, `sms`).
+    Counter,
+    /// The latest fact is the value (`storage_bytes`).
+    Gauge,
+}
+
+/// The largest quantity one fact may carry.
+pub const MAX_QUANTITY: i64 = 1_000_000_000_000_000;
+
+/// Checks a quantity: a whole number from 0 to [`MAX_QUANTITY`].
+pub fn parse_quantity(quantity: i64) -> Result<i64, ValidationError> {
+    if !(0..=MAX_QUANTITY).contains(&quantity) {
+        return Err(ValidationError::new("quantity", format!("must be a whole number from 0 to {MAX_QUANTITY}")));
+    }
+    Ok(quantity)
+}
+
+/// Checks an idempotency key: 1 to 255 visible ASCII characters.
+pub fn parse_idempotency_key(key: &str) -> Result<String, ValidationError> {
+    if !(1..=255).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ValidationError::new("idempotency_key", "must be 1 to 255 visible ASCII characters"));
+    }
+    Ok(key.to_owned())
+}
+
+/// The aggregate id of a usage fact.
+pub fn usage_id(tenant_id: Uuid, idempotency_key: &str) -> String {
+    format!("{tenant_id}:{idempotency_key}")
+}
+
+/// One usage fact's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageFact {
+    /// Whether it was recorded.
+    pub recorded: bool,
+}
+
+/// Record a fact.
+#[derive(Debug, Clone)]
+pub struct RecordUsage {
+    /// Whose.
+    pub tenant_id: Uuid,
+    /// Which metric.
+    pub metric: MetricName,
+    /// How much.
+    pub quantity: i64,
+    /// The client's key for this fact.
+    pub idempotency_key: String,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// When it was received.
+    pub at: DateTime<Utc>,
+}
+
+/// Usage events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum UsageEvent {
+    /// A usage fact was accepted.
+    UsageRecorded {
+        /// Whose.
+        tenant_id: Uuid,
+        /// Which metric.
+        metric: MetricName,
+        /// Counter or gauge.
+        kind: MetricKind,
+        /// How much.
+        quantity: i64,
+        /// The client's key.
+        idempotency_key: String,
+        /// When it happened.
+        occurred_at: DateTime<Utc>,
+        /// When it was received.
+        recorded_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for UsageEvent {
+    fn event_type(&self) -> String {
+        "UsageRecorded".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// Usage refusals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// Bad input.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+impl Rejection for UsageError {
+    fn kind(&self) -> RejectionKind {
+        RejectionKind::Validation
+    }
+    fn code(&self) -> &str {
+        "VALIDATION_FAILED"
+    }
+    fn details(&self) -> serde_json::Map<String, serde_json::Value> {
+        let Self::Invalid(e) = self;
+        e.details()
+    }
+}
+
+/// How far in the future a fact's `occurred_at` may lie (clock skew).
+pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
+
+impl Aggregate for UsageFact {
+    const TYPE: &'static str = "Usage";
+    type Command = RecordUsage;
+    type Event = UsageEvent;
+    type Error = UsageError;
+    type Services = ();
+
+    async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+        if self.recorded {
+            return Ok(());
+        }
+        if command.occurred_at > command.at + chrono::Duration::seconds(MAX_FUTURE_SKEW_SECONDS) {
+            return Err(ValidationError::new("occurred_at", "must not be in the future").into());
+        }
+        let kind = command.metric.kind();
+        let event = UsageEvent::UsageRecorded {
+            tenant_id: command.tenant_id,
+            metric: command.metric,
+            kind,
+            quantity: parse_quantity(command.quantity)?,
+            idempotency_key: command.idempotency_key,
+            occurred_at: command.occurred_at,
+            recorded_at: command.at,
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, _: Self::Event) {
+        self.recorded = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    fn record(quantity: i64, occurred_at: DateTime<Utc>) -> RecordUsage {
+        let at = Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0).unwrap();
+        RecordUsage {
+            tenant_id: Uuid::from_u128(1),
+            metric: MetricName::parse("api_calls").unwrap(),
+            quantity,
+            idempotency_key: "k1".into(),
+            occurred_at,
+            at,
+        }
+    }
+
+    #[test]
+    fn a_fact_is_recorded_once_and_a_retry_records_nothing() {
+        let at = Utc.with_ymd_and_hms(2027, 1, 1, 11, 0, 0).unwrap();
+        let events = TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(5, at)).inspect_result().unwrap();
+        assert!(matches!(&events[..], [UsageEvent::UsageRecorded { quantity: 5, kind: MetricKind::Counter, .. }]));
+        TestFramework::<UsageFact>::with(()).given(events).when(record(5, at)).then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn negative_huge_and_future_facts_are_refused() {
+        let at = Utc.with_ymd_and_hms(2027, 1, 1, 11, 0, 0).unwrap();
+        for quantity in [-1, MAX_QUANTITY + 1] {
+            assert!(TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(quantity, at)).inspect_result().is_err());
+        }
+        let future = Utc.with_ymd_and_hms(2027, 1, 1, 12, 10, 0).unwrap();
+        assert!(TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(1, future)).inspect_result().is_err());
+    }
+
+    #[test]
+    fn metric_names_and_kinds() {
+        assert_eq!(MetricName::parse("storage_bytes").unwrap().kind(), MetricKind::Gauge);
+        assert_eq!(MetricName::parse("sms").unwrap().kind(), MetricKind::Counter);
+        for bad in ["", "API", "1abc", "a-b", &"a".repeat(65)] {
+            assert!(MetricName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

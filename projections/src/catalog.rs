@@ -1,0 +1,88 @@
+//! The `catalog` projection: every published plan version (`rm.plans`).
+
+use async_trait::async_trait;
+use domain::plan::PlanEvent;
+use sqlx::PgConnection;
+
+use crate::log::StoredEvent;
+use crate::runner::{Projection, ProjectionError};
+
+/// Builds `plans`.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogProjection;
+
+#[async_trait]
+impl Projection for CatalogProjection {
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["plans"]
+    }
+
+    async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+        let ddl = format!(
+            "CREATE TABLE {schema}.plans (
+                 code                  text NOT NULL,
+                 version               integer NOT NULL,
+                 name                  text NOT NULL,
+                 monthly_price         numeric NOT NULL,
+                 yearly_price          numeric NOT NULL,
+                 currency              text NOT NULL,
+                 limits                jsonb NOT NULL,
+                 features              jsonb NOT NULL,
+                 rate_limit_per_minute integer NOT NULL,
+                 definition            jsonb NOT NULL,
+                 published_at          timestamptz NOT NULL,
+                 PRIMARY KEY (code, version)
+             )"
+        );
+        sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type != "Plan" {
+            return Ok(());
+        }
+        let PlanEvent::PlanPublished { plan, published_at } =
+            serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+        let json = |v: &dyn erased::Json| v.to_json();
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.plans (code, version, name, monthly_price, yearly_price, currency, limits, features, rate_limit_per_minute, definition, published_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(plan.code.as_str())
+        .bind(plan.version as i32)
+        .bind(&plan.name)
+        .bind(plan.monthly_price)
+        .bind(plan.yearly_price)
+        .bind(&plan.currency)
+        .bind(json(&plan.limits))
+        .bind(json(&plan.features))
+        .bind(plan.rate_limit_per_minute as i32)
+        .bind(json(&plan))
+        .bind(published_at)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+mod erased {
+    /// Serialises anything serialisable to a JSON value (for jsonb columns).
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Value;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The `usage` projection: every accepted usage fact (`rm.usage_records`, summed by billing
+//! and quota over exact instants) and hourly buckets (`rm.usage_hourly`, for time series).
+//! Counters add up; for gauges (`storage_bytes`) a bucket keeps its latest value.
+
+use async_trait::async_trait;
+use domain::usage::{MetricKind, UsageEvent};
+use sqlx::PgConnection;
+
+use crate::log::StoredEvent;
+use crate::runner::{Projection, ProjectionError};
+
+/// Builds `usage_records` and `usage_hourly`.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageProjection;
+
+#[async_trait]
+impl Projection for UsageProjection {
+    fn name(&self) -> &'static str {
+        "usage"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["usage_records", "usage_hourly"]
+    }
+
+    async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+        let ddl = format!(
+            "CREATE TABLE {schema}.usage_records (
+                 tenant_id       uuid NOT NULL,
+                 metric          text NOT NULL,
+                 kind            text NOT NULL,
+                 quantity        bigint NOT NULL,
+                 idempotency_key text NOT NULL,
+                 occurred_at     timestamptz NOT NULL,
+                 recorded_at     timestamptz NOT NULL,
+                 position        bigint NOT NULL,
+                 PRIMARY KEY (tenant_id, idempotency_key)
+             );
+             CREATE INDEX ON {schema}.usage_records (tenant_id, metric, occurred_at);
+             CREATE TABLE {schema}.usage_hourly (
+                 tenant_id  uuid NOT NULL,
+                 metric     text NOT NULL,
+                 kind       text NOT NULL,
+                 hour       timestamptz NOT NULL,
+                 total      numeric NOT NULL,
+                 facts      bigint NOT NULL,
+                 last_value bigint NOT NULL,
+                 last_at    timestamptz NOT NULL,
+                 PRIMARY KEY (tenant_id, metric, hour)
+             );"
+        );
+        sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type != "Usage" {
+            return Ok(());
+        }
+        let UsageEvent::UsageRecorded { tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at } =
+            serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+        let kind = match kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+        };
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(tenant_id)
+        .bind(metric.as_str())
+        .bind(kind)
+        .bind(quantity)
+        .bind(&idempotency_key)
+        .bind(occurred_at)
+        .bind(recorded_at)
+        .bind(event.position)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
+             VALUES ($1, $2, $3, date_trunc('hour', $5 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', $4, 1, $4, $5)
+             ON CONFLICT (tenant_id, metric, hour) DO UPDATE SET
+                 total = h.total + EXCLUDED.total,
+                 facts = h.facts + 1,
+                 last_value = CASE WHEN EXCLUDED.last_at >= h.last_at THEN EXCLUDED.last_value ELSE h.last_value END,
+                 last_at = greatest(h.last_at, EXCLUDED.last_at)"
+        ))
+        .bind(tenant_id)
+        .bind(metric.as_str())
+        .bind(kind)
+        .bind(quantity)
+        .bind(occurred_at)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
