@@ -146,8 +146,8 @@ impl Accounts {
             SubscriptionStatus::New => return Ok(None),
         };
         match self.tenants.execute(tenant_id, command, &context.for_tenant(tenant_id)).await {
-            Ok(committed) => Ok(Some(committed)),
-            Err(CommandError::Domain(TenantError::InvalidTransition { .. } | TenantError::NotFound)) => Ok(None),
+            Ok(committed) if !committed.events.is_empty() => Ok(Some(committed)),
+            Ok(_) | Err(CommandError::Domain(TenantError::InvalidTransition { .. } | TenantError::NotFound)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -192,13 +192,18 @@ impl Accounts {
                 Ok(committed) if !committed.events.is_empty() => {
                     report.subscriptions_changed += 1;
                     report.invoices_issued += committed.events.iter().filter(|e| e.payload.event_type_is("InvoiceIssued")).count();
+                    match self.sync_tenant(&committed.state, &context(tenant_id)).await {
+                        Ok(Some(_)) => report.tenants_updated += 1,
+                        Ok(None) => {}
+                        Err(e) => report.failures.push(format!("tenant {tenant_id}: {e}")),
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => report.failures.push(format!("subscription {subscription_id}: {e}")),
             }
         }
 
-        // Tenants out of line with their subscription (including the ones just advanced).
+        // Tenants left out of line with their subscription by an earlier crash.
         let mismatched: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "SELECT s.id, s.tenant_id FROM rm.subscriptions s JOIN rm.tenants t ON t.id = s.tenant_id
              WHERE (s.status = 'suspended' AND t.status = 'active')
@@ -224,7 +229,7 @@ impl Accounts {
 
     /// Opens the subscription a tenant's sign-up promised, from the tenant's own record.
     async fn open_missing_subscription(&self, tenant_id: Uuid, context: &CommandContext) -> Result<bool, String> {
-        let row: Option<(String, String, rust_decimal::Decimal, String, i32, String, i32, Uuid, DateTime<Utc>)> = sqlx::query_as(
+        let row: Option<TenantTerms> = sqlx::query_as(
             "SELECT code, currency, tax_rate, plan, plan_version, billing_period, trial_days, subscription_id, created_at FROM rm.tenants WHERE id = $1",
         )
         .bind(tenant_id)
@@ -259,6 +264,10 @@ impl Accounts {
         }
     }
 }
+
+/// What a tenant's record says about the subscription its sign-up promised: code, currency,
+/// tax rate, plan, plan version, billing period, trial days, subscription id, sign-up time.
+type TenantTerms = (String, String, rust_decimal::Decimal, String, i32, String, i32, Uuid, DateTime<Utc>);
 
 /// Asks an event its type by name without matching on it.
 trait EventTypeIs {

@@ -230,3 +230,35 @@ impl TestApp {
         }
     }
 }
+
+/// The webhook secret test servers with webhooks use.
+pub const WEBHOOK_SECRET: &str = "whsec_test";
+
+/// The contract's `Payment-Signature` for `body` at unix time `t`.
+pub fn payment_signature(body: &[u8], t: i64) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl TestApp {
+    /// Sends a signed payment notification.
+    pub async fn payment_webhook(&self, body: Value) -> Reply {
+        let raw = serde_json::to_vec(&body).expect("json");
+        let signature = payment_signature(&raw, chrono::Utc::now().timestamp());
+        self.send(
+            self.request(Method::POST, "/v1/webhooks/payments", None)
+                .header("Content-Type", "application/json")
+                .header("Payment-Signature", signature)
+                .body(raw),
+        )
+        .await
+    }
+
+    /// Moves the test clock to `now` (RFC 3339), which runs the billing cycle up to it.
+    pub async fn set_clock(&self, now: &str) -> Value {
+        self.put("/v1/admin/clock", ADMIN_TOKEN, json!({ "now": now })).await.expect(200).clone()
+    }
+}

@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use commands::CommandError;
 use domain::usage::{parse_idempotency_key, parse_quantity, MetricName, RecordUsage};
 use futures::stream::{self, StreamExt};
 use rust_decimal::Decimal;
@@ -69,6 +68,13 @@ async fn record(
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true, "duplicate": duplicate }))))
 }
 
+/// One accepted fact of a batch.
+struct Accepted {
+    duplicate: bool,
+    id: String,
+    committed: commands::Committed<domain::usage::UsageFact>,
+}
+
 /// A batch: `{"records": [...]}` or a bare array.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -103,31 +109,25 @@ async fn record_batch(
     let app = state.clone();
     let results = state
         .detach(async move {
-            let outcomes: Vec<(usize, Result<(bool, Option<(String, commands::Committed<domain::usage::UsageFact>)>), ApiError>)> =
-                stream::iter(parsed.into_iter().enumerate())
-                    .map(|(index, fact)| {
-                        let app = app.clone();
-                        let context = context.clone();
-                        async move {
-                            let outcome = match fact {
-                                Err(e) => Err(e),
-                                Ok(fact) => {
-                                    let id = domain::usage::usage_id(fact.tenant_id, &fact.idempotency_key);
-                                    app.usage()
-                                        .record(fact, &context)
-                                        .await
-                                        .map(|r| (r.duplicate, Some((id, r.committed))))
-                                        .map_err(|e: CommandError<_>| e.into())
-                                }
-                            };
-                            (index, outcome)
-                        }
-                    })
-                    .buffered(16)
-                    .collect()
-                    .await;
-            if let Some((id, committed)) = outcomes.iter().rev().find_map(|(_, o)| o.as_ref().ok().and_then(|(_, c)| c.as_ref())) {
-                app.settle(id, committed).await;
+            let outcomes: Vec<(usize, Result<Accepted, ApiError>)> = stream::iter(parsed.into_iter().enumerate())
+                .map(|(index, fact)| {
+                    let app = app.clone();
+                    let context = context.clone();
+                    async move {
+                        let fact = match fact {
+                            Ok(fact) => fact,
+                            Err(e) => return (index, Err(e)),
+                        };
+                        let id = domain::usage::usage_id(fact.tenant_id, &fact.idempotency_key);
+                        let recorded = app.usage().record(fact, &context).await.map_err(ApiError::from);
+                        (index, recorded.map(|r| Accepted { duplicate: r.duplicate, id, committed: r.committed }))
+                    }
+                })
+                .buffered(16)
+                .collect()
+                .await;
+            if let Some(last) = outcomes.iter().rev().find_map(|(_, o)| o.as_ref().ok()) {
+                app.settle(&last.id, &last.committed).await;
                 app.settle_all().await;
             }
             Ok(outcomes)
@@ -137,7 +137,7 @@ async fn record_batch(
     let results: Vec<Value> = results
         .into_iter()
         .map(|(index, outcome)| match outcome {
-            Ok((duplicate, _)) => {
+            Ok(Accepted { duplicate, .. }) => {
                 accepted += 1;
                 duplicates += usize::from(duplicate);
                 json!({"index": index, "accepted": true, "duplicate": duplicate})

@@ -15,6 +15,19 @@ pub fn format(amount: Decimal) -> String {
     round_cents(amount).to_string()
 }
 
+/// Parses a price: a non-negative decimal string with at most two places (`"29.00"`, `"5"`),
+/// at most 1,000,000,000.
+pub fn parse_price(input: &str, field: &str) -> Result<rust_decimal::Decimal, crate::ValidationError> {
+    let err = || crate::ValidationError::new(field, "must be a price such as \"29.00\" (0 or more, at most 2 decimals)");
+    let value: Decimal = input.trim().parse().map_err(|_| err())?;
+    if value.is_sign_negative() && !value.is_zero() || value.scale() > 2 || value > Decimal::from(1_000_000_000) {
+        return Err(err());
+    }
+    let mut value = value;
+    value.rescale(2);
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,17 +41,4 @@ mod tests {
         assert_eq!(format(d("-0.005")), "-0.01");
         assert_eq!(format(d("29")), "29.00");
     }
-}
-
-/// Parses a price: a non-negative decimal string with at most two places (`"29.00"`, `"5"`),
-/// at most 1,000,000,000.
-pub fn parse_price(input: &str, field: &str) -> Result<rust_decimal::Decimal, crate::ValidationError> {
-    let err = || crate::ValidationError::new(field, "must be a price such as \"29.00\" (0 or more, at most 2 decimals)");
-    let value: Decimal = input.trim().parse().map_err(|_| err())?;
-    if value.is_sign_negative() && !value.is_zero() || value.scale() > 2 || value > Decimal::from(1_000_000_000) {
-        return Err(err());
-    }
-    let mut value = value;
-    value.rescale(2);
-    Ok(value)
 }

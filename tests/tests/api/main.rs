@@ -2,6 +2,7 @@
 
 mod auth;
 mod bad_input;
+mod billing;
 mod global_order;
 mod projector_crash;
 mod tenants;

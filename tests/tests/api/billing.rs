@@ -1,0 +1,310 @@
+//! Billing end to end: a tenant's year, driven by the test clock and payment webhooks, with
+//! every invoice line and total asserted to the cent.
+
+use e2e::{spawn_app_with, TestApp, TestTenant, ADMIN_TOKEN, WEBHOOK_SECRET};
+use serde_json::{json, Value};
+
+async fn billing_app() -> TestApp {
+    spawn_app_with(|c| {
+        c.test_clock = true;
+        c.webhook_secret = Some(WEBHOOK_SECRET.to_owned());
+    })
+    .await
+}
+
+async fn invoices(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
+    let mut all: Vec<Value> = app.get("/v1/invoices?limit=100", &tenant.key).await.expect(200)["data"].as_array().unwrap().clone();
+    all.reverse();
+    all
+}
+
+/// Lines as (kind, amount) and the invoice's (subtotal, tax, total).
+fn money(invoice: &Value) -> (Vec<(String, String)>, [String; 3]) {
+    let lines = invoice["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap().to_owned(), l["amount"].as_str().unwrap().to_owned()))
+        .collect();
+    let s = |k: &str| invoice[k].as_str().unwrap().to_owned();
+    (lines, [s("subtotal"), s("tax"), s("total")])
+}
+
+fn lines(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, a)| ((*k).to_owned(), (*a).to_owned())).collect()
+}
+
+fn totals(subtotal: &str, tax: &str, total: &str) -> [String; 3] {
+    [subtotal.to_owned(), tax.to_owned(), total.to_owned()]
+}
+
+async fn pay(app: &TestApp, invoice: &Value, id: &str) {
+    let reply = app
+        .payment_webhook(json!({"id": id, "type": "payment.succeeded", "invoice_id": invoice["id"], "amount": invoice["total"], "currency": invoice["currency"]}))
+        .await;
+    assert_eq!(reply.expect(200)["duplicate"], false);
+}
+
+async fn subscription(app: &TestApp, tenant: &TestTenant) -> Value {
+    app.get("/v1/subscription", &tenant.key).await.expect(200).clone()
+}
+
+#[tokio::test]
+async fn a_tenant_walks_through_a_year_of_billing() {
+    let app = billing_app().await;
+    app.set_clock("2027-01-17T09:00:00Z").await;
+    let mut body = TestApp::tenant_body("walker");
+    body["tax_rate"] = json!("10");
+    let created = app.create_tenant_raw(body).await.expect(201).clone();
+    let tenant = TestTenant {
+        id: created["id"].as_str().unwrap().parse().unwrap(),
+        code: "walker".into(),
+        key: created["api_key"].as_str().unwrap().into(),
+    };
+
+    // Trial: 14 days, no invoice; its end is the billing anchor (Jan 31).
+    let sub = subscription(&app, &tenant).await;
+    assert_eq!(sub["status"], "trialing");
+    assert_eq!(sub["trial_ends_at"], "2027-01-31T09:00:00Z");
+    assert_eq!(sub["plan"], "starter");
+    assert!(invoices(&app, &tenant).await.is_empty());
+
+    // Trial end: the first period is invoiced in advance.
+    app.set_clock("2027-01-31T09:00:00Z").await;
+    let sub = subscription(&app, &tenant).await;
+    assert_eq!((sub["status"].as_str(), sub["current_period_end"].as_str()), (Some("active"), Some("2027-02-28T09:00:00Z")));
+    let first = invoices(&app, &tenant).await[0].clone();
+    assert_eq!(first["number"], "WALKER-000001");
+    assert_eq!(first["currency"], "CHF");
+    assert_eq!(first["status"], "open");
+    assert_eq!(money(&first), (lines(&[("plan", "29.00")]), totals("29.00", "2.90", "31.90")));
+    pay(&app, &first, "evt_1").await;
+    assert_eq!(app.get(&format!("/v1/invoices/{}", first["id"].as_str().unwrap()), &tenant.key).await.expect(200)["status"], "paid");
+
+    // Usage in February is billed in arrears with the March renewal (Feb 28, anchor day clamped).
+    app.set_clock("2027-02-12T00:00:00Z").await;
+    app.post(
+        "/v1/usage",
+        &tenant.key,
+        json!({"metric": "api_calls", "quantity": 12001, "idempotency_key": "feb-calls", "occurred_at": "2027-02-10T00:00:00Z"}),
+    )
+    .await
+    .expect(202);
+    app.post(
+        "/v1/usage",
+        &tenant.key,
+        json!({"metric": "sms", "quantity": 3, "idempotency_key": "feb-sms", "occurred_at": "2027-02-11T00:00:00Z"}),
+    )
+    .await
+    .expect(202);
+    app.set_clock("2027-02-28T09:00:00Z").await;
+    let second = invoices(&app, &tenant).await[1].clone();
+    assert_eq!(second["period_start"], "2027-02-28T09:00:00Z");
+    assert_eq!(second["period_end"], "2027-03-31T09:00:00Z");
+    // 12,001 calls on 10,000 included: 3 started blocks of 1,000 × 0.50; 3 SMS × 0.05.
+    assert_eq!(money(&second), (lines(&[("plan", "29.00"), ("overage", "1.50"), ("overage", "0.15")]), totals("30.65", "3.07", "33.72")));
+    pay(&app, &second, "evt_2").await;
+
+    // Upgrade exactly half-way through Feb 28 09:00 – Mar 31 09:00 (31 days): Mar 15 21:00.
+    app.set_clock("2027-03-15T21:00:00Z").await;
+    let upgraded = app.post("/v1/subscription/change-plan", &tenant.key, json!({"plan": "professional"})).await.expect(200).clone();
+    assert_eq!(upgraded["plan"], "professional");
+    assert_eq!(money(&upgraded["invoice"]), (lines(&[("proration", "-14.50"), ("proration", "39.50")]), totals("25.00", "2.50", "27.50")));
+    pay(&app, &upgraded["invoice"], "evt_3").await;
+
+    // Downgrade: waits for the period end.
+    let scheduled = app.post("/v1/subscription/change-plan", &tenant.key, json!({"plan": "starter"})).await.expect(200).clone();
+    assert_eq!(scheduled["plan"], "professional");
+    assert_eq!(scheduled["pending_change"]["plan"], "starter");
+    assert_eq!(scheduled["pending_change"]["effective_at"], "2027-03-31T09:00:00Z");
+    app.set_clock("2027-03-31T09:00:00Z").await;
+    let fourth = invoices(&app, &tenant).await[3].clone();
+    assert_eq!(money(&fourth), (lines(&[("plan", "29.00")]), totals("29.00", "2.90", "31.90")));
+    assert_eq!(subscription(&app, &tenant).await["plan"], "starter");
+
+    // A failed payment: past due, then suspended after 7 days of grace; commands get 402.
+    app.set_clock("2027-04-01T09:00:00Z").await;
+    app.payment_webhook(
+        json!({"id": "evt_4", "type": "payment.failed", "invoice_id": fourth["id"], "amount": fourth["total"], "currency": "CHF"}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(subscription(&app, &tenant).await["status"], "past_due");
+    app.set_clock("2027-04-08T08:59:59Z").await;
+    assert_eq!(subscription(&app, &tenant).await["status"], "past_due");
+    app.set_clock("2027-04-08T09:00:00Z").await;
+    assert_eq!(subscription(&app, &tenant).await["status"], "suspended");
+    app.post("/v1/api-keys", &tenant.key, json!({"role": "member"})).await.expect_error(402, "TENANT_SUSPENDED");
+    app.get("/v1/invoices", &tenant.key).await.expect(200);
+
+    // Payment reactivates both the subscription and the tenant.
+    pay(&app, &fourth, "evt_5").await;
+    assert_eq!(subscription(&app, &tenant).await["status"], "active");
+    app.post("/v1/api-keys", &tenant.key, json!({"role": "member"})).await.expect(201);
+
+    // The rest of the year renews on the anchor day, clamped to each month's end.
+    let mut paid = 5;
+    for (month_end, expected_end) in [
+        ("2027-04-30T09:00:00Z", "2027-05-31T09:00:00Z"),
+        ("2027-05-31T09:00:00Z", "2027-06-30T09:00:00Z"),
+        ("2027-06-30T09:00:00Z", "2027-07-31T09:00:00Z"),
+        ("2027-07-31T09:00:00Z", "2027-08-31T09:00:00Z"),
+        ("2027-08-31T09:00:00Z", "2027-09-30T09:00:00Z"),
+        ("2027-09-30T09:00:00Z", "2027-10-31T09:00:00Z"),
+        ("2027-10-31T09:00:00Z", "2027-11-30T09:00:00Z"),
+        ("2027-11-30T09:00:00Z", "2027-12-31T09:00:00Z"),
+        ("2027-12-31T09:00:00Z", "2028-01-31T09:00:00Z"),
+        ("2028-01-31T09:00:00Z", "2028-02-29T09:00:00Z"),
+    ] {
+        app.set_clock(month_end).await;
+        let latest = invoices(&app, &tenant).await.last().unwrap().clone();
+        assert_eq!((latest["period_start"].as_str(), latest["period_end"].as_str()), (Some(month_end), Some(expected_end)));
+        assert_eq!(money(&latest), (lines(&[("plan", "29.00")]), totals("29.00", "2.90", "31.90")));
+        paid += 1;
+        pay(&app, &latest, &format!("evt_{paid}")).await;
+    }
+
+    // Cancel at period end (Feb 29, 2028: a leap day); resume, cancel again, and it ends.
+    let cancelling = app.post("/v1/subscription/cancel", &tenant.key, json!({"at_period_end": true})).await.expect(200).clone();
+    assert_eq!(cancelling["cancel_at_period_end"], true);
+    assert_eq!(app.post("/v1/subscription/resume", &tenant.key, json!({})).await.expect(200)["cancel_at_period_end"], false);
+    app.post("/v1/subscription/resume", &tenant.key, json!({})).await.expect_error(409, "INVALID_STATE_TRANSITION");
+    app.post("/v1/subscription/cancel", &tenant.key, json!({"at_period_end": true})).await.expect(200);
+    app.set_clock("2028-02-29T09:00:00Z").await;
+    let ended = subscription(&app, &tenant).await;
+    assert_eq!(ended["status"], "cancelled");
+    app.post("/v1/api-keys", &tenant.key, json!({"role": "member"})).await.expect_error(403, "TENANT_CANCELLED");
+
+    // Every invoice: numbered in sequence, lines summing to the subtotal, total = subtotal + tax.
+    let all = invoices(&app, &tenant).await;
+    assert_eq!(all.len(), 14);
+    for (i, invoice) in all.iter().enumerate() {
+        assert_eq!(invoice["number"], format!("WALKER-{:06}", i + 1));
+        assert_eq!(invoice["status"], "paid");
+        let cents = |v: &Value| (v.as_str().unwrap().parse::<f64>().unwrap() * 100.0).round() as i64;
+        let sum: i64 = invoice["lines"].as_array().unwrap().iter().map(|l| cents(&l["amount"])).sum();
+        assert_eq!(sum, cents(&invoice["subtotal"]));
+        assert_eq!(cents(&invoice["subtotal"]) + cents(&invoice["tax"]), cents(&invoice["total"]));
+    }
+
+    // The billing run is idempotent.
+    let again = app.post("/v1/admin/billing/run", ADMIN_TOKEN, json!({"as_of": "2028-02-29T09:00:00Z"})).await.expect(200).clone();
+    assert_eq!(again["subscriptions_changed"], 0);
+    assert_eq!(invoices(&app, &tenant).await.len(), 14);
+}
+
+#[tokio::test]
+async fn without_a_trial_the_first_invoice_is_issued_at_sign_up() {
+    let app = billing_app().await;
+    app.set_clock("2027-05-10T12:00:00Z").await;
+    let mut body = TestApp::tenant_body("no-trial");
+    body["trial_days"] = json!(0);
+    body["plan"] = json!("business");
+    body["billing_period"] = json!("yearly");
+    body["tax_rate"] = json!("7.7");
+    let key = app.create_tenant_raw(body).await.expect(201)["api_key"].as_str().unwrap().to_owned();
+    let tenant = TestTenant { id: uuid::Uuid::nil(), code: "no-trial".into(), key };
+    let sub = subscription(&app, &tenant).await;
+    assert_eq!((sub["status"].as_str(), sub["current_period_end"].as_str()), (Some("active"), Some("2028-05-10T12:00:00Z")));
+    let first = invoices(&app, &tenant).await[0].clone();
+    // Yearly business: 10 × 199.00; tax 7.7 % of 1990.00 = 153.23.
+    assert_eq!(money(&first), (lines(&[("plan", "1990.00")]), totals("1990.00", "153.23", "2143.23")));
+}
+
+#[tokio::test]
+async fn payment_webhooks_are_verified_and_processed_once() {
+    let app = billing_app().await;
+    app.set_clock("2027-05-10T12:00:00Z").await;
+    let mut body = TestApp::tenant_body("hooked");
+    body["trial_days"] = json!(0);
+    let key = app.create_tenant_raw(body).await.expect(201)["api_key"].as_str().unwrap().to_owned();
+    let tenant = TestTenant { id: uuid::Uuid::nil(), code: "hooked".into(), key };
+    let invoice = invoices(&app, &tenant).await[0].clone();
+    let note =
+        json!({"id": "evt_once", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount": invoice["total"], "currency": "CHF"});
+
+    let raw = serde_json::to_vec(&note).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let send = |signature: String, raw: Vec<u8>| {
+        app.send(
+            app.request(reqwest::Method::POST, "/v1/webhooks/payments", None)
+                .header("Content-Type", "application/json")
+                .header("Payment-Signature", signature)
+                .body(raw),
+        )
+    };
+    send(e2e::payment_signature(&raw, now - 301), raw.clone()).await.expect_error(400, "VALIDATION_FAILED");
+    send(format!("t={now},v1={}", "00".repeat(32)), raw.clone()).await.expect_error(400, "VALIDATION_FAILED");
+    send(e2e::payment_signature(b"{}", now), raw.clone()).await.expect_error(400, "VALIDATION_FAILED");
+    app.send(app.request(reqwest::Method::POST, "/v1/webhooks/payments", None).json(&note)).await.expect_error(400, "VALIDATION_FAILED");
+
+    let wrong_amount =
+        json!({"id": "evt_wrong", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount": "1.00", "currency": "CHF"});
+    app.payment_webhook(wrong_amount).await.expect_error(400, "VALIDATION_FAILED");
+    let unknown =
+        json!({"id": "evt_x", "type": "payment.succeeded", "invoice_id": uuid::Uuid::now_v7(), "amount": "1.00", "currency": "CHF"});
+    app.payment_webhook(unknown).await.expect_error(404, "NOT_FOUND");
+
+    let (a, b) = tokio::join!(app.payment_webhook(note.clone()), app.payment_webhook(note.clone()));
+    let duplicates: Vec<bool> = [a, b].iter().map(|r| r.expect(200)["duplicate"].as_bool().unwrap()).collect();
+    assert_eq!(duplicates.iter().filter(|d| !**d).count(), 1, "exactly one delivery is processed: {duplicates:?}");
+    let paid: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'PaymentSucceeded'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(paid, 1);
+
+    let plain = e2e::spawn_app().await;
+    plain.payment_webhook(note).await.expect_error(503, "WEBHOOKS_DISABLED");
+}
+
+#[tokio::test]
+async fn plans_are_listed_and_new_versions_leave_existing_subscribers_alone() {
+    let app = billing_app().await;
+    app.set_clock("2027-06-01T00:00:00Z").await;
+    let plans = app.get("/v1/plans", ADMIN_TOKEN).await.expect(200).clone();
+    let summary: Vec<(String, String, String, Value)> = plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["code"].as_str().unwrap().into(),
+                p["monthly_price"].as_str().unwrap().into(),
+                p["yearly_price"].as_str().unwrap().into(),
+                p["rate_limit_per_minute"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("starter".into(), "29.00".into(), "290.00".into(), json!(200)),
+            ("professional".into(), "79.00".into(), "790.00".into(), json!(500)),
+            ("business".into(), "199.00".into(), "1990.00".into(), json!(1000)),
+            ("enterprise".into(), "499.00".into(), "4990.00".into(), json!(5000)),
+        ]
+    );
+    assert_eq!(
+        plans[0]["limits"],
+        json!({"users": 3, "bookings_per_month": 100, "events": 5, "tickets_per_event": 50, "storage_mb": 1024, "api_calls_per_month": 10000})
+    );
+    assert_eq!(plans[3]["limits"]["users"], Value::Null);
+
+    let mut body = TestApp::tenant_body("early-bird");
+    body["trial_days"] = json!(0);
+    let key = app.create_tenant_raw(body).await.expect(201)["api_key"].as_str().unwrap().to_owned();
+    let early = TestTenant { id: uuid::Uuid::nil(), code: "early-bird".into(), key };
+
+    let v2 = json!({"code": "starter", "name": "Starter", "monthly_price": "35.00", "limits": {"users": 3, "bookings_per_month": 100, "events": 5, "tickets_per_event": 50, "storage_mb": 1024, "api_calls_per_month": 10000}, "features": ["bookings"], "rate_limit_per_minute": 200});
+    let published = app.post("/v1/plans", ADMIN_TOKEN, v2.clone()).await.expect(201).clone();
+    assert_eq!((published["version"].as_u64(), published["yearly_price"].as_str()), (Some(2), Some("350.00")));
+    app.post("/v1/plans", &early.key, v2).await.expect_error(403, "FORBIDDEN");
+    app.post("/v1/plans", ADMIN_TOKEN, json!({"code": "x", "name": "X", "monthly_price": "-1", "limits": {}, "rate_limit_per_minute": 1}))
+        .await
+        .expect_error(400, "VALIDATION_FAILED");
+
+    // The early subscriber renews at the version it signed up on.
+    app.set_clock("2027-07-01T00:00:00Z").await;
+    let renewal = invoices(&app, &early).await.last().unwrap().clone();
+    assert_eq!(money(&renewal).0, lines(&[("plan", "29.00")]));
+    assert_eq!(subscription(&app, &early).await["plan_version"], 1);
+}
