@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use commands::accounts::Accounts;
+use commands::bookings::Bookings;
 use commands::clock::{Clock, ManualClock, SystemClock};
 use commands::plans::Plans;
 use commands::store::CommitHook;
@@ -55,6 +56,7 @@ struct Inner {
     tenants: Arc<Tenants>,
     accounts: Accounts,
     usage: Usage,
+    bookings: Bookings,
     projections: Arc<Projections>,
     log: EventLog,
 }
@@ -93,6 +95,11 @@ impl AppState {
     /// Plans, subscriptions, billing and payments (work spanning aggregates).
     pub fn accounts(&self) -> &Accounts {
         &self.0.accounts
+    }
+
+    /// Resource and booking commands.
+    pub fn bookings(&self) -> &Bookings {
+        &self.0.bookings
     }
 
     /// Usage commands.
@@ -207,7 +214,12 @@ impl Application {
         let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
         let subscriptions = Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), meter, Vec::new(), on_commit.clone())));
         let accounts = Accounts::new(pool.clone(), plans, tenants.clone(), subscriptions);
-        let usage = Usage::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit));
+        let usage = Usage::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone()));
+        let bookings = Bookings::new(
+            pool.clone(),
+            AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone()),
+            AggregateStore::new(pool.clone(), (), Vec::new(), on_commit),
+        );
 
         let manual_clock = config.test_clock.then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
         let clock: Arc<dyn Clock> = match &manual_clock {
@@ -232,6 +244,7 @@ impl Application {
             tenants,
             accounts,
             usage,
+            bookings,
             projections,
         }));
         let seed = state.context(None, Actor::System("catalog"));

@@ -5,11 +5,13 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod bookings;
 pub mod clock;
 pub mod db;
 pub mod error;
 pub mod metadata;
 pub mod plans;
+pub mod quota;
 pub mod store;
 pub mod subscriptions;
 pub mod tenants;

@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod booking;
 pub mod error;
 pub mod plan;
+pub mod resource;
 pub mod subscription;
 pub mod tenant;
 pub mod usage;

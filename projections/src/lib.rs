@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod bookings;
 pub mod catalog;
 pub mod log;
 pub mod runner;
@@ -25,5 +26,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(catalog::CatalogProjection),
         std::sync::Arc::new(billing::BillingProjection),
         std::sync::Arc::new(usage::UsageProjection),
+        std::sync::Arc::new(bookings::BookingsProjection),
     ]
 }

@@ -262,3 +262,37 @@ impl TestApp {
         self.put("/v1/admin/clock", ADMIN_TOKEN, json!({ "now": now })).await.expect(200).clone()
     }
 }
+
+impl TestApp {
+    /// Creates tenant `code` on `plan` with no trial.
+    pub async fn create_tenant_on(&self, code: &str, plan: &str) -> TestTenant {
+        let mut body = Self::tenant_body(code);
+        body["plan"] = json!(plan);
+        body["trial_days"] = json!(0);
+        let reply = self.create_tenant_raw(body).await;
+        let body = reply.expect(201);
+        TestTenant {
+            id: body["id"].as_str().expect("an id").parse().expect("a uuid"),
+            code: code.to_owned(),
+            key: body["api_key"].as_str().expect("a key").to_owned(),
+        }
+    }
+
+    /// Creates a resource and returns its id.
+    pub async fn create_resource(&self, token: &str, kind: &str, capacity: u32) -> String {
+        let reply = self
+            .post(
+                "/v1/resources",
+                token,
+                json!({"name": format!("{kind} {capacity}"), "kind": kind, "capacity": capacity, "timezone": "Europe/Zurich"}),
+            )
+            .await;
+        reply.expect(201)["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// `POST /v1/bookings` for `[starts_at, ends_at)`.
+    pub async fn book(&self, token: &str, resource_id: &str, starts_at: &str, ends_at: &str, seats: u32) -> Reply {
+        let body = json!({"resource_id": resource_id, "starts_at": starts_at, "ends_at": ends_at, "seats": seats, "customer": {"name": "Ada Lovelace", "email": "ada@example.com"}});
+        self.post("/v1/bookings", token, body).await
+    }
+}

@@ -2,10 +2,13 @@
 
 pub mod admin;
 pub mod api_keys;
+pub mod bookings;
 pub mod events;
 pub mod health;
 pub mod invoices;
 pub mod plans;
+pub mod quota;
+pub mod resources;
 pub mod subscription;
 pub mod tenants;
 pub mod usage;
@@ -29,6 +32,9 @@ pub fn router(state: AppState) -> Router {
         .merge(invoices::router())
         .merge(usage::router())
         .merge(webhooks::router())
+        .merge(resources::router())
+        .merge(bookings::router())
+        .merge(quota::router())
         .with_state(state)
 }
 

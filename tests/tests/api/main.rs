@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod billing;
+mod bookings;
 mod global_order;
 mod projector_crash;
 mod tenants;

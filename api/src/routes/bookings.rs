@@ -1,0 +1,258 @@
+//! Bookings: create, reschedule, cancel, list, read. Overlaps, seats and the monthly quota
+//! hold under any number of concurrent requests (see `migrations/0003_bookings_and_quotas.sql`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use commands::bookings::NewBooking;
+use domain::booking::{BookingCommand, Customer};
+use domain::values::{DisplayName, Email};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{page_limit, Page};
+use crate::app::AppState;
+use crate::auth::TenantCaller;
+use crate::error::ApiError;
+use crate::extract::{path_id, ApiJson, ApiQuery, OptionalJson};
+
+/// The booking routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/bookings", post(create).get(list))
+        .route("/v1/bookings/{id}", get(read))
+        .route("/v1/bookings/{id}/reschedule", post(reschedule))
+        .route("/v1/bookings/{id}/cancel", post(cancel))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerBody {
+    name: String,
+    email: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBooking {
+    resource_id: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    seats: Option<i64>,
+    customer: CustomerBody,
+}
+
+/// The booking resource.
+#[derive(Debug, Serialize)]
+struct BookingView {
+    id: Uuid,
+    tenant_id: Uuid,
+    resource_id: Uuid,
+    resource_kind: String,
+    status: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    seats: i32,
+    customer: serde_json::Value,
+    cancel_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct BookingRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    resource_id: Uuid,
+    resource_kind: String,
+    status: String,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    seats: i32,
+    customer_name: String,
+    customer_email: String,
+    cancel_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<BookingRow> for BookingView {
+    fn from(r: BookingRow) -> Self {
+        Self {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            resource_id: r.resource_id,
+            resource_kind: r.resource_kind,
+            status: r.status,
+            starts_at: r.starts_at,
+            ends_at: r.ends_at,
+            seats: r.seats,
+            customer: serde_json::json!({"name": r.customer_name, "email": r.customer_email}),
+            cancel_reason: r.cancel_reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, resource_id, resource_kind, status, starts_at, ends_at, seats, customer_name, customer_email, cancel_reason, created_at, updated_at";
+
+async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<BookingView, ApiError> {
+    let row: Option<BookingRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM rm.bookings WHERE id = $1 AND tenant_id = $2"))
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(state.pool())
+        .await?;
+    row.map(BookingView::from).ok_or_else(|| ApiError::not_found("booking"))
+}
+
+/// `POST /v1/bookings` → 201 `{id, status: "confirmed", ...}`; 409 `BOOKING_OVERLAP` or
+/// `CAPACITY_EXCEEDED`, 429 `QUOTA_EXCEEDED`. `seats` defaults to 1.
+async fn create(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<CreateBooking>,
+) -> Result<(StatusCode, Json<BookingView>), ApiError> {
+    let seats = body.seats.unwrap_or(1);
+    let seats = u32::try_from(seats)
+        .ok()
+        .filter(|s| (1..=1_000_000).contains(s))
+        .ok_or_else(|| ApiError::validation("seats", "must be between 1 and 1000000"))?;
+    let request = NewBooking {
+        resource_id: path_id(&body.resource_id, "resource")?,
+        starts_at: body.starts_at,
+        ends_at: body.ends_at,
+        seats,
+        customer: Customer {
+            name: DisplayName::parse(&body.customer.name, "customer.name")?,
+            email: Email::parse(&body.customer.email, "customer.email")?,
+        },
+    };
+    let tenant_id = caller.tenant_id;
+    let context = state.context(Some(tenant_id), caller.actor);
+    let app = state.clone();
+    let id = state
+        .detach(async move {
+            let (id, committed) = app.bookings().book(tenant_id, request, &context).await?;
+            app.settle(&id.to_string(), &committed).await;
+            Ok(id)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(load(&state, tenant_id, id).await?)))
+}
+
+async fn execute(
+    state: AppState,
+    caller: TenantCaller,
+    id: String,
+    command: impl FnOnce(DateTime<Utc>) -> BookingCommand,
+) -> Result<Json<BookingView>, ApiError> {
+    let id = path_id(&id, "booking")?;
+    let tenant_id = caller.tenant_id;
+    let context = state.context(Some(tenant_id), caller.actor);
+    let command = command(context.at);
+    let app = state.clone();
+    state
+        .detach(async move {
+            let committed = app.bookings().execute(tenant_id, id, command, &context).await?;
+            app.settle(&id.to_string(), &committed).await;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(load(&state, tenant_id, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reschedule {
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+}
+
+/// `POST /v1/bookings/{id}/reschedule {starts_at, ends_at}`.
+async fn reschedule(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Reschedule>,
+) -> Result<Json<BookingView>, ApiError> {
+    execute(state, caller, id, |at| BookingCommand::Reschedule { starts_at: body.starts_at, ends_at: body.ends_at, at }).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cancel {
+    reason: Option<String>,
+}
+
+/// `POST /v1/bookings/{id}/cancel {reason}`: frees the slot or seats at once.
+async fn cancel(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<Cancel>,
+) -> Result<Json<BookingView>, ApiError> {
+    let reason = DisplayName::parse(body.reason.as_deref().unwrap_or("cancelled"), "reason")?.into_inner();
+    execute(state, caller, id, |at| BookingCommand::Cancel { reason, at }).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    resource_id: Option<Uuid>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/bookings?resource_id&from&to&status&limit&cursor`: by start time; `from`/`to`
+/// select bookings that overlap `[from, to)`.
+async fn list(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<BookingView>>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    if let Some(status) = q.status.as_deref() {
+        if !["confirmed", "cancelled"].contains(&status) {
+            return Err(ApiError::validation("status", "must be confirmed or cancelled"));
+        }
+    }
+    let cursor: Option<(DateTime<Utc>, Uuid)> = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.split_once('_')
+                .and_then(|(t, id)| Some((DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc), id.parse().ok()?)))
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from a previous page"))
+        })
+        .transpose()?;
+    let rows: Vec<BookingRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM rm.bookings
+         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR resource_id = $2) AND ($3::timestamptz IS NULL OR ends_at > $3)
+           AND ($4::timestamptz IS NULL OR starts_at < $4) AND ($5::text IS NULL OR status = $5)
+           AND ($6::timestamptz IS NULL OR (starts_at, id) > ($6, $7))
+         ORDER BY starts_at, id LIMIT $8"
+    ))
+    .bind(caller.tenant_id)
+    .bind(q.resource_id)
+    .bind(q.from)
+    .bind(q.to)
+    .bind(q.status)
+    .bind(cursor.map(|c| c.0))
+    .bind(cursor.map(|c| c.1))
+    .bind(limit + 1)
+    .fetch_all(state.pool())
+    .await?;
+    let page = Page::from_rows(rows, limit, |r| format!("{}_{}", r.starts_at.to_rfc3339(), r.id));
+    Ok(Json(Page { data: page.data.into_iter().map(BookingView::from).collect(), has_more: page.has_more, next_cursor: page.next_cursor }))
+}
+
+/// `GET /v1/bookings/{id}`.
+async fn read(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<BookingView>, ApiError> {
+    Ok(Json(load(&state, caller.tenant_id, path_id(&id, "booking")?).await?))
+}

@@ -1,0 +1,29 @@
+//! Quotas: `GET /v1/quota` and `GET /v1/quota/{metric}`. Hard counts come from counters the
+//! event store updates with each append, metered ones from settled read models, so an answer
+//! is never behind a command the caller has seen acknowledged.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use commands::quota::{canonical_metric, report, QuotaLine};
+
+use crate::app::AppState;
+use crate::auth::TenantCaller;
+use crate::error::ApiError;
+
+/// The quota routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/quota", get(all)).route("/v1/quota/{metric}", get(one))
+}
+
+/// Every quota: `[{metric, limit, used, remaining, period_start, period_end, enforcement}]`.
+async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Vec<QuotaLine>>, ApiError> {
+    Ok(Json(report(state.pool(), caller.tenant_id, state.now()).await?))
+}
+
+/// One quota, by its limit name (`bookings_per_month`) or its metric (`bookings`, `api_calls`).
+async fn one(State(state): State<AppState>, caller: TenantCaller, Path(metric): Path<String>) -> Result<Json<QuotaLine>, ApiError> {
+    let metric = canonical_metric(&metric).ok_or_else(|| ApiError::not_found("quota metric"))?;
+    let lines = report(state.pool(), caller.tenant_id, state.now()).await?;
+    lines.into_iter().find(|l| l.metric == metric).map(Json).ok_or_else(|| ApiError::not_found("quota metric"))
+}

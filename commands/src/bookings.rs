@@ -1,0 +1,106 @@
+//! Resources and bookings. The limits a booking must respect come from the tenant's plan
+//! (`quota::effective_limits`) and travel in the events; the event store enforces them
+//! atomically when the events are appended (`migrations/0003_bookings_and_quotas.sql`).
+
+use chrono::{DateTime, Utc};
+use domain::booking::{BookedResource, Booking, BookingCommand, BookingError, BookingLimits, Customer};
+use domain::resource::{Resource, ResourceCommand, ResourceError, ResourceKind};
+use domain::values::{DisplayName, TimeZoneName};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{quota, AggregateStore, CommandContext, CommandError, Committed};
+
+/// The booking command service.
+pub struct Bookings {
+    pool: PgPool,
+    resources: AggregateStore<Resource>,
+    bookings: AggregateStore<Booking>,
+}
+
+/// A validated booking request.
+#[derive(Debug, Clone)]
+pub struct NewBooking {
+    /// The resource.
+    pub resource_id: Uuid,
+    /// Start.
+    pub starts_at: DateTime<Utc>,
+    /// End.
+    pub ends_at: DateTime<Utc>,
+    /// Seats.
+    pub seats: u32,
+    /// Who.
+    pub customer: Customer,
+}
+
+impl Bookings {
+    /// The service over the two stores.
+    pub fn new(pool: PgPool, resources: AggregateStore<Resource>, bookings: AggregateStore<Booking>) -> Self {
+        Self { pool, resources, bookings }
+    }
+
+    /// Creates a resource for `tenant_id` (event resources count against the plan's `events`).
+    pub async fn create_resource(
+        &self,
+        tenant_id: Uuid,
+        name: DisplayName,
+        kind: ResourceKind,
+        capacity: u32,
+        timezone: TimeZoneName,
+        context: &CommandContext,
+    ) -> Result<(Uuid, Committed<Resource>), CommandError<ResourceError>> {
+        let limits = quota::effective_limits(&self.pool, tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let id = Uuid::now_v7();
+        let command = ResourceCommand::Create { tenant_id, name, kind, capacity, timezone, events_limit: limits.events, at: context.at };
+        let committed = self.resources.execute(&id.to_string(), command, context).await?;
+        Ok((id, committed))
+    }
+
+    /// Books `request` for `tenant_id`; the resource must be the tenant's.
+    pub async fn book(
+        &self,
+        tenant_id: Uuid,
+        request: NewBooking,
+        context: &CommandContext,
+    ) -> Result<(Uuid, Committed<Booking>), CommandError<BookingError>> {
+        let internal = |e: sqlx::Error| CommandError::Internal(e.to_string());
+        let resource: Option<(String, i32)> = sqlx::query_as("SELECT kind, capacity FROM rm.resources WHERE id = $1 AND tenant_id = $2")
+            .bind(request.resource_id)
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(internal)?;
+        // Another tenant's resource is, for this tenant, no resource at all.
+        let (kind, capacity) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
+        let kind = ResourceKind::parse(&kind).map_err(|e| CommandError::Internal(e.to_string()))?;
+        let limits = quota::effective_limits(&self.pool, tenant_id).await.map_err(internal)?;
+        let id = Uuid::now_v7();
+        let command = BookingCommand::Create {
+            tenant_id,
+            resource: BookedResource { id: request.resource_id, kind, capacity: capacity as u32 },
+            starts_at: request.starts_at,
+            ends_at: request.ends_at,
+            seats: request.seats,
+            customer: request.customer,
+            limits: BookingLimits { bookings_per_month: limits.bookings_per_month, tickets_per_event: limits.tickets_per_event },
+            at: context.at,
+        };
+        let committed = self.bookings.execute(&id.to_string(), command, context).await?;
+        Ok((id, committed))
+    }
+
+    /// Runs a command on `tenant_id`'s booking `id` (another tenant's booking is not found).
+    pub async fn execute(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        command: BookingCommand,
+        context: &CommandContext,
+    ) -> Result<Committed<Booking>, CommandError<BookingError>> {
+        match self.bookings.load(&id.to_string()).await? {
+            Some((booking, _)) if booking.tenant_id == Some(tenant_id) => {}
+            _ => return Err(CommandError::Domain(BookingError::NotFound)),
+        }
+        self.bookings.execute(&id.to_string(), command, context).await
+    }
+}

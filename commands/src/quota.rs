@@ -1,0 +1,116 @@
+//! Quotas: a tenant's effective limits (its plan version's limits plus add-ons) and what it
+//! has used of each.
+//!
+//! Hard limits (bookings per month, event resources) are counted in `quota_counters`, which
+//! the event store updates in the same transaction as the events, so a quota answer is never
+//! behind an acknowledged command. Metered quantities (API calls, storage) come from the usage
+//! read model, which commands settle before they answer.
+
+use chrono::{DateTime, Utc};
+use domain::billing::period::add_months;
+use domain::booking::month_start;
+use domain::plan::PlanLimits;
+use domain::subscription::Subscription;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The limits in force for `tenant_id`: its subscription's plan terms plus add-ons. A tenant
+/// without a subscription (not yet opened) gets nothing: every limit is 0.
+pub async fn effective_limits(pool: &PgPool, tenant_id: Uuid) -> Result<PlanLimits, sqlx::Error> {
+    let state: Option<sqlx::types::Json<Subscription>> =
+        sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
+    let Some(sqlx::types::Json(subscription)) = state else {
+        return Ok(PlanLimits {
+            users: Some(0),
+            bookings_per_month: Some(0),
+            events: Some(0),
+            tickets_per_event: Some(0),
+            storage_mb: Some(0),
+            api_calls_per_month: Some(0),
+        });
+    };
+    let mut limits = subscription.plan.map(|p| p.limits).expect("a started subscription has a plan");
+    limits.users = limits.users.map(|u| u + u64::from(subscription.addons.extra_users));
+    limits.storage_mb = limits.storage_mb.map(|s| s + 1024 * u64::from(subscription.addons.extra_storage_gb));
+    Ok(limits)
+}
+
+/// One metric's quota.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaLine {
+    /// The metric (named as in the plan's limits).
+    pub metric: &'static str,
+    /// The limit (`None`: unlimited).
+    pub limit: Option<u64>,
+    /// Used so far in the period.
+    pub used: u64,
+    /// `limit - used` (never below 0; `None`: unlimited).
+    pub remaining: Option<u64>,
+    /// Whether the limit is enforced (refused beyond it) or metered (billed beyond it).
+    pub enforcement: &'static str,
+    /// Start of the period the usage counts in (`None` for standing counts).
+    pub period_start: Option<DateTime<Utc>>,
+    /// End of that period.
+    pub period_end: Option<DateTime<Utc>>,
+}
+
+/// The names a metric may be asked for by, mapped to its canonical name.
+pub fn canonical_metric(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "bookings_per_month" | "bookings" => "bookings_per_month",
+        "events" => "events",
+        "users" => "users",
+        "storage_mb" | "storage" | "storage_bytes" => "storage_mb",
+        "api_calls_per_month" | "api_calls" => "api_calls_per_month",
+        _ => return None,
+    })
+}
+
+/// Every quota of `tenant_id` as of `now`.
+pub async fn report(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<Vec<QuotaLine>, sqlx::Error> {
+    let limits = effective_limits(pool, tenant_id).await?;
+    let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
+    let counter = |metric: &'static str, period: DateTime<Utc>| async move {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = $2 AND period_start = $3")
+                .bind(tenant_id)
+                .bind(metric)
+                .bind(period)
+                .fetch_optional(pool)
+                .await?;
+        Ok::<u64, sqlx::Error>(used.unwrap_or(0).max(0) as u64)
+    };
+    let bookings = counter("bookings_per_month", month).await?;
+    let events = counter("events", DateTime::<Utc>::UNIX_EPOCH).await?;
+    let api_calls: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= $2 AND occurred_at < $3",
+    )
+    .bind(tenant_id)
+    .bind(month)
+    .bind(next_month)
+    .fetch_one(pool)
+    .await?;
+    let storage_bytes: Option<i64> = sqlx::query_scalar(
+        "SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes' ORDER BY occurred_at DESC, position DESC LIMIT 1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?;
+    let line = |metric, limit: Option<u64>, used: u64, enforcement, period: Option<(DateTime<Utc>, DateTime<Utc>)>| QuotaLine {
+        metric,
+        limit,
+        used,
+        remaining: limit.map(|l| l.saturating_sub(used)),
+        enforcement,
+        period_start: period.map(|p| p.0),
+        period_end: period.map(|p| p.1),
+    };
+    Ok(vec![
+        line("bookings_per_month", limits.bookings_per_month, bookings, "hard", Some((month, next_month))),
+        line("events", limits.events, events, "hard", None),
+        line("users", limits.users, 0, "hard", None),
+        line("storage_mb", limits.storage_mb, (storage_bytes.unwrap_or(0).max(0) as u64).div_ceil(1024 * 1024), "metered", None),
+        line("api_calls_per_month", limits.api_calls_per_month, api_calls.max(0) as u64, "metered", Some((month, next_month))),
+    ])
+}
