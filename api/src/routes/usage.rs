@@ -71,8 +71,8 @@ async fn record(
 /// One accepted fact of a batch.
 struct Accepted {
     duplicate: bool,
-    id: String,
-    committed: commands::Committed<domain::usage::UsageFact>,
+    /// The fact's aggregate id and what was committed (`None` for an in-batch repeat).
+    committed: Option<(String, commands::Committed<domain::usage::UsageFact>)>,
 }
 
 /// A batch: `{"records": [...]}` or a bare array.
@@ -106,6 +106,11 @@ async fn record_batch(
                 .and_then(|b| b.parse(&caller, now))
         })
         .collect();
+    // A key repeated within the batch is the same fact: the first occurrence records it, the
+    // later ones are duplicates (deterministically, though the records run concurrently).
+    let mut first_seen = std::collections::HashSet::new();
+    let parsed: Vec<Result<Option<RecordUsage>, ApiError>> =
+        parsed.into_iter().map(|fact| fact.map(|f| first_seen.insert(f.idempotency_key.clone()).then_some(f))).collect();
     let app = state.clone();
     let results = state
         .detach(async move {
@@ -115,19 +120,20 @@ async fn record_batch(
                     let context = context.clone();
                     async move {
                         let fact = match fact {
-                            Ok(fact) => fact,
+                            Ok(Some(fact)) => fact,
+                            Ok(None) => return (index, Ok(Accepted { duplicate: true, committed: None })),
                             Err(e) => return (index, Err(e)),
                         };
                         let id = domain::usage::usage_id(fact.tenant_id, &fact.idempotency_key);
                         let recorded = app.usage().record(fact, &context).await.map_err(ApiError::from);
-                        (index, recorded.map(|r| Accepted { duplicate: r.duplicate, id, committed: r.committed }))
+                        (index, recorded.map(|r| Accepted { duplicate: r.duplicate, committed: Some((id, r.committed)) }))
                     }
                 })
                 .buffered(16)
                 .collect()
                 .await;
-            if let Some(last) = outcomes.iter().rev().find_map(|(_, o)| o.as_ref().ok()) {
-                app.settle(&last.id, &last.committed).await;
+            if let Some((id, committed)) = outcomes.iter().rev().find_map(|(_, o)| o.as_ref().ok().and_then(|a| a.committed.as_ref())) {
+                app.settle(id, committed).await;
                 app.settle_all().await;
             }
             Ok(outcomes)

@@ -7,3 +7,4 @@ mod bookings;
 mod global_order;
 mod projector_crash;
 mod tenants;
+mod usage;

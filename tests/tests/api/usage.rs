@@ -1,0 +1,103 @@
+//! Usage metering: exactly-once facts under retry storms, batches, time series, quota.
+
+use e2e::{spawn_app_with, ADMIN_TOKEN};
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_storm_counts_every_distinct_fact_once() {
+    let app = spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2027-03-10T12:00:00Z").await;
+    let tenant = app.create_tenant_on("metered", "starter").await;
+    // 100 distinct facts, each sent three times at once.
+    let sends = (0..300).map(|i| {
+        let n = i % 100;
+        app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": n + 1, "idempotency_key": format!("req-{n}"), "occurred_at": "2027-03-10T11:00:00Z"}))
+    });
+    let replies = join_all(sends).await;
+    assert!(replies.iter().all(|r| r.status == 202), "{:?}", replies.iter().find(|r| r.status != 202).map(|r| &r.body));
+    let duplicates = replies.iter().filter(|r| r.body["duplicate"] == true).count();
+    assert_eq!(duplicates, 200);
+    let expected: u64 = (1..=100).sum();
+    let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
+    let quota = quota.expect(200);
+    assert_eq!(quota["used"].as_u64(), Some(expected));
+    assert_eq!(quota["limit"].as_u64(), Some(10_000));
+    assert_eq!(quota["period_start"], "2027-03-01T00:00:00Z");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Usage'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(events, 100);
+}
+
+#[tokio::test]
+async fn batches_accept_or_refuse_each_record_on_its_own() {
+    let app = spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2027-03-10T12:00:00Z").await;
+    let tenant = app.create_tenant_on("batcher", "starter").await;
+    let records = json!({"records": [
+        {"metric": "sms", "quantity": 2, "idempotency_key": "b-1"},
+        {"metric": "sms", "quantity": -5, "idempotency_key": "b-2"},
+        {"metric": "sms", "quantity": 3, "idempotency_key": "b-1"},
+        {"metric": "Bad Metric", "quantity": 1, "idempotency_key": "b-3"},
+        {"metric": "sms", "quantity": 1, "idempotency_key": "b-4", "occurred_at": "2027-03-11T12:00:00Z"},
+        {"metric": "sms", "quantity": 1e20, "idempotency_key": "b-5"},
+        {"metric": "storage_bytes", "quantity": 2097152, "idempotency_key": "b-6"}
+    ]});
+    let reply = app.post("/v1/usage/batch", &tenant.key, records).await;
+    let body = reply.expect(202).clone();
+    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64(), body["refused"].as_u64()), (Some(3), Some(1), Some(4)));
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[1]["error"]["details"]["field"], "quantity");
+    assert_eq!(results[4]["error"]["details"]["field"], "occurred_at");
+    assert_eq!(results[2]["duplicate"], true);
+
+    let too_many: Vec<Value> = (0..1001).map(|i| json!({"metric": "sms", "quantity": 1, "idempotency_key": format!("x{i}")})).collect();
+    app.post("/v1/usage/batch", &tenant.key, json!({"records": too_many})).await.expect_error(400, "VALIDATION_FAILED");
+    app.post("/v1/usage/batch", &tenant.key, json!({"records": []})).await.expect_error(400, "VALIDATION_FAILED");
+    app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 1.5, "idempotency_key": "frac"})).await.expect_error(400, "VALIDATION_FAILED");
+    app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 1})).await.expect_error(400, "VALIDATION_FAILED");
+
+    // The gauge counts its latest value; the batch's SMS sum is 2 (the duplicate counted once).
+    let storage = app.get("/v1/quota/storage_mb", &tenant.key).await;
+    assert_eq!(storage.expect(200)["used"], 2);
+    let series = app.get("/v1/usage?metric=sms&from=2027-03-01T00:00:00Z&to=2027-04-01T00:00:00Z&granularity=month", &tenant.key).await;
+    let buckets = series.expect(200)["buckets"].as_array().unwrap().clone();
+    assert_eq!(buckets.len(), 1);
+    assert_eq!(buckets[0]["start"], "2027-03-01T00:00:00Z");
+    assert_eq!(buckets[0]["value"], json!("2"));
+}
+
+#[tokio::test]
+async fn usage_series_bucket_by_hour_and_day_with_gauges_keeping_their_latest_value() {
+    let app = spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2027-03-12T00:00:00Z").await;
+    let tenant = app.create_tenant_on("series", "starter").await;
+    let facts = [
+        ("api_calls", 5, "2027-03-10T09:10:00Z"),
+        ("api_calls", 7, "2027-03-10T09:50:00Z"),
+        ("api_calls", 1, "2027-03-10T10:05:00Z"),
+        ("api_calls", 2, "2027-03-11T08:00:00Z"),
+        ("storage_bytes", 100, "2027-03-10T09:00:00Z"),
+        ("storage_bytes", 300, "2027-03-10T11:00:00Z"),
+        ("storage_bytes", 200, "2027-03-10T10:00:00Z"),
+    ];
+    for (i, (metric, quantity, at)) in facts.iter().enumerate() {
+        app.post("/v1/usage", &tenant.key, json!({"metric": metric, "quantity": quantity, "idempotency_key": format!("f{i}"), "occurred_at": at})).await.expect(202);
+    }
+    let hourly = app.get("/v1/usage?metric=api_calls&from=2027-03-10T00:00:00Z&to=2027-03-11T00:00:00Z&granularity=hour", &tenant.key).await;
+    let values: Vec<(String, String)> = hourly.expect(200)["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["start"].as_str().unwrap().to_owned(), b["value"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(values, [("2027-03-10T09:00:00Z".into(), "12".into()), ("2027-03-10T10:00:00Z".into(), "1".into())]);
+    let daily = app.get("/v1/usage?from=2027-03-10T00:00:00Z&to=2027-03-12T00:00:00Z&granularity=day", &tenant.key).await;
+    let daily = daily.expect(200)["buckets"].as_array().unwrap().clone();
+    let pick = |metric: &str, day: &str| daily.iter().find(|b| b["metric"] == metric && b["start"] == day).map(|b| b["value"].clone());
+    assert_eq!(pick("api_calls", "2027-03-10T00:00:00Z"), Some(json!("13")));
+    assert_eq!(pick("api_calls", "2027-03-11T00:00:00Z"), Some(json!("2")));
+    assert_eq!(pick("storage_bytes", "2027-03-10T00:00:00Z"), Some(json!("300")), "a gauge's day is its latest value");
+    app.get("/v1/usage?granularity=week", &tenant.key).await.expect_error(400, "VALIDATION_FAILED");
+    app.get("/v1/usage?from=2027-03-12T00:00:00Z&to=2027-03-10T00:00:00Z", &tenant.key).await.expect_error(400, "VALIDATION_FAILED");
+    app.get("/v1/usage", ADMIN_TOKEN).await.expect_error(400, "VALIDATION_FAILED");
+}
