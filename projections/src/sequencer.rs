@@ -7,7 +7,8 @@
 //! wait for every gap to close stall behind rolled-back numbers and long transactions.
 //!
 //! So positions are assigned after commit instead. One sequencer at a time (the lock on
-//! `event_log_head`) takes the committed events that have no position yet, in insertion
+//! `event_log_head`) takes the committed events that have no position yet (their ids wait in
+//! `events_unsequenced`, filled by a trigger in the appending transaction), in insertion
 //! order, and numbers them from the current head onwards in a single transaction. Each
 //! position is therefore larger than any assigned before it, the numbering has no gaps, and
 //! what a transaction has not committed yet is simply numbered in a later round. Events of one
@@ -58,10 +59,10 @@ impl Sequencer {
         // then runs on a fresh snapshot that sees everything that round numbered.
         let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE").fetch_one(&mut *tx).await?;
         let numbered = sqlx::query(
-            "WITH batch AS (
-                 SELECT id, row_number() OVER (ORDER BY id) AS n
-                 FROM (SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT $2) waiting
-             )
+            "WITH taken AS (
+                 DELETE FROM events_unsequenced WHERE id IN (SELECT id FROM events_unsequenced ORDER BY id LIMIT $2) RETURNING id
+             ),
+             batch AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM taken)
              UPDATE events e SET position = $1 + batch.n FROM batch WHERE e.id = batch.id",
         )
         .bind(head)

@@ -12,7 +12,11 @@ async fn a_retry_storm_counts_every_distinct_fact_once() {
     // 100 distinct facts, each sent three times at once.
     let sends = (0..300).map(|i| {
         let n = i % 100;
-        app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": n + 1, "idempotency_key": format!("req-{n}"), "occurred_at": "2027-03-10T11:00:00Z"}))
+        app.post(
+            "/v1/usage",
+            &tenant.key,
+            json!({"metric": "api_calls", "quantity": n + 1, "idempotency_key": format!("req-{n}"), "occurred_at": "2027-03-10T11:00:00Z"}),
+        )
     });
     let replies = join_all(sends).await;
     assert!(replies.iter().all(|r| r.status == 202), "{:?}", replies.iter().find(|r| r.status != 202).map(|r| &r.body));
@@ -53,7 +57,9 @@ async fn batches_accept_or_refuse_each_record_on_its_own() {
     let too_many: Vec<Value> = (0..1001).map(|i| json!({"metric": "sms", "quantity": 1, "idempotency_key": format!("x{i}")})).collect();
     app.post("/v1/usage/batch", &tenant.key, json!({"records": too_many})).await.expect_error(400, "VALIDATION_FAILED");
     app.post("/v1/usage/batch", &tenant.key, json!({"records": []})).await.expect_error(400, "VALIDATION_FAILED");
-    app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 1.5, "idempotency_key": "frac"})).await.expect_error(400, "VALIDATION_FAILED");
+    app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 1.5, "idempotency_key": "frac"}))
+        .await
+        .expect_error(400, "VALIDATION_FAILED");
     app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 1})).await.expect_error(400, "VALIDATION_FAILED");
 
     // The gauge counts its latest value; the batch's SMS sum is 2 (the duplicate counted once).
@@ -81,9 +87,16 @@ async fn usage_series_bucket_by_hour_and_day_with_gauges_keeping_their_latest_va
         ("storage_bytes", 200, "2027-03-10T10:00:00Z"),
     ];
     for (i, (metric, quantity, at)) in facts.iter().enumerate() {
-        app.post("/v1/usage", &tenant.key, json!({"metric": metric, "quantity": quantity, "idempotency_key": format!("f{i}"), "occurred_at": at})).await.expect(202);
+        app.post(
+            "/v1/usage",
+            &tenant.key,
+            json!({"metric": metric, "quantity": quantity, "idempotency_key": format!("f{i}"), "occurred_at": at}),
+        )
+        .await
+        .expect(202);
     }
-    let hourly = app.get("/v1/usage?metric=api_calls&from=2027-03-10T00:00:00Z&to=2027-03-11T00:00:00Z&granularity=hour", &tenant.key).await;
+    let hourly =
+        app.get("/v1/usage?metric=api_calls&from=2027-03-10T00:00:00Z&to=2027-03-11T00:00:00Z&granularity=hour", &tenant.key).await;
     let values: Vec<(String, String)> = hourly.expect(200)["buckets"]
         .as_array()
         .unwrap()
