@@ -12,7 +12,7 @@ use domain::values::{DisplayName, Email};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{page_limit, Page};
+use super::{page_limit, parse_time_cursor, time_cursor, Page};
 use crate::app::AppState;
 use crate::auth::TenantCaller;
 use crate::error::ApiError;
@@ -222,15 +222,7 @@ async fn list(
             return Err(ApiError::validation("status", "must be confirmed or cancelled"));
         }
     }
-    let cursor: Option<(DateTime<Utc>, Uuid)> = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.split_once('_')
-                .and_then(|(t, id)| Some((DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc), id.parse().ok()?)))
-                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from a previous page"))
-        })
-        .transpose()?;
+    let cursor = parse_time_cursor(q.cursor.as_deref())?;
     let rows: Vec<BookingRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM rm.bookings
          WHERE tenant_id = $1 AND ($2::uuid IS NULL OR resource_id = $2) AND ($3::timestamptz IS NULL OR ends_at > $3)
@@ -248,7 +240,7 @@ async fn list(
     .bind(limit + 1)
     .fetch_all(state.pool())
     .await?;
-    let page = Page::from_rows(rows, limit, |r| format!("{}_{}", r.starts_at.to_rfc3339(), r.id));
+    let page = Page::from_rows(rows, limit, |r| time_cursor(r.starts_at, r.id));
     Ok(Json(Page { data: page.data.into_iter().map(BookingView::from).collect(), has_more: page.has_more, next_cursor: page.next_cursor }))
 }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{page_limit, Page};
+use super::{page_limit, parse_time_cursor, time_cursor, Page};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -99,15 +99,7 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
             return Err(ApiError::validation("status", "must be draft, open, paid or void"));
         }
     }
-    let cursor: Option<(DateTime<Utc>, Uuid)> = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.split_once('_')
-                .and_then(|(t, id)| Some((DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc), id.parse().ok()?)))
-                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from a previous page"))
-        })
-        .transpose()?;
+    let cursor = parse_time_cursor(q.cursor.as_deref())?;
     let rows: Vec<InvoiceRow> = sqlx::query_as(&format!(
         "SELECT {INVOICE_COLUMNS} FROM rm.invoices
          WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR status = $2)
@@ -124,7 +116,7 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
     .bind(limit + 1)
     .fetch_all(state.pool())
     .await?;
-    let page = Page::from_rows(rows, limit, |r| format!("{}_{}", r.issued_at.to_rfc3339(), r.id));
+    let page = Page::from_rows(rows, limit, |r| time_cursor(r.issued_at, r.id));
     Ok(Json(Page { data: page.data.into_iter().map(invoice_json).collect(), has_more: page.has_more, next_cursor: page.next_cursor }))
 }
 

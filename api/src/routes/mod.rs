@@ -69,3 +69,19 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, crate::ApiError> {
         Some(_) => Err(crate::ApiError::validation("limit", "must be between 1 and 100")),
     }
 }
+
+/// A cursor for lists ordered by a time and then an id: `<RFC 3339, Z>_<uuid>` (no `+`, so it
+/// survives being pasted into a query string unencoded).
+pub fn time_cursor(at: chrono::DateTime<chrono::Utc>, id: uuid::Uuid) -> String {
+    format!("{}_{id}", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// Reads a [`time_cursor`] from a previous page (400 if it is not one).
+pub fn parse_time_cursor(raw: Option<&str>) -> Result<Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>, crate::ApiError> {
+    raw.map(|c| {
+        c.split_once('_')
+            .and_then(|(t, id)| Some((chrono::DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&chrono::Utc), id.parse().ok()?)))
+            .ok_or_else(|| crate::ApiError::validation("cursor", "is not a cursor from a previous page"))
+    })
+    .transpose()
+}

@@ -83,6 +83,20 @@ async fn a_hundred_booking_plan_confirms_exactly_a_hundred_of_120_concurrent_boo
     let all = app.get("/v1/quota", &tenant.key).await;
     assert!(all.expect(200).as_array().unwrap().iter().any(|q| q["metric"] == "api_calls_per_month"));
     app.get("/v1/quota/nonsense", &tenant.key).await.expect_error(404, "NOT_FOUND");
+
+    // The 100 confirmed bookings page through by start time with the cursor, passed back raw.
+    let (mut seen, mut path) = (Vec::new(), "/v1/bookings?limit=30".to_owned());
+    loop {
+        let page = app.get(&path, &tenant.key).await.expect(200).clone();
+        seen.extend(page["data"].as_array().unwrap().iter().map(|b| b["starts_at"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/bookings?limit=30&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 100);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "pages are in start order without repeats");
+    app.get("/v1/bookings?cursor=garbage", &tenant.key).await.expect_error(400, "VALIDATION_FAILED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
