@@ -6,6 +6,7 @@
 //! crash can neither lose nor double-apply an event.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod billing;
 pub mod bookings;
 pub mod catalog;
@@ -27,5 +28,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(billing::BillingProjection),
         std::sync::Arc::new(usage::UsageProjection),
         std::sync::Arc::new(bookings::BookingsProjection),
+        std::sync::Arc::new(audit::AuditProjection),
     ]
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api_keys;
+pub mod audit;
 pub mod bookings;
 pub mod events;
 pub mod health;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(resources::router())
         .merge(bookings::router())
         .merge(quota::router())
+        .merge(audit::router())
         .with_state(state)
 }
 

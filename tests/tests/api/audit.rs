@@ -1,0 +1,81 @@
+//! The audit trail: entries with actor and correlation ids, a per-tenant hash chain, and a
+//! verification that names the first edited or deleted event or entry.
+
+use e2e::{spawn_app, TestApp, ADMIN_TOKEN};
+use serde_json::json;
+
+async fn busy_tenant(app: &TestApp, code: &str) -> e2e::TestTenant {
+    let tenant = app.create_tenant(code).await;
+    app.issue_key(&tenant.key, "member").await;
+    app.put("/v1/tenant/branding", &tenant.key, json!({"primary_color": "#123456"})).await.expect(200);
+    app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 2, "idempotency_key": format!("{code}-1")})).await.expect(202);
+    tenant
+}
+
+#[tokio::test]
+async fn every_event_has_a_chained_audit_entry_and_the_chain_verifies() {
+    let app = spawn_app().await;
+    let a = busy_tenant(&app, "audited-a").await;
+    let b = busy_tenant(&app, "audited-b").await;
+    let entries = app.get("/v1/audit?limit=100", &a.key).await.expect(200)["data"].as_array().unwrap().clone();
+    let types: Vec<&str> = entries.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["TenantCreated", "ApiKeyIssued", "SubscriptionStarted", "ApiKeyIssued", "BrandingUpdated", "UsageRecorded"]);
+    assert!(entries.iter().all(|e| e["tenant_id"] == a.id.to_string()));
+    assert_eq!(entries[0]["prev_hash"], projections::audit::GENESIS);
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "entries chain");
+    }
+    assert_eq!(entries[0]["summary"], "tenant audited-a (Tenant audited-a) signed up on plan starter");
+    assert_eq!(entries[0]["actor"], "admin");
+    let by_type = app.get("/v1/audit?aggregate_type=Usage", &a.key).await.expect(200)["data"].as_array().unwrap().clone();
+    assert_eq!(by_type.len(), 1);
+    let page = app.get("/v1/audit?limit=2", &a.key).await.expect(200).clone();
+    let next = app.get(&format!("/v1/audit?limit=2&cursor={}", page["next_cursor"].as_str().unwrap()), &a.key).await;
+    assert_eq!(next.expect(200)["data"][0]["position"], entries[2]["position"]);
+
+    for token in [a.key.as_str(), b.key.as_str(), ADMIN_TOKEN] {
+        let verified = app.get("/v1/audit/verify", token).await.expect(200).clone();
+        assert_eq!(verified["valid"], true, "{verified}");
+        assert_eq!(verified["first_bad_position"], serde_json::Value::Null);
+        assert!(verified["checked"].as_u64().unwrap() >= 6);
+    }
+}
+
+#[tokio::test]
+async fn an_edited_event_is_named_by_verify() {
+    let app = spawn_app().await;
+    let tenant = busy_tenant(&app, "tampered-event").await;
+    let entries = app.get("/v1/audit?limit=100", &tenant.key).await.expect(200)["data"].as_array().unwrap().clone();
+    let target = entries[2]["position"].as_i64().unwrap();
+    // An attacker with database rights gets past the append-only guard and edits a payload.
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only_update").execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE events SET payload = jsonb_set(payload, '{role}', '\"owner\"') WHERE position = $1")
+        .bind(target)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only_update").execute(&app.pool).await.unwrap();
+    let verified = app.get("/v1/audit/verify", &tenant.key).await.expect(200).clone();
+    assert_eq!((verified["valid"].as_bool(), verified["first_bad_position"].as_i64()), (Some(false), Some(target)));
+    let platform = app.get("/v1/audit/verify", ADMIN_TOKEN).await.expect(200).clone();
+    assert_eq!(platform["first_bad_position"].as_i64(), Some(target));
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_audit_row_is_named_by_verify() {
+    let app = spawn_app().await;
+    let tenant = busy_tenant(&app, "tampered-audit").await;
+    let entries = app.get("/v1/audit?limit=100", &tenant.key).await.expect(200)["data"].as_array().unwrap().clone();
+    let edited = entries[1]["position"].as_i64().unwrap();
+    sqlx::query("UPDATE rm.audit_entries SET actor = 'someone-else' WHERE position = $1").bind(edited).execute(&app.pool).await.unwrap();
+    let verified = app.get("/v1/audit/verify", &tenant.key).await.expect(200).clone();
+    assert_eq!(verified["first_bad_position"].as_i64(), Some(edited));
+
+    let app = spawn_app().await;
+    let tenant = busy_tenant(&app, "deleted-audit").await;
+    let entries = app.get("/v1/audit?limit=100", &tenant.key).await.expect(200)["data"].as_array().unwrap().clone();
+    let last = entries.last().unwrap()["position"].as_i64().unwrap();
+    sqlx::query("DELETE FROM rm.audit_entries WHERE position = $1").bind(last).execute(&app.pool).await.unwrap();
+    let verified = app.get("/v1/audit/verify", &tenant.key).await.expect(200).clone();
+    assert_eq!(verified["first_bad_position"].as_i64(), Some(last), "even the chain's last entry is missed");
+}
