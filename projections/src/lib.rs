@@ -11,6 +11,7 @@ pub mod billing;
 pub mod bookings;
 pub mod catalog;
 pub mod log;
+pub mod replay;
 pub mod runner;
 pub mod sequencer;
 pub mod tenants;

@@ -1,6 +1,7 @@
 //! One module per resource, each with its own `router()`; [`router`] merges them.
 
 pub mod admin;
+pub mod aggregates;
 pub mod api_keys;
 pub mod audit;
 pub mod bookings;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(bookings::router())
         .merge(quota::router())
         .merge(audit::router())
+        .merge(aggregates::router())
         .with_state(state)
 }
 

@@ -7,5 +7,6 @@ mod billing;
 mod bookings;
 mod global_order;
 mod projector_crash;
+mod replay;
 mod tenants;
 mod usage;

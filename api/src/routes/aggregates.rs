@@ -1,0 +1,50 @@
+//! `GET /v1/aggregates/{type}/{id}?as_of=<time>|version=<n>`: an aggregate's state rebuilt
+//! from its events at that point (now, without either). A tenant key sees its own aggregates.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use projections::replay::{replay, ReplayError, Replayed, Until};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::ApiQuery;
+
+/// The replay route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/aggregates/{aggregate_type}/{id}", get(read))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Point {
+    as_of: Option<DateTime<Utc>>,
+    version: Option<i64>,
+}
+
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((aggregate_type, id)): Path<(String, String)>,
+    ApiQuery(point): ApiQuery<Point>,
+) -> Result<Json<Replayed>, ApiError> {
+    let until = match (point.as_of, point.version) {
+        (Some(_), Some(_)) => return Err(ApiError::validation("version", "give as_of or version, not both")),
+        (Some(at), None) => Until::AsOf(at),
+        (None, Some(v)) if v >= 0 => Until::Version(v),
+        (None, Some(_)) => return Err(ApiError::validation("version", "must be 0 or more")),
+        (None, None) => Until::Now,
+    };
+    let tenant = match &caller {
+        Caller::Admin { acting_for } => *acting_for,
+        Caller::Tenant(key) => Some(key.tenant_id),
+    };
+    match replay(state.pool(), &aggregate_type, &id, until, tenant).await {
+        Ok(Some(replayed)) => Ok(Json(replayed)),
+        Ok(None) | Err(ReplayError::UnknownType(_)) => Err(ApiError::not_found("aggregate")),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
