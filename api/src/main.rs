@@ -1,6 +1,7 @@
 //! The `saas-ledger` binary: `serve`, `migrate` and operations commands.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use api::config::{DatabaseArgs, ServeArgs};
@@ -25,7 +26,28 @@ enum Command {
     Serve(ServeArgs),
     /// Create the database if needed and apply migrations, then exit.
     Migrate(DatabaseArgs),
-    /// Inspect projections.
+    /// Print a tenant's history in order, for audits.
+    Replay {
+        /// Database settings.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The tenant's code.
+        #[arg(long)]
+        tenant: String,
+        /// Only events that occurred at or after this instant (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events that occurred before this instant (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only one aggregate: `TYPE:ID` (e.g. `Subscription:0193...`).
+        #[arg(long)]
+        aggregate: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ReplayFormat,
+    },
+    /// Inspect and rebuild projections.
     Projections {
         /// Database settings.
         #[command(flatten)]
@@ -39,6 +61,21 @@ enum Command {
 enum ProjectionsCommand {
     /// Show every projection run with its position, head, lag and last error.
     Status,
+    /// Rebuild a projection (or `all`) from position 0 beside the live one, with progress, and
+    /// swap it in when it has caught up. Reads keep being served from the live one meanwhile.
+    Rebuild {
+        /// A projection name, or `all`.
+        name: String,
+    },
+}
+
+/// How `replay` prints events.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReplayFormat {
+    /// One JSON event per line (as `GET /v1/events`).
+    Ndjson,
+    /// Aligned columns with a one-line summary per event.
+    Table,
 }
 
 fn init_logging(json: bool) {
@@ -88,6 +125,43 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let pool = commands::db::connect(&database.database_url, 2).await?;
             commands::db::migrate(&pool).await?;
             println!("migrations applied");
+        }
+        Command::Projections { database, command: ProjectionsCommand::Rebuild { name } } => {
+            let pool = commands::db::connect(&database.database_url, 4).await?;
+            let projections = projections::Projections::new(pool.clone(), projections::Sequencer::new(pool), projections::all());
+            if name != "all" && !projections.names().contains(&name.as_str()) {
+                return Err(format!("no projection named {name}; known: {}", projections.names().join(", ")).into());
+            }
+            for (name, generation) in projections.rebuild(&name).await? {
+                let bar = indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template("{msg:<12} [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}")?
+                        .progress_chars("=> "),
+                );
+                bar.set_message(name.clone());
+                let started = std::time::Instant::now();
+                let position = projections
+                    .build(&name, generation, |position, head| {
+                        bar.set_length(head.max(0) as u64);
+                        bar.set_position(position.max(0) as u64);
+                    })
+                    .await?;
+                bar.finish();
+                let seconds = started.elapsed().as_secs_f64();
+                println!(
+                    "{name}: generation {generation} is live at position {position} ({:.0} events/s)",
+                    position as f64 / seconds.max(1e-9)
+                );
+            }
+        }
+        Command::Replay { database, tenant, from, to, aggregate, format } => {
+            let pool = commands::db::connect(&database.database_url, 2).await?;
+            let filter = api::cli::ReplayFilter { tenant_code: tenant, from, to, aggregate, table: matches!(format, ReplayFormat::Table) };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match api::cli::replay(&pool, &filter, &mut out).await.and_then(|()| out.flush().map_err(Into::into)) {
+                // A reader that went away (`| head`) ends the replay, quietly.
+                Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
+                other => other?,
+            }
         }
         Command::Projections { database, command: ProjectionsCommand::Status } => {
             let pool = commands::db::connect(&database.database_url, 2).await?;

@@ -187,6 +187,33 @@ impl Projections {
         Ok(started)
     }
 
+    /// Builds run `generation` of `name` to the head in this process, reporting `(position,
+    /// head)` after every batch, then swaps it in. Safe beside running servers: batches and
+    /// the swap take the same row locks their projectors do.
+    pub async fn build(&self, name: &str, generation: i32, on_progress: impl Fn(i64, i64)) -> Result<i64, ProjectionError> {
+        let projection = self.projection(name).ok_or_else(|| ProjectionError::Database(sqlx::Error::RowNotFound))?;
+        let run = self.run_of(projection.as_ref(), generation);
+        loop {
+            let head = log::head(&self.pool).await?;
+            match self.batch(&run, BATCH).await.map_err(|f| f.error)? {
+                Batch::Applied => {
+                    let position: i64 = sqlx::query_scalar("SELECT position FROM projection_runs WHERE name = $1 AND generation = $2")
+                        .bind(run.name)
+                        .bind(generation)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    on_progress(position, head);
+                }
+                Batch::Idle(position) => {
+                    on_progress(position, head);
+                    self.promote(&run).await?;
+                    return Ok(position);
+                }
+                Batch::Gone => return Ok(0),
+            }
+        }
+    }
+
     /// The names of the projections.
     pub fn names(&self) -> Vec<&'static str> {
         self.projections.iter().map(|p| p.name()).collect()

@@ -62,3 +62,41 @@ async fn as_of_and_version_answers_follow_a_scripted_history() {
         .await
         .expect_error(400, "VALIDATION_FAILED");
 }
+
+#[tokio::test]
+async fn the_replay_command_prints_one_tenants_history_in_order() {
+    let app = spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2027-02-01T00:00:00Z").await;
+    let tenant = app.create_tenant("cli-replayed").await;
+    app.create_tenant("not-in-the-output").await;
+    app.set_clock("2027-02-03T00:00:00Z").await;
+    app.issue_key(&tenant.key, "member").await;
+    let filter = |aggregate: Option<String>, from: Option<&str>, table: bool| api::cli::ReplayFilter {
+        tenant_code: "cli-replayed".into(),
+        from: from.map(|f| f.parse().unwrap()),
+        to: None,
+        aggregate,
+        table,
+    };
+    let run = |f: api::cli::ReplayFilter| {
+        let pool = app.pool.clone();
+        async move {
+            let mut out = Vec::new();
+            api::cli::replay(&pool, &f, &mut out).await.unwrap();
+            String::from_utf8(out).unwrap()
+        }
+    };
+    let all: Vec<Value> = run(filter(None, None, false)).await.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let types: Vec<&str> = all.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["TenantCreated", "ApiKeyIssued", "SubscriptionStarted", "ApiKeyIssued"]);
+    assert!(all.iter().all(|e| e["tenant_id"] == tenant.id.to_string()));
+    assert!(all.windows(2).all(|w| w[0]["position"].as_i64() < w[1]["position"].as_i64()));
+    let later = run(filter(None, Some("2027-02-02T00:00:00Z"), true)).await;
+    assert_eq!(later.lines().count(), 1);
+    assert!(later.contains("issued with role member"), "{later}");
+    let one = run(filter(Some(format!("Tenant:{}", tenant.id)), None, false)).await;
+    assert_eq!(one.lines().count(), 3);
+    let mut sink = Vec::new();
+    let missing = api::cli::ReplayFilter { tenant_code: "nobody".into(), ..filter(None, None, false) };
+    assert!(api::cli::replay(&app.pool, &missing, &mut sink).await.is_err());
+}
