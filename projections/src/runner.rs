@@ -326,7 +326,26 @@ impl Projections {
     /// Swaps a caught-up building run in: in one transaction, with the live run's row locked
     /// so its projector cannot move, the building run applies the last events, the `rm` views
     /// move to its tables, and the old run is retired. Its schema is dropped afterwards.
+    ///
+    /// Readers lock views in whatever order their queries name them, so the swap could deadlock
+    /// with one; it takes its view locks with a short `lock_timeout` instead and, when it cannot
+    /// get them, rolls back (freeing the readers) and tries again. Readers wait at most that
+    /// long and are never the ones aborted.
     async fn promote(&self, run: &Run) -> Result<(), ProjectionError> {
+        let mut attempt: u64 = 0;
+        loop {
+            attempt += 1;
+            match self.try_promote(run).await {
+                Err(ProjectionError::Database(sqlx::Error::Database(e))) if e.code().as_deref() == Some("55P03") && attempt < 50 => {
+                    tracing::debug!(projection = run.name, attempt, "view swap yielded to readers; retrying");
+                    tokio::time::sleep(Duration::from_millis(20 * attempt.min(10))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_promote(&self, run: &Run) -> Result<(), ProjectionError> {
         let projection = self.projection(run.name).expect("runs belong to known projections");
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(i32, String, i64, String)> =
@@ -350,6 +369,7 @@ impl Projections {
             }
             position = last;
         }
+        sqlx::query("SET LOCAL lock_timeout = '100ms'").execute(&mut *tx).await?;
         for table in projection.tables() {
             sqlx::query(&format!("DROP VIEW IF EXISTS rm.{table}")).execute(&mut *tx).await?;
             sqlx::query(&format!("CREATE VIEW rm.{table} AS SELECT * FROM {}.{table}", run.schema)).execute(&mut *tx).await?;

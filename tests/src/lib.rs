@@ -40,6 +40,10 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the server on a fresh database, with the configuration adjusted by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut api::Config)) -> TestApp {
+    // `TEST_LOG=warn cargo test ...` shows the servers' logs.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
+    }
     let db_name = format!("sl_test_{}", Uuid::new_v4().simple());
     let url = format!("{}/{db_name}", server_url());
     let mut config = api::Config::for_database(&url);

@@ -7,6 +7,7 @@ mod billing;
 mod bookings;
 mod global_order;
 mod projector_crash;
+mod rebuild;
 mod replay;
 mod tenants;
 mod usage;
