@@ -209,7 +209,7 @@ impl Application {
 
         let ring = sequencer.clone();
         let on_commit: CommitHook = Arc::new(move || ring.ring());
-        let tenants = Arc::new(Tenants::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone())));
+        let tenants = Arc::new(Tenants::new(AggregateStore::new(pool.clone(), (), domain::upcasting::upcasters(), on_commit.clone())));
         let plans = Arc::new(Plans::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone())));
         let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
         let subscriptions = Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), meter, Vec::new(), on_commit.clone())));

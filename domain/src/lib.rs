@@ -12,6 +12,7 @@ pub mod plan;
 pub mod resource;
 pub mod subscription;
 pub mod tenant;
+pub mod upcasting;
 pub mod usage;
 pub mod values;
 

@@ -175,6 +175,10 @@ impl Projection for AuditProjection {
         &["audit_entries", "audit_heads"]
     }
 
+    fn reads_stored_events(&self) -> bool {
+        true
+    }
+
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
         let ddl = format!(
             "CREATE TABLE {schema}.audit_entries (

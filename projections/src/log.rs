@@ -43,6 +43,27 @@ impl StoredEvent {
     }
 }
 
+impl StoredEvent {
+    /// The event lifted to its current version by the domain's upcasters (see
+    /// `domain::upcasting`); the stored row is never rewritten.
+    pub fn upcast(&self) -> StoredEvent {
+        let serialized = cqrs_es::persist::SerializedEvent::new(
+            self.aggregate_id.clone(),
+            self.sequence as usize,
+            self.aggregate_type.clone(),
+            self.event_type.clone(),
+            self.event_version.clone(),
+            self.payload.clone(),
+            self.metadata.clone(),
+        );
+        let lifted = domain::upcasting::upcast(serialized, &UPCASTERS);
+        StoredEvent { event_version: lifted.event_version, payload: lifted.payload, ..self.clone() }
+    }
+}
+
+static UPCASTERS: std::sync::LazyLock<Vec<Box<dyn cqrs_es::persist::EventUpcaster>>> =
+    std::sync::LazyLock::new(domain::upcasting::upcasters);
+
 const COLUMNS: &str =
     "position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 

@@ -66,9 +66,9 @@ pub const TYPES: [&str; 6] = ["Tenant", "Subscription", "Plan", "Usage", "Resour
 
 fn fold<A: Aggregate>(events: &[StoredEvent]) -> Result<Value, ReplayError> {
     let mut state = A::default();
-    for event in events {
+    for event in events.iter().map(StoredEvent::upcast) {
         let payload: A::Event =
-            serde_json::from_value(event.payload.clone()).map_err(|source| ReplayError::Payload { position: event.position, source })?;
+            serde_json::from_value(event.payload).map_err(|source| ReplayError::Payload { position: event.position, source })?;
         state.apply(payload);
     }
     serde_json::to_value(&state).map_err(|source| ReplayError::Payload { position: 0, source })

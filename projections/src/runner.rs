@@ -41,6 +41,11 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
     /// Creates its (empty) tables in `schema`.
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error>;
+    /// Whether the projection wants events exactly as stored rather than upcast to their
+    /// current version (only the audit chain, which hashes what is stored).
+    fn reads_stored_events(&self) -> bool {
+        false
+    }
     /// Applies one event to the tables in `schema`. Called in global order, exactly once per
     /// event, inside the transaction that also moves the checkpoint. Takes time from the
     /// event, never from a clock, so that a rebuild gives the same answer.
@@ -91,6 +96,15 @@ pub struct RunInfo {
     pub last_error: Option<String>,
     /// The position it is stuck at.
     pub last_error_position: Option<i64>,
+}
+
+/// Applies `event` to `projection`, upcast unless the projection reads stored events.
+async fn apply(projection: &dyn Projection, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+    if projection.reads_stored_events() {
+        projection.apply(conn, schema, event).await
+    } else {
+        projection.apply(conn, schema, &event.upcast()).await
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -268,7 +282,7 @@ impl Projections {
             return Ok(Batch::Idle(position));
         };
         for (index, event) in events.iter().enumerate() {
-            if let Err(error) = projection.apply(&mut tx, &run.schema, event).await {
+            if let Err(error) = apply(projection.as_ref(), &mut tx, &run.schema, event).await {
                 return Err(Failure { applied_before: index, position: event.position, error });
             }
         }
@@ -365,7 +379,7 @@ impl Projections {
                 break;
             };
             for event in &events {
-                projection.apply(&mut tx, &run.schema, event).await?;
+                apply(projection.as_ref(), &mut tx, &run.schema, event).await?;
             }
             position = last;
         }

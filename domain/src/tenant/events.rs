@@ -66,8 +66,7 @@ pub enum TenantEvent {
     TenantSuspended {
         /// Why.
         reason: String,
-        /// Who decided (events from before this field existed were the admin's).
-        #[serde(default)]
+        /// Who decided (added in 1.1; see `crate::upcasting`).
         source: SuspensionSource,
         /// When.
         suspended_at: DateTime<Utc>,
@@ -123,6 +122,10 @@ impl DomainEvent for TenantEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        match self {
+            Self::TenantSuspended { .. } => "1.1",
+            _ => "1.0",
+        }
+        .to_owned()
     }
 }

@@ -240,10 +240,3 @@ fn billing_lifts_only_the_suspensions_it_imposed() {
         .when(billing_reactivation())
         .then_expect_events(vec![TenantEvent::TenantReactivated { reactivated_at: at(5) }]);
 }
-
-#[test]
-fn suspensions_recorded_before_the_source_field_read_as_the_admins() {
-    let old = serde_json::json!({"type": "TenantSuspended", "reason": "x", "suspended_at": "2026-01-01T00:00:00Z"});
-    let event: TenantEvent = serde_json::from_value(old).unwrap();
-    assert!(matches!(event, TenantEvent::TenantSuspended { source: SuspensionSource::Admin, .. }));
-}

@@ -100,3 +100,40 @@ async fn the_replay_command_prints_one_tenants_history_in_order() {
     let missing = api::cli::ReplayFilter { tenant_code: "nobody".into(), ..filter(None, None, false) };
     assert!(api::cli::replay(&app.pool, &missing, &mut sink).await.is_err());
 }
+
+#[tokio::test]
+async fn an_old_event_version_is_upcast_everywhere_it_is_read() {
+    let app = e2e::spawn_app().await;
+    let tenant = app.create_tenant("from-the-past").await;
+    // A suspension as release 1.0 stored it: no `source` field.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'Tenant', $1, max(sequence) + 1, 'TenantSuspended', '1.0',
+                jsonb_build_object('type', 'TenantSuspended', 'reason', 'legacy suspension', 'suspended_at', '2026-06-01T00:00:00Z'),
+                jsonb_build_object('tenant_id', $1, 'actor', 'admin', 'correlation_id', 'legacy', 'causation_id', 'legacy', 'occurred_at', '2026-06-01T00:00:00Z')
+         FROM events WHERE aggregate_type = 'Tenant' AND aggregate_id = $1",
+    )
+    .bind(tenant.id.to_string())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.state.settle_all().await;
+
+    // The read model (a projection reading through the upcaster).
+    let status = app.get(&format!("/v1/tenants/{}", tenant.id), ADMIN_TOKEN).await.expect(200).clone();
+    assert_eq!((status["status"].as_str(), status["status_reason"].as_str()), (Some("suspended"), Some("legacy suspension")));
+    let suspended_by: Option<String> =
+        sqlx::query_scalar("SELECT suspended_by FROM rm.tenants WHERE id = $1").bind(tenant.id).fetch_one(&app.pool).await.unwrap();
+    assert_eq!(suspended_by.as_deref(), Some("admin"));
+    // Replay through the domain.
+    let replayed = app.get(&format!("/v1/aggregates/Tenant/{}", tenant.id), ADMIN_TOKEN).await.expect(200).clone();
+    assert_eq!(replayed["state"]["suspended_by"], "admin");
+    // The write side loads it too: the admin can reactivate.
+    let reactivated = app.post(&format!("/v1/tenants/{}/reactivate", tenant.id), ADMIN_TOKEN, json!({})).await;
+    assert_eq!(reactivated.expect(200)["status"], "active");
+    // The log keeps the event as stored, and the audit chain still verifies.
+    let stored: String =
+        sqlx::query_scalar("SELECT event_version FROM events WHERE event_type = 'TenantSuspended'").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(stored, "1.0");
+    assert_eq!(app.get("/v1/audit/verify", ADMIN_TOKEN).await.expect(200)["valid"], true);
+}
