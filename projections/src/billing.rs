@@ -14,6 +14,23 @@ use uuid::Uuid;
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+/// What a subscription pays per month while paying (active or past due): `(plan, period,
+/// monthly value)`, or `None`.
+fn paying(s: &Subscription) -> Option<(String, &'static str, rust_decimal::Decimal)> {
+    use domain::plan::BillingPeriod;
+    use domain::subscription::SubscriptionStatus;
+    if !matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::PastDue) {
+        return None;
+    }
+    let plan = s.plan.as_ref()?;
+    let period = s.billing_period?;
+    let monthly = match period {
+        BillingPeriod::Monthly => plan.monthly_price,
+        BillingPeriod::Yearly => domain::billing::money::round_cents(plan.yearly_price / rust_decimal::Decimal::from(12)),
+    };
+    Some((plan.code.to_string(), period.as_str(), monthly))
+}
+
 /// Builds `subscriptions` and `invoices`.
 #[derive(Debug, Clone, Copy)]
 pub struct BillingProjection;
@@ -29,7 +46,46 @@ impl Projection for BillingProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["subscriptions", "invoices"]
+        &["subscriptions", "invoices", "subscription_spans"]
+    }
+
+    /// `analytics.revenue_monthly`: per calendar month (UTC), the MRR at month end (monthly
+    /// value of paying subscriptions: active or past due; yearly at a twelfth), ARR = 12 × MRR,
+    /// active tenants at month end, tenants signed up and cancelled in the month, churn rate =
+    /// cancelled / active at the month's start, and MRR by plan.
+    fn analytics_views(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "revenue_monthly",
+            "WITH bounds AS (
+                 SELECT least(min(from_at), (SELECT min(started_at) FROM {schema}.subscriptions)) AS first,
+                        greatest(now(), max(from_at), max(to_at), (SELECT max(started_at) FROM {schema}.subscriptions),
+                                 (SELECT max(cancelled_at) FROM {schema}.subscriptions)) AS last
+                 FROM {schema}.subscription_spans
+             ),
+             months AS (
+                 SELECT m AT TIME ZONE 'UTC' AS month, (m + interval '1 month') AT TIME ZONE 'UTC' AS month_end
+                 FROM bounds, generate_series(date_trunc('month', bounds.first AT TIME ZONE 'UTC'), date_trunc('month', bounds.last AT TIME ZONE 'UTC'), interval '1 month') m
+                 WHERE bounds.first IS NOT NULL
+             ),
+             at_end AS (
+                 SELECT months.month, s.tenant_id, s.plan, s.monthly_value
+                 FROM months JOIN {schema}.subscription_spans s ON s.from_at < months.month_end AND (s.to_at IS NULL OR s.to_at >= months.month_end)
+             ),
+             by_plan AS (
+                 SELECT month, jsonb_object_agg(plan, mrr::text) AS by_plan FROM (SELECT month, plan, sum(monthly_value) AS mrr FROM at_end GROUP BY month, plan) p GROUP BY month
+             )
+             SELECT months.month,
+                    coalesce((SELECT sum(monthly_value) FROM at_end WHERE at_end.month = months.month), 0) AS mrr,
+                    12 * coalesce((SELECT sum(monthly_value) FROM at_end WHERE at_end.month = months.month), 0) AS arr,
+                    (SELECT count(DISTINCT tenant_id) FROM at_end WHERE at_end.month = months.month) AS active_tenants,
+                    (SELECT count(*) FROM {schema}.subscriptions WHERE started_at >= months.month AND started_at < months.month_end) AS new_tenants,
+                    (SELECT count(*) FROM {schema}.subscriptions WHERE cancelled_at >= months.month AND cancelled_at < months.month_end) AS churned_tenants,
+                    (SELECT count(DISTINCT tenant_id) FROM {schema}.subscription_spans s
+                      WHERE s.from_at < months.month AND (s.to_at IS NULL OR s.to_at >= months.month)) AS active_at_start,
+                    coalesce(by_plan.by_plan, '{}'::jsonb) AS by_plan
+             FROM months LEFT JOIN by_plan ON by_plan.month = months.month"
+                .to_owned(),
+        )]
     }
 
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
@@ -46,10 +102,22 @@ impl Projection for BillingProjection {
                  current_period_end   timestamptz,
                  cancel_at_period_end boolean NOT NULL,
                  next_due_at          timestamptz,
+                 started_at           timestamptz,
+                 cancelled_at         timestamptz,
                  state                jsonb NOT NULL,
                  updated_at           timestamptz NOT NULL
              );
              CREATE INDEX ON {schema}.subscriptions (next_due_at);
+             CREATE TABLE {schema}.subscription_spans (
+                 subscription_id uuid NOT NULL,
+                 tenant_id       uuid NOT NULL,
+                 plan            text NOT NULL,
+                 billing_period  text NOT NULL,
+                 monthly_value   numeric NOT NULL,
+                 from_at         timestamptz NOT NULL,
+                 to_at           timestamptz,
+                 PRIMARY KEY (subscription_id, from_at)
+             );
              CREATE TABLE {schema}.invoices (
                  id              uuid PRIMARY KEY,
                  number          text NOT NULL,
@@ -144,7 +212,32 @@ impl Projection for BillingProjection {
             }
             _ => {}
         }
+        let paying_before = paying(&state);
         state.apply(subscription_event);
+        let paying_after = paying(&state);
+        if paying_before != paying_after {
+            let at = event.occurred_at();
+            sqlx::query(&format!("UPDATE {schema}.subscription_spans SET to_at = $2 WHERE subscription_id = $1 AND to_at IS NULL"))
+                .bind(id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            if let Some((plan, period, value)) = paying_after {
+                sqlx::query(&format!(
+                    "INSERT INTO {schema}.subscription_spans VALUES ($1, $2, $3, $4, $5, $6, NULL)
+                     ON CONFLICT (subscription_id, from_at) DO UPDATE SET plan = EXCLUDED.plan, billing_period = EXCLUDED.billing_period,
+                         monthly_value = EXCLUDED.monthly_value, to_at = NULL"
+                ))
+                .bind(id)
+                .bind(state.tenant_id)
+                .bind(plan)
+                .bind(period)
+                .bind(value)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
         let plan = state
             .plan
             .as_ref()
@@ -152,13 +245,13 @@ impl Projection for BillingProjection {
         let period = state.current_period();
         sqlx::query(&format!(
             "INSERT INTO {schema}.subscriptions (id, tenant_id, status, plan, plan_version, billing_period, trial_ends_at, current_period_start,
-                 current_period_end, cancel_at_period_end, next_due_at, state, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 current_period_end, cancel_at_period_end, next_due_at, state, updated_at, started_at, cancelled_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, plan = EXCLUDED.plan, plan_version = EXCLUDED.plan_version,
                  billing_period = EXCLUDED.billing_period, trial_ends_at = EXCLUDED.trial_ends_at,
                  current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
                  cancel_at_period_end = EXCLUDED.cancel_at_period_end, next_due_at = EXCLUDED.next_due_at, state = EXCLUDED.state,
-                 updated_at = EXCLUDED.updated_at"
+                 updated_at = EXCLUDED.updated_at, cancelled_at = EXCLUDED.cancelled_at"
         ))
         .bind(id)
         .bind(state.tenant_id)
@@ -173,6 +266,8 @@ impl Projection for BillingProjection {
         .bind(state.next_due_at())
         .bind(Json(&state))
         .bind(event.occurred_at())
+        .bind(state.started_at)
+        .bind(state.cancelled_at)
         .execute(&mut *conn)
         .await?;
         Ok(())

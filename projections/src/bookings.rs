@@ -27,6 +27,17 @@ impl Projection for BookingsProjection {
         &["resources", "bookings"]
     }
 
+    fn analytics_views(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "bookings_daily",
+            "SELECT tenant_id, resource_id, resource_kind, date_trunc('day', starts_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day,
+                    count(*) FILTER (WHERE status = 'confirmed') AS confirmed, count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+                    coalesce(sum(seats) FILTER (WHERE status = 'confirmed'), 0) AS seats
+             FROM {schema}.bookings GROUP BY tenant_id, resource_id, resource_kind, 4"
+                .to_owned(),
+        )]
+    }
+
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
         let ddl = format!(
             "CREATE TABLE {schema}.resources (

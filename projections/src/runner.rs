@@ -41,6 +41,11 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
     /// Creates its (empty) tables in `schema`.
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error>;
+    /// Extra views the projection exposes in the `analytics` schema, as `(name, SELECT ...)`
+    /// with `{schema}` standing for the live run's schema; swapped with its tables.
+    fn analytics_views(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// Whether the projection wants events exactly as stored rather than upcast to their
     /// current version (only the audit chain, which hashes what is stored).
     fn reads_stored_events(&self) -> bool {
@@ -387,6 +392,10 @@ impl Projections {
         for table in projection.tables() {
             sqlx::query(&format!("DROP VIEW IF EXISTS rm.{table}")).execute(&mut *tx).await?;
             sqlx::query(&format!("CREATE VIEW rm.{table} AS SELECT * FROM {}.{table}", run.schema)).execute(&mut *tx).await?;
+        }
+        for (view, select) in projection.analytics_views() {
+            sqlx::query(&format!("DROP VIEW IF EXISTS analytics.{view}")).execute(&mut *tx).await?;
+            sqlx::query(&format!("CREATE VIEW analytics.{view} AS {}", select.replace("{schema}", &run.schema))).execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE projection_runs SET status = 'retired', updated_at = now() WHERE name = $1 AND status IN ('live', 'building') AND generation <> $2")
             .bind(run.name)

@@ -27,6 +27,18 @@ impl Projection for UsageProjection {
         &["usage_records", "usage_hourly"]
     }
 
+    fn analytics_views(&self) -> Vec<(&'static str, String)> {
+        let bucket = |unit: &str| {
+            format!(
+                "SELECT tenant_id, metric, kind, date_trunc('{unit}', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
+                        CASE WHEN kind = 'gauge' THEN (array_agg(last_value ORDER BY last_at DESC))[1]::numeric ELSE sum(total) END AS value,
+                        sum(facts)::bigint AS facts
+                 FROM {{schema}}.usage_hourly GROUP BY tenant_id, metric, kind, 4"
+            )
+        };
+        vec![("usage_hourly", bucket("hour")), ("usage_daily", bucket("day")), ("usage_monthly", bucket("month"))]
+    }
+
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
         let ddl = format!(
             "CREATE TABLE {schema}.usage_records (

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod aggregates;
+pub mod analytics;
 pub mod api_keys;
 pub mod audit;
 pub mod bookings;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .merge(quota::router())
         .merge(audit::router())
         .merge(aggregates::router())
+        .merge(analytics::router())
         .with_state(state)
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server, real Postgres, one database per test.
 
+mod analytics;
 mod audit;
 mod auth;
 mod bad_input;
