@@ -71,6 +71,15 @@ impl Caller {
         matches!(self, Self::Admin { .. })
     }
 
+    /// Whose data a read covers: the key's tenant, the tenant the admin named in `X-Tenant-ID`,
+    /// or `None` (every tenant) for the admin naming none.
+    pub fn tenant_scope(&self) -> Option<Uuid> {
+        match self {
+            Self::Admin { acting_for } => *acting_for,
+            Self::Tenant(key) => Some(key.tenant_id),
+        }
+    }
+
     /// Whether the caller may see tenant `id`'s data.
     pub fn may_see(&self, id: Uuid) -> bool {
         match self {

@@ -38,10 +38,7 @@ async fn read(
         (None, Some(_)) => return Err(ApiError::validation("version", "must be 0 or more")),
         (None, None) => Until::Now,
     };
-    let tenant = match &caller {
-        Caller::Admin { acting_for } => *acting_for,
-        Caller::Tenant(key) => Some(key.tenant_id),
-    };
+    let tenant = caller.tenant_scope();
     match replay(state.pool(), &aggregate_type, &id, until, tenant).await {
         Ok(Some(replayed)) => Ok(Json(replayed)),
         Ok(None) | Err(ReplayError::UnknownType(_)) => Err(ApiError::not_found("aggregate")),

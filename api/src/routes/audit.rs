@@ -7,7 +7,6 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use projections::audit::{verify as verify_chain, AuditEntry, Verification};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::{page_limit, Page};
 use crate::app::AppState;
@@ -18,13 +17,6 @@ use crate::extract::ApiQuery;
 /// The audit routes.
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/audit", get(list)).route("/v1/audit/verify", get(verify))
-}
-
-fn scope(caller: &Caller) -> Option<Uuid> {
-    match caller {
-        Caller::Admin { acting_for } => *acting_for,
-        Caller::Tenant(key) => Some(key.tenant_id),
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,7 +46,7 @@ async fn list(
            AND ($4::text IS NULL OR actor = $4) AND ($5::text IS NULL OR aggregate_type = $5) AND position > $6
          ORDER BY position LIMIT $7",
     )
-    .bind(scope(&caller))
+    .bind(caller.tenant_scope())
     .bind(q.from)
     .bind(q.to)
     .bind(q.actor)
@@ -69,5 +61,5 @@ async fn list(
 /// `GET /v1/audit/verify` → `{valid, checked, first_bad_position}`.
 async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<Verification>, ApiError> {
     state.settle_all().await;
-    Ok(Json(verify_chain(state.pool(), scope(&caller)).await?))
+    Ok(Json(verify_chain(state.pool(), caller.tenant_scope()).await?))
 }

@@ -36,10 +36,7 @@ async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::validation("limit", "must be between 1 and 10000"));
     }
-    let tenant = match &caller {
-        Caller::Admin { acting_for } => *acting_for,
-        Caller::Tenant(key) => Some(key.tenant_id),
-    };
+    let tenant = caller.tenant_scope();
     let events = state.log().read_after(after, limit, tenant).await?;
     let mut body = Vec::with_capacity(events.len() * 512);
     for event in &events {

@@ -73,13 +73,6 @@ pub fn invoice_json(r: InvoiceRow) -> Value {
     })
 }
 
-fn scope(caller: &Caller) -> Option<Uuid> {
-    match caller {
-        Caller::Admin { acting_for } => *acting_for,
-        Caller::Tenant(key) => Some(key.tenant_id),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -107,7 +100,7 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
            AND ($5::timestamptz IS NULL OR (issued_at, id) < ($5, $6))
          ORDER BY issued_at DESC, id DESC LIMIT $7"
     ))
-    .bind(scope(&caller))
+    .bind(caller.tenant_scope())
     .bind(q.status)
     .bind(q.from)
     .bind(q.to)
@@ -126,7 +119,7 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
     let row: Option<InvoiceRow> =
         sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"))
             .bind(id)
-            .bind(scope(&caller))
+            .bind(caller.tenant_scope())
             .fetch_optional(state.pool())
             .await?;
     row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
