@@ -19,6 +19,7 @@ use commands::store::CommitHook;
 use commands::subscriptions::{PgUsageMeter, Subscriptions};
 use commands::tenants::Tenants;
 use commands::usage::Usage;
+use commands::vault::Vault;
 use commands::{db, Actor, AggregateStore, CommandContext, Committed};
 use cqrs_es::Aggregate;
 use projections::{EventLog, Projections, Sequencer};
@@ -97,6 +98,11 @@ impl AppState {
         &self.0.accounts
     }
 
+    /// The personal-data keys (crypto-shredding).
+    pub fn vault(&self) -> &Vault {
+        self.0.tenants.vault()
+    }
+
     /// Resource and booking commands.
     pub fn bookings(&self) -> &Bookings {
         &self.0.bookings
@@ -165,16 +171,23 @@ impl AppState {
         tokio::spawn(REQUEST_ID.scope(request_id, work)).await.map_err(ApiError::internal)?
     }
 
+    /// Tenant `id`'s status, or `None` if there is no such tenant.
+    pub async fn tenant_status(&self, id: Uuid) -> Result<Option<String>, ApiError> {
+        Ok(sqlx::query_scalar("SELECT status FROM rm.tenants WHERE id = $1").bind(id).fetch_optional(self.pool()).await?)
+    }
+
     /// Whether tenant `id` exists.
     pub async fn tenant_exists(&self, id: Uuid) -> Result<bool, ApiError> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm.tenants WHERE id = $1)").bind(id).fetch_one(self.pool()).await?)
+        Ok(self.tenant_status(id).await?.is_some())
     }
 
     /// The active key with this hash, with its tenant's status.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<TenantKey>, ApiError> {
         Ok(sqlx::query_as(
-            "SELECT k.id AS key_id, k.tenant_id, k.role, t.status AS tenant_status
+            "SELECT k.id AS key_id, k.tenant_id, k.role, t.status AS tenant_status, p.rate_limit_per_minute
              FROM rm.api_keys k JOIN rm.tenants t ON t.id = k.tenant_id
+             LEFT JOIN rm.subscriptions s ON s.tenant_id = k.tenant_id
+             LEFT JOIN rm.plans p ON p.code = s.plan AND p.version = s.plan_version
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash)
@@ -209,7 +222,9 @@ impl Application {
 
         let ring = sequencer.clone();
         let on_commit: CommitHook = Arc::new(move || ring.ring());
-        let tenants = Arc::new(Tenants::new(AggregateStore::new(pool.clone(), (), domain::upcasting::upcasters(), on_commit.clone())));
+        let vault = Vault::new(pool.clone());
+        let tenants =
+            Arc::new(Tenants::new(AggregateStore::new(pool.clone(), (), domain::upcasting::upcasters(), on_commit.clone()), vault.clone()));
         let plans = Arc::new(Plans::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone())));
         let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
         let subscriptions = Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), meter, Vec::new(), on_commit.clone())));
@@ -217,6 +232,7 @@ impl Application {
         let usage = Usage::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone()));
         let bookings = Bookings::new(
             pool.clone(),
+            vault,
             AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone()),
             AggregateStore::new(pool.clone(), (), Vec::new(), on_commit),
         );
@@ -252,6 +268,8 @@ impl Application {
         state.settle_all().await;
         let mut background = background;
         background.push(tokio::spawn(billing_loop(state.clone(), shutdown.clone())));
+        background.push(tokio::spawn(housekeeping(state.clone(), shutdown.clone())));
+        crate::metrics::handle();
         let router = router(state.clone());
         Ok(Self { listener, router, state, shutdown, background, generated_admin_token })
     }
@@ -297,6 +315,25 @@ async fn billing_loop(state: AppState, shutdown: CancellationToken) {
             Ok(report) if !report.failures.is_empty() => tracing::warn!(?report, "billing run had failures"),
             Ok(report) => tracing::debug!(?report, "billing run"),
             Err(e) => tracing::error!(error = ?e, "billing run failed"),
+        }
+    }
+}
+
+/// Forgets expired idempotency records and idle rate-limit buckets every few minutes.
+async fn housekeeping(state: AppState, shutdown: CancellationToken) {
+    loop {
+        match crate::idempotency::expire(state.pool()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "expired idempotency records deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not expire idempotency records"),
+        }
+        // A bucket idle for an hour is full again; dropping it changes nothing.
+        if let Err(e) = sqlx::query("DELETE FROM rate_buckets WHERE updated_at < now() - interval '1 hour'").execute(state.pool()).await {
+            tracing::warn!(error = %e, "could not drop idle rate-limit buckets");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(300)) => {}
         }
     }
 }
@@ -348,8 +385,12 @@ async fn contract_errors(request: Request, next: Next) -> Response {
 
 fn router(state: AppState) -> Router {
     let config = state.config().clone();
-    routes::router(state)
+    routes::router(state.clone())
+        .route("/metrics", axum::routing::get(crate::metrics::render).with_state(state.clone()))
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
+        .layer(middleware::from_fn_with_state(state, crate::rate_limit::layer))
+        .layer(middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
         .layer(CatchPanicLayer::custom(|_| ApiError::internal("a handler panicked").into_response()))

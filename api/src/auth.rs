@@ -44,6 +44,8 @@ pub struct TenantKey {
     pub role: RoleText,
     /// The tenant's status right now.
     pub tenant_status: String,
+    /// Requests per minute its plan allows (`None`: no plan found, not limited).
+    pub rate_limit_per_minute: Option<i32>,
 }
 
 /// An [`ApiKeyRole`] as read from the database.
@@ -187,7 +189,14 @@ impl FromRequestParts<AppState> for TenantCaller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let is_read = matches!(parts.method, Method::GET | Method::HEAD);
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Admin { acting_for: Some(tenant_id) } => Ok(Self { tenant_id, role: None, actor: Actor::Admin }),
+            Caller::Admin { acting_for: Some(tenant_id) } => {
+                // Not even the admin writes for an erased tenant: nothing personal may be
+                // recorded for it again.
+                if !is_read && state.tenant_status(tenant_id).await?.as_deref() == Some("erased") {
+                    return Err(ApiError::new(StatusCode::FORBIDDEN, "TENANT_CANCELLED", "the tenant is erased"));
+                }
+                Ok(Self { tenant_id, role: None, actor: Actor::Admin })
+            }
             Caller::Admin { acting_for: None } => {
                 Err(ApiError::validation("X-Tenant-ID", "the admin token must name a tenant in X-Tenant-ID for tenant routes"))
             }
@@ -204,7 +213,13 @@ impl FromRequestParts<AppState> for TenantCaller {
                                 "the tenant is suspended; settle the open invoice to reactivate it",
                             ))
                         }
-                        "cancelled" => return Err(ApiError::new(StatusCode::FORBIDDEN, "TENANT_CANCELLED", "the tenant is cancelled")),
+                        "cancelled" | "erased" => {
+                            return Err(ApiError::new(
+                                StatusCode::FORBIDDEN,
+                                "TENANT_CANCELLED",
+                                format!("the tenant is {}", key.tenant_status),
+                            ))
+                        }
                         _ => {}
                     }
                 }

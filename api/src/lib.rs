@@ -9,6 +9,9 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
+pub mod metrics;
+pub mod rate_limit;
 pub mod routes;
 
 pub use app::{AppState, Application};

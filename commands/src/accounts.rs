@@ -112,6 +112,24 @@ impl Accounts {
         Ok(committed)
     }
 
+    /// GDPR erasure of `tenant_id`: destroys its personal-data key first (from that instant
+    /// nothing personal of it can be read anywhere: events, read models, replay, exports), then
+    /// ends its subscription at once (no more invoices) and records the erasure on the tenant.
+    /// Safe to repeat: a second call finds everything done and changes nothing.
+    pub async fn erase(&self, tenant_id: Uuid, context: &CommandContext) -> Result<Committed<Tenant>, CommandError<TenantError>> {
+        let Some(tenant) = self.tenants.load(tenant_id).await? else { return Err(CommandError::Domain(TenantError::NotFound)) };
+        self.tenants.vault().shred(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let context = context.for_tenant(tenant_id);
+        if let Some(subscription_id) = tenant.subscription_id {
+            let cancel = SubscriptionCommand::Cancel { at_period_end: false, at: context.at };
+            match self.subscription_command(subscription_id, cancel, &context).await {
+                Ok(_) | Err(CommandError::Domain(SubscriptionError::InvalidTransition { .. } | SubscriptionError::NotFound)) => {}
+                Err(e) => return Err(CommandError::Internal(format!("cancelling the subscription: {e}"))),
+            }
+        }
+        self.tenants.execute(tenant_id, TenantCommand::Erase { at: context.at }, &context).await
+    }
+
     /// Records a payment notification for an invoice.
     pub async fn record_payment(
         &self,

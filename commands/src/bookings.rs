@@ -5,15 +5,17 @@
 use chrono::{DateTime, Utc};
 use domain::booking::{BookedResource, Booking, BookingCommand, BookingError, BookingLimits, Customer};
 use domain::resource::{Resource, ResourceCommand, ResourceError, ResourceKind};
-use domain::values::{DisplayName, TimeZoneName};
+use domain::values::{DisplayName, Email, TimeZoneName};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::vault::Vault;
 use crate::{quota, AggregateStore, CommandContext, CommandError, Committed};
 
 /// The booking command service.
 pub struct Bookings {
     pool: PgPool,
+    vault: Vault,
     resources: AggregateStore<Resource>,
     bookings: AggregateStore<Booking>,
 }
@@ -29,14 +31,23 @@ pub struct NewBooking {
     pub ends_at: DateTime<Utc>,
     /// Seats.
     pub seats: u32,
-    /// Who.
-    pub customer: Customer,
+    /// Who (in clear; sealed with the tenant's key before it is recorded).
+    pub customer: CustomerDetails,
+}
+
+/// A booking customer's personal data, validated, in clear.
+#[derive(Debug, Clone)]
+pub struct CustomerDetails {
+    /// Name.
+    pub name: DisplayName,
+    /// E-mail.
+    pub email: Email,
 }
 
 impl Bookings {
     /// The service over the two stores.
-    pub fn new(pool: PgPool, resources: AggregateStore<Resource>, bookings: AggregateStore<Booking>) -> Self {
-        Self { pool, resources, bookings }
+    pub fn new(pool: PgPool, vault: Vault, resources: AggregateStore<Resource>, bookings: AggregateStore<Booking>) -> Self {
+        Self { pool, vault, resources, bookings }
     }
 
     /// Creates a resource for `tenant_id` (event resources count against the plan's `events`).
@@ -74,6 +85,9 @@ impl Bookings {
         let (kind, capacity) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
         let kind = ResourceKind::parse(&kind).map_err(|e| CommandError::Internal(e.to_string()))?;
         let limits = quota::effective_limits(&self.pool, tenant_id).await.map_err(internal)?;
+        let key = self.vault.key_for_writing(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let seal = |clear: &str| key.seal(clear).map_err(|e| CommandError::Internal(e.to_string()));
+        let customer = Customer { name: seal(request.customer.name.as_str())?, email: seal(request.customer.email.as_str())? };
         let id = Uuid::now_v7();
         let command = BookingCommand::Create {
             tenant_id,
@@ -81,7 +95,7 @@ impl Bookings {
             starts_at: request.starts_at,
             ends_at: request.ends_at,
             seats: request.seats,
-            customer: request.customer,
+            customer,
             limits: BookingLimits { bookings_per_month: limits.bookings_per_month, tickets_per_event: limits.tickets_per_event },
             at: context.at,
         };

@@ -16,6 +16,7 @@ pub mod store;
 pub mod subscriptions;
 pub mod tenants;
 pub mod usage;
+pub mod vault;
 
 pub use error::{CommandError, StoreRejection};
 pub use metadata::{Actor, CommandContext};

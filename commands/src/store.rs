@@ -64,8 +64,32 @@ where
     }
 
     /// Runs `command` on aggregate `aggregate_id` and appends its events with `context`'s
-    /// metadata, all or nothing.
+    /// metadata, all or nothing. Counts it in `saas_ledger_commands_total{aggregate, outcome}`
+    /// and its events in `saas_ledger_events_appended_total{aggregate}`.
     pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<Committed<A>, CommandError<A::Error>> {
+        let started = std::time::Instant::now();
+        let result = self.execute_with_retries(aggregate_id, command, context).await;
+        let outcome = match &result {
+            Ok(committed) if committed.events.is_empty() => "unchanged",
+            Ok(committed) => {
+                metrics::counter!("saas_ledger_events_appended_total", "aggregate" => A::TYPE).increment(committed.events.len() as u64);
+                "committed"
+            }
+            Err(CommandError::Domain(_) | CommandError::Store(_)) => "rejected",
+            Err(CommandError::Concurrency(_)) => "conflict",
+            Err(CommandError::Internal(_)) => "error",
+        };
+        metrics::counter!("saas_ledger_commands_total", "aggregate" => A::TYPE, "outcome" => outcome).increment(1);
+        metrics::histogram!("saas_ledger_command_duration_seconds", "aggregate" => A::TYPE).record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_with_retries(
         &self,
         aggregate_id: &str,
         command: A::Command,

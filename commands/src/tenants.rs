@@ -5,6 +5,7 @@ use domain::tenant::{ApiKeyRole, NewApiKey, NewTenant, Tenant, TenantCommand, Te
 use domain::values::{BusinessType, CurrencyCode, DisplayName, Email, Locale, TaxRate, TenantCode, TimeZoneName};
 use uuid::Uuid;
 
+use crate::vault::Vault;
 use crate::{api_keys, AggregateStore, CommandContext, CommandError, Committed};
 
 /// A validated sign-up request.
@@ -46,12 +47,18 @@ pub struct IssuedKey {
 /// The tenant command service.
 pub struct Tenants {
     store: AggregateStore<Tenant>,
+    vault: Vault,
 }
 
 impl Tenants {
-    /// Wraps the Tenant aggregate's store.
-    pub fn new(store: AggregateStore<Tenant>) -> Self {
-        Self { store }
+    /// Wraps the Tenant aggregate's store; `vault` seals personal data.
+    pub fn new(store: AggregateStore<Tenant>, vault: Vault) -> Self {
+        Self { store, vault }
+    }
+
+    /// The personal-data keys.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// Signs a tenant up on `plan` and issues its owner key. The code's uniqueness is enforced by the
@@ -64,6 +71,8 @@ impl Tenants {
     ) -> Result<(IssuedKey, Committed<Tenant>), CommandError<TenantError>> {
         let tenant_id = Uuid::now_v7();
         let (owner_key, issued) = new_key("owner", ApiKeyRole::Owner, None, context);
+        let key = self.vault.key_for_writing(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let billing_email = key.seal(sign_up.billing_email.as_str()).map_err(|e| CommandError::Internal(e.to_string()))?;
         let new = NewTenant {
             tenant_id,
             code: sign_up.code,
@@ -72,7 +81,7 @@ impl Tenants {
             timezone: sign_up.timezone,
             currency: sign_up.currency,
             locale: sign_up.locale,
-            billing_email: sign_up.billing_email,
+            billing_email,
             plan: plan.code.clone(),
             plan_version: plan.version,
             billing_period: sign_up.billing_period,

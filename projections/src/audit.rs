@@ -113,6 +113,7 @@ pub fn summary(e: &StoredEvent) -> String {
         "TenantSuspended" => format!("tenant suspended: {}", text(p, "reason")),
         "TenantReactivated" => "tenant reactivated".to_owned(),
         "TenantCancelled" => format!("tenant cancelled: {}", text(p, "reason")),
+        "TenantErased" => "tenant's personal data erased (key destroyed)".to_owned(),
         "BrandingUpdated" => "branding updated".to_owned(),
         "ApiKeyIssued" => format!("API key {} issued with role {}", text(p, "key_prefix"), text(p, "role")),
         "ApiKeyRevoked" => format!("API key {} revoked", text(p, "key_id")),

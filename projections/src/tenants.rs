@@ -176,6 +176,16 @@ impl Projection for TenantsProjection {
                     .execute(&mut *conn)
                     .await?;
             }
+            TenantEvent::TenantErased { .. } => {
+                sqlx::query(&set_status("erased"))
+                    .bind(tenant_id)
+                    .bind("personal data erased")
+                    .bind(at)
+                    .bind(version)
+                    .bind(None::<String>)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             TenantEvent::ApiKeyIssued { key_id, name, role, key_hash, key_prefix, issued_at } => {
                 sqlx::query(&format!(
                     "INSERT INTO {schema}.api_keys (id, tenant_id, name, role, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"

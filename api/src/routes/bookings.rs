@@ -6,8 +6,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use commands::bookings::NewBooking;
-use domain::booking::{BookingCommand, Customer};
+use commands::bookings::{CustomerDetails, NewBooking};
+use commands::vault::TenantKey;
+use domain::booking::BookingCommand;
 use domain::values::{DisplayName, Email};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -78,8 +79,9 @@ struct BookingRow {
     updated_at: DateTime<Utc>,
 }
 
-impl From<BookingRow> for BookingView {
-    fn from(r: BookingRow) -> Self {
+impl BookingView {
+    /// The view of a row, its customer opened with the tenant's key (`null` once erased).
+    fn open(r: BookingRow, key: &TenantKey) -> Self {
         Self {
             id: r.id,
             tenant_id: r.tenant_id,
@@ -89,7 +91,7 @@ impl From<BookingRow> for BookingView {
             starts_at: r.starts_at,
             ends_at: r.ends_at,
             seats: r.seats,
-            customer: serde_json::json!({"name": r.customer_name, "email": r.customer_email}),
+            customer: serde_json::json!({"name": key.open(&r.customer_name), "email": key.open(&r.customer_email)}),
             cancel_reason: r.cancel_reason,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -105,7 +107,8 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<BookingView
         .bind(tenant_id)
         .fetch_optional(state.pool())
         .await?;
-    row.map(BookingView::from).ok_or_else(|| ApiError::not_found("booking"))
+    let row = row.ok_or_else(|| ApiError::not_found("booking"))?;
+    Ok(BookingView::open(row, &state.vault().key(tenant_id).await?))
 }
 
 /// `POST /v1/bookings` → 201 `{id, status: "confirmed", ...}`; 409 `BOOKING_OVERLAP` or
@@ -125,7 +128,7 @@ async fn create(
         starts_at: body.starts_at,
         ends_at: body.ends_at,
         seats,
-        customer: Customer {
+        customer: CustomerDetails {
             name: DisplayName::parse(&body.customer.name, "customer.name")?,
             email: Email::parse(&body.customer.email, "customer.email")?,
         },
@@ -241,7 +244,9 @@ async fn list(
     .fetch_all(state.pool())
     .await?;
     let page = Page::from_rows(rows, limit, |r| time_cursor(r.starts_at, r.id));
-    Ok(Json(Page { data: page.data.into_iter().map(BookingView::from).collect(), has_more: page.has_more, next_cursor: page.next_cursor }))
+    let key = state.vault().key(caller.tenant_id).await?;
+    let data = page.data.into_iter().map(|row| BookingView::open(row, &key)).collect();
+    Ok(Json(Page { data, has_more: page.has_more, next_cursor: page.next_cursor }))
 }
 
 /// `GET /v1/bookings/{id}`.

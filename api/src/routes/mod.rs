@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod bookings;
 pub mod events;
+pub mod export;
 pub mod health;
 pub mod invoices;
 pub mod plans;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tenants::router())
         .merge(api_keys::router())
         .merge(events::router())
+        .merge(export::router())
         .merge(admin::router())
         .merge(plans::router())
         .merge(subscription::router())

@@ -8,6 +8,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commands::tenants::SignUp;
+use commands::vault::TenantKey;
 use commands::Actor;
 use domain::plan::{BillingPeriod, PlanCode};
 use domain::tenant::{Branding, SuspensionSource, TenantCommand, DEFAULT_TRIAL_DAYS};
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tenants/{id}/suspend", post(suspend))
         .route("/v1/tenants/{id}/reactivate", post(reactivate))
         .route("/v1/tenants/{id}/cancel", post(cancel))
+        .route("/v1/tenants/{id}/erase", post(erase))
         .route("/v1/tenant", get(read_own))
         .route("/v1/tenant/branding", put(update_branding))
 }
@@ -113,15 +115,16 @@ struct TenantRow {
 
 /// The tenant resource.
 #[derive(Debug, Serialize)]
-struct TenantView {
+pub(crate) struct TenantView {
     id: Uuid,
-    code: String,
+    pub(crate) code: String,
     name: String,
     business_type: String,
     timezone: String,
     currency: String,
     locale: String,
-    billing_email: String,
+    /// `null` once the tenant's personal data was erased.
+    billing_email: Option<String>,
     plan: String,
     plan_version: i32,
     billing_period: String,
@@ -135,8 +138,9 @@ struct TenantView {
     updated_at: DateTime<Utc>,
 }
 
-impl From<TenantRow> for TenantView {
-    fn from(r: TenantRow) -> Self {
+impl TenantView {
+    /// The view of a row, its personal data opened with the tenant's key.
+    fn open(r: TenantRow, key: &TenantKey) -> Self {
         Self {
             id: r.id,
             code: r.code,
@@ -145,7 +149,7 @@ impl From<TenantRow> for TenantView {
             timezone: r.timezone,
             currency: r.currency,
             locale: r.locale,
-            billing_email: r.billing_email,
+            billing_email: key.open(&r.billing_email),
             plan: r.plan,
             plan_version: r.plan_version,
             billing_period: r.billing_period,
@@ -169,10 +173,11 @@ impl From<TenantRow> for TenantView {
 const TENANT_COLUMNS: &str = "id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version, billing_period,
     trial_days, tax_rate, subscription_id, status, status_reason, primary_color, secondary_color, logo_url, custom_domain, created_at, updated_at";
 
-async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiError> {
+pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiError> {
     let row: Option<TenantRow> =
         sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM rm.tenants WHERE id = $1")).bind(id).fetch_optional(state.pool()).await?;
-    row.map(TenantView::from).ok_or_else(|| ApiError::not_found("tenant"))
+    let row = row.ok_or_else(|| ApiError::not_found("tenant"))?;
+    Ok(TenantView::open(row, &state.vault().key(id).await?))
 }
 
 async fn create(
@@ -227,8 +232,8 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
         .map(|c| c.parse().map_err(|_| ApiError::validation("cursor", "is not a cursor from a previous page")))
         .transpose()?;
     if let Some(status) = q.status.as_deref() {
-        if !["active", "suspended", "cancelled"].contains(&status) {
-            return Err(ApiError::validation("status", "must be active, suspended or cancelled"));
+        if !["active", "suspended", "cancelled", "erased"].contains(&status) {
+            return Err(ApiError::validation("status", "must be active, suspended, cancelled or erased"));
         }
     }
     let rows: Vec<TenantRow> = sqlx::query_as(&format!(
@@ -241,7 +246,12 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     .bind(limit + 1)
     .fetch_all(state.pool())
     .await?;
-    Ok(Json(Page::from_rows(rows.into_iter().map(TenantView::from).collect(), limit, |t| t.id.to_string())))
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = state.vault().key(row.id).await?;
+        views.push(TenantView::open(row, &key));
+    }
+    Ok(Json(Page::from_rows(views, limit, |t| t.id.to_string())))
 }
 
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
@@ -352,4 +362,25 @@ async fn update_branding(
     caller.require_manager()?;
     let branding = body.parse()?;
     execute(state, caller.actor, caller.tenant_id, |at| TenantCommand::UpdateBranding { branding, at }).await
+}
+
+/// `POST /v1/tenants/{id}/erase` (admin): GDPR erasure by crypto-shredding. The tenant's
+/// personal-data key is destroyed, so its billing e-mail and its customers' names and e-mails
+/// become unreadable in events, read models, replay and exports alike; its subscription ends
+/// at once and the tenant becomes `erased` (commands get 403 `TENANT_CANCELLED`). The log stays
+/// append-only and `GET /v1/audit/verify` stays valid. Repeating it answers the same.
+async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
+    let id = path_id(&id, "tenant")?;
+    let context = state.context(Some(id), caller.actor());
+    let app = state.clone();
+    state
+        .detach(async move {
+            let committed = app.accounts().erase(id, &context).await?;
+            crate::idempotency::forget_tenant(app.pool(), id).await?;
+            app.settle(&id.to_string(), &committed).await;
+            app.settle_all().await;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(load(&state, id).await?))
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::resource::ResourceKind;
-use crate::values::{DisplayName, Email};
+use crate::values::Sealed;
 use crate::{Rejection, RejectionKind, ValidationError};
 
 /// The shortest bookable slot.
@@ -33,13 +33,13 @@ pub struct BookedResource {
     pub capacity: u32,
 }
 
-/// Who booked.
+/// Who booked: personal data, sealed with the tenant's key before it reaches the domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
-    /// Name.
-    pub name: DisplayName,
-    /// E-mail.
-    pub email: Email,
+    /// Name (sealed).
+    pub name: Sealed,
+    /// E-mail (sealed).
+    pub email: Sealed,
 }
 
 /// Plan limits that apply to a booking.

@@ -4,7 +4,7 @@ use uuid::Uuid;
 use super::{ApiKeyRole, SuspensionSource, TenantEvent};
 use crate::plan::{BillingPeriod, PlanCode};
 use crate::values::{
-    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale, TaxRate, TenantCode, TimeZoneName,
+    BusinessType, CurrencyCode, DisplayName, DomainName, HexColor, HttpsUrl, Locale, Sealed, TaxRate, TenantCode, TimeZoneName,
 };
 
 /// What can be asked of a tenant. Every instant comes in the command (`at`): the aggregate
@@ -44,6 +44,12 @@ pub enum TenantCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Record that the tenant's personal data was erased (its key destroyed). Final; erasing
+    /// an erased tenant changes nothing.
+    Erase {
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Issue another API key.
     IssueApiKey(NewApiKey),
     /// Revoke a key; it stops working at once.
@@ -73,7 +79,7 @@ pub struct NewTenant {
     /// Language for documents.
     pub locale: Locale,
     /// Where invoices go.
-    pub billing_email: Email,
+    pub billing_email: Sealed,
     /// The plan signed up for.
     pub plan: PlanCode,
     /// The plan's version at sign-up.

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{ApiKeyRole, SuspensionSource};
 use crate::plan::{BillingPeriod, PlanCode};
 use crate::values::{
-    BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale, TaxRate, TenantCode, TimeZoneName,
+    BusinessType, CurrencyCode, DisplayName, DomainName, HexColor, HttpsUrl, Locale, Sealed, TaxRate, TenantCode, TimeZoneName,
 };
 
 /// What happened to a tenant. Facts, in the past tense, carrying everything a reader of the
@@ -32,8 +32,8 @@ pub enum TenantEvent {
         currency: CurrencyCode,
         /// Document language.
         locale: Locale,
-        /// Invoice address.
-        billing_email: Email,
+        /// Invoice address, sealed (personal data).
+        billing_email: Sealed,
         /// Plan at sign-up.
         plan: PlanCode,
         /// That plan's version.
@@ -83,6 +83,11 @@ pub enum TenantEvent {
         /// When.
         cancelled_at: DateTime<Utc>,
     },
+    /// The tenant's personal data was erased (its key destroyed); final.
+    TenantErased {
+        /// When.
+        erased_at: DateTime<Utc>,
+    },
     /// An API key was issued (only its hash is kept).
     ApiKeyIssued {
         /// Its id.
@@ -115,6 +120,7 @@ impl DomainEvent for TenantEvent {
             Self::TenantSuspended { .. } => "TenantSuspended",
             Self::TenantReactivated { .. } => "TenantReactivated",
             Self::TenantCancelled { .. } => "TenantCancelled",
+            Self::TenantErased { .. } => "TenantErased",
             Self::ApiKeyIssued { .. } => "ApiKeyIssued",
             Self::ApiKeyRevoked { .. } => "ApiKeyRevoked",
         }

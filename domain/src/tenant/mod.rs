@@ -45,6 +45,8 @@ pub enum TenantStatus {
     Suspended,
     /// Final: commands are refused with 403.
     Cancelled,
+    /// Final, and its personal data was erased: commands are refused with 403.
+    Erased,
 }
 
 impl TenantStatus {
@@ -55,6 +57,7 @@ impl TenantStatus {
             Self::Active => "active",
             Self::Suspended => "suspended",
             Self::Cancelled => "cancelled",
+            Self::Erased => "erased",
         }
     }
 }
@@ -106,7 +109,7 @@ impl Tenant {
 
     fn refuse_if_cancelled(&self, action: &'static str) -> Result<(), TenantError> {
         self.require_created()?;
-        if self.status == TenantStatus::Cancelled {
+        if matches!(self.status, TenantStatus::Cancelled | TenantStatus::Erased) {
             return Err(TenantError::InvalidTransition { action, status: self.status });
         }
         Ok(())
@@ -132,7 +135,7 @@ impl Tenant {
     }
 
     fn decide(&self, command: TenantCommand) -> Result<Vec<TenantEvent>, TenantError> {
-        use TenantStatus::{Active, Cancelled, New, Suspended};
+        use TenantStatus::{Active, Cancelled, Erased, New, Suspended};
         match command {
             TenantCommand::Create(new) => {
                 if self.status != New {
@@ -157,7 +160,7 @@ impl Tenant {
             TenantCommand::Suspend { reason, source, at } => match self.status {
                 New => Err(TenantError::NotFound),
                 Active => Ok(vec![TenantEvent::TenantSuspended { reason, source, suspended_at: at }]),
-                Suspended | Cancelled => Err(TenantError::InvalidTransition { action: "suspend", status: self.status }),
+                Suspended | Cancelled | Erased => Err(TenantError::InvalidTransition { action: "suspend", status: self.status }),
             },
             TenantCommand::Reactivate { source: SuspensionSource::Billing, .. } if self.suspended_by != Some(SuspensionSource::Billing) => {
                 Ok(vec![])
@@ -165,12 +168,17 @@ impl Tenant {
             TenantCommand::Reactivate { at, .. } => match self.status {
                 New => Err(TenantError::NotFound),
                 Suspended => Ok(vec![TenantEvent::TenantReactivated { reactivated_at: at }]),
-                Active | Cancelled => Err(TenantError::InvalidTransition { action: "reactivate", status: self.status }),
+                Active | Cancelled | Erased => Err(TenantError::InvalidTransition { action: "reactivate", status: self.status }),
             },
             TenantCommand::Cancel { reason, at } => {
                 self.refuse_if_cancelled("cancel")?;
                 Ok(vec![TenantEvent::TenantCancelled { reason, cancelled_at: at }])
             }
+            TenantCommand::Erase { at } => match self.status {
+                New => Err(TenantError::NotFound),
+                Erased => Ok(vec![]),
+                Active | Suspended | Cancelled => Ok(vec![TenantEvent::TenantErased { erased_at: at }]),
+            },
             TenantCommand::IssueApiKey(key) => {
                 self.refuse_if_cancelled("issue an API key for")?;
                 Ok(vec![self.issue_key(key)?])
@@ -218,6 +226,7 @@ impl Aggregate for Tenant {
                 self.suspended_by = None;
             }
             TenantEvent::TenantCancelled { .. } => self.status = TenantStatus::Cancelled,
+            TenantEvent::TenantErased { .. } => self.status = TenantStatus::Erased,
             TenantEvent::ApiKeyIssued { key_id, role, .. } => {
                 self.api_keys.insert(key_id, KeyState { role, revoked_at: None });
             }

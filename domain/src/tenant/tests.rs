@@ -39,7 +39,7 @@ fn new_tenant() -> NewTenant {
         timezone: TimeZoneName::parse("Europe/Zurich", "timezone").unwrap(),
         currency: CurrencyCode::parse("CHF").unwrap(),
         locale: Locale::parse("de-CH").unwrap(),
-        billing_email: Email::parse("billing@acme.example", "billing_email").unwrap(),
+        billing_email: Sealed::from_stored("pii1:sealed-email".into()),
         plan: PlanCode::parse("starter").unwrap(),
         plan_version: 1,
         billing_period: BillingPeriod::Monthly,
@@ -239,4 +239,26 @@ fn billing_lifts_only_the_suspensions_it_imposed() {
         .given(by_billing)
         .when(billing_reactivation())
         .then_expect_events(vec![TenantEvent::TenantReactivated { reactivated_at: at(5) }]);
+}
+
+#[test]
+fn erasure_is_recorded_once_from_any_created_state_and_is_final() {
+    for given in [created(), suspended(), cancelled()] {
+        Given::with(())
+            .given(given)
+            .when(TenantCommand::Erase { at: at(6) })
+            .then_expect_events(vec![TenantEvent::TenantErased { erased_at: at(6) }]);
+    }
+    let mut erased = cancelled();
+    erased.push(TenantEvent::TenantErased { erased_at: at(6) });
+    Given::with(()).given(erased.clone()).when(TenantCommand::Erase { at: at(7) }).then_expect_events(vec![]);
+    Given::with(())
+        .given(erased.clone())
+        .when(TenantCommand::Reactivate { source: SuspensionSource::Admin, at: at(7) })
+        .then_expect_error(TenantError::InvalidTransition { action: "reactivate", status: TenantStatus::Erased });
+    Given::with(())
+        .given(erased)
+        .when(TenantCommand::IssueApiKey(key(11, ApiKeyRole::Member, None)))
+        .then_expect_error(TenantError::InvalidTransition { action: "issue an API key for", status: TenantStatus::Erased });
+    Given::with(()).given_no_previous_events().when(TenantCommand::Erase { at: at(6) }).then_expect_error(TenantError::NotFound);
 }

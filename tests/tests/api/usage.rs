@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 async fn a_retry_storm_counts_every_distinct_fact_once() {
     let app = spawn_app_with(|c| c.test_clock = true).await;
     app.set_clock("2027-03-10T12:00:00Z").await;
-    let tenant = app.create_tenant_on("metered", "starter").await;
+    // Professional: 300 requests at once fit its 500 per minute.
+    let tenant = app.create_tenant_on("metered", "professional").await;
     // 100 distinct facts, each sent three times at once.
     let sends = (0..300).map(|i| {
         let n = i % 100;
@@ -26,7 +27,7 @@ async fn a_retry_storm_counts_every_distinct_fact_once() {
     let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
     let quota = quota.expect(200);
     assert_eq!(quota["used"].as_u64(), Some(expected));
-    assert_eq!(quota["limit"].as_u64(), Some(10_000));
+    assert_eq!(quota["limit"].as_u64(), Some(50_000));
     assert_eq!(quota["period_start"], "2027-03-01T00:00:00Z");
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Usage'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(events, 100);

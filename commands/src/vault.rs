@@ -1,0 +1,180 @@
+//! Personal data, sealed per tenant (crypto-shredding).
+//!
+//! Personal fields (a tenant's billing e-mail, a booking customer's name and e-mail) never reach
+//! the event store in clear: before a command runs they are sealed with the tenant's own
+//! 256-bit key (XChaCha20-Poly1305, a random 192-bit nonce per value, the tenant id as
+//! associated data so a value cannot be moved to another tenant). Events, read models, replay
+//! and exports all carry the sealed form; readers open it with the key when they answer.
+//! Erasing a tenant deletes its key: every copy of its personal data, wherever it was copied
+//! to, becomes unreadable at once, while the log stays append-only and its hash chain valid.
+//!
+//! Sealed text looks like `pii1:<base64url(nonce ‖ ciphertext)>`. Text without the prefix is
+//! legacy clear text written before sealing existed and is returned as is.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use domain::values::Sealed;
+use rand::RngCore;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const PREFIX: &str = "pii1:";
+const NONCE_LEN: usize = 24;
+
+/// Why a value could not be sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The tenant was erased: nothing personal may be stored for it again.
+    #[error("the tenant's personal data was erased")]
+    Erased,
+    /// The key table could not be read or written.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// One tenant's key, ready to seal and open.
+#[derive(Clone)]
+pub struct TenantKey {
+    tenant_id: Uuid,
+    cipher: Option<XChaCha20Poly1305>,
+}
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantKey").field("tenant_id", &self.tenant_id).field("erased", &self.cipher.is_none()).finish()
+    }
+}
+
+impl TenantKey {
+    /// Whether the key is gone (the tenant was erased).
+    pub fn is_erased(&self) -> bool {
+        self.cipher.is_none()
+    }
+
+    /// Seals `clear` (fails for an erased tenant).
+    pub fn seal(&self, clear: &str) -> Result<Sealed, VaultError> {
+        let cipher = self.cipher.as_ref().ok_or(VaultError::Erased)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: clear.as_bytes(), aad: self.tenant_id.as_bytes() })
+            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&sealed);
+        Ok(Sealed::from_stored(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))))
+    }
+
+    /// Opens a stored value: the clear text, or `None` when the key is erased or the value
+    /// does not open (tampered, or another tenant's).
+    pub fn open(&self, stored: &str) -> Option<String> {
+        let Some(encoded) = stored.strip_prefix(PREFIX) else {
+            return Some(stored.to_owned());
+        };
+        let cipher = self.cipher.as_ref()?;
+        let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+        if bytes.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let clear = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: self.tenant_id.as_bytes() }).ok()?;
+        String::from_utf8(clear).ok()
+    }
+}
+
+/// Whether `stored` is sealed (not legacy clear text).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(PREFIX)
+}
+
+/// The per-tenant keys, kept in `personal_data_keys`.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    pool: PgPool,
+}
+
+impl Vault {
+    /// A vault over `pool`'s key table.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// `tenant_id`'s key, created on first use, unless the tenant was erased.
+    pub async fn key_for_writing(&self, tenant_id: Uuid) -> Result<TenantKey, VaultError> {
+        let mut fresh = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut fresh);
+        // Erasure leaves the row with no key, so a key is never made again for that tenant;
+        // the primary key serialises a sign-up racing an erasure.
+        sqlx::query("INSERT INTO personal_data_keys (tenant_id, key) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING")
+            .bind(tenant_id)
+            .bind(&fresh[..])
+            .execute(&self.pool)
+            .await?;
+        let key = self.key(tenant_id).await?;
+        if key.is_erased() {
+            return Err(VaultError::Erased);
+        }
+        Ok(key)
+    }
+
+    /// `tenant_id`'s key for reading (an erased or keyless tenant opens nothing sealed).
+    pub async fn key(&self, tenant_id: Uuid) -> Result<TenantKey, sqlx::Error> {
+        let key: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT key FROM personal_data_keys WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let key = key.flatten();
+        let cipher = key.filter(|k| k.len() == 32).map(|k| XChaCha20Poly1305::new_from_slice(&k).expect("a 32-byte key"));
+        Ok(TenantKey { tenant_id, cipher })
+    }
+
+    /// Destroys `tenant_id`'s key; the row stays, keyless, so no new key is ever made for it.
+    /// Returns whether a key existed.
+    pub async fn shred(&self, tenant_id: Uuid) -> Result<bool, sqlx::Error> {
+        let had_key: Option<bool> = sqlx::query_scalar(
+            "WITH old AS (SELECT key IS NOT NULL AS had FROM personal_data_keys WHERE tenant_id = $1 FOR UPDATE)
+             INSERT INTO personal_data_keys (tenant_id, key, erased_at) VALUES ($1, NULL, now())
+             ON CONFLICT (tenant_id) DO UPDATE SET key = NULL, erased_at = coalesce(personal_data_keys.erased_at, now())
+             RETURNING (SELECT had FROM old)",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(had_key.unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tenant_id: Uuid) -> TenantKey {
+        TenantKey { tenant_id, cipher: Some(XChaCha20Poly1305::new_from_slice(&[7u8; 32]).unwrap()) }
+    }
+
+    #[test]
+    fn sealed_values_open_with_the_key_and_nothing_else() {
+        let tenant = Uuid::now_v7();
+        let k = key(tenant);
+        let sealed = k.seal("ada@example.com").unwrap();
+        assert!(is_sealed(sealed.as_str()));
+        assert!(!sealed.as_str().contains("ada"));
+        assert_eq!(k.open(sealed.as_str()).as_deref(), Some("ada@example.com"));
+        // Two seals of one value differ (random nonce), so equal values cannot be linked.
+        assert_ne!(k.seal("ada@example.com").unwrap(), sealed);
+        // Another tenant's key (same bytes, other tenant id) does not open it.
+        assert_eq!(key(Uuid::now_v7()).open(sealed.as_str()), None);
+        // An erased key opens nothing sealed and seals nothing.
+        let erased = TenantKey { tenant_id: tenant, cipher: None };
+        assert_eq!(erased.open(sealed.as_str()), None);
+        assert!(matches!(erased.seal("x"), Err(VaultError::Erased)));
+        // A flipped character is detected.
+        let mut tampered = sealed.as_str().to_owned();
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(k.open(&tampered), None);
+        // Legacy clear text reads as itself.
+        assert_eq!(k.open("old@example.com").as_deref(), Some("old@example.com"));
+    }
+}
