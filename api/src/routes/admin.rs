@@ -25,12 +25,36 @@ pub fn router() -> Router<AppState> {
 
 /// Every projection run that is not retired: `{name, version, generation, position, head, lag,
 /// status, last_error, last_error_position}`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/projections",
+    tag = "admin",
+    responses(
+        (status = 200, description = "[{name, version, generation, position, head, lag, status, last_error, last_error_position}]", body = serde_json::Value),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     Ok(Json(serde_json::to_value(state.projections().status().await?).map_err(ApiError::internal)?))
 }
 
 /// Starts a blue/green rebuild of one projection (or `all`); reads keep being served by the
 /// live run until the new one has caught up and is swapped in. 202 with the new runs.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/projections/{name}/rebuild",
+    tag = "admin",
+    params(("name" = String, Path, description = "A projection name, or all"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    responses(
+        (status = 202, description = "The runs started: reads stay on the live model until the new one catches up", body = serde_json::Value),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn rebuild(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
     if name != "all" && !state.projections().names().contains(&name.as_str()) {
         return Err(ApiError::not_found("projection"));
@@ -41,7 +65,7 @@ async fn rebuild(State(state): State<AppState>, _: Admin, Path(name): Path<Strin
     Ok((StatusCode::ACCEPTED, Json(json!({ "rebuilding": runs }))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ClockBody {
     now: DateTime<Utc>,
@@ -53,6 +77,21 @@ fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiEr
 
 /// `PUT /v1/admin/clock {now}` (only with `SAAS_LEDGER_TEST_CLOCK=1`): moves the server's
 /// clock forward and runs the billing cycle up to the new time; backwards is 409.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/clock",
+    tag = "admin",
+    request_body = ClockBody,
+    responses(
+        (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: the server runs without SAAS_LEDGER_TEST_CLOCK=1", body = crate::openapi::ErrorBody),
+        (status = 409, description = "CLOCK_BACKWARDS", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJson<ClockBody>) -> Result<Json<Value>, ApiError> {
     let clock = manual_clock(&state)?;
     match clock.advance_to(body.now) {
@@ -67,11 +106,23 @@ async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJs
 }
 
 /// `GET /v1/admin/clock`: the test clock's time.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/clock",
+    tag = "admin",
+    responses(
+        (status = 200, description = "{now}", body = serde_json::Value),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no test clock", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn get_clock(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "now": manual_clock(&state)?.now() })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BillingRunBody {
     as_of: Option<DateTime<Utc>>,
@@ -79,6 +130,20 @@ struct BillingRunBody {
 
 /// `POST /v1/admin/billing/run {as_of}`: runs the billing cycle as of an instant (default:
 /// now) and reports what it did. Running it again for the same instant changes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/billing/run",
+    tag = "admin",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = BillingRunBody,
+    responses(
+        (status = 200, description = "What the billing run did", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn run_billing(
     State(state): State<AppState>,
     _: Admin,
@@ -88,3 +153,8 @@ async fn run_billing(
     let report = state.run_billing(as_of).await?;
     Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(projections, rebuild, set_clock, get_clock, run_billing))]
+pub struct Docs;

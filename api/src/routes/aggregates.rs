@@ -18,13 +18,27 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/aggregates/{aggregate_type}/{id}", get(read))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct Point {
     as_of: Option<DateTime<Utc>>,
     version: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/aggregates/{aggregate_type}/{id}",
+    tag = "events",
+    params(("aggregate_type" = String, Path, description = "Tenant, Subscription, Plan, Resource, Booking or Usage"), ("id" = String, Path, description = "Aggregate id"), Point),
+    responses(
+        (status = 200, description = "The state rebuilt from its events at that point", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -45,3 +59,8 @@ async fn read(
         Err(e) => Err(ApiError::internal(e)),
     }
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(read))]
+pub struct Docs;

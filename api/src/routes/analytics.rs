@@ -21,7 +21,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/analytics/usage", get(usage)).route("/v1/admin/analytics/revenue", get(revenue))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UsageQuery {
     from: Option<DateTime<Utc>>,
@@ -32,6 +33,18 @@ struct UsageQuery {
 
 /// `GET /v1/analytics/usage?from&to&granularity=hour|day|month&metric` (tenant): buckets from
 /// `analytics.usage_hourly|daily|monthly`. Defaults: the last 30 days, by day.
+#[utoipa::path(
+    get,
+    path = "/v1/analytics/usage",
+    tag = "analytics",
+    params(UsageQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "Usage per hour, day or month from the analytics schema", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn usage(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Json<Value>, ApiError> {
     let view = match q.granularity.as_deref().unwrap_or("day") {
         "hour" => "usage_hourly",
@@ -59,7 +72,8 @@ async fn usage(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q):
     Ok(Json(json!({"granularity": q.granularity.unwrap_or_else(|| "day".into()), "from": from, "to": to, "buckets": buckets})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RevenueQuery {
     from: Option<DateTime<Utc>>,
@@ -72,6 +86,19 @@ type RevenueRow = (DateTime<Utc>, Decimal, Decimal, i64, i64, i64, i64, sqlx::ty
 /// `GET /v1/admin/analytics/revenue?from&to` (admin): per month (UTC)
 /// `{month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}`;
 /// MRR at month end, churn rate = cancelled in the month / paying at its start.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/analytics/revenue",
+    tag = "analytics",
+    params(RevenueQuery),
+    responses(
+        (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn revenue(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<RevenueQuery>) -> Result<Json<Vec<Value>>, ApiError> {
     if let (Some(from), Some(to)) = (q.from, q.to) {
         if from >= to {
@@ -110,3 +137,8 @@ async fn revenue(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<
             .collect(),
     ))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(usage, revenue))]
+pub struct Docs;

@@ -19,7 +19,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/audit", get(list)).route("/v1/audit/verify", get(verify))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     from: Option<DateTime<Utc>>,
@@ -32,6 +33,18 @@ struct AuditQuery {
 
 /// `GET /v1/audit?from&to&actor&aggregate_type&cursor&limit`: entries in position order;
 /// `next_cursor` is the last position of the page.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    params(AuditQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "A page of audit entries with their hash chain", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,7 +72,23 @@ async fn list(
 }
 
 /// `GET /v1/audit/verify` → `{valid, checked, first_bad_position}`.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "{valid, checked, first_bad_position}", body = serde_json::Value),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<Verification>, ApiError> {
     state.settle_all().await;
     Ok(Json(verify_chain(state.pool(), caller.tenant_scope()).await?))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, verify))]
+pub struct Docs;

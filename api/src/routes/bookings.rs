@@ -28,14 +28,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/bookings/{id}/cancel", post(cancel))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CustomerBody {
     name: String,
     email: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBooking {
     resource_id: String,
@@ -46,7 +46,7 @@ struct CreateBooking {
 }
 
 /// The booking resource.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BookingView {
     id: Uuid,
     tenant_id: Uuid,
@@ -56,6 +56,8 @@ struct BookingView {
     starts_at: DateTime<Utc>,
     ends_at: DateTime<Utc>,
     seats: i32,
+    /// `{name, email}`; both `null` once the tenant's personal data was erased.
+    #[schema(value_type = Object)]
     customer: serde_json::Value,
     cancel_reason: Option<String>,
     created_at: DateTime<Utc>,
@@ -113,6 +115,24 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<BookingView
 
 /// `POST /v1/bookings` → 201 `{id, status: "confirmed", ...}`; 409 `BOOKING_OVERLAP` or
 /// `CAPACITY_EXCEEDED`, 429 `QUOTA_EXCEEDED`. `seats` defaults to 1.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings",
+    tag = "bookings",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = CreateBooking,
+    responses(
+        (status = 201, description = "The confirmed booking", body = BookingView),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts; BOOKING_OVERLAP, CAPACITY_EXCEEDED, IDEMPOTENCY_KEY_REUSED", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -167,7 +187,7 @@ async fn execute(
     Ok(Json(load(&state, tenant_id, id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Reschedule {
     starts_at: DateTime<Utc>,
@@ -175,6 +195,25 @@ struct Reschedule {
 }
 
 /// `POST /v1/bookings/{id}/reschedule {starts_at, ends_at}`.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/reschedule",
+    tag = "bookings",
+    params(("id" = Uuid, Path, description = "Booking id"), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = Reschedule,
+    responses(
+        (status = 200, description = "The moved booking", body = BookingView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn reschedule(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -184,13 +223,32 @@ async fn reschedule(
     execute(state, caller, id, |at| BookingCommand::Reschedule { starts_at: body.starts_at, ends_at: body.ends_at, at }).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Cancel {
     reason: Option<String>,
 }
 
 /// `POST /v1/bookings/{id}/cancel {reason}`: frees the slot or seats at once.
+#[utoipa::path(
+    post,
+    path = "/v1/bookings/{id}/cancel",
+    tag = "bookings",
+    params(("id" = Uuid, Path, description = "Booking id"), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = Cancel,
+    responses(
+        (status = 200, description = "The cancelled booking", body = BookingView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn cancel(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -201,7 +259,8 @@ async fn cancel(
     execute(state, caller, id, |at| BookingCommand::Cancel { reason, at }).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     resource_id: Option<Uuid>,
@@ -214,6 +273,18 @@ struct ListQuery {
 
 /// `GET /v1/bookings?resource_id&from&to&status&limit&cursor`: by start time; `from`/`to`
 /// select bookings that overlap `[from, to)`.
+#[utoipa::path(
+    get,
+    path = "/v1/bookings",
+    tag = "bookings",
+    params(ListQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "A page of bookings: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -250,6 +321,23 @@ async fn list(
 }
 
 /// `GET /v1/bookings/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/bookings/{id}",
+    tag = "bookings",
+    params(("id" = Uuid, Path, description = "Booking id"), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "The booking", body = BookingView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn read(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<BookingView>, ApiError> {
     Ok(Json(load(&state, caller.tenant_id, path_id(&id, "booking")?).await?))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, list, read, reschedule, cancel))]
+pub struct Docs;

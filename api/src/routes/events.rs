@@ -17,7 +17,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/events", get(events))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<i64>,
@@ -27,6 +28,18 @@ struct EventsQuery {
 /// One JSON object per line, in position order. The admin sees every tenant's events (or one
 /// tenant's with `X-Tenant-ID`); a tenant key sees its own. `limit` is 1 to 10000 (default
 /// 1000); pass the last `position` seen as `after` to continue.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "NDJSON, one event per line: {position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at}", body = String, content_type = "application/x-ndjson"),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<EventsQuery>) -> Result<impl IntoResponse, ApiError> {
     let after = q.after.unwrap_or(0);
     if after < 0 {
@@ -45,3 +58,8 @@ async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
     }
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(events))]
+pub struct Docs;

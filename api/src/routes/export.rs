@@ -31,6 +31,18 @@ async fn rows(state: &AppState, table: &str, tenant_id: Uuid, order: &str, hidde
 /// `GET /v1/tenant/export` (owner or admin key, or the admin naming the tenant): `{exported_at,
 /// tenant, subscription, api_keys, resources, bookings, usage, invoices, audit}`. Key hashes
 /// are left out; everything else the read models hold for the tenant is in.
+#[utoipa::path(
+    get,
+    path = "/v1/tenant/export",
+    tag = "gdpr",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "Everything the tenant owns: {exported_at, tenant, subscription, api_keys, resources, bookings, usage, invoices, audit}", body = serde_json::Value),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn export(State(state): State<AppState>, caller: TenantCaller) -> Result<impl IntoResponse, ApiError> {
     caller.require_manager()?;
     let tenant_id = caller.tenant_id;
@@ -60,3 +72,8 @@ async fn export(State(state): State<AppState>, caller: TenantCaller) -> Result<i
     let filename = format!("attachment; filename=\"{}-export.json\"", tenant.code);
     Ok(([(header::CONTENT_DISPOSITION, filename)], Json(document)))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(export))]
+pub struct Docs;

@@ -15,11 +15,30 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The process is up", body = serde_json::Value)
+    ),
+    security(()),
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// The database answers and every migration is applied; 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Database reachable and migrations applied", body = serde_json::Value),
+        (status = 503, description = "NOT_READY", body = crate::openapi::ErrorBody)
+    ),
+    security(()),
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match commands::db::migrations_applied(state.pool()).await {
         Ok(true) => Ok(Json(json!({"status": "ready"}))),
@@ -30,3 +49,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         }
     }
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz))]
+pub struct Docs;

@@ -73,7 +73,8 @@ pub fn invoice_json(r: InvoiceRow) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
@@ -85,6 +86,18 @@ struct ListQuery {
 
 /// `GET /v1/invoices?status&from&to&limit&cursor`: newest first; `from`/`to` bound `issued_at`
 /// (`from` inclusive, `to` exclusive).
+#[utoipa::path(
+    get,
+    path = "/v1/invoices",
+    tag = "invoices",
+    params(ListQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "A page of invoices: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<Value>>, ApiError> {
     let limit = page_limit(q.limit)?;
     if let Some(status) = q.status.as_deref() {
@@ -114,6 +127,18 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
 }
 
 /// `GET /v1/invoices/{id}`: another tenant's invoice is 404.
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{id}",
+    tag = "invoices",
+    params(("id" = Uuid, Path, description = "Invoice id"), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "The invoice with its lines", body = serde_json::Value),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id, "invoice")?;
     let row: Option<InvoiceRow> =
@@ -124,3 +149,8 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
             .await?;
     row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, read))]
+pub struct Docs;

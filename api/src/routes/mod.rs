@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(aggregates::router())
         .merge(analytics::router())
+        .merge(crate::openapi::router())
         .with_state(state)
 }
 

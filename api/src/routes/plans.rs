@@ -37,6 +37,16 @@ pub fn plan_json(plan: &Plan) -> Value {
 }
 
 /// `GET /v1/plans`: the latest version of each plan, cheapest first.
+#[utoipa::path(
+    get,
+    path = "/v1/plans",
+    tag = "plans",
+    responses(
+        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, limits, features, rate_limit_per_minute}]", body = serde_json::Value),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn list(State(state): State<AppState>, _: Caller) -> Result<Json<Vec<Value>>, ApiError> {
     let plans: Vec<sqlx::types::Json<Plan>> = sqlx::query_scalar(
         "SELECT definition FROM (SELECT DISTINCT ON (code) * FROM rm.plans ORDER BY code, version DESC) p ORDER BY monthly_price, code",
@@ -46,7 +56,7 @@ async fn list(State(state): State<AppState>, _: Caller) -> Result<Json<Vec<Value
     Ok(Json(plans.iter().map(|p| plan_json(&p.0)).collect()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishPlan {
     code: String,
@@ -61,7 +71,7 @@ struct PublishPlan {
 }
 
 /// Limits; absent or `null` means unlimited.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LimitsBody {
     users: Option<u64>,
@@ -74,6 +84,20 @@ struct LimitsBody {
 
 /// `POST /v1/plans` (admin): publishes a new plan, or the next version of an existing one.
 /// Existing subscribers keep the version they signed up on.
+#[utoipa::path(
+    post,
+    path = "/v1/plans",
+    tag = "plans",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = PublishPlan,
+    responses(
+        (status = 201, description = "The published plan version", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn publish(
     State(state): State<AppState>,
     _: Admin,
@@ -122,3 +146,8 @@ async fn publish(
         .await?;
     Ok((StatusCode::CREATED, Json(plan_json(&published))))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, publish))]
+pub struct Docs;

@@ -17,13 +17,41 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Every quota: `[{metric, limit, used, remaining, period_start, period_end, enforcement}]`.
+#[utoipa::path(
+    get,
+    path = "/v1/quota",
+    tag = "quota",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "Every metric: limit, used, remaining, period", body = serde_json::Value),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Vec<QuotaLine>>, ApiError> {
     Ok(Json(report(state.pool(), caller.tenant_id, state.now()).await?))
 }
 
 /// One quota, by its limit name (`bookings_per_month`) or its metric (`bookings`, `api_calls`).
+#[utoipa::path(
+    get,
+    path = "/v1/quota/{metric}",
+    tag = "quota",
+    params(("metric" = String, Path, description = "api_calls, storage_bytes, sms, tickets, bookings, events, ..."), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "One metric: limit, used, remaining, period", body = serde_json::Value),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn one(State(state): State<AppState>, caller: TenantCaller, Path(metric): Path<String>) -> Result<Json<QuotaLine>, ApiError> {
     let metric = canonical_metric(&metric).ok_or_else(|| ApiError::not_found("quota metric"))?;
     let lines = report(state.pool(), caller.tenant_id, state.now()).await?;
     lines.into_iter().find(|l| l.metric == metric).map(Json).ok_or_else(|| ApiError::not_found("quota metric"))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(all, one))]
+pub struct Docs;

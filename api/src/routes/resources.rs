@@ -21,7 +21,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/resources", get(list).post(create)).route("/v1/resources/{id}", get(read))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateResource {
     name: String,
@@ -56,6 +56,24 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<ResourceVie
 /// `POST /v1/resources {name, kind, capacity, timezone}` → 201. Event resources count against
 /// the plan's `events` limit (429 `QUOTA_EXCEEDED` beyond it). `timezone` defaults to the
 /// tenant's.
+#[utoipa::path(
+    post,
+    path = "/v1/resources",
+    tag = "bookings",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = CreateResource,
+    responses(
+        (status = 201, description = "The resource", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 429, description = "QUOTA_EXCEEDED: the plan allows no more event resources; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -86,7 +104,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(load(&state, tenant_id, id).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     kind: Option<String>,
@@ -95,6 +114,18 @@ struct ListQuery {
 }
 
 /// `GET /v1/resources?kind&limit&cursor`.
+#[utoipa::path(
+    get,
+    path = "/v1/resources",
+    tag = "bookings",
+    params(ListQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "A page of resources", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -116,6 +147,23 @@ async fn list(
 }
 
 /// `GET /v1/resources/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/resources/{id}",
+    tag = "bookings",
+    params(("id" = Uuid, Path, description = "Resource id"), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "The resource", body = serde_json::Value),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn read(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<ResourceView>, ApiError> {
     Ok(Json(load(&state, caller.tenant_id, path_id(&id, "resource")?).await?))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, list, read))]
+pub struct Docs;

@@ -57,6 +57,18 @@ async fn subscription_of(state: &AppState, tenant_id: Uuid) -> Result<(Uuid, Sub
 }
 
 /// `GET /v1/subscription`.
+#[utoipa::path(
+    get,
+    path = "/v1/subscription",
+    tag = "subscription",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "{plan, plan_version, billing_period, status, trial_ends_at, current_period_start, current_period_end, cancel_at_period_end, addons}", body = serde_json::Value),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn read(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
     let (id, subscription) = subscription_of(&state, caller.tenant_id).await?;
     Ok(Json(view(id, &subscription)))
@@ -96,7 +108,7 @@ async fn run(
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangePlan {
     plan: String,
@@ -108,6 +120,24 @@ struct ChangePlan {
 /// `POST /v1/subscription/change-plan`: an upgrade applies now with a prorated invoice; a
 /// downgrade waits for the period end unless `immediately` (its unused difference becomes
 /// account credit); a new billing period restarts the periods now.
+#[utoipa::path(
+    post,
+    path = "/v1/subscription/change-plan",
+    tag = "subscription",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = ChangePlan,
+    responses(
+        (status = 200, description = "The subscription after the change", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn change_plan(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -125,7 +155,7 @@ async fn change_plan(
     run(state, caller, move |at| SubscriptionCommand::ChangePlan { plan: terms, billing_period, immediately: body.immediately, at }).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Cancel {
     at_period_end: Option<bool>,
@@ -138,6 +168,24 @@ impl Default for Cancel {
 }
 
 /// `POST /v1/subscription/cancel {at_period_end}` (default `true`: at period end).
+#[utoipa::path(
+    post,
+    path = "/v1/subscription/cancel",
+    tag = "subscription",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = Cancel,
+    responses(
+        (status = 200, description = "The subscription after the cancellation", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn cancel(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -147,20 +195,37 @@ async fn cancel(
     run(state, caller, move |at| SubscriptionCommand::Cancel { at_period_end, at }).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
 /// `POST /v1/subscription/resume`: withdraws a pending cancellation.
+#[utoipa::path(
+    post,
+    path = "/v1/subscription/resume",
+    tag = "subscription",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    responses(
+        (status = 200, description = "The subscription, its pending cancellation withdrawn", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn resume(
     State(state): State<AppState>,
     caller: TenantCaller,
-    OptionalJson(_): OptionalJson<Empty>,
+    OptionalJson(_empty): OptionalJson<Empty>,
 ) -> Result<Json<Value>, ApiError> {
     run(state, caller, |at| SubscriptionCommand::Resume { at }).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddonsBody {
     extra_users: Option<u32>,
@@ -169,6 +234,24 @@ struct AddonsBody {
 
 /// `PUT /v1/subscription/addons {extra_users, extra_storage_gb}`: billed in advance from the
 /// next period on (absent fields are 0).
+#[utoipa::path(
+    put,
+    path = "/v1/subscription/addons",
+    tag = "subscription",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    request_body = AddonsBody,
+    responses(
+        (status = 200, description = "The subscription with its new add-ons", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn set_addons(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -183,3 +266,8 @@ async fn set_addons(
     }
     run(state, caller, move |at| SubscriptionCommand::SetAddons { addons, at }).await
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(read, change_plan, cancel, resume, set_addons))]
+pub struct Docs;

@@ -42,7 +42,7 @@ pub fn router() -> Router<AppState> {
 /// `POST /v1/tenants`. `code`, `name`, `billing_email` and `plan` are required; the rest
 /// default to `business_type: "other"`, `timezone: "UTC"`, `currency: "EUR"`, `locale: "en"`,
 /// `billing_period: "monthly"`, `trial_days: 14`, `tax_rate: "0"`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     code: String,
@@ -55,6 +55,7 @@ struct CreateTenant {
     plan: String,
     billing_period: Option<String>,
     trial_days: Option<i64>,
+    #[schema(value_type = Option<String>, example = "8.1")]
     tax_rate: Option<Value>,
 }
 
@@ -114,7 +115,7 @@ struct TenantRow {
 }
 
 /// The tenant resource.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TenantView {
     id: Uuid,
     pub(crate) code: String,
@@ -133,6 +134,7 @@ pub(crate) struct TenantView {
     subscription_id: Uuid,
     status: String,
     status_reason: Option<String>,
+    #[schema(value_type = Object)]
     branding: Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -180,6 +182,22 @@ pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiEr
     Ok(TenantView::open(row, &state.vault().key(id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 409, description = "CONFLICT (details.field = code): the code is taken; IDEMPOTENCY_KEY_REUSED", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -216,7 +234,8 @@ async fn create(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     limit: Option<i64>,
@@ -224,6 +243,19 @@ struct ListQuery {
     status: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tenants: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<TenantView>>, ApiError> {
     let limit = page_limit(q.limit)?;
     let after: Option<Uuid> = q
@@ -254,6 +286,18 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     Ok(Json(Page::from_rows(views, limit, |t| t.id.to_string())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    params(("id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
     let id = path_id(&id, "tenant")?;
     if !caller.may_see(id) {
@@ -262,12 +306,23 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
     Ok(Json(load(&state, id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenant",
+    tag = "tenants",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "The caller's tenant", body = TenantView),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn read_own(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<TenantView>, ApiError> {
     Ok(Json(load(&state, caller.tenant_id).await?))
 }
 
 /// A reason for a lifecycle change (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Reason {
     reason: Option<String>,
@@ -300,6 +355,21 @@ async fn execute(
     Ok(Json(load(&state, id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/suspend",
+    tag = "tenants",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = Reason,
+    responses(
+        (status = 200, description = "The suspended tenant", body = TenantView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn suspend(
     State(state): State<AppState>,
     _: Admin,
@@ -312,16 +382,46 @@ async fn suspend(
         .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/reactivate",
+    tag = "tenants",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = Reason,
+    responses(
+        (status = 200, description = "The reactivated tenant", body = TenantView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn reactivate(
     State(state): State<AppState>,
     _: Admin,
     caller: Caller,
     Path(id): Path<String>,
-    OptionalJson(_): OptionalJson<Reason>,
+    OptionalJson(_reason): OptionalJson<Reason>,
 ) -> Result<Json<TenantView>, ApiError> {
     execute(state, caller.actor(), path_id(&id, "tenant")?, |at| TenantCommand::Reactivate { source: SuspensionSource::Admin, at }).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/cancel",
+    tag = "tenants",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = Reason,
+    responses(
+        (status = 200, description = "The cancelled tenant", body = TenantView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn cancel(
     State(state): State<AppState>,
     _: Admin,
@@ -334,7 +434,7 @@ async fn cancel(
 }
 
 /// `PUT /v1/tenant/branding`: replaces the branding; absent or null fields are cleared.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BrandingBody {
     primary_color: Option<String>,
@@ -354,6 +454,24 @@ impl BrandingBody {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenant/branding",
+    tag = "tenants",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    request_body = BrandingBody,
+    responses(
+        (status = 200, description = "The tenant with its new branding", body = TenantView),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn update_branding(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -369,6 +487,19 @@ async fn update_branding(
 /// become unreadable in events, read models, replay and exports alike; its subscription ends
 /// at once and the tenant becomes `erased` (commands get 403 `TENANT_CANCELLED`). The log stays
 /// append-only and `GET /v1/audit/verify` stays valid. Repeating it answers the same.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{id}/erase",
+    tag = "gdpr",
+    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    responses(
+        (status = 200, description = "The erased tenant (status erased, personal fields null)", body = TenantView),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
     let id = path_id(&id, "tenant")?;
     let context = state.context(Some(id), caller.actor());
@@ -384,3 +515,8 @@ async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id)
         .await?;
     Ok(Json(load(&state, id).await?))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, list, read, suspend, reactivate, cancel, erase, read_own, update_branding))]
+pub struct Docs;

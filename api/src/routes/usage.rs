@@ -25,7 +25,7 @@ pub fn router() -> Router<AppState> {
 pub const MAX_BATCH: usize = 1000;
 
 /// One usage fact as sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UsageBody {
     metric: String,
@@ -49,6 +49,24 @@ impl UsageBody {
 
 /// `POST /v1/usage` → 202 `{accepted: true, duplicate}`. A key recorded before is accepted
 /// again as a duplicate and counted once.
+#[utoipa::path(
+    post,
+    path = "/v1/usage",
+    tag = "usage",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = UsageBody,
+    responses(
+        (status = 202, description = "{accepted: true, duplicate}: a repeated idempotency_key is counted once", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn record(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -85,6 +103,24 @@ enum BatchBody {
 
 /// `POST /v1/usage/batch`: up to 1000 records, each accepted or refused on its own →
 /// 202 `{accepted, duplicates, refused, results: [{index, accepted, duplicate, error}]}`.
+#[utoipa::path(
+    post,
+    path = "/v1/usage/batch",
+    tag = "usage",
+    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    request_body = crate::openapi::UsageBatch,
+    responses(
+        (status = 200, description = "Per-record results, in order", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
+        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
+        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn record_batch(
     State(state): State<AppState>,
     caller: TenantCaller,
@@ -157,7 +193,8 @@ async fn record_batch(
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted, "duplicates": duplicates, "refused": refused, "results": results}))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SeriesQuery {
     metric: Option<String>,
@@ -168,6 +205,18 @@ struct SeriesQuery {
 
 /// `GET /v1/usage?metric&from&to&granularity=hour|day|month` → buckets (UTC) with each
 /// metric's total (counters) or latest value (gauges). Defaults: the last 30 days, by day.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "usage",
+    params(SeriesQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    responses(
+        (status = 200, description = "Usage per hour, day or month", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
+        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+    ),
+)]
 async fn series(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<SeriesQuery>) -> Result<Json<Value>, ApiError> {
     let granularity = q.granularity.as_deref().unwrap_or("day");
     if !["hour", "day", "month"].contains(&granularity) {
@@ -208,3 +257,8 @@ async fn series(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q)
         .collect();
     Ok(Json(json!({"granularity": granularity, "from": from, "to": to, "buckets": buckets})))
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(record, record_batch, series))]
+pub struct Docs;

@@ -64,16 +64,32 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: &[i64]) -> Result<()
 }
 
 /// The notification. Providers add fields over time, so unknown fields are ignored here.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct Notification {
     id: String,
     #[serde(rename = "type")]
     kind: String,
     invoice_id: Uuid,
+    #[schema(value_type = Option<String>)]
     amount: Option<Value>,
     currency: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/payments",
+    tag = "billing",
+    params(("Payment-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">; 300 s tolerance")),
+    request_body = Notification,
+    responses(
+        (status = 200, description = "Processed (or already processed: exactly once by id)", body = serde_json::Value),
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        (status = 401, description = "UNAUTHENTICATED: bad or stale signature", body = crate::openapi::ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        (status = 503, description = "the webhook secret is not configured", body = crate::openapi::ErrorBody)
+    ),
+    security(()),
+)]
 async fn payments(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let secret = state.config().webhook_secret.clone().ok_or_else(|| {
         ApiError::new(
@@ -149,3 +165,8 @@ mod tests {
         assert!(verify("s3cret", "t=1000,v1=zz", body, &[1000]).is_err(), "not hex");
     }
 }
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(payments))]
+pub struct Docs;

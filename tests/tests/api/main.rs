@@ -8,6 +8,7 @@ mod billing;
 mod bookings;
 mod gdpr;
 mod global_order;
+mod openapi;
 mod operability;
 mod projector_crash;
 mod rebuild;

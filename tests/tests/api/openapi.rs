@@ -1,0 +1,118 @@
+//! The OpenAPI document and the docs page: complete, generated, and served offline.
+
+use std::collections::BTreeSet;
+
+use e2e::spawn_app;
+use reqwest::Method;
+
+/// Every `(METHOD, path)` the server routes, read from the routers' source: each
+/// `.route("<path>", get(..).post(..))` call in `api/src`.
+fn routed() -> BTreeSet<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src");
+    let mut files = vec![root.join("app.rs"), root.join("openapi.rs")];
+    files.extend(std::fs::read_dir(root.join("routes")).unwrap().map(|e| e.unwrap().path()));
+    let mut routes = BTreeSet::new();
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find(".route(\"") {
+            rest = &rest[at + 8..];
+            let path_end = rest.find('"').unwrap();
+            let path = &rest[..path_end];
+            // The route call's argument list, up to its closing parenthesis.
+            let mut depth = 1;
+            let mut end = 0;
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let call = &rest[path_end..end];
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let needle = format!("{method}(");
+                if call
+                    .match_indices(&needle)
+                    .any(|(i, _)| i == 0 || !call.as_bytes()[i - 1].is_ascii_alphanumeric() && call.as_bytes()[i - 1] != b'_')
+                {
+                    routes.insert((method.to_uppercase(), path.to_owned()));
+                }
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn the_spec_lists_exactly_the_routed_operations_and_every_one_answers() {
+    let app = spawn_app().await;
+    let spec = app.request(Method::GET, "/openapi.json", None).send().await.unwrap();
+    assert_eq!(spec.status(), 200);
+    let spec: serde_json::Value = spec.json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            documented.insert((method.to_uppercase(), path.clone()));
+            // Every operation documents its success and its errors in the contract's shape.
+            let responses = op["responses"].as_object().unwrap();
+            assert!(responses.keys().any(|s| s.starts_with('2')), "{method} {path} has no success response");
+            if path.starts_with("/v1/") && path != "/v1/webhooks/payments" {
+                assert!(responses.contains_key("401"), "{method} {path} does not document 401");
+                assert_eq!(responses["401"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+            }
+            if method == "post" && path.starts_with("/v1/") && path != "/v1/webhooks/payments" {
+                let params = op["parameters"].as_array().unwrap();
+                assert!(params.iter().any(|p| p["name"] == "Idempotency-Key"), "{method} {path} does not document Idempotency-Key");
+            }
+        }
+    }
+    let routed = routed();
+    assert!(routed.len() >= 50, "the source scan found only {} routes", routed.len());
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    assert!(undocumented.is_empty(), "routed but not in the spec: {undocumented:?}");
+    let phantom: Vec<_> = documented.difference(&routed).collect();
+    assert!(phantom.is_empty(), "in the spec but not routed: {phantom:?}");
+
+    // Every documented operation is really served: none answers the router's "no such route".
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{name}", "tenants")
+            .replace("{metric}", "sms")
+            .replace("{aggregate_type}", "Tenant");
+        let reply = app.send(app.request(Method::from_bytes(method.as_bytes()).unwrap(), &concrete, None)).await;
+        let routerless = reply.status == 404 && reply.body["error"]["message"] == "no such route" || reply.status == 405;
+        assert!(!routerless, "{method} {path} is documented but not routed: {} {}", reply.status, reply.body);
+        // (The webhook answers 503 by contract when no secret is configured.)
+        let expected_503 = path == "/v1/webhooks/payments" && reply.code() == "WEBHOOKS_DISABLED";
+        assert!(reply.status.as_u16() < 500 || expected_503, "{method} {path} without a token: {} {}", reply.status, reply.body);
+    }
+    // Schemas the operations name exist.
+    for schema in ["ErrorBody", "CreateTenant", "CreateBooking", "UsageBody", "TenantView", "BookingView"] {
+        assert!(spec["components"]["schemas"][schema].is_object(), "no schema {schema}");
+    }
+}
+
+#[tokio::test]
+async fn the_docs_page_renders_every_operation_without_the_internet() {
+    let app = spawn_app().await;
+    let response = app.request(Method::GET, "/docs", None).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = response.text().await.unwrap();
+    for (_, path) in routed() {
+        assert!(page.contains(&format!("<code>{path}</code>")), "{path} is not on the page");
+    }
+    // Self-contained: nothing is loaded from elsewhere.
+    for external in ["<script", "src=\"http", "href=\"http", "@import"] {
+        assert!(!page.contains(external), "the page loads something: {external}");
+    }
+}
