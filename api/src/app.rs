@@ -361,6 +361,17 @@ async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response 
     next.run(request).await
 }
 
+/// Refuses a path or query string carrying an encoded NUL (`%00`): no identifier or filter
+/// contains one, and Postgres text cannot hold one (it would surface as a 500).
+async fn refuse_nul(request: Request, next: Next) -> Response {
+    let raw = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or_default();
+    if raw.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0') {
+        let part = if request.uri().path().contains("%00") { "path" } else { "query" };
+        return ApiError::validation(part, "must not contain a NUL character (%00)").into_response();
+    }
+    next.run(request).await
+}
+
 /// Makes every error response, whoever produced it (router, body limit, timeout, panic),
 /// carry the contract's JSON error body, and scopes the request id for handlers.
 async fn contract_errors(request: Request, next: Next) -> Response {
@@ -395,6 +406,7 @@ fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
         .layer(CatchPanicLayer::custom(|_| ApiError::internal("a handler panicked").into_response()))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(contract_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();

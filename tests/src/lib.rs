@@ -98,7 +98,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(response: Response) -> Self {
+    /// Reads a response.
+    pub async fn from(response: Response) -> Self {
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod billing;
 mod bookings;
+mod fuzz;
 mod gdpr;
 mod global_order;
 mod openapi;
