@@ -48,6 +48,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
+    instance: String,
     pool: PgPool,
     config: Config,
     admin_token: String,
@@ -66,6 +67,11 @@ impl AppState {
     /// The database pool (read-model queries).
     pub fn pool(&self) -> &PgPool {
         &self.0.pool
+    }
+
+    /// This instance's id (its sessions' `application_name`).
+    pub fn instance(&self) -> &str {
+        &self.0.instance
     }
 
     /// The configuration.
@@ -127,8 +133,18 @@ impl AppState {
     }
 
     /// Runs the billing cycle as of `as_of` with read models settled before and after.
+    /// Serialised across every instance by an advisory lock held on a connection of its own
+    /// (closed, and so released, whatever happens to this future).
     pub async fn run_billing(&self, as_of: chrono::DateTime<chrono::Utc>) -> Result<commands::accounts::BillingReport, ApiError> {
         let _serialised = self.0.billing_lock.lock().await;
+        let mut lock = self.pool().acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(projections::leader::key("billing-run")).execute(&mut lock).await?;
+        let report = self.run_billing_locked(as_of).await;
+        let _ = sqlx::Connection::close(lock).await;
+        report
+    }
+
+    async fn run_billing_locked(&self, as_of: chrono::DateTime<chrono::Utc>) -> Result<commands::accounts::BillingReport, ApiError> {
         self.settle_all().await;
         let correlation = REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| format!("billing-{}", Uuid::now_v7()));
         let report = self.0.accounts.run_billing(as_of, &correlation).await?;
@@ -211,7 +227,8 @@ impl Application {
     /// sequencer and projectors, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         db::ensure_database(&config.database_url).await?;
-        let pool = db::connect(&config.database_url, config.db_max_connections).await?;
+        let instance = format!("saas-ledger-{}", &Uuid::now_v7().simple().to_string()[20..]);
+        let pool = db::connect_as(&config.database_url, config.db_max_connections, &instance).await?;
         db::migrate(&pool).await?;
 
         let sequencer = Sequencer::new(pool.clone());
@@ -250,6 +267,7 @@ impl Application {
         });
         let listener = TcpListener::bind(&config.bind).await?;
         let state = AppState(Arc::new(Inner {
+            instance,
             log: EventLog::new(pool.clone()),
             pool,
             config,
@@ -267,8 +285,15 @@ impl Application {
         state.accounts().plans().seed_defaults(&seed).await.map_err(|e| e.to_string())?;
         state.settle_all().await;
         let mut background = background;
-        background.push(tokio::spawn(billing_loop(state.clone(), shutdown.clone())));
+        let billing = state.clone();
+        background.push(tokio::spawn(projections::leader::lead(state.pool().clone(), "billing-loop", shutdown.clone(), move |lost| {
+            billing_loop(billing.clone(), lost)
+        })));
         background.push(tokio::spawn(housekeeping(state.clone(), shutdown.clone())));
+        if let Some(relay) = state.config().relay.clone() {
+            tracing::info!(url = %relay.url, stream = %relay.stream, "relaying the event log to NATS JetStream");
+            background.push(tokio::spawn(projections::relay::Relay::new(state.pool().clone(), relay).run(shutdown.clone())));
+        }
         crate::metrics::handle();
         let router = router(state.clone());
         Ok(Self { listener, router, state, shutdown, background, generated_admin_token })
@@ -303,7 +328,8 @@ impl Application {
 }
 
 /// Runs the billing cycle as of the server's clock every `billing_interval`, so renewals, trial
-/// ends and grace expiries happen without anyone asking.
+/// ends and grace expiries happen without anyone asking. One instance at a time runs it (the
+/// leader of `billing-loop`).
 async fn billing_loop(state: AppState, shutdown: CancellationToken) {
     let interval = state.config().billing_interval;
     loop {

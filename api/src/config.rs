@@ -38,6 +38,15 @@ pub struct ServeArgs {
     /// How often the billing cycle runs by itself, in seconds.
     #[arg(long, env = "SAAS_LEDGER_BILLING_INTERVAL_SECS", default_value_t = 60)]
     pub billing_interval_secs: u64,
+    /// NATS server to relay the event log to (JetStream); no relay when unset.
+    #[arg(long, env = "SAAS_LEDGER_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The JetStream stream the relay publishes to.
+    #[arg(long, env = "SAAS_LEDGER_NATS_STREAM", default_value = "SAAS_LEDGER")]
+    pub nats_stream: String,
+    /// The relay's first subject token.
+    #[arg(long, env = "SAAS_LEDGER_NATS_SUBJECT_PREFIX", default_value = "saas-ledger")]
+    pub nats_subject_prefix: String,
 }
 
 /// Everything the application needs, resolved.
@@ -61,6 +70,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How often the server runs the billing cycle by itself.
     pub billing_interval: Duration,
+    /// The event relay to NATS JetStream, if configured.
+    pub relay: Option<projections::relay::RelayConfig>,
 }
 
 impl Config {
@@ -77,6 +88,11 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             billing_interval: Duration::from_secs(args.billing_interval_secs.max(1)),
+            relay: args.nats_url.as_deref().map(|url| projections::relay::RelayConfig {
+                stream: args.nats_stream.clone(),
+                subject_prefix: args.nats_subject_prefix.clone(),
+                ..projections::relay::RelayConfig::new(url)
+            }),
         }
     }
 
@@ -92,6 +108,7 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             billing_interval: Duration::from_secs(60),
+            relay: None,
         }
     }
 }

@@ -17,7 +17,13 @@ const SESSION_SETTINGS: [(&str, &str); 3] =
 
 /// Opens a pool of at most `max_connections` to `url`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.options(SESSION_SETTINGS);
+    connect_as(url, max_connections, "saas-ledger").await
+}
+
+/// Like [`connect`], naming the sessions `application_name` (an instance's id, so that
+/// `pg_stat_activity` and leadership queries can tell instances apart).
+pub async fn connect_as(url: &str, max_connections: u32, application_name: &str) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.options(SESSION_SETTINGS).application_name(application_name);
     PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10)).connect_with(options).await
 }
 

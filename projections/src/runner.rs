@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::leader;
 use crate::log::{self, StoredEvent};
 use crate::sequencer::Sequencer;
 
@@ -101,6 +102,9 @@ pub struct RunInfo {
     pub last_error: Option<String>,
     /// The position it is stuck at.
     pub last_error_position: Option<i64>,
+    /// The instance (its `application_name`) that runs this projection now, if any.
+    #[sqlx(default)]
+    pub leader: Option<String>,
 }
 
 /// Applies `event` to `projection`, upcast unless the projection reads stored events.
@@ -422,11 +426,20 @@ impl Projections {
     /// Starts the sequencer and one projector loop per projection; they stop on `shutdown`.
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         let mut tasks = vec![tokio::spawn(self.sequencer.clone().run(shutdown.clone()))];
+        // Each projection is followed by one instance at a time (the holder of its advisory
+        // lock); the others stand by and take over when it dies.
         for projection in &self.projections {
             let this = self.clone();
             let name = projection.name();
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move { this.follow(name, shutdown).await }));
+            tasks.push(tokio::spawn(async move {
+                let pool = this.pool.clone();
+                leader::lead(pool, &format!("projection:{name}"), shutdown, |lost| {
+                    let this = this.clone();
+                    async move { this.follow(name, lost).await }
+                })
+                .await;
+            }));
         }
         tasks
     }
@@ -537,13 +550,18 @@ impl Projections {
 
     /// Every run that is not retired, with its position and lag.
     pub async fn status(&self) -> Result<Vec<RunInfo>, sqlx::Error> {
-        sqlx::query_as(
+        let runs: Vec<RunInfo> = sqlx::query_as(
             "SELECT r.name, r.version, r.generation, r.status, r.position, h.position AS head, h.position - r.position AS lag,
                     r.last_error, r.last_error_position
              FROM projection_runs r CROSS JOIN event_log_head h
              WHERE r.status <> 'retired' ORDER BY r.name, r.generation",
         )
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        let mut runs = runs;
+        for run in &mut runs {
+            run.leader = leader::holder(&self.pool, &format!("projection:{}", run.name)).await?;
+        }
+        Ok(runs)
     }
 }

@@ -24,8 +24,8 @@ pub fn router() -> Router<AppState> {
     ),
     security(()),
 )]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"status": "ok", "instance": state.instance()}))
 }
 
 /// The database answers and every migration is applied; 503 otherwise.

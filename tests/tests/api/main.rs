@@ -13,6 +13,7 @@ mod openapi;
 mod operability;
 mod projector_crash;
 mod rebuild;
+mod relay;
 mod replay;
 mod tenants;
 mod usage;
