@@ -9,6 +9,7 @@ mod bookings;
 mod fuzz;
 mod gdpr;
 mod global_order;
+mod instances;
 mod openapi;
 mod operability;
 mod projector_crash;
