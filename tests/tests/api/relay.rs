@@ -101,3 +101,35 @@ async fn a_relay_killed_mid_way_publishes_every_event_exactly_once_in_order() {
     assert_eq!(info.state.messages, total as u64);
     js.delete_stream(&config.stream).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_server_configured_with_nats_relays_its_log() {
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let config =
+        RelayConfig { stream: format!("SL_SRV_{suffix}"), subject_prefix: format!("sl-srv-{suffix}"), ..RelayConfig::new(NATS_URL) };
+    let relayed = config.clone();
+    let app = e2e::spawn_app_with(move |c| c.relay = Some(relayed)).await;
+    let tenant = app.create_tenant("relayed-clinic").await;
+    let total = head(&app).await;
+    let js = jetstream::new(async_nats::connect(NATS_URL).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        if let Ok(mut stream) = js.get_stream(&config.stream).await {
+            if stream.info().await.unwrap().state.messages == total as u64 {
+                break stream;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not relay its {total} events");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let consumer = stream.create_consumer(consumer::pull::OrderedConfig::default()).await.unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut subjects = Vec::new();
+    for _ in 0..total {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.unwrap().unwrap().unwrap();
+        subjects.push(message.subject.to_string());
+    }
+    assert!(subjects.contains(&format!("{}.{}.Tenant.TenantCreated", config.subject_prefix, tenant.id)), "{subjects:?}");
+    assert!(subjects.iter().any(|s| s.starts_with(&format!("{}.platform.Plan.", config.subject_prefix))), "{subjects:?}");
+    js.delete_stream(&config.stream).await.unwrap();
+}
