@@ -243,3 +243,63 @@ fn ref_or_inline(schema: &serde_json::Value) -> String {
         None => schema.to_string(),
     }
 }
+
+/// `X-Tenant-ID`, on tenant routes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header, names("X-Tenant-ID"))]
+#[allow(dead_code)]
+pub struct TenantHeader(
+    /// The admin token acts for this tenant; a tenant key naming another tenant gets 403.
+    Option<String>,
+);
+
+/// `Idempotency-Key`, on every POST.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header, names("Idempotency-Key"))]
+#[allow(dead_code)]
+pub struct IdempotencyHeader(
+    /// Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response.
+    Option<String>,
+);
+
+/// The errors of any authenticated route.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthErrors {
+    /// UNAUTHENTICATED: missing, unknown or revoked token.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After).
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+}
+
+/// The errors of any tenant command (a write on behalf of a tenant).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum CommandErrors {
+    /// VALIDATION_FAILED (details.field names the field), MALFORMED_JSON.
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// UNAUTHENTICATED: missing, unknown or revoked token.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// TENANT_SUSPENDED: commands are refused until the open invoice is paid.
+    #[response(status = 402)]
+    Suspended(ErrorBody),
+    /// FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant).
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// PAYLOAD_TOO_LARGE.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// UNSUPPORTED_MEDIA_TYPE: send application/json.
+    #[response(status = 415)]
+    MediaType(ErrorBody),
+    /// RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After).
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+}

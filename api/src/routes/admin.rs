@@ -31,9 +31,8 @@ pub fn router() -> Router<AppState> {
     tag = "admin",
     responses(
         (status = 200, description = "[{name, version, generation, position, head, lag, status, last_error, last_error_position}]", body = serde_json::Value),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
@@ -46,13 +45,12 @@ async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Val
     post,
     path = "/v1/admin/projections/{name}/rebuild",
     tag = "admin",
-    params(("name" = String, Path, description = "A projection name, or all"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(("name" = String, Path, description = "A projection name, or all"), crate::openapi::IdempotencyHeader),
     responses(
         (status = 202, description = "The runs started: reads stay on the live model until the new one catches up", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn rebuild(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -87,12 +85,11 @@ fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiEr
     request_body = ClockBody,
     responses(
         (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
         (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
         (status = 404, description = "NOT_FOUND: the server runs without SAAS_LEDGER_TEST_CLOCK=1", body = crate::openapi::ErrorBody),
-        (status = 409, description = "CLOCK_BACKWARDS", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 409, description = "CLOCK_BACKWARDS", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJson<ClockBody>) -> Result<Json<Value>, ApiError> {
@@ -120,10 +117,9 @@ async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJs
     tag = "admin",
     responses(
         (status = 200, description = "{now}", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 404, description = "NOT_FOUND: no test clock", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 404, description = "NOT_FOUND: no test clock", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn get_clock(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
@@ -142,14 +138,13 @@ struct BillingRunBody {
     post,
     path = "/v1/admin/billing/run",
     tag = "admin",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(crate::openapi::IdempotencyHeader),
     request_body = BillingRunBody,
     responses(
         (status = 200, description = "What the billing run did", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn run_billing(

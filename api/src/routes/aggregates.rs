@@ -33,10 +33,9 @@ struct Point {
     params(("aggregate_type" = String, Path, description = "Tenant, Subscription, Plan, Resource, Booking or Usage"), ("id" = String, Path, description = "Aggregate id"), Point),
     responses(
         (status = 200, description = "The state rebuilt from its events at that point", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn read(

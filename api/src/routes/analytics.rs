@@ -37,12 +37,11 @@ struct UsageQuery {
     get,
     path = "/v1/analytics/usage",
     tag = "analytics",
-    params(UsageQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(UsageQuery, crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "Usage per hour, day or month from the analytics schema", body = serde_json::Value),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn usage(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Json<Value>, ApiError> {
@@ -93,10 +92,9 @@ type RevenueRow = (DateTime<Utc>, Decimal, Decimal, i64, i64, i64, i64, sqlx::ty
     params(RevenueQuery),
     responses(
         (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn revenue(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<RevenueQuery>) -> Result<Json<Vec<Value>>, ApiError> {

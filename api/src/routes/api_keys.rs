@@ -44,18 +44,11 @@ struct KeyView {
     post,
     path = "/v1/api-keys",
     tag = "api-keys",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = IssueKey,
     responses(
         (status = 201, description = "{id, api_key}: the secret is shown this once", body = serde_json::Value),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::CommandErrors
     ),
 )]
 async fn issue(
@@ -89,11 +82,10 @@ async fn issue(
     get,
     path = "/v1/api-keys",
     tag = "api-keys",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "The tenant's keys (no secrets)", body = serde_json::Value),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors
     ),
 )]
 async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
@@ -109,18 +101,11 @@ async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Jso
     delete,
     path = "/v1/api-keys/{id}",
     tag = "api-keys",
-    params(("id" = Uuid, Path, description = "Key id"), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(("id" = Uuid, Path, description = "Key id"), crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "The revoked key; it stops working at once", body = serde_json::Value),
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::CommandErrors,
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn revoke(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {

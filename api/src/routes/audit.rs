@@ -37,12 +37,11 @@ struct AuditQuery {
     get,
     path = "/v1/audit",
     tag = "audit",
-    params(AuditQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(AuditQuery, crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "A page of audit entries with their hash chain", body = serde_json::Value),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn list(
@@ -76,11 +75,10 @@ async fn list(
     get,
     path = "/v1/audit/verify",
     tag = "audit",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "{valid, checked, first_bad_position}", body = serde_json::Value),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors
     ),
 )]
 async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<Verification>, ApiError> {

@@ -35,12 +35,11 @@ async fn rows(state: &AppState, table: &str, tenant_id: Uuid, order: &str, hidde
     get,
     path = "/v1/tenant/export",
     tag = "gdpr",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "Everything the tenant owns: {exported_at, tenant, subscription, api_keys, resources, bookings, usage, invoices, audit}", body = serde_json::Value),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn export(State(state): State<AppState>, caller: TenantCaller) -> Result<impl IntoResponse, ApiError> {

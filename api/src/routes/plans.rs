@@ -43,8 +43,7 @@ pub fn plan_json(plan: &Plan) -> Value {
     tag = "plans",
     responses(
         (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, limits, features, rate_limit_per_minute}]", body = serde_json::Value),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors
     ),
 )]
 async fn list(State(state): State<AppState>, _: Caller) -> Result<Json<Vec<Value>>, ApiError> {
@@ -88,14 +87,13 @@ struct LimitsBody {
     post,
     path = "/v1/plans",
     tag = "plans",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(crate::openapi::IdempotencyHeader),
     request_body = PublishPlan,
     responses(
         (status = 201, description = "The published plan version", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn publish(

@@ -21,11 +21,10 @@ pub fn router() -> Router<AppState> {
     get,
     path = "/v1/quota",
     tag = "quota",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "Every metric: limit, used, remaining, period", body = serde_json::Value),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors
     ),
 )]
 async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Vec<QuotaLine>>, ApiError> {
@@ -37,12 +36,11 @@ async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json
     get,
     path = "/v1/quota/{metric}",
     tag = "quota",
-    params(("metric" = String, Path, description = "api_calls, storage_bytes, sms, tickets, bookings, events, ..."), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(("metric" = String, Path, description = "api_calls, storage_bytes, sms, tickets, bookings, events, ..."), crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "One metric: limit, used, remaining, period", body = serde_json::Value),
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn one(State(state): State<AppState>, caller: TenantCaller, Path(metric): Path<String>) -> Result<Json<QuotaLine>, ApiError> {

@@ -60,7 +60,7 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<ResourceVie
     post,
     path = "/v1/resources",
     tag = "bookings",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = CreateResource,
     responses(
         (status = 201, description = "The resource", body = serde_json::Value),
@@ -118,12 +118,11 @@ struct ListQuery {
     get,
     path = "/v1/resources",
     tag = "bookings",
-    params(ListQuery, ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(ListQuery, crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "A page of resources", body = serde_json::Value),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn list(
@@ -151,12 +150,11 @@ async fn list(
     get,
     path = "/v1/resources/{id}",
     tag = "bookings",
-    params(("id" = Uuid, Path, description = "Resource id"), ("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(("id" = Uuid, Path, description = "Resource id"), crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "The resource", body = serde_json::Value),
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn read(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<ResourceView>, ApiError> {

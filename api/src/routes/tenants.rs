@@ -186,16 +186,15 @@ pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiEr
     post,
     path = "/v1/tenants",
     tag = "tenants",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(crate::openapi::IdempotencyHeader),
     request_body = CreateTenant,
     responses(
         (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
         (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
         (status = 409, description = "CONFLICT (details.field = code): the code is taken; IDEMPOTENCY_KEY_REUSED", body = crate::openapi::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn create(
@@ -250,10 +249,9 @@ struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of tenants: {data, has_more, next_cursor}", body = serde_json::Value),
+        crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<TenantView>>, ApiError> {
@@ -293,9 +291,8 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     params(("id" = Uuid, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant", body = TenantView),
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors,
+        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
@@ -310,11 +307,10 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
     get,
     path = "/v1/tenant",
     tag = "tenants",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "The caller's tenant", body = TenantView),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::AuthErrors
     ),
 )]
 async fn read_own(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<TenantView>, ApiError> {
@@ -359,15 +355,14 @@ async fn execute(
     post,
     path = "/v1/tenants/{id}/suspend",
     tag = "tenants",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
     request_body = Reason,
     responses(
         (status = 200, description = "The suspended tenant", body = TenantView),
+        crate::openapi::AuthErrors,
         (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
         (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn suspend(
@@ -386,15 +381,14 @@ async fn suspend(
     post,
     path = "/v1/tenants/{id}/reactivate",
     tag = "tenants",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
     request_body = Reason,
     responses(
         (status = 200, description = "The reactivated tenant", body = TenantView),
+        crate::openapi::AuthErrors,
         (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
         (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn reactivate(
@@ -411,15 +405,14 @@ async fn reactivate(
     post,
     path = "/v1/tenants/{id}/cancel",
     tag = "tenants",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
     request_body = Reason,
     responses(
         (status = 200, description = "The cancelled tenant", body = TenantView),
+        crate::openapi::AuthErrors,
         (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
         (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn cancel(
@@ -458,18 +451,11 @@ impl BrandingBody {
     put,
     path = "/v1/tenant/branding",
     tag = "tenants",
-    params(("X-Tenant-ID" = Option<String>, Header, description = "The admin token acts for this tenant; a tenant key naming another tenant gets 403")),
+    params(crate::openapi::TenantHeader),
     request_body = BrandingBody,
     responses(
         (status = 200, description = "The tenant with its new branding", body = TenantView),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        crate::openapi::CommandErrors
     ),
 )]
 async fn update_branding(
@@ -491,13 +477,12 @@ async fn update_branding(
     post,
     path = "/v1/tenants/{id}/erase",
     tag = "gdpr",
-    params(("id" = Uuid, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response")),
+    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
     responses(
         (status = 200, description = "The erased tenant (status erased, personal fields null)", body = TenantView),
+        crate::openapi::AuthErrors,
         (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody),
-        (status = 429, description = "RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
+        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
