@@ -272,7 +272,7 @@ async fn main() {
 
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let table = format!(
-        "# Throughput, {date}\n\n`cargo bench -p e2e --bench throughput` ({secs} s per measurement; debug-free release build; server and Postgres on one {}-core machine)\n\n\
+        "# Throughput, {date}\n\n`cargo bench -p e2e --bench throughput` ({secs} s per measurement; server and Postgres on one {}-core machine)\n\n\
 | what | ours | p50 | p99 | raw Postgres, same run | ratio | failed |\n|---|---|---|---|---|---|---|\n{}\n\nPeak RSS of the bench process (server + load generator): {:.0} MiB\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         rows.join("\n"),
