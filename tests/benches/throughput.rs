@@ -136,6 +136,7 @@ async fn main() {
     })
     .await;
     let url = format!("{}/{}", e2e::server_url(), app.db_name);
+    eprintln!("server at {} (its /metrics split each command into the append and the rest)", app.address);
     // A plan without limits that get in the way of a load test.
     app.post(
         "/v1/plans",
