@@ -143,6 +143,15 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The caller of a whole request, for middleware: resolved (and cached in the request's
+/// extensions, so the handler's extractor does not look it up again) and handed back with the
+/// request.
+pub async fn caller_of(request: axum::extract::Request, state: &AppState) -> (axum::extract::Request, Result<Caller, ApiError>) {
+    let (mut parts, body) = request.into_parts();
+    let caller = Caller::from_request_parts(&mut parts, state).await;
+    (axum::extract::Request::from_parts(parts, body), caller)
+}
+
 /// The platform admin; a tenant key gets 403.
 #[derive(Debug, Clone)]
 pub struct Admin;

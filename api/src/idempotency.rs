@@ -17,7 +17,7 @@
 //! Erasing a tenant also deletes its records.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-use crate::auth::{Caller, TENANT_HEADER};
+use crate::auth::{caller_of, Caller, TENANT_HEADER};
 use crate::error::{ApiError, REQUEST_ID};
 
 /// The request header.
@@ -63,12 +63,13 @@ fn validate_key(headers: &HeaderMap) -> Result<String, ApiError> {
 
 async fn guarded(state: AppState, request: Request, next: Next) -> Result<Response, Response> {
     let key = validate_key(request.headers()).map_err(IntoResponse::into_response)?;
-    let (mut parts, body) = request.into_parts();
     // Who is asking scopes the key. A request that does not authenticate (or is not meant to,
     // like the payment webhook) runs without idempotency: it will be refused or it has its own.
-    let Ok(caller) = Caller::from_request_parts(&mut parts, &state).await else {
-        return Ok(next.run(Request::from_parts(parts, body)).await);
+    let (request, caller) = caller_of(request, &state).await;
+    let Ok(caller) = caller else {
+        return Ok(next.run(request).await);
     };
+    let (parts, body) = request.into_parts();
     let scope = match &caller {
         Caller::Admin { acting_for: None } => "admin".to_owned(),
         Caller::Admin { acting_for: Some(tenant_id) } => format!("tenant:{tenant_id}:admin"),

@@ -9,13 +9,13 @@
 //! written for them (a crash forgets the buckets, which only ever errs in the client's favour).
 //! The platform admin is not limited.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{caller_of, Caller};
 use crate::error::ApiError;
 
 /// A bucket after taking a token (or failing to).
@@ -53,25 +53,25 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     if !request.uri().path().starts_with("/v1/") || !request.headers().contains_key(axum::http::header::AUTHORIZATION) {
         return next.run(request).await;
     }
-    let (mut parts, body) = request.into_parts();
     // A request that does not authenticate is refused by its handler; only known keys count.
-    let key = match Caller::from_request_parts(&mut parts, &state).await {
+    let (request, caller) = caller_of(request, &state).await;
+    let key = match caller {
         Ok(Caller::Tenant(key)) => key,
-        _ => return next.run(Request::from_parts(parts, body)).await,
+        _ => return next.run(request).await,
     };
     let Some(per_minute) = key.rate_limit_per_minute.and_then(|l| u32::try_from(l).ok()).filter(|l| *l > 0) else {
-        return next.run(Request::from_parts(parts, body)).await;
+        return next.run(request).await;
     };
     let bucket = match take(state.pool(), key.key_id, per_minute).await {
         Ok(bucket) => bucket,
         // The limiter failing must not take the API down with it: let the request through.
         Err(e) => {
             tracing::warn!(error = %e, "rate limiter unavailable; request let through");
-            return next.run(Request::from_parts(parts, body)).await;
+            return next.run(request).await;
         }
     };
     let mut response = if bucket.allowed {
-        next.run(Request::from_parts(parts, body)).await
+        next.run(request).await
     } else {
         let per_second = f64::from(per_minute) / 60.0;
         let wait = ((1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64;
