@@ -54,7 +54,6 @@ struct Inner {
     admin_token: String,
     clock: Arc<dyn Clock>,
     manual_clock: Option<Arc<ManualClock>>,
-    billing_lock: tokio::sync::Mutex<()>,
     tenants: Arc<Tenants>,
     accounts: Accounts,
     usage: Usage,
@@ -136,7 +135,6 @@ impl AppState {
     /// Serialised across every instance by an advisory lock held on a connection of its own
     /// (closed, and so released, whatever happens to this future).
     pub async fn run_billing(&self, as_of: chrono::DateTime<chrono::Utc>) -> Result<commands::accounts::BillingReport, ApiError> {
-        let _serialised = self.0.billing_lock.lock().await;
         let mut lock = self.pool().acquire().await?.detach();
         sqlx::query("SELECT pg_advisory_lock($1)").bind(projections::leader::key("billing-run")).execute(&mut lock).await?;
         let report = self.run_billing_locked(as_of).await;
@@ -274,7 +272,6 @@ impl Application {
             admin_token,
             clock,
             manual_clock,
-            billing_lock: tokio::sync::Mutex::new(()),
             tenants,
             accounts,
             usage,
