@@ -57,7 +57,9 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = handle();
     handle.run_upkeep();

@@ -73,7 +73,7 @@ every response carries `X-Request-Id`; any POST may carry `Idempotency-Key`; ten
 (429 `RATE_LIMITED` with `Retry-After`, `RateLimit-Limit` and `RateLimit-Remaining` on every answer). Money is a \
 decimal string with two places, times are RFC 3339 UTC.",
     ),
-    paths(metrics_doc, openapi_json, docs_page),
+    paths(crate::metrics::render, openapi_json, docs_page),
     components(schemas(ErrorBody, ErrorDetail, UsageBatch)),
     modifiers(&Security),
     security(("bearer" = [])),
@@ -109,12 +109,6 @@ pub fn document() -> &'static Document {
         doc
     })
 }
-
-/// `GET /metrics`: Prometheus text (documented here; served by `crate::metrics::render`).
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
-#[allow(dead_code)]
-async fn metrics_doc() {}
 
 /// `GET /openapi.json`: this document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
@@ -302,4 +296,22 @@ pub enum CommandErrors {
     /// RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After).
     #[response(status = 429)]
     RateLimited(ErrorBody),
+}
+
+/// 404 on a route whose path names something.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum NotFound {
+    /// NOT_FOUND: no such resource for this caller.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
+/// 403 on a route that takes a role (or the admin).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Forbidden {
+    /// FORBIDDEN: the caller's role may not do this.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
 }

@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "[{name, version, generation, position, head, lag, status, last_error, last_error_position}]", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::Forbidden
     ),
 )]
 async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
@@ -49,8 +49,8 @@ async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Val
     responses(
         (status = 202, description = "The runs started: reads stay on the live model until the new one catches up", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound,
+        crate::openapi::Forbidden
     ),
 )]
 async fn rebuild(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -87,7 +87,7 @@ fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiEr
         (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = serde_json::Value),
         crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        crate::openapi::Forbidden,
         (status = 404, description = "NOT_FOUND: the server runs without SAAS_LEDGER_TEST_CLOCK=1", body = crate::openapi::ErrorBody),
         (status = 409, description = "CLOCK_BACKWARDS", body = crate::openapi::ErrorBody)
     ),
@@ -118,7 +118,7 @@ async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJs
     responses(
         (status = 200, description = "{now}", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        crate::openapi::Forbidden,
         (status = 404, description = "NOT_FOUND: no test clock", body = crate::openapi::ErrorBody)
     ),
 )]
@@ -144,7 +144,7 @@ struct BillingRunBody {
         (status = 200, description = "What the billing run did", body = serde_json::Value),
         crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::Forbidden
     ),
 )]
 async fn run_billing(

@@ -35,7 +35,7 @@ struct Point {
         (status = 200, description = "The state rebuilt from its events at that point", body = serde_json::Value),
         crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn read(

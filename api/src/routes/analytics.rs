@@ -94,7 +94,7 @@ type RevenueRow = (DateTime<Utc>, Decimal, Decimal, i64, i64, i64, i64, sqlx::ty
         (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = serde_json::Value),
         crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::Forbidden
     ),
 )]
 async fn revenue(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<RevenueQuery>) -> Result<Json<Vec<Value>>, ApiError> {

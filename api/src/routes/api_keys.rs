@@ -105,7 +105,7 @@ async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Jso
     responses(
         (status = 200, description = "The revoked key; it stops working at once", body = serde_json::Value),
         crate::openapi::CommandErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn revoke(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {

@@ -204,7 +204,7 @@ struct Reschedule {
     responses(
         (status = 200, description = "The moved booking", body = BookingView),
         crate::openapi::CommandErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn reschedule(
@@ -232,7 +232,7 @@ struct Cancel {
     responses(
         (status = 200, description = "The cancelled booking", body = BookingView),
         crate::openapi::CommandErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn cancel(
@@ -314,7 +314,7 @@ async fn list(
     responses(
         (status = 200, description = "The booking", body = BookingView),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn read(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<BookingView>, ApiError> {

@@ -39,7 +39,7 @@ async fn rows(state: &AppState, table: &str, tenant_id: Uuid, order: &str, hidde
     responses(
         (status = 200, description = "Everything the tenant owns: {exported_at, tenant, subscription, api_keys, resources, bookings, usage, invoices, audit}", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::Forbidden
     ),
 )]
 async fn export(State(state): State<AppState>, caller: TenantCaller) -> Result<impl IntoResponse, ApiError> {

@@ -134,7 +134,7 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
     responses(
         (status = 200, description = "The invoice with its lines", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -93,7 +93,7 @@ struct LimitsBody {
         (status = 201, description = "The published plan version", body = serde_json::Value),
         crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::Forbidden
     ),
 )]
 async fn publish(

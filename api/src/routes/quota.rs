@@ -40,7 +40,7 @@ async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json
     responses(
         (status = 200, description = "One metric: limit, used, remaining, period", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn one(State(state): State<AppState>, caller: TenantCaller, Path(metric): Path<String>) -> Result<Json<QuotaLine>, ApiError> {

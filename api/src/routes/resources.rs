@@ -154,7 +154,7 @@ async fn list(
     responses(
         (status = 200, description = "The resource", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn read(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<ResourceView>, ApiError> {

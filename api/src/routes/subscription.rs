@@ -65,7 +65,7 @@ async fn subscription_of(state: &AppState, tenant_id: Uuid) -> Result<(Uuid, Sub
     responses(
         (status = 200, description = "{plan, plan_version, billing_period, status, trial_ends_at, current_period_start, current_period_end, cancel_at_period_end, addons}", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn read(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {

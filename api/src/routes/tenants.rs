@@ -192,7 +192,7 @@ pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiEr
         (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = serde_json::Value),
         crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        crate::openapi::Forbidden,
         (status = 409, description = "CONFLICT (details.field = code): the code is taken; IDEMPOTENCY_KEY_REUSED", body = crate::openapi::ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody)
     ),
@@ -251,7 +251,7 @@ struct ListQuery {
         (status = 200, description = "A page of tenants: {data, has_more, next_cursor}", body = serde_json::Value),
         crate::openapi::AuthErrors,
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::Forbidden
     ),
 )]
 async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<TenantView>>, ApiError> {
@@ -292,7 +292,7 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     responses(
         (status = 200, description = "The tenant", body = TenantView),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound
     ),
 )]
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
@@ -360,8 +360,8 @@ async fn execute(
     responses(
         (status = 200, description = "The suspended tenant", body = TenantView),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        crate::openapi::NotFound,
+        crate::openapi::Forbidden,
         (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody)
     ),
 )]
@@ -386,8 +386,8 @@ async fn suspend(
     responses(
         (status = 200, description = "The reactivated tenant", body = TenantView),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        crate::openapi::NotFound,
+        crate::openapi::Forbidden,
         (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody)
     ),
 )]
@@ -410,8 +410,8 @@ async fn reactivate(
     responses(
         (status = 200, description = "The cancelled tenant", body = TenantView),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody),
+        crate::openapi::NotFound,
+        crate::openapi::Forbidden,
         (status = 409, description = "INVALID_STATE_TRANSITION", body = crate::openapi::ErrorBody)
     ),
 )]
@@ -481,8 +481,8 @@ async fn update_branding(
     responses(
         (status = 200, description = "The erased tenant (status erased, personal fields null)", body = TenantView),
         crate::openapi::AuthErrors,
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN: the caller's role may not do this", body = crate::openapi::ErrorBody)
+        crate::openapi::NotFound,
+        crate::openapi::Forbidden
     ),
 )]
 async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {

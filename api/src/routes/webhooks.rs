@@ -85,7 +85,7 @@ struct Notification {
         (status = 200, description = "Processed (or already processed: exactly once by id)", body = serde_json::Value),
         (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
         (status = 401, description = "UNAUTHENTICATED: bad or stale signature", body = crate::openapi::ErrorBody),
-        (status = 404, description = "NOT_FOUND: no such resource for this caller", body = crate::openapi::ErrorBody),
+        crate::openapi::NotFound,
         (status = 503, description = "the webhook secret is not configured", body = crate::openapi::ErrorBody)
     ),
     security(()),
