@@ -315,3 +315,12 @@ pub enum Forbidden {
     #[response(status = 403)]
     Forbidden(ErrorBody),
 }
+
+/// 400 on a route that validates its query, path or body.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Invalid {
+    /// VALIDATION_FAILED (details.field names the field), MALFORMED_JSON.
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+}

@@ -86,7 +86,7 @@ fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiEr
     responses(
         (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         crate::openapi::Forbidden,
         (status = 404, description = "NOT_FOUND: the server runs without SAAS_LEDGER_TEST_CLOCK=1", body = crate::openapi::ErrorBody),
         (status = 409, description = "CLOCK_BACKWARDS", body = crate::openapi::ErrorBody)
@@ -143,7 +143,7 @@ struct BillingRunBody {
     responses(
         (status = 200, description = "What the billing run did", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         crate::openapi::Forbidden
     ),
 )]

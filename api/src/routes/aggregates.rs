@@ -34,7 +34,7 @@ struct Point {
     responses(
         (status = 200, description = "The state rebuilt from its events at that point", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         crate::openapi::NotFound
     ),
 )]

@@ -41,7 +41,7 @@ struct UsageQuery {
     responses(
         (status = 200, description = "Usage per hour, day or month from the analytics schema", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
+        crate::openapi::Invalid
     ),
 )]
 async fn usage(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Json<Value>, ApiError> {
@@ -93,7 +93,7 @@ type RevenueRow = (DateTime<Utc>, Decimal, Decimal, i64, i64, i64, i64, sqlx::ty
     responses(
         (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         crate::openapi::Forbidden
     ),
 )]

@@ -41,7 +41,7 @@ struct AuditQuery {
     responses(
         (status = 200, description = "A page of audit entries with their hash chain", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
+        crate::openapi::Invalid
     ),
 )]
 async fn list(

@@ -123,14 +123,9 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<BookingView
     request_body = CreateBooking,
     responses(
         (status = 201, description = "The confirmed booking", body = BookingView),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
+        crate::openapi::CommandErrors,
         (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts; BOOKING_OVERLAP, CAPACITY_EXCEEDED, IDEMPOTENCY_KEY_REUSED", body = crate::openapi::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
-        (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody)
+        (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn create(
@@ -267,7 +262,7 @@ struct ListQuery {
     responses(
         (status = 200, description = "A page of bookings: {data, has_more, next_cursor}", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
+        crate::openapi::Invalid
     ),
 )]
 async fn list(

@@ -36,7 +36,7 @@ struct EventsQuery {
     responses(
         (status = 200, description = "NDJSON, one event per line: {position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at}", body = String, content_type = "application/x-ndjson"),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
+        crate::openapi::Invalid
     ),
 )]
 async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<EventsQuery>) -> Result<impl IntoResponse, ApiError> {

@@ -94,7 +94,7 @@ struct ListQuery {
     responses(
         (status = 200, description = "A page of invoices: {data, has_more, next_cursor}", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
+        crate::openapi::Invalid
     ),
 )]
 async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<Value>>, ApiError> {

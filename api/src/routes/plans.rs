@@ -92,7 +92,7 @@ struct LimitsBody {
     responses(
         (status = 201, description = "The published plan version", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         crate::openapi::Forbidden
     ),
 )]

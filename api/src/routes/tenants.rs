@@ -191,7 +191,7 @@ pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiEr
     responses(
         (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         crate::openapi::Forbidden,
         (status = 409, description = "CONFLICT (details.field = code): the code is taken; IDEMPOTENCY_KEY_REUSED", body = crate::openapi::ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody)
@@ -250,7 +250,7 @@ struct ListQuery {
     responses(
         (status = 200, description = "A page of tenants: {data, has_more, next_cursor}", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         crate::openapi::Forbidden
     ),
 )]

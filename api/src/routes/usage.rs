@@ -57,14 +57,8 @@ impl UsageBody {
     request_body = UsageBody,
     responses(
         (status = 202, description = "{accepted: true, duplicate}: a repeated idempotency_key is counted once", body = serde_json::Value),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
-        (status = 402, description = "TENANT_SUSPENDED: commands are refused until the open invoice is paid", body = crate::openapi::ErrorBody),
-        (status = 403, description = "FORBIDDEN (readonly key, wrong role), TENANT_CANCELLED (cancelled or erased tenant)", body = crate::openapi::ErrorBody),
-        (status = 409, description = "IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, CONCURRENT_MODIFICATION, INVALID_STATE_TRANSITION and the route's own conflicts", body = crate::openapi::ErrorBody),
-        (status = 413, description = "PAYLOAD_TOO_LARGE", body = crate::openapi::ErrorBody),
-        (status = 415, description = "UNSUPPORTED_MEDIA_TYPE: send application/json", body = crate::openapi::ErrorBody),
-        (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody),
-        (status = 401, description = "UNAUTHENTICATED: missing, unknown or revoked token", body = crate::openapi::ErrorBody)
+        crate::openapi::CommandErrors,
+        (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
     ),
 )]
 async fn record(
@@ -206,7 +200,7 @@ struct SeriesQuery {
     responses(
         (status = 200, description = "Usage per hour, day or month", body = serde_json::Value),
         crate::openapi::AuthErrors,
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody)
+        crate::openapi::Invalid
     ),
 )]
 async fn series(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<SeriesQuery>) -> Result<Json<Value>, ApiError> {

@@ -83,7 +83,7 @@ struct Notification {
     request_body = Notification,
     responses(
         (status = 200, description = "Processed (or already processed: exactly once by id)", body = serde_json::Value),
-        (status = 400, description = "VALIDATION_FAILED (details.field names the field), MALFORMED_JSON", body = crate::openapi::ErrorBody),
+        crate::openapi::Invalid,
         (status = 401, description = "UNAUTHENTICATED: bad or stale signature", body = crate::openapi::ErrorBody),
         crate::openapi::NotFound,
         (status = 503, description = "the webhook secret is not configured", body = crate::openapi::ErrorBody)
