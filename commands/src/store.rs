@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventUpcaster, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
@@ -48,6 +48,8 @@ pub struct AggregateStore<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
     on_commit: CommitHook,
+    pool: PgPool,
+    upcasting: bool,
 }
 
 impl<A> AggregateStore<A>
@@ -58,9 +60,10 @@ where
     /// An executor over `pool`'s `events` table (plain event store, no snapshots), with the
     /// upcasters that lift old event versions as they are read.
     pub fn new(pool: PgPool, services: A::Services, upcasters: Vec<Box<dyn EventUpcaster>>, on_commit: CommitHook) -> Self {
-        let repo = PostgresEventRepository::new(pool);
+        let upcasting = !upcasters.is_empty();
+        let repo = PostgresEventRepository::new(pool.clone());
         let store = PersistedEventStore::new_event_store(repo).with_upcasters(upcasters);
-        Self { store, services, on_commit }
+        Self { store, services, on_commit, pool, upcasting }
     }
 
     /// Runs `command` on aggregate `aggregate_id` and appends its events with `context`'s
@@ -119,6 +122,143 @@ where
                 Err(e) => return Err(Self::error(e)),
             }
         }
+    }
+
+    /// Runs one command on each of many *distinct* aggregates and appends all their events in
+    /// one transaction: one load query and one commit for the lot instead of one each. Returns
+    /// each command's outcome, in order. If the append fails as a whole (another writer
+    /// appended to one of these aggregates meanwhile, or the database refused one event), none
+    /// of it is kept and each command is run again on its own with [`Self::execute`], which
+    /// gives every command its exact outcome. Aggregates read through upcasters always take
+    /// that path (the batch load reads stored events as they are).
+    pub async fn execute_batch(
+        &self,
+        commands: Vec<(String, A::Command)>,
+        context: &CommandContext,
+    ) -> Vec<Result<Committed<A>, CommandError<A::Error>>> {
+        if self.upcasting || commands.len() < 2 {
+            return self.execute_each(commands, context).await;
+        }
+        let started = std::time::Instant::now();
+        match self.try_batch(&commands, context).await {
+            Ok(outcomes) => {
+                let appended: usize = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|c| c.events.len()).sum();
+                if appended > 0 {
+                    (self.on_commit)();
+                    metrics::counter!("saas_ledger_events_appended_total", "aggregate" => A::TYPE).increment(appended as u64);
+                }
+                for outcome in &outcomes {
+                    let outcome = match outcome {
+                        Ok(c) if c.events.is_empty() => "unchanged",
+                        Ok(_) => "committed",
+                        Err(_) => "rejected",
+                    };
+                    metrics::counter!("saas_ledger_commands_total", "aggregate" => A::TYPE, "outcome" => outcome).increment(1);
+                }
+                metrics::histogram!("saas_ledger_command_duration_seconds", "aggregate" => A::TYPE).record(started.elapsed().as_secs_f64());
+                outcomes
+            }
+            Err(e) => {
+                tracing::debug!(aggregate_type = A::TYPE, error = %e, "batch append failed as a whole; running its commands one by one");
+                self.execute_each(commands, context).await
+            }
+        }
+    }
+
+    async fn execute_each(
+        &self,
+        commands: Vec<(String, A::Command)>,
+        context: &CommandContext,
+    ) -> Vec<Result<Committed<A>, CommandError<A::Error>>> {
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for (id, command) in commands {
+            outcomes.push(self.execute(&id, command, context).await);
+        }
+        outcomes
+    }
+
+    /// One load, the decisions, one multi-row insert; `Err` if the insert failed (nothing kept).
+    async fn try_batch(
+        &self,
+        commands: &[(String, A::Command)],
+        context: &CommandContext,
+    ) -> Result<Vec<Result<Committed<A>, CommandError<A::Error>>>, sqlx::Error> {
+        let ids: Vec<&str> = commands.iter().map(|(id, _)| id.as_str()).collect();
+        let rows: Vec<(String, i64, String, String, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+            "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata
+             FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence",
+        )
+        .bind(A::TYPE)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut loaded: std::collections::HashMap<String, (A, usize)> = std::collections::HashMap::new();
+        for (aggregate_id, sequence, event_type, event_version, payload, metadata) in rows {
+            let serialized = cqrs_es::persist::SerializedEvent {
+                aggregate_id: aggregate_id.clone(),
+                sequence: sequence as usize,
+                aggregate_type: A::TYPE.to_owned(),
+                event_type,
+                event_version,
+                payload,
+                metadata,
+            };
+            let envelope = EventEnvelope::<A>::try_from(serialized).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let entry = loaded.entry(aggregate_id).or_insert_with(|| (A::default(), 0));
+            entry.0.apply(envelope.payload);
+            entry.1 = sequence as usize;
+        }
+        let metadata = context.to_metadata();
+        let metadata_json = serde_json::to_value(&metadata).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let mut outcomes = Vec::with_capacity(commands.len());
+        let mut columns: (Vec<String>, Vec<i64>, Vec<String>, Vec<String>, Vec<serde_json::Value>) = Default::default();
+        for (id, command) in commands {
+            let (mut aggregate, sequence) = loaded.remove(id).unwrap_or_else(|| (A::default(), 0));
+            let sink = EventSink::default();
+            if let Err(e) = aggregate.handle(command.clone(), &self.services, &sink).await {
+                outcomes.push(Err(CommandError::Domain(e)));
+                continue;
+            }
+            let events: Vec<EventEnvelope<A>> = sink
+                .collect()
+                .await
+                .into_iter()
+                .enumerate()
+                .map(|(i, payload)| EventEnvelope {
+                    aggregate_id: id.clone(),
+                    sequence: sequence + i + 1,
+                    payload,
+                    metadata: metadata.clone(),
+                })
+                .collect();
+            for event in &events {
+                columns.0.push(id.clone());
+                columns.1.push(event.sequence as i64);
+                columns.2.push(event.payload.event_type());
+                columns.3.push(event.payload.event_version());
+                columns.4.push(serde_json::to_value(&event.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+            }
+            outcomes.push(Ok(Committed { state: aggregate, events }));
+        }
+        if !columns.0.is_empty() {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 SELECT $1, id, seq, event_type, event_version, payload, $7
+                 FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(id, seq, event_type, event_version, payload)",
+            )
+            .bind(A::TYPE)
+            .bind(&columns.0)
+            .bind(&columns.1)
+            .bind(&columns.2)
+            .bind(&columns.3)
+            .bind(&columns.4)
+            .bind(&metadata_json)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(outcomes)
     }
 
     /// The aggregate's current state and last sequence, or `None` if it has no events.

@@ -30,4 +30,16 @@ impl Usage {
         let committed = self.store.execute(&id, fact, context).await?;
         Ok(Recorded { duplicate: committed.events.is_empty(), committed })
     }
+
+    /// Records many facts with distinct idempotency keys in one transaction (see
+    /// [`AggregateStore::execute_batch`]); each outcome in order.
+    pub async fn record_batch(&self, facts: Vec<RecordUsage>, context: &CommandContext) -> Vec<Result<Recorded, CommandError<UsageError>>> {
+        let commands = facts.into_iter().map(|fact| (usage_id(fact.tenant_id, &fact.idempotency_key), fact)).collect();
+        self.store
+            .execute_batch(commands, context)
+            .await
+            .into_iter()
+            .map(|outcome| outcome.map(|committed| Recorded { duplicate: committed.events.is_empty(), committed }))
+            .collect()
+    }
 }

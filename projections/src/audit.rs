@@ -4,6 +4,8 @@
 //! [`verify`] recomputes the chain from the events table, so an edited or deleted event, and an
 //! edited or deleted audit row, are found and named by position.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -159,6 +161,42 @@ pub fn entry(e: &StoredEvent, prev_hash: String) -> AuditEntry {
     entry
 }
 
+/// Audit entries column by column (bound as arrays).
+#[derive(Default)]
+struct EntryColumns {
+    position: Vec<i64>,
+    tenant_id: Vec<Uuid>,
+    occurred_at: Vec<DateTime<Utc>>,
+    actor: Vec<String>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    event_type: Vec<String>,
+    summary: Vec<String>,
+    correlation_id: Vec<String>,
+    causation_id: Vec<String>,
+    event_digest: Vec<String>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+}
+
+impl EntryColumns {
+    fn push(&mut self, e: AuditEntry) {
+        self.position.push(e.position);
+        self.tenant_id.push(e.tenant_id);
+        self.occurred_at.push(e.occurred_at);
+        self.actor.push(e.actor);
+        self.aggregate_type.push(e.aggregate_type);
+        self.aggregate_id.push(e.aggregate_id);
+        self.event_type.push(e.event_type);
+        self.summary.push(e.summary);
+        self.correlation_id.push(e.correlation_id);
+        self.causation_id.push(e.causation_id);
+        self.event_digest.push(e.event_digest);
+        self.prev_hash.push(e.prev_hash);
+        self.hash.push(e.hash);
+    }
+}
+
 const ENTRY_COLUMNS: &str =
     "position, tenant_id, occurred_at, actor, aggregate_type, aggregate_id, event_type, summary, correlation_id, causation_id, event_digest, prev_hash, hash";
 
@@ -201,6 +239,64 @@ impl Projection for AuditProjection {
              CREATE TABLE {schema}.audit_heads (tenant_id uuid PRIMARY KEY, hash text NOT NULL, position bigint NOT NULL);"
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
+        Ok(())
+    }
+
+    /// Three statements per batch: the heads of the tenants it touches, every entry (chained
+    /// in memory, in log order) in one multi-row insert, and the new heads in one upsert.
+    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tenants: Vec<Uuid> = events.iter().map(|e| e.tenant_id.unwrap_or(PLATFORM)).collect::<BTreeSet<_>>().into_iter().collect();
+        let mut heads: BTreeMap<Uuid, (String, i64)> = sqlx::query_as::<_, (Uuid, String, i64)>(&format!(
+            "SELECT tenant_id, hash, position FROM {schema}.audit_heads WHERE tenant_id = ANY($1)"
+        ))
+        .bind(&tenants)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(tenant, hash, position)| (tenant, (hash, position)))
+        .collect();
+        let mut columns = EntryColumns::default();
+        for event in events {
+            let tenant = event.tenant_id.unwrap_or(PLATFORM);
+            let prev = heads.get(&tenant).map_or_else(|| GENESIS.to_owned(), |(hash, _)| hash.clone());
+            let e = entry(event, prev);
+            heads.insert(tenant, (e.hash.clone(), e.position));
+            columns.push(e);
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.audit_entries ({ENTRY_COLUMNS})
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                  $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
+        ))
+        .bind(&columns.position)
+        .bind(&columns.tenant_id)
+        .bind(&columns.occurred_at)
+        .bind(&columns.actor)
+        .bind(&columns.aggregate_type)
+        .bind(&columns.aggregate_id)
+        .bind(&columns.event_type)
+        .bind(&columns.summary)
+        .bind(&columns.correlation_id)
+        .bind(&columns.causation_id)
+        .bind(&columns.event_digest)
+        .bind(&columns.prev_hash)
+        .bind(&columns.hash)
+        .execute(&mut *conn)
+        .await?;
+        let touched: Vec<(Uuid, String, i64)> =
+            tenants.iter().filter_map(|t| heads.remove(t).map(|(hash, position)| (*t, hash, position))).collect();
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.audit_heads SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
+             ON CONFLICT (tenant_id) DO UPDATE SET hash = EXCLUDED.hash, position = EXCLUDED.position"
+        ))
+        .bind(touched.iter().map(|t| t.0).collect::<Vec<_>>())
+        .bind(touched.iter().map(|t| t.1.clone()).collect::<Vec<_>>())
+        .bind(touched.iter().map(|t| t.2).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 

@@ -56,6 +56,15 @@ pub trait Projection: Send + Sync + 'static {
     /// event, inside the transaction that also moves the checkpoint. Takes time from the
     /// event, never from a clock, so that a rebuild gives the same answer.
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError>;
+    /// Applies consecutive events, as [`Projection::apply`] would one by one. Projections with
+    /// many writes per event override it with multi-row statements. If it fails, the runner
+    /// rolls the batch back and applies the events one by one to find the failing one.
+    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            self.apply(conn, schema, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a projection could not apply an event.
@@ -116,6 +125,21 @@ async fn apply(projection: &dyn Projection, conn: &mut PgConnection, schema: &st
     }
 }
 
+/// Applies `events` to `projection` in one go, upcast unless the projection reads stored events.
+async fn apply_batch(
+    projection: &dyn Projection,
+    conn: &mut PgConnection,
+    schema: &str,
+    events: Vec<StoredEvent>,
+) -> Result<(), ProjectionError> {
+    if projection.reads_stored_events() {
+        projection.apply_batch(conn, schema, &events).await
+    } else {
+        let events: Vec<StoredEvent> = events.iter().map(StoredEvent::upcast).collect();
+        projection.apply_batch(conn, schema, &events).await
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Run {
     name: &'static str,
@@ -124,8 +148,8 @@ struct Run {
 }
 
 enum Batch {
-    /// Applied a batch; there may be more.
-    Applied,
+    /// Applied a batch up to `position`; `more` if it was full (there may be more).
+    Applied { position: i64, more: bool },
     /// Nothing to do; the checkpoint is here.
     Idle(i64),
     /// The run was retired or promoted elsewhere; stop.
@@ -219,14 +243,7 @@ impl Projections {
         loop {
             let head = log::head(&self.pool).await?;
             match self.batch(&run, BATCH).await.map_err(|f| f.error)? {
-                Batch::Applied => {
-                    let position: i64 = sqlx::query_scalar("SELECT position FROM projection_runs WHERE name = $1 AND generation = $2")
-                        .bind(run.name)
-                        .bind(generation)
-                        .fetch_one(&self.pool)
-                        .await?;
-                    on_progress(position, head);
-                }
+                Batch::Applied { position, .. } => on_progress(position, head),
                 Batch::Idle(position) => {
                     on_progress(position, head);
                     self.promote(&run).await?;
@@ -269,8 +286,17 @@ impl Projections {
         Ok(run)
     }
 
-    /// Applies one batch of at most `limit` events to `run`, checkpoint included, atomically.
+    /// Applies one batch of at most `limit` events to `run`, checkpoint included, atomically:
+    /// all at once ([`Projection::apply_batch`]) and, if that fails, again one by one to find
+    /// the event that fails.
     async fn batch(&self, run: &Run, limit: i64) -> Result<Batch, Failure> {
+        match self.try_batch(run, limit, true).await {
+            Err(_) => self.try_batch(run, limit, false).await,
+            done => done,
+        }
+    }
+
+    async fn try_batch(&self, run: &Run, limit: i64, at_once: bool) -> Result<Batch, Failure> {
         let fail = |error: ProjectionError| Failure { applied_before: 0, position: 0, error };
         let projection = self.projection(run.name).expect("runs belong to known projections");
         let mut tx = self.pool.begin().await.map_err(|e| fail(e.into()))?;
@@ -290,9 +316,17 @@ impl Projections {
             self.publish(run.name, &status, position);
             return Ok(Batch::Idle(position));
         };
-        for (index, event) in events.iter().enumerate() {
-            if let Err(error) = apply(projection.as_ref(), &mut tx, &run.schema, event).await {
-                return Err(Failure { applied_before: index, position: event.position, error });
+        let more = events.len() as i64 >= limit;
+        if at_once {
+            let first = events[0].position;
+            if let Err(error) = apply_batch(projection.as_ref(), &mut tx, &run.schema, events).await {
+                return Err(Failure { applied_before: 0, position: first, error });
+            }
+        } else {
+            for (index, event) in events.iter().enumerate() {
+                if let Err(error) = apply(projection.as_ref(), &mut tx, &run.schema, event).await {
+                    return Err(Failure { applied_before: index, position: event.position, error });
+                }
             }
         }
         sqlx::query("UPDATE projection_runs SET position = $3, last_error = NULL, last_error_position = NULL, updated_at = now() WHERE name = $1 AND generation = $2")
@@ -304,7 +338,7 @@ impl Projections {
             .map_err(|e| fail(e.into()))?;
         tx.commit().await.map_err(|e| fail(e.into()))?;
         self.publish(run.name, &status, last);
-        Ok(Batch::Applied)
+        Ok(Batch::Applied { position: last, more })
     }
 
     fn publish(&self, name: &str, status: &str, position: i64) {
@@ -325,7 +359,10 @@ impl Projections {
     async fn catch_up(&self, run: &Run) -> Result<Option<i64>, Failure> {
         loop {
             match self.batch(run, BATCH).await {
-                Ok(Batch::Applied) => continue,
+                Ok(Batch::Applied { more: true, .. }) => continue,
+                // A batch that was not full reached the end of the log as its snapshot saw
+                // it: done, without another transaction to find nothing.
+                Ok(Batch::Applied { position, more: false }) => return Ok(Some(position)),
                 Ok(Batch::Idle(position)) => return Ok(Some(position)),
                 Ok(Batch::Gone) => return Ok(None),
                 Err(failure) => {
@@ -387,9 +424,7 @@ impl Projections {
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
-            for event in &events {
-                apply(projection.as_ref(), &mut tx, &run.schema, event).await?;
-            }
+            apply_batch(projection.as_ref(), &mut tx, &run.schema, events).await?;
             position = last;
         }
         sqlx::query("SET LOCAL lock_timeout = '100ms'").execute(&mut *tx).await?;

@@ -69,22 +69,75 @@ impl Projection for UsageProjection {
         Ok(())
     }
 
+    /// Two statements per batch, however many facts it holds: the facts in one multi-row
+    /// insert, and their hourly sums folded in SQL (a bucket's latest value is the fact with
+    /// the latest `occurred_at`, the later position winning ties, as one-by-one application
+    /// would leave it) and upserted once per bucket.
+    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        let mut facts = Facts::default();
+        for event in events.iter().filter(|e| e.aggregate_type == "Usage") {
+            let fact = Fact::read(event)?;
+            facts.tenant_id.push(fact.tenant_id);
+            facts.metric.push(fact.metric);
+            facts.kind.push(fact.kind);
+            facts.quantity.push(fact.quantity);
+            facts.idempotency_key.push(fact.idempotency_key);
+            facts.occurred_at.push(fact.occurred_at);
+            facts.recorded_at.push(fact.recorded_at);
+            facts.position.push(event.position);
+        }
+        if facts.position.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])"
+        ))
+        .bind(&facts.tenant_id)
+        .bind(&facts.metric)
+        .bind(&facts.kind)
+        .bind(&facts.quantity)
+        .bind(&facts.idempotency_key)
+        .bind(&facts.occurred_at)
+        .bind(&facts.recorded_at)
+        .bind(&facts.position)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
+             SELECT tenant_id, metric, min(kind), date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', sum(quantity), count(*),
+                    (array_agg(quantity ORDER BY occurred_at DESC, position DESC))[1], max(occurred_at)
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], $6::bigint[])
+                  AS f(tenant_id, metric, kind, quantity, occurred_at, position)
+             GROUP BY 1, 2, 4
+             ON CONFLICT (tenant_id, metric, hour) DO UPDATE SET
+                 total = h.total + EXCLUDED.total,
+                 facts = h.facts + EXCLUDED.facts,
+                 last_value = CASE WHEN EXCLUDED.last_at >= h.last_at THEN EXCLUDED.last_value ELSE h.last_value END,
+                 last_at = greatest(h.last_at, EXCLUDED.last_at)"
+        ))
+        .bind(&facts.tenant_id)
+        .bind(&facts.metric)
+        .bind(&facts.kind)
+        .bind(&facts.quantity)
+        .bind(&facts.occurred_at)
+        .bind(&facts.position)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
         if event.aggregate_type != "Usage" {
             return Ok(());
         }
-        let UsageEvent::UsageRecorded { tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at } =
-            serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
-        let kind = match kind {
-            MetricKind::Counter => "counter",
-            MetricKind::Gauge => "gauge",
-        };
+        let Fact { tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at } = Fact::read(event)?;
         sqlx::query(&format!(
             "INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
         .bind(tenant_id)
-        .bind(metric.as_str())
+        .bind(&metric)
         .bind(kind)
         .bind(quantity)
         .bind(&idempotency_key)
@@ -103,7 +156,7 @@ impl Projection for UsageProjection {
                  last_at = greatest(h.last_at, EXCLUDED.last_at)"
         ))
         .bind(tenant_id)
-        .bind(metric.as_str())
+        .bind(&metric)
         .bind(kind)
         .bind(quantity)
         .bind(occurred_at)
@@ -111,4 +164,40 @@ impl Projection for UsageProjection {
         .await?;
         Ok(())
     }
+}
+
+/// One usage fact as the tables hold it.
+struct Fact {
+    tenant_id: uuid::Uuid,
+    metric: String,
+    kind: &'static str,
+    quantity: i64,
+    idempotency_key: String,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Fact {
+    fn read(event: &StoredEvent) -> Result<Self, ProjectionError> {
+        let UsageEvent::UsageRecorded { tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at } =
+            serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+        let kind = match kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+        };
+        Ok(Self { tenant_id, metric: metric.as_str().to_owned(), kind, quantity, idempotency_key, occurred_at, recorded_at })
+    }
+}
+
+/// A batch of facts, column by column (bound as arrays).
+#[derive(Default)]
+struct Facts {
+    tenant_id: Vec<uuid::Uuid>,
+    metric: Vec<String>,
+    kind: Vec<&'static str>,
+    quantity: Vec<i64>,
+    idempotency_key: Vec<String>,
+    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+    recorded_at: Vec<chrono::DateTime<chrono::Utc>>,
+    position: Vec<i64>,
 }

@@ -6,7 +6,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::usage::{parse_idempotency_key, parse_quantity, MetricName, RecordUsage};
-use futures::stream::{self, StreamExt};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -137,24 +136,27 @@ async fn record_batch(
     let app = state.clone();
     let results = state
         .detach(async move {
-            let outcomes: Vec<(usize, Result<Accepted, ApiError>)> = stream::iter(parsed.into_iter().enumerate())
-                .map(|(index, fact)| {
-                    let app = app.clone();
-                    let context = context.clone();
-                    async move {
-                        let fact = match fact {
-                            Ok(Some(fact)) => fact,
-                            Ok(None) => return (index, Ok(Accepted { duplicate: true, committed: None })),
-                            Err(e) => return (index, Err(e)),
-                        };
-                        let id = domain::usage::usage_id(fact.tenant_id, &fact.idempotency_key);
-                        let recorded = app.usage().record(fact, &context).await.map_err(ApiError::from);
-                        (index, recorded.map(|r| Accepted { duplicate: r.duplicate, committed: Some((id, r.committed)) }))
+            // The valid first occurrences go to the store together (one transaction); refused
+            // records and in-batch repeats are answered without it.
+            let mut outcomes: Vec<(usize, Result<Accepted, ApiError>)> = Vec::with_capacity(parsed.len());
+            let mut facts = Vec::new();
+            for (index, fact) in parsed.into_iter().enumerate() {
+                match fact {
+                    Ok(Some(fact)) => {
+                        outcomes.push((index, Ok(Accepted { duplicate: false, committed: None })));
+                        facts.push((index, fact));
                     }
-                })
-                .buffered(16)
-                .collect()
-                .await;
+                    Ok(None) => outcomes.push((index, Ok(Accepted { duplicate: true, committed: None }))),
+                    Err(e) => outcomes.push((index, Err(e))),
+                }
+            }
+            let ids: Vec<(usize, String)> =
+                facts.iter().map(|(index, f)| (*index, domain::usage::usage_id(f.tenant_id, &f.idempotency_key))).collect();
+            let recorded = app.usage().record_batch(facts.into_iter().map(|(_, f)| f).collect(), &context).await;
+            for ((index, id), outcome) in ids.into_iter().zip(recorded) {
+                outcomes[index].1 =
+                    outcome.map(|r| Accepted { duplicate: r.duplicate, committed: Some((id, r.committed)) }).map_err(ApiError::from);
+            }
             if let Some((id, committed)) = outcomes.iter().rev().find_map(|(_, o)| o.as_ref().ok().and_then(|a| a.committed.as_ref())) {
                 app.settle(id, committed).await;
                 app.settle_all().await;

@@ -4,6 +4,7 @@ mod analytics;
 mod audit;
 mod auth;
 mod bad_input;
+mod batches;
 mod billing;
 mod bookings;
 mod fuzz;
