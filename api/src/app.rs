@@ -172,7 +172,10 @@ impl AppState {
     /// fail the command (it did commit): the wait gives up after a while and says so in the log.
     pub async fn settle<A: Aggregate>(&self, aggregate_id: &str, committed: &Committed<A>) {
         if let Some(sequence) = committed.last_sequence() {
-            if self.0.projections.wait_for_event(A::TYPE, aggregate_id, sequence, SETTLE_TIMEOUT).await.is_none() {
+            let started = std::time::Instant::now();
+            let settled = self.0.projections.wait_for_event(A::TYPE, aggregate_id, sequence, SETTLE_TIMEOUT).await;
+            metrics::histogram!("saas_ledger_settle_duration_seconds").record(started.elapsed().as_secs_f64());
+            if settled.is_none() {
                 tracing::warn!(aggregate_type = A::TYPE, aggregate_id, sequence, "read models did not catch up with a command in time");
             }
         }

@@ -211,7 +211,7 @@ where
         let metadata = context.to_metadata();
         let metadata_json = serde_json::to_value(&metadata).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let mut outcomes = Vec::with_capacity(commands.len());
-        let mut columns: (Vec<String>, Vec<i64>, Vec<String>, Vec<String>, Vec<serde_json::Value>) = Default::default();
+        let mut columns = EventColumns::default();
         for (id, command) in commands {
             let (mut aggregate, sequence) = loaded.remove(id).unwrap_or_else(|| (A::default(), 0));
             let sink = EventSink::default();
@@ -232,15 +232,15 @@ where
                 })
                 .collect();
             for event in &events {
-                columns.0.push(id.clone());
-                columns.1.push(event.sequence as i64);
-                columns.2.push(event.payload.event_type());
-                columns.3.push(event.payload.event_version());
-                columns.4.push(serde_json::to_value(&event.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+                columns.aggregate_id.push(id.clone());
+                columns.sequence.push(event.sequence as i64);
+                columns.event_type.push(event.payload.event_type());
+                columns.event_version.push(event.payload.event_version());
+                columns.payload.push(serde_json::to_value(&event.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
             }
             outcomes.push(Ok(Committed { state: aggregate, events }));
         }
-        if !columns.0.is_empty() {
+        if !columns.aggregate_id.is_empty() {
             let mut tx = self.pool.begin().await?;
             sqlx::query(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
@@ -248,11 +248,11 @@ where
                  FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(id, seq, event_type, event_version, payload)",
             )
             .bind(A::TYPE)
-            .bind(&columns.0)
-            .bind(&columns.1)
-            .bind(&columns.2)
-            .bind(&columns.3)
-            .bind(&columns.4)
+            .bind(&columns.aggregate_id)
+            .bind(&columns.sequence)
+            .bind(&columns.event_type)
+            .bind(&columns.event_version)
+            .bind(&columns.payload)
             .bind(&metadata_json)
             .execute(&mut *tx)
             .await?;
@@ -275,6 +275,16 @@ where
     fn error(error: AggregateError<A::Error>) -> CommandError<A::Error> {
         CommandError::from_aggregate(error, A::TYPE)
     }
+}
+
+/// Events to append, column by column (bound as arrays).
+#[derive(Default)]
+struct EventColumns {
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<String>,
+    event_version: Vec<String>,
+    payload: Vec<serde_json::Value>,
 }
 
 /// Exponential back-off with full jitter: 1-2 ms, 2-4 ms, ... capped at 100 ms.

@@ -45,6 +45,10 @@ impl Projection for BillingProjection {
         1
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Subscription"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["subscriptions", "invoices", "subscription_spans"]
     }

@@ -23,6 +23,10 @@ impl Projection for BookingsProjection {
         1
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Resource", "Booking"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["resources", "bookings"]
     }

@@ -21,6 +21,10 @@ impl Projection for CatalogProjection {
         1
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Plan"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["plans"]
     }

@@ -109,6 +109,21 @@ pub async fn read_after(db: impl PgExecutor<'_>, after: i64, limit: i64, tenant:
     sqlx::query_as(&sql).bind(after).bind(limit).bind(tenant).fetch_all(db).await
 }
 
+/// The events at positions `after < position <= upto`, in order, only those of
+/// `aggregate_types` if given. Positions are gap-free, so the range holds exactly
+/// `upto - after` events when `upto` is at most the head.
+pub async fn read_range(
+    db: impl PgExecutor<'_>,
+    after: i64,
+    upto: i64,
+    aggregate_types: Option<&[&str]>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 AND ($3::text[] IS NULL OR aggregate_type = ANY($3)) ORDER BY position"
+    );
+    sqlx::query_as(&sql).bind(after).bind(upto).bind(aggregate_types).fetch_all(db).await
+}
+
 /// [`EventLog::head`] on any connection.
 pub async fn head(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT position FROM event_log_head").fetch_one(db).await

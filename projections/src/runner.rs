@@ -27,8 +27,12 @@ use crate::leader;
 use crate::log::{self, StoredEvent};
 use crate::sequencer::Sequencer;
 
-/// How many events one projector transaction applies at most.
+/// How many positions one projector transaction covers at most.
 const BATCH: i64 = 500;
+
+/// The same for a projection that reads only some aggregate types (most positions of its
+/// range are not read at all).
+const FILTERED_BATCH: i64 = 5_000;
 
 /// A read model built from the log.
 #[async_trait]
@@ -51,6 +55,11 @@ pub trait Projection: Send + Sync + 'static {
     /// current version (only the audit chain, which hashes what is stored).
     fn reads_stored_events(&self) -> bool {
         false
+    }
+    /// The aggregate types whose events it applies (`None`: every event). The others are
+    /// not even read: the checkpoint moves over them.
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        None
     }
     /// Applies one event to the tables in `schema`. Called in global order, exactly once per
     /// event, inside the transaction that also moves the checkpoint. Takes time from the
@@ -157,7 +166,6 @@ enum Batch {
 }
 
 struct Failure {
-    applied_before: usize,
     position: i64,
     error: ProjectionError,
 }
@@ -242,7 +250,7 @@ impl Projections {
         let run = self.run_of(projection.as_ref(), generation);
         loop {
             let head = log::head(&self.pool).await?;
-            match self.batch(&run, BATCH).await.map_err(|f| f.error)? {
+            match self.batch(&run).await.map_err(|f| f.error)? {
                 Batch::Applied { position, .. } => on_progress(position, head),
                 Batch::Idle(position) => {
                     on_progress(position, head);
@@ -289,15 +297,18 @@ impl Projections {
     /// Applies one batch of at most `limit` events to `run`, checkpoint included, atomically:
     /// all at once ([`Projection::apply_batch`]) and, if that fails, again one by one to find
     /// the event that fails.
-    async fn batch(&self, run: &Run, limit: i64) -> Result<Batch, Failure> {
-        match self.try_batch(run, limit, true).await {
-            Err(_) => self.try_batch(run, limit, false).await,
+    async fn batch(&self, run: &Run) -> Result<Batch, Failure> {
+        match self.try_batch(run, None, true).await {
+            Err(_) => self.try_batch(run, None, false).await,
             done => done,
         }
     }
 
-    async fn try_batch(&self, run: &Run, limit: i64, at_once: bool) -> Result<Batch, Failure> {
-        let fail = |error: ProjectionError| Failure { applied_before: 0, position: 0, error };
+    /// One batch, stopping before position `stop_before` if given; `at_once` through
+    /// [`Projection::apply_batch`], otherwise event by event.
+    async fn try_batch(&self, run: &Run, stop_before: Option<i64>, at_once: bool) -> Result<Batch, Failure> {
+        let started = Instant::now();
+        let fail = |error: ProjectionError| Failure { position: 0, error };
         let projection = self.projection(run.name).expect("runs belong to known projections");
         let mut tx = self.pool.begin().await.map_err(|e| fail(e.into()))?;
         let row: Option<(i64, String)> =
@@ -310,22 +321,30 @@ impl Projections {
         let Some((position, status)) = row.filter(|(_, s)| s != "retired") else {
             return Ok(Batch::Gone);
         };
-        let events = log::read_after(&mut *tx, position, limit, None).await.map_err(|e| fail(e.into()))?;
-        let Some(last) = events.last().map(|e| e.position) else {
+        // The head first, then the range up to it: the sequencer commits positions and the
+        // head together, so every position up to the head is visible to the next statement.
+        let head = log::head(&mut *tx).await.map_err(|e| fail(e.into()))?;
+        let types = projection.aggregate_types();
+        let span = if types.is_some() { FILTERED_BATCH } else { BATCH };
+        let last = head.min(position + span).min(stop_before.map_or(i64::MAX, |p| p - 1));
+        if last <= position {
             tx.commit().await.map_err(|e| fail(e.into()))?;
             self.publish(run.name, &status, position);
             return Ok(Batch::Idle(position));
-        };
-        let more = events.len() as i64 >= limit;
-        if at_once {
+        }
+        let more = last < head;
+        let events = log::read_range(&mut *tx, position, last, types).await.map_err(|e| fail(e.into()))?;
+        if events.is_empty() {
+            // Nothing of its types in the range: only the checkpoint moves.
+        } else if at_once {
             let first = events[0].position;
             if let Err(error) = apply_batch(projection.as_ref(), &mut tx, &run.schema, events).await {
-                return Err(Failure { applied_before: 0, position: first, error });
+                return Err(Failure { position: first, error });
             }
         } else {
-            for (index, event) in events.iter().enumerate() {
+            for event in &events {
                 if let Err(error) = apply(projection.as_ref(), &mut tx, &run.schema, event).await {
-                    return Err(Failure { applied_before: index, position: event.position, error });
+                    return Err(Failure { position: event.position, error });
                 }
             }
         }
@@ -338,6 +357,8 @@ impl Projections {
             .map_err(|e| fail(e.into()))?;
         tx.commit().await.map_err(|e| fail(e.into()))?;
         self.publish(run.name, &status, last);
+        metrics::histogram!("saas_ledger_projection_batch_seconds", "projection" => run.name).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("saas_ledger_projection_batch_events", "projection" => run.name).record((last - position) as f64);
         Ok(Batch::Applied { position: last, more })
     }
 
@@ -358,7 +379,7 @@ impl Projections {
     /// the error is recorded on the run.
     async fn catch_up(&self, run: &Run) -> Result<Option<i64>, Failure> {
         loop {
-            match self.batch(run, BATCH).await {
+            match self.batch(run).await {
                 Ok(Batch::Applied { more: true, .. }) => continue,
                 // A batch that was not full reached the end of the log as its snapshot saw
                 // it: done, without another transaction to find nothing.
@@ -366,9 +387,9 @@ impl Projections {
                 Ok(Batch::Idle(position)) => return Ok(Some(position)),
                 Ok(Batch::Gone) => return Ok(None),
                 Err(failure) => {
-                    if failure.applied_before > 0 {
+                    if failure.position > 0 {
                         // Keep the progress before the failing event; ignore a second failure here.
-                        let _ = self.batch(run, failure.applied_before as i64).await;
+                        let _ = self.try_batch(run, Some(failure.position), false).await;
                     }
                     let _ = sqlx::query("UPDATE projection_runs SET last_error = $3, last_error_position = $4, updated_at = now() WHERE name = $1 AND generation = $2")
                         .bind(run.name)

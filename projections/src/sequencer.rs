@@ -54,6 +54,7 @@ impl Sequencer {
 
     /// Numbers one batch of committed, unnumbered events; returns how many it numbered.
     pub async fn step(&self) -> Result<u64, sqlx::Error> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         // Statement 1 takes the lock (waiting for a concurrent round to commit); statement 2
         // then runs on a fresh snapshot that sees everything that round numbered.
@@ -85,6 +86,10 @@ impl Sequencer {
             sqlx::query("UPDATE event_log_head SET position = $1").bind(new_head).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        if numbered > 0 {
+            metrics::histogram!("saas_ledger_sequencer_round_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("saas_ledger_sequencer_round_events").record(numbered as f64);
+        }
         self.head.send_if_modified(|h| {
             let changed = *h != new_head;
             *h = new_head;

@@ -23,6 +23,10 @@ impl Projection for TenantsProjection {
         1
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Tenant"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["tenants", "api_keys"]
     }

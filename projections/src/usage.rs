@@ -23,6 +23,10 @@ impl Projection for UsageProjection {
         1
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["Usage"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["usage_records", "usage_hourly"]
     }

@@ -48,10 +48,10 @@ async fn every_projection_applies_a_batch_exactly_as_it_applies_events_one_by_on
         let schema = format!("check_{}", projection.name());
         let mut conn = app.pool.acquire().await.unwrap();
         sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut *conn).await.unwrap();
-        projection.create(&mut *conn, &schema).await.unwrap();
+        projection.create(&mut conn, &schema).await.unwrap();
         for event in &events {
             let event = if projection.reads_stored_events() { event.clone() } else { event.upcast() };
-            projection.apply(&mut *conn, &schema, &event).await.unwrap();
+            projection.apply(&mut conn, &schema, &event).await.unwrap();
         }
         for table in projection.tables() {
             let live = rows(&app, "rm", table).await;

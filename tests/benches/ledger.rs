@@ -1,0 +1,648 @@
+//! The benchmark: everything issue 7 asks for, in one run, next to raw Postgres measured in
+//! the same run (the machine is shared and noisy: read the ratios).
+//!
+//! `cargo bench -p e2e --bench ledger`. Environment: `BENCH_SECS` per load measurement
+//! (default 10), `BENCH_CLIENTS` (default `8,32,128`), `BENCH_EVENTS` (the large history,
+//! default 1,000,000), `BENCH_SAMPLES` (sequential requests per flat-cost phase, default 300),
+//! `BENCH_TENANTS` (default 16).
+//!
+//! The server runs as a child process (this executable re-run as the server, the same
+//! `api::Application` that `saas-ledger serve` runs) on a fresh database, so its peak RSS is its
+//! own. The run:
+//! 1. command throughput: `POST /v1/usage` and `POST /v1/bookings` at each concurrency, spread
+//!    over the tenants (each booking on its own slot of one of each tenant's rooms), next to
+//!    `pgbench` single-row INSERTs of an event-sized row into a copy of `events` at the same
+//!    concurrency; `POST /v1/usage/batch` (1,000 facts) next to 1,000-row INSERTs;
+//! 2. where a command's time goes, from the server's own `/metrics`: the request, the command
+//!    (load, decide, append), the wait for read models, the sequencer and projector batches;
+//! 3. `GET /v1/quota/api_calls` at 32 clients;
+//! 4. flat cost: sequential `POST /v1/usage` of one tenant with ~1k and with `BENCH_EVENTS`
+//!    events in its history (seeded in SQL, numbered and projected by the server);
+//! 5. rebuild of every projection on the server, and NDJSON replay (`GET /v1/events`) of the
+//!    whole log, next to `COPY (SELECT .. FROM events) TO STDOUT` in the same run;
+//! 6. the server's peak RSS.
+//!
+//! Prints the tables and writes them to `bench/results/<date>.md`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const ADMIN: &str = e2e::ADMIN_TOKEN;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    match std::env::var("SL_BENCH_SERVE") {
+        Ok(url) => runtime.block_on(serve(url)),
+        Err(_) => runtime.block_on(run()),
+    }
+}
+
+/// The child: the server on `url` until its parent closes stdin (or dies).
+async fn serve(url: String) {
+    let mut config = api::Config::for_database(&url);
+    config.admin_token = Some(ADMIN.to_owned());
+    config.db_max_connections = 32;
+    config.request_timeout = Duration::from_secs(300);
+    let app = api::Application::build(config).await.expect("the server starts");
+    println!("listening http://{}", app.local_addr());
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+    });
+    app.run_until(async {
+        let _ = stdin_closed.await;
+    })
+    .await
+    .expect("the server runs");
+}
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(url: &str) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("this executable"))
+            .env("SL_BENCH_SERVE", url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the server process starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("the server's address");
+        let address = line.trim().strip_prefix("listening ").unwrap_or_else(|| panic!("unexpected first line: {line}")).to_owned();
+        Self { child, address }
+    }
+
+    /// The server's peak resident set so far (`VmHWM`), in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+struct Load {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    failures: u64,
+}
+
+/// Runs `clients` loops of `request(n)` for `secs` seconds (closed loop: each client sends its
+/// next request when the previous one is answered).
+async fn load<F, Fut>(clients: usize, secs: u64, request: F) -> Load
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let counter = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (request, counter, failures) = (request.clone(), counter.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    if !request(n).await {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a client"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    Load {
+        per_second: all.len() as f64 / elapsed,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        failures: failures.load(Ordering::Relaxed),
+    }
+}
+
+/// The most connections pgbench may open beside the server's pool (Debian's default
+/// `max_connections` is 100; the server holds up to 32, this process a few).
+const PGBENCH_MAX_CLIENTS: usize = 60;
+
+/// `pgbench` running `script` at `clients` (at most [`PGBENCH_MAX_CLIENTS`]) for `secs`: tps.
+fn pgbench(url: &str, script: &str, clients: usize, secs: u64) -> f64 {
+    let clients = clients.min(PGBENCH_MAX_CLIENTS);
+    let file = std::env::temp_dir().join(format!("sl-bench-{}.sql", uuid::Uuid::now_v7()));
+    std::fs::write(&file, script).expect("a temporary file");
+    let output = Command::new("pgbench")
+        .args(["-n", "-c", &clients.to_string(), "-j", &clients.min(8).to_string(), "-T", &secs.to_string(), "-f"])
+        .arg(&file)
+        .arg(url)
+        .output()
+        .expect("pgbench runs (Debian package postgresql-client)");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no tps in pgbench's output: {text}\n{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+const EVENT_ROW: &str = "\\set n random(1, 2000000000)
+INSERT INTO bench_events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+VALUES ('Usage', 'bench:' || :n || ':' || :client_id || ':' || random(), 1, 'UsageRecorded', '1.0',
+ '{\"type\": \"UsageRecorded\", \"tenant_id\": \"0191c2b4-0000-7000-8000-000000000000\", \"metric\": \"api_calls\", \"kind\": \"counter\", \"quantity\": 1, \"idempotency_key\": \"k\", \"occurred_at\": \"2026-11-22T10:00:00Z\", \"recorded_at\": \"2026-11-22T10:00:00Z\"}',
+ '{\"tenant_id\": \"0191c2b4-0000-7000-8000-000000000000\", \"actor\": \"api_key:0191c2b4-0000-7000-8000-000000000001\", \"correlation_id\": \"0191c2b4-0000-7000-8000-000000000002\", \"causation_id\": \"0191c2b4-0000-7000-8000-000000000002\", \"occurred_at\": \"2026-11-22T10:00:00Z\"}');
+";
+
+const EVENT_ROWS_1000: &str = "INSERT INTO bench_events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+SELECT 'Usage', 'bench:' || :client_id || ':' || random() || ':' || g, 1, 'UsageRecorded', '1.0',
+ '{\"type\": \"UsageRecorded\", \"tenant_id\": \"0191c2b4-0000-7000-8000-000000000000\", \"metric\": \"api_calls\", \"kind\": \"counter\", \"quantity\": 1, \"idempotency_key\": \"k\", \"occurred_at\": \"2026-11-22T10:00:00Z\", \"recorded_at\": \"2026-11-22T10:00:00Z\"}',
+ '{\"tenant_id\": \"0191c2b4-0000-7000-8000-000000000000\", \"actor\": \"api_key:0191c2b4-0000-7000-8000-000000000001\", \"correlation_id\": \"0191c2b4-0000-7000-8000-000000000002\", \"causation_id\": \"0191c2b4-0000-7000-8000-000000000002\", \"occurred_at\": \"2026-11-22T10:00:00Z\"}'
+FROM generate_series(1, 1000) g;
+";
+
+/// A tenant of the run: its key and rooms.
+#[derive(Clone)]
+struct Tenant {
+    id: String,
+    key: String,
+    rooms: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    async fn send(&self, method: reqwest::Method, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        match request.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn sign_up(&self, code: &str, rooms: usize) -> Tenant {
+        let body = json!({"code": code, "name": format!("Bench {code}"), "business_type": "clinic", "timezone": "UTC", "currency": "CHF",
+                          "locale": "de-CH", "billing_email": format!("billing@{code}.example"), "plan": "bench", "billing_period": "monthly",
+                          "trial_days": 0, "tax_rate": "8.1"});
+        let (status, created) = self.post("/v1/tenants", ADMIN, &body).await;
+        assert_eq!(status, 201, "{created}");
+        let key = created["api_key"].as_str().expect("a key").to_owned();
+        let mut ids = Vec::new();
+        for i in 0..rooms {
+            let (status, room) =
+                self.post("/v1/resources", &key, &json!({"name": format!("Room {i}"), "kind": "room", "capacity": 1})).await;
+            assert_eq!(status, 201, "{room}");
+            ids.push(room["id"].as_str().expect("an id").to_owned());
+        }
+        Tenant { id: created["id"].as_str().expect("an id").to_owned(), key, rooms: ids }
+    }
+
+    /// `/metrics` as `name{labels}` → value.
+    async fn metrics(&self) -> HashMap<String, f64> {
+        let text = self.client.get(format!("{}/metrics", self.base)).send().await.expect("metrics").text().await.expect("a body");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(name, value)| Some((name.to_owned(), value.parse().ok()?))))
+            .collect()
+    }
+}
+
+/// The sum of every series of `metric` whose labels contain all of `labels`.
+fn total(metrics: &HashMap<String, f64>, metric: &str, labels: &[&str]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(name, _)| name.split('{').next() == Some(metric) && labels.iter().all(|l| name.contains(l)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Mean of histogram `metric` (filtered by `labels`) between two scrapes, in ms, with its count.
+fn mean_ms(before: &HashMap<String, f64>, after: &HashMap<String, f64>, metric: &str, labels: &[&str]) -> (f64, f64) {
+    let sum = total(after, &format!("{metric}_sum"), labels) - total(before, &format!("{metric}_sum"), labels);
+    let count = total(after, &format!("{metric}_count"), labels) - total(before, &format!("{metric}_count"), labels);
+    (if count > 0.0 { sum / count * 1e3 } else { 0.0 }, count)
+}
+
+/// Waits until the server has numbered and projected everything; returns the head.
+async fn settled(pool: &PgPool) -> i64 {
+    loop {
+        let (head, least, queued): (i64, Option<i64>, i64) = sqlx::query_as(
+            "SELECT h.position, (SELECT min(position) FROM projection_runs WHERE status = 'live'), (SELECT count(*) FROM events_unsequenced)
+             FROM event_log_head h",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("the log's state");
+        if queued == 0 && least == Some(head) {
+            return head;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Appends `count` usage facts of `tenant` in SQL (one one-event stream each, as the API would).
+async fn seed(pool: &PgPool, tenant: &str, phase: &str, count: usize) {
+    for from in (0..count).step_by(100_000) {
+        let to = (from + 100_000).min(count);
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT 'Usage', $1 || ':' || $4 || g, 1, 'UsageRecorded', '1.0',
+                    jsonb_build_object('type', 'UsageRecorded', 'tenant_id', $1, 'metric', 'api_calls', 'kind', 'counter', 'quantity', 1,
+                                       'idempotency_key', $4 || g, 'occurred_at', now() - (g % 2592000 || ' seconds')::interval, 'recorded_at', now()),
+                    jsonb_build_object('tenant_id', $1, 'actor', 'system:bench', 'correlation_id', 'bench', 'causation_id', 'bench',
+                                       'occurred_at', to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+             FROM generate_series($2::bigint, $3::bigint - 1) g",
+        )
+        .bind(tenant)
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(format!("seed-{phase}-"))
+        .execute(pool)
+        .await
+        .expect("a seed insert");
+    }
+}
+
+/// `samples` sequential `POST /v1/usage`: p50, p99, mean.
+async fn sequential(http: &Http, key: &str, phase: &str, samples: usize) -> (Duration, Duration, Duration) {
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let body = json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("{phase}-{i}")});
+        let started = Instant::now();
+        let (status, reply) = http.post("/v1/usage", key, &body).await;
+        latencies.push(started.elapsed());
+        assert_eq!(status, 202, "{reply}");
+    }
+    latencies.sort();
+    let mean = latencies.iter().sum::<Duration>() / samples.max(1) as u32;
+    (percentile(&latencies, 0.5), percentile(&latencies, 0.99), mean)
+}
+
+/// Writes `table` under `heading` to stdout and into `out`.
+fn section(out: &mut String, heading: &str, header: &str, rows: &[String]) {
+    let columns = header.matches('|').count() - 1;
+    let text = format!("\n## {heading}\n\n{header}\n|{}\n{}\n", "---|".repeat(columns), rows.join("\n"));
+    println!("{text}");
+    out.push_str(&text);
+}
+
+async fn run() {
+    let secs: u64 = env("BENCH_SECS", "10").parse().expect("BENCH_SECS");
+    let clients: Vec<usize> = env("BENCH_CLIENTS", "8,32,128").split(',').map(|c| c.trim().parse().expect("BENCH_CLIENTS")).collect();
+    let events: usize = env("BENCH_EVENTS", "1000000").parse().expect("BENCH_EVENTS");
+    let samples: usize = env("BENCH_SAMPLES", "300").parse().expect("BENCH_SAMPLES");
+    let tenants_n: usize = env("BENCH_TENANTS", "16").parse().expect("BENCH_TENANTS");
+    let db = format!("sl_bench_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{db}", e2e::server_url());
+    let started = Instant::now();
+    let server = Server::start(&url);
+    eprintln!("server at {} (pid {}), database {db}", server.address, server.child.id());
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.expect("the bench database");
+    let http = Http {
+        client: reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(300)).build().expect("a client"),
+        base: server.address.clone(),
+    };
+    let mut out = format!(
+        "# saas-ledger benchmark, {}\n\n`cargo bench -p e2e --bench ledger` — {secs} s per load measurement, {tenants_n} tenants, server and Postgres \
+         on one {}-core machine; raw Postgres measured in the same run. Ratios are what to compare across runs.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // A plan whose limits stay out of the way of a load test.
+    let plan = json!({"code": "bench", "name": "Bench", "monthly_price": "1.00", "limits": {}, "features": [], "rate_limit_per_minute": 1_000_000});
+    let (status, reply) = http.post("/v1/plans", ADMIN, &plan).await;
+    assert_eq!(status, 201, "{reply}");
+    let mut tenants = Vec::new();
+    for i in 0..tenants_n {
+        tenants.push(http.sign_up(&format!("bench-{i}"), 4).await);
+    }
+    let tenants = Arc::new(tenants);
+    // The raw comparison: a table shaped like `events` (same columns, keys and generated column),
+    // without our triggers.
+    sqlx::query("CREATE TABLE bench_events (LIKE events INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY INCLUDING INDEXES)")
+        .execute(&pool)
+        .await
+        .expect("the raw table");
+    let run = uuid::Uuid::now_v7().simple().to_string();
+
+    // 1. Commands.
+    let mut rows = Vec::new();
+    let mut raw = HashMap::new();
+    let metrics_before = http.metrics().await;
+    for &c in &clients {
+        let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
+        let ours = load(c, secs, move |n| {
+            let tenant = &tenants2[n as usize % tenants2.len()];
+            let (http, key) = (http2.clone(), tenant.key.clone());
+            let body = json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("{run2}-{c}-{n}")});
+            async move { http.post("/v1/usage", &key, &body).await.0 == 202 }
+        })
+        .await;
+        let tps = pgbench(&url, EVENT_ROW, c, secs);
+        raw.insert(c, tps);
+        rows.push(format!(
+            "| `POST /v1/usage`, {c} clients | {:.0} req/s | {} | {} | {tps:.0} tps ({} clients) | **{:.2}** | {} |",
+            ours.per_second,
+            ms(ours.p50),
+            ms(ours.p99),
+            c.min(PGBENCH_MAX_CLIENTS),
+            ours.per_second / tps,
+            ours.failures
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+    }
+    let metrics_after = http.metrics().await;
+    for &c in &clients {
+        let (http2, tenants2) = (http.clone(), tenants.clone());
+        let base = c as i64 * 1_000_000;
+        let ours = load(c, secs, move |n| {
+            let tenant = &tenants2[n as usize % tenants2.len()];
+            let room = tenant.rooms[(n as usize / tenants2.len()) % tenant.rooms.len()].clone();
+            let (http, key) = (http2.clone(), tenant.key.clone());
+            // A distinct 10-minute slot for every request.
+            let start = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").expect("a date") + chrono::Duration::minutes((base + n as i64) * 10);
+            let body = json!({"resource_id": room, "starts_at": start.to_rfc3339(), "ends_at": (start + chrono::Duration::minutes(5)).to_rfc3339(),
+                              "customer": {"name": "Bench", "email": "bench@example.com"}});
+            async move {
+                let (status, reply) = http.post("/v1/bookings", &key, &body).await;
+                if status != 201 {
+                    eprintln!("refused booking: {status} {reply}");
+                }
+                status == 201
+            }
+        })
+        .await;
+        let tps = raw[&c];
+        rows.push(format!(
+            "| `POST /v1/bookings`, {c} clients | {:.0} req/s | {} | {} | {tps:.0} tps ({} clients) | **{:.2}** | {} |",
+            ours.per_second,
+            ms(ours.p50),
+            ms(ours.p99),
+            c.min(PGBENCH_MAX_CLIENTS),
+            ours.per_second / tps,
+            ours.failures
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+    }
+    {
+        let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
+        let ours = load(8, secs, move |n| {
+            let tenant = &tenants2[n as usize % tenants2.len()];
+            let (http, key) = (http2.clone(), tenant.key.clone());
+            let records: Vec<Value> =
+                (0..1000).map(|i| json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("{run2}-b{n}-{i}")})).collect();
+            async move { http.post("/v1/usage/batch", &key, &json!({ "records": records })).await.0 == 202 }
+        })
+        .await;
+        let rows_per_second = pgbench(&url, EVENT_ROWS_1000, 8, secs) * 1000.0;
+        rows.push(format!(
+            "| `POST /v1/usage/batch` (1,000 facts), 8 clients | {:.0} facts/s | {} | {} | {rows_per_second:.0} rows/s (1,000-row INSERTs, 8 clients) | **{:.2}** | {} |",
+            ours.per_second * 1000.0,
+            ms(ours.p50),
+            ms(ours.p99),
+            ours.per_second * 1000.0 / rows_per_second,
+            ours.failures
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+    }
+    // 3. Quota reads.
+    {
+        let (http2, tenants2) = (http.clone(), tenants.clone());
+        let ours = load(32, secs, move |n| {
+            let (http, key) = (http2.clone(), tenants2[n as usize % tenants2.len()].key.clone());
+            async move { http.get("/v1/quota/api_calls", &key).await.0 == 200 }
+        })
+        .await;
+        rows.push(format!(
+            "| `GET /v1/quota/api_calls`, 32 clients | {:.0} req/s | {} | {} | | | {} |",
+            ours.per_second,
+            ms(ours.p50),
+            ms(ours.p99),
+            ours.failures
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+    }
+    section(&mut out, "Commands and quota reads", "| what | ours | p50 | p99 | raw Postgres, same run | ratio | failed |", &rows);
+
+    // 2. Where a usage command's time went (all the usage phases above).
+    let (b, a) = (&metrics_before, &metrics_after);
+    let (request, requests) = mean_ms(b, a, "saas_ledger_http_request_duration_seconds", &["route=\"/v1/usage\"", "method=\"POST\""]);
+    let (command, _) = mean_ms(b, a, "saas_ledger_command_duration_seconds", &["aggregate=\"Usage\""]);
+    let (settle, _) = mean_ms(b, a, "saas_ledger_settle_duration_seconds", &[]);
+    let (round, rounds) = mean_ms(b, a, "saas_ledger_sequencer_round_seconds", &[]);
+    let numbered = total(a, "saas_ledger_sequencer_round_events_sum", &[]) - total(b, "saas_ledger_sequencer_round_events_sum", &[]);
+    let mut split = vec![
+        format!("| HTTP request `POST /v1/usage` (mean of {requests:.0}) | {request:.1} ms | |"),
+        format!("| command: load, decide, append and commit | {command:.1} ms | |"),
+        format!("| settle: numbered by the sequencer and applied by every live projection | {settle:.1} ms | |"),
+        format!("| the rest: routing, auth, rate limit, JSON | {:.1} ms | |", request - command - settle),
+        format!("| sequencer round | {round:.1} ms | {:.1} events per round ({rounds:.0} rounds) |", numbered / rounds.max(1.0)),
+    ];
+    for name in ["tenants", "catalog", "billing", "usage", "bookings", "audit"] {
+        let label = format!("projection=\"{name}\"");
+        let (batch, batches) = mean_ms(b, a, "saas_ledger_projection_batch_seconds", &[&label]);
+        let applied =
+            total(a, "saas_ledger_projection_batch_events_sum", &[&label]) - total(b, "saas_ledger_projection_batch_events_sum", &[&label]);
+        split.push(format!(
+            "| projector batch `{name}` | {batch:.1} ms | {:.1} events per batch ({batches:.0} batches) |",
+            applied / batches.max(1.0)
+        ));
+    }
+    section(&mut out, "Where a usage command's time goes (server's /metrics over the usage phases)", "| part | mean | |", &split);
+
+    // 4. Flat cost.
+    let flat = http.sign_up("bench-flat", 0).await;
+    seed(&pool, &flat.id, "small", 1_000).await;
+    settled(&pool).await;
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await.expect("vacuum");
+    let small = sequential(&http, &flat.key, "small", samples).await;
+    let seeding = Instant::now();
+    seed(&pool, &flat.id, "large", events).await;
+    let inserted = seeding.elapsed();
+    let head = settled(&pool).await;
+    let projected = seeding.elapsed();
+    // A real history accumulates over months with autovacuum running; a bulk load in seconds is
+    // vacuumed once so that the measurement sees that steady state, not the load's dead rows.
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await.expect("vacuum");
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1::uuid")
+        .bind(&flat.id)
+        .fetch_one(&pool)
+        .await
+        .expect("a count");
+    let large = sequential(&http, &flat.key, "large", samples).await;
+    section(
+        &mut out,
+        "Flat cost: `POST /v1/usage` by one tenant, sequential",
+        "| history of the tenant | p50 | p99 | mean |",
+        &[
+            format!("| ~1k events | {} | {} | {} |", ms(small.0), ms(small.1), ms(small.2)),
+            format!("| {history} events | {} | {} | {} |", ms(large.0), ms(large.1), ms(large.2)),
+            format!(
+                "| **ratio** | **{:.2}** | {:.2} | **{:.2}** |",
+                large.0.as_secs_f64() / small.0.as_secs_f64(),
+                large.1.as_secs_f64() / small.1.as_secs_f64(),
+                large.2.as_secs_f64() / small.2.as_secs_f64()
+            ),
+        ],
+    );
+
+    // 5. Rebuild and replay of the whole log, next to COPY.
+    let head = head.max(settled(&pool).await);
+    let copy_started = Instant::now();
+    let mut conn = pool.acquire().await.expect("a connection");
+    let mut copy = conn
+        .copy_out_raw(
+            "COPY (SELECT position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
+                   FROM events ORDER BY position) TO STDOUT",
+        )
+        .await
+        .expect("COPY");
+    let mut copied_bytes = 0usize;
+    while let Some(chunk) = copy.next().await {
+        copied_bytes += chunk.expect("a chunk").len();
+    }
+    drop(copy);
+    drop(conn);
+    let copied = copy_started.elapsed();
+    let rate = |d: Duration| head as f64 / d.as_secs_f64();
+    let mut rows = vec![format!(
+        "| `COPY (SELECT .. FROM events ORDER BY position) TO STDOUT` ({} MB) | {:.1} s | {:.0} | 1.00 |",
+        copied_bytes / 1_000_000,
+        copied.as_secs_f64(),
+        rate(copied)
+    )];
+    rows.push(format!(
+        "| live: {events} appended in SQL ({:.1} s), numbered and applied by every projection | {:.1} s | {:.0} | {:.2} |",
+        inserted.as_secs_f64(),
+        projected.as_secs_f64(),
+        events as f64 / projected.as_secs_f64(),
+        events as f64 / projected.as_secs_f64() / rate(copied)
+    ));
+    for name in ["tenants", "catalog", "billing", "usage", "bookings", "audit"] {
+        let started = Instant::now();
+        let (status, reply) = http.post(&format!("/v1/admin/projections/{name}/rebuild"), ADMIN, &json!({})).await;
+        assert!(status == 202 || status == 200, "{status} {reply}");
+        loop {
+            let (_, runs) = http.get("/v1/admin/projections", ADMIN).await;
+            let runs: Vec<&Value> = runs.as_array().map(|r| r.iter().filter(|r| r["name"] == name).collect()).unwrap_or_default();
+            if runs.len() == 1 && runs[0]["status"] == "live" && runs[0]["generation"].as_i64() > Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = started.elapsed();
+        rows.push(format!(
+            "| rebuild `{name}` from 0 and swap in | {:.1} s | {:.0} | {:.2} |",
+            took.as_secs_f64(),
+            rate(took),
+            rate(took) / rate(copied)
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+    }
+    let replay_started = Instant::now();
+    let (mut after, mut lines) = (0i64, 0usize);
+    loop {
+        let text = http
+            .client
+            .get(format!("{}/v1/events?after={after}&limit=10000", http.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("a page")
+            .text()
+            .await
+            .expect("NDJSON");
+        let Some(last) = text.lines().last() else { break };
+        lines += text.lines().count();
+        after = serde_json::from_str::<Value>(last).expect("an event")["position"].as_i64().expect("a position");
+    }
+    let replayed = replay_started.elapsed();
+    rows.push(format!(
+        "| NDJSON replay over HTTP, `GET /v1/events` pages of 10,000 ({lines} events) | {:.1} s | {:.0} | {:.2} |",
+        replayed.as_secs_f64(),
+        lines as f64 / replayed.as_secs_f64(),
+        lines as f64 / replayed.as_secs_f64() / rate(copied)
+    ));
+    section(&mut out, &format!("Rebuild and replay of the whole log ({head} events)"), "| what | time | events/s | vs COPY |", &rows);
+
+    // 6. Memory.
+    let rss = server.peak_rss_mib();
+    section(&mut out, "Memory", "| what | |", &[format!("| server process peak RSS (`VmHWM`) over the whole run | {rss:.0} MiB |")]);
+    out.push_str(&format!("\nWhole run: {:.0} s.\n", started.elapsed().as_secs_f64()));
+
+    drop(server);
+    pool.close().await;
+    let date = chrono::Utc::now().format("%Y-%m-%d");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir).expect("the results folder");
+    std::fs::write(dir.join(format!("{date}.md")), &out).expect("the results file");
+    println!("written to bench/results/{date}.md");
+    if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+    }
+}
