@@ -176,13 +176,16 @@ pub struct Projections {
     sequencer: Arc<Sequencer>,
     projections: Vec<Arc<dyn Projection>>,
     live: HashMap<&'static str, watch::Sender<i64>>,
+    /// Per projection: the live run's generation, and the position up to which it was found
+    /// to have nothing to apply (see [`Projections::nothing_to_apply`]).
+    quiet: std::sync::Mutex<HashMap<&'static str, (i32, i64)>>,
 }
 
 impl Projections {
     /// The given projections over `pool`, fed by `sequencer`.
     pub fn new(pool: PgPool, sequencer: Arc<Sequencer>, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
         let live = projections.iter().map(|p| (p.name(), watch::Sender::new(0))).collect();
-        Arc::new(Self { pool, sequencer, projections, live })
+        Arc::new(Self { pool, sequencer, projections, live, quiet: Default::default() })
     }
 
     fn projection(&self, name: &str) -> Option<&Arc<dyn Projection>> {
@@ -311,19 +314,22 @@ impl Projections {
         let fail = |error: ProjectionError| Failure { position: 0, error };
         let projection = self.projection(run.name).expect("runs belong to known projections");
         let mut tx = self.pool.begin().await.map_err(|e| fail(e.into()))?;
-        let row: Option<(i64, String)> =
-            sqlx::query_as("SELECT position, status FROM projection_runs WHERE name = $1 AND generation = $2 FOR UPDATE")
-                .bind(run.name)
-                .bind(run.generation)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| fail(e.into()))?;
-        let Some((position, status)) = row.filter(|(_, s)| s != "retired") else {
+        // The head with the run's row, then the range up to it: the sequencer commits
+        // positions and the head together, so every position up to the head is visible to
+        // the next statement. (After waiting for the row lock the head may be a little old:
+        // the batch is then a little short, never wrong.)
+        let row: Option<(i64, String, i64)> = sqlx::query_as(
+            "SELECT r.position, r.status, h.position FROM projection_runs r CROSS JOIN event_log_head h
+             WHERE r.name = $1 AND r.generation = $2 FOR UPDATE OF r",
+        )
+        .bind(run.name)
+        .bind(run.generation)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| fail(e.into()))?;
+        let Some((position, status, head)) = row.filter(|(_, s, _)| s != "retired") else {
             return Ok(Batch::Gone);
         };
-        // The head first, then the range up to it: the sequencer commits positions and the
-        // head together, so every position up to the head is visible to the next statement.
-        let head = log::head(&mut *tx).await.map_err(|e| fail(e.into()))?;
         let types = projection.aggregate_types();
         let span = if types.is_some() { FILTERED_BATCH } else { BATCH };
         let last = head.min(position + span).min(stop_before.map_or(i64::MAX, |p| p - 1));
@@ -531,6 +537,9 @@ impl Projections {
                 .await?;
         for (generation, status) in runs {
             let run = self.run_of(projection.as_ref(), generation);
+            if status == "live" && self.nothing_to_apply(&run).await? {
+                continue;
+            }
             let position = self.catch_up(&run).await.map_err(|f| f.error)?;
             if status == "building" && position.is_some() {
                 let head = log::head(&self.pool).await?;
@@ -540,6 +549,47 @@ impl Projections {
             }
         }
         Ok(())
+    }
+
+    /// Whether a live run of a projection that reads only some aggregate types can skip this
+    /// round: nothing of its types was appended after its checkpoint. It then tells this
+    /// process's waiters it is at the head (its model already holds everything up to there)
+    /// without a transaction, and moves its stored checkpoint over the others' events only in
+    /// bulk: once [`FILTERED_BATCH`] positions or a second have gone by. Under a stream of one
+    /// aggregate type this spares a commit per projection per round; the stored lag of such
+    /// a projection may show up to that much.
+    async fn nothing_to_apply(&self, run: &Run) -> Result<bool, sqlx::Error> {
+        let Some(types) = self.projection(run.name).and_then(|p| p.aggregate_types()) else {
+            return Ok(false);
+        };
+        // From the run's checkpoint up to `quiet`, this run was already found to have nothing
+        // of its types (checkpoints only move forward); only the rest is looked at.
+        let quiet = self
+            .quiet
+            .lock()
+            .expect("not poisoned")
+            .get(run.name)
+            .filter(|(generation, _)| *generation == run.generation)
+            .map_or(0, |q| q.1);
+        // One statement, one snapshot: the head and the events up to it agree.
+        let (position, head, stale, relevant): (i64, i64, bool, bool) = sqlx::query_as(
+            "SELECT r.position, h.position, r.updated_at < now() - interval '1 second',
+                    EXISTS (SELECT 1 FROM events e WHERE e.position > greatest(r.position, $3) AND e.position <= h.position AND e.aggregate_type = ANY($4))
+             FROM projection_runs r CROSS JOIN event_log_head h WHERE r.name = $1 AND r.generation = $2",
+        )
+        .bind(run.name)
+        .bind(run.generation)
+        .bind(quiet)
+        .bind(types)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or((0, 0, true, true));
+        if relevant || stale || head - position >= FILTERED_BATCH || head <= position {
+            return Ok(false);
+        }
+        self.quiet.lock().expect("not poisoned").insert(run.name, (run.generation, head));
+        self.publish(run.name, "live", head);
+        Ok(true)
     }
 
     /// Waits until every live projection has applied `position` (read-your-writes), at most
