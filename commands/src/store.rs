@@ -109,9 +109,19 @@ where
             if events.is_empty() {
                 return Ok(Committed { state: loaded.aggregate, events: Vec::new() });
             }
-            let state = loaded.aggregate.clone();
-            match self.store.commit(events, loaded, metadata.clone()).await {
-                Ok(events) => {
+            let state = loaded.aggregate;
+            let events: Vec<EventEnvelope<A>> = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, payload)| EventEnvelope {
+                    aggregate_id: aggregate_id.to_owned(),
+                    sequence: loaded.current_sequence + i + 1,
+                    payload,
+                    metadata: metadata.clone(),
+                })
+                .collect();
+            match self.append(&events).await {
+                Ok(()) => {
                     (self.on_commit)();
                     return Ok(Committed { state, events });
                 }
@@ -165,6 +175,21 @@ where
         }
     }
 
+    /// Appends `events` (of one or more aggregates) in a single statement: atomic without a
+    /// transaction around it, one round trip. A taken `(aggregate, sequence)` (another writer
+    /// won the race) is a conflict, as in postgres-es.
+    async fn append(&self, events: &[EventEnvelope<A>]) -> Result<(), AggregateError<A::Error>> {
+        let mut columns = EventColumns::default();
+        for event in events {
+            columns.push(event).map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
+        }
+        columns.insert::<A>(&self.pool).await.map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => AggregateError::AggregateConflict,
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => AggregateError::DatabaseConnectionError(Box::new(e)),
+            _ => AggregateError::UnexpectedError(Box::new(e)),
+        })
+    }
+
     async fn execute_each(
         &self,
         commands: Vec<(String, A::Command)>,
@@ -209,7 +234,6 @@ where
             entry.1 = sequence as usize;
         }
         let metadata = context.to_metadata();
-        let metadata_json = serde_json::to_value(&metadata).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let mut outcomes = Vec::with_capacity(commands.len());
         let mut columns = EventColumns::default();
         for (id, command) in commands {
@@ -232,31 +256,12 @@ where
                 })
                 .collect();
             for event in &events {
-                columns.aggregate_id.push(id.clone());
-                columns.sequence.push(event.sequence as i64);
-                columns.event_type.push(event.payload.event_type());
-                columns.event_version.push(event.payload.event_version());
-                columns.payload.push(serde_json::to_value(&event.payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+                columns.push(event)?;
             }
             outcomes.push(Ok(Committed { state: aggregate, events }));
         }
         if !columns.aggregate_id.is_empty() {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                 SELECT $1, id, seq, event_type, event_version, payload, $7
-                 FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[]) AS e(id, seq, event_type, event_version, payload)",
-            )
-            .bind(A::TYPE)
-            .bind(&columns.aggregate_id)
-            .bind(&columns.sequence)
-            .bind(&columns.event_type)
-            .bind(&columns.event_version)
-            .bind(&columns.payload)
-            .bind(&metadata_json)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+            columns.insert::<A>(&self.pool).await?;
         }
         Ok(outcomes)
     }
@@ -285,6 +290,41 @@ struct EventColumns {
     event_type: Vec<String>,
     event_version: Vec<String>,
     payload: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+}
+
+impl EventColumns {
+    fn push<A: Aggregate>(&mut self, event: &EventEnvelope<A>) -> Result<(), sqlx::Error> {
+        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| sqlx::Error::Encode(Box::new(e)));
+        self.aggregate_id.push(event.aggregate_id.clone());
+        self.sequence.push(event.sequence as i64);
+        self.event_type.push(event.payload.event_type());
+        self.event_version.push(event.payload.event_version());
+        self.payload.push(json(serde_json::to_value(&event.payload))?);
+        self.metadata.push(json(serde_json::to_value(&event.metadata))?);
+        Ok(())
+    }
+
+    /// One multi-row INSERT (the rows in order, so their ids, and so their positions, follow it).
+    async fn insert<A: Aggregate>(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT $1, id, seq, event_type, event_version, payload, metadata
+             FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+                  WITH ORDINALITY AS e(id, seq, event_type, event_version, payload, metadata, n)
+             ORDER BY n",
+        )
+        .bind(A::TYPE)
+        .bind(&self.aggregate_id)
+        .bind(&self.sequence)
+        .bind(&self.event_type)
+        .bind(&self.event_version)
+        .bind(&self.payload)
+        .bind(&self.metadata)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Exponential back-off with full jitter: 1-2 ms, 2-4 ms, ... capped at 100 ms.
