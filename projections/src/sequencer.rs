@@ -55,44 +55,12 @@ impl Sequencer {
     /// Numbers one batch of committed, unnumbered events; returns how many it numbered.
     pub async fn step(&self) -> Result<u64, sqlx::Error> {
         let started = std::time::Instant::now();
-        let mut tx = self.pool.begin().await?;
-        // Statement 1 takes the lock (waiting for a concurrent round to commit); statement 2
-        // then runs on a fresh snapshot that sees everything that round numbered.
-        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE").fetch_one(&mut *tx).await?;
-        // Two statements rather than one `UPDATE .. FROM (DELETE .. RETURNING)`: the planner
-        // cannot see how few rows a CTE returns and, trusting stale statistics of the queue,
-        // hash-joined it with a sequential scan of the whole `events` table on every round
-        // (found profiling issue 7: 18 M rows read in a 20-second load test). An array
-        // parameter's length is known to the planner, so the numbering is index lookups.
-        //
-        // The queue is taken up to its BATCH-th smallest id, computed once (an InitPlan) and
-        // compared by range: with `id IN (SELECT .. LIMIT n)` the planner, trusting statistics
-        // taken while the queue was empty, re-ran the subquery for every queued row after a
-        // bulk append of a million events (11 minutes for one round).
-        let mut taken: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM events_unsequenced
-             WHERE id <= (SELECT max(id) FROM (SELECT id FROM events_unsequenced ORDER BY id LIMIT $1) first)
-             RETURNING id",
-        )
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
-        taken.sort_unstable();
-        let numbered = if taken.is_empty() {
-            0
-        } else {
-            sqlx::query("UPDATE events e SET position = $1 + t.n FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, n) WHERE e.id = t.id")
-                .bind(head)
-                .bind(&taken)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        };
-        let new_head = head + numbered as i64;
-        if numbered > 0 {
-            sqlx::query("UPDATE event_log_head SET position = $1").bind(new_head).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        // One statement (`migrations/0007_sequencer_round.sql`): take the head's lock, take the
+        // queue up to its BATCH-th id, number those events in id order from the head, move the
+        // head; all or nothing, in one round trip.
+        let (numbered, new_head): (i64, i64) =
+            sqlx::query_as("SELECT numbered, head FROM sequence_events($1)").bind(BATCH as i32).fetch_one(&self.pool).await?;
+        let numbered = numbered as u64;
         if numbered > 0 {
             metrics::histogram!("saas_ledger_sequencer_round_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("saas_ledger_sequencer_round_events").record(numbered as f64);
