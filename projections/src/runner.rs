@@ -297,7 +297,8 @@ impl Projections {
         Ok(run)
     }
 
-    /// Applies one batch of at most `limit` events to `run`, checkpoint included, atomically:
+    /// Applies one batch of `run` (a range of positions after its checkpoint), checkpoint
+    /// included, atomically:
     /// all at once ([`Projection::apply_batch`]) and, if that fails, again one by one to find
     /// the event that fails.
     async fn batch(&self, run: &Run) -> Result<Batch, Failure> {
@@ -616,10 +617,33 @@ impl Projections {
         true
     }
 
+    /// Whether every live run, as stored (possibly by another process), holds `position`: its
+    /// checkpoint is there, or (a projection that reads only some aggregate types and moves
+    /// its checkpoint over the others' events in bulk) nothing of its types lies in between.
     async fn live_positions_reached(&self, position: i64) -> bool {
-        let least: Result<Option<i64>, _> =
-            sqlx::query_scalar("SELECT min(position) FROM projection_runs WHERE status = 'live'").fetch_one(&self.pool).await;
-        matches!(least, Ok(Some(p)) if p >= position)
+        let runs: Result<Vec<(String, i64)>, _> =
+            sqlx::query_as("SELECT name, position FROM projection_runs WHERE status = 'live'").fetch_all(&self.pool).await;
+        let Ok(runs) = runs else { return false };
+        for (name, at) in runs {
+            if at >= position {
+                continue;
+            }
+            let Some(types) = self.projection(&name).and_then(|p| p.aggregate_types()) else {
+                return false;
+            };
+            let pending: Result<bool, _> = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE position > $1 AND position <= $2 AND aggregate_type = ANY($3))",
+            )
+            .bind(at)
+            .bind(position)
+            .bind(types)
+            .fetch_one(&self.pool)
+            .await;
+            if !matches!(pending, Ok(false)) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Waits until the event `(aggregate_type, aggregate_id, sequence)` has a position and every
