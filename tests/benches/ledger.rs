@@ -128,6 +128,21 @@ struct Load {
     failures: u64,
 }
 
+impl Load {
+    /// A table row for `what` at `clients`, next to `tps` raw single-row INSERTs.
+    fn row_against(&self, what: &str, clients: usize, tps: f64) -> String {
+        format!(
+            "| {what}, {clients} clients | {:.0} req/s | {} | {} | {tps:.0} tps ({} clients) | **{:.2}** | {} |",
+            self.per_second,
+            ms(self.p50),
+            ms(self.p99),
+            clients.min(PGBENCH_MAX_CLIENTS),
+            self.per_second / tps,
+            self.failures
+        )
+    }
+}
+
 /// Runs `clients` loops of `request(n)` for `secs` seconds (closed loop: each client sends its
 /// next request when the previous one is answered).
 async fn load<F, Fut>(clients: usize, secs: u64, request: F) -> Load
@@ -405,15 +420,7 @@ async fn run() {
         .await;
         let tps = pgbench(&url, EVENT_ROW, c, secs);
         raw.insert(c, tps);
-        rows.push(format!(
-            "| `POST /v1/usage`, {c} clients | {:.0} req/s | {} | {} | {tps:.0} tps ({} clients) | **{:.2}** | {} |",
-            ours.per_second,
-            ms(ours.p50),
-            ms(ours.p99),
-            c.min(PGBENCH_MAX_CLIENTS),
-            ours.per_second / tps,
-            ours.failures
-        ));
+        rows.push(ours.row_against("`POST /v1/usage`", c, tps));
         eprintln!("{}", rows.last().expect("a row"));
     }
     let metrics_after = http.metrics().await;
@@ -438,15 +445,7 @@ async fn run() {
         })
         .await;
         let tps = raw[&c];
-        rows.push(format!(
-            "| `POST /v1/bookings`, {c} clients | {:.0} req/s | {} | {} | {tps:.0} tps ({} clients) | **{:.2}** | {} |",
-            ours.per_second,
-            ms(ours.p50),
-            ms(ours.p99),
-            c.min(PGBENCH_MAX_CLIENTS),
-            ours.per_second / tps,
-            ours.failures
-        ));
+        rows.push(ours.row_against("`POST /v1/bookings`", c, tps));
         eprintln!("{}", rows.last().expect("a row"));
     }
     {
