@@ -73,7 +73,7 @@ impl Projection for UsageProjection {
         Ok(())
     }
 
-    /// Two statements per batch, however many facts it holds: the facts in one multi-row
+    /// One statement per batch, however many facts it holds: the facts in one multi-row
     /// insert, and their hourly sums folded in SQL (a bucket's latest value is the fact with
     /// the latest `occurred_at`, the later position winning ties, as one-by-one application
     /// would leave it) and upserted once per bucket.
@@ -93,26 +93,20 @@ impl Projection for UsageProjection {
         if facts.position.is_empty() {
             return Ok(());
         }
+        // One statement: the facts bound once, inserted, and folded into their hourly buckets.
         sqlx::query(&format!(
-            "INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])"
-        ))
-        .bind(&facts.tenant_id)
-        .bind(&facts.metric)
-        .bind(&facts.kind)
-        .bind(&facts.quantity)
-        .bind(&facts.idempotency_key)
-        .bind(&facts.occurred_at)
-        .bind(&facts.recorded_at)
-        .bind(&facts.position)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
+            "WITH f AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+                     AS f(tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
+             ),
+             facts AS (
+                 INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
+                 SELECT * FROM f
+             )
+             INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
              SELECT tenant_id, metric, min(kind), date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', sum(quantity), count(*),
                     (array_agg(quantity ORDER BY occurred_at DESC, position DESC))[1], max(occurred_at)
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], $6::bigint[])
-                  AS f(tenant_id, metric, kind, quantity, occurred_at, position)
+             FROM f
              GROUP BY 1, 2, 4
              ON CONFLICT (tenant_id, metric, hour) DO UPDATE SET
                  total = h.total + EXCLUDED.total,
@@ -124,7 +118,9 @@ impl Projection for UsageProjection {
         .bind(&facts.metric)
         .bind(&facts.kind)
         .bind(&facts.quantity)
+        .bind(&facts.idempotency_key)
         .bind(&facts.occurred_at)
+        .bind(&facts.recorded_at)
         .bind(&facts.position)
         .execute(&mut *conn)
         .await?;
