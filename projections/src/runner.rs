@@ -365,7 +365,7 @@ impl Projections {
         tx.commit().await.map_err(|e| fail(e.into()))?;
         self.publish(run.name, &status, last);
         metrics::histogram!("saas_ledger_projection_batch_seconds", "projection" => run.name).record(started.elapsed().as_secs_f64());
-        metrics::histogram!("saas_ledger_projection_batch_events", "projection" => run.name).record((last - position) as f64);
+        metrics::histogram!("saas_ledger_projection_batch_positions", "projection" => run.name).record((last - position) as f64);
         Ok(Batch::Applied { position: last, more })
     }
 

@@ -505,10 +505,10 @@ async fn run() {
     for name in ["tenants", "catalog", "billing", "usage", "bookings", "audit"] {
         let label = format!("projection=\"{name}\"");
         let (batch, batches) = mean_ms(b, a, "saas_ledger_projection_batch_seconds", &[&label]);
-        let applied =
-            total(a, "saas_ledger_projection_batch_events_sum", &[&label]) - total(b, "saas_ledger_projection_batch_events_sum", &[&label]);
+        let applied = total(a, "saas_ledger_projection_batch_positions_sum", &[&label])
+            - total(b, "saas_ledger_projection_batch_positions_sum", &[&label]);
         split.push(format!(
-            "| projector batch `{name}` | {batch:.1} ms | {:.1} events per batch ({batches:.0} batches) |",
+            "| projector batch `{name}` | {batch:.1} ms | {:.1} positions per batch ({batches:.0} batches) |",
             applied / batches.max(1.0)
         ));
     }
