@@ -502,7 +502,7 @@ async fn run() {
         format!("| the rest: routing, auth, rate limit, JSON | {:.1} ms | |", request - command - settle),
         format!("| sequencer round | {round:.1} ms | {:.1} events per round ({rounds:.0} rounds) |", numbered / rounds.max(1.0)),
     ];
-    for name in ["tenants", "catalog", "billing", "usage", "bookings", "audit"] {
+    for name in projections::all().iter().map(|p| p.name()) {
         let label = format!("projection=\"{name}\"");
         let (batch, batches) = mean_ms(b, a, "saas_ledger_projection_batch_seconds", &[&label]);
         let applied = total(a, "saas_ledger_projection_batch_positions_sum", &[&label])
@@ -582,7 +582,7 @@ async fn run() {
         events as f64 / projected.as_secs_f64(),
         events as f64 / projected.as_secs_f64() / rate(copied)
     ));
-    for name in ["tenants", "catalog", "billing", "usage", "bookings", "audit"] {
+    for name in projections::all().iter().map(|p| p.name()) {
         let started = Instant::now();
         let (status, reply) = http.post(&format!("/v1/admin/projections/{name}/rebuild"), ADMIN, &json!({})).await;
         assert!(status == 202 || status == 200, "{status} {reply}");
