@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use commands::accounts::Accounts;
+use commands::appender::Appender;
 use commands::bookings::Bookings;
 use commands::clock::{Clock, ManualClock, SystemClock};
 use commands::plans::Plans;
@@ -60,6 +61,8 @@ struct Inner {
     bookings: Bookings,
     projections: Arc<Projections>,
     log: EventLog,
+    keys: crate::auth::KeyCache,
+    rate_limits: crate::rate_limit::RateLimits,
 }
 
 impl AppState {
@@ -168,15 +171,18 @@ impl AppState {
     }
 
     /// Waits until every live read model includes what `committed` appended to aggregate
-    /// `aggregate_id`, so the caller reads its own writes. A read model that is stuck does not
-    /// fail the command (it did commit): the wait gives up after a while and says so in the log.
+    /// `aggregate_id`. Reads wait for their tenant's writes by themselves (see
+    /// [`crate::consistency`]); this is for commands whose answer, or whose next step, reads
+    /// read models (the answer of a sign-up, say), and those that change what other tenants'
+    /// reads show. A read model that is stuck does not fail the command (it did commit): the
+    /// wait gives up after a while and says so in the log.
     pub async fn settle<A: Aggregate>(&self, aggregate_id: &str, committed: &Committed<A>) {
-        if let Some(sequence) = committed.last_sequence() {
+        if let Some(position) = committed.position {
             let started = std::time::Instant::now();
-            let settled = self.0.projections.wait_for_event(A::TYPE, aggregate_id, sequence, SETTLE_TIMEOUT).await;
+            let settled = self.0.projections.wait_for(position, SETTLE_TIMEOUT).await;
             metrics::histogram!("saas_ledger_settle_duration_seconds").record(started.elapsed().as_secs_f64());
-            if settled.is_none() {
-                tracing::warn!(aggregate_type = A::TYPE, aggregate_id, sequence, "read models did not catch up with a command in time");
+            if !settled {
+                tracing::warn!(aggregate_type = A::TYPE, aggregate_id, position, "read models did not catch up with a command in time");
             }
         }
     }
@@ -185,7 +191,7 @@ impl AppState {
     /// it between the commit and what must follow it (read-model settling, idempotency records).
     pub async fn detach<T: Send + 'static>(&self, work: impl Future<Output = Result<T, ApiError>> + Send + 'static) -> Result<T, ApiError> {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
-        tokio::spawn(REQUEST_ID.scope(request_id, work)).await.map_err(ApiError::internal)?
+        tokio::spawn(REQUEST_ID.scope(request_id, crate::consistency::carry(work))).await.map_err(ApiError::internal)?
     }
 
     /// Tenant `id`'s status, or `None` if there is no such tenant.
@@ -198,8 +204,31 @@ impl AppState {
         Ok(self.tenant_status(id).await?.is_some())
     }
 
-    /// The active key with this hash, with its tenant's status.
+    /// This process's rate limiters.
+    pub fn rate_limits(&self) -> &crate::rate_limit::RateLimits {
+        &self.0.rate_limits
+    }
+
+    /// The API-key lookups this process reuses (see [`crate::auth::KeyCache`]).
+    pub fn keys(&self) -> &crate::auth::KeyCache {
+        &self.0.keys
+    }
+
+    /// The active key with this hash, with its tenant's status; a lookup younger than the
+    /// configured `auth_cache` is reused.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<TenantKey>, ApiError> {
+        if let Some(key) = self.0.keys.get(hash) {
+            return Ok(Some(key));
+        }
+        let asked = std::time::Instant::now();
+        let key = self.key_from_database(hash).await?;
+        if let Some(key) = &key {
+            self.0.keys.put(hash, key.clone(), asked);
+        }
+        Ok(key)
+    }
+
+    async fn key_from_database(&self, hash: &str) -> Result<Option<TenantKey>, ApiError> {
         Ok(sqlx::query_as(
             "SELECT k.id AS key_id, k.tenant_id, k.role, t.status AS tenant_status, p.rate_limit_per_minute
              FROM rm.api_keys k JOIN rm.tenants t ON t.id = k.tenant_id
@@ -238,21 +267,37 @@ impl Application {
         let shutdown = CancellationToken::new();
         let background = projections.start(shutdown.clone());
 
-        let ring = sequencer.clone();
-        let on_commit: CommitHook = Arc::new(move || ring.ring());
+        // Every append of this process goes through one group-commit writer; a flush tells
+        // the projectors here that the head moved, and each command reports its position to
+        // its request (the `Ledger-Position` answer header).
+        let observed = sequencer.clone();
+        let appender = Appender::start(pool.clone(), config.append_writers, Arc::new(move |head| observed.observed(head)));
+        let keys = crate::auth::KeyCache::new(config.auth_cache);
+        let on_commit: CommitHook = {
+            let keys = keys.clone();
+            Arc::new(move |position: i64, event_types: &[String]| {
+                crate::consistency::appended(position);
+                if event_types.iter().any(|t| crate::auth::CHANGES_ACCESS.contains(&t.as_str())) {
+                    keys.changed();
+                }
+            })
+        };
         let vault = Vault::new(pool.clone());
-        let tenants =
-            Arc::new(Tenants::new(AggregateStore::new(pool.clone(), (), domain::upcasting::upcasters(), on_commit.clone()), vault.clone()));
-        let plans = Arc::new(Plans::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone())));
+        let tenants = Arc::new(Tenants::new(
+            AggregateStore::new(pool.clone(), appender.clone(), (), domain::upcasting::upcasters(), on_commit.clone()),
+            vault.clone(),
+        ));
+        let plans = Arc::new(Plans::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone())));
         let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
-        let subscriptions = Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), meter, Vec::new(), on_commit.clone())));
+        let subscriptions =
+            Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), appender.clone(), meter, Vec::new(), on_commit.clone())));
         let accounts = Accounts::new(pool.clone(), plans, tenants.clone(), subscriptions);
-        let usage = Usage::new(AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone()));
+        let usage = Usage::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let bookings = Bookings::new(
             pool.clone(),
             vault,
-            AggregateStore::new(pool.clone(), (), Vec::new(), on_commit.clone()),
-            AggregateStore::new(pool.clone(), (), Vec::new(), on_commit),
+            AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
+            AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit),
         );
 
         let manual_clock = config.test_clock.then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
@@ -267,6 +312,7 @@ impl Application {
             format!("sla_{}", hex::encode(bytes))
         });
         let listener = TcpListener::bind(&config.bind).await?;
+        let config_rate_limit_instances = config.rate_limit_instances;
         let state = AppState(Arc::new(Inner {
             instance,
             log: EventLog::new(pool.clone()),
@@ -280,6 +326,8 @@ impl Application {
             usage,
             bookings,
             projections,
+            keys,
+            rate_limits: crate::rate_limit::RateLimits::new(config_rate_limit_instances),
         }));
         let seed = state.context(None, Actor::System("catalog"));
         state.accounts().plans().seed_defaults(&seed).await.map_err(|e| e.to_string())?;
@@ -345,17 +393,13 @@ async fn billing_loop(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// Forgets expired idempotency records and idle rate-limit buckets every few minutes.
+/// Forgets expired idempotency records every few minutes.
 async fn housekeeping(state: AppState, shutdown: CancellationToken) {
     loop {
         match crate::idempotency::expire(state.pool()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(n, "expired idempotency records deleted"),
             Err(e) => tracing::warn!(error = %e, "could not expire idempotency records"),
-        }
-        // A bucket idle for an hour is full again; dropping it changes nothing.
-        if let Err(e) = sqlx::query("DELETE FROM rate_buckets WHERE updated_at < now() - interval '1 hour'").execute(state.pool()).await {
-            tracing::warn!(error = %e, "could not drop idle rate-limit buckets");
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -425,6 +469,7 @@ fn router(state: AppState) -> Router {
     routes::router(state.clone())
         .route("/metrics", axum::routing::get(crate::metrics::render).with_state(state.clone()))
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(middleware::from_fn_with_state(state.clone(), crate::consistency::layer))
         .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
         .layer(middleware::from_fn_with_state(state, crate::rate_limit::layer))
         .layer(middleware::from_fn(crate::metrics::track))

@@ -1,10 +1,15 @@
 //! Who is calling, and what they may do.
 //!
 //! `Authorization: Bearer <token>` carries either the platform admin token or a tenant API
-//! key. A key is looked up by its SHA-256 in the `rm.api_keys` read model (revocation waits
-//! for that model, so a revoked key stops working as soon as `DELETE` has answered). The
-//! tenant of a request is the tenant of its key; an `X-Tenant-ID` naming another tenant is
-//! refused. The admin may act for a tenant by naming it in `X-Tenant-ID`.
+//! key. A key is looked up by its SHA-256 in the `rm.api_keys` read model, and the lookup is
+//! reused for a short lease ([`KeyCache`], `SAAS_LEDGER_AUTH_CACHE_MS`, 1 s by default), so a
+//! busy key costs no statement per request. A command that changes who may do what (a key
+//! revoked; a tenant suspended, reactivated, cancelled or erased) empties this process's
+//! cache at once and answers only once its read model has it and a whole lease has passed:
+//! by then no instance still holds a lookup from before, so a revoked key is refused
+//! everywhere as soon as `DELETE` has answered. The tenant of a request is the tenant of its
+//! key; an `X-Tenant-ID` naming another tenant is refused. The admin may act for a tenant by
+//! naming it in `X-Tenant-ID`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -16,6 +21,59 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+
+/// The event types that change what a key may do: their commands wait out the lease.
+pub const CHANGES_ACCESS: [&str; 5] = ["ApiKeyRevoked", "TenantSuspended", "TenantReactivated", "TenantCancelled", "TenantErased"];
+
+/// Most lookups kept at once; past that the cache starts afresh.
+const MAX_CACHED_KEYS: usize = 100_000;
+
+/// API-key lookups reused for a lease, keyed by the key's hash. Only found keys are kept.
+#[derive(Clone)]
+pub struct KeyCache {
+    lease: std::time::Duration,
+    keys: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, TenantKey)>>>,
+}
+
+impl KeyCache {
+    /// A cache whose lookups are reused for `lease` (zero: never reused).
+    pub fn new(lease: std::time::Duration) -> Self {
+        Self { lease, keys: Default::default() }
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> std::time::Duration {
+        self.lease
+    }
+
+    /// A lookup of `hash` younger than the lease.
+    pub fn get(&self, hash: &str) -> Option<TenantKey> {
+        let keys = self.keys.lock().expect("not poisoned");
+        keys.get(hash).filter(|(asked, _)| asked.elapsed() < self.lease).map(|(_, key)| key.clone())
+    }
+
+    /// Keeps `key`, looked up by a query sent at `asked`.
+    pub fn put(&self, hash: &str, key: TenantKey, asked: std::time::Instant) {
+        if self.lease.is_zero() {
+            return;
+        }
+        let mut keys = self.keys.lock().expect("not poisoned");
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.retain(|_, (at, _)| at.elapsed() < self.lease);
+            if keys.len() >= MAX_CACHED_KEYS {
+                keys.clear();
+            }
+        }
+        keys.insert(hash.to_owned(), (asked, key));
+    }
+
+    /// Something changed who may do what: forget every lookup here, and have the current
+    /// request's answer wait out the lease (see [`crate::consistency`]).
+    pub fn changed(&self) {
+        self.keys.lock().expect("not poisoned").clear();
+        crate::consistency::access_changed();
+    }
+}
 
 /// The tenant-scoping header.
 pub const TENANT_HEADER: &str = "x-tenant-id";

@@ -38,6 +38,20 @@ pub struct ServeArgs {
     /// How often the billing cycle runs by itself, in seconds.
     #[arg(long, env = "SAAS_LEDGER_BILLING_INTERVAL_SECS", default_value_t = 60)]
     pub billing_interval_secs: u64,
+    /// Connections that write appends (group commit: concurrent commands share a statement).
+    #[arg(long, env = "SAAS_LEDGER_APPEND_WRITERS", default_value_t = 2)]
+    pub append_writers: usize,
+
+    /// How long an API key's lookup is reused (ms). Revoking a key or changing a tenant's
+    /// status answers only after this long, so no instance still honours the old answer.
+    #[arg(long, env = "SAAS_LEDGER_AUTH_CACHE_MS", default_value_t = 1000)]
+    pub auth_cache_ms: u64,
+
+    /// Instances that share a key's requests: each enforces this share of a plan's rate limit
+    /// (1 when the load balancer routes each key to one instance).
+    #[arg(long, env = "SAAS_LEDGER_RATE_LIMIT_INSTANCES", default_value_t = 1)]
+    pub rate_limit_instances: u32,
+
     /// NATS server to relay the event log to (JetStream); no relay when unset.
     #[arg(long, env = "SAAS_LEDGER_NATS_URL")]
     pub nats_url: Option<String>,
@@ -72,6 +86,12 @@ pub struct Config {
     pub billing_interval: Duration,
     /// The event relay to NATS JetStream, if configured.
     pub relay: Option<projections::relay::RelayConfig>,
+    /// Connections that write appends.
+    pub append_writers: usize,
+    /// How long an API key's lookup is reused.
+    pub auth_cache: Duration,
+    /// Instances that share a key's requests (each enforces its share of the rate limit).
+    pub rate_limit_instances: u32,
 }
 
 impl Config {
@@ -88,6 +108,9 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             billing_interval: Duration::from_secs(args.billing_interval_secs.max(1)),
+            append_writers: args.append_writers.clamp(1, 8),
+            auth_cache: Duration::from_millis(args.auth_cache_ms.min(60_000)),
+            rate_limit_instances: args.rate_limit_instances.max(1),
             relay: args.nats_url.as_deref().map(|url| projections::relay::RelayConfig {
                 stream: args.nats_stream.clone(),
                 subject_prefix: args.nats_subject_prefix.clone(),
@@ -109,6 +132,9 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             billing_interval: Duration::from_secs(60),
             relay: None,
+            append_writers: 2,
+            auth_cache: Duration::from_secs(1),
+            rate_limit_instances: 1,
         }
     }
 }

@@ -1,51 +1,94 @@
-//! Per-plan rate limits: each tenant API key gets a token bucket that holds its plan's
-//! `rate_limit_per_minute` tokens (the burst: a client may spend a whole minute's allowance at
-//! once) and refills at that many per minute. A request without a token is answered 429
-//! `RATE_LIMITED` with `Retry-After` (whole seconds until a token is back). Every answer to a
-//! key carries `RateLimit-Limit` and `RateLimit-Remaining`.
+//! Per-plan rate limits: each tenant API key may send its plan's `rate_limit_per_minute`
+//! requests a minute, with a burst of a whole minute's allowance at once (GCRA, the
+//! `governor` crate: equivalent to a token bucket that refills continuously). A request beyond
+//! it is answered 429 `RATE_LIMITED` with `Retry-After` (whole seconds until it would pass).
+//! Every answer to a key carries `RateLimit-Limit` and `RateLimit-Remaining`.
 //!
-//! Buckets live in one `UNLOGGED` Postgres table, updated by a single statement per request:
-//! every server instance shares them (no N× allowance behind a load balancer), and no WAL is
-//! written for them (a crash forgets the buckets, which only ever errs in the client's favour).
-//! The platform admin is not limited.
+//! The limiters live in this process's memory: no statement per request. With several
+//! instances, each one enforces `limit / SAAS_LEDGER_RATE_LIMIT_INSTANCES` (rounded up) of the
+//! requests it receives: set that to the number of instances when the load balancer spreads a
+//! key's requests evenly, and leave it at 1 when it routes each key to one instance (by the
+//! `Authorization` header). A restart forgets the limiters, which only ever errs in the
+//! client's favour. The platform admin is not limited.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultDirectRateLimiter, Quota};
+use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::{caller_of, Caller};
 use crate::error::ApiError;
 
-/// A bucket after taking a token (or failing to).
-#[derive(Debug, sqlx::FromRow)]
-pub struct Bucket {
-    /// Whether the request got a token.
-    pub allowed: bool,
-    /// Tokens left (fractional: the bucket refills continuously).
-    pub tokens: f64,
+type Limiter = DefaultDirectRateLimiter<StateInformationMiddleware>;
+
+/// Most keys kept; past that, idle ones are forgotten (a forgotten limiter is a full one).
+const MAX_KEYS: usize = 100_000;
+
+/// The limiters of this process, one per API key.
+#[derive(Default)]
+pub struct RateLimits {
+    /// Each instance's share: `limit / instances`, rounded up.
+    instances: u32,
+    keys: Mutex<HashMap<Uuid, (u32, Arc<Limiter>)>>,
 }
 
-/// Takes one token from `key_id`'s bucket of `per_minute` tokens.
-pub async fn take(pool: &sqlx::PgPool, key_id: uuid::Uuid, per_minute: u32) -> Result<Bucket, sqlx::Error> {
-    let capacity = f64::from(per_minute);
-    let per_second = capacity / 60.0;
-    sqlx::query_as(
-        "INSERT INTO rate_buckets AS b (key_id, tokens, updated_at, allowed) VALUES ($1, $2 - 1, clock_timestamp(), true)
-         ON CONFLICT (key_id) DO UPDATE SET
-             tokens = CASE WHEN least($2, b.tokens + greatest(0, extract(epoch FROM clock_timestamp() - b.updated_at)) * $3) >= 1
-                           THEN least($2, b.tokens + greatest(0, extract(epoch FROM clock_timestamp() - b.updated_at)) * $3) - 1
-                           ELSE least($2, b.tokens + greatest(0, extract(epoch FROM clock_timestamp() - b.updated_at)) * $3) END,
-             allowed = least($2, b.tokens + greatest(0, extract(epoch FROM clock_timestamp() - b.updated_at)) * $3) >= 1,
-             updated_at = clock_timestamp()
-         RETURNING allowed, tokens",
-    )
-    .bind(key_id)
-    .bind(capacity)
-    .bind(per_second)
-    .fetch_one(pool)
-    .await
+/// The outcome of one request's check.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision {
+    /// Let through; requests left in the burst.
+    Allowed { remaining: u32 },
+    /// Refused; seconds until one would pass.
+    Refused { retry_after: u64 },
+}
+
+impl RateLimits {
+    /// Limiters for one of `instances` instances.
+    pub fn new(instances: u32) -> Self {
+        Self { instances: instances.max(1), keys: Mutex::default() }
+    }
+
+    /// This instance's share of `per_minute`.
+    pub fn share(&self, per_minute: u32) -> u32 {
+        per_minute.div_ceil(self.instances).max(1)
+    }
+
+    /// Takes one request from `key_id`'s allowance of `per_minute`.
+    pub fn check(&self, key_id: Uuid, per_minute: u32) -> Decision {
+        let per_minute = self.share(per_minute);
+        let limiter = {
+            let mut keys = self.keys.lock().expect("not poisoned");
+            if keys.len() >= MAX_KEYS && !keys.contains_key(&key_id) {
+                keys.clear();
+            }
+            let entry = keys.entry(key_id).or_insert_with(|| (per_minute, Arc::new(limiter(per_minute))));
+            if entry.0 != per_minute {
+                // The plan changed: start the new allowance afresh.
+                *entry = (per_minute, Arc::new(limiter(per_minute)));
+            }
+            entry.1.clone()
+        };
+        match limiter.check() {
+            Ok(state) => Decision::Allowed { remaining: state.remaining_burst_capacity() },
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Decision::Refused { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 }
+            }
+        }
+    }
+}
+
+fn limiter(per_minute: u32) -> Limiter {
+    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    governor::RateLimiter::direct(Quota::per_minute(per_minute)).with_middleware::<StateInformationMiddleware>()
 }
 
 /// The middleware.
@@ -62,32 +105,25 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     let Some(per_minute) = key.rate_limit_per_minute.and_then(|l| u32::try_from(l).ok()).filter(|l| *l > 0) else {
         return next.run(request).await;
     };
-    let bucket = match take(state.pool(), key.key_id, per_minute).await {
-        Ok(bucket) => bucket,
-        // The limiter failing must not take the API down with it: let the request through.
-        Err(e) => {
-            tracing::warn!(error = %e, "rate limiter unavailable; request let through");
-            return next.run(request).await;
+    let limits = state.rate_limits();
+    let share = limits.share(per_minute);
+    let (mut response, remaining) = match limits.check(key.key_id, per_minute) {
+        Decision::Allowed { remaining } => (next.run(request).await, remaining),
+        Decision::Refused { retry_after } => {
+            metrics::counter!("saas_ledger_rate_limited_total").increment(1);
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!("this key may send {share} requests per minute; retry in {retry_after} s"),
+            )
+            .with("limit_per_minute", share)
+            .with("retry_after_seconds", retry_after);
+            error.retry_after = Some(retry_after);
+            (error.into_response(), 0)
         }
     };
-    let mut response = if bucket.allowed {
-        next.run(request).await
-    } else {
-        let per_second = f64::from(per_minute) / 60.0;
-        let wait = ((1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64;
-        metrics::counter!("saas_ledger_rate_limited_total").increment(1);
-        let mut error = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            format!("this key may send {per_minute} requests per minute; retry in {wait} s"),
-        )
-        .with("limit_per_minute", per_minute)
-        .with("retry_after_seconds", wait);
-        error.retry_after = Some(wait);
-        error.into_response()
-    };
     let headers = response.headers_mut();
-    headers.insert("ratelimit-limit", HeaderValue::from(per_minute));
-    headers.insert("ratelimit-remaining", HeaderValue::from(bucket.tokens.max(0.0).floor() as u64));
+    headers.insert("ratelimit-limit", HeaderValue::from(share));
+    headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
     response
 }

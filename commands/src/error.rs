@@ -37,19 +37,25 @@ impl Rejection for StoreRejection {
 impl StoreRejection {
     /// Reads a trigger's refusal out of a database error; `None` for anything else.
     pub fn from_db(error: &PgDatabaseError) -> Option<Self> {
-        let kind = match error.code() {
+        Self::from_parts(error.code(), error.message(), error.detail())
+    }
+
+    /// The same from an error's SQLSTATE, message and detail (as `append_events` reports a
+    /// command's refusal).
+    pub fn from_parts(state: &str, message: &str, detail: Option<&str>) -> Option<Self> {
+        let kind = match state {
             "SL400" => RejectionKind::Validation,
             "SL404" => RejectionKind::NotFound,
             "SL409" => RejectionKind::Conflict,
             "SL429" => RejectionKind::QuotaExceeded,
             _ => return None,
         };
-        let mut details: Map<String, Value> = error.detail().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
+        let mut details: Map<String, Value> = detail.and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
         let code = match details.remove("code") {
             Some(Value::String(code)) => code,
             _ => "CONFLICT".to_owned(),
         };
-        Some(Self { kind, code, message: error.message().to_owned(), details })
+        Some(Self { kind, code, message: message.to_owned(), details })
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod appender;
 pub mod bookings;
 pub mod clock;
 pub mod db;

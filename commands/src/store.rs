@@ -1,9 +1,12 @@
 //! Executing commands against the Postgres event store.
 //!
-//! This is cqrs-es's `CqrsFramework::execute_with_metadata` (load, handle, commit) with three
+//! This is cqrs-es's `CqrsFramework::execute_with_metadata` (load, handle, commit) with four
 //! differences that the rest of the system relies on:
-//! - it returns what was committed (the new state and the event envelopes with their
-//!   sequence numbers), so callers can answer from the new state and wait for projections;
+//! - it returns what was committed (the new state, the event envelopes with their sequence
+//!   numbers, and the log position of the last one), so callers can answer from the new state
+//!   and tell the client its `Ledger-Position`;
+//! - appends go through the process's group-commit writer ([`crate::appender`]): concurrent
+//!   commands share one statement and one commit, and are numbered in it;
 //! - it runs no inline queries: read models follow the global log (see `projections`), so a
 //!   crash between commit and projection loses nothing;
 //! - an optimistic-concurrency conflict re-runs the command against the fresh state a few
@@ -19,13 +22,15 @@ use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
 
-use crate::{CommandContext, CommandError};
+use crate::appender::{Appended, Appender, NewEvent};
+use crate::{CommandContext, CommandError, StoreRejection};
 
 /// How often a command is re-run after losing an optimistic-concurrency race.
 const MAX_ATTEMPTS: u32 = 10;
 
-/// Called after every successful commit (the sequencer's doorbell).
-pub type CommitHook = Arc<dyn Fn() + Send + Sync>;
+/// Called after every successful commit with the position of its last event (the caller's
+/// `Ledger-Position`) and the types of the events it appended.
+pub type CommitHook = Arc<dyn Fn(i64, &[String]) + Send + Sync>;
 
 /// The result of a committed command.
 #[derive(Debug)]
@@ -34,6 +39,8 @@ pub struct Committed<A: Aggregate> {
     pub state: A,
     /// The events appended, with their sequence numbers (empty if the command changed nothing).
     pub events: Vec<EventEnvelope<A>>,
+    /// The log position of the last event appended (`None` if nothing was).
+    pub position: Option<i64>,
 }
 
 impl<A: Aggregate> Committed<A> {
@@ -43,13 +50,15 @@ impl<A: Aggregate> Committed<A> {
     }
 }
 
+/// A command's outcome.
+type Outcome<A> = Result<Committed<A>, CommandError<<A as Aggregate>::Error>>;
+
 /// One aggregate type's command executor on the shared event store.
 pub struct AggregateStore<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
     on_commit: CommitHook,
-    pool: PgPool,
-    upcasting: bool,
+    appender: Appender,
 }
 
 impl<A> AggregateStore<A>
@@ -59,11 +68,16 @@ where
 {
     /// An executor over `pool`'s `events` table (plain event store, no snapshots), with the
     /// upcasters that lift old event versions as they are read.
-    pub fn new(pool: PgPool, services: A::Services, upcasters: Vec<Box<dyn EventUpcaster>>, on_commit: CommitHook) -> Self {
-        let upcasting = !upcasters.is_empty();
-        let repo = PostgresEventRepository::new(pool.clone());
+    pub fn new(
+        pool: PgPool,
+        appender: Appender,
+        services: A::Services,
+        upcasters: Vec<Box<dyn EventUpcaster>>,
+        on_commit: CommitHook,
+    ) -> Self {
+        let repo = PostgresEventRepository::new(pool);
         let store = PersistedEventStore::new_event_store(repo).with_upcasters(upcasters);
-        Self { store, services, on_commit, pool, upcasting }
+        Self { store, services, on_commit, appender }
     }
 
     /// Runs `command` on aggregate `aggregate_id` and appends its events with `context`'s
@@ -75,8 +89,31 @@ where
         command: A::Command,
         context: &CommandContext,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
+        self.run(aggregate_id, command, context, false).await
+    }
+
+    /// Like [`Self::execute`] for a stream that is almost always new (a fresh UUID, a usage
+    /// fact's key): decides on the empty aggregate without reading the stream, and only if
+    /// the stream turns out to exist (the append conflicts) loads it and decides again. Exactly
+    /// the same outcome as `execute`, without the read in the common case.
+    pub async fn execute_new(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<Committed<A>, CommandError<A::Error>> {
+        self.run(aggregate_id, command, context, true).await
+    }
+
+    async fn run(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        assume_new: bool,
+    ) -> Result<Committed<A>, CommandError<A::Error>> {
         let started = std::time::Instant::now();
-        let result = self.execute_with_retries(aggregate_id, command, context).await;
+        let result = self.execute_with_retries(aggregate_id, command, context, assume_new).await;
         let outcome = match &result {
             Ok(committed) if committed.events.is_empty() => "unchanged",
             Ok(committed) => {
@@ -97,150 +134,76 @@ where
         aggregate_id: &str,
         command: A::Command,
         context: &CommandContext,
+        mut assume_new: bool,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
         let metadata = context.to_metadata();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut loaded = self.store.load_aggregate(aggregate_id).await.map_err(Self::error)?;
+            let (mut aggregate, current_sequence) = if assume_new {
+                (A::default(), 0)
+            } else {
+                let loaded = self.store.load_aggregate(aggregate_id).await.map_err(Self::error)?;
+                (loaded.aggregate, loaded.current_sequence)
+            };
             let sink = EventSink::default();
-            loaded.aggregate.handle(command.clone(), &self.services, &sink).await.map_err(CommandError::Domain)?;
+            aggregate.handle(command.clone(), &self.services, &sink).await.map_err(CommandError::Domain)?;
             let events = sink.collect().await;
             if events.is_empty() {
-                return Ok(Committed { state: loaded.aggregate, events: Vec::new() });
+                return Ok(Committed { state: aggregate, events: Vec::new(), position: None });
             }
-            let state = loaded.aggregate;
             let events: Vec<EventEnvelope<A>> = events
                 .into_iter()
                 .enumerate()
                 .map(|(i, payload)| EventEnvelope {
                     aggregate_id: aggregate_id.to_owned(),
-                    sequence: loaded.current_sequence + i + 1,
+                    sequence: current_sequence + i + 1,
                     payload,
                     metadata: metadata.clone(),
                 })
                 .collect();
-            match self.append(&events).await {
-                Ok(()) => {
-                    (self.on_commit)();
-                    return Ok(Committed { state, events });
+            let rows = events.iter().map(new_event).collect::<Result<Vec<_>, _>>().map_err(|e| CommandError::Internal(e.to_string()))?;
+            match self.appender.append(rows).await.map_err(|e| CommandError::Internal(e.to_string()))? {
+                Appended::At(position) => {
+                    let types: Vec<String> = events.iter().map(|e| e.payload.event_type()).collect();
+                    (self.on_commit)(position, &types);
+                    return Ok(Committed { state: aggregate, events, position: Some(position) });
                 }
-                Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                Appended::Conflict if assume_new => {
+                    // The stream exists after all: decide again on its real state, at once.
+                    assume_new = false;
+                    attempt -= 1;
+                }
+                Appended::Conflict if attempt < MAX_ATTEMPTS => {
                     tracing::debug!(aggregate_type = A::TYPE, aggregate_id, attempt, "optimistic concurrency conflict; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(e) => return Err(Self::error(e)),
+                Appended::Conflict => return Err(CommandError::Concurrency(A::TYPE)),
+                Appended::Refused { state, message, detail } => return Err(refusal(&state, &message, detail.as_deref())),
             }
         }
     }
 
-    /// Runs one command on each of many *distinct* aggregates and appends all their events in
-    /// one transaction: one load query and one commit for the lot instead of one each. Returns
-    /// each command's outcome, in order. If the append fails as a whole (another writer
-    /// appended to one of these aggregates meanwhile, or the database refused one event), none
-    /// of it is kept and each command is run again on its own with [`Self::execute`], which
-    /// gives every command its exact outcome. Aggregates read through upcasters always take
-    /// that path (the batch load reads stored events as they are).
-    pub async fn execute_batch(
+    /// Runs one command on each of many *distinct* streams that are almost always new (usage
+    /// facts), deciding each on the empty aggregate without reading, and appends all their
+    /// events in one call of the writer (each command all or nothing on its own). A command
+    /// whose stream turned out to exist is run again with [`Self::execute`], which gives it its
+    /// exact outcome. Returns each command's outcome, in order.
+    pub async fn execute_new_batch(
         &self,
         commands: Vec<(String, A::Command)>,
         context: &CommandContext,
     ) -> Vec<Result<Committed<A>, CommandError<A::Error>>> {
-        if self.upcasting || commands.len() < 2 {
-            return self.execute_each(commands, context).await;
-        }
         let started = std::time::Instant::now();
-        match self.try_batch(&commands, context).await {
-            Ok(outcomes) => {
-                let appended: usize = outcomes.iter().filter_map(|o| o.as_ref().ok()).map(|c| c.events.len()).sum();
-                if appended > 0 {
-                    (self.on_commit)();
-                    metrics::counter!("saas_ledger_events_appended_total", "aggregate" => A::TYPE).increment(appended as u64);
-                }
-                for outcome in &outcomes {
-                    let outcome = match outcome {
-                        Ok(c) if c.events.is_empty() => "unchanged",
-                        Ok(_) => "committed",
-                        Err(_) => "rejected",
-                    };
-                    metrics::counter!("saas_ledger_commands_total", "aggregate" => A::TYPE, "outcome" => outcome).increment(1);
-                }
-                metrics::histogram!("saas_ledger_command_duration_seconds", "aggregate" => A::TYPE).record(started.elapsed().as_secs_f64());
-                outcomes
-            }
-            Err(e) => {
-                tracing::debug!(aggregate_type = A::TYPE, error = %e, "batch append failed as a whole; running its commands one by one");
-                self.execute_each(commands, context).await
-            }
-        }
-    }
-
-    /// Appends `events` (of one or more aggregates) in a single statement: atomic without a
-    /// transaction around it, one round trip. A taken `(aggregate, sequence)` (another writer
-    /// won the race) is a conflict, as in postgres-es.
-    async fn append(&self, events: &[EventEnvelope<A>]) -> Result<(), AggregateError<A::Error>> {
-        let mut columns = EventColumns::default();
-        for event in events {
-            columns.push(event).map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
-        }
-        columns.insert::<A>(&self.pool).await.map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => AggregateError::AggregateConflict,
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => AggregateError::DatabaseConnectionError(Box::new(e)),
-            _ => AggregateError::UnexpectedError(Box::new(e)),
-        })
-    }
-
-    async fn execute_each(
-        &self,
-        commands: Vec<(String, A::Command)>,
-        context: &CommandContext,
-    ) -> Vec<Result<Committed<A>, CommandError<A::Error>>> {
-        let mut outcomes = Vec::with_capacity(commands.len());
-        for (id, command) in commands {
-            outcomes.push(self.execute(&id, command, context).await);
-        }
-        outcomes
-    }
-
-    /// One load, the decisions, one multi-row insert; `Err` if the insert failed (nothing kept).
-    async fn try_batch(
-        &self,
-        commands: &[(String, A::Command)],
-        context: &CommandContext,
-    ) -> Result<Vec<Result<Committed<A>, CommandError<A::Error>>>, sqlx::Error> {
-        let ids: Vec<&str> = commands.iter().map(|(id, _)| id.as_str()).collect();
-        let rows: Vec<(String, i64, String, String, serde_json::Value, serde_json::Value)> = sqlx::query_as(
-            "SELECT aggregate_id, sequence, event_type, event_version, payload, metadata
-             FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence",
-        )
-        .bind(A::TYPE)
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut loaded: std::collections::HashMap<String, (A, usize)> = std::collections::HashMap::new();
-        for (aggregate_id, sequence, event_type, event_version, payload, metadata) in rows {
-            let serialized = cqrs_es::persist::SerializedEvent {
-                aggregate_id: aggregate_id.clone(),
-                sequence: sequence as usize,
-                aggregate_type: A::TYPE.to_owned(),
-                event_type,
-                event_version,
-                payload,
-                metadata,
-            };
-            let envelope = EventEnvelope::<A>::try_from(serialized).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            let entry = loaded.entry(aggregate_id).or_insert_with(|| (A::default(), 0));
-            entry.0.apply(envelope.payload);
-            entry.1 = sequence as usize;
-        }
         let metadata = context.to_metadata();
-        let mut outcomes = Vec::with_capacity(commands.len());
-        let mut columns = EventColumns::default();
-        for (id, command) in commands {
-            let (mut aggregate, sequence) = loaded.remove(id).unwrap_or_else(|| (A::default(), 0));
+        let mut outcomes: Vec<Option<Outcome<A>>> = Vec::with_capacity(commands.len());
+        let mut pending: Vec<(usize, A, Vec<EventEnvelope<A>>)> = Vec::new();
+        let mut groups = Vec::new();
+        for (index, (id, command)) in commands.iter().enumerate() {
+            let mut aggregate = A::default();
             let sink = EventSink::default();
             if let Err(e) = aggregate.handle(command.clone(), &self.services, &sink).await {
-                outcomes.push(Err(CommandError::Domain(e)));
+                outcomes.push(Some(Err(CommandError::Domain(e))));
                 continue;
             }
             let events: Vec<EventEnvelope<A>> = sink
@@ -248,22 +211,64 @@ where
                 .await
                 .into_iter()
                 .enumerate()
-                .map(|(i, payload)| EventEnvelope {
-                    aggregate_id: id.clone(),
-                    sequence: sequence + i + 1,
-                    payload,
-                    metadata: metadata.clone(),
-                })
+                .map(|(i, payload)| EventEnvelope { aggregate_id: id.clone(), sequence: i + 1, payload, metadata: metadata.clone() })
                 .collect();
-            for event in &events {
-                columns.push(event)?;
+            if events.is_empty() {
+                outcomes.push(Some(Ok(Committed { state: aggregate, events, position: None })));
+                continue;
             }
-            outcomes.push(Ok(Committed { state: aggregate, events }));
+            match events.iter().map(new_event).collect::<Result<Vec<_>, _>>() {
+                Ok(rows) => {
+                    groups.push(rows);
+                    pending.push((index, aggregate, events));
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(Err(CommandError::Internal(e.to_string())))),
+            }
         }
-        if !columns.aggregate_id.is_empty() {
-            columns.insert::<A>(&self.pool).await?;
+        let answers = match self.appender.append_many(groups).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => pending.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        let mut last = None;
+        let mut appended = 0usize;
+        for ((index, state, events), answer) in pending.into_iter().zip(answers) {
+            let outcome = match answer {
+                Ok(Appended::At(position)) => {
+                    last = last.max(Some(position));
+                    appended += events.len();
+                    Ok(Committed { state, events, position: Some(position) })
+                }
+                Ok(Appended::Conflict) => {
+                    let (id, command) = &commands[index];
+                    self.execute(id, command.clone(), context).await
+                }
+                Ok(Appended::Refused { state, message, detail }) => Err(refusal(&state, &message, detail.as_deref())),
+                Err(message) => Err(CommandError::Internal(message)),
+            };
+            outcomes[index] = Some(outcome);
         }
-        Ok(outcomes)
+        if let Some(position) = last {
+            let types: Vec<String> = outcomes
+                .iter()
+                .flatten()
+                .flat_map(|o| o.as_ref().ok())
+                .flat_map(|c| c.events.iter().map(|e| e.payload.event_type()))
+                .collect();
+            (self.on_commit)(position, &types);
+            metrics::counter!("saas_ledger_events_appended_total", "aggregate" => A::TYPE).increment(appended as u64);
+        }
+        let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("every command has an outcome")).collect();
+        for outcome in &outcomes {
+            let outcome = match outcome {
+                Ok(c) if c.events.is_empty() => "unchanged",
+                Ok(_) => "committed",
+                Err(_) => "rejected",
+            };
+            metrics::counter!("saas_ledger_commands_total", "aggregate" => A::TYPE, "outcome" => outcome).increment(1);
+        }
+        metrics::histogram!("saas_ledger_command_duration_seconds", "aggregate" => A::TYPE).record(started.elapsed().as_secs_f64());
+        outcomes
     }
 
     /// The aggregate's current state and last sequence, or `None` if it has no events.
@@ -282,48 +287,24 @@ where
     }
 }
 
-/// Events to append, column by column (bound as arrays).
-#[derive(Default)]
-struct EventColumns {
-    aggregate_id: Vec<String>,
-    sequence: Vec<i64>,
-    event_type: Vec<String>,
-    event_version: Vec<String>,
-    payload: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
+/// An envelope as the writer stores it.
+fn new_event<A: Aggregate>(event: &EventEnvelope<A>) -> Result<NewEvent, serde_json::Error> {
+    Ok(NewEvent {
+        aggregate_type: A::TYPE,
+        aggregate_id: event.aggregate_id.clone(),
+        sequence: event.sequence as i64,
+        event_type: event.payload.event_type(),
+        event_version: event.payload.event_version(),
+        payload: serde_json::to_value(&event.payload)?,
+        metadata: serde_json::to_value(&event.metadata)?,
+    })
 }
 
-impl EventColumns {
-    fn push<A: Aggregate>(&mut self, event: &EventEnvelope<A>) -> Result<(), sqlx::Error> {
-        let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| sqlx::Error::Encode(Box::new(e)));
-        self.aggregate_id.push(event.aggregate_id.clone());
-        self.sequence.push(event.sequence as i64);
-        self.event_type.push(event.payload.event_type());
-        self.event_version.push(event.payload.event_version());
-        self.payload.push(json(serde_json::to_value(&event.payload))?);
-        self.metadata.push(json(serde_json::to_value(&event.metadata))?);
-        Ok(())
-    }
-
-    /// One multi-row INSERT (the rows in order, so their ids, and so their positions, follow it).
-    async fn insert<A: Aggregate>(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             SELECT $1, id, seq, event_type, event_version, payload, metadata
-             FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
-                  WITH ORDINALITY AS e(id, seq, event_type, event_version, payload, metadata, n)
-             ORDER BY n",
-        )
-        .bind(A::TYPE)
-        .bind(&self.aggregate_id)
-        .bind(&self.sequence)
-        .bind(&self.event_type)
-        .bind(&self.event_version)
-        .bind(&self.payload)
-        .bind(&self.metadata)
-        .execute(pool)
-        .await?;
-        Ok(())
+/// A command's refusal by the database (`SLxxx` from our triggers become typed rejections).
+fn refusal<E: std::error::Error>(state: &str, message: &str, detail: Option<&str>) -> CommandError<E> {
+    match StoreRejection::from_parts(state, message, detail) {
+        Some(rejection) => CommandError::Store(rejection),
+        None => CommandError::Internal(format!("the database refused the append ({state}): {message}")),
     }
 }
 

@@ -88,18 +88,6 @@ impl EventLog {
     pub async fn head(&self) -> Result<i64, sqlx::Error> {
         head(&self.pool).await
     }
-
-    /// The position of one stored event, once the sequencer has given it one.
-    pub async fn position_of(&self, aggregate_type: &str, aggregate_id: &str, sequence: usize) -> Result<Option<i64>, sqlx::Error> {
-        let position: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3")
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .bind(sequence as i64)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(position.flatten())
-    }
 }
 
 /// [`EventLog::read_after`] on any connection (projectors read inside their transaction).

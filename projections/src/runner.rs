@@ -646,32 +646,6 @@ impl Projections {
         true
     }
 
-    /// Waits until the event `(aggregate_type, aggregate_id, sequence)` has a position and every
-    /// live projection has applied it, at most `timeout`; returns the position if it got there.
-    pub async fn wait_for_event(&self, aggregate_type: &str, aggregate_id: &str, sequence: usize, timeout: Duration) -> Option<i64> {
-        let deadline = Instant::now() + timeout;
-        let log = log::EventLog::new(self.pool.clone());
-        let mut head = self.sequencer.subscribe();
-        self.sequencer.ring();
-        let position = loop {
-            head.borrow_and_update();
-            match log.position_of(aggregate_type, aggregate_id, sequence).await {
-                Ok(Some(position)) => break position,
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not look up an event's position");
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), head.changed()).await;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.wait_for(position, left).await.then_some(position)
-    }
-
     /// Numbers everything committed so far and returns the head position.
     pub async fn drain_and_head(&self) -> Result<i64, sqlx::Error> {
         self.sequencer.drain().await?;

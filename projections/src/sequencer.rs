@@ -47,6 +47,16 @@ impl Sequencer {
         self.doorbell.notify_one();
     }
 
+    /// Tells this process's followers that the head is at least `head` (the writer numbered
+    /// events itself and committed them).
+    pub fn observed(&self, head: i64) {
+        self.head.send_if_modified(|h| {
+            let changed = *h < head;
+            *h = (*h).max(head);
+            changed
+        });
+    }
+
     /// Follows the head position (the highest position assigned, as this process knows it).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.subscribe()

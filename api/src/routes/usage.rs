@@ -70,9 +70,8 @@ async fn record(
     let app = state.clone();
     let duplicate = state
         .detach(async move {
-            let id = domain::usage::usage_id(fact.tenant_id, &fact.idempotency_key);
+            // Answered on commit: the reads that show usage wait for it (see `consistency`).
             let recorded = app.usage().record(fact, &context).await?;
-            app.settle(&id, &recorded.committed).await;
             Ok(recorded.duplicate)
         })
         .await?;
@@ -82,8 +81,6 @@ async fn record(
 /// One accepted fact of a batch.
 struct Accepted {
     duplicate: bool,
-    /// The fact's aggregate id and what was committed (`None` for an in-batch repeat).
-    committed: Option<(String, commands::Committed<domain::usage::UsageFact>)>,
 }
 
 /// A batch: `{"records": [...]}` or a bare array.
@@ -143,23 +140,17 @@ async fn record_batch(
             for (index, fact) in parsed.into_iter().enumerate() {
                 match fact {
                     Ok(Some(fact)) => {
-                        outcomes.push((index, Ok(Accepted { duplicate: false, committed: None })));
+                        outcomes.push((index, Ok(Accepted { duplicate: false })));
                         facts.push((index, fact));
                     }
-                    Ok(None) => outcomes.push((index, Ok(Accepted { duplicate: true, committed: None }))),
+                    Ok(None) => outcomes.push((index, Ok(Accepted { duplicate: true }))),
                     Err(e) => outcomes.push((index, Err(e))),
                 }
             }
-            let ids: Vec<(usize, String)> =
-                facts.iter().map(|(index, f)| (*index, domain::usage::usage_id(f.tenant_id, &f.idempotency_key))).collect();
+            let indexes: Vec<usize> = facts.iter().map(|(index, _)| *index).collect();
             let recorded = app.usage().record_batch(facts.into_iter().map(|(_, f)| f).collect(), &context).await;
-            for ((index, id), outcome) in ids.into_iter().zip(recorded) {
-                outcomes[index].1 =
-                    outcome.map(|r| Accepted { duplicate: r.duplicate, committed: Some((id, r.committed)) }).map_err(ApiError::from);
-            }
-            if let Some((id, committed)) = outcomes.iter().rev().find_map(|(_, o)| o.as_ref().ok().and_then(|a| a.committed.as_ref())) {
-                app.settle(id, committed).await;
-                app.settle_all().await;
+            for (index, outcome) in indexes.into_iter().zip(recorded) {
+                outcomes[index].1 = outcome.map(|r| Accepted { duplicate: r.duplicate }).map_err(ApiError::from);
             }
             Ok(outcomes)
         })

@@ -1,0 +1,245 @@
+//! The group-commit writer: every append of this process goes through it, and appends that
+//! arrive while one is being written share the next statement and commit.
+//!
+//! On a small machine Postgres is bound by the number of statements and commits, not by their
+//! size, so one multi-row append for many concurrent commands costs little more than one for
+//! a single command. No request waits for a timer: a flush takes whatever has queued while
+//! the previous one ran (at most [`MAX_EVENTS`] events), so under light load each command is
+//! written alone and under heavy load batches grow by themselves.
+//!
+//! Each flush is one call of `append_events` (`migrations/0008_positioned_appends.sql`): it
+//! numbers the events in the same transaction (so they are written once and the command knows
+//! its position on commit) and answers for every command on its own. A command whose stream
+//! was appended to concurrently gets [`Appended::Conflict`], one a trigger refuses gets
+//! [`Appended::Refused`]; neither affects the others in the batch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most events one flush writes.
+const MAX_EVENTS: usize = 2_000;
+
+/// One event to append, serialized.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// `Tenant`, `Usage`, ...
+    pub aggregate_type: &'static str,
+    /// The stream.
+    pub aggregate_id: String,
+    /// Its sequence in the stream.
+    pub sequence: i64,
+    /// The event type.
+    pub event_type: String,
+    /// The payload's version.
+    pub event_version: String,
+    /// The event.
+    pub payload: serde_json::Value,
+    /// Who, why, when.
+    pub metadata: serde_json::Value,
+}
+
+/// What became of one command's events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Written; the position of its last event.
+    At(i64),
+    /// Another writer appended to the stream first (nothing written).
+    Conflict,
+    /// The database refused it (SQLSTATE, message, detail), e.g. a trigger's `SL409`.
+    Refused {
+        /// SQLSTATE.
+        state: String,
+        /// The error's message.
+        message: String,
+        /// The error's detail (JSON for our own `SLxxx` refusals).
+        detail: Option<String>,
+    },
+}
+
+/// One caller's commands: each group is one command's events (all or nothing).
+struct Request {
+    groups: Vec<Vec<NewEvent>>,
+    reply: oneshot::Sender<Result<Vec<Appended>, Arc<sqlx::Error>>>,
+}
+
+/// Called with the head after every flush that wrote something (wakes the projectors).
+pub type HeadHook = Arc<dyn Fn(i64) + Send + Sync>;
+
+/// The writer's handle (cheap to clone).
+#[derive(Clone)]
+pub struct Appender {
+    queue: mpsc::UnboundedSender<Request>,
+}
+
+impl Appender {
+    /// Starts the writer on `pool` with `writers` flushers (each flush holds the log's head
+    /// lock until it commits, so a second flusher only overlaps its round trip with the
+    /// first's commit). It stops when every handle is dropped.
+    pub fn start(pool: PgPool, writers: usize, on_head: HeadHook) -> Self {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(flusher(pool.clone(), receiver.clone(), on_head.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Appends one command's events (all or nothing) and waits until they are committed.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Appended, Arc<sqlx::Error>> {
+        let mut answers = self.append_many(vec![events]).await?;
+        Ok(answers.pop().expect("one answer per group"))
+    }
+
+    /// Appends the events of several commands, each all or nothing on its own, and waits until
+    /// they are committed; one answer per group, in order.
+    pub async fn append_many(&self, groups: Vec<Vec<NewEvent>>) -> Result<Vec<Appended>, Arc<sqlx::Error>> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Request { groups, reply }).map_err(|_| Arc::new(sqlx::Error::PoolClosed))?;
+        answer.await.map_err(|_| Arc::new(sqlx::Error::PoolClosed))?
+    }
+}
+
+async fn flusher(pool: PgPool, receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>, on_head: HeadHook) {
+    loop {
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else { return };
+            let mut events = first.groups.iter().map(Vec::len).sum::<usize>();
+            let mut batch = vec![first];
+            while events < MAX_EVENTS {
+                match receiver.try_recv() {
+                    Ok(next) => {
+                        events += next.groups.iter().map(Vec::len).sum::<usize>();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        flush(&pool, batch, &on_head).await;
+    }
+}
+
+/// Writes `batch` in one statement and answers each request.
+async fn flush(pool: &PgPool, mut batch: Vec<Request>, on_head: &HeadHook) {
+    let started = Instant::now();
+    let mut columns = Columns::default();
+    // A second command on a stream at a sequence already taken in this batch cannot win:
+    // answer it as a conflict now (it re-runs against the state the first one leaves).
+    let mut seen = std::collections::HashSet::new();
+    let mut answers: Vec<Vec<Option<Appended>>> = Vec::with_capacity(batch.len());
+    let mut commands = 0usize;
+    for request in &mut batch {
+        let mut mine = Vec::with_capacity(request.groups.len());
+        for events in std::mem::take(&mut request.groups) {
+            let clash = events.iter().any(|e| !seen.insert((e.aggregate_type, e.aggregate_id.clone(), e.sequence)));
+            if clash || events.is_empty() {
+                mine.push(Some(if clash { Appended::Conflict } else { Appended::At(0) }));
+                continue;
+            }
+            mine.push(None);
+            let group = commands as i32;
+            commands += 1;
+            for event in events {
+                columns.push(event, group);
+            }
+        }
+        answers.push(mine);
+    }
+    let rows: Result<Vec<AnswerRow>, sqlx::Error> = if commands == 0 {
+        Ok(Vec::new())
+    } else {
+        sqlx::query_as("SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&columns.aggregate_type)
+            .bind(&columns.aggregate_id)
+            .bind(&columns.sequence)
+            .bind(&columns.event_type)
+            .bind(&columns.event_version)
+            .bind(&columns.payload)
+            .bind(&columns.metadata)
+            .bind(&columns.group)
+            .fetch_all(pool)
+            .await
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(error) => {
+            // The whole statement failed (connection lost, timeout): nothing was written.
+            let error = Arc::new(error);
+            for request in batch {
+                let _ = request.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    let mut by_group: Vec<Option<Appended>> = vec![None; commands];
+    let mut head = None;
+    for (group, position, state, message, detail) in rows {
+        let answer = match (position, state) {
+            (Some(position), _) => {
+                head = head.max(Some(position));
+                Appended::At(position)
+            }
+            (None, Some(state)) if state == "23505" => Appended::Conflict,
+            (None, state) => Appended::Refused { state: state.unwrap_or_default(), message: message.unwrap_or_default(), detail },
+        };
+        if let Some(slot) = by_group.get_mut(group as usize) {
+            *slot = Some(answer);
+        }
+    }
+    if let Some(head) = head {
+        on_head(head);
+    }
+    metrics::histogram!("saas_ledger_append_flush_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("saas_ledger_append_flush_commands").record(commands as f64);
+    let mut next_group = by_group.into_iter();
+    for (request, mine) in batch.into_iter().zip(answers) {
+        let answers = mine
+            .into_iter()
+            .map(|answer| {
+                answer.or_else(|| next_group.next().flatten()).unwrap_or_else(|| Appended::Refused {
+                    state: "XX000".to_owned(),
+                    message: "the append function gave no answer for this command".to_owned(),
+                    detail: None,
+                })
+            })
+            .collect();
+        let _ = request.reply.send(Ok(answers));
+    }
+}
+
+/// One row of `append_events`: group, last position, SQLSTATE, message, detail.
+type AnswerRow = (i32, Option<i64>, Option<String>, Option<String>, Option<String>);
+
+/// Events column by column (bound as arrays).
+#[derive(Default)]
+struct Columns {
+    aggregate_type: Vec<&'static str>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<String>,
+    event_version: Vec<String>,
+    payload: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+    group: Vec<i32>,
+}
+
+impl Columns {
+    fn push(&mut self, event: NewEvent, group: i32) {
+        self.aggregate_type.push(event.aggregate_type);
+        self.aggregate_id.push(event.aggregate_id);
+        self.sequence.push(event.sequence);
+        self.event_type.push(event.event_type);
+        self.event_version.push(event.event_version);
+        self.payload.push(event.payload);
+        self.metadata.push(event.metadata);
+        self.group.push(group);
+    }
+}
