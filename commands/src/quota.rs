@@ -20,20 +20,25 @@ use uuid::Uuid;
 pub async fn effective_limits(pool: &PgPool, tenant_id: Uuid) -> Result<PlanLimits, sqlx::Error> {
     let state: Option<sqlx::types::Json<Subscription>> =
         sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
-    let Some(sqlx::types::Json(subscription)) = state else {
-        return Ok(PlanLimits {
+    Ok(limits_of(state.map(|s| s.0)))
+}
+
+/// The limits a subscription (in its read model's state) grants.
+fn limits_of(subscription: Option<Subscription>) -> PlanLimits {
+    let Some(subscription) = subscription else {
+        return PlanLimits {
             users: Some(0),
             bookings_per_month: Some(0),
             events: Some(0),
             tickets_per_event: Some(0),
             storage_mb: Some(0),
             api_calls_per_month: Some(0),
-        });
+        };
     };
     let mut limits = subscription.plan.map(|p| p.limits).expect("a started subscription has a plan");
     limits.users = limits.users.map(|u| u + u64::from(subscription.addons.extra_users));
     limits.storage_mb = limits.storage_mb.map(|s| s + 1024 * u64::from(subscription.addons.extra_storage_gb));
-    Ok(limits)
+    limits
 }
 
 /// One metric's quota.
@@ -67,38 +72,33 @@ pub fn canonical_metric(name: &str) -> Option<&'static str> {
     })
 }
 
-/// Every quota of `tenant_id` as of `now`.
+/// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot).
 pub async fn report(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<Vec<QuotaLine>, sqlx::Error> {
-    let limits = effective_limits(pool, tenant_id).await?;
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
-    let counter = |metric: &'static str, period: DateTime<Utc>| async move {
-        let used: Option<i64> =
-            sqlx::query_scalar("SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = $2 AND period_start = $3")
-                .bind(tenant_id)
-                .bind(metric)
-                .bind(period)
-                .fetch_optional(pool)
-                .await?;
-        Ok::<u64, sqlx::Error>(used.unwrap_or(0).max(0) as u64)
-    };
-    let bookings = counter("bookings_per_month", month).await?;
-    let events = counter("events", DateTime::<Utc>::UNIX_EPOCH).await?;
-    let api_calls: i64 = sqlx::query_scalar(
-        // Hourly totals, not the facts: months start on the hour, so the month's hours hold
-        // exactly its facts, and this reads at most 744 rows however many calls were made.
-        "SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= $2 AND hour < $3",
+    let (state, bookings, events, api_calls, storage_bytes): (
+        Option<sqlx::types::Json<Subscription>>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        Option<i64>,
+    ) = sqlx::query_as(
+        "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
+                    (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
+                    (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
+                    -- Hourly totals, not the facts: months start on the hour, so the month's hours
+                    -- hold exactly its facts, and this reads at most 744 rows however many calls.
+                    (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
+                     WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= $2 AND hour < $3),
+                    (SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes'
+                     ORDER BY occurred_at DESC, position DESC LIMIT 1)",
     )
     .bind(tenant_id)
     .bind(month)
     .bind(next_month)
     .fetch_one(pool)
     .await?;
-    let storage_bytes: Option<i64> = sqlx::query_scalar(
-        "SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes' ORDER BY occurred_at DESC, position DESC LIMIT 1",
-    )
-    .bind(tenant_id)
-    .fetch_optional(pool)
-    .await?;
+    let limits = limits_of(state.map(|s| s.0));
+    let (bookings, events) = (bookings.unwrap_or(0).max(0) as u64, events.unwrap_or(0).max(0) as u64);
     let line = |metric, limit: Option<u64>, used: u64, enforcement, period: Option<(DateTime<Utc>, DateTime<Utc>)>| QuotaLine {
         metric,
         limit,

@@ -31,6 +31,8 @@ pub struct TestApp {
     pub state: api::AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Whether dropping this app drops its database (not for a second instance on it).
+    owns_database: bool,
 }
 
 /// Starts the server on a fresh database.
@@ -45,6 +47,16 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut api::Config)) -> TestApp {
         let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
     }
     let db_name = format!("sl_test_{}", Uuid::new_v4().simple());
+    spawn_on(db_name, true, tweak).await
+}
+
+/// Starts another instance of the server on `app`'s database (two instances, one database);
+/// dropping it leaves the database to `app`.
+pub async fn spawn_instance_of(app: &TestApp) -> TestApp {
+    spawn_on(app.db_name.clone(), false, |_| {}).await
+}
+
+async fn spawn_on(db_name: String, owns_database: bool, tweak: impl FnOnce(&mut api::Config)) -> TestApp {
     let url = format!("{}/{db_name}", server_url());
     let mut config = api::Config::for_database(&url);
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
@@ -59,7 +71,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut api::Config)) -> TestApp {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(64).build().expect("a client");
-    TestApp { address, client, db_name, pool, state, stop: Some(stop), server: Some(server) }
+    TestApp { address, client, db_name, pool, state, stop: Some(stop), server: Some(server), owns_database }
 }
 
 impl Drop for TestApp {
@@ -69,6 +81,9 @@ impl Drop for TestApp {
         }
         if let Some(server) = self.server.take() {
             server.abort();
+        }
+        if !self.owns_database {
+            return;
         }
         let db_name = self.db_name.clone();
         // Drop the database from a thread with its own runtime: Drop cannot await.

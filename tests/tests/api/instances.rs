@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 /// A server process, killed when dropped.
-struct Instance {
-    child: Child,
-    url: String,
+pub(crate) struct Instance {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     id: String,
 }
 
@@ -50,7 +50,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn start(database_url: &str, client: &reqwest::Client) -> Instance {
+pub(crate) async fn start(database_url: &str, client: &reqwest::Client) -> Instance {
     let port = free_port();
     let child = server_command()
         .env("SL_CHILD_DATABASE_URL", database_url)

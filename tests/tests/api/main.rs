@@ -7,6 +7,7 @@ mod bad_input;
 mod batches;
 mod billing;
 mod bookings;
+mod consistency;
 mod fuzz;
 mod gdpr;
 mod global_order;
