@@ -72,16 +72,14 @@ pub fn canonical_metric(name: &str) -> Option<&'static str> {
     })
 }
 
+/// The subscription's state, the bookings and event-resource counters, the month's API calls
+/// and the latest storage gauge.
+type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, i64, Option<i64>);
+
 /// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot).
 pub async fn report(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<Vec<QuotaLine>, sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
-    let (state, bookings, events, api_calls, storage_bytes): (
-        Option<sqlx::types::Json<Subscription>>,
-        Option<i64>,
-        Option<i64>,
-        i64,
-        Option<i64>,
-    ) = sqlx::query_as(
+    let (state, bookings, events, api_calls, storage_bytes): QuotaRow = sqlx::query_as(
         "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
