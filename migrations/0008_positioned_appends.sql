@@ -40,9 +40,11 @@ BEGIN
     -- here), and nobody can commit an append between the check and the insert.
     SELECT h.position INTO head FROM event_log_head h FOR UPDATE;
 
+    -- One primary-key probe per event (LATERAL .. LIMIT 1: the planner cannot turn it into a
+    -- hash join over the whole log, which it did for a plain EXISTS it had no statistics for).
     SELECT coalesce(array_agg(DISTINCT u.g), '{}') INTO taken
     FROM unnest(p_type, p_id, p_seq, p_group) AS u(t, i, s, g)
-    WHERE EXISTS (SELECT 1 FROM events e WHERE e.aggregate_type = u.t AND e.aggregate_id = u.i AND e.sequence = u.s);
+    CROSS JOIN LATERAL (SELECT 1 FROM events e WHERE e.aggregate_type = u.t AND e.aggregate_id = u.i AND e.sequence = u.s LIMIT 1) AS hit;
 
     -- All remaining groups in one multi-row INSERT ...
     BEGIN

@@ -63,7 +63,7 @@ impl Bookings {
         let limits = quota::effective_limits(&self.pool, tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
         let id = Uuid::now_v7();
         let command = ResourceCommand::Create { tenant_id, name, kind, capacity, timezone, events_limit: limits.events, at: context.at };
-        let committed = self.resources.execute(&id.to_string(), command, context).await?;
+        let committed = self.resources.execute_new(&id.to_string(), command, context).await?;
         Ok((id, committed))
     }
 
@@ -75,16 +75,20 @@ impl Bookings {
         context: &CommandContext,
     ) -> Result<(Uuid, Committed<Booking>), CommandError<BookingError>> {
         let internal = |e: sqlx::Error| CommandError::Internal(e.to_string());
-        let resource: Option<(String, i32)> = sqlx::query_as("SELECT kind, capacity FROM rm.resources WHERE id = $1 AND tenant_id = $2")
-            .bind(request.resource_id)
-            .bind(tenant_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(internal)?;
+        // The resource and the plan's limits in one read.
+        let resource: Option<(String, i32, Option<sqlx::types::Json<domain::subscription::Subscription>>)> = sqlx::query_as(
+            "SELECT r.kind, r.capacity, (SELECT state FROM rm.subscriptions WHERE tenant_id = $2)
+             FROM rm.resources r WHERE r.id = $1 AND r.tenant_id = $2",
+        )
+        .bind(request.resource_id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(internal)?;
         // Another tenant's resource is, for this tenant, no resource at all.
-        let (kind, capacity) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
+        let (kind, capacity, subscription) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
         let kind = ResourceKind::parse(&kind).map_err(|e| CommandError::Internal(e.to_string()))?;
-        let limits = quota::effective_limits(&self.pool, tenant_id).await.map_err(internal)?;
+        let limits = quota::limits_of(subscription.map(|s| s.0));
         let key = self.vault.key_for_writing(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
         let seal = |clear: &str| key.seal(clear).map_err(|e| CommandError::Internal(e.to_string()));
         let customer = Customer { name: seal(request.customer.name.as_str())?, email: seal(request.customer.email.as_str())? };
@@ -99,7 +103,7 @@ impl Bookings {
             limits: BookingLimits { bookings_per_month: limits.bookings_per_month, tickets_per_event: limits.tickets_per_event },
             at: context.at,
         };
-        let committed = self.bookings.execute(&id.to_string(), command, context).await?;
+        let committed = self.bookings.execute_new(&id.to_string(), command, context).await?;
         Ok((id, committed))
     }
 

@@ -24,7 +24,7 @@ pub async fn effective_limits(pool: &PgPool, tenant_id: Uuid) -> Result<PlanLimi
 }
 
 /// The limits a subscription (in its read model's state) grants.
-fn limits_of(subscription: Option<Subscription>) -> PlanLimits {
+pub fn limits_of(subscription: Option<Subscription>) -> PlanLimits {
     let Some(subscription) = subscription else {
         return PlanLimits {
             users: Some(0),

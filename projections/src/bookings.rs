@@ -76,6 +76,45 @@ impl Projection for BookingsProjection {
         Ok(())
     }
 
+    /// Runs of confirmations (what a flood of bookings is) go in one multi-row INSERT; any
+    /// other event is applied on its own, in order, after the confirmations before it.
+    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        let mut confirmed = Confirmations::default();
+        for event in events {
+            if event.aggregate_type == "Booking" && event.event_type == "BookingConfirmed" {
+                let payload = serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+                if let BookingEvent::BookingConfirmed {
+                    tenant_id,
+                    resource_id,
+                    resource_kind,
+                    starts_at,
+                    ends_at,
+                    seats,
+                    customer,
+                    confirmed_at,
+                    ..
+                } = payload
+                {
+                    confirmed.id.push(booking_id(event)?);
+                    confirmed.tenant_id.push(tenant_id);
+                    confirmed.resource_id.push(resource_id);
+                    confirmed.resource_kind.push(resource_kind.as_str().to_owned());
+                    confirmed.starts_at.push(starts_at);
+                    confirmed.ends_at.push(ends_at);
+                    confirmed.seats.push(seats as i32);
+                    confirmed.customer_name.push(customer.name.as_str().to_owned());
+                    confirmed.customer_email.push(customer.email.as_str().to_owned());
+                    confirmed.at.push(confirmed_at);
+                    continue;
+                }
+            }
+            confirmed.insert(&mut *conn, schema).await?;
+            self.apply(&mut *conn, schema, event).await?;
+        }
+        confirmed.insert(&mut *conn, schema).await?;
+        Ok(())
+    }
+
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
         let id = || {
             event
@@ -148,6 +187,55 @@ impl Projection for BookingsProjection {
             },
             _ => {}
         }
+        Ok(())
+    }
+}
+
+fn booking_id(event: &StoredEvent) -> Result<Uuid, ProjectionError> {
+    event.aggregate_id.parse::<Uuid>().map_err(|_| ProjectionError::payload(event, serde::de::Error::custom("aggregate id is not a uuid")))
+}
+
+/// Confirmed bookings waiting to be inserted, column by column.
+#[derive(Default)]
+struct Confirmations {
+    id: Vec<Uuid>,
+    tenant_id: Vec<Uuid>,
+    resource_id: Vec<Uuid>,
+    resource_kind: Vec<String>,
+    starts_at: Vec<chrono::DateTime<chrono::Utc>>,
+    ends_at: Vec<chrono::DateTime<chrono::Utc>>,
+    seats: Vec<i32>,
+    customer_name: Vec<String>,
+    customer_email: Vec<String>,
+    at: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Confirmations {
+    /// Inserts what is waiting (one statement) and empties it.
+    async fn insert(&mut self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(self);
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.bookings
+             SELECT id, tenant_id, resource_id, kind, 'confirmed', starts_at, ends_at, seats, name, email, NULL, at, at
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::int[], $8::text[],
+                         $9::text[], $10::timestamptz[])
+                  AS r(id, tenant_id, resource_id, kind, starts_at, ends_at, seats, name, email, at)"
+        ))
+        .bind(&rows.id)
+        .bind(&rows.tenant_id)
+        .bind(&rows.resource_id)
+        .bind(&rows.resource_kind)
+        .bind(&rows.starts_at)
+        .bind(&rows.ends_at)
+        .bind(&rows.seats)
+        .bind(&rows.customer_name)
+        .bind(&rows.customer_email)
+        .bind(&rows.at)
+        .execute(conn)
+        .await?;
         Ok(())
     }
 }
