@@ -69,9 +69,31 @@ pub fn carry<F: std::future::Future>(work: F) -> impl std::future::Future<Output
     APPENDED.scope(record, work)
 }
 
-/// Routes that read the log itself, not read models: nothing to wait for.
-fn reads_the_log(path: &str) -> bool {
-    path == "/v1/events" || path.starts_with("/v1/aggregates/")
+/// Routes that read the log itself, not read models (nothing to wait for), and routes that
+/// check their own snapshot in one statement ([`read_own_writes`]).
+fn waits_by_itself(path: &str) -> bool {
+    path == "/v1/events" || path.starts_with("/v1/aggregates/") || path == "/v1/quota" || path.starts_with("/v1/quota/")
+}
+
+/// A tenant's read in one statement that also returns the position of the tenant's last event
+/// from the same snapshot: if every read model here had applied that position before the
+/// statement began, its snapshot holds all of them and the answer stands (one statement
+/// instead of a look-up and then the read); otherwise it waits for the models and reads again.
+pub async fn read_own_writes<T, F, Fut>(state: &AppState, read: F) -> Result<T, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(T, i64), ApiError>>,
+{
+    let applied = state.projections().applied();
+    let (value, own) = read().await?;
+    appended(own);
+    if own <= applied {
+        return Ok(value);
+    }
+    if !state.projections().wait_for(own, IMPLICIT_WAIT).await {
+        tracing::warn!(position = own, "read models did not reach a tenant's last position in time; served as they are");
+    }
+    Ok(read().await?.0)
 }
 
 /// The middleware.
@@ -87,7 +109,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         },
     };
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);
-    let (request, reflects) = if is_read && !reads_the_log(request.uri().path()) {
+    let (request, own) = if is_read && !waits_by_itself(request.uri().path()) {
         let (request, caller) = caller_of(request, &state).await;
         // A request that does not authenticate is refused by its handler; nothing to wait for.
         let scope = match &caller {
@@ -103,25 +125,26 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
             },
             None => 0,
         };
-        if let Some(asked) = asked.filter(|asked| *asked > own) {
-            if !state.projections().wait_for(asked, EXPLICIT_WAIT).await {
-                let mut error = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "STALE_READ",
-                    format!("the read models have not reached position {asked} yet; retry shortly"),
-                )
-                .with("ledger_position", asked);
-                error.retry_after = Some(1);
-                return error.into_response();
-            }
-        }
-        if own > 0 && !state.projections().wait_for(own, IMPLICIT_WAIT).await {
-            tracing::warn!(position = own, "read models did not reach a tenant's last position in time; served as they are");
-        }
-        (request, own.max(asked.unwrap_or(0)))
+        (request, own)
     } else {
         (request, 0)
     };
+    if let Some(asked) = asked.filter(|asked| is_read && *asked > own) {
+        if !state.projections().wait_for(asked, EXPLICIT_WAIT).await {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STALE_READ",
+                format!("the read models have not reached position {asked} yet; retry shortly"),
+            )
+            .with("ledger_position", asked);
+            error.retry_after = Some(1);
+            return error.into_response();
+        }
+    }
+    if own > 0 && !state.projections().wait_for(own, IMPLICIT_WAIT).await {
+        tracing::warn!(position = own, "read models did not reach a tenant's last position in time; served as they are");
+    }
+    let reflects = if is_read { own.max(asked.unwrap_or(0)) } else { 0 };
     let record = Arc::new(Record::default());
     let mut response = APPENDED.scope(record.clone(), next.run(request)).await;
     if record.access_changed.load(Ordering::Relaxed) {

@@ -74,12 +74,18 @@ pub fn canonical_metric(name: &str) -> Option<&'static str> {
 
 /// The subscription's state, the bookings and event-resource counters, the month's API calls
 /// and the latest storage gauge.
-type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, i64, Option<i64>);
+type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
 
 /// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot).
 pub async fn report(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<Vec<QuotaLine>, sqlx::Error> {
+    Ok(report_at(pool, tenant_id, now).await?.0)
+}
+
+/// [`report`], with the position of the tenant's last event in the same snapshot (so a caller
+/// can tell whether the read models it read already held everything the tenant did).
+pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
-    let (state, bookings, events, api_calls, storage_bytes): QuotaRow = sqlx::query_as(
+    let (state, bookings, events, api_calls, storage_bytes, last): QuotaRow = sqlx::query_as(
         "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
@@ -88,7 +94,8 @@ pub async fn report(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Resul
                     (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
                      WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= $2 AND hour < $3),
                     (SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes'
-                     ORDER BY occurred_at DESC, position DESC LIMIT 1)",
+                     ORDER BY occurred_at DESC, position DESC LIMIT 1),
+                    (SELECT max(position) FROM events WHERE tenant_id = $1)",
     )
     .bind(tenant_id)
     .bind(month)
@@ -106,11 +113,12 @@ pub async fn report(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Resul
         period_start: period.map(|p| p.0),
         period_end: period.map(|p| p.1),
     };
-    Ok(vec![
+    let lines = vec![
         line("bookings_per_month", limits.bookings_per_month, bookings, "hard", Some((month, next_month))),
         line("events", limits.events, events, "hard", None),
         line("users", limits.users, 0, "hard", None),
         line("storage_mb", limits.storage_mb, (storage_bytes.unwrap_or(0).max(0) as u64).div_ceil(1024 * 1024), "metered", None),
         line("api_calls_per_month", limits.api_calls_per_month, api_calls.max(0) as u64, "metered", Some((month, next_month))),
-    ])
+    ];
+    Ok((lines, last.unwrap_or(0)))
 }

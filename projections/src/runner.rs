@@ -28,7 +28,30 @@ use crate::log::{self, StoredEvent};
 use crate::sequencer::Sequencer;
 
 /// The shortest time between the starts of two rounds of one projector (see `follow`).
-const PACE: Duration = Duration::from_millis(15);
+const PACE: Duration = Duration::from_millis(40);
+
+/// How long a projector trusts its list of runs before reading it again (a rebuild started
+/// elsewhere is picked up within this).
+const RUNS_FRESH: Duration = Duration::from_millis(500);
+
+/// A projector's last look at its runs (`projection_runs`), so that rounds under load do not
+/// each read it again.
+#[derive(Default)]
+struct RunsSeen(Option<(Instant, Vec<(i32, String)>)>);
+
+impl RunsSeen {
+    fn fresh(&self) -> Option<Vec<(i32, String)>> {
+        self.0.as_ref().filter(|(at, _)| at.elapsed() < RUNS_FRESH).map(|(_, runs)| runs.clone())
+    }
+
+    fn remember(&mut self, runs: Vec<(i32, String)>) {
+        self.0 = Some((Instant::now(), runs));
+    }
+
+    fn forget(&mut self) {
+        self.0 = None;
+    }
+}
 
 /// How many positions one projector transaction covers at most.
 const BATCH: i64 = 500;
@@ -515,12 +538,14 @@ impl Projections {
     async fn follow(self: Arc<Self>, name: &'static str, shutdown: CancellationToken) {
         let mut head = self.sequencer.subscribe();
         let mut failures = 0u32;
+        let mut runs = RunsSeen::default();
         loop {
             let round = Instant::now();
-            match self.follow_once(name).await {
+            match self.follow_once(name, &mut runs).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
+                    runs.forget();
                     tracing::error!(projection = name, error = %e, failures, "projection is stuck; retrying");
                 }
             }
@@ -544,27 +569,46 @@ impl Projections {
         }
     }
 
-    async fn follow_once(&self, name: &'static str) -> Result<(), ProjectionError> {
+    async fn follow_once(&self, name: &'static str, seen: &mut RunsSeen) -> Result<(), ProjectionError> {
         let projection = self.projection(name).expect("followed projections are known");
-        let runs: Vec<(i32, String)> =
-            sqlx::query_as("SELECT generation, status FROM projection_runs WHERE name = $1 AND status <> 'retired' ORDER BY generation")
+        let runs = match seen.fresh() {
+            Some(runs) => runs,
+            None => {
+                let runs: Vec<(i32, String)> = sqlx::query_as(
+                    "SELECT generation, status FROM projection_runs WHERE name = $1 AND status <> 'retired' ORDER BY generation",
+                )
                 .bind(name)
                 .fetch_all(&self.pool)
                 .await?;
+                seen.remember(runs.clone());
+                runs
+            }
+        };
         for (generation, status) in runs {
             let run = self.run_of(projection.as_ref(), generation);
             if status == "live" && self.nothing_to_apply(&run).await? {
                 continue;
             }
             let position = self.catch_up(&run).await.map_err(|f| f.error)?;
+            if position.is_none() {
+                // Retired or promoted meanwhile (by a rebuild, or another instance).
+                seen.forget();
+            }
             if status == "building" && position.is_some() {
                 let head = log::head(&self.pool).await?;
                 if position >= Some(head) {
                     self.promote(&run).await?;
+                    seen.forget();
                 }
             }
         }
         Ok(())
+    }
+
+    /// The lowest position that every live projection of this process is known to have
+    /// applied (from the projector loops here; 0 for those led by another instance).
+    pub fn applied(&self) -> i64 {
+        self.live.values().map(|live| *live.borrow()).min().unwrap_or(0)
     }
 
     /// Whether a live run of a projection that reads only some aggregate types can skip this

@@ -1,11 +1,12 @@
 //! Quotas: `GET /v1/quota` and `GET /v1/quota/{metric}`. Hard counts come from counters the
-//! event store updates with each append, metered ones from settled read models, so an answer
-//! is never behind a command the caller has seen acknowledged.
+//! event store updates with each append, metered ones from read models that the read checks
+//! hold the tenant's last event, so an answer is never behind a command the caller has seen
+//! acknowledged.
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use commands::quota::{canonical_metric, report, QuotaLine};
+use commands::quota::{canonical_metric, report_at, QuotaLine};
 
 use crate::app::AppState;
 use crate::auth::TenantCaller;
@@ -28,7 +29,13 @@ pub fn router() -> Router<AppState> {
     ),
 )]
 async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Vec<QuotaLine>>, ApiError> {
-    Ok(Json(report(state.pool(), caller.tenant_id, state.now()).await?))
+    Ok(Json(read(&state, &caller).await?))
+}
+
+/// The tenant's quotas, reflecting every command of the tenant already answered (checked in
+/// the same statement: see `consistency::read_own_writes`).
+async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>, ApiError> {
+    crate::consistency::read_own_writes(state, || async { Ok(report_at(state.pool(), caller.tenant_id, state.now()).await?) }).await
 }
 
 /// One quota, by its limit name (`bookings_per_month`) or its metric (`bookings`, `api_calls`).
@@ -45,7 +52,7 @@ async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json
 )]
 async fn one(State(state): State<AppState>, caller: TenantCaller, Path(metric): Path<String>) -> Result<Json<QuotaLine>, ApiError> {
     let metric = canonical_metric(&metric).ok_or_else(|| ApiError::not_found("quota metric"))?;
-    let lines = report(state.pool(), caller.tenant_id, state.now()).await?;
+    let lines = read(&state, &caller).await?;
     lines.into_iter().find(|l| l.metric == metric).map(Json).ok_or_else(|| ApiError::not_found("quota metric"))
 }
 
