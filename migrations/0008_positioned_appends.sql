@@ -27,8 +27,8 @@ CREATE FUNCTION append_events(
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     head bigint;
-    taken integer[];
-    bulk_ok boolean := false;
+    taken integer[] := '{}';
+    written boolean := false;
     g integer;
     n bigint;
     st text;
@@ -36,30 +36,46 @@ DECLARE
     det text;
 BEGIN
     -- The lock first: in READ COMMITTED every later statement of this VOLATILE function takes
-    -- a fresh snapshot, so what it checks below is everything committed (every appender waits
-    -- here), and nobody can commit an append between the check and the insert.
+    -- a fresh snapshot, so it sees every append committed before (every appender waits here),
+    -- and nobody can commit an append until this one has.
     SELECT h.position INTO head FROM event_log_head h FOR UPDATE;
 
-    -- One primary-key probe per event (LATERAL .. LIMIT 1: the planner cannot turn it into a
-    -- hash join over the whole log, which it did for a plain EXISTS it had no statistics for).
-    SELECT coalesce(array_agg(DISTINCT u.g), '{}') INTO taken
-    FROM unnest(p_type, p_id, p_seq, p_group) AS u(t, i, s, g)
-    CROSS JOIN LATERAL (SELECT 1 FROM events e WHERE e.aggregate_type = u.t AND e.aggregate_id = u.i AND e.sequence = u.s LIMIT 1) AS hit;
-
-    -- All remaining groups in one multi-row INSERT ...
+    -- The common case: every command's events in one multi-row INSERT.
     BEGIN
         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, position)
-        SELECT u.t, u.i, u.s, u.et, u.ev, u.pl, u.md, head + row_number() OVER (ORDER BY u.n)
-        FROM unnest(p_type, p_id, p_seq, p_event_type, p_version, p_payload, p_metadata, p_group)
-             WITH ORDINALITY AS u(t, i, s, et, ev, pl, md, g, n)
-        WHERE u.g <> ALL (taken)
+        SELECT u.t, u.i, u.s, u.et, u.ev, u.pl, u.md, head + u.n
+        FROM unnest(p_type, p_id, p_seq, p_event_type, p_version, p_payload, p_metadata)
+             WITH ORDINALITY AS u(t, i, s, et, ev, pl, md, n)
         ORDER BY u.n;
-        bulk_ok := true;
+        written := true;
     EXCEPTION WHEN OTHERS THEN
-        bulk_ok := false;
+        written := false;
     END;
 
-    IF bulk_ok THEN
+    IF NOT written THEN
+        -- Something was refused. First leave out the commands whose streams are taken (lost
+        -- an optimistic-concurrency race: one primary-key probe per event, LATERAL .. LIMIT 1
+        -- so the planner cannot turn it into a hash join over the whole log) and try the rest
+        -- together again.
+        SELECT coalesce(array_agg(DISTINCT u.g), '{}') INTO taken
+        FROM unnest(p_type, p_id, p_seq, p_group) AS u(t, i, s, g)
+        CROSS JOIN LATERAL (SELECT 1 FROM events e WHERE e.aggregate_type = u.t AND e.aggregate_id = u.i AND e.sequence = u.s LIMIT 1) AS hit;
+        IF cardinality(taken) > 0 THEN
+            BEGIN
+                INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, position)
+                SELECT u.t, u.i, u.s, u.et, u.ev, u.pl, u.md, head + row_number() OVER (ORDER BY u.n)
+                FROM unnest(p_type, p_id, p_seq, p_event_type, p_version, p_payload, p_metadata, p_group)
+                     WITH ORDINALITY AS u(t, i, s, et, ev, pl, md, gg, n)
+                WHERE u.gg <> ALL (taken)
+                ORDER BY u.n;
+                written := true;
+            EXCEPTION WHEN OTHERS THEN
+                written := false;
+            END;
+        END IF;
+    END IF;
+
+    IF written THEN
         RETURN QUERY
             SELECT x.g, head + max(x.rn), NULL::text, NULL::text, NULL::text
             FROM (SELECT u.g, row_number() OVER (ORDER BY u.n) AS rn
@@ -68,8 +84,8 @@ BEGIN
         SELECT count(*) INTO n FROM unnest(p_group) AS u(g) WHERE u.g <> ALL (taken);
         head := head + n;
     ELSE
-        -- ... and, if one of them was refused, each group on its own (a subtransaction each),
-        -- so that the refusal is that group's answer alone.
+        -- A trigger refused one of them (an overlapping booking, seats, a quota): each command
+        -- on its own (a subtransaction each), so that the refusal is that command's answer alone.
         FOR g IN SELECT DISTINCT u.g FROM unnest(p_group) AS u(g) WHERE u.g <> ALL (taken) ORDER BY u.g LOOP
             BEGIN
                 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, position)

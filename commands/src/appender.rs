@@ -75,14 +75,17 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Starts the writer on `pool` with `writers` flushers (each flush holds the log's head
-    /// lock until it commits, so a second flusher only overlaps its round trip with the
-    /// first's commit). It stops when every handle is dropped.
+    /// Starts the writer on `pool` with `writers` flushers. Each flush holds the log's head lock
+    /// until it commits, so flushes of a few commands go one at a time, the next one gathering
+    /// everything that arrives meanwhile; only large batches (bulk usage) are sent beside a
+    /// flush in flight, to overlap their encoding with its execution. It stops when every
+    /// handle is dropped.
     pub fn start(pool: PgPool, writers: usize, on_head: HeadHook) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let in_flight = Arc::new(InFlight::default());
         for _ in 0..writers.max(1) {
-            tokio::spawn(flusher(pool.clone(), receiver.clone(), on_head.clone()));
+            tokio::spawn(flusher(pool.clone(), receiver.clone(), in_flight.clone(), on_head.clone()));
         }
         Self { queue }
     }
@@ -105,25 +108,82 @@ impl Appender {
     }
 }
 
-async fn flusher(pool: PgPool, receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>, on_head: HeadHook) {
+/// Flushes in flight, shared by a writer's flushers.
+#[derive(Default)]
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Takes a turn if `big` or nothing else is in flight.
+    fn try_start(&self, big: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        let mut now = self.count.load(Ordering::Acquire);
+        loop {
+            if now > 0 && !big {
+                return false;
+            }
+            match self.count.compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.done.notify_waiters();
+    }
+}
+
+/// A batch this large may be written beside another flush: encoding and sending it (and
+/// Postgres parsing it) then overlaps the other's execution. Smaller ones wait for the flush in
+/// flight to finish, gathering what arrives meanwhile, so that they share one commit.
+const BIG: usize = 256;
+
+async fn flusher(
+    pool: PgPool,
+    receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>,
+    in_flight: Arc<InFlight>,
+    on_head: HeadHook,
+) {
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;
             let Some(first) = receiver.recv().await else { return };
             let mut events = first.groups.iter().map(Vec::len).sum::<usize>();
             let mut batch = vec![first];
-            while events < MAX_EVENTS {
-                match receiver.try_recv() {
-                    Ok(next) => {
-                        events += next.groups.iter().map(Vec::len).sum::<usize>();
-                        batch.push(next);
+            loop {
+                while events < MAX_EVENTS {
+                    match receiver.try_recv() {
+                        Ok(next) => {
+                            events += next.groups.iter().map(Vec::len).sum::<usize>();
+                            batch.push(next);
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
+                }
+                let done = in_flight.done.notified();
+                if in_flight.try_start(events >= BIG) {
+                    break;
+                }
+                // Wait for the flush in flight, taking in what arrives meanwhile.
+                tokio::select! {
+                    () = done => {}
+                    next = receiver.recv(), if events < MAX_EVENTS => match next {
+                        Some(next) => {
+                            events += next.groups.iter().map(Vec::len).sum::<usize>();
+                            batch.push(next);
+                        }
+                        None => return,
+                    },
                 }
             }
             batch
         };
         flush(&pool, batch, &on_head).await;
+        in_flight.finish();
     }
 }
 

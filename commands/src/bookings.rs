@@ -12,6 +12,10 @@ use uuid::Uuid;
 use crate::vault::Vault;
 use crate::{quota, AggregateStore, CommandContext, CommandError, Committed};
 
+/// What a booking needs to know besides the request: the resource's kind and capacity, the
+/// subscription (its plan's limits), whether the tenant has a personal-data key row, and the key.
+type BookingContext = (String, i32, Option<sqlx::types::Json<domain::subscription::Subscription>>, bool, Option<Vec<u8>>);
+
 /// The booking command service.
 pub struct Bookings {
     pool: PgPool,
@@ -75,9 +79,11 @@ impl Bookings {
         context: &CommandContext,
     ) -> Result<(Uuid, Committed<Booking>), CommandError<BookingError>> {
         let internal = |e: sqlx::Error| CommandError::Internal(e.to_string());
-        // The resource and the plan's limits in one read.
-        let resource: Option<(String, i32, Option<sqlx::types::Json<domain::subscription::Subscription>>)> = sqlx::query_as(
-            "SELECT r.kind, r.capacity, (SELECT state FROM rm.subscriptions WHERE tenant_id = $2)
+        // The resource, the plan's limits and the tenant's personal-data key in one read.
+        let resource: Option<BookingContext> = sqlx::query_as(
+            "SELECT r.kind, r.capacity, (SELECT state FROM rm.subscriptions WHERE tenant_id = $2),
+                    EXISTS (SELECT 1 FROM personal_data_keys WHERE tenant_id = $2),
+                    (SELECT key FROM personal_data_keys WHERE tenant_id = $2)
              FROM rm.resources r WHERE r.id = $1 AND r.tenant_id = $2",
         )
         .bind(request.resource_id)
@@ -86,10 +92,14 @@ impl Bookings {
         .await
         .map_err(internal)?;
         // Another tenant's resource is, for this tenant, no resource at all.
-        let (kind, capacity, subscription) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
+        let (kind, capacity, subscription, has_key_row, key) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
         let kind = ResourceKind::parse(&kind).map_err(|e| CommandError::Internal(e.to_string()))?;
         let limits = quota::limits_of(subscription.map(|s| s.0));
-        let key = self.vault.key_for_writing(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let key = self
+            .vault
+            .key_for_writing_from(tenant_id, has_key_row.then_some(key))
+            .await
+            .map_err(|e| CommandError::Internal(e.to_string()))?;
         let seal = |clear: &str| key.seal(clear).map_err(|e| CommandError::Internal(e.to_string()));
         let customer = Customer { name: seal(request.customer.name.as_str())?, email: seal(request.customer.email.as_str())? };
         let id = Uuid::now_v7();

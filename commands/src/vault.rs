@@ -107,6 +107,12 @@ impl Vault {
             .bind(tenant_id)
             .fetch_optional(&self.pool)
             .await?;
+        self.key_for_writing_from(tenant_id, existing).await
+    }
+
+    /// [`Self::key_for_writing`], given the tenant's row of `personal_data_keys` as a caller
+    /// already read it in a statement of its own (`None`: no row; `Some(None)`: erased).
+    pub async fn key_for_writing_from(&self, tenant_id: Uuid, existing: Option<Option<Vec<u8>>>) -> Result<TenantKey, VaultError> {
         match existing {
             Some(Some(key)) if key.len() == 32 => {
                 let cipher = XChaCha20Poly1305::new_from_slice(&key).expect("a 32-byte key");

@@ -615,7 +615,8 @@ impl Projections {
     /// round: nothing of its types was appended after its checkpoint. It then tells this
     /// process's waiters it is at the head (its model already holds everything up to there)
     /// without a transaction, and moves its stored checkpoint over the others' events only in
-    /// bulk: once [`FILTERED_BATCH`] positions or a second have gone by. Under a stream of one
+    /// bulk, by one UPDATE that reads none of them: once [`FILTERED_BATCH`] positions or a
+    /// second have gone by. Under a stream of one
     /// aggregate type this spares a commit per projection per round; the stored lag of such
     /// a projection may show up to that much.
     async fn nothing_to_apply(&self, run: &Run) -> Result<bool, sqlx::Error> {
@@ -644,8 +645,21 @@ impl Projections {
         .fetch_optional(&self.pool)
         .await?
         .unwrap_or((0, 0, true, true));
-        if relevant || stale || head - position >= FILTERED_BATCH || head <= position {
+        if relevant || head <= position {
             return Ok(false);
+        }
+        if stale || head - position >= FILTERED_BATCH {
+            // Nothing of its types lies between the stored checkpoint and the head (this
+            // snapshot says so): the checkpoint moves there without reading those events.
+            sqlx::query(
+                "UPDATE projection_runs SET position = $3, updated_at = now()
+                 WHERE name = $1 AND generation = $2 AND status = 'live' AND position < $3",
+            )
+            .bind(run.name)
+            .bind(run.generation)
+            .bind(head)
+            .execute(&self.pool)
+            .await?;
         }
         self.quiet.lock().expect("not poisoned").insert(run.name, (run.generation, head));
         self.publish(run.name, "live", head);

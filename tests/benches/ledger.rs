@@ -4,7 +4,8 @@
 //! `cargo bench -p e2e --bench ledger`. Environment: `BENCH_SECS` per load measurement
 //! (default 10), `BENCH_CLIENTS` (default `8,32,128`), `BENCH_EVENTS` (the large history,
 //! default 1,000,000), `BENCH_SAMPLES` (sequential requests per flat-cost phase, default 300),
-//! `BENCH_TENANTS` (default 16).
+//! `BENCH_TENANTS` (default 16), `BENCH_APPEND_WRITERS` (the server's group-commit writers,
+//! default: the server's default).
 //!
 //! The server runs as a child process (this executable re-run as the server, the same
 //! `api::Application` that `saas-ledger serve` runs) on a fresh database, so its peak RSS is its
@@ -55,6 +56,9 @@ async fn serve(url: String) {
     config.admin_token = Some(ADMIN.to_owned());
     config.db_max_connections = 32;
     config.request_timeout = Duration::from_secs(300);
+    if let Ok(writers) = std::env::var("BENCH_APPEND_WRITERS") {
+        config.append_writers = writers.parse().expect("BENCH_APPEND_WRITERS");
+    }
     let app = api::Application::build(config).await.expect("the server starts");
     println!("listening http://{}", app.local_addr());
     let stdin_closed = tokio::task::spawn_blocking(|| {
@@ -150,11 +154,23 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let request = Arc::new(request);
-    let counter = Arc::new(AtomicU64::new(0));
+    let (all, elapsed, failures) = load_raw(clients, Duration::from_secs(secs), Arc::new(request), Arc::new(AtomicU64::new(0))).await;
+    summarize(all, elapsed, failures)
+}
+
+fn summarize(mut all: Vec<Duration>, elapsed: f64, failures: u64) -> Load {
+    all.sort();
+    Load { per_second: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99), failures }
+}
+
+async fn load_raw<F, Fut>(clients: usize, window: Duration, request: Arc<F>, counter: Arc<AtomicU64>) -> (Vec<Duration>, f64, u64)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(secs);
+    let deadline = started + window;
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (request, counter, failures) = (request.clone(), counter.clone(), failures.clone());
@@ -176,14 +192,31 @@ where
     for task in tasks {
         all.extend(task.await.expect("a client"));
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    Load {
-        per_second: all.len() as f64 / elapsed,
-        p50: percentile(&all, 0.5),
-        p99: percentile(&all, 0.99),
-        failures: failures.load(Ordering::Relaxed),
+    (all, started.elapsed().as_secs_f64(), failures.load(Ordering::Relaxed))
+}
+
+/// Slices of each measurement: ours and pgbench alternate this many times, so that a
+/// neighbour's load on the machine (CPU steal) falls on both sides alike.
+const SLICES: u64 = 3;
+
+/// `request` at `clients` for `secs` in all, alternating with `pgbench` running `script` at the
+/// same concurrency: our load and the raw rate (per second, times `rows` rows per transaction).
+async fn against_pgbench<F, Fut>(url: &str, script: &str, clients: usize, secs: u64, request: F) -> (Load, f64)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let (request, counter) = (Arc::new(request), Arc::new(AtomicU64::new(0)));
+    let slice = (secs / SLICES).max(1);
+    let (mut all, mut elapsed, mut failures, mut tps) = (Vec::new(), 0.0, 0, 0.0);
+    for _ in 0..SLICES {
+        let (latencies, took, failed) = load_raw(clients, Duration::from_secs(slice), request.clone(), counter.clone()).await;
+        all.extend(latencies);
+        elapsed += took;
+        failures += failed;
+        tps += pgbench(url, script, clients, slice) / SLICES as f64;
     }
+    (summarize(all, elapsed, failures), tps)
 }
 
 /// The most connections pgbench may open beside the server's pool (Debian's default
@@ -407,19 +440,16 @@ async fn run() {
 
     // 1. Commands.
     let mut rows = Vec::new();
-    let mut raw = HashMap::new();
     let metrics_before = http.metrics().await;
     for &c in &clients {
         let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
-        let ours = load(c, secs, move |n| {
+        let (ours, tps) = against_pgbench(&url, EVENT_ROW, c, secs, move |n| {
             let tenant = &tenants2[n as usize % tenants2.len()];
             let (http, key) = (http2.clone(), tenant.key.clone());
             let body = json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("{run2}-{c}-{n}")});
             async move { http.post("/v1/usage", &key, &body).await.0 == 202 }
         })
         .await;
-        let tps = pgbench(&url, EVENT_ROW, c, secs);
-        raw.insert(c, tps);
         rows.push(ours.row_against("`POST /v1/usage`", c, tps));
         eprintln!("{}", rows.last().expect("a row"));
     }
@@ -427,7 +457,7 @@ async fn run() {
     for &c in &clients {
         let (http2, tenants2) = (http.clone(), tenants.clone());
         let base = c as i64 * 1_000_000;
-        let ours = load(c, secs, move |n| {
+        let (ours, tps) = against_pgbench(&url, EVENT_ROW, c, secs, move |n| {
             let tenant = &tenants2[n as usize % tenants2.len()];
             let room = tenant.rooms[(n as usize / tenants2.len()) % tenant.rooms.len()].clone();
             let (http, key) = (http2.clone(), tenant.key.clone());
@@ -444,13 +474,13 @@ async fn run() {
             }
         })
         .await;
-        let tps = raw[&c];
         rows.push(ours.row_against("`POST /v1/bookings`", c, tps));
         eprintln!("{}", rows.last().expect("a row"));
     }
+    let bookings_after = http.metrics().await;
     {
         let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
-        let ours = load(8, secs, move |n| {
+        let (ours, tps) = against_pgbench(&url, EVENT_ROWS_1000, 8, secs, move |n| {
             let tenant = &tenants2[n as usize % tenants2.len()];
             let (http, key) = (http2.clone(), tenant.key.clone());
             let records: Vec<Value> =
@@ -458,7 +488,7 @@ async fn run() {
             async move { http.post("/v1/usage/batch", &key, &json!({ "records": records })).await.0 == 202 }
         })
         .await;
-        let rows_per_second = pgbench(&url, EVENT_ROWS_1000, 8, secs) * 1000.0;
+        let rows_per_second = tps * 1000.0;
         rows.push(format!(
             "| `POST /v1/usage/batch` (1,000 facts), 8 clients | {:.0} facts/s | {} | {} | {rows_per_second:.0} rows/s (1,000-row INSERTs, 8 clients) | **{:.2}** | {} |",
             ours.per_second * 1000.0,
@@ -527,6 +557,21 @@ async fn run() {
         ));
     }
     section(&mut out, "Where a usage command's time goes (server's /metrics over the usage phases)", "| part | mean | |", &split);
+    let (b, a) = (&metrics_after, &bookings_after);
+    let (request, requests) = mean_ms(b, a, "saas_ledger_http_request_duration_seconds", &["route=\"/v1/bookings\"", "method=\"POST\""]);
+    let (command, _) = mean_ms(b, a, "saas_ledger_command_duration_seconds", &["aggregate=\"Booking\""]);
+    let (flush, flushes) = mean_ms(b, a, "saas_ledger_append_flush_seconds", &[]);
+    let shared = total(a, "saas_ledger_append_flush_commands_sum", &[]) - total(b, "saas_ledger_append_flush_commands_sum", &[]);
+    let split = vec![
+        format!("| HTTP request `POST /v1/bookings` (mean of {requests:.0}) | {request:.1} ms | |"),
+        format!("| command: decide, append and commit (waiting for its group commit) | {command:.1} ms | |"),
+        format!("| the rest: auth, the resource, the plan's limits and the tenant's key (reads), JSON | {:.1} ms | |", request - command),
+        format!(
+            "| group-commit append (one statement and commit) | {flush:.1} ms | {:.1} commands per append ({flushes:.0} appends) |",
+            shared / flushes.max(1.0)
+        ),
+    ];
+    section(&mut out, "Where a booking's time goes (server's /metrics over the booking phases)", "| part | mean | |", &split);
 
     // 4. Flat cost.
     let flat = http.sign_up("bench-flat", 0).await;
