@@ -48,6 +48,16 @@ impl StoreRejection {
             "SL404" => RejectionKind::NotFound,
             "SL409" => RejectionKind::Conflict,
             "SL429" => RejectionKind::QuotaExceeded,
+            // The slot exclusion constraint itself: a booking inserted other than by the
+            // writer raced one that was (the trigger's own check raises SL409 first).
+            "23P01" => {
+                return Some(Self {
+                    kind: RejectionKind::Conflict,
+                    code: "BOOKING_OVERLAP".to_owned(),
+                    message: "the room is already booked for part of that time".to_owned(),
+                    details: Map::new(),
+                })
+            }
             _ => return None,
         };
         let mut details: Map<String, Value> = detail.and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
