@@ -3,12 +3,6 @@
 //! Handlers stay thin: extract (caller, tenant, body) → build a command → execute → answer.
 #![forbid(unsafe_code)]
 
-/// mimalloc instead of glibc's malloc: the server allocates many small, short-lived buffers per
-/// request from several threads, where glibc's arenas spent a tenth of the server's CPU
-/// (profiled under the benchmark's load).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -71,7 +71,11 @@ impl Modify for Security {
 bookings, metered usage and quotas, over an event-sourced log. Every error is `{\"error\": {code, message, details}}`; \
 every response carries `X-Request-Id`; any POST may carry `Idempotency-Key`; tenant keys are rate limited per plan \
 (429 `RATE_LIMITED` with `Retry-After`, `RateLimit-Limit` and `RateLimit-Remaining` on every answer). Money is a \
-decimal string with two places, times are RFC 3339 UTC.",
+decimal string with two places, times are RFC 3339 UTC. Consistency: a command that appended events answers, once \
+they are durable, with `Ledger-Position: <n>` (the log position of its last event); a read reflects every command \
+of its tenant already answered, on any instance, and answers with the `Ledger-Position` it reflects; a read may \
+send `Ledger-Position: <n>` to wait until the read models include position n (503 `STALE_READ` with \
+`Retry-After: 1` after 5 s; 400 if it is not a whole number).",
     ),
     paths(crate::metrics::render, openapi_json, docs_page),
     components(schemas(ErrorBody, ErrorDetail, UsageBatch)),

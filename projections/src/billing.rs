@@ -152,7 +152,7 @@ impl Projection for BillingProjection {
             return Ok(());
         }
         let subscription_event: SubscriptionEvent =
-            serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+            serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
         let id: Uuid = event
             .aggregate_id
             .parse()

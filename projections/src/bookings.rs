@@ -82,7 +82,7 @@ impl Projection for BookingsProjection {
         let mut confirmed = Confirmations::default();
         for event in events {
             if event.aggregate_type == "Booking" && event.event_type == "BookingConfirmed" {
-                let payload = serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+                let payload = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
                 if let BookingEvent::BookingConfirmed {
                     tenant_id,
                     resource_id,
@@ -125,7 +125,7 @@ impl Projection for BookingsProjection {
         match event.aggregate_type.as_str() {
             "Resource" => {
                 let ResourceEvent::ResourceCreated { tenant_id, name, kind, capacity, timezone, created_at, .. } =
-                    serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+                    serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
                 sqlx::query(&format!("INSERT INTO {schema}.resources VALUES ($1, $2, $3, $4, $5, $6, $7)"))
                     .bind(id()?)
                     .bind(tenant_id)
@@ -137,7 +137,7 @@ impl Projection for BookingsProjection {
                     .execute(conn)
                     .await?;
             }
-            "Booking" => match serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))? {
+            "Booking" => match serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))? {
                 BookingEvent::BookingConfirmed {
                     tenant_id,
                     resource_id,

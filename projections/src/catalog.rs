@@ -55,7 +55,7 @@ impl Projection for CatalogProjection {
             return Ok(());
         }
         let PlanEvent::PlanPublished { plan, published_at } =
-            serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+            serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
         let json = |v: &dyn erased::Json| v.to_json();
         sqlx::query(&format!(
             "INSERT INTO {schema}.plans (code, version, name, monthly_price, yearly_price, currency, limits, features, rate_limit_per_minute, definition, published_at)

@@ -47,17 +47,49 @@ impl StoredEvent {
     /// The event lifted to its current version by the domain's upcasters (see
     /// `domain::upcasting`); the stored row is never rewritten.
     pub fn upcast(&self) -> StoredEvent {
+        self.clone().into_upcast()
+    }
+
+    /// [`Self::upcast`], consuming the event: an event that no upcaster applies to (nearly
+    /// all) is handed back as it is, without copying its payload.
+    pub fn into_upcast(self) -> StoredEvent {
+        if !UPCASTERS.iter().any(|u| u.can_upcast(&self.event_type, &self.event_version)) {
+            return self;
+        }
+        let StoredEvent {
+            position,
+            tenant_id,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            payload,
+            metadata,
+            recorded_at,
+        } = self;
         let serialized = cqrs_es::persist::SerializedEvent::new(
-            self.aggregate_id.clone(),
-            self.sequence as usize,
-            self.aggregate_type.clone(),
-            self.event_type.clone(),
-            self.event_version.clone(),
-            self.payload.clone(),
-            self.metadata.clone(),
+            aggregate_id.clone(),
+            sequence as usize,
+            aggregate_type.clone(),
+            event_type,
+            event_version,
+            payload,
+            metadata,
         );
         let lifted = domain::upcasting::upcast(serialized, &UPCASTERS);
-        StoredEvent { event_version: lifted.event_version, payload: lifted.payload, ..self.clone() }
+        StoredEvent {
+            position,
+            tenant_id,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type: lifted.event_type,
+            event_version: lifted.event_version,
+            payload: lifted.payload,
+            metadata: lifted.metadata,
+            recorded_at,
+        }
     }
 }
 

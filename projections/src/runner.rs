@@ -170,7 +170,7 @@ async fn apply_batch(
     if projection.reads_stored_events() {
         projection.apply_batch(conn, schema, &events).await
     } else {
-        let events: Vec<StoredEvent> = events.iter().map(StoredEvent::upcast).collect();
+        let events: Vec<StoredEvent> = events.into_iter().map(StoredEvent::into_upcast).collect();
         projection.apply_batch(conn, schema, &events).await
     }
 }

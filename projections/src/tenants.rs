@@ -80,7 +80,7 @@ impl Projection for TenantsProjection {
         if event.aggregate_type != "Tenant" {
             return Ok(());
         }
-        let tenant_event: TenantEvent = serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+        let tenant_event: TenantEvent = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
         let tenant_id: Uuid = event
             .aggregate_id
             .parse()

@@ -180,7 +180,7 @@ struct Fact {
 impl Fact {
     fn read(event: &StoredEvent) -> Result<Self, ProjectionError> {
         let UsageEvent::UsageRecorded { tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at } =
-            serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::payload(event, e))?;
+            serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
         let kind = match kind {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
