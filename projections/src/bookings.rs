@@ -81,35 +81,10 @@ impl Projection for BookingsProjection {
     async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
         let mut confirmed = Confirmations::default();
         for event in events {
-            if event.aggregate_type == "Booking" && event.event_type == "BookingConfirmed" {
-                let payload = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-                if let BookingEvent::BookingConfirmed {
-                    tenant_id,
-                    resource_id,
-                    resource_kind,
-                    starts_at,
-                    ends_at,
-                    seats,
-                    customer,
-                    confirmed_at,
-                    ..
-                } = payload
-                {
-                    confirmed.id.push(booking_id(event)?);
-                    confirmed.tenant_id.push(tenant_id);
-                    confirmed.resource_id.push(resource_id);
-                    confirmed.resource_kind.push(resource_kind.as_str().to_owned());
-                    confirmed.starts_at.push(starts_at);
-                    confirmed.ends_at.push(ends_at);
-                    confirmed.seats.push(seats as i32);
-                    confirmed.customer_name.push(customer.name.as_str().to_owned());
-                    confirmed.customer_email.push(customer.email.as_str().to_owned());
-                    confirmed.at.push(confirmed_at);
-                    continue;
-                }
+            if !confirmed.push(event)? {
+                confirmed.insert(&mut *conn, schema).await?;
+                self.apply(&mut *conn, schema, event).await?;
             }
-            confirmed.insert(&mut *conn, schema).await?;
-            self.apply(&mut *conn, schema, event).await?;
         }
         confirmed.insert(&mut *conn, schema).await?;
         Ok(())
@@ -138,32 +113,10 @@ impl Projection for BookingsProjection {
                     .await?;
             }
             "Booking" => match serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))? {
-                BookingEvent::BookingConfirmed {
-                    tenant_id,
-                    resource_id,
-                    resource_kind,
-                    starts_at,
-                    ends_at,
-                    seats,
-                    customer,
-                    confirmed_at,
-                    ..
-                } => {
-                    sqlx::query(&format!(
-                        "INSERT INTO {schema}.bookings VALUES ($1, $2, $3, $4, 'confirmed', $5, $6, $7, $8, $9, NULL, $10, $10)"
-                    ))
-                    .bind(id()?)
-                    .bind(tenant_id)
-                    .bind(resource_id)
-                    .bind(resource_kind.as_str())
-                    .bind(starts_at)
-                    .bind(ends_at)
-                    .bind(seats as i32)
-                    .bind(customer.name.as_str())
-                    .bind(customer.email.as_str())
-                    .bind(confirmed_at)
-                    .execute(conn)
-                    .await?;
+                BookingEvent::BookingConfirmed { .. } => {
+                    let mut confirmed = Confirmations::default();
+                    confirmed.push(event)?;
+                    confirmed.insert(conn, schema).await?;
                 }
                 BookingEvent::BookingRescheduled { starts_at, ends_at, rescheduled_at, .. } => {
                     sqlx::query(&format!("UPDATE {schema}.bookings SET starts_at = $2, ends_at = $3, updated_at = $4 WHERE id = $1"))
@@ -211,6 +164,31 @@ struct Confirmations {
 }
 
 impl Confirmations {
+    /// Takes `event` if it confirms a booking; `false` for any other event.
+    fn push(&mut self, event: &StoredEvent) -> Result<bool, ProjectionError> {
+        if event.aggregate_type != "Booking" || event.event_type != "BookingConfirmed" {
+            return Ok(false);
+        }
+        let payload = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+        let BookingEvent::BookingConfirmed {
+            tenant_id, resource_id, resource_kind, starts_at, ends_at, seats, customer, confirmed_at, ..
+        } = payload
+        else {
+            return Ok(false);
+        };
+        self.id.push(booking_id(event)?);
+        self.tenant_id.push(tenant_id);
+        self.resource_id.push(resource_id);
+        self.resource_kind.push(resource_kind.as_str().to_owned());
+        self.starts_at.push(starts_at);
+        self.ends_at.push(ends_at);
+        self.seats.push(seats as i32);
+        self.customer_name.push(customer.name.as_str().to_owned());
+        self.customer_email.push(customer.email.as_str().to_owned());
+        self.at.push(confirmed_at);
+        Ok(true)
+    }
+
     /// Inserts what is waiting (one statement) and empties it.
     async fn insert(&mut self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
         if self.id.is_empty() {
