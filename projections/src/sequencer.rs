@@ -6,10 +6,14 @@
 //! 8 would never see 7. Readers that trust "max position" skip events this way; readers that
 //! wait for every gap to close stall behind rolled-back numbers and long transactions.
 //!
-//! So positions are assigned after commit instead. One sequencer at a time (the lock on
-//! `event_log_head`) takes the committed events that have no position yet (their ids wait in
-//! `events_unsequenced`, filled by a trigger in the appending transaction), in insertion
-//! order, and numbers them from the current head onwards in a single transaction. Each
+//! The server's own appends are numbered by the writer in the appending transaction, under the
+//! head's row lock (`commands::appender`, `append_events`): their positions become visible with
+//! the head that covers them. Events inserted any other way (a script, a migration, an
+//! operator) arrive without a position; for those, positions are assigned after commit
+//! instead. One sequencer at a time (the lock on `event_log_head`) takes the committed events
+//! that have no position yet (their ids wait in `events_unsequenced`, filled by a trigger in
+//! the appending transaction), in insertion order, and numbers them from the current head
+//! onwards in a single transaction. Each
 //! position is therefore larger than any assigned before it, the numbering has no gaps, and
 //! what a transaction has not committed yet is simply numbered in a later round. Events of one
 //! aggregate keep their order: event n+1 can only be written after event n committed, so it
