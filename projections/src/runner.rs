@@ -54,7 +54,7 @@ impl RunsSeen {
 }
 
 /// How many positions one projector transaction covers at most.
-const BATCH: i64 = 2_000;
+const BATCH: i64 = 500;
 
 /// The same for a projection that reads only some aggregate types (most positions of its
 /// range are not read at all).
