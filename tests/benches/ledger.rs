@@ -530,6 +530,7 @@ async fn run() {
         eprintln!("{}", rows.last().expect("a row"));
     }
     section(&mut out, "Commands and quota reads", "| what | ours | p50 | p99 | raw Postgres, same run | ratio | failed |", &rows);
+    let mut peaks = vec![("the command and quota phases", server.peak_rss_mib())];
 
     // 2. Where a usage command's time went (all the usage phases above).
     let (b, a) = (&metrics_before, &metrics_after);
@@ -617,6 +618,7 @@ async fn run() {
         ],
     );
 
+    peaks.push(("the flat-cost phase (1M events appended and projected live)", server.peak_rss_mib()));
     // 5. Rebuild and replay of the whole log, next to COPY.
     let head = head.max(settled(&pool).await);
     let copy_started = Instant::now();
@@ -670,6 +672,7 @@ async fn run() {
         ));
         eprintln!("{}", rows.last().expect("a row"));
     }
+    peaks.push(("the rebuilds", server.peak_rss_mib()));
     let replay_started = Instant::now();
     let (mut after, mut lines) = (0i64, 0usize);
     loop {
@@ -698,7 +701,11 @@ async fn run() {
 
     // 6. Memory.
     let rss = server.peak_rss_mib();
-    section(&mut out, "Memory", "| what | |", &[format!("| server process peak RSS (`VmHWM`) over the whole run | {rss:.0} MiB |")]);
+    peaks.push(("the NDJSON replay", rss));
+    let mut memory: Vec<String> =
+        peaks.iter().map(|(after, mib)| format!("| peak RSS (`VmHWM`) by the end of {after} | {mib:.0} MiB |")).collect();
+    memory.push(format!("| server process peak RSS (`VmHWM`) over the whole run | {rss:.0} MiB |"));
+    section(&mut out, "Memory", "| what | |", &memory);
     out.push_str(&format!("\nWhole run: {:.0} s.\n", started.elapsed().as_secs_f64()));
 
     drop(server);
