@@ -76,13 +76,9 @@ pub fn canonical_metric(name: &str) -> Option<&'static str> {
 /// and the latest storage gauge.
 type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
 
-/// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot).
-pub async fn report(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<Vec<QuotaLine>, sqlx::Error> {
-    Ok(report_at(pool, tenant_id, now).await?.0)
-}
-
-/// [`report`], with the position of the tenant's last event in the same snapshot (so a caller
-/// can tell whether the read models it read already held everything the tenant did).
+/// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot), with the
+/// position of the tenant's last event in that snapshot (so a caller can tell whether the read
+/// models it read already held everything the tenant did).
 pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
     let (state, bookings, events, api_calls, storage_bytes, last): QuotaRow = sqlx::query_as(

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How many events one round numbers at most (keeps its transaction short).
@@ -36,19 +36,13 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct Sequencer {
     pool: PgPool,
-    doorbell: Notify,
     head: watch::Sender<i64>,
 }
 
 impl Sequencer {
     /// A sequencer over `pool`.
     pub fn new(pool: PgPool) -> Arc<Self> {
-        Arc::new(Self { pool, doorbell: Notify::new(), head: watch::Sender::new(0) })
-    }
-
-    /// Wakes the sequencer: something was just committed.
-    pub fn ring(&self) {
-        self.doorbell.notify_one();
+        Arc::new(Self { pool, head: watch::Sender::new(0) })
     }
 
     /// Tells this process's followers that the head is at least `head` (the writer numbered
@@ -99,8 +93,8 @@ impl Sequencer {
         }
     }
 
-    /// Runs until `shutdown`: numbers whenever rung, and polls when idle for events that other
-    /// processes appended.
+    /// Runs until `shutdown`: polls for events inserted other than by the writer (scripts, other
+    /// tools) and numbers them.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures = 0u32;
         loop {
@@ -114,7 +108,6 @@ impl Sequencer {
             let pause = if failures == 0 { IDLE_POLL } else { Duration::from_millis(100 * u64::from(failures.min(50))) };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.doorbell.notified() => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }
