@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -27,23 +27,65 @@ pub const PLATFORM: Uuid = Uuid::nil();
 #[derive(Debug, Clone, Copy)]
 pub struct AuditProjection;
 
-/// SHA-256 of everything stored about an event (jsonb re-serialises with sorted keys, so the
-/// digest is stable however the row is read).
-pub fn event_digest(e: &StoredEvent) -> String {
+/// An event exactly as stored, as the audit chain reads it: its payload and metadata as
+/// Postgres's text of the stored `jsonb` (keys in `jsonb`'s own order), never upcast.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RawEvent {
+    /// Global position.
+    pub position: i64,
+    /// The tenant it belongs to (`None` for platform events).
+    pub tenant_id: Option<Uuid>,
+    /// `Tenant`, `Subscription`, ...
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// Position within the aggregate's stream.
+    pub sequence: i64,
+    /// `TenantCreated`, ...
+    pub event_type: String,
+    /// The payload's schema version.
+    pub event_version: String,
+    /// The payload's JSON text.
+    pub payload: String,
+    /// The metadata's JSON text.
+    pub metadata: String,
+    /// When the database stored it.
+    pub recorded_at: DateTime<Utc>,
+}
+
+const RAW_COLUMNS: &str =
+    "position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload::text AS payload, metadata::text AS metadata, recorded_at";
+
+/// The events at positions `after < position <= upto`, as stored, in order; only `tenant`'s
+/// (`Some(None)`: only platform events) when given.
+pub async fn read_raw(
+    db: impl sqlx::PgExecutor<'_>,
+    after: i64,
+    upto: i64,
+    tenant: Option<Option<Uuid>>,
+) -> Result<Vec<RawEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {RAW_COLUMNS} FROM events
+         WHERE position > $1 AND position <= $2 AND (NOT $3 OR tenant_id IS NOT DISTINCT FROM $4::uuid)
+         ORDER BY position"
+    ))
+    .bind(after)
+    .bind(upto)
+    .bind(tenant.is_some())
+    .bind(tenant.flatten())
+    .fetch_all(db)
+    .await
+}
+
+/// SHA-256 of everything stored about an event (`jsonb`'s text is canonical: however the
+/// event was written, the same stored value reads back as the same text).
+pub fn event_digest(e: &RawEvent) -> String {
     let mut hasher = Sha256::new();
-    for part in [
-        &e.aggregate_type,
-        &e.aggregate_id,
-        &e.sequence.to_string(),
-        &e.event_type,
-        &e.event_version,
-        &e.payload.to_string(),
-        &e.metadata.to_string(),
-    ] {
+    for part in [&e.aggregate_type, &e.aggregate_id, &e.sequence.to_string(), &e.event_type, &e.event_version, &e.payload, &e.metadata] {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
-    hex::encode(hasher.finalize())
+    lower_hex(&hasher.finalize())
 }
 
 /// An audit entry's content, as hashed.
@@ -81,78 +123,177 @@ impl AuditEntry {
     /// The hash this entry must have.
     pub fn expected_hash(&self) -> String {
         let mut hasher = Sha256::new();
-        let fields = [
-            self.position.to_string(),
-            self.tenant_id.to_string(),
-            self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            self.actor.clone(),
-            self.aggregate_type.clone(),
-            self.aggregate_id.clone(),
-            self.event_type.clone(),
-            self.summary.clone(),
-            self.correlation_id.clone(),
-            self.causation_id.clone(),
-            self.event_digest.clone(),
-            self.prev_hash.clone(),
-        ];
-        for field in fields {
+        let (position, tenant_id) = (self.position.to_string(), self.tenant_id.to_string());
+        let occurred_at = self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        for field in [
+            &position,
+            &tenant_id,
+            &occurred_at,
+            &self.actor,
+            &self.aggregate_type,
+            &self.aggregate_id,
+            &self.event_type,
+            &self.summary,
+            &self.correlation_id,
+            &self.causation_id,
+            &self.event_digest,
+            &self.prev_hash,
+        ] {
             hasher.update(field.as_bytes());
             hasher.update([0u8]);
         }
-        hex::encode(hasher.finalize())
+        lower_hex(&hasher.finalize())
     }
 }
 
-fn text(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or_default().to_owned()
+/// Lower-case hex of `bytes`.
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    text
 }
 
-/// A one-line, human summary of an event.
-pub fn summary(e: &StoredEvent) -> String {
-    let p = &e.payload;
-    match e.event_type.as_str() {
-        "TenantCreated" => format!("tenant {} ({}) signed up on plan {}", text(p, "code"), text(p, "name"), text(p, "plan")),
-        "TenantSuspended" => format!("tenant suspended: {}", text(p, "reason")),
+/// The payload fields that summaries name (any event's; others are skipped unread).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    plan: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reason: Option<&'a RawValue>,
+    #[serde(borrow)]
+    key_prefix: Option<&'a RawValue>,
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow)]
+    key_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    billing_period: Option<&'a RawValue>,
+    #[serde(borrow)]
+    period_start: Option<&'a RawValue>,
+    #[serde(borrow)]
+    period_end: Option<&'a RawValue>,
+    #[serde(borrow)]
+    number: Option<&'a RawValue>,
+    #[serde(borrow)]
+    total: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<&'a RawValue>,
+    #[serde(borrow)]
+    effective_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow)]
+    invoice_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    seats: Option<&'a RawValue>,
+    #[serde(borrow)]
+    starts_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ends_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    capacity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    quantity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metric: Option<&'a RawValue>,
+}
+
+/// A plan as events embed it.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct PlanFields<'a> {
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    version: Option<&'a RawValue>,
+}
+
+/// The metadata fields an entry copies.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Meta<'a> {
+    #[serde(borrow)]
+    actor: Option<&'a RawValue>,
+    #[serde(borrow)]
+    correlation_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    causation_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    occurred_at: Option<&'a RawValue>,
+}
+
+/// A field's string value; empty if absent or not a string.
+fn text(v: Option<&RawValue>) -> String {
+    v.filter(|r| r.get().starts_with('"')).and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or_default()
+}
+
+/// A field's JSON as written (`null` if absent), for numbers.
+fn shown(v: Option<&RawValue>) -> &str {
+    v.map_or("null", RawValue::get)
+}
+
+/// A one-line, human summary of an event, from its type and its payload's JSON text.
+pub fn summary_of(event_type: &str, aggregate_type: &str, aggregate_id: &str, payload: &str) -> String {
+    let p: Fields<'_> = serde_json::from_str(payload).unwrap_or_default();
+    let plan: PlanFields<'_> =
+        p.plan.filter(|r| r.get().starts_with('{')).and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or_default();
+    match event_type {
+        "TenantCreated" => format!("tenant {} ({}) signed up on plan {}", text(p.code), text(p.name), text(p.plan)),
+        "TenantSuspended" => format!("tenant suspended: {}", text(p.reason)),
         "TenantReactivated" => "tenant reactivated".to_owned(),
-        "TenantCancelled" => format!("tenant cancelled: {}", text(p, "reason")),
+        "TenantCancelled" => format!("tenant cancelled: {}", text(p.reason)),
         "TenantErased" => "tenant's personal data erased (key destroyed)".to_owned(),
         "BrandingUpdated" => "branding updated".to_owned(),
-        "ApiKeyIssued" => format!("API key {} issued with role {}", text(p, "key_prefix"), text(p, "role")),
-        "ApiKeyRevoked" => format!("API key {} revoked", text(p, "key_id")),
-        "PlanPublished" => format!("plan {} version {} published", p["plan"]["code"].as_str().unwrap_or_default(), p["plan"]["version"]),
-        "SubscriptionStarted" => {
-            format!("subscription started on {} ({})", p["plan"]["code"].as_str().unwrap_or_default(), text(p, "billing_period"))
-        }
-        "PeriodStarted" => format!("billing period {} – {} started", text(p, "period_start"), text(p, "period_end")),
-        "InvoiceIssued" => format!("invoice {} issued: {} {}", text(p, "number"), text(p, "total"), text(p, "currency")),
-        "PlanChanged" => format!("plan changed to {}", p["plan"]["code"].as_str().unwrap_or_default()),
-        "PlanChangeScheduled" => {
-            format!("change to plan {} scheduled for {}", p["plan"]["code"].as_str().unwrap_or_default(), text(p, "effective_at"))
-        }
-        "PaymentSucceeded" => format!("payment of {} received for invoice {}", text(p, "amount"), text(p, "invoice_id")),
-        "PaymentFailed" => format!("payment failed for invoice {}", text(p, "invoice_id")),
-        "BookingConfirmed" => format!("booking of {} seat(s) confirmed {} – {}", p["seats"], text(p, "starts_at"), text(p, "ends_at")),
-        "BookingRescheduled" => format!("booking moved to {} – {}", text(p, "starts_at"), text(p, "ends_at")),
-        "BookingCancelled" => format!("booking cancelled: {}", text(p, "reason")),
-        "ResourceCreated" => format!("{} \"{}\" created (capacity {})", text(p, "kind"), text(p, "name"), p["capacity"]),
-        "UsageRecorded" => format!("{} {} recorded", p["quantity"], text(p, "metric")),
-        other => format!("{other} on {} {}", e.aggregate_type, e.aggregate_id),
+        "ApiKeyIssued" => format!("API key {} issued with role {}", text(p.key_prefix), text(p.role)),
+        "ApiKeyRevoked" => format!("API key {} revoked", text(p.key_id)),
+        "PlanPublished" => format!("plan {} version {} published", text(plan.code), shown(plan.version)),
+        "SubscriptionStarted" => format!("subscription started on {} ({})", text(plan.code), text(p.billing_period)),
+        "PeriodStarted" => format!("billing period {} – {} started", text(p.period_start), text(p.period_end)),
+        "InvoiceIssued" => format!("invoice {} issued: {} {}", text(p.number), text(p.total), text(p.currency)),
+        "PlanChanged" => format!("plan changed to {}", text(plan.code)),
+        "PlanChangeScheduled" => format!("change to plan {} scheduled for {}", text(plan.code), text(p.effective_at)),
+        "PaymentSucceeded" => format!("payment of {} received for invoice {}", text(p.amount), text(p.invoice_id)),
+        "PaymentFailed" => format!("payment failed for invoice {}", text(p.invoice_id)),
+        "BookingConfirmed" => format!("booking of {} seat(s) confirmed {} – {}", shown(p.seats), text(p.starts_at), text(p.ends_at)),
+        "BookingRescheduled" => format!("booking moved to {} – {}", text(p.starts_at), text(p.ends_at)),
+        "BookingCancelled" => format!("booking cancelled: {}", text(p.reason)),
+        "ResourceCreated" => format!("{} \"{}\" created (capacity {})", text(p.kind), text(p.name), shown(p.capacity)),
+        "UsageRecorded" => format!("{} {} recorded", shown(p.quantity), text(p.metric)),
+        other => format!("{other} on {aggregate_type} {aggregate_id}"),
     }
+}
+
+/// [`summary_of`] an event read through the log.
+pub fn summary(e: &StoredEvent) -> String {
+    summary_of(&e.event_type, &e.aggregate_type, &e.aggregate_id, &e.payload.to_string())
 }
 
 /// The entry for `e`, chained after `prev_hash`.
-pub fn entry(e: &StoredEvent, prev_hash: String) -> AuditEntry {
+pub fn entry(e: &RawEvent, prev_hash: String) -> AuditEntry {
+    let meta: Meta<'_> = serde_json::from_str(&e.metadata).unwrap_or_default();
+    let occurred_at = text(meta.occurred_at);
     let mut entry = AuditEntry {
         position: e.position,
         tenant_id: e.tenant_id.unwrap_or(PLATFORM),
-        occurred_at: e.occurred_at(),
-        actor: text(&e.metadata, "actor"),
+        occurred_at: DateTime::parse_from_rfc3339(&occurred_at).map_or(e.recorded_at, |t| t.with_timezone(&Utc)),
+        actor: text(meta.actor),
         aggregate_type: e.aggregate_type.clone(),
         aggregate_id: e.aggregate_id.clone(),
         event_type: e.event_type.clone(),
-        summary: summary(e),
-        correlation_id: text(&e.metadata, "correlation_id"),
-        causation_id: text(&e.metadata, "causation_id"),
+        summary: summary_of(&e.event_type, &e.aggregate_type, &e.aggregate_id, &e.payload),
+        correlation_id: text(meta.correlation_id),
+        causation_id: text(meta.causation_id),
         event_digest: event_digest(e),
         prev_hash,
         hash: String::new(),
@@ -161,39 +302,48 @@ pub fn entry(e: &StoredEvent, prev_hash: String) -> AuditEntry {
     entry
 }
 
-/// Audit entries column by column (bound as arrays).
+/// Audit entries as the text of a `COPY .. FROM STDIN` (Postgres's text format: a line per
+/// row, columns separated by tabs, backslash escapes).
 #[derive(Default)]
-struct EntryColumns {
-    position: Vec<i64>,
-    tenant_id: Vec<Uuid>,
-    occurred_at: Vec<DateTime<Utc>>,
-    actor: Vec<String>,
-    aggregate_type: Vec<String>,
-    aggregate_id: Vec<String>,
-    event_type: Vec<String>,
-    summary: Vec<String>,
-    correlation_id: Vec<String>,
-    causation_id: Vec<String>,
-    event_digest: Vec<String>,
-    prev_hash: Vec<String>,
-    hash: Vec<String>,
-}
+struct CopyRows(String);
 
-impl EntryColumns {
-    fn push(&mut self, e: AuditEntry) {
-        self.position.push(e.position);
-        self.tenant_id.push(e.tenant_id);
-        self.occurred_at.push(e.occurred_at);
-        self.actor.push(e.actor);
-        self.aggregate_type.push(e.aggregate_type);
-        self.aggregate_id.push(e.aggregate_id);
-        self.event_type.push(e.event_type);
-        self.summary.push(e.summary);
-        self.correlation_id.push(e.correlation_id);
-        self.causation_id.push(e.causation_id);
-        self.event_digest.push(e.event_digest);
-        self.prev_hash.push(e.prev_hash);
-        self.hash.push(e.hash);
+impl CopyRows {
+    fn push(&mut self, e: &AuditEntry) {
+        use std::fmt::Write as _;
+        let occurred_at = e.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let _ = write!(self.0, "{}\t{}\t{occurred_at}", e.position, e.tenant_id);
+        for field in [
+            &e.actor,
+            &e.aggregate_type,
+            &e.aggregate_id,
+            &e.event_type,
+            &e.summary,
+            &e.correlation_id,
+            &e.causation_id,
+            &e.event_digest,
+            &e.prev_hash,
+            &e.hash,
+        ] {
+            self.0.push('\t');
+            self.field(field);
+        }
+        self.0.push('\n');
+    }
+
+    fn field(&mut self, text: &str) {
+        if !text.contains(['\\', '\t', '\n', '\r']) {
+            self.0.push_str(text);
+            return;
+        }
+        for c in text.chars() {
+            match c {
+                '\\' => self.0.push_str("\\\\"),
+                '\t' => self.0.push_str("\\t"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                c => self.0.push(c),
+            }
+        }
     }
 }
 
@@ -206,8 +356,10 @@ impl Projection for AuditProjection {
         "audit"
     }
 
+    /// 2: the event digest covers the payload and metadata as Postgres's `jsonb` text (was:
+    /// as re-serialised by serde_json).
     fn version(&self) -> i32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -242,9 +394,15 @@ impl Projection for AuditProjection {
         Ok(())
     }
 
-    /// Three statements per batch: the heads of the tenants it touches, every entry (chained
-    /// in memory, in log order) in one multi-row insert, and the new heads in one upsert.
-    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+    fn applies_ranges(&self) -> bool {
+        true
+    }
+
+    /// Four statements per batch: the events as stored (payload and metadata as text, read
+    /// without building JSON trees), the heads of the tenants they touch, every entry (chained
+    /// in memory, in log order) in one `COPY`, and the new heads in one upsert.
+    async fn apply_range(&self, conn: &mut PgConnection, schema: &str, after: i64, upto: i64) -> Result<(), ProjectionError> {
+        let events = read_raw(&mut *conn, after, upto, None).await?;
         if events.is_empty() {
             return Ok(());
         }
@@ -258,34 +416,22 @@ impl Projection for AuditProjection {
         .into_iter()
         .map(|(tenant, hash, position)| (tenant, (hash, position)))
         .collect();
-        let mut columns = EntryColumns::default();
-        for event in events {
+        let mut rows = CopyRows::default();
+        for event in &events {
             let tenant = event.tenant_id.unwrap_or(PLATFORM);
             let prev = heads.get(&tenant).map_or_else(|| GENESIS.to_owned(), |(hash, _)| hash.clone());
             let e = entry(event, prev);
-            heads.insert(tenant, (e.hash.clone(), e.position));
-            columns.push(e);
+            rows.push(&e);
+            heads.insert(tenant, (e.hash, e.position));
         }
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.audit_entries ({ENTRY_COLUMNS})
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                  $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
-        ))
-        .bind(&columns.position)
-        .bind(&columns.tenant_id)
-        .bind(&columns.occurred_at)
-        .bind(&columns.actor)
-        .bind(&columns.aggregate_type)
-        .bind(&columns.aggregate_id)
-        .bind(&columns.event_type)
-        .bind(&columns.summary)
-        .bind(&columns.correlation_id)
-        .bind(&columns.causation_id)
-        .bind(&columns.event_digest)
-        .bind(&columns.prev_hash)
-        .bind(&columns.hash)
-        .execute(&mut *conn)
-        .await?;
+        drop(events);
+        // COPY: Postgres's cheapest way in for many rows (no arrays to build and unnest).
+        let mut copy = conn.copy_in_raw(&format!("COPY {schema}.audit_entries ({ENTRY_COLUMNS}) FROM STDIN")).await?;
+        if let Err(e) = copy.send(rows.0.into_bytes()).await {
+            let _ = copy.abort(e.to_string()).await;
+            return Err(e.into());
+        }
+        copy.finish().await?;
         let touched: Vec<(Uuid, String, i64)> =
             tenants.iter().filter_map(|t| heads.remove(t).map(|(hash, position)| (*t, hash, position))).collect();
         sqlx::query(&format!(
@@ -300,40 +446,10 @@ impl Projection for AuditProjection {
         Ok(())
     }
 
+    /// One event: read again as stored (the runner's copy is parsed JSON, whose text is not
+    /// what the digest covers).
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
-        let tenant = event.tenant_id.unwrap_or(PLATFORM);
-        let prev: Option<String> = sqlx::query_scalar(&format!("SELECT hash FROM {schema}.audit_heads WHERE tenant_id = $1"))
-            .bind(tenant)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let e = entry(event, prev.unwrap_or_else(|| GENESIS.to_owned()));
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.audit_entries ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        ))
-        .bind(e.position)
-        .bind(e.tenant_id)
-        .bind(e.occurred_at)
-        .bind(&e.actor)
-        .bind(&e.aggregate_type)
-        .bind(&e.aggregate_id)
-        .bind(&e.event_type)
-        .bind(&e.summary)
-        .bind(&e.correlation_id)
-        .bind(&e.causation_id)
-        .bind(&e.event_digest)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.audit_heads VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE SET hash = EXCLUDED.hash, position = EXCLUDED.position"
-        ))
-        .bind(tenant)
-        .bind(&e.hash)
-        .bind(e.position)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
+        self.apply_range(conn, schema, event.position - 1, event.position).await
     }
 }
 
@@ -355,14 +471,8 @@ pub async fn verify(pool: &PgPool, tenant: Option<Uuid>) -> Result<Verification,
         sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM projection_runs WHERE name = 'audit' AND status = 'live'")
             .fetch_one(pool)
             .await?;
-    let events: Vec<StoredEvent> = sqlx::query_as(
-        "SELECT position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
-         FROM events WHERE position <= $1 AND ($2::uuid IS NULL OR tenant_id IS NOT DISTINCT FROM nullif($2, '00000000-0000-0000-0000-000000000000'::uuid)) ORDER BY position",
-    )
-    .bind(checkpoint)
-    .bind(tenant)
-    .fetch_all(pool)
-    .await?;
+    let platform = Some(PLATFORM);
+    let events = read_raw(pool, 0, checkpoint, tenant.map(|t| (Some(t) != platform).then_some(t))).await?;
     let entries: Vec<AuditEntry> = sqlx::query_as(&format!(
         "SELECT {ENTRY_COLUMNS} FROM rm.audit_entries WHERE position <= $1 AND ($2::uuid IS NULL OR tenant_id = $2) ORDER BY position"
     ))
@@ -393,5 +503,18 @@ pub async fn verify(pool: &PgPool, tenant: Option<Uuid>) -> Result<Verification,
         let en = entries.next().expect("peeked");
         events.next();
         heads.insert(en.tenant_id, en.hash);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CopyRows;
+
+    #[test]
+    fn copy_text_escapes_what_the_format_would_read_otherwise() {
+        let mut rows = CopyRows::default();
+        rows.field("plain – Zürich \"quoted\"");
+        rows.field("|tab\there|line\nbreak|cr\r|back\\slash|\\N|");
+        assert_eq!(rows.0, "plain – Zürich \"quoted\"|tab\\there|line\\nbreak|cr\\r|back\\\\slash|\\\\N|");
     }
 }

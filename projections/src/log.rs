@@ -132,6 +132,12 @@ pub async fn read_after(db: impl PgExecutor<'_>, after: i64, limit: i64, tenant:
 /// The events at positions `after < position <= upto`, in order, only those of
 /// `aggregate_types` if given. Positions are gap-free, so the range holds exactly
 /// `upto - after` events when `upto` is at most the head.
+///
+/// The type test is written `(..) IS TRUE`, which no index can serve, so that the range is
+/// always read through the position index: with stale statistics (a bulk append, autovacuum
+/// off) the planner otherwise combined it with the primary key's `aggregate_type` prefix,
+/// reading every event of the type ever appended to find a few thousand (seen: a bitmap of
+/// all usage events, once per projector batch).
 pub async fn read_range(
     db: impl PgExecutor<'_>,
     after: i64,
@@ -139,7 +145,7 @@ pub async fn read_range(
     aggregate_types: Option<&[&str]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 AND ($3::text[] IS NULL OR aggregate_type = ANY($3)) ORDER BY position"
+        "SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2 AND ($3::text[] IS NULL OR (aggregate_type = ANY($3)) IS TRUE) ORDER BY position"
     );
     sqlx::query_as(&sql).bind(after).bind(upto).bind(aggregate_types).fetch_all(db).await
 }

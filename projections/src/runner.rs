@@ -54,7 +54,7 @@ impl RunsSeen {
 }
 
 /// How many positions one projector transaction covers at most.
-const BATCH: i64 = 500;
+const BATCH: i64 = 2_000;
 
 /// The same for a projection that reads only some aggregate types (most positions of its
 /// range are not read at all).
@@ -99,6 +99,19 @@ pub trait Projection: Send + Sync + 'static {
             self.apply(conn, schema, event).await?;
         }
         Ok(())
+    }
+    /// Whether the projection applies ranges of the log itself ([`Projection::apply_range`]),
+    /// reading from `events` in its own statements (in SQL, or only the columns it needs),
+    /// instead of being handed the events read by the runner.
+    fn applies_ranges(&self) -> bool {
+        false
+    }
+    /// Applies every event at positions `after < position <= upto` (of its aggregate types), as
+    /// [`Projection::apply_batch`] would once handed them, reading them from `events` itself.
+    /// Only called if [`Projection::applies_ranges`]. If it fails, the runner rolls the batch
+    /// back and applies the events one by one ([`Projection::apply`]) to find the failing one.
+    async fn apply_range(&self, _conn: &mut PgConnection, _schema: &str, _after: i64, _upto: i64) -> Result<(), ProjectionError> {
+        unreachable!("apply_range is called only on projections that apply ranges")
     }
 }
 
@@ -158,6 +171,27 @@ async fn apply(projection: &dyn Projection, conn: &mut PgConnection, schema: &st
     } else {
         projection.apply(conn, schema, &event.upcast()).await
     }
+}
+
+/// Applies the events at positions `after < position <= upto` to `projection` in one go: by
+/// the projection itself if it applies ranges, otherwise read here (only its aggregate types)
+/// and handed to [`Projection::apply_batch`].
+async fn apply_range(
+    projection: &dyn Projection,
+    conn: &mut PgConnection,
+    schema: &str,
+    after: i64,
+    upto: i64,
+) -> Result<(), ProjectionError> {
+    if projection.applies_ranges() {
+        return projection.apply_range(conn, schema, after, upto).await;
+    }
+    let events = log::read_range(&mut *conn, after, upto, projection.aggregate_types()).await?;
+    if events.is_empty() {
+        // Nothing of its types in the range: only the checkpoint moves.
+        return Ok(());
+    }
+    apply_batch(projection, conn, schema, events).await
 }
 
 /// Applies `events` to `projection` in one go, upcast unless the projection reads stored events.
@@ -366,15 +400,12 @@ impl Projections {
             return Ok(Batch::Idle(position));
         }
         let more = last < head;
-        let events = log::read_range(&mut *tx, position, last, types).await.map_err(|e| fail(e.into()))?;
-        if events.is_empty() {
-            // Nothing of its types in the range: only the checkpoint moves.
-        } else if at_once {
-            let first = events[0].position;
-            if let Err(error) = apply_batch(projection.as_ref(), &mut tx, &run.schema, events).await {
-                return Err(Failure { position: first, error });
+        if at_once {
+            if let Err(error) = apply_range(projection.as_ref(), &mut tx, &run.schema, position, last).await {
+                return Err(Failure { position: position + 1, error });
             }
         } else {
+            let events = log::read_range(&mut *tx, position, last, types).await.map_err(|e| fail(e.into()))?;
             for event in &events {
                 if let Err(error) = apply(projection.as_ref(), &mut tx, &run.schema, event).await {
                     return Err(Failure { position: event.position, error });
@@ -473,12 +504,15 @@ impl Projections {
         if status != "building" {
             return Ok(());
         }
+        // The live run's row is locked, so nothing else moves; appends go on, and the head
+        // is read again until the run has applied it.
         loop {
-            let events = log::read_after(&mut *tx, position, BATCH, None).await?;
-            let Some(last) = events.last().map(|e| e.position) else {
+            let head = log::head(&mut *tx).await?;
+            if head <= position {
                 break;
-            };
-            apply_batch(projection.as_ref(), &mut tx, &run.schema, events).await?;
+            }
+            let last = head.min(position + BATCH);
+            apply_range(projection.as_ref(), &mut tx, &run.schema, position, last).await?;
             position = last;
         }
         sqlx::query("SET LOCAL lock_timeout = '100ms'").execute(&mut *tx).await?;
@@ -635,7 +669,7 @@ impl Projections {
         // One statement, one snapshot: the head and the events up to it agree.
         let (position, head, stale, relevant): (i64, i64, bool, bool) = sqlx::query_as(
             "SELECT r.position, h.position, r.updated_at < now() - interval '1 second',
-                    EXISTS (SELECT 1 FROM events e WHERE e.position > greatest(r.position, $3) AND e.position <= h.position AND e.aggregate_type = ANY($4))
+                    EXISTS (SELECT 1 FROM events e WHERE e.position > greatest(r.position, $3) AND e.position <= h.position AND (e.aggregate_type = ANY($4)) IS TRUE)
              FROM projection_runs r CROSS JOIN event_log_head h WHERE r.name = $1 AND r.generation = $2",
         )
         .bind(run.name)
@@ -705,7 +739,7 @@ impl Projections {
                 return false;
             };
             let pending: Result<bool, _> = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE position > $1 AND position <= $2 AND aggregate_type = ANY($3))",
+                "SELECT EXISTS (SELECT 1 FROM events WHERE position > $1 AND position <= $2 AND (aggregate_type = ANY($3)) IS TRUE)",
             )
             .bind(at)
             .bind(position)

@@ -79,3 +79,23 @@ async fn an_edited_or_deleted_audit_row_is_named_by_verify() {
     let verified = app.get("/v1/audit/verify", &tenant.key).await.expect(200).clone();
     assert_eq!(verified["first_bad_position"].as_i64(), Some(last), "even the chain's last entry is missed");
 }
+
+/// Entries reach the table through `COPY`'s text format: backslashes (`\N` is that format's
+/// NULL), quotes and non-ASCII text in what people typed come back exactly, and the chain over
+/// them verifies. (The API refuses control characters; their escaping has a unit test.)
+#[tokio::test]
+async fn text_with_backslashes_and_quotes_is_kept_exactly() {
+    let app = spawn_app().await;
+    let mut body = TestApp::tenant_body("escaped");
+    body["name"] = json!(r#"Praxis "Süd" \ Zürich"#);
+    let created = app.create_tenant_raw(body).await.expect(201).clone();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let reason = r"late payment \N \\ done";
+    app.post(&format!("/v1/tenants/{id}/suspend"), ADMIN_TOKEN, json!({ "reason": reason })).await.expect(200);
+    let entries = app.get("/v1/audit?limit=100&aggregate_type=Tenant", ADMIN_TOKEN).await.expect(200)["data"].as_array().unwrap().clone();
+    let summaries: Vec<&str> = entries.iter().map(|e| e["summary"].as_str().unwrap()).collect();
+    assert!(summaries.contains(&r#"tenant escaped (Praxis "Süd" \ Zürich) signed up on plan starter"#), "{summaries:?}");
+    assert!(summaries.contains(&format!("tenant suspended: {reason}").as_str()), "{summaries:?}");
+    let verified = app.get("/v1/audit/verify", ADMIN_TOKEN).await.expect(200).clone();
+    assert_eq!(verified["valid"], true, "{verified}");
+}

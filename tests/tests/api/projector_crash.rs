@@ -76,10 +76,10 @@ async fn wait_until_sequenced(pool: &PgPool, total: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projector_killed_mid_batch_resumes_without_losing_or_repeating_an_event() {
     let app = spawn_app().await;
-    // 1,200 events over 40 aggregates, plus a real tenant's.
+    // 4,800 events over 40 aggregates, plus a real tenant's (batches hold 2,000 positions).
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         SELECT 'Probe', 'p' || (g % 40), g / 40 + 1, 'Probed', '1.0', '{}', '{}' FROM generate_series(0, 1199) g",
+         SELECT 'Probe', 'p' || (g % 40), g / 40 + 1, 'Probed', '1.0', '{}', '{}' FROM generate_series(0, 4799) g",
     )
     .execute(&app.pool)
     .await
@@ -88,23 +88,23 @@ async fn a_projector_killed_mid_batch_resumes_without_losing_or_repeating_an_eve
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&app.pool).await.unwrap();
     wait_until_sequenced(&app.pool, total).await;
 
-    // First process: stalls on the 700th event, i.e. in its second batch of 500, and is killed.
-    let crashing = counting(Some(700));
+    // First process: stalls on the 2,700th event, i.e. in its second batch of 2,000, and is killed.
+    let crashing = counting(Some(2700));
     let first = Projections::new(app.pool.clone(), Sequencer::new(app.pool.clone()), vec![crashing.clone() as Arc<dyn Projection>]);
     let task = tokio::spawn(async move { first.prepare().await });
-    tokio::time::timeout(Duration::from_secs(30), crashing.stalled.notified()).await.expect("the projector reached event 700");
+    tokio::time::timeout(Duration::from_secs(30), crashing.stalled.notified()).await.expect("the projector reached event 2,700");
     task.abort();
     let _ = task.await;
 
     // Only the first, committed batch survived: checkpoint and model agree.
     let checkpoint: i64 =
         sqlx::query_scalar("SELECT position FROM projection_runs WHERE name = 'event_counts'").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(checkpoint, 500);
+    assert_eq!(checkpoint, 2000);
     let counted: i64 =
         sqlx::query_scalar("SELECT sum(events)::bigint FROM rm_event_counts_g1.event_counts").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(counted, 500);
+    assert_eq!(counted, 2000);
 
-    // Second process: resumes at 500 and finishes.
+    // Second process: resumes at 2,000 and finishes.
     let second = Projections::new(app.pool.clone(), Sequencer::new(app.pool.clone()), vec![counting(None) as Arc<dyn Projection>]);
     second.prepare().await.unwrap();
 

@@ -20,13 +20,13 @@ async fn head(app: &e2e::TestApp) -> i64 {
 async fn a_relay_killed_mid_way_publishes_every_event_exactly_once_in_order() {
     let app = spawn_app().await;
     let tenant = app.create_tenant_on("relay-clinic", "enterprise").await;
-    for batch in 0..3 {
+    for batch in 0..8 {
         let records: Vec<_> =
             (0..1000).map(|i| json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("r-{batch}-{i}")})).collect();
         app.post("/v1/usage/batch", &tenant.key, json!({ "records": records })).await.expect(202);
     }
     let total = head(&app).await;
-    assert!(total > 3000, "{total}");
+    assert!(total > 8000, "{total}");
 
     // A stream of its own for this test.
     let suffix = uuid::Uuid::now_v7().simple().to_string();
@@ -48,7 +48,7 @@ async fn a_relay_killed_mid_way_publishes_every_event_exactly_once_in_order() {
     // 2. Restarted, it is killed at a random moment (the task is aborted mid-flight).
     let relay = Relay::new(app.pool.clone(), config.clone());
     let task = tokio::spawn(relay.clone().run(CancellationToken::new()));
-    tokio::time::sleep(Duration::from_millis(150 + rand::random::<u64>() % 300)).await;
+    tokio::time::sleep(Duration::from_millis(50 + rand::random::<u64>() % 200)).await;
     task.abort();
     let _ = task.await;
     let killed_at = relay.checkpoint().await.unwrap();
