@@ -19,8 +19,11 @@ impl Projection for UsageProjection {
         "usage"
     }
 
+    /// 2: `usage_records` is keyed by the fact's position (was: tenant and idempotency key,
+    /// which the log's own key on `<tenant>:<key>` streams already makes unique; a random text
+    /// key made every projected fact an insert into a large, cold b-tree).
     fn version(&self) -> i32 {
-        1
+        2
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
@@ -53,8 +56,7 @@ impl Projection for UsageProjection {
                  idempotency_key text NOT NULL,
                  occurred_at     timestamptz NOT NULL,
                  recorded_at     timestamptz NOT NULL,
-                 position        bigint NOT NULL,
-                 PRIMARY KEY (tenant_id, idempotency_key)
+                 position        bigint PRIMARY KEY
              );
              CREATE INDEX ON {schema}.usage_records (tenant_id, metric, occurred_at);
              CREATE TABLE {schema}.usage_hourly (

@@ -1,10 +1,12 @@
 //! The ordered event log as NDJSON, for consumers that catch up (`GET /v1/events`).
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -51,7 +53,40 @@ async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
     let tenant = caller.tenant_scope();
     // Payload and metadata travel as the JSON text Postgres gives, never parsed into trees: a
     // page of 10,000 events costs its text and nothing more.
-    let rows: Vec<FeedRow> = sqlx::query_as(
+    // The page streams: rows are written out in chunks as Postgres sends them, so a page of
+    // 10,000 events never sits in memory whole (as rows or as text). The first chunk (or the
+    // page's end) is awaited here, so a query that fails at once is still an error answer; a
+    // failure later cuts the response short (chunked encoding left unfinished: the client sees
+    // an error, never a silently short page).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let pool = state.pool().clone();
+    tokio::spawn(async move {
+        if let Err(e) = write_page(&pool, after, limit, tenant, &tx).await {
+            tracing::error!(error = %e, after, "event feed page failed");
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+        }
+    });
+    let first = match rx.recv().await {
+        Some(Err(e)) => return Err(ApiError::internal(e)),
+        first => first,
+    };
+    let rest = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
+    let body = Body::from_stream(futures::stream::iter(first).chain(rest));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
+}
+
+/// The size at which a chunk of the page is handed to the connection.
+const CHUNK: usize = 64 * 1024;
+
+/// Reads one page and sends it to `tx` as NDJSON chunks; stops early if the client is gone.
+async fn write_page(
+    pool: &sqlx::PgPool,
+    after: i64,
+    limit: i64,
+    tenant: Option<uuid::Uuid>,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut rows = sqlx::query_as::<_, FeedRow>(
         "SELECT position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
                 payload::text, metadata::text, recorded_at
          FROM events WHERE position > $1 AND ($3::uuid IS NULL OR tenant_id = $3) ORDER BY position LIMIT $2",
@@ -59,10 +94,9 @@ async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
     .bind(after)
     .bind(limit)
     .bind(tenant)
-    .fetch_all(state.pool())
-    .await?;
-    let mut body = Vec::with_capacity(rows.len() * 512);
-    for row in rows {
+    .fetch(pool);
+    let mut chunk = Vec::with_capacity(CHUNK + 4096);
+    while let Some(row) = rows.try_next().await? {
         let line = FeedLine {
             position: row.0,
             tenant_id: row.1,
@@ -71,14 +105,23 @@ async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
             sequence: row.4,
             event_type: row.5,
             event_version: row.6,
-            payload: serde_json::value::RawValue::from_string(row.7).map_err(ApiError::internal)?,
-            metadata: serde_json::value::RawValue::from_string(row.8).map_err(ApiError::internal)?,
+            payload: serde_json::value::RawValue::from_string(row.7)?,
+            metadata: serde_json::value::RawValue::from_string(row.8)?,
             recorded_at: row.9,
         };
-        serde_json::to_writer(&mut body, &line).map_err(ApiError::internal)?;
-        body.push(b'\n');
+        serde_json::to_writer(&mut chunk, &line)?;
+        chunk.push(b'\n');
+        if chunk.len() >= CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK + 4096));
+            if tx.send(Ok(Bytes::from(full))).await.is_err() {
+                return Ok(());
+            }
+        }
     }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body))
+    if !chunk.is_empty() {
+        let _ = tx.send(Ok(Bytes::from(chunk))).await;
+    }
+    Ok(())
 }
 
 /// One row of the feed as read.
