@@ -27,6 +27,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// How often queued histogram samples are folded into their buckets.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the process-wide recorder on first use and returns its handle.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
@@ -37,6 +40,17 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will only show what this one sees");
+        }
+        // Histogram samples wait in a queue until an upkeep folds them into their buckets; left
+        // to scrapes alone, a process nobody scrapes kept every sample of every request (the
+        // benchmark saw tens of MiB between two reads of /metrics).
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".to_owned()).spawn(move || loop {
+            std::thread::sleep(UPKEEP);
+            upkeep.run_upkeep();
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no metrics upkeep thread: histogram samples wait for /metrics");
         }
         handle
     })
