@@ -35,10 +35,10 @@ pub struct NewEvent {
     pub event_type: String,
     /// The payload's version.
     pub event_version: String,
-    /// The event.
-    pub payload: serde_json::Value,
-    /// Who, why, when.
-    pub metadata: serde_json::Value,
+    /// The event, as JSON text (serialised once, straight from the event: no JSON tree).
+    pub payload: Box<serde_json::value::RawValue>,
+    /// Who, why, when, as JSON text.
+    pub metadata: Box<serde_json::value::RawValue>,
 }
 
 /// What became of one command's events.
@@ -286,8 +286,8 @@ struct Columns {
     sequence: Vec<i64>,
     event_type: Vec<String>,
     event_version: Vec<String>,
-    payload: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
+    payload: Vec<sqlx::types::Json<Box<serde_json::value::RawValue>>>,
+    metadata: Vec<sqlx::types::Json<Box<serde_json::value::RawValue>>>,
     group: Vec<i32>,
 }
 
@@ -298,8 +298,8 @@ impl Columns {
         self.sequence.push(event.sequence);
         self.event_type.push(event.event_type);
         self.event_version.push(event.event_version);
-        self.payload.push(event.payload);
-        self.metadata.push(event.metadata);
+        self.payload.push(sqlx::types::Json(event.payload));
+        self.metadata.push(sqlx::types::Json(event.metadata));
         self.group.push(group);
     }
 }

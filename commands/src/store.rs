@@ -295,8 +295,8 @@ fn new_event<A: Aggregate>(event: &EventEnvelope<A>) -> Result<NewEvent, serde_j
         sequence: event.sequence as i64,
         event_type: event.payload.event_type(),
         event_version: event.payload.event_version(),
-        payload: serde_json::to_value(&event.payload)?,
-        metadata: serde_json::to_value(&event.metadata)?,
+        payload: serde_json::value::to_raw_value(&event.payload)?,
+        metadata: serde_json::value::to_raw_value(&event.metadata)?,
     })
 }
 

@@ -4,7 +4,7 @@
 //! [`verify`] recomputes the chain from the events table, so an edited or deleted event, and an
 //! edited or deleted audit row, are found and named by position.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::log::StoredEvent;
@@ -24,8 +25,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const PLATFORM: Uuid = Uuid::nil();
 
 /// Builds `audit_entries`.
-#[derive(Debug, Clone, Copy)]
-pub struct AuditProjection;
+#[derive(Default)]
+pub struct AuditProjection {
+    ahead: Ahead,
+}
 
 /// An event exactly as stored, as the audit chain reads it: its payload and metadata as
 /// Postgres's text of the stored `jsonb` (keys in `jsonb`'s own order), never upcast.
@@ -370,10 +373,18 @@ impl Projection for AuditProjection {
         true
     }
 
+    /// Unique by position (one entry per event), and by tenant and position for each chain.
+    fn deferred_indexes(&self) -> Vec<String> {
+        vec![
+            "CREATE UNIQUE INDEX IF NOT EXISTS audit_entries_position ON {schema}.audit_entries (position)".to_owned(),
+            "CREATE INDEX IF NOT EXISTS audit_entries_tenant_position ON {schema}.audit_entries (tenant_id, position)".to_owned(),
+        ]
+    }
+
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
         let ddl = format!(
             "CREATE TABLE {schema}.audit_entries (
-                 position       bigint PRIMARY KEY,
+                 position       bigint NOT NULL,
                  tenant_id      uuid NOT NULL,
                  occurred_at    timestamptz NOT NULL,
                  actor          text NOT NULL,
@@ -387,7 +398,6 @@ impl Projection for AuditProjection {
                  prev_hash      text NOT NULL,
                  hash           text NOT NULL
              );
-             CREATE INDEX ON {schema}.audit_entries (tenant_id, position);
              CREATE TABLE {schema}.audit_heads (tenant_id uuid PRIMARY KEY, hash text NOT NULL, position bigint NOT NULL);"
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
@@ -400,56 +410,184 @@ impl Projection for AuditProjection {
 
     /// Four statements per batch: the events as stored (payload and metadata as text, read
     /// without building JSON trees), the heads of the tenants they touch, every entry (chained
-    /// in memory, in log order) in one `COPY`, and the new heads in one upsert.
-    async fn apply_range(&self, conn: &mut PgConnection, schema: &str, after: i64, upto: i64) -> Result<(), ProjectionError> {
-        let events = read_raw(&mut *conn, after, upto, None).await?;
-        if events.is_empty() {
-            return Ok(());
+    /// in memory, in log order) in one `COPY`, and the new heads in one upsert. A long range
+    /// (catching up, a rebuild) also starts the next one of the same length ahead, on another
+    /// connection: read and chained while this one is written (see [`Ahead`]).
+    async fn apply_range(&self, conn: &mut PgConnection, schema: &str, after: i64, upto: i64, log: &PgPool) -> Result<(), ProjectionError> {
+        let mut chained = match self.ahead.take(schema, after, upto).await {
+            Some(chained) => chained,
+            None => Chained::from(after),
+        };
+        metrics::counter!("saas_ledger_audit_chained_ahead_events_total").increment((chained.upto - after) as u64);
+        if chained.upto < upto {
+            let events = read_raw(&mut *conn, chained.upto, upto, None).await?;
+            chained.load_heads(&mut *conn, schema, &events).await?;
+            chained.chain(&events);
         }
-        let tenants: Vec<Uuid> = events.iter().map(|e| e.tenant_id.unwrap_or(PLATFORM)).collect::<BTreeSet<_>>().into_iter().collect();
-        let mut heads: BTreeMap<Uuid, (String, i64)> = sqlx::query_as::<_, (Uuid, String, i64)>(&format!(
-            "SELECT tenant_id, hash, position FROM {schema}.audit_heads WHERE tenant_id = ANY($1)"
-        ))
-        .bind(&tenants)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|(tenant, hash, position)| (tenant, (hash, position)))
-        .collect();
-        let mut rows = CopyRows::default();
-        for event in &events {
-            let tenant = event.tenant_id.unwrap_or(PLATFORM);
-            let prev = heads.get(&tenant).map_or_else(|| GENESIS.to_owned(), |(hash, _)| hash.clone());
-            let e = entry(event, prev);
-            rows.push(&e);
-            heads.insert(tenant, (e.hash, e.position));
+        if upto - after >= READ_AHEAD_FROM {
+            self.ahead.start(log, schema, upto, upto + (upto - after), chained.heads.clone());
         }
-        drop(events);
-        // COPY: Postgres's cheapest way in for many rows (no arrays to build and unnest).
-        let mut copy = conn.copy_in_raw(&format!("COPY {schema}.audit_entries ({ENTRY_COLUMNS}) FROM STDIN")).await?;
-        if let Err(e) = copy.send(rows.0.into_bytes()).await {
-            let _ = copy.abort(e.to_string()).await;
-            return Err(e.into());
-        }
-        copy.finish().await?;
-        let touched: Vec<(Uuid, String, i64)> =
-            tenants.iter().filter_map(|t| heads.remove(t).map(|(hash, position)| (*t, hash, position))).collect();
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.audit_heads SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
-             ON CONFLICT (tenant_id) DO UPDATE SET hash = EXCLUDED.hash, position = EXCLUDED.position"
-        ))
-        .bind(touched.iter().map(|t| t.0).collect::<Vec<_>>())
-        .bind(touched.iter().map(|t| t.1.clone()).collect::<Vec<_>>())
-        .bind(touched.iter().map(|t| t.2).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
+        chained.write(conn, schema).await
     }
 
     /// One event: read again as stored (the runner's copy is parsed JSON, whose text is not
     /// what the digest covers).
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
-        self.apply_range(conn, schema, event.position - 1, event.position).await
+        let events = read_raw(&mut *conn, event.position - 1, event.position, None).await?;
+        let mut chained = Chained::from(event.position - 1);
+        chained.load_heads(&mut *conn, schema, &events).await?;
+        chained.chain(&events);
+        chained.write(conn, schema).await
+    }
+}
+
+/// Chain heads by tenant: the last entry's hash and position.
+type Heads = BTreeMap<Uuid, (String, i64)>;
+
+/// Entries of consecutive events chained in memory, ready to be written.
+struct Chained {
+    /// The last position chained (the range started after the one given to `from`).
+    upto: i64,
+    /// The entries, as `COPY` text.
+    rows: CopyRows,
+    /// The heads of every tenant seen, after the entries.
+    heads: Heads,
+    /// The tenants whose heads the entries moved.
+    touched: BTreeSet<Uuid>,
+}
+
+impl Chained {
+    fn from(after: i64) -> Self {
+        Self { upto: after, rows: CopyRows::default(), heads: Heads::new(), touched: BTreeSet::new() }
+    }
+
+    /// Reads the stored heads of the tenants of `events` not known yet.
+    async fn load_heads(&mut self, db: impl sqlx::PgExecutor<'_>, schema: &str, events: &[RawEvent]) -> Result<(), sqlx::Error> {
+        let missing: Vec<Uuid> = events
+            .iter()
+            .map(|e| e.tenant_id.unwrap_or(PLATFORM))
+            .filter(|t| !self.heads.contains_key(t))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let stored: Vec<(Uuid, String, i64)> =
+            sqlx::query_as(&format!("SELECT tenant_id, hash, position FROM {schema}.audit_heads WHERE tenant_id = ANY($1)"))
+                .bind(&missing)
+                .fetch_all(db)
+                .await?;
+        for (tenant, hash, position) in stored {
+            self.heads.insert(tenant, (hash, position));
+        }
+        for tenant in missing {
+            self.heads.entry(tenant).or_insert_with(|| (GENESIS.to_owned(), 0));
+        }
+        Ok(())
+    }
+
+    /// Chains `events` (the next ones, in order; their tenants' heads loaded).
+    fn chain(&mut self, events: &[RawEvent]) {
+        for event in events {
+            let tenant = event.tenant_id.unwrap_or(PLATFORM);
+            let prev = self.heads.get(&tenant).map_or_else(|| GENESIS.to_owned(), |(hash, _)| hash.clone());
+            let e = entry(event, prev);
+            self.rows.push(&e);
+            self.upto = e.position;
+            self.heads.insert(tenant, (e.hash, e.position));
+            self.touched.insert(tenant);
+        }
+    }
+
+    /// Writes the entries (one `COPY`: Postgres's cheapest way in for many rows) and the moved
+    /// heads (one upsert).
+    async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let mut copy = conn.copy_in_raw(&format!("COPY {schema}.audit_entries ({ENTRY_COLUMNS}) FROM STDIN")).await?;
+        if let Err(e) = copy.send(self.rows.0.into_bytes()).await {
+            let _ = copy.abort(e.to_string()).await;
+            return Err(e.into());
+        }
+        copy.finish().await?;
+        let touched: Vec<(Uuid, &String, i64)> =
+            self.touched.iter().filter_map(|t| self.heads.get(t).map(|(hash, position)| (*t, hash, *position))).collect();
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.audit_heads SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])
+             ON CONFLICT (tenant_id) DO UPDATE SET hash = EXCLUDED.hash, position = EXCLUDED.position"
+        ))
+        .bind(touched.iter().map(|t| t.0).collect::<Vec<_>>())
+        .bind(touched.iter().map(|t| t.1.as_str()).collect::<Vec<_>>())
+        .bind(touched.iter().map(|t| t.2).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A range of at least this many positions is followed by chaining the next one ahead.
+const READ_AHEAD_FROM: i64 = 1_000;
+
+/// Entries chained ahead of the projector, per run (schema): the next range read on a
+/// connection of its own and chained from the heads the current batch leaves, while that
+/// batch is written.
+///
+/// Sound because the log's positions are final once visible (rows are numbered under the log
+/// head's lock in the transaction that inserts them, or by the sequencer the same way, so a
+/// snapshot sees positions `1..=head` with no hole, and no row at a position ever changes),
+/// and because only this run writes its heads: the batch's own heads are handed over, the
+/// others' are read as committed, which the batch does not change. What was chained ahead is
+/// used only by the batch that starts exactly where it starts (a batch that failed is
+/// retried from its own start, so what was chained after it is dropped), and only the
+/// gap-free prefix of what it read (it may run past the head); the rest of a range is read in
+/// the batch's own transaction as without it.
+#[derive(Default)]
+pub struct Ahead {
+    pending: std::sync::Mutex<HashMap<String, (i64, Chaining)>>,
+}
+
+/// A range being read and chained ahead.
+type Chaining = JoinHandle<Result<Chained, sqlx::Error>>;
+
+impl Ahead {
+    /// Starts reading and chaining `(after, upto]` for `schema` from `heads`.
+    fn start(&self, log: &PgPool, schema: &str, after: i64, upto: i64, heads: Heads) {
+        let (log, table) = (log.clone(), schema.to_owned());
+        let task = tokio::spawn(async move {
+            let mut events = read_raw(&log, after, upto, None).await?;
+            let gap_free = events.iter().zip(after + 1..=upto).take_while(|(e, position)| e.position == *position).count();
+            events.truncate(gap_free);
+            let mut chained = Chained { heads, ..Chained::from(after) };
+            chained.load_heads(&log, &table, &events).await?;
+            // Hashing a range is CPU work: off the async workers.
+            tokio::task::spawn_blocking(move || {
+                chained.chain(&events);
+                chained
+            })
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("chaining ahead: {e}")))
+        });
+        let mut pending = self.pending.lock().expect("not poisoned");
+        if pending.len() > 8 {
+            // Runs retired while chaining ahead: drop what they left.
+            pending.drain().for_each(|(_, (_, task))| task.abort());
+        }
+        if let Some((_, earlier)) = pending.insert(schema.to_owned(), (after, task)) {
+            earlier.abort();
+        }
+    }
+
+    /// What was chained ahead for `schema` from `after` on, if anything was and it ends
+    /// within `upto`.
+    async fn take(&self, schema: &str, after: i64, upto: i64) -> Option<Chained> {
+        let (from, task) = self.pending.lock().expect("not poisoned").remove(schema)?;
+        if from != after {
+            task.abort();
+            return None;
+        }
+        task.await.ok()?.ok().filter(|chained| chained.upto <= upto)
     }
 }
 

@@ -31,6 +31,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(billing::BillingProjection),
         std::sync::Arc::new(usage::UsageProjection),
         std::sync::Arc::new(bookings::BookingsProjection),
-        std::sync::Arc::new(audit::AuditProjection),
+        std::sync::Arc::new(audit::AuditProjection::default()),
     ]
 }

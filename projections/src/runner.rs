@@ -100,6 +100,13 @@ pub trait Projection: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// Indexes that reads need and applying does not (`CREATE [UNIQUE] INDEX IF NOT EXISTS ..`,
+    /// `{schema}` standing for the run's schema). A run fills its tables without them and
+    /// creates them once it has caught up, just before it is swapped in: a table loaded first
+    /// and indexed after is indexed by one sort, not by one b-tree insert per row.
+    fn deferred_indexes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Whether the projection applies ranges of the log itself ([`Projection::apply_range`]),
     /// reading from `events` in its own statements (in SQL, or only the columns it needs),
     /// instead of being handed the events read by the runner.
@@ -107,10 +114,19 @@ pub trait Projection: Send + Sync + 'static {
         false
     }
     /// Applies every event at positions `after < position <= upto` (of its aggregate types), as
-    /// [`Projection::apply_batch`] would once handed them, reading them from `events` itself.
-    /// Only called if [`Projection::applies_ranges`]. If it fails, the runner rolls the batch
-    /// back and applies the events one by one ([`Projection::apply`]) to find the failing one.
-    async fn apply_range(&self, _conn: &mut PgConnection, _schema: &str, _after: i64, _upto: i64) -> Result<(), ProjectionError> {
+    /// [`Projection::apply_batch`] would once handed them, reading them from `events` itself
+    /// (in the batch's transaction on `conn`; `log` may read events outside it, such as the
+    /// next range ahead of time). Only called if [`Projection::applies_ranges`]. If it fails,
+    /// the runner rolls the batch back and applies the events one by one
+    /// ([`Projection::apply`]) to find the failing one.
+    async fn apply_range(
+        &self,
+        _conn: &mut PgConnection,
+        _schema: &str,
+        _after: i64,
+        _upto: i64,
+        _log: &PgPool,
+    ) -> Result<(), ProjectionError> {
         unreachable!("apply_range is called only on projections that apply ranges")
     }
 }
@@ -182,9 +198,10 @@ async fn apply_range(
     schema: &str,
     after: i64,
     upto: i64,
+    log: &PgPool,
 ) -> Result<(), ProjectionError> {
     if projection.applies_ranges() {
-        return projection.apply_range(conn, schema, after, upto).await;
+        return projection.apply_range(conn, schema, after, upto, log).await;
     }
     let events = log::read_range(&mut *conn, after, upto, projection.aggregate_types()).await?;
     if events.is_empty() {
@@ -375,6 +392,10 @@ impl Projections {
         let fail = |error: ProjectionError| Failure { position: 0, error };
         let projection = self.projection(run.name).expect("runs belong to known projections");
         let mut tx = self.pool.begin().await.map_err(|e| fail(e.into()))?;
+        // A batch and its checkpoint commit together, so a batch lost in a crash is lost whole
+        // and applied again: nothing here needs to wait for its commit to reach the disk (and
+        // a flood of batches no longer queues fsyncs beside the commands' appends).
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await.map_err(|e| fail(e.into()))?;
         // The head with the run's row, then the range up to it: the sequencer commits
         // positions and the head together, so every position up to the head is visible to
         // the next statement. (After waiting for the row lock the head may be a little old:
@@ -401,7 +422,7 @@ impl Projections {
         }
         let more = last < head;
         if at_once {
-            if let Err(error) = apply_range(projection.as_ref(), &mut tx, &run.schema, position, last).await {
+            if let Err(error) = apply_range(projection.as_ref(), &mut tx, &run.schema, position, last, &self.pool).await {
                 return Err(Failure { position: position + 1, error });
             }
         } else {
@@ -477,6 +498,10 @@ impl Projections {
     /// get them, rolls back (freeing the readers) and tries again. Readers wait at most that
     /// long and are never the ones aborted.
     async fn promote(&self, run: &Run) -> Result<(), ProjectionError> {
+        let projection = self.projection(run.name).expect("runs belong to known projections");
+        for ddl in projection.deferred_indexes() {
+            sqlx::query(&ddl.replace("{schema}", &run.schema)).execute(&self.pool).await?;
+        }
         let mut attempt: u64 = 0;
         loop {
             attempt += 1;
@@ -512,7 +537,7 @@ impl Projections {
                 break;
             }
             let last = head.min(position + BATCH);
-            apply_range(projection.as_ref(), &mut tx, &run.schema, position, last).await?;
+            apply_range(projection.as_ref(), &mut tx, &run.schema, position, last, &self.pool).await?;
             position = last;
         }
         sqlx::query("SET LOCAL lock_timeout = '100ms'").execute(&mut *tx).await?;

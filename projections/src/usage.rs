@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use domain::usage::{MetricKind, UsageEvent};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
@@ -46,6 +46,16 @@ impl Projection for UsageProjection {
         vec![("usage_hourly", bucket("hour")), ("usage_daily", bucket("day")), ("usage_monthly", bucket("month"))]
     }
 
+    /// Unique by position (each fact once), and by tenant, metric and instant for billing,
+    /// quotas and the export.
+    fn deferred_indexes(&self) -> Vec<String> {
+        vec![
+            "CREATE UNIQUE INDEX IF NOT EXISTS usage_records_position ON {schema}.usage_records (position)".to_owned(),
+            "CREATE INDEX IF NOT EXISTS usage_records_tenant_metric_occurred ON {schema}.usage_records (tenant_id, metric, occurred_at)"
+                .to_owned(),
+        ]
+    }
+
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
         let ddl = format!(
             "CREATE TABLE {schema}.usage_records (
@@ -56,9 +66,8 @@ impl Projection for UsageProjection {
                  idempotency_key text NOT NULL,
                  occurred_at     timestamptz NOT NULL,
                  recorded_at     timestamptz NOT NULL,
-                 position        bigint PRIMARY KEY
+                 position        bigint NOT NULL
              );
-             CREATE INDEX ON {schema}.usage_records (tenant_id, metric, occurred_at);
              CREATE TABLE {schema}.usage_hourly (
                  tenant_id  uuid NOT NULL,
                  metric     text NOT NULL,
@@ -88,7 +97,14 @@ impl Projection for UsageProjection {
     /// type test is written `IS TRUE` so that it cannot be an index condition: the range is
     /// read through the position index alone, whatever the table's statistics say; see
     /// [`crate::log::read_range`].)
-    async fn apply_range(&self, conn: &mut PgConnection, schema: &str, after: i64, upto: i64) -> Result<(), ProjectionError> {
+    async fn apply_range(
+        &self,
+        conn: &mut PgConnection,
+        schema: &str,
+        after: i64,
+        upto: i64,
+        _log: &PgPool,
+    ) -> Result<(), ProjectionError> {
         sqlx::query(&format!(
             "WITH f AS (
                  SELECT (payload->>'tenant_id')::uuid AS tenant_id, payload->>'metric' AS metric, payload->>'kind' AS kind,

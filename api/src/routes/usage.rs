@@ -7,7 +7,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::usage::{parse_idempotency_key, parse_quantity, MetricName, RecordUsage};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
@@ -108,7 +108,7 @@ async fn record_batch(
     State(state): State<AppState>,
     caller: TenantCaller,
     ApiJson(body): ApiJson<BatchBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
     let records = match body {
         BatchBody::Wrapped { records } | BatchBody::Bare(records) => records,
     };
@@ -156,21 +156,42 @@ async fn record_batch(
         })
         .await?;
     let (mut accepted, mut duplicates, mut refused) = (0, 0, 0);
-    let results: Vec<Value> = results
+    let results: Vec<RecordResult> = results
         .into_iter()
         .map(|(index, outcome)| match outcome {
             Ok(Accepted { duplicate, .. }) => {
                 accepted += 1;
                 duplicates += usize::from(duplicate);
-                json!({"index": index, "accepted": true, "duplicate": duplicate})
+                RecordResult { index, accepted: true, duplicate: Some(duplicate), error: None }
             }
             Err(e) => {
                 refused += 1;
-                json!({"index": index, "accepted": false, "error": {"code": e.code, "message": e.message, "details": e.details}})
+                let error = json!({"code": e.code, "message": e.message, "details": e.details});
+                RecordResult { index, accepted: false, duplicate: None, error: Some(error) }
             }
         })
         .collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted, "duplicates": duplicates, "refused": refused, "results": results}))))
+    Ok((StatusCode::ACCEPTED, Json(BatchAnswer { accepted, duplicates, refused, results })))
+}
+
+/// The answer to a batch (serialised as it is, without an intermediate JSON tree).
+#[derive(Serialize)]
+struct BatchAnswer {
+    accepted: usize,
+    duplicates: usize,
+    refused: usize,
+    results: Vec<RecordResult>,
+}
+
+/// One record's outcome: `duplicate` when accepted, `error` when refused.
+#[derive(Serialize)]
+struct RecordResult {
+    index: usize,
+    accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -122,8 +122,8 @@ fn probe(id: &str, sequence: i64) -> NewEvent {
         sequence,
         event_type: "Probed".to_owned(),
         event_version: "1.0".to_owned(),
-        payload: json!({}),
-        metadata: json!({}),
+        payload: serde_json::value::to_raw_value(&json!({})).unwrap(),
+        metadata: serde_json::value::to_raw_value(&json!({})).unwrap(),
     }
 }
 
