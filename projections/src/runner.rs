@@ -499,8 +499,13 @@ impl Projections {
     /// long and are never the ones aborted.
     async fn promote(&self, run: &Run) -> Result<(), ProjectionError> {
         let projection = self.projection(run.name).expect("runs belong to known projections");
-        for ddl in projection.deferred_indexes() {
-            sqlx::query(&ddl.replace("{schema}", &run.schema)).execute(&self.pool).await?;
+        // Each index sorts on a connection of its own, side by side.
+        let indexing = projection.deferred_indexes().into_iter().map(|ddl| {
+            let sql = ddl.replace("{schema}", &run.schema);
+            async move { sqlx::query(&sql).execute(&self.pool).await }
+        });
+        for done in futures::future::join_all(indexing).await {
+            done?;
         }
         let mut attempt: u64 = 0;
         loop {
