@@ -18,6 +18,7 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventUpcaster, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope, EventStore};
+use futures::StreamExt;
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
@@ -232,6 +233,7 @@ where
         };
         let mut last = None;
         let mut appended = 0usize;
+        let mut conflicts = Vec::new();
         for ((index, state, events), answer) in pending.into_iter().zip(answers) {
             let outcome = match answer {
                 Ok(Appended::At(position)) => {
@@ -240,12 +242,25 @@ where
                     Ok(Committed { state, events, position: Some(position) })
                 }
                 Ok(Appended::Conflict) => {
-                    let (id, command) = &commands[index];
-                    self.execute(id, command.clone(), context).await
+                    conflicts.push(index);
+                    continue;
                 }
                 Ok(Appended::Refused { state, message, detail }) => Err(refusal(&state, &message, detail.as_deref())),
                 Err(message) => Err(CommandError::Internal(message)),
             };
+            outcomes[index] = Some(outcome);
+        }
+        // Streams that already existed (a retried batch: every fact a duplicate) are loaded and
+        // decided again, side by side rather than one after another.
+        let retried: Vec<(usize, Outcome<A>)> = futures::stream::iter(conflicts)
+            .map(|index| {
+                let (id, command) = &commands[index];
+                async move { (index, self.execute(id, command.clone(), context).await) }
+            })
+            .buffer_unordered(CONFLICTS_AT_ONCE)
+            .collect()
+            .await;
+        for (index, outcome) in retried {
             outcomes[index] = Some(outcome);
         }
         if let Some(position) = last {
@@ -299,6 +314,9 @@ fn new_event<A: Aggregate>(event: &EventEnvelope<A>) -> Result<NewEvent, serde_j
         metadata: serde_json::value::to_raw_value(&event.metadata)?,
     })
 }
+
+/// How many commands of a batch whose streams turned out to exist are decided again at once.
+const CONFLICTS_AT_ONCE: usize = 16;
 
 /// A command's refusal by the database (`SLxxx` from our triggers become typed rejections).
 fn refusal<E: std::error::Error>(state: &str, message: &str, detail: Option<&str>) -> CommandError<E> {

@@ -47,9 +47,17 @@ async fn batches_accept_or_refuse_each_record_on_its_own() {
         {"metric": "sms", "quantity": 1e20, "idempotency_key": "b-5"},
         {"metric": "storage_bytes", "quantity": 2097152, "idempotency_key": "b-6"}
     ]});
-    let reply = app.post("/v1/usage/batch", &tenant.key, records).await;
+    let reply = app.post("/v1/usage/batch", &tenant.key, records.clone()).await;
     let body = reply.expect(202).clone();
     assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64(), body["refused"].as_u64()), (Some(3), Some(1), Some(4)));
+    // The same batch again (a client's retry): every valid fact is now a duplicate, decided
+    // again against its existing stream; the invalid ones are refused as before.
+    let retried = app.post("/v1/usage/batch", &tenant.key, records).await.expect(202).clone();
+    assert_eq!(
+        (retried["accepted"].as_u64(), retried["duplicates"].as_u64(), retried["refused"].as_u64()),
+        (Some(3), Some(3), Some(4)),
+        "{retried}"
+    );
     let results = body["results"].as_array().unwrap();
     assert_eq!(results[1]["error"]["details"]["field"], "quantity");
     assert_eq!(results[4]["error"]["details"]["field"], "occurred_at");
