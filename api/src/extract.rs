@@ -52,7 +52,7 @@ fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, ApiError
         let path = e.path().to_string();
         let message = e.into_inner().to_string();
         let field = field_of(&path, &message);
-        ApiError::validation(&field, strip_position(&message))
+        ApiError::validation(&field, teach(strip_position(&message)))
     })
 }
 
@@ -69,6 +69,25 @@ fn field_of(path: &str, message: &str) -> String {
         (".", None) => "body".to_owned(),
         (parent, Some(name)) => format!("{parent}.{name}"),
         (path, None) => path.to_owned(),
+    }
+}
+
+/// Date-time parsing errors say what was wrong with the text, not what was expected: they
+/// are completed with the expected format and an example.
+fn teach(message: String) -> String {
+    const CHRONO: [&str; 7] = [
+        "premature end of input",
+        "input contains invalid characters",
+        "input is out of range",
+        "trailing input",
+        "no possible date and time matching input",
+        "input is not enough for unique date and time",
+        "bad or unsupported format string",
+    ];
+    if CHRONO.contains(&message.as_str()) {
+        format!("{message}: expected an RFC 3339 date-time with an offset, such as 2027-01-05T10:00:00Z or 2027-01-05T11:00:00+01:00")
+    } else {
+        message
     }
 }
 
@@ -111,8 +130,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         Query::<T>::from_request_parts(parts, state).await.map(|Query(q)| Self(q)).map_err(|rejection| {
             let text = rejection.body_text();
             let message = text.trim_start_matches("Failed to deserialize query string: ");
-            let field = message.split_once('`').and_then(|(_, rest)| rest.split_once('`')).map_or("query", |(f, _)| f);
-            ApiError::validation(field, message)
+            // axum names the parameter as a path prefix (`from: premature end of input`) when it
+            // can; otherwise the unknown or missing one is named in backticks.
+            let (field, message) = match message.split_once(": ") {
+                Some((field, rest)) if !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') => {
+                    (field.to_owned(), rest)
+                }
+                _ => {
+                    let named = message.split_once('`').and_then(|(_, rest)| rest.split_once('`')).map_or("query", |(f, _)| f);
+                    (named.to_owned(), message)
+                }
+            };
+            ApiError::validation(&field, teach(message.to_owned()))
         })
     }
 }

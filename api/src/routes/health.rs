@@ -11,7 +11,28 @@ use crate::error::ApiError;
 
 /// `/healthz` and `/readyz`.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new().route("/", get(index)).route("/healthz", get(healthz)).route("/readyz", get(readyz))
+}
+
+/// Where to start: the API's documentation, its OpenAPI document and the health checks.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    responses(
+        (status = 200, description = "{name, version, docs, openapi, health, ready}: links to start from", body = serde_json::Value)
+    ),
+    security(()),
+)]
+async fn index() -> Json<Value> {
+    Json(json!({
+        "name": "saas-ledger",
+        "version": env!("CARGO_PKG_VERSION"),
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "health": "/healthz",
+        "ready": "/readyz"
+    }))
 }
 
 /// The process is up.
@@ -52,5 +73,5 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(healthz, readyz))]
+#[openapi(paths(index, healthz, readyz))]
 pub struct Docs;

@@ -36,17 +36,18 @@ pub fn plan_json(plan: &Plan) -> Value {
     })
 }
 
-/// `GET /v1/plans`: the latest version of each plan, cheapest first.
+/// `GET /v1/plans`: the latest version of each plan, cheapest first. Public (no token needed):
+/// pricing pages show it.
 #[utoipa::path(
     get,
     path = "/v1/plans",
     tag = "plans",
     responses(
-        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, limits, features, rate_limit_per_minute}]", body = serde_json::Value),
-        crate::openapi::AuthErrors
+        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, limits, features, rate_limit_per_minute}]", body = serde_json::Value)
     ),
+    security(()),
 )]
-async fn list(State(state): State<AppState>, _: Caller) -> Result<Json<Vec<Value>>, ApiError> {
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
     let plans: Vec<sqlx::types::Json<Plan>> = sqlx::query_scalar(
         "SELECT definition FROM (SELECT DISTINCT ON (code) * FROM rm.plans ORDER BY code, version DESC) p ORDER BY monthly_price, code",
     )

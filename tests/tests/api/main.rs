@@ -8,6 +8,7 @@ mod batches;
 mod billing;
 mod bookings;
 mod consistency;
+mod first_day;
 mod fuzz;
 mod gdpr;
 mod global_order;

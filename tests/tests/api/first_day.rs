@@ -1,0 +1,45 @@
+//! What a newcomer meets first (issue 17): a root that points to the docs, public plans for
+//! pricing pages, and errors that say what was expected.
+
+use e2e::spawn_app;
+use reqwest::Method;
+
+#[tokio::test]
+async fn the_root_points_to_the_docs_and_plans_need_no_token() {
+    let app = spawn_app().await;
+    let root = app.send(app.request(Method::GET, "/", None)).await.expect(200).clone();
+    assert_eq!((root["docs"].as_str(), root["openapi"].as_str()), (Some("/docs"), Some("/openapi.json")), "{root}");
+    let docs = app.request(Method::GET, root["docs"].as_str().unwrap(), None).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+
+    let plans = app.send(app.request(Method::GET, "/v1/plans", None)).await.expect(200).clone();
+    let codes: Vec<&str> = plans.as_array().unwrap().iter().filter_map(|p| p["code"].as_str()).collect();
+    assert!(codes.contains(&"starter"), "{codes:?}");
+    // Publishing one still takes the admin.
+    app.send(app.request(Method::POST, "/v1/plans", None)).await.expect_error(401, "UNAUTHENTICATED");
+}
+
+#[tokio::test]
+async fn a_date_in_the_wrong_format_is_answered_with_the_format_and_an_example() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant("dates-clinic").await;
+    let room = app.create_resource(&tenant.key, "room", 3).await;
+    let reply = app.book(&tenant.key, &room, "2027-01-05 10:00", "2027-01-05T11:00:00Z", 1).await;
+    reply.expect_error(400, "VALIDATION_FAILED");
+    let body = reply.body.clone();
+    assert_eq!(body["error"]["details"]["field"], "starts_at", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("RFC 3339") && message.contains("2027-01-05T10:00:00Z"), "{message}");
+
+    // The same in a query string, named once.
+    let reply = app.get("/v1/usage?from=2027-01-05", &tenant.key).await;
+    reply.expect_error(400, "VALIDATION_FAILED");
+    let body = reply.body.clone();
+    assert_eq!(body["error"]["details"]["field"], "from", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("RFC 3339"), "{body}");
+    let reply = app.get("/v1/audit?tenant_id=x", &tenant.key).await;
+    reply.expect_error(400, "VALIDATION_FAILED");
+    let body = reply.body.clone();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("tenant_id: unknown field") && !message.contains("tenant_id: tenant_id"), "{message}");
+}
