@@ -12,12 +12,25 @@ use tokio_util::sync::CancellationToken;
 
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 
+/// Fails the test with what is missing, not with an `unwrap` deep inside, when NATS is not
+/// running.
+async fn require_nats() {
+    let connected = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(NATS_URL)).await;
+    if !matches!(connected, Ok(Ok(_))) {
+        panic!(
+            "the relay tests need NATS with JetStream at {NATS_URL}: install it (Debian: `apt install nats-server`) \
+             and start it with `nats-server -js` (.ci/run does both when it can)"
+        );
+    }
+}
+
 async fn head(app: &e2e::TestApp) -> i64 {
     app.state.projections().drain_and_head().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_mid_way_publishes_every_event_exactly_once_in_order() {
+    require_nats().await;
     let app = spawn_app().await;
     let tenant = app.create_tenant_on("relay-clinic", "enterprise").await;
     for batch in 0..8 {
@@ -104,6 +117,7 @@ async fn a_relay_killed_mid_way_publishes_every_event_exactly_once_in_order() {
 
 #[tokio::test]
 async fn a_server_configured_with_nats_relays_its_log() {
+    require_nats().await;
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let config =
         RelayConfig { stream: format!("SL_SRV_{suffix}"), subject_prefix: format!("sl-srv-{suffix}"), ..RelayConfig::new(NATS_URL) };
