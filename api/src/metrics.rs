@@ -41,6 +41,7 @@ pub fn handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will only show what this one sees");
         }
+        register();
         // Histogram samples wait in a queue until an upkeep folds them into their buckets; left
         // to scrapes alone, a process nobody scrapes kept every sample of every request (the
         // benchmark saw tens of MiB between two reads of /metrics).
@@ -54,6 +55,58 @@ pub fn handle() -> &'static PrometheusHandle {
         }
         handle
     })
+}
+
+/// The aggregates whose commands are counted, and how a command can end.
+const AGGREGATES: [&str; 6] = ["Tenant", "Plan", "Subscription", "Resource", "Booking", "Usage"];
+const OUTCOMES: [&str; 5] = ["committed", "unchanged", "rejected", "conflict", "error"];
+
+/// Describes every metric (its `# HELP`) and registers its series where the labels are known
+/// in advance, so that `/metrics` shows them from the start, at zero, rather than after their
+/// first increment. (Request metrics are labelled by route and status: they appear with the
+/// first request of each.)
+fn register() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!("saas_ledger_http_requests_total", "HTTP requests answered, by method, route template and status");
+    describe_histogram!("saas_ledger_http_request_duration_seconds", Unit::Seconds, "HTTP request latency, by method and route template");
+    describe_counter!("saas_ledger_commands_total", "Commands handled, by aggregate and outcome");
+    describe_histogram!("saas_ledger_command_duration_seconds", Unit::Seconds, "Time to decide, append and commit a command, by aggregate");
+    describe_counter!("saas_ledger_events_appended_total", "Events appended to the log, by aggregate");
+    describe_counter!("saas_ledger_rate_limited_total", "Requests refused with 429 RATE_LIMITED");
+    describe_histogram!("saas_ledger_settle_duration_seconds", Unit::Seconds, "A command's wait for the read models after its commit");
+    describe_histogram!("saas_ledger_append_flush_seconds", Unit::Seconds, "Time of one group-commit append (one statement and commit)");
+    describe_histogram!("saas_ledger_append_flush_commands", "Commands sharing one group-commit append");
+    describe_histogram!(
+        "saas_ledger_sequencer_round_seconds",
+        Unit::Seconds,
+        "Time of a sequencer round (events inserted other than by the writer)"
+    );
+    describe_histogram!("saas_ledger_sequencer_round_events", "Events numbered by a sequencer round");
+    describe_histogram!("saas_ledger_projection_batch_seconds", Unit::Seconds, "Time of one projector batch, by projection");
+    describe_histogram!("saas_ledger_projection_batch_positions", "Positions one projector batch covers, by projection");
+    describe_counter!("saas_ledger_audit_chained_ahead_events_total", "Audit entries chained ahead of their batch (catch-up, rebuilds)");
+    metrics::counter!("saas_ledger_rate_limited_total").increment(0);
+    metrics::counter!("saas_ledger_audit_chained_ahead_events_total").increment(0);
+    for name in [
+        "saas_ledger_settle_duration_seconds",
+        "saas_ledger_append_flush_seconds",
+        "saas_ledger_append_flush_commands",
+        "saas_ledger_sequencer_round_seconds",
+        "saas_ledger_sequencer_round_events",
+    ] {
+        let _ = metrics::histogram!(name);
+    }
+    for aggregate in AGGREGATES {
+        metrics::counter!("saas_ledger_events_appended_total", "aggregate" => aggregate).increment(0);
+        let _ = metrics::histogram!("saas_ledger_command_duration_seconds", "aggregate" => aggregate);
+        for outcome in OUTCOMES {
+            metrics::counter!("saas_ledger_commands_total", "aggregate" => aggregate, "outcome" => outcome).increment(0);
+        }
+    }
+    for projection in projections::all() {
+        let _ = metrics::histogram!("saas_ledger_projection_batch_seconds", "projection" => projection.name());
+        let _ = metrics::histogram!("saas_ledger_projection_batch_positions", "projection" => projection.name());
+    }
 }
 
 /// Records every request: count and latency by method, route template (not the raw path, so

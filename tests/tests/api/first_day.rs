@@ -43,3 +43,24 @@ async fn a_date_in_the_wrong_format_is_answered_with_the_format_and_an_example()
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("tenant_id: unknown field") && !message.contains("tenant_id: tenant_id"), "{message}");
 }
+
+#[tokio::test]
+async fn every_metric_is_on_metrics_from_the_start_with_its_help() {
+    let app = spawn_app().await;
+    let text = app.request(Method::GET, "/metrics", None).send().await.unwrap().text().await.unwrap();
+    for help in [
+        "# HELP saas_ledger_rate_limited_total ",
+        "# HELP saas_ledger_commands_total ",
+        "# HELP saas_ledger_events_appended_total ",
+        "# HELP saas_ledger_append_flush_seconds ",
+        "# HELP saas_ledger_projection_batch_seconds ",
+        "# HELP saas_ledger_audit_chained_ahead_events_total ",
+    ] {
+        assert!(text.contains(help), "no `{help}` in\n{text}");
+    }
+    // Counters are there before their first increment (the recorder is shared by the tests of
+    // this process, so the value may not be zero here; a fresh server shows 0).
+    assert!(text.lines().any(|l| l.starts_with("saas_ledger_rate_limited_total ")), "{text}");
+    assert!(text.contains(r#"saas_ledger_commands_total{aggregate="Booking",outcome="conflict"}"#), "{text}");
+    assert!(text.contains(r#"saas_ledger_projection_batch_seconds_count{projection="audit"}"#), "{text}");
+}
