@@ -37,6 +37,7 @@ pub async fn replay(pool: &PgPool, filter: &ReplayFilter, out: &mut impl Write) 
         Some(None) => return Err("--aggregate takes TYPE:ID".into()),
     };
     let mut after = 0i64;
+    let mut header_written = false;
     loop {
         let events: Vec<StoredEvent> = sqlx::query_as(
             "SELECT position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
@@ -55,14 +56,18 @@ pub async fn replay(pool: &PgPool, filter: &ReplayFilter, out: &mut impl Write) 
             |e: &&StoredEvent| filter.from.is_none_or(|f| e.occurred_at() >= f) && filter.to.is_none_or(|t| e.occurred_at() < t);
         for event in events.iter().filter(in_window) {
             if filter.table {
+                if !header_written {
+                    writeln!(out, "{:>10}  {:<20}  {:<13} {:<38} {:<22} SUMMARY", "POSITION", "OCCURRED_AT", "AGGREGATE", "ID", "EVENT")?;
+                    header_written = true;
+                }
                 writeln!(
                     out,
-                    "{:>10}  {}  {:<13} {:<38} {:<22} {}",
+                    "{:>10}  {:<20}  {:<13} {:<38} {:<22} {}",
                     event.position,
                     event.occurred_at().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    event.aggregate_type,
-                    event.aggregate_id,
-                    event.event_type,
+                    fit(&event.aggregate_type, 13),
+                    fit(&event.aggregate_id, 38),
+                    fit(&event.event_type, 22),
                     projections::audit::summary(event)
                 )?;
             } else {
@@ -70,4 +75,14 @@ pub async fn replay(pool: &PgPool, filter: &ReplayFilter, out: &mut impl Write) 
             }
         }
     }
+}
+
+/// `text` in at most `width` characters: longer text keeps its start and ends in `…` (the
+/// NDJSON format has every field whole).
+fn fit(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
+    if text.chars().count() <= width {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    std::borrow::Cow::Owned(format!("{kept}…"))
 }

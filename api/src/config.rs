@@ -12,7 +12,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/saas_
 /// Where and how to connect (shared by every subcommand that touches the database).
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Postgres URL; the database is created if it does not exist.
+    /// Postgres URL (`serve` and `migrate` create the database if it does not exist; the
+    /// other commands expect it).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
     /// Connections in the pool.

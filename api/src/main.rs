@@ -74,7 +74,8 @@ enum ProjectionsCommand {
 enum ReplayFormat {
     /// One JSON event per line (as `GET /v1/events`).
     Ndjson,
-    /// Aligned columns with a one-line summary per event.
+    /// Aligned columns under a header, with a one-line summary per event (ids longer than
+    /// their column end in `…`; `ndjson` has them whole).
     Table,
 }
 

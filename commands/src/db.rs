@@ -26,6 +26,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 /// `pg_stat_activity` and leadership queries can tell instances apart).
 pub async fn connect_as(url: &str, max_connections: u32, application_name: &str) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.options(SESSION_SETTINGS).application_name(application_name);
+    // One connection first, on its own: a wrong host, port or database then fails within
+    // seconds with its cause ("connection refused"), not as a pool timing out.
+    match tokio::time::timeout(Duration::from_secs(5), sqlx::ConnectOptions::connect(&options)).await {
+        Ok(Ok(conn)) => drop(conn),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from Postgres within 5 s"))),
+    }
     PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10)).connect_with(options).await
 }
 

@@ -64,3 +64,12 @@ async fn every_metric_is_on_metrics_from_the_start_with_its_help() {
     assert!(text.contains(r#"saas_ledger_commands_total{aggregate="Booking",outcome="conflict"}"#), "{text}");
     assert!(text.contains(r#"saas_ledger_projection_batch_seconds_count{projection="audit"}"#), "{text}");
 }
+
+/// A wrong port fails at once with its cause, not after a pool's 10 s wait as "pool timed out".
+#[tokio::test]
+async fn a_wrong_database_address_fails_fast_with_its_cause() {
+    let started = std::time::Instant::now();
+    let error = commands::db::connect("postgres://postgres@127.0.0.1:1/nowhere", 1).await.unwrap_err().to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(6), "took {:?}", started.elapsed());
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+}

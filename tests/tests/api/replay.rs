@@ -92,8 +92,13 @@ async fn the_replay_command_prints_one_tenants_history_in_order() {
     assert!(all.iter().all(|e| e["tenant_id"] == tenant.id.to_string()));
     assert!(all.windows(2).all(|w| w[0]["position"].as_i64() < w[1]["position"].as_i64()));
     let later = run(filter(None, Some("2027-02-02T00:00:00Z"), true)).await;
-    assert_eq!(later.lines().count(), 1);
-    assert!(later.contains("issued with role member"), "{later}");
+    assert_eq!(later.lines().count(), 2, "a header and one event: {later}");
+    let (header, row) = (later.lines().next().unwrap(), later.lines().nth(1).unwrap());
+    assert!(header.trim_start().starts_with("POSITION") && header.ends_with("SUMMARY"), "{header}");
+    assert!(row.contains("issued with role member"), "{later}");
+    // Columns line up with the header, however long the values.
+    assert_eq!(row.find("Tenant"), header.find("AGGREGATE"), "{later}");
+    assert_eq!(row.find("ApiKeyIssued").map(|i| row[..i].chars().count()), header.find("EVENT"), "{later}");
     let one = run(filter(Some(format!("Tenant:{}", tenant.id)), None, false)).await;
     assert_eq!(one.lines().count(), 3);
     let mut sink = Vec::new();
