@@ -199,6 +199,23 @@ impl AppState {
         Ok(sqlx::query_scalar("SELECT status FROM rm.tenants WHERE id = $1").bind(id).fetch_optional(self.pool()).await?)
     }
 
+    /// The tenant a path segment or `X-Tenant-ID` names: its id, or its code (`acme-clinic`).
+    /// An id is taken as it is (whether it exists is the caller's question, as before); a code
+    /// is looked up, and an unknown one is 404 `NOT_FOUND`; anything else is 404 as well (no
+    /// tenant can have that id or code).
+    pub async fn resolve_tenant(&self, reference: &str) -> Result<Uuid, ApiError> {
+        let reference = reference.trim();
+        if let Ok(id) = reference.parse::<Uuid>() {
+            return Ok(id);
+        }
+        if domain::values::TenantCode::parse(reference).is_err() {
+            return Err(ApiError::not_found("tenant"));
+        }
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM rm.tenants WHERE code = $1").bind(reference).fetch_optional(self.pool()).await?;
+        id.ok_or_else(|| ApiError::not_found("tenant"))
+    }
+
     /// Whether tenant `id` exists.
     pub async fn tenant_exists(&self, id: Uuid) -> Result<bool, ApiError> {
         Ok(self.tenant_status(id).await?.is_some())

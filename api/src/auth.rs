@@ -158,15 +158,18 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     }
 }
 
-fn tenant_header(parts: &Parts) -> Result<Option<Uuid>, ApiError> {
+/// The tenant `X-Tenant-ID` names, by id or by code (see [`AppState::resolve_tenant`]).
+async fn tenant_header(parts: &Parts, state: &AppState) -> Result<Option<Uuid>, ApiError> {
     match parts.headers.get(TENANT_HEADER) {
         None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::validation("X-Tenant-ID", "must be a tenant id (UUID)")),
+        Some(value) => {
+            let invalid = || ApiError::validation("X-Tenant-ID", "must be a tenant id (UUID) or code (such as acme-clinic)");
+            let value = value.to_str().map_err(|_| invalid())?.trim();
+            if value.parse::<Uuid>().is_err() && domain::values::TenantCode::parse(value).is_err() {
+                return Err(invalid());
+            }
+            state.resolve_tenant(value).await.map(Some)
+        }
     }
 }
 
@@ -178,7 +181,7 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(caller.clone());
         }
         let token = bearer(parts)?;
-        let named = tenant_header(parts)?;
+        let named = tenant_header(parts, state).await?;
         let caller = if bool::from(token.as_bytes().ct_eq(state.admin_token().as_bytes())) {
             if let Some(id) = named {
                 if !state.tenant_exists(id).await? {

@@ -247,7 +247,8 @@ fn ref_or_inline(schema: &serde_json::Value) -> String {
 #[into_params(parameter_in = Header, names("X-Tenant-ID"))]
 #[allow(dead_code)]
 pub struct TenantHeader(
-    /// The admin token acts for this tenant; a tenant key naming another tenant gets 403.
+    /// The tenant's id or code (acme-clinic): the admin token acts for it; a tenant key naming
+    /// another tenant gets 403; an unknown one is 404.
     Option<String>,
 );
 

@@ -24,7 +24,7 @@ use super::{page_limit, Page};
 use crate::app::AppState;
 use crate::auth::{Admin, Caller, TenantCaller};
 use crate::error::ApiError;
-use crate::extract::{path_id, ApiJson, ApiQuery, OptionalJson};
+use crate::extract::{ApiJson, ApiQuery, OptionalJson};
 
 /// The tenant routes.
 pub fn router() -> Router<AppState> {
@@ -240,6 +240,8 @@ struct ListQuery {
     limit: Option<i64>,
     cursor: Option<String>,
     status: Option<String>,
+    /// Only the tenant with this code.
+    code: Option<String>,
 }
 
 #[utoipa::path(
@@ -268,12 +270,13 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     }
     let rows: Vec<TenantRow> = sqlx::query_as(&format!(
         "SELECT {TENANT_COLUMNS} FROM rm.tenants
-         WHERE ($1::uuid IS NULL OR id > $1) AND ($2::text IS NULL OR status = $2)
+         WHERE ($1::uuid IS NULL OR id > $1) AND ($2::text IS NULL OR status = $2) AND ($4::text IS NULL OR code = $4)
          ORDER BY id LIMIT $3"
     ))
     .bind(after)
     .bind(q.status)
     .bind(limit + 1)
+    .bind(q.code)
     .fetch_all(state.pool())
     .await?;
     let mut views = Vec::with_capacity(rows.len());
@@ -288,7 +291,7 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     get,
     path = "/v1/tenants/{id}",
     tag = "tenants",
-    params(("id" = Uuid, Path, description = "Tenant id")),
+    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)")),
     responses(
         (status = 200, description = "The tenant", body = TenantView),
         crate::openapi::AuthErrors,
@@ -296,7 +299,7 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     ),
 )]
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
-    let id = path_id(&id, "tenant")?;
+    let id = state.resolve_tenant(&id).await?;
     if !caller.may_see(id) {
         return Err(ApiError::not_found("tenant"));
     }
@@ -355,7 +358,7 @@ async fn execute(
     post,
     path = "/v1/tenants/{id}/suspend",
     tag = "tenants",
-    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
+    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
     request_body = Reason,
     responses(
         (status = 200, description = "The suspended tenant", body = TenantView),
@@ -373,15 +376,15 @@ async fn suspend(
     OptionalJson(body): OptionalJson<Reason>,
 ) -> Result<Json<TenantView>, ApiError> {
     let reason = body.or("suspended by the platform admin")?;
-    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| TenantCommand::Suspend { reason, source: SuspensionSource::Admin, at })
-        .await
+    let id = state.resolve_tenant(&id).await?;
+    execute(state, caller.actor(), id, |at| TenantCommand::Suspend { reason, source: SuspensionSource::Admin, at }).await
 }
 
 #[utoipa::path(
     post,
     path = "/v1/tenants/{id}/reactivate",
     tag = "tenants",
-    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
+    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
     request_body = Reason,
     responses(
         (status = 200, description = "The reactivated tenant", body = TenantView),
@@ -398,14 +401,15 @@ async fn reactivate(
     Path(id): Path<String>,
     OptionalJson(_reason): OptionalJson<Reason>,
 ) -> Result<Json<TenantView>, ApiError> {
-    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| TenantCommand::Reactivate { source: SuspensionSource::Admin, at }).await
+    let id = state.resolve_tenant(&id).await?;
+    execute(state, caller.actor(), id, |at| TenantCommand::Reactivate { source: SuspensionSource::Admin, at }).await
 }
 
 #[utoipa::path(
     post,
     path = "/v1/tenants/{id}/cancel",
     tag = "tenants",
-    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
+    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
     request_body = Reason,
     responses(
         (status = 200, description = "The cancelled tenant", body = TenantView),
@@ -423,7 +427,8 @@ async fn cancel(
     OptionalJson(body): OptionalJson<Reason>,
 ) -> Result<Json<TenantView>, ApiError> {
     let reason = body.or("cancelled by the platform admin")?;
-    execute(state, caller.actor(), path_id(&id, "tenant")?, |at| TenantCommand::Cancel { reason, at }).await
+    let id = state.resolve_tenant(&id).await?;
+    execute(state, caller.actor(), id, |at| TenantCommand::Cancel { reason, at }).await
 }
 
 /// `PUT /v1/tenant/branding`: replaces the branding; absent or null fields are cleared.
@@ -477,7 +482,7 @@ async fn update_branding(
     post,
     path = "/v1/tenants/{id}/erase",
     tag = "gdpr",
-    params(("id" = Uuid, Path, description = "Tenant id"), crate::openapi::IdempotencyHeader),
+    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
     responses(
         (status = 200, description = "The erased tenant (status erased, personal fields null)", body = TenantView),
         crate::openapi::AuthErrors,
@@ -486,7 +491,7 @@ async fn update_branding(
     ),
 )]
 async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
-    let id = path_id(&id, "tenant")?;
+    let id = state.resolve_tenant(&id).await?;
     let context = state.context(Some(id), caller.actor());
     let app = state.clone();
     state

@@ -89,9 +89,36 @@ async fn the_admin_acts_for_a_tenant_through_x_tenant_id() {
     app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", missing.to_string()))
         .await
         .expect_error(404, "NOT_FOUND");
-    app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", "nope"))
+    // By code as well as by id (an unknown code is an unknown tenant; a value that can be
+    // neither is invalid).
+    let by_code = app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", "assisted")).await;
+    assert_eq!(by_code.expect(200)["id"], tenant.id.to_string());
+    app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", "nope")).await.expect_error(404, "NOT_FOUND");
+    app.send(app.request(Method::GET, "/v1/tenant", Some(ADMIN_TOKEN)).header("X-Tenant-ID", "Not A Code!"))
         .await
         .expect_error(400, "VALIDATION_FAILED");
+    // A tenant key may name its own tenant by code, not another one.
+    let other = app.create_tenant("other-assisted").await;
+    app.send(app.request(Method::GET, "/v1/tenant", Some(&tenant.key)).header("X-Tenant-ID", "assisted")).await.expect(200);
+    app.send(app.request(Method::GET, "/v1/tenant", Some(&tenant.key)).header("X-Tenant-ID", other.code.as_str()))
+        .await
+        .expect_error(403, "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn the_admin_names_tenants_by_code_on_every_tenant_route() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant("by-code").await;
+    assert_eq!(app.get("/v1/tenants/by-code", ADMIN_TOKEN).await.expect(200)["id"], tenant.id.to_string());
+    let listed = app.get("/v1/tenants?code=by-code", ADMIN_TOKEN).await.expect(200).clone();
+    let ids: Vec<&str> = listed["data"].as_array().unwrap().iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(ids, [tenant.id.to_string().as_str()]);
+    app.get("/v1/tenants/no-such-code", ADMIN_TOKEN).await.expect_error(404, "NOT_FOUND");
+    app.post("/v1/tenants/by-code/suspend", ADMIN_TOKEN, serde_json::json!({"reason": "by code"})).await.expect(200);
+    assert_eq!(app.get(&format!("/v1/tenants/{}", tenant.id), ADMIN_TOKEN).await.expect(200)["status"], "suspended");
+    app.post("/v1/tenants/by-code/reactivate", ADMIN_TOKEN, serde_json::json!({})).await.expect(200);
+    app.post("/v1/tenants/by-code/cancel", ADMIN_TOKEN, serde_json::json!({"reason": "by code"})).await.expect(200);
+    assert_eq!(app.get("/v1/tenants/by-code", ADMIN_TOKEN).await.expect(200)["status"], "cancelled");
 }
 
 #[tokio::test]
