@@ -24,7 +24,6 @@ use commands::vault::Vault;
 use commands::{db, Actor, AggregateStore, CommandContext, Committed};
 use cqrs_es::Aggregate;
 use projections::{EventLog, Projections, Sequencer};
-use rand::RngCore;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -52,7 +51,7 @@ struct Inner {
     instance: String,
     pool: PgPool,
     config: Config,
-    admin_token: String,
+    admin: crate::admin_token::AdminCredential,
     clock: Arc<dyn Clock>,
     manual_clock: Option<Arc<ManualClock>>,
     tenants: Arc<Tenants>,
@@ -81,9 +80,9 @@ impl AppState {
         &self.0.config
     }
 
-    /// The platform admin token.
-    pub fn admin_token(&self) -> &str {
-        &self.0.admin_token
+    /// Whether `token` is the platform admin's (see [`crate::admin_token`]).
+    pub async fn is_admin(&self, token: &str) -> Result<bool, ApiError> {
+        Ok(self.0.admin.admits(token).await?)
     }
 
     /// The current instant, from the injected clock.
@@ -266,7 +265,7 @@ pub struct Application {
     state: AppState,
     shutdown: CancellationToken,
     background: Vec<JoinHandle<()>>,
-    generated_admin_token: bool,
+    generated_admin_token: Option<String>,
 }
 
 impl Application {
@@ -322,12 +321,18 @@ impl Application {
             Some(manual) => manual.clone(),
             None => Arc::new(SystemClock),
         };
-        let generated_admin_token = config.admin_token.is_none();
-        let admin_token = config.admin_token.clone().unwrap_or_else(|| {
-            let mut bytes = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
-            format!("sla_{}", hex::encode(bytes))
-        });
+        let (admin, generated_admin_token) = match config.admin_token.clone() {
+            Some(token) => (crate::admin_token::AdminCredential::Configured(token), None),
+            None => {
+                let generated = crate::admin_token::ensure(&pool).await?;
+                let stored = crate::admin_token::AdminCredential::Stored {
+                    pool: pool.clone(),
+                    lease: config.auth_cache,
+                    seen: std::sync::Mutex::new(None),
+                };
+                (stored, generated)
+            }
+        };
         let listener = TcpListener::bind(&config.bind).await?;
         let config_rate_limit_instances = config.rate_limit_instances;
         let state = AppState(Arc::new(Inner {
@@ -335,7 +340,7 @@ impl Application {
             log: EventLog::new(pool.clone()),
             pool,
             config,
-            admin_token,
+            admin,
             clock,
             manual_clock,
             tenants,
@@ -374,9 +379,11 @@ impl Application {
         &self.state
     }
 
-    /// The admin token if it was generated (the caller prints it once), `None` if configured.
+    /// The admin token if this start generated it (the first start on a database without
+    /// `SAAS_LEDGER_ADMIN_TOKEN`: the caller prints it once); `None` if configured or stored
+    /// by an earlier start.
     pub fn generated_admin_token(&self) -> Option<&str> {
-        self.generated_admin_token.then(|| self.state.admin_token())
+        self.generated_admin_token.as_deref()
     }
 
     /// Serves until `stop` completes, then drains in-flight requests and stops the

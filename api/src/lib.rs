@@ -3,6 +3,7 @@
 //! Handlers stay thin: extract (caller, tenant, body) → build a command → execute → answer.
 #![forbid(unsafe_code)]
 
+pub mod admin_token;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -47,6 +47,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "ndjson")]
         format: ReplayFormat,
     },
+    /// The platform admin's credential (when `SAAS_LEDGER_ADMIN_TOKEN` is not set).
+    AdminToken {
+        /// Database settings.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
     /// Inspect and rebuild projections.
     Projections {
         /// Database settings.
@@ -55,6 +63,13 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminTokenCommand {
+    /// Replace the stored admin token with a new one and print it; the old one stops working
+    /// on every instance within `SAAS_LEDGER_AUTH_CACHE_MS` (1 s by default).
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,10 +131,21 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Command::Serve(args) => {
             let app = Application::build(Config::from_args(args)).await?;
             if let Some(token) = app.generated_admin_token() {
-                println!("SAAS_LEDGER_ADMIN_TOKEN is not set; this run's admin token (shown once): {token}");
+                let line = "=".repeat(76);
+                println!(
+                    "{line}\n  The platform admin token, generated at this first start (shown this once;\n  only its hash is stored, and restarts keep it):\n\n    {token}\n\n  Replace it with `saas-ledger admin-token rotate`; SAAS_LEDGER_ADMIN_TOKEN overrides it.\n{line}"
+                );
             }
             tracing::info!(address = %app.local_addr(), "saas-ledger is listening");
             app.run_until(shutdown_signal()).await?;
+        }
+        Command::AdminToken { database, command: AdminTokenCommand::Rotate } => {
+            let pool = commands::db::connect(&database.database_url, 1).await?;
+            let token = api::admin_token::rotate(&pool).await?;
+            if std::env::var_os("SAAS_LEDGER_ADMIN_TOKEN").is_some() {
+                eprintln!("note: SAAS_LEDGER_ADMIN_TOKEN is set here; servers started with it ignore the stored token");
+            }
+            println!("{token}");
         }
         Command::Migrate(database) => {
             commands::db::ensure_database(&database.database_url).await?;

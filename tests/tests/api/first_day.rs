@@ -73,3 +73,54 @@ async fn a_wrong_database_address_fails_fast_with_its_cause() {
     assert!(started.elapsed() < std::time::Duration::from_secs(6), "took {:?}", started.elapsed());
     assert!(error.to_lowercase().contains("refused"), "{error}");
 }
+
+/// Without `SAAS_LEDGER_ADMIN_TOKEN`, the first start generates the admin token and stores its
+/// hash: restarts and other instances honour it, and a rotation ends it on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_admin_token_survives_restarts_and_a_rotation_ends_it_everywhere() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let url = format!("{}/{}", e2e::server_url(), app.db_name);
+    let start = |url: String| async move {
+        let mut config = api::Config::for_database(&url);
+        config.admin_token = None;
+        config.auth_cache = Duration::from_millis(100);
+        config.db_max_connections = 4;
+        let application = api::Application::build(config).await.expect("an instance starts");
+        let generated = application.generated_admin_token().map(str::to_owned);
+        let address = format!("http://{}", application.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(application.run_until(async move {
+            let _ = stopped.await;
+        }));
+        (address, generated, stop, task)
+    };
+    let client = reqwest::Client::new();
+    let status = |base: String, token: String| {
+        let client = client.clone();
+        async move { client.get(format!("{base}/v1/tenants")).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+
+    let (first, generated, stop, task) = start(url.clone()).await;
+    let token = generated.expect("the first start generates the token");
+    assert!(token.starts_with("sla_") && token.len() == 68, "{token}");
+    assert_eq!(status(first.clone(), token.clone()).await, 200);
+    // Restarted: nothing new is generated, the same token works.
+    let _ = stop.send(());
+    let _ = task.await;
+    let (second, again, _stop_second, _second_task) = start(url.clone()).await;
+    assert_eq!(again, None);
+    assert_eq!(status(second.clone(), token.clone()).await, 200);
+    let (third, _, _stop_third, _third_task) = start(url.clone()).await;
+    assert_eq!(status(third.clone(), token.clone()).await, 200);
+
+    // Rotated (what `saas-ledger admin-token rotate` runs): the old token ends on both instances.
+    let rotated = api::admin_token::rotate(&app.pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for base in [&second, &third] {
+        assert_eq!(status(base.clone(), token.clone()).await, 401, "the old token still works on {base}");
+        assert_eq!(status(base.clone(), rotated.clone()).await, 200);
+    }
+    // A configured token (SAAS_LEDGER_ADMIN_TOKEN) is not the stored one's business.
+    assert_eq!(status(app.address.clone(), e2e::ADMIN_TOKEN.to_owned()).await, 200);
+}
