@@ -27,6 +27,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// The process's own metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// open file descriptors, threads, start time), read at each scrape.
+static PROCESS: std::sync::LazyLock<metrics_process::Collector> = std::sync::LazyLock::new(metrics_process::Collector::default);
+
 /// How often queued histogram samples are folded into their buckets.
 const UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -67,6 +71,8 @@ const OUTCOMES: [&str; 5] = ["committed", "unchanged", "rejected", "conflict", "
 /// first request of each.)
 fn register() {
     use metrics::{describe_counter, describe_histogram, Unit};
+    PROCESS.describe();
+    PROCESS.collect();
     describe_counter!("saas_ledger_http_requests_total", "HTTP requests answered, by method, route template and status");
     describe_histogram!("saas_ledger_http_request_duration_seconds", Unit::Seconds, "HTTP request latency, by method and route template");
     describe_counter!("saas_ledger_commands_total", "Commands handled, by aggregate and outcome");
@@ -129,6 +135,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = handle();
+    PROCESS.collect();
     handle.run_upkeep();
     let mut text = handle.render();
     text.push_str(&projection_gauges(&state).await?);

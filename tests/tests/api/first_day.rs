@@ -55,6 +55,8 @@ async fn every_metric_is_on_metrics_from_the_start_with_its_help() {
         "# HELP saas_ledger_append_flush_seconds ",
         "# HELP saas_ledger_projection_batch_seconds ",
         "# HELP saas_ledger_audit_chained_ahead_events_total ",
+        "# HELP process_resident_memory_bytes ",
+        "# HELP process_cpu_seconds_total ",
     ] {
         assert!(text.contains(help), "no `{help}` in\n{text}");
     }
@@ -63,6 +65,13 @@ async fn every_metric_is_on_metrics_from_the_start_with_its_help() {
     assert!(text.lines().any(|l| l.starts_with("saas_ledger_rate_limited_total ")), "{text}");
     assert!(text.contains(r#"saas_ledger_commands_total{aggregate="Booking",outcome="conflict"}"#), "{text}");
     assert!(text.contains(r#"saas_ledger_projection_batch_seconds_count{projection="audit"}"#), "{text}");
+    // The process's own metrics, read at the scrape.
+    let resident: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("process_resident_memory_bytes");
+    assert!(resident > 1_000_000.0, "{resident}");
 }
 
 /// A wrong port fails at once with its cause, not after a pool's 10 s wait as "pool timed out".
