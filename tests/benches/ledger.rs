@@ -358,31 +358,27 @@ async fn settled(pool: &PgPool) -> i64 {
 async fn seed(pool: &PgPool, tenant: &str, phase: &str, count: usize) {
     // One transaction: the live projection is then measured from the moment all of it is
     // visible (appending in slices while projecting measured the two fighting over 2 cores).
-    let (from, to) = (0, count);
-    {
-        let mut tx = pool.begin().await.expect("a transaction");
-        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE").fetch_one(&mut *tx).await.expect("the head");
-        sqlx::query(
+    let mut tx = pool.begin().await.expect("a transaction");
+    let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE").fetch_one(&mut *tx).await.expect("the head");
+    sqlx::query(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, position)
-             SELECT 'Usage', $1 || ':' || $4 || g, 1, 'UsageRecorded', '1.0',
+             SELECT 'Usage', $1 || ':' || $3 || g, 1, 'UsageRecorded', '1.0',
                     jsonb_build_object('type', 'UsageRecorded', 'tenant_id', $1, 'metric', 'api_calls', 'kind', 'counter', 'quantity', 1,
-                                       'idempotency_key', $4 || g, 'occurred_at', now() - (g % 2592000 || ' seconds')::interval, 'recorded_at', now()),
+                                       'idempotency_key', $3 || g, 'occurred_at', now() - (g % 2592000 || ' seconds')::interval, 'recorded_at', now()),
                     jsonb_build_object('tenant_id', $1, 'actor', 'system:bench', 'correlation_id', 'bench', 'causation_id', 'bench',
                                        'occurred_at', to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')),
-                    $5 + g - $2 + 1
-             FROM generate_series($2::bigint, $3::bigint - 1) g",
-        )
-        .bind(tenant)
-        .bind(from as i64)
-        .bind(to as i64)
-        .bind(format!("seed-{phase}-"))
-        .bind(head)
-        .execute(&mut *tx)
-        .await
-        .expect("a seed insert");
-        sqlx::query("UPDATE event_log_head SET position = $1").bind(head + (to - from) as i64).execute(&mut *tx).await.expect("the head");
-        tx.commit().await.expect("the seed commits");
-    }
+                    $4 + g + 1
+             FROM generate_series(0, $2::bigint - 1) g",
+    )
+    .bind(tenant)
+    .bind(count as i64)
+    .bind(format!("seed-{phase}-"))
+    .bind(head)
+    .execute(&mut *tx)
+    .await
+    .expect("a seed insert");
+    sqlx::query("UPDATE event_log_head SET position = $1").bind(head + count as i64).execute(&mut *tx).await.expect("the head");
+    tx.commit().await.expect("the seed commits");
 }
 
 /// `samples` sequential `POST /v1/usage`: p50, p99, mean.
