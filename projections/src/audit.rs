@@ -404,10 +404,6 @@ impl Projection for AuditProjection {
         Ok(())
     }
 
-    fn applies_ranges(&self) -> bool {
-        true
-    }
-
     /// Four statements per batch: the events as stored (payload and metadata as text, read
     /// without building JSON trees), the heads of the tenants they touch, every entry (chained
     /// in memory, in log order) in one `COPY`, and the new heads in one upsert. A long range

@@ -107,27 +107,33 @@ pub trait Projection: Send + Sync + 'static {
     fn deferred_indexes(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Whether the projection applies ranges of the log itself ([`Projection::apply_range`]),
-    /// reading from `events` in its own statements (in SQL, or only the columns it needs),
-    /// instead of being handed the events read by the runner.
-    fn applies_ranges(&self) -> bool {
-        false
-    }
-    /// Applies every event at positions `after < position <= upto` (of its aggregate types), as
-    /// [`Projection::apply_batch`] would once handed them, reading them from `events` itself
-    /// (in the batch's transaction on `conn`; `log` may read events outside it, such as the
-    /// next range ahead of time). Only called if [`Projection::applies_ranges`]. If it fails,
-    /// the runner rolls the batch back and applies the events one by one
-    /// ([`Projection::apply`]) to find the failing one.
+    /// Applies every event at positions `after < position <= upto` (of its aggregate types) in
+    /// one go, in the batch's transaction on `conn`. By default the events are read here (only
+    /// its aggregate types, upcast unless it reads stored events) and handed to
+    /// [`Projection::apply_batch`]; a projection that reads the log better itself (in SQL, or
+    /// only the columns it needs) overrides it, and may use `log` to read events outside the
+    /// transaction (such as the next range, ahead of time). If it fails, the runner rolls the
+    /// batch back and applies the events one by one ([`Projection::apply`]) to find the
+    /// failing one.
     async fn apply_range(
         &self,
-        _conn: &mut PgConnection,
-        _schema: &str,
-        _after: i64,
-        _upto: i64,
+        conn: &mut PgConnection,
+        schema: &str,
+        after: i64,
+        upto: i64,
         _log: &PgPool,
     ) -> Result<(), ProjectionError> {
-        unreachable!("apply_range is called only on projections that apply ranges")
+        let events = log::read_range(&mut *conn, after, upto, self.aggregate_types()).await?;
+        if events.is_empty() {
+            // Nothing of its types in the range: only the checkpoint moves.
+            return Ok(());
+        }
+        if self.reads_stored_events() {
+            self.apply_batch(conn, schema, &events).await
+        } else {
+            let events: Vec<StoredEvent> = events.into_iter().map(StoredEvent::into_upcast).collect();
+            self.apply_batch(conn, schema, &events).await
+        }
     }
 }
 
@@ -186,43 +192,6 @@ async fn apply(projection: &dyn Projection, conn: &mut PgConnection, schema: &st
         projection.apply(conn, schema, event).await
     } else {
         projection.apply(conn, schema, &event.upcast()).await
-    }
-}
-
-/// Applies the events at positions `after < position <= upto` to `projection` in one go: by
-/// the projection itself if it applies ranges, otherwise read here (only its aggregate types)
-/// and handed to [`Projection::apply_batch`].
-async fn apply_range(
-    projection: &dyn Projection,
-    conn: &mut PgConnection,
-    schema: &str,
-    after: i64,
-    upto: i64,
-    log: &PgPool,
-) -> Result<(), ProjectionError> {
-    if projection.applies_ranges() {
-        return projection.apply_range(conn, schema, after, upto, log).await;
-    }
-    let events = log::read_range(&mut *conn, after, upto, projection.aggregate_types()).await?;
-    if events.is_empty() {
-        // Nothing of its types in the range: only the checkpoint moves.
-        return Ok(());
-    }
-    apply_batch(projection, conn, schema, events).await
-}
-
-/// Applies `events` to `projection` in one go, upcast unless the projection reads stored events.
-async fn apply_batch(
-    projection: &dyn Projection,
-    conn: &mut PgConnection,
-    schema: &str,
-    events: Vec<StoredEvent>,
-) -> Result<(), ProjectionError> {
-    if projection.reads_stored_events() {
-        projection.apply_batch(conn, schema, &events).await
-    } else {
-        let events: Vec<StoredEvent> = events.into_iter().map(StoredEvent::into_upcast).collect();
-        projection.apply_batch(conn, schema, &events).await
     }
 }
 
@@ -422,7 +391,7 @@ impl Projections {
         }
         let more = last < head;
         if at_once {
-            if let Err(error) = apply_range(projection.as_ref(), &mut tx, &run.schema, position, last, &self.pool).await {
+            if let Err(error) = projection.apply_range(&mut tx, &run.schema, position, last, &self.pool).await {
                 return Err(Failure { position: position + 1, error });
             }
         } else {
@@ -542,7 +511,7 @@ impl Projections {
                 break;
             }
             let last = head.min(position + BATCH);
-            apply_range(projection.as_ref(), &mut tx, &run.schema, position, last, &self.pool).await?;
+            projection.apply_range(&mut tx, &run.schema, position, last, &self.pool).await?;
             position = last;
         }
         sqlx::query("SET LOCAL lock_timeout = '100ms'").execute(&mut *tx).await?;

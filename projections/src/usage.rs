@@ -84,10 +84,6 @@ impl Projection for UsageProjection {
         Ok(())
     }
 
-    fn applies_ranges(&self) -> bool {
-        true
-    }
-
     /// One statement per batch, however many facts it holds, and no event leaves Postgres:
     /// the facts are read out of the log's payloads, inserted, and folded into their hourly
     /// buckets (a bucket's latest value is the fact with the latest `occurred_at`, the later
