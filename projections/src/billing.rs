@@ -31,6 +31,51 @@ fn paying(s: &Subscription) -> Option<(String, &'static str, rust_decimal::Decim
     Some((plan.code.to_string(), period.as_str(), monthly))
 }
 
+/// The first instant of `at`'s calendar month (UTC).
+fn month_of(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Datelike, TimeZone};
+    chrono::Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0).single().unwrap_or(at)
+}
+
+/// Adds a change of `plan`'s MRR and paying count to `month`'s rollup: a subscription that
+/// starts paying at an instant counts from the end of that instant's month on, one that stops
+/// no longer counts at the end of its month (a month's figures are at its end).
+async fn revenue_change(
+    conn: &mut PgConnection,
+    schema: &str,
+    month: chrono::DateTime<chrono::Utc>,
+    plan: &str,
+    mrr: rust_decimal::Decimal,
+    paying: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.revenue_changes AS r VALUES ($1, $2, $3, $4)
+         ON CONFLICT (month, plan) DO UPDATE SET mrr = r.mrr + EXCLUDED.mrr, paying = r.paying + EXCLUDED.paying"
+    ))
+    .bind(month)
+    .bind(plan)
+    .bind(mrr)
+    .bind(paying)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds `change` to `month`'s count of sign-ups or cancellations (`column`).
+async fn count_change(conn: &mut PgConnection, schema: &str, month: chrono::DateTime<chrono::Utc>, column: &str, change: i64) -> Result<(), sqlx::Error> {
+    let (started, cancelled) = if column == "started" { (change, 0) } else { (0, change) };
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.subscription_changes AS c VALUES ($1, $2, $3)
+         ON CONFLICT (month) DO UPDATE SET started = c.started + EXCLUDED.started, cancelled = c.cancelled + EXCLUDED.cancelled"
+    ))
+    .bind(month)
+    .bind(started)
+    .bind(cancelled)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Builds `subscriptions` and `invoices`.
 #[derive(Debug, Clone, Copy)]
 pub struct BillingProjection;
@@ -42,7 +87,8 @@ impl Projection for BillingProjection {
     }
 
     fn version(&self) -> i32 {
-        1
+        // 2: monthly revenue rollups.
+        2
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
@@ -50,44 +96,56 @@ impl Projection for BillingProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["subscriptions", "invoices", "subscription_spans"]
+        &["subscriptions", "invoices", "subscription_spans", "revenue_changes", "subscription_changes"]
     }
 
     /// `analytics.revenue_monthly`: per calendar month (UTC), the MRR at month end (monthly
     /// value of paying subscriptions: active or past due; yearly at a twelfth), ARR = 12 × MRR,
     /// active tenants at month end, tenants signed up and cancelled in the month, churn rate =
     /// cancelled / active at the month's start, and MRR by plan.
+    ///
+    /// Read from monthly rollups the projection keeps (`revenue_changes`: how a month changed
+    /// each plan's MRR and paying count; `subscription_changes`: sign-ups and cancellations per
+    /// month), so its cost grows with months × plans, never with tenants: a month's MRR is the
+    /// running sum of the changes up to it.
     fn analytics_views(&self) -> Vec<(&'static str, String)> {
         vec![(
             "revenue_monthly",
             "WITH bounds AS (
-                 SELECT least(min(from_at), (SELECT min(started_at) FROM {schema}.subscriptions)) AS first,
-                        greatest(now(), max(from_at), max(to_at), (SELECT max(started_at) FROM {schema}.subscriptions),
-                                 (SELECT max(cancelled_at) FROM {schema}.subscriptions)) AS last
-                 FROM {schema}.subscription_spans
+                 SELECT min(month) AS first,
+                        greatest(date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', max(month)) AS last
+                 FROM (SELECT month FROM {schema}.revenue_changes UNION ALL SELECT month FROM {schema}.subscription_changes) m
              ),
              months AS (
-                 SELECT m AT TIME ZONE 'UTC' AS month, (m + interval '1 month') AT TIME ZONE 'UTC' AS month_end
-                 FROM bounds, generate_series(date_trunc('month', bounds.first AT TIME ZONE 'UTC'), date_trunc('month', bounds.last AT TIME ZONE 'UTC'), interval '1 month') m
+                 SELECT m AT TIME ZONE 'UTC' AS month
+                 FROM bounds, generate_series(bounds.first AT TIME ZONE 'UTC', bounds.last AT TIME ZONE 'UTC', interval '1 month') m
                  WHERE bounds.first IS NOT NULL
              ),
-             at_end AS (
-                 SELECT months.month, s.tenant_id, s.plan, s.monthly_value
-                 FROM months JOIN {schema}.subscription_spans s ON s.from_at < months.month_end AND (s.to_at IS NULL OR s.to_at >= months.month_end)
+             per_plan AS (
+                 SELECT months.month, plans.plan,
+                        sum(coalesce(c.mrr, 0)) OVER w AS mrr,
+                        sum(coalesce(c.paying, 0)) OVER w AS paying
+                 FROM months
+                 CROSS JOIN (SELECT DISTINCT plan FROM {schema}.revenue_changes) plans
+                 LEFT JOIN {schema}.revenue_changes c ON c.month = months.month AND c.plan = plans.plan
+                 WINDOW w AS (PARTITION BY plans.plan ORDER BY months.month)
              ),
-             by_plan AS (
-                 SELECT month, jsonb_object_agg(plan, mrr::text) AS by_plan FROM (SELECT month, plan, sum(monthly_value) AS mrr FROM at_end GROUP BY month, plan) p GROUP BY month
+             totals AS (
+                 SELECT month, sum(mrr) AS mrr, sum(paying) AS paying,
+                        jsonb_object_agg(plan, mrr::text) FILTER (WHERE paying > 0) AS by_plan
+                 FROM per_plan GROUP BY month
              )
              SELECT months.month,
-                    coalesce((SELECT sum(monthly_value) FROM at_end WHERE at_end.month = months.month), 0) AS mrr,
-                    12 * coalesce((SELECT sum(monthly_value) FROM at_end WHERE at_end.month = months.month), 0) AS arr,
-                    (SELECT count(DISTINCT tenant_id) FROM at_end WHERE at_end.month = months.month) AS active_tenants,
-                    (SELECT count(*) FROM {schema}.subscriptions WHERE started_at >= months.month AND started_at < months.month_end) AS new_tenants,
-                    (SELECT count(*) FROM {schema}.subscriptions WHERE cancelled_at >= months.month AND cancelled_at < months.month_end) AS churned_tenants,
-                    (SELECT count(DISTINCT tenant_id) FROM {schema}.subscription_spans s
-                      WHERE s.from_at < months.month AND (s.to_at IS NULL OR s.to_at >= months.month)) AS active_at_start,
-                    coalesce(by_plan.by_plan, '{}'::jsonb) AS by_plan
-             FROM months LEFT JOIN by_plan ON by_plan.month = months.month"
+                    coalesce(t.mrr, 0) AS mrr,
+                    12 * coalesce(t.mrr, 0) AS arr,
+                    coalesce(t.paying, 0)::bigint AS active_tenants,
+                    coalesce(k.started, 0)::bigint AS new_tenants,
+                    coalesce(k.cancelled, 0)::bigint AS churned_tenants,
+                    coalesce(lag(t.paying) OVER (ORDER BY months.month), 0)::bigint AS active_at_start,
+                    coalesce(t.by_plan, '{}'::jsonb) AS by_plan
+             FROM months
+             LEFT JOIN totals t ON t.month = months.month
+             LEFT JOIN {schema}.subscription_changes k ON k.month = months.month"
                 .to_owned(),
         )]
     }
@@ -121,6 +179,18 @@ impl Projection for BillingProjection {
                  from_at         timestamptz NOT NULL,
                  to_at           timestamptz,
                  PRIMARY KEY (subscription_id, from_at)
+             );
+             CREATE TABLE {schema}.revenue_changes (
+                 month  timestamptz NOT NULL,
+                 plan   text NOT NULL,
+                 mrr    numeric NOT NULL,
+                 paying bigint NOT NULL,
+                 PRIMARY KEY (month, plan)
+             );
+             CREATE TABLE {schema}.subscription_changes (
+                 month     timestamptz PRIMARY KEY,
+                 started   bigint NOT NULL,
+                 cancelled bigint NOT NULL
              );
              CREATE TABLE {schema}.invoices (
                  id              uuid PRIMARY KEY,
@@ -217,10 +287,28 @@ impl Projection for BillingProjection {
             _ => {}
         }
         let paying_before = paying(&state);
+        let (started_before, cancelled_before) = (state.started_at, state.cancelled_at);
+        // Spans start and end when the change took effect, not when the billing run got to
+        // recording it (after a pause, or a jump of the test clock, those differ by days).
+        let at = subscription_event.effective_at().unwrap_or_else(|| event.occurred_at());
         state.apply(subscription_event);
         let paying_after = paying(&state);
+        for (before, after, column) in [(started_before, state.started_at, "started"), (cancelled_before, state.cancelled_at, "cancelled")] {
+            if before != after {
+                for (at, change) in [(before, -1i64), (after, 1)] {
+                    if let Some(at) = at {
+                        count_change(conn, schema, month_of(at), column, change).await?;
+                    }
+                }
+            }
+        }
         if paying_before != paying_after {
-            let at = event.occurred_at();
+            if let Some((plan, _, value)) = &paying_before {
+                revenue_change(conn, schema, month_of(at), plan, -*value, -1).await?;
+            }
+            if let Some((plan, _, value)) = &paying_after {
+                revenue_change(conn, schema, month_of(at), plan, *value, 1).await?;
+            }
             sqlx::query(&format!("UPDATE {schema}.subscription_spans SET to_at = $2 WHERE subscription_id = $1 AND to_at IS NULL"))
                 .bind(id)
                 .bind(at)

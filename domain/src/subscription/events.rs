@@ -154,6 +154,30 @@ pub enum SubscriptionEvent {
     },
 }
 
+impl SubscriptionEvent {
+    /// The instant the fact took effect on the subscription's own timeline (a period's start,
+    /// a cancellation's effective time), which can be earlier than when it was recorded: the
+    /// billing run records a period that began while it was not running when it catches up.
+    /// `None` for facts about the future (a scheduled change or cancellation).
+    pub fn effective_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::SubscriptionStarted { started_at: at, .. }
+            | Self::PeriodStarted { period_start: at, .. }
+            | Self::InvoiceIssued { issued_at: at, .. }
+            | Self::PlanChanged { effective_at: at, .. }
+            | Self::ScheduledPlanChangeDropped { at }
+            | Self::CancellationWithdrawn { at }
+            | Self::SubscriptionCancelled { cancelled_at: at, .. }
+            | Self::AddonsChanged { at, .. }
+            | Self::PaymentFailed { failed_at: at, .. }
+            | Self::PaymentSucceeded { paid_at: at, .. }
+            | Self::SubscriptionSuspended { suspended_at: at }
+            | Self::SubscriptionReactivated { reactivated_at: at } => Some(*at),
+            Self::PlanChangeScheduled { .. } | Self::CancellationScheduled { .. } => None,
+        }
+    }
+}
+
 impl DomainEvent for SubscriptionEvent {
     fn event_type(&self) -> String {
         match self {
