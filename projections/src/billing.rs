@@ -62,7 +62,13 @@ async fn revenue_change(
 }
 
 /// Adds `change` to `month`'s count of sign-ups or cancellations (`column`).
-async fn count_change(conn: &mut PgConnection, schema: &str, month: chrono::DateTime<chrono::Utc>, column: &str, change: i64) -> Result<(), sqlx::Error> {
+async fn count_change(
+    conn: &mut PgConnection,
+    schema: &str,
+    month: chrono::DateTime<chrono::Utc>,
+    column: &str,
+    change: i64,
+) -> Result<(), sqlx::Error> {
     let (started, cancelled) = if column == "started" { (change, 0) } else { (0, change) };
     sqlx::query(&format!(
         "INSERT INTO {schema}.subscription_changes AS c VALUES ($1, $2, $3)
@@ -293,7 +299,8 @@ impl Projection for BillingProjection {
         let at = subscription_event.effective_at().unwrap_or_else(|| event.occurred_at());
         state.apply(subscription_event);
         let paying_after = paying(&state);
-        for (before, after, column) in [(started_before, state.started_at, "started"), (cancelled_before, state.cancelled_at, "cancelled")] {
+        for (before, after, column) in [(started_before, state.started_at, "started"), (cancelled_before, state.cancelled_at, "cancelled")]
+        {
             if before != after {
                 for (at, change) in [(before, -1i64), (after, 1)] {
                     if let Some(at) = at {

@@ -4,7 +4,8 @@
 //! `cargo bench -p e2e --bench ledger`. Environment: `BENCH_SECS` per load measurement
 //! (default 10), `BENCH_CLIENTS` (default `8,32,128`), `BENCH_EVENTS` (the large history,
 //! default 1,000,000), `BENCH_SAMPLES` (sequential requests per flat-cost phase, default 300),
-//! `BENCH_TENANTS` (default 16), `BENCH_APPEND_WRITERS` (the server's group-commit writers,
+//! `BENCH_TENANTS` (default 16), `BENCH_REVENUE_TENANTS` (default 10,000), `BENCH_KEEP_DB` (set: keep
+//! the database for a look afterwards), `BENCH_APPEND_WRITERS` (the server's group-commit writers,
 //! default: the server's default).
 //!
 //! The server runs as a child process (this executable re-run as the server, the same
@@ -21,7 +22,9 @@
 //!    events in its history (seeded in SQL, numbered and projected by the server);
 //! 5. rebuild of every projection on the server, and NDJSON replay (`GET /v1/events`) of the
 //!    whole log, next to `COPY (SELECT .. FROM events) TO STDOUT` in the same run;
-//! 6. the server's peak RSS.
+//! 6. the server's peak RSS;
+//! 7. `GET /v1/admin/analytics/revenue` over `BENCH_REVENUE_TENANTS` (default 10,000)
+//!    subscriptions with 36 months of history (seeded in SQL, projected by the server).
 //!
 //! Prints the tables and writes them to `bench/results/<date>.md`.
 
@@ -381,6 +384,109 @@ async fn seed(pool: &PgPool, tenant: &str, phase: &str, count: usize) {
     tx.commit().await.expect("the seed commits");
 }
 
+/// Appends, in SQL, `tenants` subscriptions whose histories spread over the last `months`
+/// months, event payloads built by the domain's own types: each starts on a catalog plan
+/// (every seventh yearly); three in ten change plan later, one in ten fails a payment and is
+/// suspended a week later (half of those come back), one in five cancels; the others are in
+/// their current period. Only the facts that move revenue: earlier periods and their invoices,
+/// which analytics does not read, are left out. Numbered as the server's writer numbers events.
+/// Returns how many events it appended.
+async fn seed_revenue(pool: &PgPool, tenants: usize, months: i64) -> usize {
+    use chrono::{DateTime, Utc};
+    use domain::plan::BillingPeriod;
+    use domain::subscription::{PlanTerms, SubscriptionEvent as E};
+    let plans: Vec<PlanTerms> =
+        domain::plan::default_catalog().iter().filter(|p| p.monthly_price > rust_decimal::Decimal::ZERO).map(PlanTerms::of).collect();
+    let days = months * 30;
+    let origin = chrono::Utc::now() - chrono::Duration::days(days);
+    let (mut ids, mut sequences, mut types, mut payloads, mut metadata) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for g in 0..tenants as i64 {
+        let (tenant, subscription) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let day = |d: i64| origin + chrono::Duration::days(d) + chrono::Duration::seconds(g * 7919 % 86_400);
+        let mut history: Vec<(DateTime<Utc>, E)> = Vec::new();
+        let first = g * 37 % (days - 1);
+        let started = day(first);
+        let period = if g % 7 == 0 { BillingPeriod::Yearly } else { BillingPeriod::Monthly };
+        history.push((
+            started,
+            E::SubscriptionStarted {
+                subscription_id: subscription,
+                tenant_id: tenant,
+                tenant_code: format!("rev-{g}"),
+                currency: "CHF".into(),
+                tax_rate: Default::default(),
+                plan: plans[g as usize % plans.len()].clone(),
+                billing_period: period,
+                trial_ends_at: None,
+                anchor: started,
+                started_at: started,
+            },
+        ));
+        let mut at = first;
+        if g % 10 < 3 && at + 45 + g % 90 < days {
+            at += 45 + g % 90;
+            let plan = plans[(g as usize + 1) % plans.len()].clone();
+            history.push((day(at), E::PlanChanged { plan, billing_period: period, new_anchor: None, effective_at: day(at) }));
+        }
+        if g % 10 == 9 && at + 50 < days {
+            at += 40;
+            history
+                .push((day(at), E::PaymentFailed { payment_id: format!("p-{g}"), invoice_id: uuid::Uuid::new_v4(), failed_at: day(at) }));
+            at += 7;
+            history.push((day(at), E::SubscriptionSuspended { suspended_at: day(at) }));
+            if g % 20 == 19 {
+                at += 3;
+                history.push((day(at), E::SubscriptionReactivated { reactivated_at: day(at) }));
+            }
+        }
+        if g % 5 == 0 && at + 100 + g % 400 < days {
+            at += 100 + g % 400;
+            history.push((day(at), E::SubscriptionCancelled { cancelled_at: day(at), immediately: true }));
+        }
+        let cancelled = matches!(history.last(), Some((_, E::SubscriptionCancelled { .. })));
+        if !cancelled {
+            // The period running now, as if every earlier one had been billed: the server's
+            // billing run then has nothing due (it would otherwise bill 36 months of periods).
+            let now = chrono::Utc::now();
+            let index = (0..).find(|&k| domain::billing::period::nth(started, period, k).end > now).expect("a current period");
+            let current = domain::billing::period::nth(started, period, index);
+            history.push((current.start, E::PeriodStarted { period_index: index, period_start: current.start, period_end: current.end }));
+        }
+        for (sequence, (when, event)) in history.into_iter().enumerate() {
+            ids.push(subscription.to_string());
+            sequences.push(sequence as i64 + 1);
+            let payload = serde_json::to_value(&event).expect("an event");
+            types.push(payload["type"].as_str().expect("a tagged event").to_owned());
+            payloads.push(payload.to_string());
+            metadata.push(
+                json!({"tenant_id": tenant, "actor": "system:bench", "correlation_id": "bench", "causation_id": "bench",
+                       "occurred_at": when.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)})
+                .to_string(),
+            );
+        }
+    }
+    let count = ids.len();
+    let mut tx = pool.begin().await.expect("a transaction");
+    let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE").fetch_one(&mut *tx).await.expect("the head");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, position)
+         SELECT 'Subscription', a, s, t, '1.0', p::jsonb, m::jsonb, $6 + n
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(a, s, t, p, m, n)",
+    )
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(&metadata)
+    .bind(head)
+    .execute(&mut *tx)
+    .await
+    .expect("the subscriptions' histories");
+    sqlx::query("UPDATE event_log_head SET position = $1").bind(head + count as i64).execute(&mut *tx).await.expect("the head");
+    tx.commit().await.expect("the seed commits");
+    count
+}
+
 /// `samples` sequential `POST /v1/usage`: p50, p99, mean.
 async fn sequential(http: &Http, key: &str, phase: &str, samples: usize) -> (Duration, Duration, Duration) {
     let mut latencies = Vec::with_capacity(samples);
@@ -697,6 +803,49 @@ async fn run() {
     ));
     section(&mut out, &format!("Rebuild and replay of the whole log ({head} events)"), "| what | time | events/s | vs COPY |", &rows);
 
+    // 7. Revenue analytics over a platform's worth of subscriptions.
+    let revenue_tenants: usize = env("BENCH_REVENUE_TENANTS", "10000").parse().expect("BENCH_REVENUE_TENANTS");
+    let seeding = Instant::now();
+    let seeded = seed_revenue(&pool, revenue_tenants, 36).await;
+    settled(&pool).await;
+    let projected = seeding.elapsed();
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await.expect("vacuum");
+    let (_, months) = http.get("/v1/admin/analytics/revenue", ADMIN).await;
+    let months = months.as_array().map_or(0, Vec::len);
+    let mut rows = vec![format!(
+        "| {revenue_tenants} subscriptions over 36 months ({seeded} events) appended in SQL, projected | {:.1} s | | | |",
+        projected.as_secs_f64()
+    )];
+    for (what, path) in [
+        ("`GET /v1/admin/analytics/revenue` (every month)", "/v1/admin/analytics/revenue".to_owned()),
+        (
+            "`GET /v1/admin/analytics/revenue?from&to` (the last 12 months)",
+            format!(
+                "/v1/admin/analytics/revenue?from={}&to={}",
+                (chrono::Utc::now() - chrono::Duration::days(365)).format("%Y-%m-01T00:00:00Z"),
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        ),
+    ] {
+        let http2 = http.clone();
+        let path = Arc::new(path);
+        let ours = load(8, secs, move |_| {
+            let (http, path) = (http2.clone(), path.clone());
+            async move { http.get(&path, ADMIN).await.0 == 200 }
+        })
+        .await;
+        rows.push(format!(
+            "| {what}, 8 clients | {:.0} req/s | {} | **{}** | {} |",
+            ours.per_second,
+            ms(ours.p50),
+            ms(ours.p99),
+            ours.failures
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+    }
+    section(&mut out, &format!("Revenue analytics ({months} months answered)"), "| what | ours | p50 | p99 | failed |", &rows);
+    peaks.push(("the revenue analytics phase", server.peak_rss_mib()));
+
     // 6. Memory.
     let rss = server.peak_rss_mib();
     peaks.push(("the NDJSON replay", rss));
@@ -713,6 +862,10 @@ async fn run() {
     std::fs::create_dir_all(&dir).expect("the results folder");
     std::fs::write(dir.join(format!("{date}.md")), &out).expect("the results file");
     println!("written to bench/results/{date}.md");
+    if std::env::var_os("BENCH_KEEP_DB").is_some() {
+        eprintln!("kept database {db}");
+        return;
+    }
     if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
     }

@@ -13,7 +13,7 @@ async fn revenue_per_month_tracks_mrr_new_and_churned_tenants_by_plan() {
     yearly["billing_period"] = json!("yearly");
     yearly["trial_days"] = json!(0);
     app.create_tenant_raw(yearly).await.expect(201); // 1990.00 yearly = 165.83 a month
-    // On trial until Jan 24, then paying (recorded when the clock moves on, counted from Jan 24).
+                                                     // On trial until Jan 24, then paying (recorded when the clock moves on, counted from Jan 24).
     let trialing = app.create_tenant("rev-trial").await;
     app.set_clock("2027-02-05T00:00:00Z").await;
     app.post("/v1/subscription/change-plan", &a.key, json!({"plan": "professional"})).await.expect(200);
@@ -126,14 +126,15 @@ async fn revenue_rollups_agree_with_the_paying_spans_month_by_month() {
     app.set_clock("2027-02-05T00:00:00Z").await;
     app.post("/v1/subscription/change-plan", &a.key, json!({"plan": "professional"})).await.expect(200);
     app.post("/v1/subscription/cancel", &a.key, json!({"at_period_end": true})).await.expect(200); // ends Feb 10
-    // Cancelled on the very instant February ends: it paid at February's end, not at March's.
+                                                                                                   // Cancelled on the very instant February ends: it paid at February's end, not at March's.
     app.set_clock("2027-03-01T00:00:00Z").await;
     app.post("/v1/subscription/cancel", &d.key, json!({"at_period_end": false})).await.expect(200);
     app.set_clock("2027-04-15T00:00:00Z").await;
     app.create_tenant_on("roll-e", "starter").await;
     app.set_clock("2027-05-02T00:00:00Z").await;
 
-    let served = app.get("/v1/admin/analytics/revenue?from=2027-01-01T00:00:00Z&to=2027-06-01T00:00:00Z", ADMIN_TOKEN).await.expect(200).clone();
+    let served =
+        app.get("/v1/admin/analytics/revenue?from=2027-01-01T00:00:00Z&to=2027-06-01T00:00:00Z", ADMIN_TOKEN).await.expect(200).clone();
     let served = served.as_array().unwrap();
     let brief: Vec<(String, String, i64, i64, i64, f64)> = served
         .iter()
@@ -185,6 +186,7 @@ async fn revenue_rollups_agree_with_the_paying_spans_month_by_month() {
         assert!(std::time::Instant::now() < deadline, "the rebuild did not finish: {runs:?}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let again = app.get("/v1/admin/analytics/revenue?from=2027-01-01T00:00:00Z&to=2027-06-01T00:00:00Z", ADMIN_TOKEN).await.expect(200).clone();
+    let again =
+        app.get("/v1/admin/analytics/revenue?from=2027-01-01T00:00:00Z&to=2027-06-01T00:00:00Z", ADMIN_TOKEN).await.expect(200).clone();
     assert_eq!(&again, &Value::Array(served.clone()));
 }
