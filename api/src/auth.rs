@@ -256,15 +256,48 @@ impl FromRequestParts<AppState> for TenantCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Self::gate(parts, state, false).await?.0)
+    }
+}
+
+/// A tenant caller recording usage: as [`TenantCaller`], except that a cancelled tenant's key
+/// is let through (with `cancelled` set), since usage that occurred before the cancellation
+/// may arrive late and is still billed; the handler refuses anything later.
+#[derive(Debug, Clone)]
+pub struct UsageCaller {
+    /// The caller.
+    pub caller: TenantCaller,
+    /// Whether the tenant is cancelled.
+    pub cancelled: bool,
+}
+
+impl FromRequestParts<AppState> for UsageCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (caller, cancelled) = TenantCaller::gate(parts, state, true).await?;
+        Ok(Self { caller, cancelled })
+    }
+}
+
+impl TenantCaller {
+    /// The caller and the contract's gates; with `cancelled_may_write`, a cancelled (not
+    /// erased) tenant's key may write, and the answer says it is cancelled.
+    async fn gate(parts: &mut Parts, state: &AppState, cancelled_may_write: bool) -> Result<(Self, bool), ApiError> {
         let is_read = matches!(parts.method, Method::GET | Method::HEAD);
         match Caller::from_request_parts(parts, state).await? {
             Caller::Admin { acting_for: Some(tenant_id) } => {
                 // Not even the admin writes for an erased tenant: nothing personal may be
                 // recorded for it again.
-                if !is_read && state.tenant_status(tenant_id).await?.as_deref() == Some("erased") {
-                    return Err(ApiError::new(StatusCode::FORBIDDEN, "TENANT_CANCELLED", "the tenant is erased"));
+                let mut cancelled = false;
+                if !is_read {
+                    match state.tenant_status(tenant_id).await?.as_deref() {
+                        Some("erased") => return Err(ApiError::new(StatusCode::FORBIDDEN, "TENANT_CANCELLED", "the tenant is erased")),
+                        Some("cancelled") => cancelled = true,
+                        _ => {}
+                    }
                 }
-                Ok(Self { tenant_id, role: None, actor: Actor::Admin })
+                Ok((Self { tenant_id, role: None, actor: Actor::Admin }, cancelled))
             }
             Caller::Admin { acting_for: None } => {
                 Err(ApiError::validation("X-Tenant-ID", "the admin token must name a tenant in X-Tenant-ID for tenant routes"))
@@ -282,6 +315,7 @@ impl FromRequestParts<AppState> for TenantCaller {
                                 "the tenant is suspended; settle the open invoice to reactivate it",
                             ))
                         }
+                        "cancelled" if cancelled_may_write => {}
                         "cancelled" | "erased" => {
                             return Err(ApiError::new(
                                 StatusCode::FORBIDDEN,
@@ -292,7 +326,8 @@ impl FromRequestParts<AppState> for TenantCaller {
                         _ => {}
                     }
                 }
-                Ok(Self { tenant_id: key.tenant_id, role: Some(key.role.0), actor: Actor::ApiKey(key.key_id) })
+                let cancelled = !is_read && key.tenant_status == "cancelled";
+                Ok((Self { tenant_id: key.tenant_id, role: Some(key.role.0), actor: Actor::ApiKey(key.key_id) }, cancelled))
             }
         }
     }

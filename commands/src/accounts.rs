@@ -199,11 +199,19 @@ impl Accounts {
             }
         }
 
-        let due: Vec<(Uuid, Uuid)> =
-            sqlx::query_as("SELECT id, tenant_id FROM rm.subscriptions WHERE next_due_at <= $1 ORDER BY next_due_at, id")
-                .bind(as_of)
-                .fetch_all(&self.pool)
-                .await?;
+        // Due: something to do by `as_of`; and subscriptions cancelled less than the late-usage
+        // window ago, whose late usage (if any turned up) gets a final invoice.
+        let due: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT id, tenant_id FROM rm.subscriptions WHERE next_due_at <= $1
+             UNION
+             SELECT id, tenant_id FROM rm.subscriptions
+             WHERE status = 'cancelled' AND cancelled_at <= $1 AND cancelled_at > $1 - make_interval(days => $2)
+             ORDER BY 1",
+        )
+        .bind(as_of)
+        .bind(domain::subscription::LATE_USAGE_DAYS as i32)
+        .fetch_all(&self.pool)
+        .await?;
         report.subscriptions_due = due.len();
         for (subscription_id, tenant_id) in due {
             match self.subscriptions.execute(subscription_id, SubscriptionCommand::AdvanceTo { as_of }, &context(tenant_id)).await {

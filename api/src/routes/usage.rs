@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::auth::TenantCaller;
+use crate::auth::{TenantCaller, UsageCaller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
 
@@ -31,6 +31,29 @@ struct UsageBody {
     quantity: i64,
     idempotency_key: String,
     occurred_at: Option<DateTime<Utc>>,
+}
+
+/// When a cancelled tenant's subscription ended: only usage that occurred before then is
+/// still accepted (late facts of its last periods, billed on a final invoice).
+async fn cancelled_at(state: &AppState, tenant_id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, ApiError> {
+    Ok(sqlx::query_scalar::<_, Option<DateTime<Utc>>>("SELECT cancelled_at FROM rm.subscriptions WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_optional(state.pool())
+        .await?
+        .flatten())
+}
+
+/// Refuses a cancelled tenant's fact unless it occurred before the cancellation.
+fn before_cancellation(fact: RecordUsage, cancelled_at: Option<DateTime<Utc>>) -> Result<RecordUsage, ApiError> {
+    match cancelled_at {
+        Some(at) if fact.occurred_at < at => Ok(fact),
+        Some(at) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "TENANT_CANCELLED",
+            format!("the tenant is cancelled; only usage that occurred before its cancellation ({}) is still accepted", at.to_rfc3339()),
+        )),
+        None => Err(ApiError::new(StatusCode::FORBIDDEN, "TENANT_CANCELLED", "the tenant is cancelled")),
+    }
 }
 
 impl UsageBody {
@@ -62,10 +85,13 @@ impl UsageBody {
 )]
 async fn record(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    UsageCaller { caller, cancelled }: UsageCaller,
     ApiJson(body): ApiJson<UsageBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let fact = body.parse(&caller, state.now())?;
+    let mut fact = body.parse(&caller, state.now())?;
+    if cancelled {
+        fact = before_cancellation(fact, cancelled_at(&state, caller.tenant_id).await?)?;
+    }
     let context = state.context(Some(caller.tenant_id), caller.actor);
     let app = state.clone();
     let duplicate = state
@@ -106,7 +132,7 @@ enum BatchBody {
 )]
 async fn record_batch(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    UsageCaller { caller, cancelled }: UsageCaller,
     ApiJson(body): ApiJson<BatchBody>,
 ) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
     let records = match body {
@@ -117,12 +143,17 @@ async fn record_batch(
     }
     let now = state.now();
     let context = state.context(Some(caller.tenant_id), caller.actor.clone());
+    let cancelled_at = if cancelled { Some(cancelled_at(&state, caller.tenant_id).await?) } else { None };
     let parsed: Vec<Result<RecordUsage, ApiError>> = records
         .into_iter()
         .map(|r| {
-            serde_json::from_value::<UsageBody>(r)
+            let fact = serde_json::from_value::<UsageBody>(r)
                 .map_err(|e| ApiError::validation("record", e.to_string()))
-                .and_then(|b| b.parse(&caller, now))
+                .and_then(|b| b.parse(&caller, now))?;
+            match cancelled_at {
+                Some(at) => before_cancellation(fact, at),
+                None => Ok(fact),
+            }
         })
         .collect();
     // A key repeated within the batch is the same fact: the first occurrence records it, the

@@ -4,7 +4,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Addons, PendingChange, PlanTerms, Subscription, SubscriptionStatus};
+use super::{Addons, BilledUsage, MeteredCharge, PendingChange, PlanTerms, Subscription, SubscriptionStatus, LATE_USAGE_DAYS};
 use crate::billing::invoice::{InvoiceLine, LineKind};
 use crate::plan::BillingPeriod;
 use crate::values::TaxRate;
@@ -152,6 +152,19 @@ pub enum SubscriptionEvent {
         /// When.
         reactivated_at: DateTime<Utc>,
     },
+    /// A period's usage was billed (in arrears when the period closed, or again with late facts
+    /// found later): per metric, what was counted and what it cost in all. Late facts are billed
+    /// as the difference to the last such figures.
+    UsageBilled {
+        /// The period.
+        period_start: DateTime<Utc>,
+        /// Its end.
+        period_end: DateTime<Utc>,
+        /// Per metric.
+        charges: Vec<MeteredCharge>,
+        /// When.
+        billed_at: DateTime<Utc>,
+    },
 }
 
 impl SubscriptionEvent {
@@ -172,7 +185,8 @@ impl SubscriptionEvent {
             | Self::PaymentFailed { failed_at: at, .. }
             | Self::PaymentSucceeded { paid_at: at, .. }
             | Self::SubscriptionSuspended { suspended_at: at }
-            | Self::SubscriptionReactivated { reactivated_at: at } => Some(*at),
+            | Self::SubscriptionReactivated { reactivated_at: at }
+            | Self::UsageBilled { billed_at: at, .. } => Some(*at),
             Self::PlanChangeScheduled { .. } | Self::CancellationScheduled { .. } => None,
         }
     }
@@ -195,6 +209,7 @@ impl DomainEvent for SubscriptionEvent {
             Self::PaymentSucceeded { .. } => "PaymentSucceeded",
             Self::SubscriptionSuspended { .. } => "SubscriptionSuspended",
             Self::SubscriptionReactivated { .. } => "SubscriptionReactivated",
+            Self::UsageBilled { .. } => "UsageBilled",
         }
         .to_owned()
     }
@@ -237,8 +252,11 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
                 s.status = SubscriptionStatus::Active;
             }
         }
-        E::InvoiceIssued { invoice_id, total, paid_at, lines, .. } => {
+        E::InvoiceIssued { invoice_id, total, paid_at, lines, issued_at, .. } => {
             s.invoices_issued += 1;
+            // Every invoice first bills the late usage found so far; a period whose window has
+            // closed can have no more, so it is done with.
+            s.usage_billed.retain(|_, billed| billed.period_end + chrono::Duration::days(LATE_USAGE_DAYS) > issued_at);
             s.credit_balance += lines.iter().filter(|l| l.kind == LineKind::Credit).map(|l| l.amount).sum::<Decimal>();
             if paid_at.is_none() {
                 s.unpaid.insert(invoice_id, total);
@@ -283,6 +301,9 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
         E::SubscriptionReactivated { .. } => {
             s.status = SubscriptionStatus::Active;
             s.past_due_since = None;
+        }
+        E::UsageBilled { period_start, period_end, charges, billed_at } => {
+            s.usage_billed.insert(period_start, BilledUsage { period_end, charges, billed_at });
         }
     }
 }

@@ -40,6 +40,12 @@ use crate::values::TaxRate;
 /// Days a failed payment may stay unpaid before the subscription is suspended.
 pub const GRACE_DAYS: i64 = 7;
 
+/// How long after a period's end its usage can still change: a usage fact may be recorded up
+/// to this many days after it occurred (`crate::usage::LATE_USAGE_DAYS`), so a period's usage is
+/// final this long after its end, and late facts found before then are billed on the next
+/// invoice.
+pub const LATE_USAGE_DAYS: i64 = crate::usage::LATE_USAGE_DAYS;
+
 /// A plan version's terms as a subscription signed up to them: later catalog versions never
 /// change what an existing subscriber pays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +102,32 @@ pub struct BillableUsage {
     pub api_calls: u64,
     /// SMS sent.
     pub sms: u64,
+}
+
+/// One metric's usage of a period as billed: how much was counted, what was included, and
+/// what it cost. Late facts are billed as the difference to these figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeteredCharge {
+    /// The metric (`api_calls`, `sms`).
+    pub metric: String,
+    /// Units counted in the period.
+    pub quantity: u64,
+    /// Units included in the plan for the period (`None`: no allowance, or unlimited for
+    /// `api_calls`).
+    pub included: Option<u64>,
+    /// What the period's usage of the metric cost, in all.
+    pub amount: Decimal,
+}
+
+/// A billed period whose usage can still change (see [`LATE_USAGE_DAYS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BilledUsage {
+    /// The period's end.
+    pub period_end: DateTime<Utc>,
+    /// Per metric, as billed so far.
+    pub charges: Vec<MeteredCharge>,
+    /// When it was last billed.
+    pub billed_at: DateTime<Utc>,
 }
 
 /// A boxed future, for object-safe ports.
@@ -202,6 +234,10 @@ pub struct Subscription {
     pub credit_balance: Decimal,
     /// When it was cancelled.
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// Billed periods whose usage can still change, by start: late facts in them are billed on
+    /// the next invoice. Dropped from an invoice issued once their window has closed.
+    #[serde(default)]
+    pub usage_billed: BTreeMap<DateTime<Utc>, BilledUsage>,
 }
 
 impl Subscription {

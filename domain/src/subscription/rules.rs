@@ -6,10 +6,11 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::{
-    PaymentOutcome, StartSubscription, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent as E,
-    SubscriptionStatus as S, UsageMeter,
+    BillableUsage, MeteredCharge, PaymentOutcome, StartSubscription, Subscription, SubscriptionCommand, SubscriptionError,
+    SubscriptionEvent as E, SubscriptionStatus as S, UsageMeter,
 };
 use crate::billing::invoice::{totals, InvoiceLine, LineKind};
+use crate::billing::money::round_cents;
 use crate::billing::period::{self, months_in, Period};
 use crate::billing::{pricing, proration};
 use crate::tenant::MAX_TRIAL_DAYS;
@@ -25,7 +26,7 @@ pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, m
     }
     match command {
         C::Start(start) => start_subscription(s, *start, sink).await,
-        C::ChangePlan { plan, billing_period, immediately, at } => change_plan(s, plan, billing_period, immediately, at, sink).await,
+        C::ChangePlan { plan, billing_period, immediately, at } => change_plan(s, plan, billing_period, immediately, at, meter, sink).await,
         C::Cancel { at_period_end, at } => cancel(s, at_period_end, at, meter, sink).await,
         C::Resume { at } => {
             if s.status == S::Cancelled || !s.cancel_at_period_end {
@@ -119,13 +120,47 @@ fn advance_lines(s: &Subscription, period: Period) -> Vec<InvoiceLine> {
     lines
 }
 
-/// Usage of the closed `period` billed in arrears: API calls beyond the allowance and SMS.
-async fn arrears_lines(s: &Subscription, meter: &dyn UsageMeter, period: Period) -> Result<Vec<InvoiceLine>, SubscriptionError> {
+/// What a period's `usage` costs when `allowance` API calls are included (`None`: unlimited):
+/// API calls beyond it per started 1,000, and SMS each.
+fn charges_for(usage: BillableUsage, allowance: Option<u64>) -> Vec<MeteredCharge> {
+    let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance);
+    vec![
+        MeteredCharge {
+            metric: API_CALLS.into(),
+            quantity: usage.api_calls,
+            included: allowance,
+            amount: round_cents(Decimal::from(blocks) * pricing::api_call_block()),
+        },
+        MeteredCharge {
+            metric: SMS.into(),
+            quantity: usage.sms,
+            included: None,
+            amount: round_cents(Decimal::from(usage.sms) * pricing::sms_each()),
+        },
+    ]
+}
+
+const API_CALLS: &str = "api_calls";
+const SMS: &str = "sms";
+
+fn dates(period: Period) -> String {
+    format!("{} – {}", period.start.format("%Y-%m-%d"), period.end.format("%Y-%m-%d"))
+}
+
+/// Usage of the closed `period` billed in arrears under the current terms: the invoice lines
+/// (API calls beyond the allowance, SMS) and the `UsageBilled` fact that remembers what they
+/// counted, for late facts.
+async fn arrears(
+    s: &Subscription,
+    meter: &dyn UsageMeter,
+    period: Period,
+    at: DateTime<Utc>,
+) -> Result<(Vec<InvoiceLine>, E), SubscriptionError> {
     let usage = meter.billable_usage(s.tenant_id.expect("started"), period).await.map_err(SubscriptionError::UsageUnavailable)?;
     let plan = s.plan.as_ref().expect("started");
     let months = u64::from(months_in(s.billing_period.expect("started")));
     let allowance = plan.limits.api_calls_per_month.map(|a| a * months);
-    let dates = format!("{} – {}", period.start.format("%Y-%m-%d"), period.end.format("%Y-%m-%d"));
+    let dates = dates(period);
     let mut lines = Vec::new();
     let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance);
     if blocks > 0 {
@@ -139,7 +174,56 @@ async fn arrears_lines(s: &Subscription, meter: &dyn UsageMeter, period: Period)
     if usage.sms > 0 {
         lines.push(InvoiceLine::new(LineKind::Overage, format!("SMS, {dates}"), Decimal::from(usage.sms), pricing::sms_each()));
     }
-    Ok(lines)
+    let billed =
+        E::UsageBilled { period_start: period.start, period_end: period.end, charges: charges_for(usage, allowance), billed_at: at };
+    Ok((lines, billed))
+}
+
+/// Late usage found at `at`: for every billed period whose usage can still change (see
+/// [`super::LATE_USAGE_DAYS`]) and has changed, the charge for the period with the late facts
+/// minus what was billed for it, under the period's own terms (its allowance), as lines naming
+/// the period, and the `UsageBilled` facts with the new figures. Also the span of those periods.
+async fn late_usage(
+    s: &Subscription,
+    meter: &dyn UsageMeter,
+    at: DateTime<Utc>,
+) -> Result<(Vec<InvoiceLine>, Vec<E>, Option<Period>), SubscriptionError> {
+    let tenant_id = s.tenant_id.expect("started");
+    let (mut lines, mut events, mut span) = (Vec::new(), Vec::new(), None::<Period>);
+    for (&start, billed) in &s.usage_billed {
+        let period = Period { start, end: billed.period_end };
+        let usage = meter.billable_usage(tenant_id, period).await.map_err(SubscriptionError::UsageUnavailable)?;
+        let before = |metric: &str| billed.charges.iter().find(|c| c.metric == metric);
+        let counted = |metric: &str| before(metric).map_or(0, |c| c.quantity);
+        if usage.api_calls <= counted(API_CALLS) && usage.sms <= counted(SMS) {
+            continue;
+        }
+        let allowance = before(API_CALLS).and_then(|c| c.included);
+        let charges = charges_for(usage, allowance);
+        let dates = dates(period);
+        let extra = |metric: &str| {
+            let now = charges.iter().find(|c| c.metric == metric).map_or(Decimal::ZERO, |c| c.amount);
+            now - before(metric).map_or(Decimal::ZERO, |c| c.amount)
+        };
+        if extra(API_CALLS) > Decimal::ZERO {
+            let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance)
+                - pricing::api_call_overage_blocks(counted(API_CALLS), allowance);
+            let description = format!(
+                "API calls beyond the allowance, late usage for {dates}: {} of {} included ({} billed before), per started 1,000",
+                usage.api_calls,
+                allowance.unwrap_or_default(),
+                counted(API_CALLS)
+            );
+            lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block()));
+        }
+        if extra(SMS) > Decimal::ZERO {
+            let description = format!("SMS, late usage for {dates} ({} billed before)", counted(SMS));
+            lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(usage.sms - counted(SMS)), pricing::sms_each()));
+        }
+        span = Some(span.map_or(period, |p| Period { start: p.start.min(period.start), end: p.end.max(period.end) }));
+        events.push(E::UsageBilled { period_start: start, period_end: period.end, charges, billed_at: at });
+    }
+    Ok((lines, events, span))
 }
 
 /// Issues an invoice for `period` with `lines`: account credit is applied (never below zero),
@@ -186,6 +270,7 @@ async fn change_plan(
     billing_period: Option<crate::plan::BillingPeriod>,
     immediately: bool,
     at: DateTime<Utc>,
+    meter: &dyn UsageMeter,
     sink: &Sink,
 ) -> Outcome {
     if matches!(s.status, S::Cancelled | S::Suspended) {
@@ -209,14 +294,24 @@ async fn change_plan(
     if new_period != current_period {
         // A new interval restarts the periods now: the unused old period is credited and the
         // first new period is charged in full.
+        // The old period's usage so far is billed now, in arrears, as a cancellation would.
         let credit = proration::split(current.price(current_period), Decimal::ZERO, period, at).credit;
+        let used = Period { start: period.start, end: at.max(period.start) };
+        let (mut lines, billed) = arrears(s, meter, used, at).await?;
+        let (late, late_billed, _) = late_usage(s, meter, at).await?;
+        lines.extend(late);
+        sink.write(billed, s).await;
+        for event in late_billed {
+            sink.write(event, s).await;
+        }
         sink.write(E::PlanChanged { plan, billing_period: new_period, new_anchor: Some(at), effective_at: at }, s).await;
         let unused = InvoiceLine::fixed(
             LineKind::Proration,
             format!("Unused time on {} ({}) from {}", current.name, current_period.as_str(), at.format("%Y-%m-%d")),
             -credit,
         );
-        begin_period(s, 0, vec![unused], at, sink).await;
+        lines.insert(0, unused);
+        begin_period(s, 0, lines, at, sink).await;
         return Ok(());
     }
     let (old_price, new_price) = (current.price(current_period), plan.price(current_period));
@@ -229,10 +324,16 @@ async fn change_plan(
     sink.write(E::PlanChanged { plan, billing_period: new_period, new_anchor: None, effective_at: at }, s).await;
     if new_price != old_price {
         let from = at.format("%Y-%m-%d %H:%M UTC");
-        let lines = vec![
+        let mut lines = vec![
             InvoiceLine::fixed(LineKind::Proration, format!("Unused time on {} from {from}", current.name), -split.credit),
             InvoiceLine::fixed(LineKind::Proration, format!("Remaining time on {new_name} from {from}"), split.charge),
         ];
+        // Like every invoice, it carries the late usage found so far.
+        let (late, late_billed, _) = late_usage(s, meter, at).await?;
+        lines.extend(late);
+        for event in late_billed {
+            sink.write(event, s).await;
+        }
         issue_invoice(s, Period { start: at, end: period.end }, lines, at, sink).await;
     }
     Ok(())
@@ -252,9 +353,15 @@ async fn cancel(s: &mut Subscription, at_period_end: bool, at: DateTime<Utc>, me
     }
     if s.status != S::Trialing {
         let used = Period { start: period.start, end: at.max(period.start) };
-        let arrears = arrears_lines(s, meter, used).await?;
-        if !arrears.is_empty() {
-            issue_invoice(s, used, arrears, at, sink).await;
+        let (mut lines, billed) = arrears(s, meter, used, at).await?;
+        let (late, late_billed, _) = late_usage(s, meter, at).await?;
+        lines.extend(late);
+        sink.write(billed, s).await;
+        for event in late_billed {
+            sink.write(event, s).await;
+        }
+        if !lines.is_empty() {
+            issue_invoice(s, used, lines, at, sink).await;
         }
     }
     sink.write(E::SubscriptionCancelled { cancelled_at: at, immediately: true }, s).await;
@@ -292,7 +399,13 @@ async fn advance_to(s: &mut Subscription, as_of: DateTime<Utc>, meter: &dyn Usag
             Due::TrialEnd => begin_period(s, 0, Vec::new(), when, sink).await,
             Due::PeriodEnd => {
                 let closed = s.current_period().expect("started");
-                let arrears = arrears_lines(s, meter, closed).await?;
+                let (mut arrears, billed) = arrears(s, meter, closed, when).await?;
+                let (late, late_billed, _) = late_usage(s, meter, when).await?;
+                arrears.extend(late);
+                sink.write(billed, s).await;
+                for event in late_billed {
+                    sink.write(event, s).await;
+                }
                 if s.cancel_at_period_end {
                     if !arrears.is_empty() {
                         issue_invoice(s, closed, arrears, when, sink).await;
@@ -314,6 +427,17 @@ async fn advance_to(s: &mut Subscription, as_of: DateTime<Utc>, meter: &dyn Usag
                 }
                 begin_period(s, next_index, arrears, when, sink).await;
             }
+        }
+    }
+    // A cancelled subscription has no next invoice: late usage in its billed periods gets a
+    // final one.
+    if s.status == S::Cancelled && s.cancelled_at.is_some_and(|at| at <= as_of) && !s.usage_billed.is_empty() {
+        let (lines, late_billed, span) = late_usage(s, meter, as_of).await?;
+        for event in late_billed {
+            sink.write(event, s).await;
+        }
+        if let (false, Some(span)) = (lines.is_empty(), span) {
+            issue_invoice(s, span, lines, as_of, sink).await;
         }
     }
     Ok(())

@@ -172,7 +172,9 @@ fn a_downgrade_waits_for_the_period_end_and_is_billed_from_there() {
     assert!(matches!(&scheduled[..], [SubscriptionEvent::PlanChangeScheduled { effective_at, .. }] if *effective_at == at(2027, 5, 1)));
     events.extend(scheduled);
     let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 5, 1) });
-    assert!(matches!(&renewed[0], SubscriptionEvent::PlanChanged { plan, .. } if plan.code.as_str() == "starter"));
+    // The period's usage is billed first (as it was on its terms), then the plan changes.
+    assert!(matches!(&renewed[0], SubscriptionEvent::UsageBilled { .. }));
+    assert!(matches!(&renewed[1], SubscriptionEvent::PlanChanged { plan, .. } if plan.code.as_str() == "starter"));
     assert_eq!(money(invoices(&renewed)[0]).0, [(LineKind::Plan, cents("29.00"))]);
 }
 
@@ -229,8 +231,10 @@ fn switching_to_yearly_restarts_the_periods_and_credits_the_unused_month() {
             at: at(2027, 4, 16),
         },
     );
+    // The month's usage so far is billed, then the periods restart.
+    assert!(matches!(&switched[0], SubscriptionEvent::UsageBilled { period_end, .. } if *period_end == at(2027, 4, 16)));
     assert!(
-        matches!(&switched[1], SubscriptionEvent::PeriodStarted { period_index: 0, period_start, period_end } if *period_start == at(2027, 4, 16) && *period_end == at(2028, 4, 16))
+        matches!(&switched[2], SubscriptionEvent::PeriodStarted { period_index: 0, period_start, period_end } if *period_start == at(2027, 4, 16) && *period_end == at(2028, 4, 16))
     );
     let (lines, totals) = money(invoices(&switched)[0]);
     assert_eq!(lines, [(LineKind::Plan, cents("290.00")), (LineKind::Proration, cents("-14.50"))]);
@@ -283,8 +287,9 @@ fn resume_without_a_pending_cancellation_is_refused() {
 fn cancelling_immediately_bills_the_usage_so_far() {
     let events = history(no_usage, vec![start(0, at(2027, 4, 1))]);
     let cancelled = ok(usage(0, 4), &events, SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 4, 20) });
-    assert_eq!(money(&cancelled[0]).0, [(LineKind::Overage, cents("0.20"))]);
-    assert!(matches!(cancelled[1], SubscriptionEvent::SubscriptionCancelled { immediately: true, .. }));
+    assert!(matches!(&cancelled[0], SubscriptionEvent::UsageBilled { period_end, .. } if *period_end == at(2027, 4, 20)));
+    assert_eq!(money(&cancelled[1]).0, [(LineKind::Overage, cents("0.20"))]);
+    assert!(matches!(cancelled[2], SubscriptionEvent::SubscriptionCancelled { immediately: true, .. }));
 }
 
 #[test]
@@ -400,4 +405,168 @@ fn changing_plan_while_suspended_is_refused() {
         SubscriptionCommand::ChangePlan { plan: terms("business"), billing_period: None, immediately: false, at: at(2027, 4, 10) },
     );
     assert!(matches!(refused, Err(SubscriptionError::InvalidTransition { status: SubscriptionStatus::Suspended, .. })));
+}
+
+/// A meter that reports usage for the periods starting at the given instants, none elsewhere.
+struct UsageByPeriod(Vec<(DateTime<Utc>, BillableUsage)>);
+
+impl UsageMeter for UsageByPeriod {
+    fn billable_usage(&self, _: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
+        let usage = self.0.iter().find(|(start, _)| *start == period.start).map(|(_, u)| *u).unwrap_or_default();
+        Box::pin(async move { Ok(usage) })
+    }
+}
+
+/// `(period start, api calls, sms)` as the meter knows them now.
+fn metered(usage: &[(DateTime<Utc>, u64, u64)]) -> TestFramework<Subscription> {
+    let usage = usage.iter().map(|&(start, api_calls, sms)| (start, BillableUsage { api_calls, sms })).collect();
+    TestFramework::with(Arc::new(UsageByPeriod(usage)) as SubscriptionServices)
+}
+
+fn advance(framework: TestFramework<Subscription>, events: &mut Vec<SubscriptionEvent>, as_of: DateTime<Utc>) -> Vec<SubscriptionEvent> {
+    let new = ok(framework, events, SubscriptionCommand::AdvanceTo { as_of });
+    events.extend(new.clone());
+    new
+}
+
+/// (kind, amount, description) of each line.
+fn described(invoice: &SubscriptionEvent) -> Vec<(LineKind, String, String)> {
+    let SubscriptionEvent::InvoiceIssued { lines, .. } = invoice else { panic!("not an invoice: {invoice:?}") };
+    lines.iter().map(|l| (l.kind, l.amount.to_string(), l.description.clone())).collect()
+}
+
+fn state(events: &[SubscriptionEvent]) -> Subscription {
+    let mut s = Subscription::default();
+    for e in events {
+        cqrs_es::Aggregate::apply(&mut s, e.clone());
+    }
+    s
+}
+
+#[test]
+fn late_api_calls_that_cross_the_allowance_are_billed_on_the_next_invoice_for_their_period() {
+    // Starter: 10,000 calls included a month. January is invoiced on Feb 1 at exactly 10,000.
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    let february = advance(metered(&[(at(2027, 1, 1), 10_000, 0)]), &mut events, at(2027, 2, 1));
+    assert_eq!(money(invoices(&february)[0]).0, [(LineKind::Plan, cents("29.00"))]);
+    assert!(february.iter().any(|e| matches!(e, SubscriptionEvent::UsageBilled { period_start, charges, .. }
+        if *period_start == at(2027, 1, 1) && charges[0].quantity == 10_000 && charges[0].amount.is_zero())));
+    // 2,001 late calls for January turn up before March's invoice: 12,001 → 3 started blocks.
+    let march = advance(metered(&[(at(2027, 1, 1), 12_001, 0), (at(2027, 2, 1), 500, 0)]), &mut events, at(2027, 3, 1));
+    let invoice = invoices(&march)[0];
+    let lines = described(invoice);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!((lines[0].0, lines[0].1.as_str()), (LineKind::Plan, "29.00"));
+    assert_eq!((lines[1].0, lines[1].1.as_str()), (LineKind::Overage, "1.50"));
+    assert!(lines[1].2.contains("2027-01-01 – 2027-02-01") && lines[1].2.contains("late"), "{}", lines[1].2);
+    assert_eq!(money(invoice).1, [cents("30.50"), cents("3.05"), cents("33.55")]);
+    // Billing again finds nothing new: the late facts are billed once.
+    assert!(ok(
+        metered(&[(at(2027, 1, 1), 12_001, 0), (at(2027, 2, 1), 500, 0)]),
+        &events,
+        SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 1) }
+    )
+    .is_empty());
+    let april = advance(metered(&[(at(2027, 1, 1), 12_001, 0), (at(2027, 2, 1), 500, 0)]), &mut events, at(2027, 4, 1));
+    assert_eq!(money(invoices(&april)[0]).0, [(LineKind::Plan, cents("29.00"))]);
+}
+
+#[test]
+fn late_facts_inside_the_allowance_add_no_line_but_are_remembered() {
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    advance(metered(&[(at(2027, 1, 1), 5_000, 0)]), &mut events, at(2027, 2, 1));
+    let march = advance(metered(&[(at(2027, 1, 1), 9_999, 0)]), &mut events, at(2027, 3, 1));
+    assert_eq!(money(invoices(&march)[0]).0, [(LineKind::Plan, cents("29.00"))]);
+    assert_eq!(state(&events).usage_billed[&at(2027, 1, 1)].charges[0].quantity, 9_999);
+    // Two more calls later cross the allowance by one: one started block.
+    let april = advance(metered(&[(at(2027, 1, 1), 10_001, 0)]), &mut events, at(2027, 4, 1));
+    assert_eq!(money(invoices(&april)[0]).0, [(LineKind::Plan, cents("29.00")), (LineKind::Overage, cents("0.50"))]);
+}
+
+#[test]
+fn late_facts_for_two_past_periods_get_one_line_each_under_each_periods_terms() {
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    advance(metered(&[(at(2027, 1, 1), 10_000, 1)]), &mut events, at(2027, 2, 1));
+    advance(metered(&[(at(2027, 1, 1), 10_000, 1), (at(2027, 2, 1), 10_000, 0)]), &mut events, at(2027, 3, 1));
+    // January (closed Feb 1, final on Mar 8) and February both gain late facts before April's
+    // invoice: January's window has closed since, but what arrived within it is still billed.
+    let now = [(at(2027, 1, 1), 11_000, 3), (at(2027, 2, 1), 10_500, 0), (at(2027, 3, 1), 0, 0)];
+    let april = advance(metered(&now), &mut events, at(2027, 4, 1));
+    let lines = described(invoices(&april)[0]);
+    let late: Vec<(&str, &str)> =
+        lines.iter().skip(1).map(|(_, amount, d)| (amount.as_str(), &d[..d.find(':').unwrap_or(d.len())])).collect();
+    assert_eq!(
+        late,
+        [
+            ("0.50", "API calls beyond the allowance, late usage for 2027-01-01 – 2027-02-01"),
+            ("0.10", "SMS, late usage for 2027-01-01 – 2027-02-01 (1 billed before)"),
+            ("0.50", "API calls beyond the allowance, late usage for 2027-02-01 – 2027-03-01"),
+        ]
+    );
+    // January is done with (its window closed before this invoice); February is not yet.
+    let open: Vec<DateTime<Utc>> = state(&events).usage_billed.keys().copied().collect();
+    assert_eq!(open, [at(2027, 2, 1), at(2027, 3, 1)]);
+}
+
+#[test]
+fn late_facts_are_billed_under_their_periods_allowance_not_the_current_plans() {
+    // Professional includes 50,000 calls a month; January is billed on its terms, then the
+    // tenant downgrades to starter (10,000): January's late calls still count against 50,000.
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    events.extend(ok(
+        no_usage(),
+        &events,
+        SubscriptionCommand::ChangePlan { plan: terms("professional"), billing_period: None, immediately: false, at: at(2027, 1, 1) },
+    ));
+    events.extend(ok(
+        no_usage(),
+        &events,
+        SubscriptionCommand::ChangePlan { plan: terms("starter"), billing_period: None, immediately: false, at: at(2027, 1, 10) },
+    ));
+    let february = advance(metered(&[(at(2027, 1, 1), 40_000, 0)]), &mut events, at(2027, 2, 1));
+    let included = terms("professional").limits.api_calls_per_month;
+    assert!(february.iter().any(|e| matches!(e, SubscriptionEvent::UsageBilled { charges, .. } if charges[0].included == included)));
+    assert_eq!(state(&events).plan.unwrap().code.as_str(), "starter");
+    let march = advance(metered(&[(at(2027, 1, 1), 45_000, 0)]), &mut events, at(2027, 3, 1));
+    assert_eq!(money(invoices(&march)[0]).0, [(LineKind::Plan, cents("29.00"))], "45,000 of 50,000: nothing late to bill");
+}
+
+#[test]
+fn late_usage_of_a_cancelled_subscription_gets_a_final_invoice_once() {
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    advance(metered(&[(at(2027, 1, 1), 10_000, 0)]), &mut events, at(2027, 2, 1));
+    events.extend(ok(no_usage(), &events, SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 2, 10) }));
+    assert_eq!(state(&events).status, SubscriptionStatus::Cancelled);
+    // Nothing late yet: the billing run appends nothing.
+    assert!(ok(metered(&[(at(2027, 1, 1), 10_000, 0)]), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 20) }).is_empty());
+    // Late calls for January and late SMS for February's ten days.
+    let late = [(at(2027, 1, 1), 10_001, 0), (at(2027, 2, 1), 0, 4)];
+    let closing = advance(metered(&late), &mut events, at(2027, 2, 21));
+    let invoice = invoices(&closing)[0];
+    assert_eq!(
+        money(invoice),
+        (vec![(LineKind::Overage, cents("0.50")), (LineKind::Overage, cents("0.20"))], [cents("0.70"), cents("0.07"), cents("0.77")])
+    );
+    let SubscriptionEvent::InvoiceIssued { period_start, period_end, number, .. } = invoice else { panic!() };
+    assert_eq!((*period_start, *period_end, number.as_str()), (at(2027, 1, 1), at(2027, 2, 10), "ACME-000003"));
+    assert!(ok(metered(&late), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 22) }).is_empty());
+}
+
+#[test]
+fn switching_to_yearly_bills_the_usage_of_the_months_part_so_far() {
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    let switched = ok(
+        metered(&[(at(2027, 1, 1), 12_001, 0)]),
+        &events,
+        SubscriptionCommand::ChangePlan {
+            plan: terms("starter"),
+            billing_period: Some(crate::plan::BillingPeriod::Yearly),
+            immediately: false,
+            at: at(2027, 1, 16),
+        },
+    );
+    let lines = money(invoices(&switched)[0]).0;
+    assert_eq!(lines.iter().filter(|(kind, _)| *kind == LineKind::Overage).map(|(_, a)| a.as_str()).collect::<Vec<_>>(), ["1.50"]);
+    events.extend(switched);
+    assert!(state(&events).usage_billed.contains_key(&at(2027, 1, 1)));
 }

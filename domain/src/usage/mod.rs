@@ -156,6 +156,11 @@ impl Rejection for UsageError {
 /// How far in the future a fact's `occurred_at` may lie (clock skew).
 pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
 
+/// How far in the past a fact's `occurred_at` may lie when it is recorded (Stripe's window for
+/// meter events): late facts within it are billed (see the subscription's late usage), older
+/// ones are refused, so that a period's usage is final this long after its end.
+pub const LATE_USAGE_DAYS: i64 = 35;
+
 impl Aggregate for UsageFact {
     const TYPE: &'static str = "Usage";
     type Command = RecordUsage;
@@ -169,6 +174,13 @@ impl Aggregate for UsageFact {
         }
         if command.occurred_at > command.at + chrono::Duration::seconds(MAX_FUTURE_SKEW_SECONDS) {
             return Err(ValidationError::new("occurred_at", "must not be in the future").into());
+        }
+        if command.occurred_at < command.at - chrono::Duration::days(LATE_USAGE_DAYS) {
+            return Err(ValidationError::new(
+                "occurred_at",
+                format!("must not be more than {LATE_USAGE_DAYS} days in the past (usage that old can no longer be billed)"),
+            )
+            .into());
         }
         let kind = command.metric.kind();
         let event = UsageEvent::UsageRecorded {
@@ -224,6 +236,21 @@ mod tests {
         }
         let future = Utc.with_ymd_and_hms(2027, 1, 1, 12, 10, 0).unwrap();
         assert!(TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(1, future)).inspect_result().is_err());
+    }
+
+    #[test]
+    fn facts_up_to_35_days_old_are_recorded_and_older_ones_refused_naming_occurred_at() {
+        let now = Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0).unwrap();
+        let oldest = now - chrono::Duration::days(LATE_USAGE_DAYS);
+        assert!(TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(1, oldest)).inspect_result().is_ok());
+        let older = oldest - chrono::Duration::seconds(1);
+        let Err(UsageError::Invalid(refused)) =
+            TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(1, older)).inspect_result()
+        else {
+            panic!("a fact older than the window is refused")
+        };
+        assert_eq!(refused.field, "occurred_at");
+        assert!(refused.message.contains("35 days"), "{}", refused.message);
     }
 
     #[test]

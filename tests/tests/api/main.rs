@@ -13,6 +13,7 @@ mod fuzz;
 mod gdpr;
 mod global_order;
 mod instances;
+mod late_usage;
 mod openapi;
 mod operability;
 mod projector_crash;
