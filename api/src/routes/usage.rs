@@ -27,9 +27,15 @@ pub const MAX_BATCH: usize = 1000;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UsageBody {
+    /// The metric: `[a-z][a-z0-9_]*`, at most 64 characters (`api_calls`, `sms`, `storage_bytes`, ...).
     metric: String,
+    /// Whole units, 0 to 10^15.
     quantity: i64,
+    /// The fact's identity: a key recorded before is answered as a duplicate and counted once.
     idempotency_key: String,
+    /// When it happened (RFC 3339; default: now). At most 5 minutes ahead of the server's
+    /// clock and at most 35 days behind it: a fact in a period already invoiced is billed on
+    /// the next invoice (a cancelled subscription's, on a final one), an older one is refused.
     occurred_at: Option<DateTime<Utc>>,
 }
 
@@ -70,7 +76,10 @@ impl UsageBody {
 }
 
 /// `POST /v1/usage` → 202 `{accepted: true, duplicate}`. A key recorded before is accepted
-/// again as a duplicate and counted once.
+/// again as a duplicate and counted once. `occurred_at` may lie up to 35 days back (late usage
+/// is billed on the next invoice); a cancelled tenant may still record usage that occurred
+/// before its cancellation (billed on a final invoice), anything later is 403
+/// `TENANT_CANCELLED`.
 #[utoipa::path(
     post,
     path = "/v1/usage",
