@@ -27,7 +27,8 @@ pub const MAX_BATCH: usize = 1000;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UsageBody {
-    /// The metric: `[a-z][a-z0-9_]*`, at most 64 characters (`api_calls`, `sms`, `storage_bytes`, ...).
+    /// The metric: `api_calls`, `sms`, `storage_bytes` or `tickets` (anything else is refused, so
+    /// that a misspelt metric is never stored and billed as nothing).
     metric: String,
     /// Whole units, 0 to 10^15.
     quantity: i64,
@@ -66,7 +67,7 @@ impl UsageBody {
     fn parse(self, caller: &TenantCaller, now: DateTime<Utc>) -> Result<RecordUsage, ApiError> {
         Ok(RecordUsage {
             tenant_id: caller.tenant_id,
-            metric: MetricName::parse(&self.metric)?,
+            metric: MetricName::known(&self.metric)?,
             quantity: parse_quantity(self.quantity)?,
             idempotency_key: parse_idempotency_key(&self.idempotency_key)?,
             occurred_at: self.occurred_at.unwrap_or(now),

@@ -33,6 +33,20 @@ impl MetricName {
         Ok(Self(input.to_owned()))
     }
 
+    /// A metric a tenant may record: a built-in one (see [`BUILT_IN_METRICS`]); a misspelt
+    /// name would otherwise be stored and billed as nothing. (Metrics a plan prices with its
+    /// own charges will join them.)
+    pub fn known(input: &str) -> Result<Self, ValidationError> {
+        let metric = Self::parse(input)?;
+        if !BUILT_IN_METRICS.contains(&metric.as_str()) {
+            return Err(ValidationError::new(
+                "metric",
+                format!("unknown metric \"{input}\": the metrics are {}", BUILT_IN_METRICS.map(|m| format!("\"{m}\"")).join(", ")),
+            ));
+        }
+        Ok(metric)
+    }
+
     /// How the metric aggregates.
     pub fn kind(&self) -> MetricKind {
         match self.as_str() {
@@ -153,6 +167,11 @@ impl Rejection for UsageError {
     }
 }
 
+/// The metrics every plan knows: `api_calls` (the plan's monthly allowance, overage billed),
+/// `sms` (billed per message), `storage_bytes` (a gauge, against the plan's storage) and
+/// `tickets`.
+pub const BUILT_IN_METRICS: [&str; 4] = ["api_calls", "sms", "storage_bytes", "tickets"];
+
 /// How far in the future a fact's `occurred_at` may lie (clock skew).
 pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
 
@@ -251,6 +270,16 @@ mod tests {
         };
         assert_eq!(refused.field, "occurred_at");
         assert!(refused.message.contains("35 days"), "{}", refused.message);
+    }
+
+    #[test]
+    fn only_known_metrics_may_be_recorded() {
+        for known in BUILT_IN_METRICS {
+            assert!(MetricName::known(known).is_ok(), "{known}");
+        }
+        let refused = MetricName::known("emails").unwrap_err();
+        assert_eq!(refused.field, "metric");
+        assert!(refused.message.contains("\"emails\"") && refused.message.contains("\"api_calls\""), "{}", refused.message);
     }
 
     #[test]

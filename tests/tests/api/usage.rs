@@ -123,3 +123,29 @@ async fn usage_series_bucket_by_hour_and_day_with_gauges_keeping_their_latest_va
     app.get("/v1/usage?from=2027-03-12T00:00:00Z&to=2027-03-10T00:00:00Z", &tenant.key).await.expect_error(400, "VALIDATION_FAILED");
     app.get("/v1/usage", ADMIN_TOKEN).await.expect_error(400, "VALIDATION_FAILED");
 }
+
+#[tokio::test]
+async fn a_misspelt_metric_is_refused_not_stored_and_billed_as_nothing() {
+    let app = spawn_app_with(|_| {}).await;
+    let tenant = app.create_tenant_on("typo", "starter").await;
+    let refused = app.post("/v1/usage", &tenant.key, json!({"metric": "emails", "quantity": 3, "idempotency_key": "t-1"})).await;
+    refused.expect_error(400, "VALIDATION_FAILED");
+    assert_eq!(refused.body["error"]["details"]["field"], "metric");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("\"api_calls\""), "{}", refused.body);
+    let batch = app
+        .post(
+            "/v1/usage/batch",
+            &tenant.key,
+            json!([{"metric": "emails", "quantity": 1, "idempotency_key": "t-2"}, {"metric": "sms", "quantity": 1, "idempotency_key": "t-3"}]),
+        )
+        .await
+        .expect(202)
+        .clone();
+    assert_eq!((batch["accepted"].as_u64(), batch["refused"].as_u64()), (Some(1), Some(1)), "{batch}");
+    assert_eq!(batch["results"][0]["error"]["details"]["field"], "metric");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Usage' AND payload->>'metric' = 'emails'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
