@@ -1,7 +1,9 @@
-//! Invoices: listing and reading (the tenant's own; the admin's across tenants).
+//! Invoices: listing and reading (the tenant's own; the admin's across tenants), and payments
+//! recorded by hand (a bank transfer the payment provider never saw).
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::billing::invoice::InvoiceLine;
@@ -13,13 +15,13 @@ use uuid::Uuid;
 
 use super::{page_limit, parse_time_cursor, time_cursor, Page};
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
-use crate::extract::{path_id, ApiQuery};
+use crate::extract::{path_id, ApiJson, ApiQuery};
 
 /// The invoice routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/invoices", get(list)).route("/v1/invoices/{id}", get(read))
+    Router::new().route("/v1/invoices", get(list)).route("/v1/invoices/{id}", get(read)).route("/v1/invoices/{id}/pay", post(pay))
 }
 
 /// The columns of [`InvoiceRow`].
@@ -148,7 +150,93 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
     row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
 }
 
+/// How an invoice was paid outside the payment provider.
+const PAYMENT_METHODS: [&str; 4] = ["bank_transfer", "card", "cash", "other"];
+
+/// A payment made outside the payment provider.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PayBody {
+    /// `bank_transfer`, `card`, `cash` or `other`.
+    #[schema(example = "bank_transfer")]
+    method: String,
+    /// The payment's own reference (1 to 255 characters), kept with the payment in the log.
+    reference: Option<String>,
+    /// When the money arrived (RFC 3339; default: now): not before the invoice was issued,
+    /// not in the future.
+    paid_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/invoices/{id}/pay` (admin) `{method, reference?, paid_at?}`: records a payment made
+/// outside the payment provider (a bank transfer, cash) for the invoice's total. The invoice
+/// becomes `paid`, with the same effect on dunning as the provider's `payment.succeeded`: a
+/// past-due or suspended subscription whose failed invoices are all paid is active again, and
+/// so is its tenant. Answers the invoice. An invoice that is already paid: 409
+/// `INVALID_STATE_TRANSITION`.
+#[utoipa::path(
+    post,
+    path = "/v1/invoices/{id}/pay",
+    tag = "invoices",
+    params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
+    request_body = PayBody,
+    responses(
+        (status = 200, description = "The invoice, now paid", body = serde_json::Value),
+        crate::openapi::AuthErrors,
+        crate::openapi::Invalid,
+        crate::openapi::Forbidden,
+        crate::openapi::NotFound,
+        (status = 409, description = "INVALID_STATE_TRANSITION: the invoice is already paid", body = crate::openapi::ErrorBody)
+    ),
+)]
+async fn pay(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PayBody>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id, "invoice")?;
+    if !PAYMENT_METHODS.contains(&body.method.as_str()) {
+        return Err(ApiError::validation("method", format!("must be one of {}", PAYMENT_METHODS.join(", "))));
+    }
+    if let Some(reference) = &body.reference {
+        if reference.trim().is_empty() || reference.len() > 255 || reference.chars().any(char::is_control) {
+            return Err(ApiError::validation("reference", "must be 1 to 255 characters without control characters"));
+        }
+    }
+    let now = state.now();
+    let paid_at = body.paid_at.unwrap_or(now);
+    if paid_at > now + chrono::Duration::minutes(5) {
+        return Err(ApiError::validation("paid_at", "must not be in the future"));
+    }
+    let invoice: Option<(Uuid, Uuid, String, Decimal, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT subscription_id, tenant_id, status, total, currency, issued_at FROM rm.invoices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(state.pool())
+            .await?;
+    let (subscription_id, tenant_id, status, total, currency, issued_at) = invoice.ok_or_else(|| ApiError::not_found("invoice"))?;
+    if status == "paid" {
+        return Err(ApiError::new(StatusCode::CONFLICT, "INVALID_STATE_TRANSITION", "the invoice is already paid"));
+    }
+    if paid_at < issued_at {
+        return Err(ApiError::validation("paid_at", format!("must not be before the invoice was issued ({})", issued_at.to_rfc3339())));
+    }
+    let mut context = state.context(Some(tenant_id), commands::Actor::Admin);
+    context.at = paid_at;
+    let outcome = domain::subscription::PaymentOutcome::Succeeded { amount: total, currency, offline: Some((body.method, body.reference)) };
+    let app = state.clone();
+    state
+        .detach(async move {
+            app.accounts().record_payment(subscription_id, format!("offline:{id}"), id, outcome, &context).await?;
+            app.settle_all().await;
+            Ok(())
+        })
+        .await?;
+    let row: Option<InvoiceRow> =
+        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1")).bind(id).fetch_optional(state.pool()).await?;
+    row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
+}
+
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list, read))]
+#[openapi(paths(list, read, pay), components(schemas(PayBody)))]
 pub struct Docs;

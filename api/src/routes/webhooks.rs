@@ -119,7 +119,7 @@ async fn payments(State(state): State<AppState>, headers: HeaderMap, body: Bytes
                 _ => return Err(ApiError::validation("amount", "is required for payment.succeeded, as a decimal string")),
             };
             let currency = note.currency.ok_or_else(|| ApiError::validation("currency", "is required for payment.succeeded"))?;
-            PaymentOutcome::Succeeded { amount, currency }
+            PaymentOutcome::Succeeded { amount, currency, offline: None }
         }
         "payment.failed" => PaymentOutcome::Failed,
         _ => return Err(ApiError::validation("type", "must be payment.succeeded or payment.failed")),

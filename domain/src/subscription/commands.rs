@@ -69,6 +69,9 @@ pub enum PaymentOutcome {
         amount: Decimal,
         /// Its currency.
         currency: String,
+        /// How, for a payment made outside the payment provider (`bank_transfer`, `card`,
+        /// `cash`, `other`) and its reference; `None` for the provider's.
+        offline: Option<(String, Option<String>)>,
     },
     /// The charge failed.
     Failed,

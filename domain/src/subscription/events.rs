@@ -133,7 +133,7 @@ pub enum SubscriptionEvent {
     },
     /// An invoice was paid.
     PaymentSucceeded {
-        /// The provider's notification id.
+        /// The provider's notification id (`offline:<invoice id>` for a payment recorded by hand).
         payment_id: String,
         /// The invoice.
         invoice_id: Uuid,
@@ -141,6 +141,13 @@ pub enum SubscriptionEvent {
         amount: Decimal,
         /// When.
         paid_at: DateTime<Utc>,
+        /// How it was paid, for a payment recorded by hand (`bank_transfer`, `card`, `cash`,
+        /// `other`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+        /// The payment's reference (a bank transfer's, say), if given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
     },
     /// The grace period ran out unpaid.
     SubscriptionSuspended {

@@ -461,7 +461,7 @@ async fn record_payment(
         return if ours { Ok(()) } else { Err(SubscriptionError::InvoiceNotFound) };
     };
     match outcome {
-        PaymentOutcome::Succeeded { amount, currency } => {
+        PaymentOutcome::Succeeded { amount, currency, offline } => {
             if amount != total || currency != s.currency {
                 return Err(SubscriptionError::PaymentMismatch {
                     expected: total,
@@ -470,7 +470,8 @@ async fn record_payment(
                     currency,
                 });
             }
-            sink.write(E::PaymentSucceeded { payment_id, invoice_id, amount, paid_at: at }, s).await;
+            let (method, reference) = offline.map_or((None, None), |(method, reference)| (Some(method), reference));
+            sink.write(E::PaymentSucceeded { payment_id, invoice_id, amount, paid_at: at, method, reference }, s).await;
             if matches!(s.status, S::PastDue | S::Suspended) && s.failed.is_empty() {
                 sink.write(E::SubscriptionReactivated { reactivated_at: at }, s).await;
             }

@@ -347,7 +347,7 @@ fn a_failed_payment_leads_to_past_due_then_suspension_and_payment_reactivates() 
     let wrong = SubscriptionCommand::RecordPayment {
         payment_id: "evt_2".into(),
         invoice_id: first,
-        outcome: PaymentOutcome::Succeeded { amount: Decimal::new(2900, 2), currency: "EUR".into() },
+        outcome: PaymentOutcome::Succeeded { amount: Decimal::new(2900, 2), currency: "EUR".into(), offline: None },
         at: at(2027, 4, 10),
     };
     assert!(matches!(run(no_usage(), events.clone(), wrong), Err(SubscriptionError::PaymentMismatch { .. })));
@@ -364,7 +364,7 @@ fn a_failed_payment_leads_to_past_due_then_suspension_and_payment_reactivates() 
         SubscriptionCommand::RecordPayment {
             payment_id: "evt_4".into(),
             invoice_id: first,
-            outcome: PaymentOutcome::Succeeded { amount: Decimal::new(3190, 2), currency: "EUR".into() },
+            outcome: PaymentOutcome::Succeeded { amount: Decimal::new(3190, 2), currency: "EUR".into(), offline: None },
             at: at(2027, 4, 11),
         },
     );

@@ -308,3 +308,49 @@ async fn plans_are_listed_and_new_versions_leave_existing_subscribers_alone() {
     assert_eq!(money(&renewal).0, lines(&[("plan", "29.00")]));
     assert_eq!(subscription(&app, &early).await["plan_version"], 1);
 }
+
+#[tokio::test]
+async fn a_payment_recorded_by_hand_pays_the_invoice_and_lifts_dunning() {
+    let app = billing_app().await;
+    app.set_clock("2027-01-01T00:00:00Z").await;
+    let tenant = app.create_tenant_on("by-transfer", "starter").await;
+    let first = invoices(&app, &tenant).await[0].clone();
+    let path = format!("/v1/invoices/{}/pay", first["id"].as_str().unwrap());
+    app.payment_webhook(json!({"id": "evt_fail", "type": "payment.failed", "invoice_id": first["id"], "amount": first["total"], "currency": first["currency"]}))
+        .await
+        .expect(200);
+    app.set_clock("2027-01-09T00:00:00Z").await;
+    assert_eq!(subscription(&app, &tenant).await["status"], "suspended");
+    app.post("/v1/api-keys", &tenant.key, json!({"role": "member"})).await.expect_error(402, "TENANT_SUSPENDED");
+
+    // Only the admin records payments; the body is checked field by field.
+    app.post(&path, &tenant.key, json!({"method": "bank_transfer"})).await.expect_error(403, "FORBIDDEN");
+    let bad = app.post(&path, ADMIN_TOKEN, json!({"method": "cheque"})).await;
+    bad.expect_error(400, "VALIDATION_FAILED");
+    assert_eq!(bad.body["error"]["details"]["field"], "method");
+    let future = app.post(&path, ADMIN_TOKEN, json!({"method": "cash", "paid_at": "2027-02-01T00:00:00Z"})).await;
+    assert_eq!(future.body["error"]["details"]["field"], "paid_at", "{}", future.body);
+    let early = app.post(&path, ADMIN_TOKEN, json!({"method": "cash", "paid_at": "2026-12-31T00:00:00Z"})).await;
+    assert_eq!(early.body["error"]["details"]["field"], "paid_at", "{}", early.body);
+    app.post(&format!("/v1/invoices/{}/pay", uuid::Uuid::now_v7()), ADMIN_TOKEN, json!({"method": "cash"}))
+        .await
+        .expect_error(404, "NOT_FOUND");
+
+    // The transfer arrived on Jan 8 at noon: the invoice is paid, the subscription and the
+    // tenant are active again.
+    let paid = app
+        .post(&path, ADMIN_TOKEN, json!({"method": "bank_transfer", "reference": "UBS-2027-0042", "paid_at": "2027-01-08T12:00:00Z"}))
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!((paid["status"].as_str(), paid["paid_at"].as_str()), (Some("paid"), Some("2027-01-08T12:00:00Z")));
+    assert_eq!(subscription(&app, &tenant).await["status"], "active");
+    app.post("/v1/api-keys", &tenant.key, json!({"role": "member"})).await.expect(201);
+    app.post(&path, ADMIN_TOKEN, json!({"method": "bank_transfer"})).await.expect_error(409, "INVALID_STATE_TRANSITION");
+    let events = app.all_events().await;
+    let payment = events.iter().find(|e| e["event_type"] == "PaymentSucceeded").expect("the payment is in the log");
+    assert_eq!(
+        (payment["payload"]["method"].as_str(), payment["payload"]["reference"].as_str()),
+        (Some("bank_transfer"), Some("UBS-2027-0042"))
+    );
+}
