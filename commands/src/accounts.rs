@@ -66,6 +66,11 @@ impl Accounts {
         Self { pool, plans, tenants, subscriptions }
     }
 
+    /// The subscriptions' command service.
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
+    }
+
     /// The catalog.
     pub fn plans(&self) -> &Plans {
         &self.plans

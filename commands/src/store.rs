@@ -292,6 +292,16 @@ where
         Ok((loaded.current_sequence > 0).then_some((loaded.aggregate, loaded.current_sequence)))
     }
 
+    /// What `command` would append to aggregate `aggregate_id` now, decided on its current
+    /// state by the same domain code, without appending anything (previews). `None` if the
+    /// aggregate does not exist.
+    pub async fn dry_run(&self, aggregate_id: &str, command: A::Command) -> Result<Option<(A, Vec<A::Event>)>, CommandError<A::Error>> {
+        let Some((mut state, _)) = self.load(aggregate_id).await? else { return Ok(None) };
+        let sink = cqrs_es::event_sink::EventSink::default();
+        state.handle(command, &self.services, &sink).await.map_err(CommandError::Domain)?;
+        Ok(Some((state, sink.collect().await)))
+    }
+
     /// The aggregate's events, upcast to their current versions.
     pub async fn events(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
         self.store.load_events(aggregate_id).await.map_err(Self::error)

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use domain::billing::period::Period;
-use domain::subscription::{BillableUsage, BoxFuture, Subscription, SubscriptionCommand, SubscriptionError, UsageMeter};
+use domain::subscription::{
+    BillableUsage, BoxFuture, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent, SubscriptionStatus, UsageMeter,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -68,5 +70,25 @@ impl Subscriptions {
     /// The subscription's current state.
     pub async fn load(&self, id: Uuid) -> Result<Option<Subscription>, CommandError<SubscriptionError>> {
         Ok(self.store.load(&id.to_string()).await?.map(|(state, _)| state))
+    }
+
+    /// The invoice the next period start (or trial end) would issue if nothing changed: the
+    /// billing run's own decision, taken on the current state up to that instant and not
+    /// appended (usage so far, late usage, a pending change, credit, tax). `None` when nothing
+    /// more will be invoiced (cancelled, or ending at the period end with nothing to bill).
+    pub async fn upcoming_invoice(&self, id: Uuid) -> Result<Option<SubscriptionEvent>, CommandError<SubscriptionError>> {
+        let Some(state) = self.load(id).await? else { return Ok(None) };
+        let next = match state.status {
+            SubscriptionStatus::Trialing => state.trial_ends_at,
+            SubscriptionStatus::Active | SubscriptionStatus::PastDue | SubscriptionStatus::Suspended => {
+                state.current_period().map(|p| p.end)
+            }
+            SubscriptionStatus::New | SubscriptionStatus::Cancelled => None,
+        };
+        let Some(as_of) = next else { return Ok(None) };
+        let Some((_, events)) = self.store.dry_run(&id.to_string(), SubscriptionCommand::AdvanceTo { as_of }).await? else {
+            return Ok(None);
+        };
+        Ok(events.into_iter().find(|e| matches!(e, SubscriptionEvent::InvoiceIssued { .. })))
     }
 }

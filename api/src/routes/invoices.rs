@@ -15,13 +15,17 @@ use uuid::Uuid;
 
 use super::{page_limit, parse_time_cursor, time_cursor, Page};
 use crate::app::AppState;
-use crate::auth::{Admin, Caller};
+use crate::auth::{Admin, Caller, TenantCaller};
 use crate::error::ApiError;
 use crate::extract::{path_id, ApiJson, ApiQuery};
 
 /// The invoice routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/invoices", get(list)).route("/v1/invoices/{id}", get(read)).route("/v1/invoices/{id}/pay", post(pay))
+    Router::new()
+        .route("/v1/invoices", get(list))
+        .route("/v1/invoices/upcoming", get(upcoming))
+        .route("/v1/invoices/{id}", get(read))
+        .route("/v1/invoices/{id}/pay", post(pay))
 }
 
 /// The columns of [`InvoiceRow`].
@@ -48,14 +52,14 @@ pub struct InvoiceRow {
     payment_failed_at: Option<DateTime<Utc>>,
 }
 
+/// An invoice line: money as two-decimal strings.
+fn line_json(l: &InvoiceLine) -> Value {
+    json!({"kind": l.kind, "description": l.description, "quantity": l.quantity.normalize(), "unit_price": format(l.unit_price), "amount": format(l.amount)})
+}
+
 /// The invoice resource: money as two-decimal strings.
 pub fn invoice_json(r: InvoiceRow) -> Value {
-    let lines: Vec<Value> = r
-        .lines
-        .0
-        .iter()
-        .map(|l| json!({"kind": l.kind, "description": l.description, "quantity": l.quantity.normalize(), "unit_price": format(l.unit_price), "amount": format(l.amount)}))
-        .collect();
+    let lines: Vec<Value> = r.lines.0.iter().map(line_json).collect();
     json!({
         "id": r.id,
         "number": r.number,
@@ -150,6 +154,61 @@ async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<Stri
     row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
 }
 
+/// `GET /v1/invoices/upcoming` (tenant): the invoice the next period start (or the trial's
+/// end) would issue if nothing changed — the plan fee in advance, usage so far in arrears, late
+/// usage, a pending plan change, account credit, tax — decided by the billing run's own code on
+/// the subscription as it is now and not stored: `status: "draft"`, no `id` or `number`,
+/// `issued_at` the instant it would be issued. 404 when nothing more will be invoiced.
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/upcoming",
+    tag = "invoices",
+    params(crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "The draft of the next invoice: {tenant_id, period_start, period_end, currency, status: draft, lines, subtotal, tax, total, issued_at, due_at}", body = serde_json::Value),
+        crate::openapi::AuthErrors,
+        (status = 404, description = "NOT_FOUND: no invoice is coming (the subscription is cancelled, or ends at the period end with nothing to bill)", body = crate::openapi::ErrorBody)
+    ),
+)]
+async fn upcoming(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
+    let subscription: Option<Uuid> = sqlx::query_scalar("SELECT id FROM rm.subscriptions WHERE tenant_id = $1")
+        .bind(caller.tenant_id)
+        .fetch_optional(state.pool())
+        .await?;
+    let nothing = || ApiError::not_found("upcoming invoice");
+    let subscription = subscription.ok_or_else(nothing)?;
+    let draft = state.accounts().subscriptions().upcoming_invoice(subscription).await?.ok_or_else(nothing)?;
+    let domain::subscription::SubscriptionEvent::InvoiceIssued {
+        period_start,
+        period_end,
+        currency,
+        lines,
+        subtotal,
+        tax,
+        total,
+        issued_at,
+        due_at,
+        ..
+    } = draft
+    else {
+        return Err(nothing());
+    };
+    let lines: Vec<Value> = lines.iter().map(line_json).collect();
+    Ok(Json(json!({
+        "tenant_id": caller.tenant_id,
+        "period_start": period_start,
+        "period_end": period_end,
+        "currency": currency,
+        "status": "draft",
+        "lines": lines,
+        "subtotal": format(subtotal),
+        "tax": format(tax),
+        "total": format(total),
+        "issued_at": issued_at,
+        "due_at": due_at,
+    })))
+}
+
 /// How an invoice was paid outside the payment provider.
 const PAYMENT_METHODS: [&str; 4] = ["bank_transfer", "card", "cash", "other"];
 
@@ -238,5 +297,5 @@ async fn pay(
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list, read, pay), components(schemas(PayBody)))]
+#[openapi(paths(list, upcoming, read, pay), components(schemas(PayBody)))]
 pub struct Docs;

@@ -354,3 +354,41 @@ async fn a_payment_recorded_by_hand_pays_the_invoice_and_lifts_dunning() {
         (Some("bank_transfer"), Some("UBS-2027-0042"))
     );
 }
+
+#[tokio::test]
+async fn the_upcoming_invoice_is_the_one_the_next_period_then_issues() {
+    let app = billing_app().await;
+    app.set_clock("2027-01-01T00:00:00Z").await;
+    let tenant = app.create_tenant_on("preview", "professional").await; // 50,000 calls included
+    let trialing = app.create_tenant("preview-trial").await;
+    let first = app.get("/v1/invoices/upcoming", &trialing.key).await.expect(200).clone();
+    assert_eq!((first["issued_at"].as_str(), first["status"].as_str()), (Some("2027-01-15T00:00:00Z"), Some("draft")));
+    assert_eq!(money(&first), (lines(&[("plan", "29.00")]), totals("29.00", "2.35", "31.35")));
+
+    app.set_clock("2027-01-15T00:00:00Z").await;
+    for (key, metric, quantity) in [("calls", "api_calls", 52_001), ("texts", "sms", 3)] {
+        app.post(
+            "/v1/usage",
+            &tenant.key,
+            json!({"metric": metric, "quantity": quantity, "idempotency_key": key, "occurred_at": "2027-01-10T00:00:00Z"}),
+        )
+        .await
+        .expect(202);
+    }
+    app.post("/v1/subscription/change-plan", &tenant.key, json!({"plan": "starter"})).await.expect(200);
+    // Starter from Feb 1 in advance; January's usage in arrears under professional's allowance.
+    let draft = app.get("/v1/invoices/upcoming", &tenant.key).await.expect(200).clone();
+    assert_eq!(money(&draft), (lines(&[("plan", "29.00"), ("overage", "1.50"), ("overage", "0.15")]), totals("30.65", "2.48", "33.13")));
+    assert!(draft.get("id").is_none() && draft.get("number").is_none(), "{draft}");
+    assert_eq!(invoices(&app, &tenant).await.len(), 1, "a preview stores nothing");
+
+    app.set_clock("2027-02-01T00:00:00Z").await;
+    let issued = invoices(&app, &tenant).await[1].clone();
+    for field in ["period_start", "period_end", "currency", "lines", "subtotal", "tax", "total", "issued_at", "due_at", "tenant_id"] {
+        assert_eq!(draft[field], issued[field], "{field}");
+    }
+
+    // Nothing is coming once the subscription is cancelled.
+    app.post("/v1/subscription/cancel", &tenant.key, json!({"at_period_end": false})).await.expect(200);
+    app.get("/v1/invoices/upcoming", &tenant.key).await.expect_error(404, "NOT_FOUND");
+}
