@@ -90,6 +90,7 @@ impl Accounts {
             plan: PlanTerms::of(plan),
             billing_period: sign_up.billing_period,
             trial_days: sign_up.trial_days,
+            net_terms_days: sign_up.net_terms_days,
             at: context.at,
         };
         let subscription = self
@@ -287,6 +288,9 @@ impl Accounts {
             plan: PlanTerms::of(&plan),
             billing_period: domain::plan::BillingPeriod::parse(&billing_period).map_err(|e| e.to_string())?,
             trial_days: trial_days as u32,
+            // The tenant's record does not keep the sign-up's payment terms: a subscription
+            // repaired here starts with immediate payment (the admin can set its terms).
+            net_terms_days: 0,
             at: created_at,
         };
         match self.subscriptions.execute(subscription_id, SubscriptionCommand::Start(Box::new(start)), context).await {

@@ -33,6 +33,8 @@ pub struct SignUp {
     pub trial_days: u32,
     /// Tax rate.
     pub tax_rate: TaxRate,
+    /// Days after issue an invoice is due (kept by the subscription).
+    pub net_terms_days: u32,
 }
 
 /// A key as handed out once: its id and secret.

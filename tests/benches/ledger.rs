@@ -420,6 +420,7 @@ async fn seed_revenue(pool: &PgPool, tenants: usize, months: i64) -> usize {
                 trial_ends_at: None,
                 anchor: started,
                 started_at: started,
+                net_terms_days: 0,
             },
         ));
         let mut at = first;

@@ -30,7 +30,7 @@ use crate::extract::{ApiJson, ApiQuery, OptionalJson};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/tenants", post(create).get(list))
-        .route("/v1/tenants/{id}", get(read))
+        .route("/v1/tenants/{id}", get(read).patch(update))
         .route("/v1/tenants/{id}/suspend", post(suspend))
         .route("/v1/tenants/{id}/reactivate", post(reactivate))
         .route("/v1/tenants/{id}/cancel", post(cancel))
@@ -41,7 +41,7 @@ pub fn router() -> Router<AppState> {
 
 /// `POST /v1/tenants`. `code`, `name`, `billing_email` and `plan` are required; the rest
 /// default to `business_type: "other"`, `timezone: "UTC"`, `currency: "EUR"`, `locale: "en"`,
-/// `billing_period: "monthly"`, `trial_days: 14`, `tax_rate: "0"`.
+/// `billing_period: "monthly"`, `trial_days: 14`, `tax_rate: "0"`, `net_terms_days: 0`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
@@ -57,6 +57,16 @@ struct CreateTenant {
     trial_days: Option<i64>,
     #[schema(value_type = Option<String>, example = "8.1")]
     tax_rate: Option<Value>,
+    /// Days after issue an invoice is due, 0 to 90 (default 0: due at issue).
+    #[schema(minimum = 0, maximum = 90)]
+    net_terms_days: Option<i64>,
+}
+
+/// Days after issue an invoice is due: 0 to 90.
+fn net_terms(days: i64) -> Result<u32, ApiError> {
+    u32::try_from(days).ok().filter(|d| *d <= domain::subscription::MAX_NET_TERMS_DAYS).ok_or_else(|| {
+        ApiError::validation("net_terms_days", format!("must be between 0 and {}", domain::subscription::MAX_NET_TERMS_DAYS))
+    })
 }
 
 impl CreateTenant {
@@ -83,6 +93,7 @@ impl CreateTenant {
             billing_period: BillingPeriod::parse(self.billing_period.as_deref().unwrap_or("monthly"))?,
             trial_days,
             tax_rate,
+            net_terms_days: self.net_terms_days.map(net_terms).transpose()?.unwrap_or(0),
         })
     }
 }
@@ -112,6 +123,7 @@ struct TenantRow {
     custom_domain: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    net_terms_days: i32,
 }
 
 /// The tenant resource.
@@ -131,6 +143,8 @@ pub(crate) struct TenantView {
     billing_period: String,
     trial_days: i32,
     tax_rate: String,
+    /// Days after issue an invoice is due.
+    net_terms_days: i32,
     subscription_id: Uuid,
     status: String,
     status_reason: Option<String>,
@@ -157,6 +171,7 @@ impl TenantView {
             billing_period: r.billing_period,
             trial_days: r.trial_days,
             tax_rate: r.tax_rate.normalize().to_string(),
+            net_terms_days: r.net_terms_days,
             subscription_id: r.subscription_id,
             status: r.status,
             status_reason: r.status_reason,
@@ -173,7 +188,8 @@ impl TenantView {
 }
 
 const TENANT_COLUMNS: &str = "id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version, billing_period,
-    trial_days, tax_rate, subscription_id, status, status_reason, primary_color, secondary_color, logo_url, custom_domain, created_at, updated_at";
+    trial_days, tax_rate, subscription_id, status, status_reason, primary_color, secondary_color, logo_url, custom_domain, created_at, updated_at,
+    coalesce((SELECT (s.state->>'net_terms_days')::int FROM rm.subscriptions s WHERE s.id = subscription_id), 0) AS net_terms_days";
 
 pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiError> {
     let row: Option<TenantRow> =
@@ -354,6 +370,57 @@ async fn execute(
     Ok(Json(load(&state, id).await?))
 }
 
+/// What `PATCH /v1/tenants/{id}` may change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateTenant {
+    /// Days after issue an invoice is due, 0 to 90: applies to the invoices issued from now on.
+    #[schema(minimum = 0, maximum = 90)]
+    net_terms_days: i64,
+}
+
+/// `PATCH /v1/tenants/{id}` (admin) `{net_terms_days}`: the payment terms of the invoices
+/// issued from now on (`due_at` = `issued_at` + that many days). Answers the tenant.
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
+    request_body = UpdateTenant,
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        crate::openapi::AuthErrors,
+        crate::openapi::Invalid,
+        crate::openapi::NotFound,
+        crate::openapi::Forbidden,
+        (status = 409, description = "INVALID_STATE_TRANSITION: the subscription is cancelled", body = crate::openapi::ErrorBody)
+    ),
+)]
+async fn update(
+    State(state): State<AppState>,
+    _: Admin,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateTenant>,
+) -> Result<Json<TenantView>, ApiError> {
+    let net_terms_days = net_terms(body.net_terms_days)?;
+    let id = state.resolve_tenant(&id).await?;
+    let subscription: Option<Uuid> =
+        sqlx::query_scalar("SELECT subscription_id FROM rm.tenants WHERE id = $1").bind(id).fetch_optional(state.pool()).await?;
+    let subscription = subscription.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let context = state.context(Some(id), caller.actor());
+    let command = domain::subscription::SubscriptionCommand::SetNetTerms { net_terms_days, at: context.at };
+    let app = state.clone();
+    state
+        .detach(async move {
+            let committed = app.accounts().subscription_command(subscription, command, &context).await?;
+            app.settle(&subscription.to_string(), &committed).await;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(load(&state, id).await?))
+}
+
 #[utoipa::path(
     post,
     path = "/v1/tenants/{id}/suspend",
@@ -508,5 +575,8 @@ async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id)
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(create, list, read, suspend, reactivate, cancel, erase, read_own, update_branding))]
+#[openapi(
+    paths(create, list, read, update, suspend, reactivate, cancel, erase, read_own, update_branding),
+    components(schemas(UpdateTenant))
+)]
 pub struct Docs;

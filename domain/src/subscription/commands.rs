@@ -48,6 +48,13 @@ pub enum SubscriptionCommand {
         as_of: DateTime<Utc>,
     },
     /// Record the payment provider's outcome for an invoice.
+    /// Sets the payment terms of the invoices issued from now on.
+    SetNetTerms {
+        /// Days after issue an invoice is due (0-90).
+        net_terms_days: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
     RecordPayment {
         /// The provider's notification id (processed once).
         payment_id: String,
@@ -96,6 +103,8 @@ pub struct StartSubscription {
     pub billing_period: BillingPeriod,
     /// Trial days (0: none).
     pub trial_days: u32,
+    /// Days after issue an invoice is due (0-90).
+    pub net_terms_days: u32,
     /// When.
     pub at: DateTime<Utc>,
 }

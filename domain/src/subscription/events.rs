@@ -36,6 +36,9 @@ pub enum SubscriptionEvent {
         anchor: DateTime<Utc>,
         /// When.
         started_at: DateTime<Utc>,
+        /// Days after issue an invoice is due (absent before payment terms existed: 0).
+        #[serde(default)]
+        net_terms_days: u32,
     },
     /// A paid period began (trial end or renewal).
     PeriodStarted {
@@ -159,6 +162,13 @@ pub enum SubscriptionEvent {
         /// When.
         reactivated_at: DateTime<Utc>,
     },
+    /// The payment terms of the invoices issued from now on changed.
+    NetTermsChanged {
+        /// Days after issue an invoice is due.
+        net_terms_days: u32,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// A period's usage was billed (in arrears when the period closed, or again with late facts
     /// found later): per metric, what was counted and what it cost in all. Late facts are billed
     /// as the difference to the last such figures.
@@ -193,7 +203,8 @@ impl SubscriptionEvent {
             | Self::PaymentSucceeded { paid_at: at, .. }
             | Self::SubscriptionSuspended { suspended_at: at }
             | Self::SubscriptionReactivated { reactivated_at: at }
-            | Self::UsageBilled { billed_at: at, .. } => Some(*at),
+            | Self::UsageBilled { billed_at: at, .. }
+            | Self::NetTermsChanged { at, .. } => Some(*at),
             Self::PlanChangeScheduled { .. } | Self::CancellationScheduled { .. } => None,
         }
     }
@@ -217,6 +228,7 @@ impl DomainEvent for SubscriptionEvent {
             Self::SubscriptionSuspended { .. } => "SubscriptionSuspended",
             Self::SubscriptionReactivated { .. } => "SubscriptionReactivated",
             Self::UsageBilled { .. } => "UsageBilled",
+            Self::NetTermsChanged { .. } => "NetTermsChanged",
         }
         .to_owned()
     }
@@ -240,7 +252,9 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
             trial_ends_at,
             anchor,
             started_at,
+            net_terms_days,
         } => {
+            s.net_terms_days = net_terms_days;
             s.id = Some(subscription_id);
             s.tenant_id = Some(tenant_id);
             s.tenant_code = tenant_code;
@@ -309,6 +323,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
             s.status = SubscriptionStatus::Active;
             s.past_due_since = None;
         }
+        E::NetTermsChanged { net_terms_days, .. } => s.net_terms_days = net_terms_days,
         E::UsageBilled { period_start, period_end, charges, billed_at } => {
             s.usage_billed.insert(period_start, BilledUsage { period_end, charges, billed_at });
         }

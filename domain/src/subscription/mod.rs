@@ -40,6 +40,9 @@ use crate::values::TaxRate;
 /// Days a failed payment may stay unpaid before the subscription is suspended.
 pub const GRACE_DAYS: i64 = 7;
 
+/// The longest payment terms: an invoice is due at most this many days after it is issued.
+pub const MAX_NET_TERMS_DAYS: u32 = 90;
+
 /// How long after a period's end its usage can still change: a usage fact may be recorded up
 /// to this many days after it occurred (`crate::usage::LATE_USAGE_DAYS`), so a period's usage is
 /// final this long after its end, and late facts found before then are billed on the next
@@ -238,6 +241,9 @@ pub struct Subscription {
     /// the next invoice. Dropped from an invoice issued once their window has closed.
     #[serde(default)]
     pub usage_billed: BTreeMap<DateTime<Utc>, BilledUsage>,
+    /// Days after issue an invoice is due.
+    #[serde(default)]
+    pub net_terms_days: u32,
 }
 
 impl Subscription {

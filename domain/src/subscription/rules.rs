@@ -45,6 +45,18 @@ pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, m
             Ok(())
         }
         C::AdvanceTo { as_of } => advance_to(s, as_of, meter, sink).await,
+        C::SetNetTerms { net_terms_days, at } => {
+            if s.status == S::Cancelled {
+                return Err(SubscriptionError::InvalidTransition { action: "change the payment terms of", status: s.status });
+            }
+            if net_terms_days > super::MAX_NET_TERMS_DAYS {
+                return Err(ValidationError::new("net_terms_days", format!("must be between 0 and {}", super::MAX_NET_TERMS_DAYS)).into());
+            }
+            if net_terms_days != s.net_terms_days {
+                sink.write(E::NetTermsChanged { net_terms_days, at }, s).await;
+            }
+            Ok(())
+        }
         C::RecordPayment { payment_id, invoice_id, outcome, at } => record_payment(s, payment_id, invoice_id, outcome, at, sink).await,
     }
 }
@@ -55,6 +67,9 @@ async fn start_subscription(s: &mut Subscription, start: StartSubscription, sink
     }
     if start.trial_days > MAX_TRIAL_DAYS {
         return Err(ValidationError::new("trial_days", format!("must be between 0 and {MAX_TRIAL_DAYS}")).into());
+    }
+    if start.net_terms_days > super::MAX_NET_TERMS_DAYS {
+        return Err(ValidationError::new("net_terms_days", format!("must be between 0 and {}", super::MAX_NET_TERMS_DAYS)).into());
     }
     let trial_ends_at = (start.trial_days > 0).then(|| start.at + Duration::days(i64::from(start.trial_days)));
     let anchor = trial_ends_at.unwrap_or(start.at);
@@ -70,6 +85,7 @@ async fn start_subscription(s: &mut Subscription, start: StartSubscription, sink
             trial_ends_at,
             anchor,
             started_at: start.at,
+            net_terms_days: start.net_terms_days,
         },
         s,
     )
@@ -251,7 +267,7 @@ async fn issue_invoice(s: &mut Subscription, period: Period, mut lines: Vec<Invo
             tax: money.tax,
             total: money.total,
             issued_at: at,
-            due_at: at,
+            due_at: at + Duration::days(i64::from(s.net_terms_days)),
             paid_at: (money.total <= Decimal::ZERO).then_some(at),
         },
         s,

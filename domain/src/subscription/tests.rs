@@ -53,6 +53,7 @@ fn start(trial_days: u32, at: DateTime<Utc>) -> SubscriptionCommand {
         plan: terms("starter"),
         billing_period: crate::plan::BillingPeriod::Monthly,
         trial_days,
+        net_terms_days: 0,
         at,
     }))
 }
@@ -569,4 +570,29 @@ fn switching_to_yearly_bills_the_usage_of_the_months_part_so_far() {
     assert_eq!(lines.iter().filter(|(kind, _)| *kind == LineKind::Overage).map(|(_, a)| a.as_str()).collect::<Vec<_>>(), ["1.50"]);
     events.extend(switched);
     assert!(state(&events).usage_billed.contains_key(&at(2027, 1, 1)));
+}
+
+#[test]
+fn invoices_are_due_after_the_payment_terms_in_force_when_they_are_issued() {
+    let mut command = start(0, at(2027, 1, 1));
+    if let SubscriptionCommand::Start(start) = &mut command {
+        start.net_terms_days = 14;
+    }
+    let mut events = ok(no_usage(), &[], command);
+    let due = |events: &[SubscriptionEvent]| match invoices(events).last() {
+        Some(SubscriptionEvent::InvoiceIssued { issued_at, due_at, .. }) => (*issued_at, *due_at),
+        _ => panic!("no invoice"),
+    };
+    assert_eq!(due(&events), (at(2027, 1, 1), at(2027, 1, 15)));
+    let refused = run(no_usage(), events.clone(), SubscriptionCommand::SetNetTerms { net_terms_days: 91, at: at(2027, 1, 2) });
+    assert!(matches!(refused, Err(SubscriptionError::Invalid(e)) if e.field == "net_terms_days"));
+    assert!(ok(no_usage(), &events, SubscriptionCommand::SetNetTerms { net_terms_days: 14, at: at(2027, 1, 2) }).is_empty());
+    events.extend(ok(no_usage(), &events, SubscriptionCommand::SetNetTerms { net_terms_days: 30, at: at(2027, 1, 2) }));
+    let renewed = advance(no_usage(), &mut events, at(2027, 2, 1));
+    assert_eq!(due(&renewed), (at(2027, 2, 1), at(2027, 3, 3)));
+    events.extend(ok(no_usage(), &events, SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 2, 2) }));
+    assert!(matches!(
+        run(no_usage(), events, SubscriptionCommand::SetNetTerms { net_terms_days: 0, at: at(2027, 2, 3) }),
+        Err(SubscriptionError::InvalidTransition { .. })
+    ));
 }

@@ -392,3 +392,47 @@ async fn the_upcoming_invoice_is_the_one_the_next_period_then_issues() {
     app.post("/v1/subscription/cancel", &tenant.key, json!({"at_period_end": false})).await.expect(200);
     app.get("/v1/invoices/upcoming", &tenant.key).await.expect_error(404, "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn net_terms_set_at_sign_up_or_later_make_invoices_due_that_many_days_after_issue() {
+    let app = billing_app().await;
+    app.set_clock("2027-01-01T00:00:00Z").await;
+    let mut body = TestApp::tenant_body("net-thirty");
+    body["trial_days"] = json!(0);
+    body["net_terms_days"] = json!(30);
+    let created = app.create_tenant_raw(body).await.expect(201).clone();
+    let tenant = TestTenant {
+        id: created["id"].as_str().unwrap().parse().unwrap(),
+        code: "net-thirty".into(),
+        key: created["api_key"].as_str().unwrap().to_owned(),
+    };
+    assert_eq!(app.get("/v1/tenant", &tenant.key).await.expect(200)["net_terms_days"], 30);
+    let first = invoices(&app, &tenant).await[0].clone();
+    assert_eq!((first["issued_at"].as_str(), first["due_at"].as_str()), (Some("2027-01-01T00:00:00Z"), Some("2027-01-31T00:00:00Z")));
+
+    let mut too_long = TestApp::tenant_body("net-long");
+    too_long["net_terms_days"] = json!(91);
+    let refused = app.create_tenant_raw(too_long).await;
+    refused.expect_error(400, "VALIDATION_FAILED");
+    assert_eq!(refused.body["error"]["details"]["field"], "net_terms_days");
+
+    // The admin changes them by code; the next invoice follows.
+    let path = "/v1/tenants/net-thirty";
+    app.send(app.request(reqwest::Method::PATCH, path, Some(&tenant.key)).json(&json!({"net_terms_days": 10})))
+        .await
+        .expect_error(403, "FORBIDDEN");
+    let bad = app.send(app.request(reqwest::Method::PATCH, path, Some(ADMIN_TOKEN)).json(&json!({"net_terms_days": -1}))).await;
+    assert_eq!(bad.body["error"]["details"]["field"], "net_terms_days", "{}", bad.body);
+    app.send(app.request(reqwest::Method::PATCH, path, Some(ADMIN_TOKEN)).json(&json!({"name": "x"})))
+        .await
+        .expect_error(400, "VALIDATION_FAILED");
+    let patched = app
+        .send(app.request(reqwest::Method::PATCH, path, Some(ADMIN_TOKEN)).json(&json!({"net_terms_days": 10})))
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(patched["net_terms_days"], 10);
+    app.set_clock("2027-02-01T00:00:00Z").await;
+    let second = invoices(&app, &tenant).await[1].clone();
+    assert_eq!((second["issued_at"].as_str(), second["due_at"].as_str()), (Some("2027-02-01T00:00:00Z"), Some("2027-02-11T00:00:00Z")));
+}
