@@ -4,10 +4,11 @@
 //! Hard limits (bookings per month, event resources) are counted in `quota_counters`, which
 //! the event store updates in the same transaction as the events, so a quota answer is never
 //! behind an acknowledged command. Metered quantities (API calls, storage) come from the usage
-//! read model, which commands settle before they answer.
+//! read model, which commands settle before they answer; API calls count over the billing
+//! period the next invoice bills, not the calendar month.
 
-use chrono::{DateTime, Utc};
-use domain::billing::period::add_months;
+use chrono::{DateTime, DurationRound, Utc};
+use domain::billing::period::{add_months, months_in, Period};
 use domain::booking::month_start;
 use domain::plan::PlanLimits;
 use domain::subscription::Subscription;
@@ -72,32 +73,79 @@ pub fn canonical_metric(name: &str) -> Option<&'static str> {
     })
 }
 
-/// The subscription's state, the bookings and event-resource counters, the month's API calls
-/// and the latest storage gauge.
+/// The subscription's state, the bookings and event-resource counters, the billing period's
+/// API calls and the latest storage gauge.
 type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
+
+/// The period metered usage counts in: the subscription's current billing period (the one its
+/// next invoice bills), or the calendar month without a subscription.
+fn metered_period(subscription: Option<&Subscription>, now: DateTime<Utc>) -> Period {
+    subscription
+        .and_then(Subscription::current_period)
+        .unwrap_or_else(|| Period { start: month_start(now), end: add_months(month_start(now), 1) })
+}
+
+/// `period` as whole hours (read from the hourly totals) and the two partial hours at its ends
+/// (read from the facts): `(hours, head, tail)`, each `[from, to)`.
+type Split = ((DateTime<Utc>, DateTime<Utc>), (DateTime<Utc>, DateTime<Utc>), (DateTime<Utc>, DateTime<Utc>));
+
+fn split_hours(period: Period) -> Split {
+    let floor = |t: DateTime<Utc>| t.duration_trunc(chrono::TimeDelta::hours(1)).unwrap_or(t);
+    let first_hour = if floor(period.start) == period.start { period.start } else { floor(period.start) + chrono::TimeDelta::hours(1) };
+    let last_hour = floor(period.end);
+    if first_hour < last_hour {
+        ((first_hour, last_hour), (period.start, first_hour), (last_hour, period.end))
+    } else {
+        ((period.start, period.start), (period.start, period.end), (period.end, period.end))
+    }
+}
 
 /// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot), with the
 /// position of the tenant's last event in that snapshot (so a caller can tell whether the read
-/// models it read already held everything the tenant did).
+/// models it read already held everything the tenant did). Metered API calls count over the
+/// subscription's current billing period against that period's allowance (the monthly
+/// allowance times the months it spans), exactly what its invoice will bill.
 pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
-    let (state, bookings, events, api_calls, storage_bytes, last): QuotaRow = sqlx::query_as(
-        "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
+    // The billing period comes from the subscription; read it first, then everything in one
+    // statement, and again if a renewal moved the period in between.
+    let current: Option<sqlx::types::Json<Subscription>> =
+        sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
+    let mut period = metered_period(current.as_ref().map(|s| &s.0), now);
+    let (state, bookings, events, api_calls, storage_bytes, last) = loop {
+        let (hours, head, tail) = split_hours(period);
+        let row: QuotaRow = sqlx::query_as(
+            "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
-                    -- Hourly totals, not the facts: months start on the hour, so the month's hours
-                    -- hold exactly its facts, and this reads at most 744 rows however many calls.
+                    -- The period's whole hours from the hourly totals (at most 744 rows a month
+                    -- however many calls), its partial first and last hours from the facts.
                     (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
-                     WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= $2 AND hour < $3),
+                     WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= $3 AND hour < $4)
+                    + (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
+                       WHERE tenant_id = $1 AND metric = 'api_calls'
+                         AND ((occurred_at >= $5 AND occurred_at < $6) OR (occurred_at >= $7 AND occurred_at < $8))),
                     (SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes'
                      ORDER BY occurred_at DESC, position DESC LIMIT 1),
                     (SELECT max(position) FROM events WHERE tenant_id = $1)",
-    )
-    .bind(tenant_id)
-    .bind(month)
-    .bind(next_month)
-    .fetch_one(pool)
-    .await?;
+        )
+        .bind(tenant_id)
+        .bind(month)
+        .bind(hours.0)
+        .bind(hours.1)
+        .bind(head.0)
+        .bind(head.1)
+        .bind(tail.0)
+        .bind(tail.1)
+        .fetch_one(pool)
+        .await?;
+        let seen = metered_period(row.0.as_ref().map(|s| &s.0), now);
+        if seen == period {
+            break row;
+        }
+        period = seen;
+    };
+    let months = state.as_ref().and_then(|s| s.0.billing_period).map_or(1, |p| u64::from(months_in(p)));
     let limits = limits_of(state.map(|s| s.0));
     let (bookings, events) = (bookings.unwrap_or(0).max(0) as u64, events.unwrap_or(0).max(0) as u64);
     let line = |metric, limit: Option<u64>, used: u64, enforcement, period: Option<(DateTime<Utc>, DateTime<Utc>)>| QuotaLine {
@@ -114,7 +162,13 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
         line("events", limits.events, events, "hard", None),
         line("users", limits.users, 0, "hard", None),
         line("storage_mb", limits.storage_mb, (storage_bytes.unwrap_or(0).max(0) as u64).div_ceil(1024 * 1024), "metered", None),
-        line("api_calls_per_month", limits.api_calls_per_month, api_calls.max(0) as u64, "metered", Some((month, next_month))),
+        line(
+            "api_calls_per_month",
+            limits.api_calls_per_month.map(|per_month| per_month * months),
+            api_calls.max(0) as u64,
+            "metered",
+            Some((period.start, period.end)),
+        ),
     ];
     Ok((lines, last.unwrap_or(0)))
 }

@@ -71,7 +71,7 @@ async fn a_batch_racing_single_records_with_the_same_keys_records_each_fact_once
     let app = spawn_app_with(|c| c.test_clock = true).await;
     app.set_clock("2027-05-20T12:00:00Z").await;
     let tenant = app.create_tenant_on("batch-race", "professional").await;
-    let fact = |k: usize| json!({"metric": "api_calls", "quantity": k + 1, "idempotency_key": format!("race-{k}"), "occurred_at": "2027-05-20T11:00:00Z"});
+    let fact = |k: usize| json!({"metric": "api_calls", "quantity": k + 1, "idempotency_key": format!("race-{k}"), "occurred_at": "2027-05-20T12:00:00Z"});
     for round in 0..3 {
         let keys: Vec<usize> = (round * 100..round * 100 + 100).collect();
         let batch = app.post("/v1/usage/batch", &tenant.key, json!({"records": keys.iter().map(|&k| fact(k)).collect::<Vec<_>>()}));

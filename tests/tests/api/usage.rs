@@ -16,7 +16,7 @@ async fn a_retry_storm_counts_every_distinct_fact_once() {
         app.post(
             "/v1/usage",
             &tenant.key,
-            json!({"metric": "api_calls", "quantity": n + 1, "idempotency_key": format!("req-{n}"), "occurred_at": "2027-03-10T11:00:00Z"}),
+            json!({"metric": "api_calls", "quantity": n + 1, "idempotency_key": format!("req-{n}"), "occurred_at": "2027-03-10T12:00:00Z"}),
         )
     });
     let replies = join_all(sends).await;
@@ -28,7 +28,7 @@ async fn a_retry_storm_counts_every_distinct_fact_once() {
     let quota = quota.expect(200);
     assert_eq!(quota["used"].as_u64(), Some(expected));
     assert_eq!(quota["limit"].as_u64(), Some(50_000));
-    assert_eq!(quota["period_start"], "2027-03-01T00:00:00Z");
+    assert_eq!(quota["period_start"], "2027-03-10T12:00:00Z", "the billing period, from sign-up");
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Usage'").fetch_one(&app.pool).await.unwrap();
     assert_eq!(events, 100);
 }
@@ -148,4 +148,40 @@ async fn a_misspelt_metric_is_refused_not_stored_and_billed_as_nothing() {
         .await
         .unwrap();
     assert_eq!(stored, 0);
+}
+
+#[tokio::test]
+async fn metered_quota_counts_the_billing_period_the_invoice_bills() {
+    let app = spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2027-01-15T10:30:00Z").await;
+    let tenant = app.create_tenant_on("anchored", "starter").await; // period Jan 15 10:30 – Feb 15 10:30
+    app.set_clock("2027-02-02T00:00:00Z").await;
+    // Before the period (the same hour as its start), in its first partial hour, inside, and
+    // in February's calendar month.
+    for (key, quantity, at) in [
+        ("before", 50, "2027-01-15T10:20:00Z"),
+        ("first-hour", 200, "2027-01-15T10:45:00Z"),
+        ("inside", 300, "2027-01-31T12:00:00Z"),
+        ("february", 400, "2027-02-01T08:00:00Z"),
+    ] {
+        app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": quantity, "idempotency_key": key, "occurred_at": at}))
+            .await
+            .expect(202);
+    }
+    let quota = app.get("/v1/quota/api_calls", &tenant.key).await.expect(200).clone();
+    assert_eq!(quota["used"], 900, "{quota}");
+    assert_eq!(
+        (quota["period_start"].as_str(), quota["period_end"].as_str()),
+        (Some("2027-01-15T10:30:00Z"), Some("2027-02-15T10:30:00Z"))
+    );
+    assert_eq!((quota["limit"].as_u64(), quota["remaining"].as_u64()), (Some(10_000), Some(9_100)));
+
+    // A yearly subscription's allowance is the year's.
+    let mut yearly = e2e::TestApp::tenant_body("anchored-yearly");
+    yearly["billing_period"] = json!("yearly");
+    yearly["trial_days"] = json!(0);
+    let created = app.create_tenant_raw(yearly).await.expect(201).clone();
+    let key = created["api_key"].as_str().unwrap();
+    let quota = app.get("/v1/quota/api_calls", key).await.expect(200).clone();
+    assert_eq!((quota["limit"].as_u64(), quota["period_end"].as_str()), (Some(120_000), Some("2028-02-02T00:00:00Z")));
 }
