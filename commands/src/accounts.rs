@@ -78,6 +78,8 @@ impl Accounts {
 
     /// Signs a tenant up on the latest version of `plan` and opens its subscription.
     pub async fn sign_up(&self, sign_up: SignUp, plan: &Plan, context: &CommandContext) -> Result<SignedUp, CommandError<TenantError>> {
+        // A plan not sold in the tenant's currency is refused before anything is recorded.
+        let terms = PlanTerms::in_currency(plan, sign_up.currency.as_str()).map_err(|e| CommandError::Domain(TenantError::Invalid(e)))?;
         let (key, tenant) = self.tenants.sign_up(sign_up.clone(), plan, context).await?;
         let state = &tenant.state;
         let (tenant_id, subscription_id) = (state.id.expect("created"), state.subscription_id.expect("created"));
@@ -87,7 +89,7 @@ impl Accounts {
             tenant_code: sign_up.code.to_string(),
             currency: sign_up.currency.to_string(),
             tax_rate: sign_up.tax_rate,
-            plan: PlanTerms::of(plan),
+            plan: terms,
             billing_period: sign_up.billing_period,
             trial_days: sign_up.trial_days,
             net_terms_days: sign_up.net_terms_days,
@@ -279,13 +281,14 @@ impl Accounts {
             .map_err(|e| e.to_string())?;
         let plan: Plan =
             serde_json::from_value(plan_json.ok_or("the tenant's plan version is not in the catalog")?).map_err(|e| e.to_string())?;
+        let terms = PlanTerms::in_currency(&plan, &currency).map_err(|e| e.to_string())?;
         let start = StartSubscription {
             subscription_id,
             tenant_id,
             tenant_code: code,
             currency,
             tax_rate: domain::values::TaxRate::parse(&tax_rate.to_string()).map_err(|e| e.to_string())?,
-            plan: PlanTerms::of(&plan),
+            plan: terms,
             billing_period: domain::plan::BillingPeriod::parse(&billing_period).map_err(|e| e.to_string())?,
             trial_days: trial_days as u32,
             // The tenant's record does not keep the sign-up's payment terms: a subscription

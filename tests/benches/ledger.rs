@@ -296,7 +296,7 @@ impl Http {
     }
 
     async fn sign_up(&self, code: &str, rooms: usize) -> Tenant {
-        let body = json!({"code": code, "name": format!("Bench {code}"), "business_type": "clinic", "timezone": "UTC", "currency": "CHF",
+        let body = json!({"code": code, "name": format!("Bench {code}"), "business_type": "clinic", "timezone": "UTC", "currency": "EUR",
                           "locale": "de-CH", "billing_email": format!("billing@{code}.example"), "plan": "bench", "billing_period": "monthly",
                           "trial_days": 0, "tax_rate": "8.1"});
         let (status, created) = self.post("/v1/tenants", ADMIN, &body).await;
@@ -413,7 +413,7 @@ async fn seed_revenue(pool: &PgPool, tenants: usize, months: i64) -> usize {
                 subscription_id: subscription,
                 tenant_id: tenant,
                 tenant_code: format!("rev-{g}"),
-                currency: "CHF".into(),
+                currency: "EUR".into(),
                 tax_rate: Default::default(),
                 plan: plans[g as usize % plans.len()].clone(),
                 billing_period: period,

@@ -197,7 +197,7 @@ impl TestApp {
             "name": format!("Tenant {code}"),
             "business_type": "clinic",
             "timezone": "Europe/Zurich",
-            "currency": "CHF",
+            "currency": "EUR",
             "locale": "de-CH",
             "billing_email": format!("billing@{code}.example"),
             "plan": "starter",

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use domain::billing::money::{format, parse_price};
-use domain::plan::{Plan, PlanCode, PlanLimits};
+use domain::plan::{Plan, PlanCode, PlanLimits, Prices};
 use domain::values::{CurrencyCode, DisplayName};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -30,6 +30,7 @@ pub fn plan_json(plan: &Plan) -> Value {
         "monthly_price": format(plan.monthly_price),
         "yearly_price": format(plan.yearly_price),
         "currency": plan.currency,
+        "prices": plan.sold_in().into_iter().map(|(currency, p)| (currency, json!({"monthly": format(p.monthly), "yearly": format(p.yearly)}))).collect::<serde_json::Map<String, Value>>(),
         "limits": plan.limits,
         "features": plan.features,
         "rate_limit_per_minute": plan.rate_limit_per_minute,
@@ -43,7 +44,7 @@ pub fn plan_json(plan: &Plan) -> Value {
     path = "/v1/plans",
     tag = "plans",
     responses(
-        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, limits, features, rate_limit_per_minute}]", body = serde_json::Value)
+        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, prices: {<currency>: {monthly, yearly}}, limits, features, rate_limit_per_minute}]; monthly_price, yearly_price and currency repeat the first currency's", body = serde_json::Value)
     ),
     security(()),
 )]
@@ -61,13 +62,28 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiErro
 struct PublishPlan {
     code: String,
     name: String,
-    monthly_price: String,
+    /// The price per month in `currency` (required unless `prices` is given).
+    monthly_price: Option<String>,
+    /// The price per year in `currency` (default: 10 × monthly).
     yearly_price: Option<String>,
+    /// The currency of `monthly_price` (default EUR), and the plan's first currency.
     currency: Option<String>,
+    /// Prices in further currencies: `{"USD": {"monthly": "29.00", "yearly": "290.00"}}`
+    /// (`yearly` defaults to 10 × monthly). Tenants in other currencies cannot take the plan.
+    #[schema(value_type = Option<Object>)]
+    prices: Option<std::collections::BTreeMap<String, PriceBody>>,
     limits: LimitsBody,
     #[serde(default)]
     features: Vec<String>,
     rate_limit_per_minute: u32,
+}
+
+/// A plan's prices in one currency.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PriceBody {
+    monthly: String,
+    yearly: Option<String>,
 }
 
 /// Limits; absent or `null` means unlimited.
@@ -103,10 +119,43 @@ async fn publish(
     caller: Caller,
     ApiJson(body): ApiJson<PublishPlan>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let monthly_price = parse_price(&body.monthly_price, "monthly_price")?;
-    let yearly_price = match body.yearly_price {
-        Some(price) => parse_price(&price, "yearly_price")?,
-        None => monthly_price * Decimal::TEN,
+    let mut prices = std::collections::BTreeMap::new();
+    for (currency, price) in body.prices.unwrap_or_default() {
+        let code = CurrencyCode::parse(&currency).map_err(|e| e.at(format!("prices.{currency}")))?.into_inner();
+        let monthly = parse_price(&price.monthly, &format!("prices.{currency}.monthly"))?;
+        let yearly = match price.yearly {
+            Some(yearly) => parse_price(&yearly, &format!("prices.{currency}.yearly"))?,
+            None => monthly * Decimal::TEN,
+        };
+        prices.insert(code, Prices { monthly, yearly });
+    }
+    // The first currency: `currency` with `monthly_price`, or else EUR or the first of `prices`.
+    let currency = match (&body.currency, &body.monthly_price) {
+        (Some(currency), _) => CurrencyCode::parse(currency)?.into_inner(),
+        (None, Some(_)) => "EUR".to_owned(),
+        (None, None) => {
+            if prices.contains_key("EUR") {
+                "EUR".to_owned()
+            } else {
+                prices.keys().next().cloned().ok_or_else(|| ApiError::validation("monthly_price", "is required (or prices)"))?
+            }
+        }
+    };
+    if let Some(monthly) = &body.monthly_price {
+        let monthly = parse_price(monthly, "monthly_price")?;
+        let yearly = match &body.yearly_price {
+            Some(price) => parse_price(price, "yearly_price")?,
+            None => monthly * Decimal::TEN,
+        };
+        if prices.get(&currency).is_some_and(|p| *p != Prices { monthly, yearly }) {
+            return Err(ApiError::validation("prices", format!("disagree with monthly_price/yearly_price for {currency}")));
+        }
+        prices.insert(currency.clone(), Prices { monthly, yearly });
+    } else if body.yearly_price.is_some() {
+        return Err(ApiError::validation("yearly_price", "needs monthly_price"));
+    }
+    let Some(&Prices { monthly: monthly_price, yearly: yearly_price }) = prices.get(&currency) else {
+        return Err(ApiError::validation("currency", format!("has no price: give monthly_price or prices.{currency}")));
     };
     if !(1..=1_000_000).contains(&body.rate_limit_per_minute) {
         return Err(ApiError::validation("rate_limit_per_minute", "must be between 1 and 1000000"));
@@ -121,7 +170,8 @@ async fn publish(
         version: 0,
         monthly_price,
         yearly_price,
-        currency: CurrencyCode::parse(body.currency.as_deref().unwrap_or("EUR"))?.into_inner(),
+        currency,
+        prices,
         limits: PlanLimits {
             users: l.users,
             bookings_per_month: l.bookings_per_month,

@@ -143,7 +143,10 @@ async fn change_plan(
         .latest(&code)
         .await?
         .ok_or_else(|| ApiError::validation("plan", format!("no plan \"{code}\" in the catalog")))?;
-    let terms = PlanTerms::of(&plan);
+    let currency: Option<String> =
+        sqlx::query_scalar("SELECT currency FROM rm.tenants WHERE id = $1").bind(caller.tenant_id).fetch_optional(state.pool()).await?;
+    let currency = currency.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let terms = PlanTerms::in_currency(&plan, &currency)?;
     run(state, caller, move |at| SubscriptionCommand::ChangePlan { plan: terms, billing_period, immediately: body.immediately, at }).await
 }
 

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,31 @@ pub struct PlanLimits {
     pub api_calls_per_month: Option<u64>,
 }
 
+/// A plan's prices in one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prices {
+    /// Per month.
+    pub monthly: Decimal,
+    /// Per year.
+    pub yearly: Decimal,
+}
+
+impl Plan {
+    /// The prices in `currency`, if the plan is sold in it.
+    pub fn prices_in(&self, currency: &str) -> Option<Prices> {
+        self.sold_in().remove(currency)
+    }
+
+    /// Every currency the plan is sold in, with its prices.
+    pub fn sold_in(&self) -> BTreeMap<String, Prices> {
+        if self.prices.is_empty() {
+            BTreeMap::from([(self.currency.clone(), Prices { monthly: self.monthly_price, yearly: self.yearly_price })])
+        } else {
+            self.prices.clone()
+        }
+    }
+}
+
 /// One version of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -50,9 +77,13 @@ pub struct Plan {
     pub monthly_price: Decimal,
     /// Price per year (10 × monthly in the default catalog).
     pub yearly_price: Decimal,
-    /// The currency the prices are quoted in. Tenants are invoiced in their own currency at
-    /// these list prices (there is no conversion).
+    /// The plan's first currency: `monthly_price` and `yearly_price` are its prices.
     pub currency: String,
+    /// The prices per currency the plan is sold in (including the first). A tenant is billed in
+    /// its own currency at that currency's price; a plan without one is not for it. Empty in
+    /// versions published before plans had several currencies: then sold in `currency` only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prices: BTreeMap<String, Prices>,
     /// Limits.
     pub limits: PlanLimits,
     /// Feature flags shown to customers.
@@ -70,6 +101,10 @@ pub fn default_catalog() -> Vec<Plan> {
         monthly_price: Decimal::new(monthly * 100, 2),
         yearly_price: Decimal::new(monthly * 1000, 2),
         currency: "EUR".to_owned(),
+        // Sold in EUR and USD at the same figures.
+        prices: ["EUR", "USD"]
+            .map(|c| (c.to_owned(), Prices { monthly: Decimal::new(monthly * 100, 2), yearly: Decimal::new(monthly * 1000, 2) }))
+            .into(),
         limits: PlanLimits {
             users: limits[0],
             bookings_per_month: limits[1],

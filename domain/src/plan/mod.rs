@@ -5,7 +5,7 @@ mod catalog;
 
 pub use aggregate::{PlanCommand, PlanError, PlanEvent, PlanVersions};
 
-pub use catalog::{default_catalog, Plan, PlanCode, PlanLimits};
+pub use catalog::{default_catalog, Plan, PlanCode, PlanLimits, Prices};
 
 use serde::{Deserialize, Serialize};
 

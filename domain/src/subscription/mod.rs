@@ -68,7 +68,20 @@ pub struct PlanTerms {
 }
 
 impl PlanTerms {
-    /// The terms of a catalog plan.
+    /// The terms of a catalog plan for a tenant billed in `currency`: that currency's prices.
+    /// A plan not sold in it is refused (`currency`).
+    pub fn in_currency(plan: &Plan, currency: &str) -> Result<Self, crate::ValidationError> {
+        let prices = plan.prices_in(currency).ok_or_else(|| {
+            let sold: Vec<String> = plan.sold_in().into_keys().collect();
+            crate::ValidationError::new(
+                "currency",
+                format!("the plan \"{}\" is not sold in {currency} (it is sold in {})", plan.code, sold.join(", ")),
+            )
+        })?;
+        Ok(Self { monthly_price: prices.monthly, yearly_price: prices.yearly, ..Self::of(plan) })
+    }
+
+    /// The terms of a catalog plan in its first currency.
     pub fn of(plan: &Plan) -> Self {
         Self {
             code: plan.code.clone(),

@@ -596,3 +596,17 @@ fn invoices_are_due_after_the_payment_terms_in_force_when_they_are_issued() {
         Err(SubscriptionError::InvalidTransition { .. })
     ));
 }
+
+#[test]
+fn plan_terms_take_the_tenants_currency_prices_and_refuse_a_currency_the_plan_is_not_sold_in() {
+    let starter = default_catalog().into_iter().find(|p| p.code.as_str() == "starter").unwrap();
+    let usd = PlanTerms::in_currency(&starter, "USD").unwrap();
+    assert_eq!((usd.monthly_price, usd.yearly_price), (Decimal::new(2900, 2), Decimal::new(29000, 2)));
+    let refused = PlanTerms::in_currency(&starter, "JPY").unwrap_err();
+    assert_eq!(refused.field, "currency");
+    assert!(refused.message.contains("EUR, USD"), "{}", refused.message);
+    // A version published before plans had several currencies is sold in its one currency.
+    let old = crate::plan::Plan { prices: Default::default(), ..starter };
+    assert!(PlanTerms::in_currency(&old, "EUR").is_ok());
+    assert!(PlanTerms::in_currency(&old, "USD").is_err());
+}

@@ -75,7 +75,7 @@ async fn a_tenant_walks_through_a_year_of_billing() {
     assert_eq!((sub["status"].as_str(), sub["current_period_end"].as_str()), (Some("active"), Some("2027-02-28T09:00:00Z")));
     let first = invoices(&app, &tenant).await[0].clone();
     assert_eq!(first["number"], "WALKER-000001");
-    assert_eq!(first["currency"], "CHF");
+    assert_eq!(first["currency"], "EUR");
     assert_eq!(first["status"], "open");
     assert_eq!(money(&first), (lines(&[("plan", "29.00")]), totals("29.00", "2.90", "31.90")));
     pay(&app, &first, "evt_1").await;
@@ -125,7 +125,7 @@ async fn a_tenant_walks_through_a_year_of_billing() {
     // A failed payment: past due, then suspended after 7 days of grace; commands get 402.
     app.set_clock("2027-04-01T09:00:00Z").await;
     app.payment_webhook(
-        json!({"id": "evt_4", "type": "payment.failed", "invoice_id": fourth["id"], "amount": fourth["total"], "currency": "CHF"}),
+        json!({"id": "evt_4", "type": "payment.failed", "invoice_id": fourth["id"], "amount": fourth["total"], "currency": "EUR"}),
     )
     .await
     .expect(200);
@@ -221,7 +221,7 @@ async fn payment_webhooks_are_verified_and_processed_once() {
     let tenant = TestTenant { id: uuid::Uuid::nil(), code: "hooked".into(), key };
     let invoice = invoices(&app, &tenant).await[0].clone();
     let note =
-        json!({"id": "evt_once", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount": invoice["total"], "currency": "CHF"});
+        json!({"id": "evt_once", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount": invoice["total"], "currency": "EUR"});
 
     let raw = serde_json::to_vec(&note).unwrap();
     let now = chrono::Utc::now().timestamp();
@@ -239,10 +239,10 @@ async fn payment_webhooks_are_verified_and_processed_once() {
     app.send(app.request(reqwest::Method::POST, "/v1/webhooks/payments", None).json(&note)).await.expect_error(400, "VALIDATION_FAILED");
 
     let wrong_amount =
-        json!({"id": "evt_wrong", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount": "1.00", "currency": "CHF"});
+        json!({"id": "evt_wrong", "type": "payment.succeeded", "invoice_id": invoice["id"], "amount": "1.00", "currency": "EUR"});
     app.payment_webhook(wrong_amount).await.expect_error(400, "VALIDATION_FAILED");
     let unknown =
-        json!({"id": "evt_x", "type": "payment.succeeded", "invoice_id": uuid::Uuid::now_v7(), "amount": "1.00", "currency": "CHF"});
+        json!({"id": "evt_x", "type": "payment.succeeded", "invoice_id": uuid::Uuid::now_v7(), "amount": "1.00", "currency": "EUR"});
     app.payment_webhook(unknown).await.expect_error(404, "NOT_FOUND");
 
     let (a, b) = tokio::join!(app.payment_webhook(note.clone()), app.payment_webhook(note.clone()));
@@ -435,4 +435,59 @@ async fn net_terms_set_at_sign_up_or_later_make_invoices_due_that_many_days_afte
     app.set_clock("2027-02-01T00:00:00Z").await;
     let second = invoices(&app, &tenant).await[1].clone();
     assert_eq!((second["issued_at"].as_str(), second["due_at"].as_str()), (Some("2027-02-01T00:00:00Z"), Some("2027-02-11T00:00:00Z")));
+}
+
+#[tokio::test]
+async fn plans_are_sold_per_currency_and_tenants_billed_in_theirs() {
+    let app = billing_app().await;
+    app.set_clock("2027-01-01T00:00:00Z").await;
+    let plans = app.get("/v1/plans", ADMIN_TOKEN).await.expect(200).clone();
+    let starter = plans.as_array().unwrap().iter().find(|p| p["code"] == "starter").unwrap().clone();
+    assert_eq!(
+        starter["prices"],
+        json!({"EUR": {"monthly": "29.00", "yearly": "290.00"}, "USD": {"monthly": "29.00", "yearly": "290.00"}})
+    );
+    assert_eq!((starter["currency"].as_str(), starter["monthly_price"].as_str()), (Some("EUR"), Some("29.00")));
+
+    // A USD tenant is billed the USD price, in USD.
+    let mut usd = TestApp::tenant_body("in-dollars");
+    usd["currency"] = json!("USD");
+    usd["trial_days"] = json!(0);
+    let created = app.create_tenant_raw(usd).await.expect(201).clone();
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let tenant = TestTenant { id: created["id"].as_str().unwrap().parse().unwrap(), code: "in-dollars".into(), key };
+    let first = invoices(&app, &tenant).await[0].clone();
+    assert_eq!((first["currency"].as_str(), first["subtotal"].as_str()), (Some("USD"), Some("29.00")));
+
+    // No plan of the catalog is sold in JPY: the sign-up is refused and records nothing.
+    let mut yen = TestApp::tenant_body("in-yen");
+    yen["currency"] = json!("JPY");
+    let refused = app.create_tenant_raw(yen).await;
+    refused.expect_error(400, "VALIDATION_FAILED");
+    assert_eq!(refused.body["error"]["details"]["field"], "currency");
+    app.get("/v1/tenants/in-yen", ADMIN_TOKEN).await.expect_error(404, "NOT_FOUND");
+
+    // A plan sold in CHF only: USD tenants cannot change to it; a CHF tenant pays its price.
+    let chf = json!({"code": "alpine", "name": "Alpine", "prices": {"CHF": {"monthly": "39.00"}},
+                     "limits": {"api_calls_per_month": 10000}, "rate_limit_per_minute": 200});
+    let published = app.post("/v1/plans", ADMIN_TOKEN, chf).await.expect(201).clone();
+    assert_eq!((published["currency"].as_str(), published["yearly_price"].as_str()), (Some("CHF"), Some("390.00")));
+    let change = app.post("/v1/subscription/change-plan", &tenant.key, json!({"plan": "alpine"})).await;
+    change.expect_error(400, "VALIDATION_FAILED");
+    assert_eq!(change.body["error"]["details"]["field"], "currency");
+    let mut swiss = TestApp::tenant_body("in-francs");
+    swiss["currency"] = json!("CHF");
+    swiss["plan"] = json!("alpine");
+    swiss["trial_days"] = json!(0);
+    let created = app.create_tenant_raw(swiss).await.expect(201).clone();
+    let swiss = TestTenant {
+        id: created["id"].as_str().unwrap().parse().unwrap(),
+        code: "in-francs".into(),
+        key: created["api_key"].as_str().unwrap().to_owned(),
+    };
+    let first = invoices(&app, &swiss).await[0].clone();
+    assert_eq!((first["currency"].as_str(), first["subtotal"].as_str()), (Some("CHF"), Some("39.00")));
+    let bad =
+        app.post("/v1/plans", ADMIN_TOKEN, json!({"code": "nowhere", "name": "Nowhere", "limits": {}, "rate_limit_per_minute": 1})).await;
+    assert_eq!(bad.body["error"]["details"]["field"], "monthly_price", "{}", bad.body);
 }

@@ -21,7 +21,7 @@ async fn a_tenant_signed_up_by_the_admin_can_use_its_key_at_once() {
     assert_eq!(own["id"], created["id"]);
     assert_eq!(own["name"], "Tenant acme-clinic");
     assert_eq!(own["timezone"], "Europe/Zurich");
-    assert_eq!(own["currency"], "CHF");
+    assert_eq!(own["currency"], "EUR");
     assert_eq!(own["locale"], "de-CH");
     assert_eq!(own["tax_rate"], "8.1");
     assert_eq!(own["trial_days"], 14);
