@@ -1,5 +1,6 @@
 //! Subscription commands, and the usage meter the aggregate bills arrears with.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use domain::billing::period::Period;
@@ -42,6 +43,28 @@ impl UsageMeter for PgUsageMeter {
             .await
             .map_err(|e| e.to_string())?;
             Ok(BillableUsage { api_calls: api_calls.max(0) as u64, sms: sms.max(0) as u64 })
+        })
+    }
+
+    fn metered(&self, tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+        Box::pin(async move {
+            // Counters summed; gauges at their latest value in the period.
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT metric, CASE WHEN bool_or(kind = 'gauge')
+                                     THEN (array_agg(quantity ORDER BY occurred_at DESC, position DESC))[1]
+                                     ELSE sum(quantity) END::bigint
+                 FROM rm.usage_records
+                 WHERE tenant_id = $1 AND metric = ANY($2) AND occurred_at >= $3 AND occurred_at < $4
+                 GROUP BY metric",
+            )
+            .bind(tenant_id)
+            .bind(&metrics)
+            .bind(period.start)
+            .bind(period.end)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(rows.into_iter().map(|(metric, quantity)| (metric, quantity.max(0) as u64)).collect())
         })
     }
 }

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use domain::billing::charges::Charge;
 use domain::billing::money::{format, parse_price};
 use domain::plan::{Plan, PlanCode, PlanLimits, Prices};
 use domain::values::{CurrencyCode, DisplayName};
@@ -32,6 +33,7 @@ pub fn plan_json(plan: &Plan) -> Value {
         "currency": plan.currency,
         "prices": plan.sold_in().into_iter().map(|(currency, p)| (currency, json!({"monthly": format(p.monthly), "yearly": format(p.yearly)}))).collect::<serde_json::Map<String, Value>>(),
         "limits": plan.limits,
+        "charges": plan.charges,
         "features": plan.features,
         "rate_limit_per_minute": plan.rate_limit_per_minute,
     })
@@ -72,6 +74,11 @@ struct PublishPlan {
     /// (`yearly` defaults to 10 × monthly). Tenants in other currencies cannot take the plan.
     #[schema(value_type = Option<Object>)]
     prices: Option<std::collections::BTreeMap<String, PriceBody>>,
+    /// Usage charges: `[{metric, model: per_unit|package|graduated|volume, included, unit_price,
+    /// package_size, package_price, tiers: [{up_to, unit_price, flat_fee}]}]`, billed in arrears
+    /// as lines of kind `usage` (a charge on `api_calls` or `sms` replaces their built-in price).
+    #[schema(value_type = Option<Vec<Object>>)]
+    charges: Option<Vec<Value>>,
     limits: LimitsBody,
     #[serde(default)]
     features: Vec<String>,
@@ -163,6 +170,17 @@ async fn publish(
     if body.features.len() > 100 || body.features.iter().any(|f| f.is_empty() || f.len() > 64) {
         return Err(ApiError::validation("features", "must be at most 100 names of 1 to 64 characters"));
     }
+    let mut charges: Vec<Charge> = Vec::new();
+    for (i, charge) in body.charges.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("charges[{i}]");
+        let charge: Charge = serde_json::from_value(charge).map_err(|e| ApiError::validation(&field, e.to_string()))?;
+        domain::usage::MetricName::parse(&charge.metric).map_err(|e| e.at(format!("{field}.metric")))?;
+        charge.validate(&field)?;
+        if charges.iter().any(|c| c.metric == charge.metric) {
+            return Err(ApiError::validation(&format!("{field}.metric"), "has a charge already"));
+        }
+        charges.push(charge);
+    }
     let l = body.limits;
     let plan = Plan {
         code: PlanCode::parse(&body.code)?,
@@ -180,6 +198,7 @@ async fn publish(
             storage_mb: l.storage_mb,
             api_calls_per_month: l.api_calls_per_month,
         },
+        charges,
         features: body.features,
         rate_limit_per_minute: body.rate_limit_per_minute,
     };

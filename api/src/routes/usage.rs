@@ -27,8 +27,9 @@ pub const MAX_BATCH: usize = 1000;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UsageBody {
-    /// The metric: `api_calls`, `sms`, `storage_bytes` or `tickets` (anything else is refused, so
-    /// that a misspelt metric is never stored and billed as nothing).
+    /// The metric: `api_calls`, `sms`, `storage_bytes`, `tickets`, or one the tenant's plan prices
+    /// with a charge (anything else is refused, so a misspelt metric is never stored and billed
+    /// as nothing).
     metric: String,
     /// Whole units, 0 to 10^15.
     quantity: i64,
@@ -63,11 +64,25 @@ fn before_cancellation(fact: RecordUsage, cancelled_at: Option<DateTime<Utc>>) -
     }
 }
 
+/// The metrics the tenant's plan prices with its own charges (read only when a record names a
+/// metric that is not built in).
+async fn plan_metrics(state: &AppState, tenant_id: uuid::Uuid, names: &[&str]) -> Result<Vec<String>, ApiError> {
+    if names.iter().all(|m| MetricName::is_built_in(m)) {
+        return Ok(Vec::new());
+    }
+    let metrics: Option<sqlx::types::Json<Vec<String>>> =
+        sqlx::query_scalar("SELECT jsonb_path_query_array(state, '$.plan.charges[*].metric') FROM rm.subscriptions WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(state.pool())
+            .await?;
+    Ok(metrics.map(|m| m.0).unwrap_or_default())
+}
+
 impl UsageBody {
-    fn parse(self, caller: &TenantCaller, now: DateTime<Utc>) -> Result<RecordUsage, ApiError> {
+    fn parse(self, caller: &TenantCaller, now: DateTime<Utc>, plan_metrics: &[String]) -> Result<RecordUsage, ApiError> {
         Ok(RecordUsage {
             tenant_id: caller.tenant_id,
-            metric: MetricName::known(&self.metric)?,
+            metric: MetricName::known(&self.metric, plan_metrics)?,
             quantity: parse_quantity(self.quantity)?,
             idempotency_key: parse_idempotency_key(&self.idempotency_key)?,
             occurred_at: self.occurred_at.unwrap_or(now),
@@ -98,7 +113,8 @@ async fn record(
     UsageCaller { caller, cancelled }: UsageCaller,
     ApiJson(body): ApiJson<UsageBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut fact = body.parse(&caller, state.now())?;
+    let known = plan_metrics(&state, caller.tenant_id, &[body.metric.as_str()]).await?;
+    let mut fact = body.parse(&caller, state.now(), &known)?;
     if cancelled {
         fact = before_cancellation(fact, cancelled_at(&state, caller.tenant_id).await?)?;
     }
@@ -154,12 +170,14 @@ async fn record_batch(
     let now = state.now();
     let context = state.context(Some(caller.tenant_id), caller.actor.clone());
     let cancelled_at = if cancelled { Some(cancelled_at(&state, caller.tenant_id).await?) } else { None };
+    let names: Vec<&str> = records.iter().filter_map(|r| r.get("metric").and_then(Value::as_str)).collect();
+    let known = plan_metrics(&state, caller.tenant_id, &names).await?;
     let parsed: Vec<Result<RecordUsage, ApiError>> = records
         .into_iter()
         .map(|r| {
             let fact = serde_json::from_value::<UsageBody>(r)
                 .map_err(|e| ApiError::validation("record", e.to_string()))
-                .and_then(|b| b.parse(&caller, now))?;
+                .and_then(|b| b.parse(&caller, now, &known))?;
             match cancelled_at {
                 Some(at) => before_cancellation(fact, at),
                 None => Ok(fact),

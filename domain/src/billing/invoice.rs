@@ -19,6 +19,8 @@ pub enum LineKind {
     Addon,
     /// Usage beyond the allowance, in arrears.
     Overage,
+    /// Usage priced by one of the plan's charges, in arrears.
+    Usage,
     /// Account credit applied.
     Credit,
 }

@@ -86,6 +86,10 @@ pub struct Plan {
     pub prices: BTreeMap<String, Prices>,
     /// Limits.
     pub limits: PlanLimits,
+    /// Usage charges: how metrics' usage of a period is priced, in arrears (a charge on
+    /// `api_calls` or `sms` replaces the built-in overage price of that metric).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub charges: Vec<crate::billing::charges::Charge>,
     /// Feature flags shown to customers.
     pub features: Vec<String>,
     /// Tenant API requests per minute.
@@ -113,6 +117,7 @@ pub fn default_catalog() -> Vec<Plan> {
             storage_mb: limits[4],
             api_calls_per_month: limits[5],
         },
+        charges: Vec::new(),
         features: features.iter().map(|f| (*f).to_owned()).collect(),
         rate_limit_per_minute: rate,
     };

@@ -65,6 +65,9 @@ pub struct PlanTerms {
     pub yearly_price: Decimal,
     /// Limits.
     pub limits: PlanLimits,
+    /// Usage charges of the plan version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub charges: Vec<crate::billing::charges::Charge>,
 }
 
 impl PlanTerms {
@@ -90,6 +93,7 @@ impl PlanTerms {
             monthly_price: plan.monthly_price,
             yearly_price: plan.yearly_price,
             limits: plan.limits.clone(),
+            charges: plan.charges.clone(),
         }
     }
 
@@ -124,6 +128,9 @@ pub struct BillableUsage {
 /// what it cost. Late facts are billed as the difference to these figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeteredCharge {
+    /// The plan's charge that priced it (`None`: the built-in API-call overage and SMS price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge: Option<crate::billing::charges::Charge>,
     /// The metric (`api_calls`, `sms`).
     pub metric: String,
     /// Units counted in the period.
@@ -154,6 +161,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait UsageMeter: Send + Sync {
     /// Usage of `tenant_id` in `[period.start, period.end)`.
     fn billable_usage(&self, tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>>;
+    /// Usage of `metrics` by `tenant_id` in the period: counters summed, gauges at their latest
+    /// value; a metric without facts is absent.
+    fn metered(&self, _tenant_id: Uuid, _period: Period, _metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+        Box::pin(async { Ok(BTreeMap::new()) })
+    }
 }
 
 /// The aggregate's services.

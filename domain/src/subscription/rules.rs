@@ -9,6 +9,9 @@ use super::{
     BillableUsage, MeteredCharge, PaymentOutcome, StartSubscription, Subscription, SubscriptionCommand, SubscriptionError,
     SubscriptionEvent as E, SubscriptionStatus as S, UsageMeter,
 };
+use std::collections::BTreeMap;
+
+use crate::billing::charges::Charge;
 use crate::billing::invoice::{totals, InvoiceLine, LineKind};
 use crate::billing::money::round_cents;
 use crate::billing::period::{self, months_in, Period};
@@ -142,18 +145,39 @@ fn charges_for(usage: BillableUsage, allowance: Option<u64>) -> Vec<MeteredCharg
     let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance);
     vec![
         MeteredCharge {
+            charge: None,
             metric: API_CALLS.into(),
             quantity: usage.api_calls,
             included: allowance,
             amount: round_cents(Decimal::from(blocks) * pricing::api_call_block()),
         },
         MeteredCharge {
+            charge: None,
             metric: SMS.into(),
             quantity: usage.sms,
             included: None,
             amount: round_cents(Decimal::from(usage.sms) * pricing::sms_each()),
         },
     ]
+}
+
+/// The plan's own charges on `usage` of a period: their lines and what each counted and cost.
+fn plan_charges(charges: &[Charge], usage: &BTreeMap<String, u64>, dates: &str) -> (Vec<InvoiceLine>, Vec<MeteredCharge>) {
+    let (mut lines, mut billed) = (Vec::new(), Vec::new());
+    for charge in charges {
+        let quantity = usage.get(&charge.metric).copied().unwrap_or(0);
+        let priced = charge.lines(quantity, dates);
+        let amount = priced.iter().map(|l| l.amount).sum();
+        lines.extend(priced);
+        billed.push(MeteredCharge {
+            charge: Some(charge.clone()),
+            metric: charge.metric.clone(),
+            quantity,
+            included: Some(charge.included),
+            amount,
+        });
+    }
+    (lines, billed)
 }
 
 const API_CALLS: &str = "api_calls";
@@ -178,7 +202,8 @@ async fn arrears(
     let allowance = plan.limits.api_calls_per_month.map(|a| a * months);
     let dates = dates(period);
     let mut lines = Vec::new();
-    let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance);
+    let charged = |metric: &str| plan.charges.iter().any(|c| c.metric == metric);
+    let blocks = if charged(API_CALLS) { 0 } else { pricing::api_call_overage_blocks(usage.api_calls, allowance) };
     if blocks > 0 {
         let description = format!(
             "API calls beyond the allowance: {} of {} included, per started 1,000, {dates}",
@@ -187,11 +212,18 @@ async fn arrears(
         );
         lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block()));
     }
-    if usage.sms > 0 {
+    if usage.sms > 0 && !charged(SMS) {
         lines.push(InvoiceLine::new(LineKind::Overage, format!("SMS, {dates}"), Decimal::from(usage.sms), pricing::sms_each()));
     }
-    let billed =
-        E::UsageBilled { period_start: period.start, period_end: period.end, charges: charges_for(usage, allowance), billed_at: at };
+    let mut charges: Vec<MeteredCharge> = charges_for(usage, allowance).into_iter().filter(|c| !charged(&c.metric)).collect();
+    if !plan.charges.is_empty() {
+        let metrics = plan.charges.iter().map(|c| c.metric.clone()).collect();
+        let metered = meter.metered(s.tenant_id.expect("started"), period, metrics).await.map_err(SubscriptionError::UsageUnavailable)?;
+        let (priced, billed) = plan_charges(&plan.charges, &metered, &dates);
+        lines.extend(priced);
+        charges.extend(billed);
+    }
+    let billed = E::UsageBilled { period_start: period.start, period_end: period.end, charges, billed_at: at };
     Ok((lines, billed))
 }
 
@@ -208,20 +240,47 @@ async fn late_usage(
     let (mut lines, mut events, mut span) = (Vec::new(), Vec::new(), None::<Period>);
     for (&start, billed) in &s.usage_billed {
         let period = Period { start, end: billed.period_end };
-        let usage = meter.billable_usage(tenant_id, period).await.map_err(SubscriptionError::UsageUnavailable)?;
-        let before = |metric: &str| billed.charges.iter().find(|c| c.metric == metric);
+        let dates = dates(period);
+        // The plan's own charges of the period, priced again under the charges that billed them.
+        let own: Vec<Charge> = billed.charges.iter().filter_map(|c| c.charge.clone()).collect();
+        let mut charges: Vec<MeteredCharge> = Vec::new();
+        let mut changed = false;
+        if !own.is_empty() {
+            let metrics = own.iter().map(|c| c.metric.clone()).collect();
+            let metered = meter.metered(tenant_id, period, metrics).await.map_err(SubscriptionError::UsageUnavailable)?;
+            let (_, now) = plan_charges(&own, &metered, &dates);
+            for (after, before) in now.iter().zip(billed.charges.iter().filter(|c| c.charge.is_some())) {
+                if after.quantity > before.quantity {
+                    changed = true;
+                    let extra = after.amount - before.amount;
+                    if extra > Decimal::ZERO {
+                        let description =
+                            format!("{}, late usage for {dates}: {} ({} billed before)", after.metric, after.quantity, before.quantity);
+                        lines.push(InvoiceLine::fixed(LineKind::Usage, description, extra));
+                    }
+                }
+            }
+            charges.extend(now);
+        }
+        let builtin = |metric: &str| billed.charges.iter().any(|c| c.charge.is_none() && c.metric == metric);
+        let usage = if builtin(API_CALLS) || builtin(SMS) {
+            meter.billable_usage(tenant_id, period).await.map_err(SubscriptionError::UsageUnavailable)?
+        } else {
+            BillableUsage::default()
+        };
+        let before = |metric: &str| billed.charges.iter().find(|c| c.charge.is_none() && c.metric == metric);
         let counted = |metric: &str| before(metric).map_or(0, |c| c.quantity);
-        if usage.api_calls <= counted(API_CALLS) && usage.sms <= counted(SMS) {
+        let builtin_changed = (builtin(API_CALLS) && usage.api_calls > counted(API_CALLS)) || (builtin(SMS) && usage.sms > counted(SMS));
+        if !changed && !builtin_changed {
             continue;
         }
         let allowance = before(API_CALLS).and_then(|c| c.included);
-        let charges = charges_for(usage, allowance);
-        let dates = dates(period);
+        charges.splice(0..0, charges_for(usage, allowance).into_iter().filter(|c| builtin(&c.metric)));
         let extra = |metric: &str| {
             let now = charges.iter().find(|c| c.metric == metric).map_or(Decimal::ZERO, |c| c.amount);
             now - before(metric).map_or(Decimal::ZERO, |c| c.amount)
         };
-        if extra(API_CALLS) > Decimal::ZERO {
+        if builtin(API_CALLS) && extra(API_CALLS) > Decimal::ZERO {
             let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance)
                 - pricing::api_call_overage_blocks(counted(API_CALLS), allowance);
             let description = format!(
@@ -232,7 +291,7 @@ async fn late_usage(
             );
             lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block()));
         }
-        if extra(SMS) > Decimal::ZERO {
+        if builtin(SMS) && extra(SMS) > Decimal::ZERO {
             let description = format!("SMS, late usage for {dates} ({} billed before)", counted(SMS));
             lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(usage.sms - counted(SMS)), pricing::sms_each()));
         }

@@ -610,3 +610,66 @@ fn plan_terms_take_the_tenants_currency_prices_and_refuse_a_currency_the_plan_is
     assert!(PlanTerms::in_currency(&old, "EUR").is_ok());
     assert!(PlanTerms::in_currency(&old, "USD").is_err());
 }
+
+/// A meter that reports one metric's quantity per period start.
+struct MetricByPeriod(&'static str, Vec<(DateTime<Utc>, u64)>);
+
+impl UsageMeter for MetricByPeriod {
+    fn billable_usage(&self, _: Uuid, _: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
+        Box::pin(async { Ok(BillableUsage::default()) })
+    }
+
+    fn metered(&self, _: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+        let found = self.1.iter().find(|(start, _)| *start == period.start).map(|(_, q)| *q);
+        let metric = self.0;
+        Box::pin(
+            async move { Ok(found.filter(|_| metrics.iter().any(|m| m == metric)).map(|q| (metric.to_owned(), q)).into_iter().collect()) },
+        )
+    }
+}
+
+#[test]
+fn late_facts_are_billed_as_the_difference_under_every_charge_model() {
+    use crate::billing::charges::{Charge, Model, Tier};
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    let tier = |up_to: Option<u64>, unit: &str, flat: &str| Tier { up_to, unit_price: d(unit), flat_fee: d(flat) };
+    let models = [
+        Model::PerUnit { unit_price: d("0.25") },
+        Model::Package { package_size: 10, package_price: d("3.00") },
+        Model::Graduated { tiers: vec![tier(Some(10), "1.00", "2.00"), tier(None, "0.50", "1.00")] },
+        Model::Volume { tiers: vec![tier(Some(10), "1.00", "2.00"), tier(None, "0.50", "1.00")] },
+    ];
+    for model in models {
+        let charge = Charge { metric: "exports".into(), included: 5, model };
+        let mut plan = terms("starter");
+        plan.charges = vec![charge.clone()];
+        let mut command = start(0, at(2027, 1, 1));
+        if let SubscriptionCommand::Start(start) = &mut command {
+            start.plan = plan.clone();
+        }
+        let framework = |january: u64| {
+            TestFramework::with(Arc::new(MetricByPeriod("exports", vec![(at(2027, 1, 1), january)])) as SubscriptionServices)
+        };
+        let mut events = ok(framework(0), &[], command);
+        // January billed at 8 (3 beyond the 5 included).
+        let february = advance(framework(8), &mut events, at(2027, 2, 1));
+        let billed: Decimal = money(invoices(&february)[0]).0.iter().filter(|(k, _)| *k == LineKind::Usage).map(|(_, a)| d(a)).sum();
+        assert_eq!(billed, charge.amount(8), "{charge:?}");
+        // 17 more arrive late: the next invoice carries exactly the difference, once.
+        let march = advance(framework(25), &mut events, at(2027, 3, 1));
+        let late: Vec<(LineKind, String)> = money(invoices(&march)[0]).0.into_iter().filter(|(k, _)| *k == LineKind::Usage).collect();
+        assert_eq!(late, [(LineKind::Usage, (charge.amount(25) - charge.amount(8)).to_string())], "{charge:?}");
+        assert!(ok(framework(25), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 1) }).is_empty());
+        // Within the included units nothing is billed, late or not.
+        let mut quiet = ok(framework(0), &[], {
+            let mut c = start(0, at(2027, 1, 1));
+            if let SubscriptionCommand::Start(start) = &mut c {
+                start.plan = plan.clone();
+            }
+            c
+        });
+        advance(framework(2), &mut quiet, at(2027, 2, 1));
+        let march = advance(framework(5), &mut quiet, at(2027, 3, 1));
+        assert!(money(invoices(&march)[0]).0.iter().all(|(k, _)| *k != LineKind::Usage), "{charge:?}");
+    }
+}

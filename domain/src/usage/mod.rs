@@ -33,18 +33,26 @@ impl MetricName {
         Ok(Self(input.to_owned()))
     }
 
-    /// A metric a tenant may record: a built-in one (see [`BUILT_IN_METRICS`]); a misspelt
-    /// name would otherwise be stored and billed as nothing. (Metrics a plan prices with its
-    /// own charges will join them.)
-    pub fn known(input: &str) -> Result<Self, ValidationError> {
+    /// A metric a tenant may record: a built-in one (see [`BUILT_IN_METRICS`]) or one its plan
+    /// prices (`plan_metrics`); a misspelt name would otherwise be stored and billed as nothing.
+    pub fn known(input: &str, plan_metrics: &[String]) -> Result<Self, ValidationError> {
         let metric = Self::parse(input)?;
-        if !BUILT_IN_METRICS.contains(&metric.as_str()) {
+        if !BUILT_IN_METRICS.contains(&metric.as_str()) && !plan_metrics.iter().any(|m| m == input) {
+            let names: Vec<String> = BUILT_IN_METRICS.iter().map(|m| (*m).to_owned()).chain(plan_metrics.iter().cloned()).collect();
             return Err(ValidationError::new(
                 "metric",
-                format!("unknown metric \"{input}\": the metrics are {}", BUILT_IN_METRICS.map(|m| format!("\"{m}\"")).join(", ")),
+                format!(
+                    "unknown metric \"{input}\": the metrics are {}",
+                    names.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ")
+                ),
             ));
         }
         Ok(metric)
+    }
+
+    /// Whether every plan knows it.
+    pub fn is_built_in(input: &str) -> bool {
+        BUILT_IN_METRICS.contains(&input)
     }
 
     /// How the metric aggregates.
@@ -275,9 +283,10 @@ mod tests {
     #[test]
     fn only_known_metrics_may_be_recorded() {
         for known in BUILT_IN_METRICS {
-            assert!(MetricName::known(known).is_ok(), "{known}");
+            assert!(MetricName::known(known, &[]).is_ok(), "{known}");
         }
-        let refused = MetricName::known("emails").unwrap_err();
+        assert!(MetricName::known("exports", &["exports".to_owned()]).is_ok(), "a metric the plan prices");
+        let refused = MetricName::known("emails", &["exports".to_owned()]).unwrap_err();
         assert_eq!(refused.field, "metric");
         assert!(refused.message.contains("\"emails\"") && refused.message.contains("\"api_calls\""), "{}", refused.message);
     }

@@ -491,3 +491,74 @@ async fn plans_are_sold_per_currency_and_tenants_billed_in_theirs() {
         app.post("/v1/plans", ADMIN_TOKEN, json!({"code": "nowhere", "name": "Nowhere", "limits": {}, "rate_limit_per_minute": 1})).await;
     assert_eq!(bad.body["error"]["details"]["field"], "monthly_price", "{}", bad.body);
 }
+
+#[tokio::test]
+async fn a_plans_own_usage_charges_are_billed_in_arrears_and_late_facts_under_them() {
+    let app = billing_app().await;
+    app.set_clock("2027-01-01T00:00:00Z").await;
+    let plan = json!({"code": "metered-pro", "name": "Metered Pro", "monthly_price": "49.00",
+    "limits": {"api_calls_per_month": 10000}, "rate_limit_per_minute": 500,
+    "charges": [
+        {"metric": "exports", "model": "graduated", "tiers": [
+            {"up_to": 10, "unit_price": "1.00", "flat_fee": "2.00"}, {"up_to": null, "unit_price": "0.50"}]},
+        {"metric": "sms", "model": "per_unit", "included": 5, "unit_price": "0.10"}
+    ]});
+    let bad = app
+        .post(
+            "/v1/plans",
+            ADMIN_TOKEN,
+            json!({"code": "broken", "name": "Broken", "monthly_price": "1.00", "limits": {}, "rate_limit_per_minute": 1,
+            "charges": [{"metric": "exports", "model": "package", "package_size": 0, "package_price": "1.00"}]}),
+        )
+        .await;
+    bad.expect_error(400, "VALIDATION_FAILED");
+    assert_eq!(bad.body["error"]["details"]["field"], "charges[0]", "{}", bad.body);
+    let published = app.post("/v1/plans", ADMIN_TOKEN, plan).await.expect(201).clone();
+    assert_eq!(published["charges"][0]["model"], "graduated");
+    let tenant = app.create_tenant_on("exporter", "metered-pro").await;
+    let starter = app.create_tenant_on("plain", "starter").await;
+
+    app.set_clock("2027-01-20T00:00:00Z").await;
+    for (key, metric, quantity) in [("e-1", "exports", 12), ("s-1", "sms", 8), ("a-1", "api_calls", 20_000)] {
+        app.post(
+            "/v1/usage",
+            &tenant.key,
+            json!({"metric": metric, "quantity": quantity, "idempotency_key": key, "occurred_at": "2027-01-10T00:00:00Z"}),
+        )
+        .await
+        .expect(202);
+    }
+    // A metric is known where the plan prices it, and only there.
+    app.post("/v1/usage", &starter.key, json!({"metric": "exports", "quantity": 1, "idempotency_key": "x"}))
+        .await
+        .expect_error(400, "VALIDATION_FAILED");
+    app.post("/v1/usage", &tenant.key, json!({"metric": "imports", "quantity": 1, "idempotency_key": "y"}))
+        .await
+        .expect_error(400, "VALIDATION_FAILED");
+
+    // February's invoice: the fee, API calls beyond 10,000 (built-in: 10 blocks), exports in
+    // two graduated tiers (10 × 1.00 + 2.00, 2 × 0.50), SMS beyond 5 at 0.10.
+    app.set_clock("2027-02-01T00:00:00Z").await;
+    let february = invoices(&app, &tenant).await[1].clone();
+    assert_eq!(
+        money(&february),
+        (
+            lines(&[("plan", "49.00"), ("overage", "5.00"), ("usage", "12.00"), ("usage", "1.00"), ("usage", "0.30")]),
+            totals("67.30", "5.45", "72.75")
+        )
+    );
+
+    // Three exports of January turn up late: 15 cost 14.50 where 12 cost 13.00.
+    app.set_clock("2027-02-10T00:00:00Z").await;
+    app.post(
+        "/v1/usage",
+        &tenant.key,
+        json!({"metric": "exports", "quantity": 3, "idempotency_key": "e-late", "occurred_at": "2027-01-20T00:00:00Z"}),
+    )
+    .await
+    .expect(202);
+    app.set_clock("2027-03-01T00:00:00Z").await;
+    let march = invoices(&app, &tenant).await[2].clone();
+    assert_eq!(money(&march), (lines(&[("plan", "49.00"), ("usage", "1.50")]), totals("50.50", "4.09", "54.59")));
+    assert!(march["lines"][1]["description"].as_str().unwrap().contains("late usage for 2027-01-01 – 2027-02-01"), "{march}");
+}

@@ -1,0 +1,234 @@
+//! Usage charges: how a plan prices a metric's usage of a period, in the models billing systems
+//! share (Lago's and Stripe's names): per unit, per package, graduated and volume tiers, each
+//! after `included` free units. Each line is rounded half away from zero to the cent once.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::invoice::{InvoiceLine, LineKind};
+use super::money::round_cents;
+use crate::ValidationError;
+
+/// One tier: the units up to `up_to` (inclusive; `None` on the last tier) after the previous
+/// tier's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// The last unit of the tier (counted from the first billable unit); `None`: no end.
+    pub up_to: Option<u64>,
+    /// Price per unit.
+    pub unit_price: Decimal,
+    /// Added once when any unit falls in the tier.
+    #[serde(default)]
+    pub flat_fee: Decimal,
+}
+
+/// How the billable units are priced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum Model {
+    /// `units × unit_price`.
+    PerUnit {
+        /// Price per unit.
+        unit_price: Decimal,
+    },
+    /// `ceil(units / package_size) × package_price`.
+    Package {
+        /// Units per package.
+        package_size: u64,
+        /// Price per started package.
+        package_price: Decimal,
+    },
+    /// Each unit at the price of the tier it falls in, plus each used tier's flat fee.
+    Graduated {
+        /// The tiers, in order.
+        tiers: Vec<Tier>,
+    },
+    /// Every unit at the price of the tier the total falls in, plus that tier's flat fee.
+    Volume {
+        /// The tiers, in order.
+        tiers: Vec<Tier>,
+    },
+}
+
+/// A plan's price for one metric's usage of a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    /// The metric priced.
+    pub metric: String,
+    /// Free units per period.
+    #[serde(default)]
+    pub included: u64,
+    /// The model and its figures.
+    #[serde(flatten)]
+    pub model: Model,
+}
+
+impl Charge {
+    /// Checks the figures: prices not negative, a package of at least one unit, tiers with
+    /// increasing ends and only the last one open.
+    pub fn validate(&self, field: &str) -> Result<(), ValidationError> {
+        let negative = |d: &Decimal| d.is_sign_negative() && !d.is_zero();
+        let bad = |why: &str| Err(ValidationError::new(field, why.to_owned()));
+        match &self.model {
+            Model::PerUnit { unit_price } if negative(unit_price) => bad("unit_price must not be negative"),
+            Model::Package { package_size: 0, .. } => bad("package_size must be at least 1"),
+            Model::Package { package_price, .. } if negative(package_price) => bad("package_price must not be negative"),
+            Model::Graduated { tiers } | Model::Volume { tiers } => {
+                if tiers.is_empty() {
+                    return bad("tiers must not be empty");
+                }
+                let mut previous = 0;
+                for (i, tier) in tiers.iter().enumerate() {
+                    if negative(&tier.unit_price) || negative(&tier.flat_fee) {
+                        return bad("tier prices and flat fees must not be negative");
+                    }
+                    match tier.up_to {
+                        None if i + 1 != tiers.len() => return bad("only the last tier may have up_to null"),
+                        Some(_) if i + 1 == tiers.len() => return bad("the last tier must have up_to null"),
+                        Some(end) if end <= previous => return bad("tiers' up_to must increase"),
+                        Some(end) => previous = end,
+                        None => {}
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The invoice lines (kind `usage`) for `quantity` units of a period described by `dates`:
+    /// none when nothing is billable; one per tier used for graduated tiers.
+    pub fn lines(&self, quantity: u64, dates: &str) -> Vec<InvoiceLine> {
+        let billable = quantity.saturating_sub(self.included);
+        if billable == 0 {
+            return Vec::new();
+        }
+        let metric = &self.metric;
+        let line = |description: String, quantity: u64, unit_price: Decimal, flat: Decimal| InvoiceLine {
+            kind: LineKind::Usage,
+            description,
+            quantity: Decimal::from(quantity),
+            unit_price,
+            amount: round_cents(Decimal::from(quantity) * unit_price + flat),
+        };
+        let included = if self.included > 0 { format!(" ({} included)", self.included) } else { String::new() };
+        match &self.model {
+            Model::PerUnit { unit_price } => {
+                vec![line(format!("{metric}: {quantity}{included}, {dates}"), billable, *unit_price, Decimal::ZERO)]
+            }
+            Model::Package { package_size, package_price } => {
+                let packages = billable.div_ceil(*package_size);
+                vec![line(
+                    format!("{metric}: {quantity}{included}, per started {package_size}, {dates}"),
+                    packages,
+                    *package_price,
+                    Decimal::ZERO,
+                )]
+            }
+            Model::Graduated { tiers } => {
+                let (mut lines, mut from) = (Vec::new(), 0u64);
+                for tier in tiers {
+                    if billable <= from {
+                        break;
+                    }
+                    let to = tier.up_to.map_or(billable, |end| end.min(billable));
+                    let span = match tier.up_to {
+                        Some(end) => format!("{} – {end}", from + 1),
+                        None => format!("{} and more", from + 1),
+                    };
+                    lines.push(line(format!("{metric}: tier {span}, {dates}"), to - from, tier.unit_price, tier.flat_fee));
+                    from = to;
+                }
+                lines
+            }
+            Model::Volume { tiers } => {
+                let tier = tiers.iter().find(|t| t.up_to.is_none_or(|end| billable <= end)).or(tiers.last());
+                tier.map(|t| vec![line(format!("{metric}: {quantity}{included}, {dates}"), billable, t.unit_price, t.flat_fee)])
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// What `quantity` units cost in all.
+    pub fn amount(&self, quantity: u64) -> Decimal {
+        self.lines(quantity, "").iter().map(|l| l.amount).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(up_to: Option<u64>, unit_price: &str, flat_fee: &str) -> Tier {
+        Tier { up_to, unit_price: unit_price.parse().unwrap(), flat_fee: flat_fee.parse().unwrap() }
+    }
+
+    fn charge(model: Model) -> Charge {
+        Charge { metric: "api_calls".into(), included: 0, model }
+    }
+
+    #[test]
+    fn graduated_as_in_the_contract_and_lagos_own_figures() {
+        let graduated = charge(Model::Graduated { tiers: vec![tier(Some(10), "10", "2"), tier(Some(20), "5", "3"), tier(None, "5", "3")] });
+        for (q, expected) in [(1, "12.00"), (10, "102.00"), (11, "110.00"), (21, "163.00")] {
+            assert_eq!(graduated.amount(q).to_string(), expected, "q = {q}");
+        }
+        assert_eq!(graduated.lines(21, "").len(), 3, "one line per tier used");
+        assert!(graduated.lines(0, "").is_empty());
+    }
+
+    #[test]
+    fn volume_as_in_the_contract_and_lagos_own_figures() {
+        let volume = charge(Model::Volume { tiers: vec![tier(Some(100), "2", "10"), tier(Some(200), "1", "0"), tier(None, "0.5", "50")] });
+        for (q, expected) in [(1, "12.00"), (100, "210.00"), (101, "101.00"), (300, "200.00")] {
+            assert_eq!(volume.amount(q).to_string(), expected, "q = {q}");
+        }
+        // Neither model is assumed cheaper than the other.
+        let graduated =
+            charge(Model::Graduated { tiers: vec![tier(Some(100), "2", "10"), tier(Some(200), "1", "0"), tier(None, "0.5", "50")] });
+        assert!(graduated.amount(101) > volume.amount(101));
+        assert!(graduated.amount(1) == volume.amount(1));
+    }
+
+    #[test]
+    fn per_unit_and_package_after_included_units() {
+        let per_unit = Charge { metric: "sms".into(), included: 100, model: Model::PerUnit { unit_price: "0.05".parse().unwrap() } };
+        assert_eq!(per_unit.amount(100), Decimal::ZERO);
+        assert_eq!(per_unit.amount(103).to_string(), "0.15");
+        // Today's API-call overage: 10,000 included, 0.50 per started 1,000.
+        let package = Charge {
+            metric: "api_calls".into(),
+            included: 10_000,
+            model: Model::Package { package_size: 1000, package_price: "0.50".parse().unwrap() },
+        };
+        for (q, expected) in [(10_000, "0"), (10_001, "0.50"), (12_000, "1.00"), (12_001, "1.50")] {
+            assert_eq!(package.amount(q).to_string(), expected, "q = {q}");
+        }
+    }
+
+    #[test]
+    fn amounts_are_rounded_half_away_from_zero_once_per_line() {
+        let per_unit = charge(Model::PerUnit { unit_price: "0.005".parse().unwrap() });
+        assert_eq!(per_unit.amount(1).to_string(), "0.01");
+        assert_eq!(per_unit.amount(3).to_string(), "0.02", "0.015 → 0.02");
+    }
+
+    #[test]
+    fn bad_figures_are_refused() {
+        for model in [
+            Model::Package { package_size: 0, package_price: Decimal::ONE },
+            Model::PerUnit { unit_price: "-1".parse().unwrap() },
+            Model::Graduated { tiers: vec![] },
+            Model::Graduated { tiers: vec![tier(Some(10), "1", "0")] },
+            Model::Volume { tiers: vec![tier(None, "1", "0"), tier(None, "1", "0")] },
+            Model::Volume { tiers: vec![tier(Some(10), "1", "0"), tier(Some(5), "1", "0"), tier(None, "1", "0")] },
+        ] {
+            assert!(charge(model.clone()).validate("charges[0]").is_err(), "{model:?}");
+        }
+        let fine: Charge = serde_json::from_value(serde_json::json!({"metric": "seats", "model": "graduated", "included": 2,
+            "tiers": [{"up_to": 10, "unit_price": "1.00"}, {"up_to": null, "unit_price": "0.50", "flat_fee": "5.00"}]}))
+        .unwrap();
+        assert!(fine.validate("charges[0]").is_ok());
+    }
+}
