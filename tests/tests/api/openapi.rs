@@ -118,3 +118,23 @@ async fn the_docs_page_renders_every_operation_without_the_internet() {
         assert!(!page.contains(external), "the page loads something: {external}");
     }
 }
+
+/// The document is committed (`api/openapi.json`) so that every change of the API shows up in
+/// review; this fails when the served one differs. `UPDATE_OPENAPI=1 cargo test -p e2e --test api
+/// openapi` rewrites the file from the server.
+#[tokio::test]
+async fn the_served_document_is_the_committed_one() {
+    let app = spawn_app().await;
+    let served: serde_json::Value = app.request(Method::GET, "/openapi.json", None).send().await.unwrap().json().await.unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&served).unwrap() + "\n").unwrap();
+        return;
+    }
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("api/openapi.json is committed")).unwrap();
+    assert!(
+        committed == served,
+        "the served OpenAPI document differs from api/openapi.json: run `UPDATE_OPENAPI=1 cargo test -p e2e --test api openapi` and commit the file"
+    );
+}
