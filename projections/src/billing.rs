@@ -283,6 +283,12 @@ impl Projection for BillingProjection {
                     .execute(&mut *conn)
                     .await?;
             }
+            SubscriptionEvent::InvoiceVoided { invoice_id, .. } => {
+                sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'void' WHERE id = $1"))
+                    .bind(invoice_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             SubscriptionEvent::PaymentFailed { invoice_id, failed_at, .. } => {
                 sqlx::query(&format!("UPDATE {schema}.invoices SET payment_failed_at = $2 WHERE id = $1"))
                     .bind(invoice_id)

@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/invoices/upcoming", get(upcoming))
         .route("/v1/invoices/{id}", get(read))
         .route("/v1/invoices/{id}/pay", post(pay))
+        .route("/v1/invoices/{id}/void", post(void))
 }
 
 /// The columns of [`InvoiceRow`].
@@ -273,8 +274,8 @@ async fn pay(
             .fetch_optional(state.pool())
             .await?;
     let (subscription_id, tenant_id, status, total, currency, issued_at) = invoice.ok_or_else(|| ApiError::not_found("invoice"))?;
-    if status == "paid" {
-        return Err(ApiError::new(StatusCode::CONFLICT, "INVALID_STATE_TRANSITION", "the invoice is already paid"));
+    if status != "open" {
+        return Err(ApiError::new(StatusCode::CONFLICT, "INVALID_STATE_TRANSITION", format!("the invoice is {status}")));
     }
     if paid_at < issued_at {
         return Err(ApiError::validation("paid_at", format!("must not be before the invoice was issued ({})", issued_at.to_rfc3339())));
@@ -295,7 +296,44 @@ async fn pay(
     row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
 }
 
+/// `POST /v1/invoices/{id}/void` (admin): an open invoice with no payment becomes `void`: never
+/// due again and never counted for dunning (a past-due or suspended subscription with no other
+/// failed invoice is active again, and so is its tenant). Answers the invoice; a paid or void
+/// invoice: 409 `INVALID_STATE_TRANSITION`.
+#[utoipa::path(
+    post,
+    path = "/v1/invoices/{id}/void",
+    tag = "invoices",
+    params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
+    responses(
+        (status = 200, description = "The invoice, now void", body = serde_json::Value),
+        crate::openapi::AuthErrors,
+        crate::openapi::Forbidden,
+        crate::openapi::NotFound,
+        (status = 409, description = "INVALID_STATE_TRANSITION: the invoice is paid or void", body = crate::openapi::ErrorBody)
+    ),
+)]
+async fn void(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id, "invoice")?;
+    let owner: Option<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT subscription_id, tenant_id FROM rm.invoices WHERE id = $1").bind(id).fetch_optional(state.pool()).await?;
+    let (subscription_id, tenant_id) = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
+    let context = state.context(Some(tenant_id), commands::Actor::Admin);
+    let command = domain::subscription::SubscriptionCommand::VoidInvoice { invoice_id: id, at: context.at };
+    let app = state.clone();
+    state
+        .detach(async move {
+            app.accounts().subscription_command(subscription_id, command, &context).await?;
+            app.settle_all().await;
+            Ok(())
+        })
+        .await?;
+    let row: Option<InvoiceRow> =
+        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1")).bind(id).fetch_optional(state.pool()).await?;
+    row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
+}
+
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list, upcoming, read, pay), components(schemas(PayBody)))]
+#[openapi(paths(list, upcoming, read, pay, void), components(schemas(PayBody)))]
 pub struct Docs;

@@ -48,6 +48,14 @@ pub enum SubscriptionCommand {
         as_of: DateTime<Utc>,
     },
     /// Record the payment provider's outcome for an invoice.
+    /// Voids an open invoice that has not been paid: it is never due again and never counts
+    /// for dunning.
+    VoidInvoice {
+        /// The invoice.
+        invoice_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Sets the payment terms of the invoices issued from now on.
     SetNetTerms {
         /// Days after issue an invoice is due (0-90).

@@ -27,6 +27,9 @@ pub enum SubscriptionError {
     /// The change would change nothing.
     #[error("{0}")]
     NothingToChange(&'static str),
+    /// The invoice is no longer open (`paid` or `void`).
+    #[error("the invoice is {0}")]
+    InvoiceNotOpen(&'static str),
     /// The invoice is not this subscription's.
     #[error("invoice not found")]
     InvoiceNotFound,
@@ -52,9 +55,11 @@ impl Rejection for SubscriptionError {
         match self {
             Self::Invalid(_) | Self::PaymentMismatch { .. } => RejectionKind::Validation,
             Self::NotFound | Self::InvoiceNotFound => RejectionKind::NotFound,
-            Self::AlreadyExists | Self::InvalidTransition { .. } | Self::NothingToChange(_) | Self::UsageUnavailable(_) => {
-                RejectionKind::Conflict
-            }
+            Self::AlreadyExists
+            | Self::InvalidTransition { .. }
+            | Self::InvoiceNotOpen(_)
+            | Self::NothingToChange(_)
+            | Self::UsageUnavailable(_) => RejectionKind::Conflict,
         }
     }
 
@@ -62,7 +67,7 @@ impl Rejection for SubscriptionError {
         match self {
             Self::Invalid(_) | Self::PaymentMismatch { .. } => "VALIDATION_FAILED",
             Self::NotFound | Self::InvoiceNotFound => "NOT_FOUND",
-            Self::InvalidTransition { .. } => "INVALID_STATE_TRANSITION",
+            Self::InvalidTransition { .. } | Self::InvoiceNotOpen(_) => "INVALID_STATE_TRANSITION",
             Self::AlreadyExists | Self::NothingToChange(_) | Self::UsageUnavailable(_) => "CONFLICT",
         }
     }

@@ -162,6 +162,24 @@ pub enum SubscriptionEvent {
         /// When.
         reactivated_at: DateTime<Utc>,
     },
+    /// An open invoice was voided: never due again, never counted for dunning.
+    InvoiceVoided {
+        /// The invoice.
+        invoice_id: Uuid,
+        /// When.
+        voided_at: DateTime<Utc>,
+    },
+    /// A reminder that failed invoices are unpaid, on a day of the grace period.
+    PaymentReminder {
+        /// The unpaid invoices whose payment failed.
+        invoice_ids: Vec<Uuid>,
+        /// The day of the grace period (1, 3 or 6).
+        grace_day: u32,
+        /// When the grace period runs out (the subscription is then suspended).
+        grace_expires_at: DateTime<Utc>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The payment terms of the invoices issued from now on changed.
     NetTermsChanged {
         /// Days after issue an invoice is due.
@@ -204,7 +222,9 @@ impl SubscriptionEvent {
             | Self::SubscriptionSuspended { suspended_at: at }
             | Self::SubscriptionReactivated { reactivated_at: at }
             | Self::UsageBilled { billed_at: at, .. }
-            | Self::NetTermsChanged { at, .. } => Some(*at),
+            | Self::NetTermsChanged { at, .. }
+            | Self::InvoiceVoided { voided_at: at, .. }
+            | Self::PaymentReminder { at, .. } => Some(*at),
             Self::PlanChangeScheduled { .. } | Self::CancellationScheduled { .. } => None,
         }
     }
@@ -229,6 +249,8 @@ impl DomainEvent for SubscriptionEvent {
             Self::SubscriptionReactivated { .. } => "SubscriptionReactivated",
             Self::UsageBilled { .. } => "UsageBilled",
             Self::NetTermsChanged { .. } => "NetTermsChanged",
+            Self::InvoiceVoided { .. } => "InvoiceVoided",
+            Self::PaymentReminder { .. } => "PaymentReminder",
         }
         .to_owned()
     }
@@ -311,6 +333,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
             if matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::Trialing) {
                 s.status = SubscriptionStatus::PastDue;
                 s.past_due_since = Some(failed_at);
+                s.reminded_day = 0;
             }
         }
         E::PaymentSucceeded { payment_id, invoice_id, .. } => {
@@ -322,8 +345,15 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
         E::SubscriptionReactivated { .. } => {
             s.status = SubscriptionStatus::Active;
             s.past_due_since = None;
+            s.reminded_day = 0;
         }
         E::NetTermsChanged { net_terms_days, .. } => s.net_terms_days = net_terms_days,
+        E::InvoiceVoided { invoice_id, .. } => {
+            s.unpaid.remove(&invoice_id);
+            s.failed.remove(&invoice_id);
+            s.voided.insert(invoice_id);
+        }
+        E::PaymentReminder { grace_day, .. } => s.reminded_day = grace_day,
         E::UsageBilled { period_start, period_end, charges, billed_at } => {
             s.usage_billed.insert(period_start, BilledUsage { period_end, charges, billed_at });
         }

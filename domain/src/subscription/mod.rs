@@ -40,6 +40,9 @@ use crate::values::TaxRate;
 /// Days a failed payment may stay unpaid before the subscription is suspended.
 pub const GRACE_DAYS: i64 = 7;
 
+/// The days of the grace period on which a payment reminder goes out.
+pub const REMINDER_DAYS: [u32; 3] = [1, 3, 6];
+
 /// The longest payment terms: an invoice is due at most this many days after it is issued.
 pub const MAX_NET_TERMS_DAYS: u32 = 90;
 
@@ -269,6 +272,12 @@ pub struct Subscription {
     /// Days after issue an invoice is due.
     #[serde(default)]
     pub net_terms_days: u32,
+    /// Voided invoices.
+    #[serde(default)]
+    pub voided: BTreeSet<Uuid>,
+    /// The last day of the grace period a payment reminder went out for (0: none yet).
+    #[serde(default)]
+    pub reminded_day: u32,
 }
 
 impl Subscription {

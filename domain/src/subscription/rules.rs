@@ -48,6 +48,24 @@ pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, m
             Ok(())
         }
         C::AdvanceTo { as_of } => advance_to(s, as_of, meter, sink).await,
+        C::VoidInvoice { invoice_id, at } => {
+            let subscription_id = s.id.expect("started");
+            if !(1..=s.invoices_issued).any(|n| self::invoice_id(subscription_id, n) == invoice_id) {
+                return Err(SubscriptionError::InvoiceNotFound);
+            }
+            if s.voided.contains(&invoice_id) {
+                return Err(SubscriptionError::InvoiceNotOpen("void"));
+            }
+            if !s.unpaid.contains_key(&invoice_id) {
+                return Err(SubscriptionError::InvoiceNotOpen("paid"));
+            }
+            sink.write(E::InvoiceVoided { invoice_id, voided_at: at }, s).await;
+            // A void invoice no longer counts for dunning.
+            if matches!(s.status, S::PastDue | S::Suspended) && s.failed.is_empty() {
+                sink.write(E::SubscriptionReactivated { reactivated_at: at }, s).await;
+            }
+            Ok(())
+        }
         C::SetNetTerms { net_terms_days, at } => {
             if s.status == S::Cancelled {
                 return Err(SubscriptionError::InvalidTransition { action: "change the payment terms of", status: s.status });
@@ -445,6 +463,7 @@ async fn cancel(s: &mut Subscription, at_period_end: bool, at: DateTime<Utc>, me
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Due {
+    Reminder(u32),
     GraceExpired,
     TrialEnd,
     PeriodEnd,
@@ -455,6 +474,10 @@ pub(super) fn next_due(s: &Subscription) -> Option<(DateTime<Utc>, Due)> {
     let mut candidates = Vec::new();
     if let Some(at) = s.grace_expires_at() {
         candidates.push((at, Due::GraceExpired));
+        // The next payment reminder of the grace period, if any is left.
+        if let (Some(since), Some(&day)) = (s.past_due_since, super::REMINDER_DAYS.iter().find(|&&d| d > s.reminded_day)) {
+            candidates.push((since + Duration::days(i64::from(day)), Due::Reminder(day)));
+        }
     }
     match s.status {
         S::Trialing => candidates.push((s.trial_ends_at?, Due::TrialEnd)),
@@ -468,6 +491,11 @@ async fn advance_to(s: &mut Subscription, as_of: DateTime<Utc>, meter: &dyn Usag
     while let Some((when, due)) = next_due(s).filter(|(when, _)| *when <= as_of) {
         match due {
             Due::GraceExpired => sink.write(E::SubscriptionSuspended { suspended_at: when }, s).await,
+            Due::Reminder(grace_day) => {
+                let invoice_ids = s.failed.iter().copied().collect();
+                let grace_expires_at = s.grace_expires_at().expect("past due");
+                sink.write(E::PaymentReminder { invoice_ids, grace_day, grace_expires_at, at: when }, s).await
+            }
             Due::TrialEnd if s.cancel_at_period_end => {
                 sink.write(E::SubscriptionCancelled { cancelled_at: when, immediately: false }, s).await
             }

@@ -329,6 +329,20 @@ fn a_failed_payment_leads_to_past_due_then_suspension_and_payment_reactivates() 
     );
     assert!(matches!(&failed[..], [SubscriptionEvent::PaymentFailed { .. }]));
     events.extend(failed);
+    // Reminders on days 1, 3 and 6 of the grace period, each once, naming the failed invoice.
+    let reminded = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 8) });
+    let reminders: Vec<(u32, DateTime<Utc>)> = reminded
+        .iter()
+        .map(|e| match e {
+            SubscriptionEvent::PaymentReminder { grace_day, at: when, invoice_ids, grace_expires_at } => {
+                assert_eq!((invoice_ids.as_slice(), *grace_expires_at), ([first].as_slice(), at(2027, 4, 9)));
+                (*grace_day, *when)
+            }
+            other => panic!("not a reminder: {other:?}"),
+        })
+        .collect();
+    assert_eq!(reminders, [(1, at(2027, 4, 3)), (3, at(2027, 4, 5)), (6, at(2027, 4, 8))]);
+    events.extend(reminded);
     assert!(ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 8) }).is_empty());
     let suspended = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 9) });
     assert!(matches!(&suspended[..], [SubscriptionEvent::SubscriptionSuspended { suspended_at }] if *suspended_at == at(2027, 4, 9)));
@@ -672,4 +686,45 @@ fn late_facts_are_billed_as_the_difference_under_every_charge_model() {
         let march = advance(framework(5), &mut quiet, at(2027, 3, 1));
         assert!(money(invoices(&march)[0]).0.iter().all(|(k, _)| *k != LineKind::Usage), "{charge:?}");
     }
+}
+
+#[test]
+fn voiding_an_unpaid_invoice_ends_its_dunning_and_a_paid_or_void_one_is_refused() {
+    let mut events = history(no_usage, vec![start(0, at(2027, 4, 1))]);
+    let first = invoice_id(id(), 1);
+    events.extend(ok(
+        no_usage(),
+        &events,
+        SubscriptionCommand::RecordPayment {
+            payment_id: "f".into(),
+            invoice_id: first,
+            outcome: PaymentOutcome::Failed,
+            at: at(2027, 4, 2),
+        },
+    ));
+    advance(no_usage(), &mut events, at(2027, 4, 10));
+    assert_eq!(state(&events).status, SubscriptionStatus::Suspended);
+    let voided = ok(no_usage(), &events, SubscriptionCommand::VoidInvoice { invoice_id: first, at: at(2027, 4, 11) });
+    assert!(matches!(&voided[..], [SubscriptionEvent::InvoiceVoided { .. }, SubscriptionEvent::SubscriptionReactivated { .. }]));
+    events.extend(voided);
+    assert_eq!(state(&events).status, SubscriptionStatus::Active);
+    let again = run(no_usage(), events.clone(), SubscriptionCommand::VoidInvoice { invoice_id: first, at: at(2027, 4, 12) });
+    assert!(matches!(again, Err(SubscriptionError::InvoiceNotOpen("void"))));
+    // The next invoice, once paid, cannot be voided; another subscription's cannot either.
+    advance(no_usage(), &mut events, at(2027, 5, 1));
+    let second = invoice_id(id(), 2);
+    events.extend(ok(
+        no_usage(),
+        &events,
+        SubscriptionCommand::RecordPayment {
+            payment_id: "p".into(),
+            invoice_id: second,
+            outcome: PaymentOutcome::Succeeded { amount: Decimal::new(3190, 2), currency: "EUR".into(), offline: None },
+            at: at(2027, 5, 2),
+        },
+    ));
+    let paid = run(no_usage(), events.clone(), SubscriptionCommand::VoidInvoice { invoice_id: second, at: at(2027, 5, 3) });
+    assert!(matches!(paid, Err(SubscriptionError::InvoiceNotOpen("paid"))));
+    let foreign = run(no_usage(), events, SubscriptionCommand::VoidInvoice { invoice_id: Uuid::from_u128(5), at: at(2027, 5, 3) });
+    assert!(matches!(foreign, Err(SubscriptionError::InvoiceNotFound)));
 }

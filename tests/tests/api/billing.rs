@@ -562,3 +562,42 @@ async fn a_plans_own_usage_charges_are_billed_in_arrears_and_late_facts_under_th
     assert_eq!(money(&march), (lines(&[("plan", "49.00"), ("usage", "1.50")]), totals("50.50", "4.09", "54.59")));
     assert!(march["lines"][1]["description"].as_str().unwrap().contains("late usage for 2027-01-01 – 2027-02-01"), "{march}");
 }
+
+#[tokio::test]
+async fn grace_days_send_reminders_and_a_voided_invoice_ends_dunning() {
+    let app = billing_app().await;
+    app.set_clock("2027-01-01T00:00:00Z").await;
+    let tenant = app.create_tenant_on("reminded", "starter").await;
+    let first = invoices(&app, &tenant).await[0].clone();
+    app.payment_webhook(json!({"id": "evt_no", "type": "payment.failed", "invoice_id": first["id"], "amount": first["total"], "currency": first["currency"]}))
+        .await
+        .expect(200);
+    app.set_clock("2027-01-07T12:00:00Z").await;
+    // Reminders on days 1, 3 and 6 of the grace period, in the log and in the audit trail.
+    let reminders: Vec<(i64, String)> = app
+        .all_events()
+        .await
+        .iter()
+        .filter(|e| e["event_type"] == "PaymentReminder")
+        .map(|e| (e["payload"]["grace_day"].as_i64().unwrap(), e["payload"]["at"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        reminders,
+        [(1, "2027-01-02T00:00:00Z".to_owned()), (3, "2027-01-04T00:00:00Z".to_owned()), (6, "2027-01-07T00:00:00Z".to_owned())]
+    );
+    let audit = app.get("/v1/audit?limit=100", &tenant.key).await.expect(200).clone();
+    let audited = audit["data"].as_array().unwrap().iter().filter(|e| e["event_type"] == "PaymentReminder").count();
+    assert_eq!(audited, 3, "{audit}");
+
+    // Voiding the failed invoice ends the dunning: no suspension on day 7.
+    let path = format!("/v1/invoices/{}/void", first["id"].as_str().unwrap());
+    app.post(&path, &tenant.key, json!({})).await.expect_error(403, "FORBIDDEN");
+    let voided = app.post(&path, ADMIN_TOKEN, json!({})).await.expect(200).clone();
+    assert_eq!(voided["status"], "void");
+    assert_eq!(subscription(&app, &tenant).await["status"], "active");
+    app.set_clock("2027-01-09T00:00:00Z").await;
+    assert_eq!(subscription(&app, &tenant).await["status"], "active");
+    app.post(&path, ADMIN_TOKEN, json!({})).await.expect_error(409, "INVALID_STATE_TRANSITION");
+    let pay = format!("/v1/invoices/{}/pay", first["id"].as_str().unwrap());
+    app.post(&pay, ADMIN_TOKEN, json!({"method": "cash"})).await.expect_error(409, "INVALID_STATE_TRANSITION");
+}
