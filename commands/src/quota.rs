@@ -85,18 +85,22 @@ fn metered_period(subscription: Option<&Subscription>, now: DateTime<Utc>) -> Pe
         .unwrap_or_else(|| Period { start: month_start(now), end: add_months(month_start(now), 1) })
 }
 
-/// `period` as whole hours (read from the hourly totals) and the two partial hours at its ends
-/// (read from the facts): `(hours, head, tail)`, each `[from, to)`.
+/// How to sum `period` from the hourly totals: the hours `[from, to)` covering it from the hour
+/// it starts in, minus the facts of that first hour before its start, plus the facts of its
+/// last, partial hour: `(hours, minus, plus)`, each `[from, to)`. The facts read are those of
+/// the first hour *before* the period (the previous period's last minutes) and those of its
+/// last hour (in the future while the period runs), so a busy tenant's current hour never has
+/// to be summed fact by fact.
 type Split = ((DateTime<Utc>, DateTime<Utc>), (DateTime<Utc>, DateTime<Utc>), (DateTime<Utc>, DateTime<Utc>));
 
 fn split_hours(period: Period) -> Split {
     let floor = |t: DateTime<Utc>| t.duration_trunc(chrono::TimeDelta::hours(1)).unwrap_or(t);
-    let first_hour = if floor(period.start) == period.start { period.start } else { floor(period.start) + chrono::TimeDelta::hours(1) };
-    let last_hour = floor(period.end);
+    let (first_hour, last_hour) = (floor(period.start), floor(period.end));
     if first_hour < last_hour {
-        ((first_hour, last_hour), (period.start, first_hour), (last_hour, period.end))
+        ((first_hour, last_hour), (first_hour, period.start), (last_hour, period.end))
     } else {
-        ((period.start, period.start), (period.start, period.end), (period.end, period.end))
+        // A period within one hour: its facts.
+        ((period.start, period.start), (period.start, period.start), (period.start, period.end))
     }
 }
 
@@ -113,18 +117,19 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
         sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
     let mut period = metered_period(current.as_ref().map(|s| &s.0), now);
     let (state, bookings, events, api_calls, storage_bytes, last) = loop {
-        let (hours, head, tail) = split_hours(period);
+        let (hours, minus, plus) = split_hours(period);
         let row: QuotaRow = sqlx::query_as(
             "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
-                    -- The period's whole hours from the hourly totals (at most 744 rows a month
-                    -- however many calls), its partial first and last hours from the facts.
+                    -- The period from the hourly totals (at most 744 rows a month however many
+                    -- calls), corrected at its two ends from the facts (see `split_hours`).
                     (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
                      WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= $3 AND hour < $4)
+                    - (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
+                       WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= $5 AND occurred_at < $6)
                     + (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
-                       WHERE tenant_id = $1 AND metric = 'api_calls'
-                         AND ((occurred_at >= $5 AND occurred_at < $6) OR (occurred_at >= $7 AND occurred_at < $8))),
+                       WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= $7 AND occurred_at < $8),
                     (SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes'
                      ORDER BY occurred_at DESC, position DESC LIMIT 1),
                     (SELECT max(position) FROM events WHERE tenant_id = $1)",
@@ -133,10 +138,10 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
         .bind(month)
         .bind(hours.0)
         .bind(hours.1)
-        .bind(head.0)
-        .bind(head.1)
-        .bind(tail.0)
-        .bind(tail.1)
+        .bind(minus.0)
+        .bind(minus.1)
+        .bind(plus.0)
+        .bind(plus.1)
         .fetch_one(pool)
         .await?;
         let seen = metered_period(row.0.as_ref().map(|s| &s.0), now);
