@@ -146,10 +146,15 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
 )]
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id, "invoice")?;
+    answer(&state, id, caller.tenant_scope()).await
+}
+
+/// Invoice `id` (of tenant `scope`, if given) as the API shows it; 404 if there is none.
+async fn answer(state: &AppState, id: Uuid, scope: Option<Uuid>) -> Result<Json<Value>, ApiError> {
     let row: Option<InvoiceRow> =
         sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"))
             .bind(id)
-            .bind(caller.tenant_scope())
+            .bind(scope)
             .fetch_optional(state.pool())
             .await?;
     row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
@@ -291,9 +296,7 @@ async fn pay(
             Ok(())
         })
         .await?;
-    let row: Option<InvoiceRow> =
-        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1")).bind(id).fetch_optional(state.pool()).await?;
-    row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
+    answer(&state, id, None).await
 }
 
 /// `POST /v1/invoices/{id}/void` (admin): an open invoice with no payment becomes `void`: never
@@ -328,9 +331,7 @@ async fn void(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -
             Ok(())
         })
         .await?;
-    let row: Option<InvoiceRow> =
-        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1")).bind(id).fetch_optional(state.pool()).await?;
-    row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
+    answer(&state, id, None).await
 }
 
 /// This module's part of the OpenAPI document.

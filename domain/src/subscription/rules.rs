@@ -245,6 +245,37 @@ async fn arrears(
     Ok((lines, billed))
 }
 
+/// Bills the usage of the closed `period` in arrears and the late usage found in earlier
+/// periods: writes their `UsageBilled` facts and answers the invoice lines.
+async fn bill_usage(
+    s: &mut Subscription,
+    meter: &dyn UsageMeter,
+    period: Period,
+    at: DateTime<Utc>,
+    sink: &Sink,
+) -> Result<Vec<InvoiceLine>, SubscriptionError> {
+    let (mut lines, billed) = arrears(s, meter, period, at).await?;
+    // Before the closed period joins the billed ones, so that it is not read twice.
+    let (late, _) = bill_late_usage(s, meter, at, sink).await?;
+    sink.write(billed, s).await;
+    lines.extend(late);
+    Ok(lines)
+}
+
+/// [`late_usage`], with its `UsageBilled` facts written: the lines and the span of the periods.
+async fn bill_late_usage(
+    s: &mut Subscription,
+    meter: &dyn UsageMeter,
+    at: DateTime<Utc>,
+    sink: &Sink,
+) -> Result<(Vec<InvoiceLine>, Option<Period>), SubscriptionError> {
+    let (lines, billed, span) = late_usage(s, meter, at).await?;
+    for event in billed {
+        sink.write(event, s).await;
+    }
+    Ok((lines, span))
+}
+
 /// Late usage found at `at`: for every billed period whose usage can still change (see
 /// [`super::LATE_USAGE_DAYS`]) and has changed, the charge for the period with the late facts
 /// minus what was billed for it, under the period's own terms (its allowance), as lines naming
@@ -390,13 +421,7 @@ async fn change_plan(
         // The old period's usage so far is billed now, in arrears, as a cancellation would.
         let credit = proration::split(current.price(current_period), Decimal::ZERO, period, at).credit;
         let used = Period { start: period.start, end: at.max(period.start) };
-        let (mut lines, billed) = arrears(s, meter, used, at).await?;
-        let (late, late_billed, _) = late_usage(s, meter, at).await?;
-        lines.extend(late);
-        sink.write(billed, s).await;
-        for event in late_billed {
-            sink.write(event, s).await;
-        }
+        let mut lines = bill_usage(s, meter, used, at, sink).await?;
         sink.write(E::PlanChanged { plan, billing_period: new_period, new_anchor: Some(at), effective_at: at }, s).await;
         let unused = InvoiceLine::fixed(
             LineKind::Proration,
@@ -422,11 +447,7 @@ async fn change_plan(
             InvoiceLine::fixed(LineKind::Proration, format!("Remaining time on {new_name} from {from}"), split.charge),
         ];
         // Like every invoice, it carries the late usage found so far.
-        let (late, late_billed, _) = late_usage(s, meter, at).await?;
-        lines.extend(late);
-        for event in late_billed {
-            sink.write(event, s).await;
-        }
+        lines.extend(bill_late_usage(s, meter, at, sink).await?.0);
         issue_invoice(s, Period { start: at, end: period.end }, lines, at, sink).await;
     }
     Ok(())
@@ -446,13 +467,7 @@ async fn cancel(s: &mut Subscription, at_period_end: bool, at: DateTime<Utc>, me
     }
     if s.status != S::Trialing {
         let used = Period { start: period.start, end: at.max(period.start) };
-        let (mut lines, billed) = arrears(s, meter, used, at).await?;
-        let (late, late_billed, _) = late_usage(s, meter, at).await?;
-        lines.extend(late);
-        sink.write(billed, s).await;
-        for event in late_billed {
-            sink.write(event, s).await;
-        }
+        let lines = bill_usage(s, meter, used, at, sink).await?;
         if !lines.is_empty() {
             issue_invoice(s, used, lines, at, sink).await;
         }
@@ -502,13 +517,7 @@ async fn advance_to(s: &mut Subscription, as_of: DateTime<Utc>, meter: &dyn Usag
             Due::TrialEnd => begin_period(s, 0, Vec::new(), when, sink).await,
             Due::PeriodEnd => {
                 let closed = s.current_period().expect("started");
-                let (mut arrears, billed) = arrears(s, meter, closed, when).await?;
-                let (late, late_billed, _) = late_usage(s, meter, when).await?;
-                arrears.extend(late);
-                sink.write(billed, s).await;
-                for event in late_billed {
-                    sink.write(event, s).await;
-                }
+                let arrears = bill_usage(s, meter, closed, when, sink).await?;
                 if s.cancel_at_period_end {
                     if !arrears.is_empty() {
                         issue_invoice(s, closed, arrears, when, sink).await;
@@ -535,10 +544,7 @@ async fn advance_to(s: &mut Subscription, as_of: DateTime<Utc>, meter: &dyn Usag
     // A cancelled subscription has no next invoice: late usage in its billed periods gets a
     // final one.
     if s.status == S::Cancelled && s.cancelled_at.is_some_and(|at| at <= as_of) && !s.usage_billed.is_empty() {
-        let (lines, late_billed, span) = late_usage(s, meter, as_of).await?;
-        for event in late_billed {
-            sink.write(event, s).await;
-        }
+        let (lines, span) = bill_late_usage(s, meter, as_of, sink).await?;
         if let (false, Some(span)) = (lines.is_empty(), span) {
             issue_invoice(s, span, lines, as_of, sink).await;
         }
