@@ -214,12 +214,18 @@ impl TestApp {
 
     /// Creates tenant `code` and returns it with its owner key.
     pub async fn create_tenant(&self, code: &str) -> TestTenant {
-        let reply = self.create_tenant_raw(Self::tenant_body(code)).await;
-        let body = reply.expect(201);
+        self.create_tenant_from(Self::tenant_body(code)).await
+    }
+
+    /// Signs up the tenant `body` describes (expecting 201) and returns it with its owner key.
+    pub async fn create_tenant_from(&self, body: Value) -> TestTenant {
+        let code = body["code"].as_str().expect("a code").to_owned();
+        let reply = self.create_tenant_raw(body).await;
+        let created = reply.expect(201);
         TestTenant {
-            id: body["id"].as_str().expect("an id").parse().expect("a uuid"),
-            code: code.to_owned(),
-            key: body["api_key"].as_str().expect("a key").to_owned(),
+            id: created["id"].as_str().expect("an id").parse().expect("a uuid"),
+            code,
+            key: created["api_key"].as_str().expect("a key").to_owned(),
         }
     }
 
@@ -289,13 +295,7 @@ impl TestApp {
         let mut body = Self::tenant_body(code);
         body["plan"] = json!(plan);
         body["trial_days"] = json!(0);
-        let reply = self.create_tenant_raw(body).await;
-        let body = reply.expect(201);
-        TestTenant {
-            id: body["id"].as_str().expect("an id").parse().expect("a uuid"),
-            code: code.to_owned(),
-            key: body["api_key"].as_str().expect("a key").to_owned(),
-        }
+        self.create_tenant_from(body).await
     }
 
     /// Creates a resource and returns its id.

@@ -400,12 +400,7 @@ async fn net_terms_set_at_sign_up_or_later_make_invoices_due_that_many_days_afte
     let mut body = TestApp::tenant_body("net-thirty");
     body["trial_days"] = json!(0);
     body["net_terms_days"] = json!(30);
-    let created = app.create_tenant_raw(body).await.expect(201).clone();
-    let tenant = TestTenant {
-        id: created["id"].as_str().unwrap().parse().unwrap(),
-        code: "net-thirty".into(),
-        key: created["api_key"].as_str().unwrap().to_owned(),
-    };
+    let tenant = app.create_tenant_from(body).await;
     assert_eq!(app.get("/v1/tenant", &tenant.key).await.expect(200)["net_terms_days"], 30);
     let first = invoices(&app, &tenant).await[0].clone();
     assert_eq!((first["issued_at"].as_str(), first["due_at"].as_str()), (Some("2027-01-01T00:00:00Z"), Some("2027-01-31T00:00:00Z")));
@@ -453,9 +448,7 @@ async fn plans_are_sold_per_currency_and_tenants_billed_in_theirs() {
     let mut usd = TestApp::tenant_body("in-dollars");
     usd["currency"] = json!("USD");
     usd["trial_days"] = json!(0);
-    let created = app.create_tenant_raw(usd).await.expect(201).clone();
-    let key = created["api_key"].as_str().unwrap().to_owned();
-    let tenant = TestTenant { id: created["id"].as_str().unwrap().parse().unwrap(), code: "in-dollars".into(), key };
+    let tenant = app.create_tenant_from(usd).await;
     let first = invoices(&app, &tenant).await[0].clone();
     assert_eq!((first["currency"].as_str(), first["subtotal"].as_str()), (Some("USD"), Some("29.00")));
 
@@ -479,12 +472,7 @@ async fn plans_are_sold_per_currency_and_tenants_billed_in_theirs() {
     swiss["currency"] = json!("CHF");
     swiss["plan"] = json!("alpine");
     swiss["trial_days"] = json!(0);
-    let created = app.create_tenant_raw(swiss).await.expect(201).clone();
-    let swiss = TestTenant {
-        id: created["id"].as_str().unwrap().parse().unwrap(),
-        code: "in-francs".into(),
-        key: created["api_key"].as_str().unwrap().to_owned(),
-    };
+    let swiss = app.create_tenant_from(swiss).await;
     let first = invoices(&app, &swiss).await[0].clone();
     assert_eq!((first["currency"].as_str(), first["subtotal"].as_str()), (Some("CHF"), Some("39.00")));
     let bad =

@@ -180,8 +180,7 @@ async fn metered_quota_counts_the_billing_period_the_invoice_bills() {
     let mut yearly = e2e::TestApp::tenant_body("anchored-yearly");
     yearly["billing_period"] = json!("yearly");
     yearly["trial_days"] = json!(0);
-    let created = app.create_tenant_raw(yearly).await.expect(201).clone();
-    let key = created["api_key"].as_str().unwrap();
-    let quota = app.get("/v1/quota/api_calls", key).await.expect(200).clone();
+    let yearly = app.create_tenant_from(yearly).await;
+    let quota = app.get("/v1/quota/api_calls", &yearly.key).await.expect(200).clone();
     assert_eq!((quota["limit"].as_u64(), quota["period_end"].as_str()), (Some(120_000), Some("2028-02-02T00:00:00Z")));
 }
