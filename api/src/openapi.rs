@@ -99,6 +99,7 @@ pub fn document() -> &'static Document {
             routes::plans::Docs::openapi(),
             routes::subscription::Docs::openapi(),
             routes::invoices::Docs::openapi(),
+            routes::credits::Docs::openapi(),
             routes::usage::Docs::openapi(),
             routes::webhooks::Docs::openapi(),
             routes::resources::Docs::openapi(),

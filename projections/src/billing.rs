@@ -5,8 +5,10 @@
 //! has something to do). So the read model can never disagree with the rules.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::subscription::{Subscription, SubscriptionEvent};
+use rust_decimal::Decimal;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -82,6 +84,44 @@ async fn count_change(
     Ok(())
 }
 
+/// A credit ledger entry: `(amount, reason, invoice, expires_at, created_at)`.
+type CreditTransaction = (Decimal, String, Option<Uuid>, Option<DateTime<Utc>>, DateTime<Utc>);
+
+/// The changes of the credit balance an event makes, as ledger entries.
+fn credit_transactions(event: &SubscriptionEvent) -> Vec<CreditTransaction> {
+    use domain::billing::invoice::LineKind;
+    let mut entries = Vec::new();
+    match event {
+        SubscriptionEvent::InvoiceIssued { invoice_id, number, lines, credit_applied, issued_at, .. } => {
+            for line in lines.iter().filter(|l| l.kind == LineKind::Credit) {
+                let reason = if line.amount > Decimal::ZERO {
+                    format!("Unused time carried from invoice {number}")
+                } else {
+                    format!("Applied to invoice {number}")
+                };
+                // A carried amount adds to the balance; an applied one (before tax, in older invoices) takes from it.
+                entries.push((line.amount, reason, Some(*invoice_id), None, *issued_at));
+            }
+            if *credit_applied > Decimal::ZERO {
+                entries.push((-*credit_applied, format!("Applied to invoice {number}"), Some(*invoice_id), None, *issued_at));
+            }
+        }
+        SubscriptionEvent::CreditGranted { amount, reason, expires_at, at, .. } => {
+            entries.push((*amount, reason.clone(), None, *expires_at, *at))
+        }
+        SubscriptionEvent::CreditExpired { amount, at, .. } if *amount > Decimal::ZERO => {
+            entries.push((-*amount, "Expired".to_owned(), None, None, *at))
+        }
+        SubscriptionEvent::CreditNoteIssued { number, invoice_id, credited_to_balance, created_at, .. }
+            if *credited_to_balance > Decimal::ZERO =>
+        {
+            entries.push((*credited_to_balance, format!("Credit note {number}"), Some(*invoice_id), None, *created_at))
+        }
+        _ => {}
+    }
+    entries
+}
+
 /// Builds `subscriptions` and `invoices`.
 #[derive(Debug, Clone, Copy)]
 pub struct BillingProjection;
@@ -93,8 +133,8 @@ impl Projection for BillingProjection {
     }
 
     fn version(&self) -> i32 {
-        // 2: monthly revenue rollups.
-        2
+        // 2: monthly revenue rollups. 3: credit applied after tax, credit notes, the credit ledger.
+        3
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
@@ -102,7 +142,15 @@ impl Projection for BillingProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["subscriptions", "invoices", "subscription_spans", "revenue_changes", "subscription_changes"]
+        &[
+            "subscriptions",
+            "invoices",
+            "subscription_spans",
+            "revenue_changes",
+            "subscription_changes",
+            "credit_notes",
+            "credit_transactions",
+        ]
     }
 
     /// `analytics.revenue_monthly`: per calendar month (UTC), the MRR at month end (monthly
@@ -211,13 +259,38 @@ impl Projection for BillingProjection {
                  subtotal        numeric NOT NULL,
                  tax             numeric NOT NULL,
                  total           numeric NOT NULL,
+                 credit_applied  numeric NOT NULL DEFAULT 0,
+                 amount_due      numeric NOT NULL,
                  issued_at       timestamptz NOT NULL,
                  due_at          timestamptz NOT NULL,
                  paid_at         timestamptz,
                  payment_failed_at timestamptz,
                  UNIQUE (tenant_id, number)
              );
-             CREATE INDEX ON {schema}.invoices (tenant_id, issued_at);"
+             CREATE INDEX ON {schema}.invoices (tenant_id, issued_at);
+             CREATE TABLE {schema}.credit_notes (
+                 id          uuid PRIMARY KEY,
+                 number      text NOT NULL,
+                 invoice_id  uuid NOT NULL,
+                 tenant_id   uuid NOT NULL,
+                 subtotal    numeric NOT NULL,
+                 tax         numeric NOT NULL,
+                 total       numeric NOT NULL,
+                 reason      text NOT NULL,
+                 created_at  timestamptz NOT NULL,
+                 UNIQUE (tenant_id, number)
+             );
+             CREATE INDEX ON {schema}.credit_notes (invoice_id);
+             CREATE TABLE {schema}.credit_transactions (
+                 tenant_id   uuid NOT NULL,
+                 position    bigint NOT NULL,
+                 amount      numeric NOT NULL,
+                 reason      text NOT NULL,
+                 invoice_id  uuid,
+                 expires_at  timestamptz,
+                 created_at  timestamptz NOT NULL,
+                 PRIMARY KEY (tenant_id, position)
+             );"
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
         Ok(())
@@ -249,14 +322,15 @@ impl Projection for BillingProjection {
                 subtotal,
                 tax,
                 total,
+                credit_applied,
                 issued_at,
                 due_at,
                 paid_at,
             } => {
                 sqlx::query(&format!(
                     "INSERT INTO {schema}.invoices (id, number, tenant_id, subscription_id, period_start, period_end, currency, status, lines,
-                         subtotal, tax, total, issued_at, due_at, paid_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                         subtotal, tax, total, issued_at, due_at, paid_at, credit_applied, amount_due)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
                 ))
                 .bind(invoice_id)
                 .bind(number)
@@ -273,18 +347,60 @@ impl Projection for BillingProjection {
                 .bind(issued_at)
                 .bind(due_at)
                 .bind(paid_at)
+                .bind(credit_applied)
+                .bind(total - credit_applied)
+                .execute(&mut *conn)
+                .await?;
+            }
+            SubscriptionEvent::CreditNoteIssued {
+                credit_note_id,
+                number,
+                invoice_id,
+                subtotal,
+                tax,
+                total,
+                reason,
+                applied_to_invoice,
+                created_at,
+                ..
+            } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {schema}.credit_notes (id, number, invoice_id, tenant_id, subtotal, tax, total, reason, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                ))
+                .bind(credit_note_id)
+                .bind(number)
+                .bind(invoice_id)
+                .bind(state.tenant_id)
+                .bind(subtotal)
+                .bind(tax)
+                .bind(total)
+                .bind(reason)
+                .bind(created_at)
+                .execute(&mut *conn)
+                .await?;
+                // What the note settles is no longer due; an invoice with nothing left due is paid.
+                sqlx::query(&format!(
+                    "UPDATE {schema}.invoices SET amount_due = amount_due - $2,
+                         status = CASE WHEN status = 'open' AND amount_due - $2 <= 0 THEN 'paid' ELSE status END,
+                         paid_at = CASE WHEN status = 'open' AND amount_due - $2 <= 0 THEN $3 ELSE paid_at END
+                     WHERE id = $1"
+                ))
+                .bind(invoice_id)
+                .bind(applied_to_invoice)
+                .bind(created_at)
                 .execute(&mut *conn)
                 .await?;
             }
             SubscriptionEvent::PaymentSucceeded { invoice_id, paid_at, .. } => {
-                sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'paid', paid_at = $2 WHERE id = $1"))
+                sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'paid', paid_at = $2, amount_due = 0 WHERE id = $1"))
                     .bind(invoice_id)
                     .bind(paid_at)
                     .execute(&mut *conn)
                     .await?;
             }
             SubscriptionEvent::InvoiceVoided { invoice_id, .. } => {
-                sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'void' WHERE id = $1"))
+                sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'void', amount_due = 0 WHERE id = $1"))
                     .bind(invoice_id)
                     .execute(&mut *conn)
                     .await?;
@@ -297,6 +413,18 @@ impl Projection for BillingProjection {
                     .await?;
             }
             _ => {}
+        }
+        for (index, (amount, reason, invoice_id, expires_at, at)) in credit_transactions(&subscription_event).into_iter().enumerate() {
+            sqlx::query(&format!("INSERT INTO {schema}.credit_transactions VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+                .bind(state.tenant_id)
+                .bind(event.position * 4 + index as i64)
+                .bind(amount)
+                .bind(reason)
+                .bind(invoice_id)
+                .bind(expires_at)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
         }
         let paying_before = paying(&state);
         let (started_before, cancelled_before) = (state.started_at, state.cancelled_at);

@@ -30,8 +30,14 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The columns of [`InvoiceRow`].
-pub const INVOICE_COLUMNS: &str =
-    "id, number, tenant_id, period_start, period_end, currency, status, lines, subtotal, tax, total, issued_at, due_at, paid_at, payment_failed_at";
+pub const INVOICE_COLUMNS: &str = "id, number, tenant_id, period_start, period_end, currency, status, lines, subtotal, tax, total,
+     credit_applied, amount_due, issued_at, due_at, paid_at, payment_failed_at,
+     (SELECT coalesce(jsonb_agg(jsonb_build_object('id', c.id, 'number', c.number, 'invoice_id', c.invoice_id,
+                 'subtotal', to_char(c.subtotal, 'FM9999999999990.00'), 'tax', to_char(c.tax, 'FM9999999999990.00'),
+                 'total', to_char(c.total, 'FM9999999999990.00'), 'reason', c.reason,
+                 'created_at', to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
+                 ORDER BY c.number), '[]'::jsonb)
+      FROM rm.credit_notes c WHERE c.invoice_id = rm.invoices.id) AS credit_notes";
 
 /// An invoice as the read model has it.
 #[derive(Debug, sqlx::FromRow)]
@@ -47,10 +53,40 @@ pub struct InvoiceRow {
     subtotal: Decimal,
     tax: Decimal,
     total: Decimal,
+    credit_applied: Decimal,
+    amount_due: Decimal,
     issued_at: DateTime<Utc>,
     due_at: DateTime<Utc>,
     paid_at: Option<DateTime<Utc>>,
     payment_failed_at: Option<DateTime<Utc>>,
+    credit_notes: sqlx::types::Json<Vec<CreditNoteRow>>,
+}
+
+/// A credit note as the read model has it.
+#[derive(Debug, Deserialize, sqlx::FromRow)]
+pub struct CreditNoteRow {
+    pub id: Uuid,
+    pub number: String,
+    pub invoice_id: Uuid,
+    pub subtotal: Decimal,
+    pub tax: Decimal,
+    pub total: Decimal,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The credit note resource: money as two-decimal strings.
+pub fn credit_note_json(c: &CreditNoteRow) -> Value {
+    json!({
+        "id": c.id,
+        "number": c.number,
+        "invoice_id": c.invoice_id,
+        "subtotal": format(c.subtotal),
+        "tax": format(c.tax),
+        "total": format(c.total),
+        "reason": c.reason,
+        "created_at": c.created_at,
+    })
 }
 
 /// An invoice line: money as two-decimal strings.
@@ -73,6 +109,9 @@ pub fn invoice_json(r: InvoiceRow) -> Value {
         "subtotal": format(r.subtotal),
         "tax": format(r.tax),
         "total": format(r.total),
+        "credit_applied": format(r.credit_applied),
+        "amount_due": format(r.amount_due),
+        "credit_notes": r.credit_notes.0.iter().map(credit_note_json).collect::<Vec<_>>(),
         "issued_at": r.issued_at,
         "due_at": r.due_at,
         "paid_at": r.paid_at,
@@ -192,6 +231,7 @@ async fn upcoming(State(state): State<AppState>, caller: TenantCaller) -> Result
         subtotal,
         tax,
         total,
+        credit_applied,
         issued_at,
         due_at,
         ..
@@ -210,6 +250,9 @@ async fn upcoming(State(state): State<AppState>, caller: TenantCaller) -> Result
         "subtotal": format(subtotal),
         "tax": format(tax),
         "total": format(total),
+        "credit_applied": format(credit_applied),
+        "amount_due": format(total - credit_applied),
+        "credit_notes": [],
         "issued_at": issued_at,
         "due_at": due_at,
     })))
@@ -274,11 +317,11 @@ async fn pay(
         return Err(ApiError::validation("paid_at", "must not be in the future"));
     }
     let invoice: Option<(Uuid, Uuid, String, Decimal, String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT subscription_id, tenant_id, status, total, currency, issued_at FROM rm.invoices WHERE id = $1")
+        sqlx::query_as("SELECT subscription_id, tenant_id, status, amount_due, currency, issued_at FROM rm.invoices WHERE id = $1")
             .bind(id)
             .fetch_optional(state.pool())
             .await?;
-    let (subscription_id, tenant_id, status, total, currency, issued_at) = invoice.ok_or_else(|| ApiError::not_found("invoice"))?;
+    let (subscription_id, tenant_id, status, amount_due, currency, issued_at) = invoice.ok_or_else(|| ApiError::not_found("invoice"))?;
     if status != "open" {
         return Err(ApiError::new(StatusCode::CONFLICT, "INVALID_STATE_TRANSITION", format!("the invoice is {status}")));
     }
@@ -287,7 +330,8 @@ async fn pay(
     }
     let mut context = state.context(Some(tenant_id), commands::Actor::Admin);
     context.at = paid_at;
-    let outcome = domain::subscription::PaymentOutcome::Succeeded { amount: total, currency, offline: Some((body.method, body.reference)) };
+    let outcome =
+        domain::subscription::PaymentOutcome::Succeeded { amount: amount_due, currency, offline: Some((body.method, body.reference)) };
     let app = state.clone();
     state
         .detach(async move {

@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod api_keys;
 pub mod audit;
 pub mod bookings;
+pub mod credits;
 pub mod events;
 pub mod export;
 pub mod health;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(plans::router())
         .merge(subscription::router())
         .merge(invoices::router())
+        .merge(credits::router())
         .merge(usage::router())
         .merge(webhooks::router())
         .merge(resources::router())

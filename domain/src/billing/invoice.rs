@@ -21,7 +21,10 @@ pub enum LineKind {
     Overage,
     /// Usage priced by one of the plan's charges, in arrears.
     Usage,
-    /// Account credit applied.
+    /// A coupon's discount, before tax (negative).
+    Discount,
+    /// Account credit: a downgrade's unused time carried to the balance (and, in invoices
+    /// issued before credit was applied after tax, credit applied).
     Credit,
 }
 

@@ -47,7 +47,6 @@ pub enum SubscriptionCommand {
         /// The instant to advance to.
         as_of: DateTime<Utc>,
     },
-    /// Record the payment provider's outcome for an invoice.
     /// Voids an open invoice that has not been paid: it is never due again and never counts
     /// for dunning.
     VoidInvoice {
@@ -63,6 +62,45 @@ pub enum SubscriptionCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Grants account credit, applied after tax to the next invoices until it is used or
+    /// expires.
+    GrantCredit {
+        /// The grant's id.
+        grant_id: Uuid,
+        /// How much (positive, at most two decimals).
+        amount: Decimal,
+        /// Why (shown in the credit ledger).
+        reason: String,
+        /// When it stops counting (`None`: never).
+        expires_at: Option<DateTime<Utc>>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Issues a credit note against an invoice: it lowers what is due on an open invoice, and
+    /// adds to the credit balance what is paid already.
+    IssueCreditNote {
+        /// The invoice.
+        invoice_id: Uuid,
+        /// The credited amount before tax (positive, at most two decimals).
+        amount: Decimal,
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Redeems a coupon: its discount applies to the invoices issued while it lasts.
+    ApplyCoupon {
+        /// The coupon's terms.
+        coupon: crate::coupon::CouponTerms,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Removes the active coupon from the next invoice on.
+    RemoveCoupon {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Record the payment provider's outcome for an invoice.
     RecordPayment {
         /// The provider's notification id (processed once).
         payment_id: String,

@@ -45,6 +45,19 @@ pub enum SubscriptionError {
         /// In what.
         currency: String,
     },
+    /// A coupon that cannot be redeemed on this subscription.
+    #[error("{0}")]
+    CouponNotApplicable(String),
+    /// Credit notes beyond the invoice's subtotal.
+    #[error("the credit notes of an invoice cannot exceed its subtotal of {subtotal} ({credited} credited so far, {requested} requested)")]
+    CreditNoteTooLarge {
+        /// The invoice's subtotal.
+        subtotal: Decimal,
+        /// Credited so far.
+        credited: Decimal,
+        /// Requested.
+        requested: Decimal,
+    },
     /// Usage could not be read for the arrears.
     #[error("usage unavailable: {0}")]
     UsageUnavailable(String),
@@ -59,6 +72,8 @@ impl Rejection for SubscriptionError {
             | Self::InvalidTransition { .. }
             | Self::InvoiceNotOpen(_)
             | Self::NothingToChange(_)
+            | Self::CreditNoteTooLarge { .. }
+            | Self::CouponNotApplicable(_)
             | Self::UsageUnavailable(_) => RejectionKind::Conflict,
         }
     }
@@ -68,7 +83,8 @@ impl Rejection for SubscriptionError {
             Self::Invalid(_) | Self::PaymentMismatch { .. } => "VALIDATION_FAILED",
             Self::NotFound | Self::InvoiceNotFound => "NOT_FOUND",
             Self::InvalidTransition { .. } | Self::InvoiceNotOpen(_) => "INVALID_STATE_TRANSITION",
-            Self::AlreadyExists | Self::NothingToChange(_) | Self::UsageUnavailable(_) => "CONFLICT",
+            Self::CouponNotApplicable(_) => "COUPON_NOT_APPLICABLE",
+            Self::AlreadyExists | Self::NothingToChange(_) | Self::UsageUnavailable(_) | Self::CreditNoteTooLarge { .. } => "CONFLICT",
         }
     }
 
@@ -81,6 +97,12 @@ impl Rejection for SubscriptionError {
             }
             Self::PaymentMismatch { .. } => {
                 details.insert("field".into(), "amount".into());
+            }
+            Self::CreditNoteTooLarge { subtotal, credited, requested } => {
+                details.insert("field".into(), "amount".into());
+                details.insert("subtotal".into(), crate::billing::money::format(*subtotal).into());
+                details.insert("credited".into(), crate::billing::money::format(*credited).into());
+                details.insert("requested".into(), crate::billing::money::format(*requested).into());
             }
             _ => {}
         }

@@ -4,7 +4,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Addons, BilledUsage, MeteredCharge, PendingChange, PlanTerms, Subscription, SubscriptionStatus, LATE_USAGE_DAYS};
+use super::{
+    Addons, BilledUsage, CreditGrant, InvoiceBook, MeteredCharge, PendingChange, PlanTerms, Subscription, SubscriptionStatus,
+    LATE_USAGE_DAYS,
+};
 use crate::billing::invoice::{InvoiceLine, LineKind};
 use crate::plan::BillingPeriod;
 use crate::values::TaxRate;
@@ -69,12 +72,77 @@ pub enum SubscriptionEvent {
         tax: Decimal,
         /// Subtotal plus tax.
         total: Decimal,
+        /// Account credit applied after tax (what is due is `total - credit_applied`; absent
+        /// before credit was applied after tax: 0).
+        #[serde(default)]
+        credit_applied: Decimal,
         /// When.
         issued_at: DateTime<Utc>,
         /// When payment is due.
         due_at: DateTime<Utc>,
-        /// Set when nothing is to be paid (a zero total).
+        /// Set when nothing is to be paid (nothing due after credit).
         paid_at: Option<DateTime<Utc>>,
+    },
+    /// Account credit was granted.
+    CreditGranted {
+        /// The grant's id.
+        grant_id: Uuid,
+        /// How much.
+        amount: Decimal,
+        /// Why.
+        reason: String,
+        /// When it stops counting (`None`: never).
+        expires_at: Option<DateTime<Utc>>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// What was left of a credit grant stopped counting at its expiry.
+    CreditExpired {
+        /// The grant.
+        grant_id: Uuid,
+        /// What was left of it.
+        amount: Decimal,
+        /// Its expiry.
+        at: DateTime<Utc>,
+    },
+    /// A coupon was redeemed (the database counts it against the coupon's `max_redemptions`
+    /// in the same transaction).
+    CouponApplied {
+        /// The coupon's terms.
+        coupon: crate::coupon::CouponTerms,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The coupon was removed before it ran out.
+    CouponRemoved {
+        /// Its code.
+        code: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A credit note was issued against an invoice.
+    CreditNoteIssued {
+        /// Its id.
+        credit_note_id: Uuid,
+        /// Its per-tenant number (`CN-ACME-000001`).
+        number: String,
+        /// The invoice.
+        invoice_id: Uuid,
+        /// The credited amount before tax.
+        subtotal: Decimal,
+        /// Tax on it, at the invoice's rate.
+        tax: Decimal,
+        /// `subtotal + tax`.
+        total: Decimal,
+        /// Why.
+        reason: String,
+        /// How much of `total` lowered what was due on the invoice (an open invoice).
+        applied_to_invoice: Decimal,
+        /// How much of `total` went to the credit balance (a paid invoice, or what exceeded
+        /// what was due).
+        credited_to_balance: Decimal,
+        /// When.
+        created_at: DateTime<Utc>,
     },
     /// The plan (or billing period) changed now.
     PlanChanged {
@@ -224,7 +292,12 @@ impl SubscriptionEvent {
             | Self::UsageBilled { billed_at: at, .. }
             | Self::NetTermsChanged { at, .. }
             | Self::InvoiceVoided { voided_at: at, .. }
-            | Self::PaymentReminder { at, .. } => Some(*at),
+            | Self::PaymentReminder { at, .. }
+            | Self::CreditGranted { at, .. }
+            | Self::CouponApplied { at, .. }
+            | Self::CouponRemoved { at, .. }
+            | Self::CreditExpired { at, .. }
+            | Self::CreditNoteIssued { created_at: at, .. } => Some(*at),
             Self::PlanChangeScheduled { .. } | Self::CancellationScheduled { .. } => None,
         }
     }
@@ -251,6 +324,11 @@ impl DomainEvent for SubscriptionEvent {
             Self::NetTermsChanged { .. } => "NetTermsChanged",
             Self::InvoiceVoided { .. } => "InvoiceVoided",
             Self::PaymentReminder { .. } => "PaymentReminder",
+            Self::CreditGranted { .. } => "CreditGranted",
+            Self::CouponApplied { .. } => "CouponApplied",
+            Self::CouponRemoved { .. } => "CouponRemoved",
+            Self::CreditExpired { .. } => "CreditExpired",
+            Self::CreditNoteIssued { .. } => "CreditNoteIssued",
         }
         .to_owned()
     }
@@ -258,6 +336,22 @@ impl DomainEvent for SubscriptionEvent {
     fn event_version(&self) -> String {
         "1.0".to_owned()
     }
+}
+
+/// Uses `amount` of the credit that counts at `at`: the grants that expire soonest first,
+/// grants that never expire last.
+fn use_credit(s: &mut Subscription, mut amount: Decimal, at: DateTime<Utc>) {
+    if amount > Decimal::ZERO {
+        let mut order: Vec<usize> = (0..s.credits.len()).filter(|&i| s.credits[i].expires_at.is_none_or(|e| e > at)).collect();
+        order.sort_by_key(|&i| (s.credits[i].expires_at.is_none(), s.credits[i].expires_at));
+        for i in order {
+            let used = amount.min(s.credits[i].remaining);
+            s.credits[i].remaining -= used;
+            amount -= used;
+        }
+        s.credits.retain(|g| g.remaining > Decimal::ZERO);
+    }
+    s.credit_balance = s.credits.iter().map(|g| g.remaining).sum();
 }
 
 pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
@@ -295,14 +389,67 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
                 s.status = SubscriptionStatus::Active;
             }
         }
-        E::InvoiceIssued { invoice_id, total, paid_at, lines, issued_at, .. } => {
+        E::InvoiceIssued { invoice_id, subtotal, total, credit_applied, paid_at, lines, issued_at, .. } => {
             s.invoices_issued += 1;
             // Every invoice first bills the late usage found so far; a period whose window has
             // closed can have no more, so it is done with.
             s.usage_billed.retain(|_, billed| billed.period_end + chrono::Duration::days(LATE_USAGE_DAYS) > issued_at);
-            s.credit_balance += lines.iter().filter(|l| l.kind == LineKind::Credit).map(|l| l.amount).sum::<Decimal>();
+            // `credit` lines: a downgrade's unused time carried to the balance (positive), or,
+            // in invoices issued before credit was applied after tax, credit applied (negative).
+            for line in lines.iter().filter(|l| l.kind == LineKind::Credit) {
+                if line.amount > Decimal::ZERO {
+                    let id = Uuid::new_v5(&invoice_id, b"carried-credit");
+                    s.credits.push(CreditGrant { id, remaining: line.amount, expires_at: None });
+                } else {
+                    use_credit(s, -line.amount, issued_at);
+                }
+            }
+            use_credit(s, credit_applied, issued_at);
+            // A discount lasts a number of invoices: each invoice it lowered counts.
+            if lines.iter().any(|l| l.kind == LineKind::Discount) {
+                if let Some(discount) = s.discount.as_mut() {
+                    if let Some(left) = discount.invoices_left.as_mut() {
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            s.discount = None;
+                        }
+                    }
+                }
+            }
+            s.invoice_books.insert(invoice_id, InvoiceBook { subtotal, credited: Decimal::ZERO });
             if paid_at.is_none() {
-                s.unpaid.insert(invoice_id, total);
+                s.unpaid.insert(invoice_id, total - credit_applied);
+            }
+        }
+        E::CreditGranted { grant_id, amount, expires_at, .. } => {
+            s.credits.push(CreditGrant { id: grant_id, remaining: amount, expires_at });
+            s.credit_balance = s.credits.iter().map(|g| g.remaining).sum();
+        }
+        E::CouponApplied { coupon, at } => {
+            let invoices_left = coupon.invoices();
+            s.discount = Some(super::ActiveDiscount { coupon, invoices_left, applied_at: at });
+        }
+        E::CouponRemoved { .. } => s.discount = None,
+        E::CreditExpired { grant_id, .. } => {
+            s.credits.retain(|g| g.id != grant_id);
+            s.credit_balance = s.credits.iter().map(|g| g.remaining).sum();
+        }
+        E::CreditNoteIssued { credit_note_id, invoice_id, subtotal, applied_to_invoice, credited_to_balance, .. } => {
+            s.credit_notes_issued += 1;
+            if let Some(book) = s.invoice_books.get_mut(&invoice_id) {
+                book.credited += subtotal;
+            }
+            if let Some(due) = s.unpaid.get_mut(&invoice_id) {
+                *due -= applied_to_invoice;
+                if *due <= Decimal::ZERO {
+                    // Settled by the credit note.
+                    s.unpaid.remove(&invoice_id);
+                    s.failed.remove(&invoice_id);
+                }
+            }
+            if credited_to_balance > Decimal::ZERO {
+                s.credits.push(CreditGrant { id: credit_note_id, remaining: credited_to_balance, expires_at: None });
+                s.credit_balance = s.credits.iter().map(|g| g.remaining).sum();
             }
         }
         E::PlanChanged { plan, billing_period, new_anchor, .. } => {

@@ -20,6 +20,7 @@ mod rules;
 pub use commands::{PaymentOutcome, StartSubscription, SubscriptionCommand};
 pub use error::SubscriptionError;
 pub use events::SubscriptionEvent;
+pub use rules::MAX_CREDIT;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -156,6 +157,38 @@ pub struct BilledUsage {
     pub billed_at: DateTime<Utc>,
 }
 
+/// A grant of account credit (an admin's, or time carried from a downgrade, or a credit note
+/// on a paid invoice): what is left of it, and until when it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditGrant {
+    /// Its id.
+    pub id: Uuid,
+    /// What is left of it.
+    pub remaining: Decimal,
+    /// When it stops counting (`None`: never).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What the subscription remembers of an invoice it issued, for credit notes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceBook {
+    /// The invoice's subtotal.
+    pub subtotal: Decimal,
+    /// The subtotals of its credit notes so far.
+    pub credited: Decimal,
+}
+
+/// A redeemed coupon's discount, while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveDiscount {
+    /// The coupon as redeemed.
+    pub coupon: crate::coupon::CouponTerms,
+    /// Invoices it still applies to (`None`: forever).
+    pub invoices_left: Option<u32>,
+    /// When it was redeemed.
+    pub applied_at: DateTime<Utc>,
+}
+
 /// A boxed future, for object-safe ports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -261,8 +294,21 @@ pub struct Subscription {
     pub past_due_since: Option<DateTime<Utc>>,
     /// Payment notifications already processed (by provider id).
     pub payments_seen: BTreeSet<String>,
-    /// Account credit to apply to the next invoices.
+    /// Account credit to apply to the next invoices: the sum of `credits` (expired grants still
+    /// count here until the billing run records their expiry; see [`Subscription::available_credit`]).
     pub credit_balance: Decimal,
+    /// The grants that make up the credit balance.
+    #[serde(default)]
+    pub credits: Vec<CreditGrant>,
+    /// The invoices issued, for credit notes.
+    #[serde(default)]
+    pub invoice_books: BTreeMap<Uuid, InvoiceBook>,
+    /// Credit notes issued so far (the next number is this + 1).
+    #[serde(default)]
+    pub credit_notes_issued: u32,
+    /// A coupon's discount on the next invoices.
+    #[serde(default)]
+    pub discount: Option<ActiveDiscount>,
     /// When it was cancelled.
     pub cancelled_at: Option<DateTime<Utc>>,
     /// Billed periods whose usage can still change, by start: late facts in them are billed on
@@ -294,6 +340,23 @@ impl Subscription {
     /// renewal, grace expiry), if ever.
     pub fn next_due_at(&self) -> Option<DateTime<Utc>> {
         rules::next_due(self).map(|(at, _)| at)
+    }
+
+    /// The credit that counts at `at`: grants not expired by then.
+    pub fn available_credit(&self, at: DateTime<Utc>) -> Decimal {
+        self.credits.iter().filter(|g| g.expires_at.is_none_or(|e| e > at)).map(|g| g.remaining).sum()
+    }
+
+    /// The end of the period of the last invoice the discount applies to, if renewals go on as
+    /// they are (`None`: forever, or no discount).
+    pub fn discount_ends_at_period(&self) -> Option<DateTime<Utc>> {
+        let left = self.discount.as_ref()?.invoices_left?;
+        let (anchor, kind) = (self.anchor?, self.billing_period?);
+        let last = match self.status {
+            SubscriptionStatus::Trialing => left.checked_sub(1)?,
+            _ => self.period_index + left,
+        };
+        Some(period::nth(anchor, kind, last).end)
     }
 
     /// The instant the grace period of an overdue payment runs out.

@@ -78,6 +78,30 @@ pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, m
             }
             Ok(())
         }
+        C::ApplyCoupon { coupon, at } => {
+            if s.status == S::Cancelled {
+                return Err(SubscriptionError::InvalidTransition { action: "redeem a coupon on", status: s.status });
+            }
+            if let Some(active) = &s.discount {
+                return Err(SubscriptionError::CouponNotApplicable(format!("the coupon {} is already active", active.coupon.code)));
+            }
+            let plan = s.plan.as_ref().expect("started");
+            if let Some(why) = coupon.refusal(plan.code.as_str(), &s.currency, at) {
+                return Err(SubscriptionError::CouponNotApplicable(why));
+            }
+            sink.write(E::CouponApplied { coupon, at }, s).await;
+            Ok(())
+        }
+        C::RemoveCoupon { at } => {
+            let Some(active) = &s.discount else { return Err(SubscriptionError::NothingToChange("no coupon is active")) };
+            let code = active.coupon.code.clone();
+            sink.write(E::CouponRemoved { code, at }, s).await;
+            Ok(())
+        }
+        C::GrantCredit { grant_id, amount, reason, expires_at, at } => {
+            grant_credit(s, grant_id, amount, reason, expires_at, at, sink).await
+        }
+        C::IssueCreditNote { invoice_id, amount, reason, at } => issue_credit_note(s, invoice_id, amount, reason, at, sink).await,
         C::RecordPayment { payment_id, invoice_id, outcome, at } => record_payment(s, payment_id, invoice_id, outcome, at, sink).await,
     }
 }
@@ -350,17 +374,24 @@ async fn late_usage(
     Ok((lines, events, span))
 }
 
-/// Issues an invoice for `period` with `lines`: account credit is applied (never below zero),
-/// and a negative balance (an immediate downgrade's unused difference) is carried to account
-/// credit, so no invoice ever has a negative total.
+/// Issues an invoice for `period` with `lines`: a negative sum (an immediate downgrade's
+/// unused difference) is carried to account credit, so no invoice ever has a negative total;
+/// then tax; then the account credit that counts at `at` is applied to the total (never more
+/// than either), and an invoice with nothing left to pay is paid at issue.
 async fn issue_invoice(s: &mut Subscription, period: Period, mut lines: Vec<InvoiceLine>, at: DateTime<Utc>, sink: &Sink) {
+    // A coupon's discount, before tax, on the sum of the other lines: never below zero.
+    if let Some(discount) = &s.discount {
+        let off = discount.coupon.discount(lines.iter().map(|l| l.amount).sum());
+        if off > Decimal::ZERO {
+            lines.push(InvoiceLine::fixed(LineKind::Discount, discount.coupon.describe(), -off));
+        }
+    }
     let sum: Decimal = lines.iter().map(|l| l.amount).sum();
-    if sum > Decimal::ZERO && s.credit_balance > Decimal::ZERO {
-        lines.push(InvoiceLine::fixed(LineKind::Credit, "Account credit applied", -sum.min(s.credit_balance)));
-    } else if sum < Decimal::ZERO {
+    if sum < Decimal::ZERO {
         lines.push(InvoiceLine::fixed(LineKind::Credit, "Carried to account credit", -sum));
     }
     let money = totals(&lines, s.tax_rate);
+    let credit_applied = credit_to_apply(money.total, s.available_credit(at));
     let number = s.invoices_issued + 1;
     let subscription_id = s.id.expect("started");
     sink.write(
@@ -374,13 +405,107 @@ async fn issue_invoice(s: &mut Subscription, period: Period, mut lines: Vec<Invo
             subtotal: money.subtotal,
             tax: money.tax,
             total: money.total,
+            credit_applied,
             issued_at: at,
             due_at: at + Duration::days(i64::from(s.net_terms_days)),
-            paid_at: (money.total <= Decimal::ZERO).then_some(at),
+            paid_at: (money.total - credit_applied <= Decimal::ZERO).then_some(at),
         },
         s,
     )
     .await;
+}
+
+/// The credit applied to an invoice of `total` when `available` counts: never more than
+/// either, never negative.
+pub(crate) fn credit_to_apply(total: Decimal, available: Decimal) -> Decimal {
+    total.min(available).max(Decimal::ZERO)
+}
+
+/// The largest single credit grant or credit note.
+pub const MAX_CREDIT: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+/// `amount` as money: positive, at most two decimals, at most [`MAX_CREDIT`].
+fn credit_amount(amount: Decimal) -> Result<Decimal, SubscriptionError> {
+    if amount <= Decimal::ZERO || amount > MAX_CREDIT || amount.normalize().scale() > 2 {
+        return Err(ValidationError::new("amount", "must be a positive amount with at most two decimals, at most 1000000000.00").into());
+    }
+    Ok(round_cents(amount))
+}
+
+/// A reason: 1 to 500 characters, no control characters.
+fn reason(reason: String) -> Result<String, SubscriptionError> {
+    let trimmed = reason.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 500 || trimmed.chars().any(char::is_control) {
+        return Err(ValidationError::new("reason", "must be 1 to 500 characters without control characters").into());
+    }
+    Ok(trimmed.to_owned())
+}
+
+async fn grant_credit(
+    s: &mut Subscription,
+    grant_id: Uuid,
+    amount: Decimal,
+    why: String,
+    expires_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+    sink: &Sink,
+) -> Outcome {
+    let amount = credit_amount(amount)?;
+    let reason = reason(why)?;
+    if expires_at.is_some_and(|e| e <= at) {
+        return Err(ValidationError::new("expires_at", "must be in the future").into());
+    }
+    if s.status == S::Cancelled {
+        return Err(SubscriptionError::InvalidTransition { action: "grant credit to", status: s.status });
+    }
+    sink.write(E::CreditGranted { grant_id, amount, reason, expires_at, at }, s).await;
+    Ok(())
+}
+
+async fn issue_credit_note(
+    s: &mut Subscription,
+    invoice_id: Uuid,
+    amount: Decimal,
+    why: String,
+    at: DateTime<Utc>,
+    sink: &Sink,
+) -> Outcome {
+    let amount = credit_amount(amount)?;
+    let reason = reason(why)?;
+    let book = s.invoice_books.get(&invoice_id).cloned().ok_or(SubscriptionError::InvoiceNotFound)?;
+    if s.voided.contains(&invoice_id) {
+        return Err(SubscriptionError::InvoiceNotOpen("void"));
+    }
+    if book.credited + amount > book.subtotal {
+        return Err(SubscriptionError::CreditNoteTooLarge { subtotal: book.subtotal, credited: book.credited, requested: amount });
+    }
+    let tax = round_cents(amount * s.tax_rate.percent() / Decimal::ONE_HUNDRED);
+    let total = amount + tax;
+    let due = s.unpaid.get(&invoice_id).copied().unwrap_or(Decimal::ZERO);
+    let applied_to_invoice = total.min(due).max(Decimal::ZERO);
+    let number = s.credit_notes_issued + 1;
+    let subscription_id = s.id.expect("started");
+    sink.write(
+        E::CreditNoteIssued {
+            credit_note_id: Uuid::new_v5(&subscription_id, format!("credit-note-{number}").as_bytes()),
+            number: format!("CN-{}-{number:06}", s.tenant_code.to_ascii_uppercase()),
+            invoice_id,
+            subtotal: amount,
+            tax,
+            total,
+            reason,
+            applied_to_invoice,
+            credited_to_balance: total - applied_to_invoice,
+            created_at: at,
+        },
+        s,
+    )
+    .await;
+    // An invoice settled by the note no longer counts for dunning.
+    if matches!(s.status, S::PastDue | S::Suspended) && s.failed.is_empty() {
+        sink.write(E::SubscriptionReactivated { reactivated_at: at }, s).await;
+    }
+    Ok(())
 }
 
 /// The id of a subscription's `number`-th invoice (deterministic, so replays agree).
@@ -478,6 +603,7 @@ async fn cancel(s: &mut Subscription, at_period_end: bool, at: DateTime<Utc>, me
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Due {
+    CreditExpiry(Uuid),
     Reminder(u32),
     GraceExpired,
     TrialEnd,
@@ -494,6 +620,10 @@ pub(super) fn next_due(s: &Subscription) -> Option<(DateTime<Utc>, Due)> {
             candidates.push((since + Duration::days(i64::from(day)), Due::Reminder(day)));
         }
     }
+    // Credit that expires stops counting then; recorded in time order with everything else.
+    if let Some(grant) = s.credits.iter().filter(|g| g.expires_at.is_some()).min_by_key(|g| g.expires_at) {
+        candidates.push((grant.expires_at.expect("filtered"), Due::CreditExpiry(grant.id)));
+    }
     match s.status {
         S::Trialing => candidates.push((s.trial_ends_at?, Due::TrialEnd)),
         S::Active | S::PastDue | S::Suspended => candidates.push((s.current_period()?.end, Due::PeriodEnd)),
@@ -506,6 +636,10 @@ async fn advance_to(s: &mut Subscription, as_of: DateTime<Utc>, meter: &dyn Usag
     while let Some((when, due)) = next_due(s).filter(|(when, _)| *when <= as_of) {
         match due {
             Due::GraceExpired => sink.write(E::SubscriptionSuspended { suspended_at: when }, s).await,
+            Due::CreditExpiry(grant_id) => {
+                let amount = s.credits.iter().find(|g| g.id == grant_id).map_or(Decimal::ZERO, |g| g.remaining);
+                sink.write(E::CreditExpired { grant_id, amount, at: when }, s).await
+            }
             Due::Reminder(grace_day) => {
                 let invoice_ids = s.failed.iter().copied().collect();
                 let grace_expires_at = s.grace_expires_at().expect("past due");

@@ -197,9 +197,179 @@ fn an_immediate_downgrade_carries_the_difference_to_the_next_invoice() {
     assert_eq!(totals, [cents("0.00"), cents("0.00"), cents("0.00")]);
     events.extend(down);
     let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 5, 1) });
+    // The carried credit is applied after tax.
     let (lines, totals) = money(invoices(&renewed)[0]);
-    assert_eq!(lines, [(LineKind::Plan, cents("29.00")), (LineKind::Credit, cents("-25.00"))]);
-    assert_eq!(totals, [cents("4.00"), cents("0.40"), cents("4.40")]);
+    assert_eq!(lines, [(LineKind::Plan, cents("29.00"))]);
+    assert_eq!(totals, [cents("29.00"), cents("2.90"), cents("31.90")]);
+    assert_eq!(due(invoices(&renewed)[0]), [cents("25.00"), cents("6.90")]);
+}
+
+/// (credit_applied, amount_due) of an invoice, as strings.
+fn due(invoice: &SubscriptionEvent) -> [String; 2] {
+    let SubscriptionEvent::InvoiceIssued { total, credit_applied, .. } = invoice else { panic!("not an invoice: {invoice:?}") };
+    [credit_applied.to_string(), (total - credit_applied).to_string()]
+}
+
+fn grant(amount: &str, expires_at: Option<DateTime<Utc>>, when: DateTime<Utc>) -> SubscriptionCommand {
+    SubscriptionCommand::GrantCredit {
+        grant_id: Uuid::new_v4(),
+        amount: amount.parse().unwrap(),
+        reason: "goodwill".into(),
+        expires_at,
+        at: when,
+    }
+}
+
+fn state_of(events: &[SubscriptionEvent]) -> Subscription {
+    let mut state = Subscription::default();
+    for e in events {
+        cqrs_es::Aggregate::apply(&mut state, e.clone());
+    }
+    state
+}
+
+#[test]
+fn granted_credit_is_applied_after_tax_until_it_is_used_up() {
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1)), grant("40.00", None, at(2027, 1, 5))]);
+    assert_eq!(state_of(&events).credit_balance.to_string(), "40.00");
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 1) });
+    let invoice = invoices(&renewed)[0];
+    assert_eq!(money(invoice).1, [cents("29.00"), cents("2.90"), cents("31.90")]);
+    assert_eq!(due(invoice), [cents("31.90"), cents("0.00")]);
+    let SubscriptionEvent::InvoiceIssued { paid_at, .. } = invoice else { panic!() };
+    assert_eq!(*paid_at, Some(at(2027, 2, 1)), "nothing due: paid at issue");
+    events.extend(renewed);
+    assert_eq!(state_of(&events).credit_balance.to_string(), "8.10");
+    let next = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 1) });
+    assert_eq!(due(invoices(&next)[0]), [cents("8.10"), cents("23.80")]);
+    events.extend(next);
+    let state = state_of(&events);
+    assert_eq!(state.credit_balance, Decimal::ZERO);
+    assert_eq!(state.unpaid[&invoice_id(id(), 3)].to_string(), "23.80", "what is due is what is unpaid");
+    assert!(!state.unpaid.contains_key(&invoice_id(id(), 2)), "the invoice credit paid is not due");
+}
+
+#[test]
+fn expiring_credit_is_used_first_and_stops_counting_at_its_expiry() {
+    let events = history(
+        no_usage,
+        vec![start(0, at(2027, 1, 1)), grant("10.00", None, at(2027, 1, 2)), grant("30.00", Some(at(2027, 2, 15)), at(2027, 1, 2))],
+    );
+    // The expiring grant is used first: 31.90 takes all 30.00 of it and 1.90 of the other.
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 1) });
+    assert_eq!(due(invoices(&renewed)[0]), [cents("31.90"), cents("0.00")]);
+    let mut all = events.clone();
+    all.extend(renewed);
+    assert_eq!(state_of(&all).credit_balance.to_string(), "8.10");
+
+    // Unused, the expiring grant stops counting at its expiry: recorded by the billing run.
+    let events = history(
+        no_usage,
+        vec![start(0, at(2027, 1, 15)), grant("30.00", Some(at(2027, 2, 1)), at(2027, 1, 16)), grant("5.00", None, at(2027, 1, 16))],
+    );
+    let advanced = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 15) });
+    assert!(matches!(&advanced[0], SubscriptionEvent::CreditExpired { amount, at: when, .. }
+        if amount.to_string() == "30.00" && *when == at(2027, 2, 1)));
+    assert_eq!(due(invoices(&advanced)[0]), [cents("5.00"), cents("26.90")]);
+    let mut all = events.clone();
+    all.extend(advanced);
+    assert_eq!(state_of(&all).credit_balance, Decimal::ZERO);
+}
+
+#[test]
+fn credit_grants_are_refused_when_malformed_or_the_subscription_is_cancelled() {
+    let events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    for (amount, expires, field) in
+        [("0", None, "amount"), ("-5", None, "amount"), ("1.001", None, "amount"), ("10", Some(at(2026, 1, 1)), "expires_at")]
+    {
+        let refused = run(no_usage(), events.clone(), grant(amount, expires, at(2027, 1, 3)));
+        assert!(matches!(&refused, Err(SubscriptionError::Invalid(e)) if e.field == field), "{amount}: {refused:?}");
+    }
+    let blank = run(
+        no_usage(),
+        events.clone(),
+        SubscriptionCommand::GrantCredit {
+            grant_id: Uuid::nil(),
+            amount: Decimal::TEN,
+            reason: " ".into(),
+            expires_at: None,
+            at: at(2027, 1, 3),
+        },
+    );
+    assert!(matches!(&blank, Err(SubscriptionError::Invalid(e)) if e.field == "reason"));
+    let cancelled =
+        history(no_usage, vec![start(0, at(2027, 1, 1)), SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 1, 2) }]);
+    assert!(matches!(run(no_usage(), cancelled, grant("10", None, at(2027, 1, 3))), Err(SubscriptionError::InvalidTransition { .. })));
+}
+
+fn credit_note(invoice: Uuid, amount: &str, when: DateTime<Utc>) -> SubscriptionCommand {
+    SubscriptionCommand::IssueCreditNote { invoice_id: invoice, amount: amount.parse().unwrap(), reason: "service outage".into(), at: when }
+}
+
+#[test]
+fn a_credit_note_on_an_open_invoice_lowers_what_is_due_and_never_exceeds_the_subtotal() {
+    let events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    let first = invoice_id(id(), 1);
+    let noted = ok(no_usage(), &events, credit_note(first, "10.00", at(2027, 1, 3)));
+    let SubscriptionEvent::CreditNoteIssued { number, subtotal, tax, total, applied_to_invoice, credited_to_balance, .. } = &noted[0]
+    else {
+        panic!("{noted:?}")
+    };
+    assert_eq!(number, "CN-ACME-000001");
+    assert_eq!(
+        [subtotal, tax, total, applied_to_invoice, credited_to_balance].map(|d| d.to_string()),
+        ["10.00", "1.00", "11.00", "11.00", "0.00"]
+    );
+    let mut all = events.clone();
+    all.extend(noted);
+    assert_eq!(state_of(&all).unpaid[&first].to_string(), "20.90");
+    // 19.00 more is the rest of the subtotal; 19.01 is too much.
+    let too_much = run(no_usage(), all.clone(), credit_note(first, "19.01", at(2027, 1, 4)));
+    assert!(matches!(too_much, Err(SubscriptionError::CreditNoteTooLarge { .. })), "{too_much:?}");
+    let rest = ok(no_usage(), &all, credit_note(first, "19.00", at(2027, 1, 4)));
+    let SubscriptionEvent::CreditNoteIssued { number, total, applied_to_invoice, .. } = &rest[0] else { panic!() };
+    assert_eq!((number.as_str(), total.to_string(), applied_to_invoice.to_string()), ("CN-ACME-000002", "20.90".into(), "20.90".into()));
+    all.extend(rest);
+    assert!(state_of(&all).unpaid.is_empty(), "fully credited: nothing is due");
+    assert!(matches!(run(no_usage(), all, credit_note(first, "0.01", at(2027, 1, 5))), Err(SubscriptionError::CreditNoteTooLarge { .. })));
+}
+
+#[test]
+fn a_credit_note_on_a_paid_invoice_adds_its_total_to_the_credit_balance() {
+    let first = invoice_id(id(), 1);
+    let paid = SubscriptionCommand::RecordPayment {
+        payment_id: "p1".into(),
+        invoice_id: first,
+        outcome: PaymentOutcome::Succeeded { amount: "31.90".parse().unwrap(), currency: "EUR".into(), offline: None },
+        at: at(2027, 1, 2),
+    };
+    let events = history(no_usage, vec![start(0, at(2027, 1, 1)), paid, credit_note(first, "5.00", at(2027, 1, 3))]);
+    assert_eq!(state_of(&events).credit_balance.to_string(), "5.50");
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 1) });
+    assert_eq!(due(invoices(&renewed)[0]), [cents("5.50"), cents("26.40")]);
+    // A void invoice takes no credit note; an unknown one is not found.
+    let voided =
+        history(no_usage, vec![start(0, at(2027, 1, 1)), SubscriptionCommand::VoidInvoice { invoice_id: first, at: at(2027, 1, 2) }]);
+    assert!(matches!(
+        run(no_usage(), voided.clone(), credit_note(first, "1", at(2027, 1, 3))),
+        Err(SubscriptionError::InvoiceNotOpen("void"))
+    ));
+    assert!(matches!(run(no_usage(), voided, credit_note(Uuid::nil(), "1", at(2027, 1, 3))), Err(SubscriptionError::InvoiceNotFound)));
+}
+
+#[test]
+fn a_credit_note_settling_the_failed_invoice_lifts_dunning() {
+    let first = invoice_id(id(), 1);
+    let failed = SubscriptionCommand::RecordPayment {
+        payment_id: "f".into(),
+        invoice_id: first,
+        outcome: PaymentOutcome::Failed,
+        at: at(2027, 1, 2),
+    };
+    let events = history(no_usage, vec![start(0, at(2027, 1, 1)), failed]);
+    assert_eq!(state_of(&events).status, SubscriptionStatus::PastDue);
+    let noted = ok(no_usage(), &events, credit_note(first, "29.00", at(2027, 1, 3)));
+    assert!(matches!(noted.last(), Some(SubscriptionEvent::SubscriptionReactivated { .. })), "{noted:?}");
 }
 
 #[test]
@@ -727,4 +897,105 @@ fn voiding_an_unpaid_invoice_ends_its_dunning_and_a_paid_or_void_one_is_refused(
     assert!(matches!(paid, Err(SubscriptionError::InvoiceNotOpen("paid"))));
     let foreign = run(no_usage(), events, SubscriptionCommand::VoidInvoice { invoice_id: Uuid::from_u128(5), at: at(2027, 5, 3) });
     assert!(matches!(foreign, Err(SubscriptionError::InvoiceNotFound)));
+}
+
+fn coupon(
+    code: &str,
+    value: crate::coupon::CouponValue,
+    duration: crate::coupon::CouponDuration,
+    n: Option<u32>,
+) -> crate::coupon::CouponTerms {
+    crate::coupon::CouponTerms {
+        code: code.into(),
+        value,
+        duration,
+        duration_in_periods: n,
+        max_redemptions: None,
+        redeem_by: None,
+        plans: Vec::new(),
+    }
+}
+
+#[test]
+fn a_repeating_coupon_discounts_the_next_invoices_before_tax_then_ends() {
+    use crate::coupon::{CouponDuration, CouponValue};
+    let pct = coupon("SPRING", CouponValue::PercentOff(Decimal::from(20)), CouponDuration::Repeating, Some(2));
+    let events =
+        history(no_usage, vec![start(0, at(2027, 1, 1)), SubscriptionCommand::ApplyCoupon { coupon: pct.clone(), at: at(2027, 1, 2) }]);
+    assert_eq!(state_of(&events).discount_ends_at_period(), Some(at(2027, 4, 1)), "the invoices of Feb 1 and Mar 1");
+    let again = run(no_usage(), events.clone(), SubscriptionCommand::ApplyCoupon { coupon: pct, at: at(2027, 1, 3) });
+    assert!(matches!(again, Err(SubscriptionError::CouponNotApplicable(_))), "one active coupon at a time");
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 1) });
+    let all: Vec<_> = invoices(&renewed).into_iter().map(money).collect();
+    assert_eq!(all[0].0, [(LineKind::Plan, cents("29.00")), (LineKind::Discount, cents("-5.80"))]);
+    assert_eq!(all[0].1, [cents("23.20"), cents("2.32"), cents("25.52")]);
+    assert_eq!(all[1].0, all[0].0);
+    assert_eq!(all[2].0, [(LineKind::Plan, cents("29.00"))], "two invoices, then it ends");
+    let mut after = events.clone();
+    after.extend(renewed);
+    assert!(state_of(&after).discount.is_none());
+}
+
+#[test]
+fn an_amount_off_never_makes_an_invoice_negative_and_a_removed_coupon_stops_at_once() {
+    use crate::coupon::{CouponDuration, CouponValue};
+    let big = coupon("BIG", CouponValue::AmountOff { amount: Decimal::from(50), currency: "EUR".into() }, CouponDuration::Forever, None);
+    let events = history(no_usage, vec![start(0, at(2027, 1, 1)), SubscriptionCommand::ApplyCoupon { coupon: big, at: at(2027, 1, 2) }]);
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 1) });
+    let (lines, totals) = money(invoices(&renewed)[0]);
+    assert_eq!(lines, [(LineKind::Plan, cents("29.00")), (LineKind::Discount, cents("-29.00"))]);
+    assert_eq!(totals, [cents("0.00"), cents("0.00"), cents("0.00")]);
+    let mut all = events.clone();
+    all.extend(renewed);
+    all.extend(ok(no_usage(), &all, SubscriptionCommand::RemoveCoupon { at: at(2027, 2, 2) }));
+    let next = ok(no_usage(), &all, SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 1) });
+    assert_eq!(money(invoices(&next)[0]).0, [(LineKind::Plan, cents("29.00"))]);
+    assert!(matches!(
+        run(no_usage(), all, SubscriptionCommand::RemoveCoupon { at: at(2027, 3, 2) }),
+        Err(SubscriptionError::NothingToChange(_))
+    ));
+    // A USD coupon on a EUR subscription is refused.
+    let usd = coupon("USD5", CouponValue::AmountOff { amount: Decimal::from(5), currency: "USD".into() }, CouponDuration::Once, None);
+    let refused = run(no_usage(), events, SubscriptionCommand::ApplyCoupon { coupon: usd, at: at(2027, 1, 3) });
+    assert!(matches!(refused, Err(SubscriptionError::CouponNotApplicable(_))));
+}
+
+proptest::proptest! {
+    #[test]
+    fn credit_applied_never_exceeds_the_balance_or_the_total_and_notes_never_the_subtotal(
+        grants in proptest::collection::vec(1i64..5_000, 0..4),
+        notes in proptest::collection::vec(1i64..4_000, 0..5),
+        pay_first in proptest::bool::ANY,
+    ) {
+        let mut commands = vec![start(0, at(2027, 1, 1))];
+        for (i, cents) in grants.iter().enumerate() {
+            commands.push(SubscriptionCommand::GrantCredit { grant_id: Uuid::from_u128(100 + i as u128), amount: Decimal::new(*cents, 2), reason: "g".into(), expires_at: None, at: at(2027, 1, 2) });
+        }
+        let mut events = history(no_usage, commands);
+        let first = invoice_id(id(), 1);
+        if pay_first {
+            events.extend(ok(no_usage(), &events, SubscriptionCommand::RecordPayment { payment_id: "p".into(), invoice_id: first, outcome: PaymentOutcome::Succeeded { amount: "31.90".parse().unwrap(), currency: "EUR".into(), offline: None }, at: at(2027, 1, 2) }));
+        }
+        let mut credited = Decimal::ZERO;
+        for cents in notes {
+            let amount = Decimal::new(cents, 2);
+            match run(no_usage(), events.clone(), SubscriptionCommand::IssueCreditNote { invoice_id: first, amount, reason: "n".into(), at: at(2027, 1, 3) }) {
+                Ok(new) => { credited += amount; events.extend(new); }
+                Err(SubscriptionError::CreditNoteTooLarge { .. }) => proptest::prop_assert!(credited + amount > Decimal::from(29)),
+                Err(e) => proptest::prop_assert!(false, "{e:?}"),
+            }
+        }
+        proptest::prop_assert!(credited <= Decimal::from(29));
+        let before = state_of(&events);
+        let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 1) });
+        let SubscriptionEvent::InvoiceIssued { total, credit_applied, lines, subtotal, .. } = invoices(&renewed)[0] else { panic!() };
+        proptest::prop_assert!(*credit_applied <= before.credit_balance);
+        proptest::prop_assert!(*credit_applied <= *total);
+        proptest::prop_assert!(*credit_applied >= Decimal::ZERO);
+        proptest::prop_assert_eq!(lines.iter().map(|l| l.amount).sum::<Decimal>(), *subtotal);
+        let mut after = events.clone();
+        after.extend(renewed.clone());
+        proptest::prop_assert_eq!(state_of(&after).credit_balance, before.credit_balance - *credit_applied);
+        proptest::prop_assert!(state_of(&after).credit_balance >= Decimal::ZERO);
+    }
 }
