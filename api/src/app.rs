@@ -303,7 +303,10 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), domain::upcasting::upcasters(), on_commit.clone()),
             vault.clone(),
         ));
-        let plans = Arc::new(Plans::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone())));
+        let plans = Arc::new(Plans::new(
+            AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
+            AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
+        ));
         let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
         let subscriptions =
             Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), appender.clone(), meter, Vec::new(), on_commit.clone())));

@@ -100,6 +100,7 @@ pub fn document() -> &'static Document {
             routes::subscription::Docs::openapi(),
             routes::invoices::Docs::openapi(),
             routes::credits::Docs::openapi(),
+            routes::coupons::Docs::openapi(),
             routes::usage::Docs::openapi(),
             routes::webhooks::Docs::openapi(),
             routes::resources::Docs::openapi(),

@@ -1,5 +1,6 @@
-//! The plan catalog: seeding the default catalog, publishing versions, reading the latest.
+//! The catalog: seeding the default plans, publishing versions, reading the latest; coupons.
 
+use domain::coupon::{Coupon, CouponCommand, CouponError, CouponTerms};
 use domain::plan::{default_catalog, Plan, PlanCode, PlanCommand, PlanError, PlanVersions};
 
 use crate::{AggregateStore, CommandContext, CommandError, Committed};
@@ -7,12 +8,28 @@ use crate::{AggregateStore, CommandContext, CommandError, Committed};
 /// The catalog service.
 pub struct Plans {
     store: AggregateStore<PlanVersions>,
+    coupons: AggregateStore<Coupon>,
 }
 
 impl Plans {
-    /// Wraps the catalog's store.
-    pub fn new(store: AggregateStore<PlanVersions>) -> Self {
-        Self { store }
+    /// Wraps the catalog's stores.
+    pub fn new(store: AggregateStore<PlanVersions>, coupons: AggregateStore<Coupon>) -> Self {
+        Self { store, coupons }
+    }
+
+    /// Creates a coupon (one stream per code: a code is taken once).
+    pub async fn create_coupon(
+        &self,
+        terms: CouponTerms,
+        context: &CommandContext,
+    ) -> Result<Committed<Coupon>, CommandError<CouponError>> {
+        let code = terms.code.clone();
+        self.coupons.execute_new(&code, CouponCommand::Create { terms, at: context.at }, context).await
+    }
+
+    /// Coupon `code`'s terms, if it exists.
+    pub async fn coupon(&self, code: &str) -> Result<Option<CouponTerms>, CommandError<CouponError>> {
+        Ok(self.coupons.load(code).await?.and_then(|(coupon, _)| coupon.terms))
     }
 
     /// Publishes version 1 of every default plan that has no version yet.

@@ -1,4 +1,6 @@
-//! The `catalog` projection: every published plan version (`rm.plans`).
+//! The `catalog` projection: every published plan version (`rm.plans`) and every coupon
+//! (`rm.coupons`; how many times each was redeemed is counted by the write side, in
+//! `coupon_redemptions`, atomically with each redemption).
 
 use async_trait::async_trait;
 use domain::plan::PlanEvent;
@@ -18,15 +20,16 @@ impl Projection for CatalogProjection {
     }
 
     fn version(&self) -> i32 {
-        1
+        // 2: coupons.
+        2
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        Some(&["Plan"])
+        Some(&["Plan", "Coupon"])
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["plans"]
+        &["plans", "coupons"]
     }
 
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
@@ -44,6 +47,11 @@ impl Projection for CatalogProjection {
                  definition            jsonb NOT NULL,
                  published_at          timestamptz NOT NULL,
                  PRIMARY KEY (code, version)
+             );
+             CREATE TABLE {schema}.coupons (
+                 code        text PRIMARY KEY,
+                 terms       jsonb NOT NULL,
+                 created_at  timestamptz NOT NULL
              )"
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
@@ -51,6 +59,17 @@ impl Projection for CatalogProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type == "Coupon" {
+            let domain::coupon::CouponEvent::CouponCreated { terms, created_at } =
+                serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+            sqlx::query(&format!("INSERT INTO {schema}.coupons (code, terms, created_at) VALUES ($1, $2, $3)"))
+                .bind(&terms.code)
+                .bind(sqlx::types::Json(&terms))
+                .bind(created_at)
+                .execute(conn)
+                .await?;
+            return Ok(());
+        }
         if event.aggregate_type != "Plan" {
             return Ok(());
         }

@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod api_keys;
 pub mod audit;
 pub mod bookings;
+pub mod coupons;
 pub mod credits;
 pub mod events;
 pub mod export;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(subscription::router())
         .merge(invoices::router())
         .merge(credits::router())
+        .merge(coupons::router())
         .merge(usage::router())
         .merge(webhooks::router())
         .merge(resources::router())

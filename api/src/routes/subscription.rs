@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/subscription/cancel", post(cancel))
         .route("/v1/subscription/resume", post(resume))
         .route("/v1/subscription/addons", put(set_addons))
+        .route("/v1/subscription/coupon", post(redeem_coupon).delete(remove_coupon))
 }
 
 fn view(id: Uuid, s: &Subscription) -> Value {
@@ -46,6 +47,14 @@ fn view(id: Uuid, s: &Subscription) -> Value {
             "plan": c.plan.code, "plan_version": c.plan.version, "billing_period": c.billing_period.as_str(), "effective_at": c.effective_at,
         })),
         "credit_balance": format(s.credit_balance),
+        "discount": s.discount.as_ref().map(|d| json!({
+            "coupon": d.coupon.code,
+            "description": d.coupon.describe(),
+            "duration": d.coupon.duration,
+            "invoices_left": d.invoices_left,
+            "ends_at_period": s.discount_ends_at_period(),
+            "applied_at": d.applied_at,
+        })),
         "past_due_since": s.past_due_since,
     })
 }
@@ -105,6 +114,77 @@ async fn run(
         body["invoice"] = invoice_json(row);
     }
     Ok(Json(body))
+}
+
+/// A coupon to redeem.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RedeemCoupon {
+    /// The coupon's code.
+    #[schema(example = "SPRING25")]
+    code: String,
+}
+
+/// `POST /v1/subscription/coupon` `{code}` (owner or admin key; the admin with `X-Tenant-ID`):
+/// redeems a coupon. Its discount is one `discount` line before tax on each invoice issued while
+/// it lasts (`once`: the next invoice; `repeating`: the next n; `forever`), never more than the
+/// other lines. Answers the subscription with `discount: {coupon, description, duration,
+/// invoices_left, ends_at_period, applied_at}`. Refused with 409 `COUPON_NOT_APPLICABLE`
+/// (`details.reason`) when the code is unknown, the coupon is not for the plan or the tenant's
+/// currency, past its `redeem_by`, exhausted (never more than `max_redemptions`, under any
+/// concurrency), or a coupon is already active.
+#[utoipa::path(
+    post,
+    path = "/v1/subscription/coupon",
+    tag = "subscription",
+    params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
+    request_body = RedeemCoupon,
+    responses(
+        (status = 200, description = "The subscription with its discount", body = serde_json::Value),
+        crate::openapi::AuthErrors,
+        crate::openapi::Invalid,
+        crate::openapi::Forbidden,
+        crate::openapi::NotFound,
+        (status = 409, description = "COUPON_NOT_APPLICABLE", body = crate::openapi::ErrorBody)
+    ),
+)]
+async fn redeem_coupon(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiJson(body): ApiJson<RedeemCoupon>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_manager()?;
+    let code = body.code.trim();
+    if code.is_empty() || code.len() > 50 {
+        return Err(ApiError::validation("code", "must be a coupon code (1 to 50 characters)"));
+    }
+    let coupon = state.accounts().plans().coupon(code).await.map_err(ApiError::from)?;
+    let Some(coupon) = coupon else {
+        return Err(ApiError::new(axum::http::StatusCode::CONFLICT, "COUPON_NOT_APPLICABLE", format!("there is no coupon {code}"))
+            .with("reason", "unknown")
+            .with("coupon", code));
+    };
+    run(state, caller, move |at| SubscriptionCommand::ApplyCoupon { coupon, at }).await
+}
+
+/// `DELETE /v1/subscription/coupon`: the active coupon no longer applies from the next invoice
+/// on (a redemption is not given back). Answers the subscription; no active coupon: 409
+/// `CONFLICT`.
+#[utoipa::path(
+    delete,
+    path = "/v1/subscription/coupon",
+    tag = "subscription",
+    params(crate::openapi::TenantHeader),
+    responses(
+        (status = 200, description = "The subscription, without discount", body = serde_json::Value),
+        crate::openapi::AuthErrors,
+        crate::openapi::Forbidden,
+        crate::openapi::NotFound,
+        (status = 409, description = "CONFLICT: no coupon is active", body = crate::openapi::ErrorBody)
+    ),
+)]
+async fn remove_coupon(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
+    run(state, caller, |at| SubscriptionCommand::RemoveCoupon { at }).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -243,5 +323,5 @@ async fn set_addons(
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(read, change_plan, cancel, resume, set_addons))]
+#[openapi(paths(read, change_plan, cancel, resume, set_addons, redeem_coupon, remove_coupon), components(schemas(RedeemCoupon)))]
 pub struct Docs;

@@ -108,16 +108,18 @@ impl CouponTerms {
 
     /// Why a subscription on `plan` billed in `currency` cannot redeem it at `at`, if it cannot
     /// (exhaustion is counted where the redemption is written).
-    pub fn refusal(&self, plan: &str, currency: &str, at: DateTime<Utc>) -> Option<String> {
+    /// The reason is `expired`, `plan` or `currency`.
+    pub fn refusal(&self, plan: &str, currency: &str, at: DateTime<Utc>) -> Option<(&'static str, String)> {
         if self.redeem_by.is_some_and(|by| at > by) {
-            return Some(format!("the coupon {} could be redeemed until {}", self.code, self.redeem_by.expect("checked").to_rfc3339()));
+            let by = self.redeem_by.expect("checked").to_rfc3339();
+            return Some(("expired", format!("the coupon {} could be redeemed until {by}", self.code)));
         }
         if !self.plans.is_empty() && !self.plans.iter().any(|p| p == plan) {
-            return Some(format!("the coupon {} applies to the plans {} only", self.code, self.plans.join(", ")));
+            return Some(("plan", format!("the coupon {} applies to the plans {} only", self.code, self.plans.join(", "))));
         }
         if let CouponValue::AmountOff { currency: own, .. } = &self.value {
             if own != currency {
-                return Some(format!("the coupon {} is in {own}, the subscription is billed in {currency}", self.code));
+                return Some(("currency", format!("the coupon {} is in {own}, the subscription is billed in {currency}", self.code)));
             }
         }
         None
@@ -304,7 +306,7 @@ mod tests {
         assert!(t.validate(now).is_ok());
         assert_eq!(t.invoices(), Some(3));
         assert!(t.refusal("starter", "EUR", now).is_none());
-        assert!(t.refusal("business", "EUR", now).is_some_and(|r| r.contains("starter")));
+        assert!(t.refusal("business", "EUR", now).is_some_and(|(reason, message)| reason == "plan" && message.contains("starter")));
         assert!(t.refusal("starter", "EUR", now + chrono::Duration::days(11)).is_some());
         let usd = terms(CouponValue::AmountOff { amount: d("5"), currency: "USD".into() });
         assert!(usd.refusal("starter", "EUR", now).is_some());

@@ -46,8 +46,15 @@ pub enum SubscriptionError {
         currency: String,
     },
     /// A coupon that cannot be redeemed on this subscription.
-    #[error("{0}")]
-    CouponNotApplicable(String),
+    #[error("{message}")]
+    CouponNotApplicable {
+        /// `already_active`, `expired`, `plan` or `currency`.
+        reason: &'static str,
+        /// For people.
+        message: String,
+        /// The coupon's code.
+        coupon: String,
+    },
     /// Credit notes beyond the invoice's subtotal.
     #[error("the credit notes of an invoice cannot exceed its subtotal of {subtotal} ({credited} credited so far, {requested} requested)")]
     CreditNoteTooLarge {
@@ -73,7 +80,7 @@ impl Rejection for SubscriptionError {
             | Self::InvoiceNotOpen(_)
             | Self::NothingToChange(_)
             | Self::CreditNoteTooLarge { .. }
-            | Self::CouponNotApplicable(_)
+            | Self::CouponNotApplicable { .. }
             | Self::UsageUnavailable(_) => RejectionKind::Conflict,
         }
     }
@@ -83,7 +90,7 @@ impl Rejection for SubscriptionError {
             Self::Invalid(_) | Self::PaymentMismatch { .. } => "VALIDATION_FAILED",
             Self::NotFound | Self::InvoiceNotFound => "NOT_FOUND",
             Self::InvalidTransition { .. } | Self::InvoiceNotOpen(_) => "INVALID_STATE_TRANSITION",
-            Self::CouponNotApplicable(_) => "COUPON_NOT_APPLICABLE",
+            Self::CouponNotApplicable { .. } => "COUPON_NOT_APPLICABLE",
             Self::AlreadyExists | Self::NothingToChange(_) | Self::UsageUnavailable(_) | Self::CreditNoteTooLarge { .. } => "CONFLICT",
         }
     }
@@ -97,6 +104,10 @@ impl Rejection for SubscriptionError {
             }
             Self::PaymentMismatch { .. } => {
                 details.insert("field".into(), "amount".into());
+            }
+            Self::CouponNotApplicable { reason, coupon, .. } => {
+                details.insert("reason".into(), (*reason).into());
+                details.insert("coupon".into(), coupon.clone().into());
             }
             Self::CreditNoteTooLarge { subtotal, credited, requested } => {
                 details.insert("field".into(), "amount".into());

@@ -83,11 +83,12 @@ pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, m
                 return Err(SubscriptionError::InvalidTransition { action: "redeem a coupon on", status: s.status });
             }
             if let Some(active) = &s.discount {
-                return Err(SubscriptionError::CouponNotApplicable(format!("the coupon {} is already active", active.coupon.code)));
+                let message = format!("the coupon {} is already active", active.coupon.code);
+                return Err(SubscriptionError::CouponNotApplicable { reason: "already_active", message, coupon: coupon.code });
             }
             let plan = s.plan.as_ref().expect("started");
-            if let Some(why) = coupon.refusal(plan.code.as_str(), &s.currency, at) {
-                return Err(SubscriptionError::CouponNotApplicable(why));
+            if let Some((reason, message)) = coupon.refusal(plan.code.as_str(), &s.currency, at) {
+                return Err(SubscriptionError::CouponNotApplicable { reason, message, coupon: coupon.code });
             }
             sink.write(E::CouponApplied { coupon, at }, s).await;
             Ok(())

@@ -8,6 +8,7 @@ mod batches;
 mod billing;
 mod bookings;
 mod consistency;
+mod coupons;
 mod credits;
 mod first_day;
 mod fuzz;
