@@ -15,6 +15,7 @@ use commands::accounts::Accounts;
 use commands::appender::Appender;
 use commands::bookings::Bookings;
 use commands::clock::{Clock, ManualClock, SystemClock};
+use commands::members::Members;
 use commands::plans::Plans;
 use commands::store::CommitHook;
 use commands::subscriptions::{PgUsageMeter, Subscriptions};
@@ -58,6 +59,7 @@ struct Inner {
     accounts: Accounts,
     usage: Usage,
     bookings: Bookings,
+    members: Members,
     projections: Arc<Projections>,
     log: EventLog,
     keys: crate::auth::KeyCache,
@@ -113,6 +115,11 @@ impl AppState {
     /// Resource and booking commands.
     pub fn bookings(&self) -> &Bookings {
         &self.0.bookings
+    }
+
+    /// Member (seat) commands.
+    pub fn members(&self) -> &Members {
+        &self.0.members
     }
 
     /// Usage commands.
@@ -310,6 +317,11 @@ impl Application {
         let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
         let subscriptions =
             Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), appender.clone(), meter, Vec::new(), on_commit.clone())));
+        let members = Members::new(
+            vault.clone(),
+            AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
+            subscriptions.clone(),
+        );
         let accounts = Accounts::new(pool.clone(), plans, tenants.clone(), subscriptions);
         let usage = Usage::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let bookings = Bookings::new(
@@ -350,6 +362,7 @@ impl Application {
             accounts,
             usage,
             bookings,
+            members,
             projections,
             keys,
             rate_limits: crate::rate_limit::RateLimits::new(config_rate_limit_instances),

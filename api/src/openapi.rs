@@ -101,6 +101,7 @@ pub fn document() -> &'static Document {
             routes::invoices::Docs::openapi(),
             routes::credits::Docs::openapi(),
             routes::coupons::Docs::openapi(),
+            routes::members::Docs::openapi(),
             routes::usage::Docs::openapi(),
             routes::webhooks::Docs::openapi(),
             routes::resources::Docs::openapi(),

@@ -10,6 +10,7 @@ pub mod bookings;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod members;
 pub mod metadata;
 pub mod plans;
 pub mod quota;

@@ -75,7 +75,7 @@ pub fn canonical_metric(name: &str) -> Option<&'static str> {
 
 /// The subscription's state, the bookings and event-resource counters, the billing period's
 /// API calls and the latest storage gauge.
-type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
+type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
 
 /// The period metered usage counts in: the subscription's current billing period (the one its
 /// next invoice bills), or the calendar month without a subscription.
@@ -116,12 +116,13 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
     let current: Option<sqlx::types::Json<Subscription>> =
         sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
     let mut period = metered_period(current.as_ref().map(|s| &s.0), now);
-    let (state, bookings, events, api_calls, storage_bytes, last) = loop {
+    let (state, bookings, events, users, api_calls, storage_bytes, last) = loop {
         let (hours, minus, plus) = split_hours(period);
         let row: QuotaRow = sqlx::query_as(
             "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
                     (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
+                    (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'users' AND period_start = 'epoch'),
                     -- The period from the hourly totals (at most 744 rows a month however many
                     -- calls), corrected at its two ends from the facts (see `split_hours`).
                     (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
@@ -165,7 +166,7 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
     let lines = vec![
         line("bookings_per_month", limits.bookings_per_month, bookings, "hard", Some((month, next_month))),
         line("events", limits.events, events, "hard", None),
-        line("users", limits.users, 0, "hard", None),
+        line("users", limits.users, users.unwrap_or(0).max(0) as u64, "hard", None),
         line("storage_mb", limits.storage_mb, (storage_bytes.unwrap_or(0).max(0) as u64).div_ceil(1024 * 1024), "metered", None),
         line(
             "api_calls_per_month",

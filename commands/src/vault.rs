@@ -39,6 +39,14 @@ pub enum VaultError {
 pub struct TenantKey {
     tenant_id: Uuid,
     cipher: Option<XChaCha20Poly1305>,
+    /// A key for digests, derived from the tenant's key (gone with it).
+    digest_key: Option<[u8; 32]>,
+}
+
+/// The digest key derived from a tenant's key: `SHA-256("saas-ledger digest" ‖ key)`.
+fn digest_key(key: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::new().chain_update(b"saas-ledger digest").chain_update(key).finalize().into()
 }
 
 impl std::fmt::Debug for TenantKey {
@@ -48,6 +56,15 @@ impl std::fmt::Debug for TenantKey {
 }
 
 impl TenantKey {
+    /// A keyed digest of `clear` (hex): equal for equal text, meaningless without the tenant's
+    /// key, so a uniqueness index can hold it instead of the personal value. `None` once erased.
+    pub fn digest(&self, clear: &str) -> Option<String> {
+        use sha2::Digest;
+        let key = self.digest_key?;
+        // SHA-256 over key ‖ text ‖ key: a keyed hash without length-extension concerns here.
+        Some(hex::encode(sha2::Sha256::new().chain_update(key).chain_update(clear.as_bytes()).chain_update(key).finalize()))
+    }
+
     /// Whether the key is gone (the tenant was erased).
     pub fn is_erased(&self) -> bool {
         self.cipher.is_none()
@@ -116,7 +133,7 @@ impl Vault {
         match existing {
             Some(Some(key)) if key.len() == 32 => {
                 let cipher = XChaCha20Poly1305::new_from_slice(&key).expect("a 32-byte key");
-                return Ok(TenantKey { tenant_id, cipher: Some(cipher) });
+                return Ok(TenantKey { tenant_id, cipher: Some(cipher), digest_key: Some(digest_key(&key)) });
             }
             Some(_) => return Err(VaultError::Erased),
             None => {}
@@ -143,9 +160,9 @@ impl Vault {
             .bind(tenant_id)
             .fetch_optional(&self.pool)
             .await?;
-        let key = key.flatten();
-        let cipher = key.filter(|k| k.len() == 32).map(|k| XChaCha20Poly1305::new_from_slice(&k).expect("a 32-byte key"));
-        Ok(TenantKey { tenant_id, cipher })
+        let key = key.flatten().filter(|k| k.len() == 32);
+        let cipher = key.as_ref().map(|k| XChaCha20Poly1305::new_from_slice(k).expect("a 32-byte key"));
+        Ok(TenantKey { tenant_id, cipher, digest_key: key.as_deref().map(digest_key) })
     }
 
     /// Destroys `tenant_id`'s key; the row stays, keyless, so no new key is ever made for it.
@@ -169,7 +186,11 @@ mod tests {
     use super::*;
 
     fn key(tenant_id: Uuid) -> TenantKey {
-        TenantKey { tenant_id, cipher: Some(XChaCha20Poly1305::new_from_slice(&[7u8; 32]).unwrap()) }
+        TenantKey {
+            tenant_id,
+            cipher: Some(XChaCha20Poly1305::new_from_slice(&[7u8; 32]).unwrap()),
+            digest_key: Some(digest_key(&[7u8; 32])),
+        }
     }
 
     #[test]
@@ -185,7 +206,7 @@ mod tests {
         // Another tenant's key (same bytes, other tenant id) does not open it.
         assert_eq!(key(Uuid::now_v7()).open(sealed.as_str()), None);
         // An erased key opens nothing sealed and seals nothing.
-        let erased = TenantKey { tenant_id: tenant, cipher: None };
+        let erased = TenantKey { tenant_id: tenant, cipher: None, digest_key: None };
         assert_eq!(erased.open(sealed.as_str()), None);
         assert!(matches!(erased.seal("x"), Err(VaultError::Erased)));
         // A flipped character is detected.

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod booking;
 pub mod coupon;
 pub mod error;
+pub mod member;
 pub mod plan;
 pub mod resource;
 pub mod subscription;

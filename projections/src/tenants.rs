@@ -9,6 +9,53 @@ use uuid::Uuid;
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+/// A member's event on `members` (e-mail and name stay sealed).
+async fn apply_member(conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+    use domain::member::MemberEvent;
+    let member: MemberEvent = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+    let id: Uuid =
+        event.aggregate_id.parse().map_err(|_| ProjectionError::payload(event, serde::de::Error::custom("aggregate id is not a uuid")))?;
+    match member {
+        MemberEvent::MemberInvited { tenant_id, email, name, role, invited_at, .. } => {
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.members (id, tenant_id, email, name, role, status, invited_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'invited', $6, $6)"
+            ))
+            .bind(id)
+            .bind(tenant_id)
+            .bind(email.as_str().to_owned())
+            .bind(name.map(|n| n.as_str().to_owned()))
+            .bind(role.as_str())
+            .bind(invited_at)
+            .execute(conn)
+            .await?
+        }
+        MemberEvent::MemberAccepted { accepted_at, .. } => {
+            sqlx::query(&format!("UPDATE {schema}.members SET status = 'active', accepted_at = $2, updated_at = $2 WHERE id = $1"))
+                .bind(id)
+                .bind(accepted_at)
+                .execute(conn)
+                .await?
+        }
+        MemberEvent::MemberRoleChanged { role, at, .. } => {
+            sqlx::query(&format!("UPDATE {schema}.members SET role = $2, updated_at = $3 WHERE id = $1"))
+                .bind(id)
+                .bind(role.as_str())
+                .bind(at)
+                .execute(conn)
+                .await?
+        }
+        MemberEvent::MemberRemoved { removed_at, .. } => {
+            sqlx::query(&format!("UPDATE {schema}.members SET status = 'removed', removed_at = $2, updated_at = $2 WHERE id = $1"))
+                .bind(id)
+                .bind(removed_at)
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(())
+}
+
 /// Builds `tenants` and `api_keys`.
 #[derive(Debug, Clone, Copy)]
 pub struct TenantsProjection;
@@ -20,15 +67,16 @@ impl Projection for TenantsProjection {
     }
 
     fn version(&self) -> i32 {
-        1
+        // 2: members.
+        2
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        Some(&["Tenant"])
+        Some(&["Tenant", "Member"])
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["tenants", "api_keys"]
+        &["tenants", "api_keys", "members"]
     }
 
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
@@ -70,13 +118,29 @@ impl Projection for TenantsProjection {
                  created_at  timestamptz NOT NULL,
                  revoked_at  timestamptz
              );
-             CREATE INDEX ON {schema}.api_keys (tenant_id);"
+             CREATE INDEX ON {schema}.api_keys (tenant_id);
+             CREATE TABLE {schema}.members (
+                 id           uuid PRIMARY KEY,
+                 tenant_id    uuid NOT NULL,
+                 email        text NOT NULL,
+                 name         text,
+                 role         text NOT NULL,
+                 status       text NOT NULL,
+                 invited_at   timestamptz NOT NULL,
+                 accepted_at  timestamptz,
+                 removed_at   timestamptz,
+                 updated_at   timestamptz NOT NULL
+             );
+             CREATE INDEX ON {schema}.members (tenant_id, invited_at, id);"
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
         Ok(())
     }
 
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type == "Member" {
+            return apply_member(conn, schema, event).await;
+        }
         if event.aggregate_type != "Tenant" {
             return Ok(());
         }

@@ -29,7 +29,7 @@ async fn rows(state: &AppState, table: &str, tenant_id: Uuid, order: &str, hidde
 }
 
 /// `GET /v1/tenant/export` (owner or admin key, or the admin naming the tenant): `{exported_at,
-/// tenant, subscription, api_keys, resources, bookings, usage, invoices, audit}`. Key hashes
+/// tenant, subscription, api_keys, resources, bookings, members, usage, invoices, credit_notes, audit}`. Key hashes
 /// are left out; everything else the read models hold for the tenant is in.
 #[utoipa::path(
     get,
@@ -37,7 +37,7 @@ async fn rows(state: &AppState, table: &str, tenant_id: Uuid, order: &str, hidde
     tag = "gdpr",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Everything the tenant owns: {exported_at, tenant, subscription, api_keys, resources, bookings, usage, invoices, audit}", body = serde_json::Value),
+        (status = 200, description = "Everything the tenant owns: {exported_at, tenant, subscription, api_keys, resources, bookings, members, usage, invoices, credit_notes, audit}", body = serde_json::Value),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden
     ),
@@ -57,6 +57,12 @@ async fn export(State(state): State<AppState>, caller: TenantCaller) -> Result<i
     for (booking, (_, name, email)) in bookings.iter_mut().zip(customers) {
         booking["customer"] = json!({"name": key.open(&name), "email": key.open(&email)});
     }
+    let members: Vec<super::members::MemberRow> =
+        sqlx::query_as(&format!("SELECT {} FROM rm.members WHERE tenant_id = $1 ORDER BY invited_at, id", super::members::MEMBER_COLUMNS))
+            .bind(tenant_id)
+            .fetch_all(state.pool())
+            .await?;
+    let members: Vec<super::members::MemberView> = members.into_iter().map(|m| super::members::MemberView::open(m, &key)).collect();
     let document = json!({
         "exported_at": state.now(),
         "tenant": tenant,
@@ -64,6 +70,8 @@ async fn export(State(state): State<AppState>, caller: TenantCaller) -> Result<i
         "api_keys": rows(&state, "api_keys", tenant_id, "created_at, id", &["key_hash"]).await?,
         "resources": rows(&state, "resources", tenant_id, "created_at, id", &[]).await?,
         "bookings": bookings,
+        "members": members,
+        "credit_notes": rows(&state, "credit_notes", tenant_id, "created_at, id", &[]).await?,
         "usage": rows(&state, "usage_records", tenant_id, "occurred_at, idempotency_key", &[]).await?,
         "invoices": rows(&state, "invoices", tenant_id, "issued_at, id", &[]).await?,
         "audit": rows(&state, "audit_entries", tenant_id, "position", &[]).await?,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod export;
 pub mod health;
 pub mod invoices;
+pub mod members;
 pub mod plans;
 pub mod quota;
 pub mod resources;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .merge(invoices::router())
         .merge(credits::router())
         .merge(coupons::router())
+        .merge(members::router())
         .merge(usage::router())
         .merge(webhooks::router())
         .merge(resources::router())

@@ -42,7 +42,7 @@ fn view(id: Uuid, s: &Subscription) -> Value {
         "current_period_end": period.map(|p| p.end),
         "cancel_at_period_end": s.cancel_at_period_end,
         "cancelled_at": s.cancelled_at,
-        "addons": { "extra_users": s.addons.extra_users, "extra_storage_gb": s.addons.extra_storage_gb },
+        "addons": { "extra_users": s.addons.extra_users, "extra_storage_gb": s.addons.extra_storage_gb, "auto_add_seats": s.addons.auto_add_seats },
         "pending_change": s.pending_change.as_ref().map(|c| json!({
             "plan": c.plan.code, "plan_version": c.plan.version, "billing_period": c.billing_period.as_str(), "effective_at": c.effective_at,
         })),
@@ -265,7 +265,7 @@ async fn cancel(
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Empty {}
+pub(crate) struct Empty {}
 
 /// `POST /v1/subscription/resume`: withdraws a pending cancellation.
 #[utoipa::path(
@@ -289,12 +289,17 @@ async fn resume(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddonsBody {
+    /// Users beyond the plan's (0 to 10000).
     extra_users: Option<u32>,
+    /// Storage beyond the plan's, in GB (0 to 1000000).
     extra_storage_gb: Option<u32>,
+    /// Whether an invitation beyond the seats adds a seat (extra_users + 1, the rest of the
+    /// period prorated on the next invoice) instead of being refused with 429.
+    auto_add_seats: Option<bool>,
 }
 
-/// `PUT /v1/subscription/addons {extra_users, extra_storage_gb}`: billed in advance from the
-/// next period on (absent fields are 0).
+/// `PUT /v1/subscription/addons {extra_users, extra_storage_gb, auto_add_seats}`: billed in
+/// advance from the next period on (absent fields are 0, or false).
 #[utoipa::path(
     put,
     path = "/v1/subscription/addons",
@@ -311,7 +316,11 @@ async fn set_addons(
     caller: TenantCaller,
     ApiJson(body): ApiJson<AddonsBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let addons = Addons { extra_users: body.extra_users.unwrap_or(0), extra_storage_gb: body.extra_storage_gb.unwrap_or(0) };
+    let addons = Addons {
+        extra_users: body.extra_users.unwrap_or(0),
+        extra_storage_gb: body.extra_storage_gb.unwrap_or(0),
+        auto_add_seats: body.auto_add_seats.unwrap_or(false),
+    };
     if addons.extra_users > 10_000 {
         return Err(ApiError::validation("extra_users", "must be at most 10000"));
     }

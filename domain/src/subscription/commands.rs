@@ -88,6 +88,12 @@ pub enum SubscriptionCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Adds one seat (`extra_users` + 1) for an invitation beyond the seats, with
+    /// `auto_add_seats`: the seat's price for the rest of the period goes on the next invoice.
+    AddSeat {
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Redeems a coupon: its discount applies to the invoices issued while it lasts.
     ApplyCoupon {
         /// The coupon's terms.

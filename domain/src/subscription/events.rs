@@ -105,6 +105,15 @@ pub enum SubscriptionEvent {
         /// Its expiry.
         at: DateTime<Utc>,
     },
+    /// A seat was added for an invitation beyond the seats (`auto_add_seats`).
+    SeatAdded {
+        /// `extra_users` now.
+        extra_users: u32,
+        /// The line for the rest of the period, on the next invoice (`None` in a trial).
+        charge: Option<InvoiceLine>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// A coupon was redeemed (the database counts it against the coupon's `max_redemptions`
     /// in the same transaction).
     CouponApplied {
@@ -295,6 +304,7 @@ impl SubscriptionEvent {
             | Self::PaymentReminder { at, .. }
             | Self::CreditGranted { at, .. }
             | Self::CouponApplied { at, .. }
+            | Self::SeatAdded { at, .. }
             | Self::CouponRemoved { at, .. }
             | Self::CreditExpired { at, .. }
             | Self::CreditNoteIssued { created_at: at, .. } => Some(*at),
@@ -326,6 +336,7 @@ impl DomainEvent for SubscriptionEvent {
             Self::PaymentReminder { .. } => "PaymentReminder",
             Self::CreditGranted { .. } => "CreditGranted",
             Self::CouponApplied { .. } => "CouponApplied",
+            Self::SeatAdded { .. } => "SeatAdded",
             Self::CouponRemoved { .. } => "CouponRemoved",
             Self::CreditExpired { .. } => "CreditExpired",
             Self::CreditNoteIssued { .. } => "CreditNoteIssued",
@@ -391,6 +402,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
         }
         E::InvoiceIssued { invoice_id, subtotal, total, credit_applied, paid_at, lines, issued_at, .. } => {
             s.invoices_issued += 1;
+            s.pending_lines.clear();
             // Every invoice first bills the late usage found so far; a period whose window has
             // closed can have no more, so it is done with.
             s.usage_billed.retain(|_, billed| billed.period_end + chrono::Duration::days(LATE_USAGE_DAYS) > issued_at);
@@ -424,6 +436,10 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
         E::CreditGranted { grant_id, amount, expires_at, .. } => {
             s.credits.push(CreditGrant { id: grant_id, remaining: amount, expires_at });
             s.credit_balance = s.credits.iter().map(|g| g.remaining).sum();
+        }
+        E::SeatAdded { extra_users, charge, .. } => {
+            s.addons.extra_users = extra_users;
+            s.pending_lines.extend(charge);
         }
         E::CouponApplied { coupon, at } => {
             let invoices_left = coupon.invoices();

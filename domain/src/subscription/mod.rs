@@ -117,6 +117,10 @@ pub struct Addons {
     pub extra_users: u32,
     /// Storage beyond the plan's, in GB.
     pub extra_storage_gb: u32,
+    /// Whether an invitation beyond the seats adds one (`extra_users` + 1, the rest of the
+    /// period prorated on the next invoice) instead of being refused.
+    #[serde(default)]
+    pub auto_add_seats: bool,
 }
 
 /// Usage that is billed in arrears for one period.
@@ -309,6 +313,9 @@ pub struct Subscription {
     /// A coupon's discount on the next invoices.
     #[serde(default)]
     pub discount: Option<ActiveDiscount>,
+    /// Charges waiting for the next invoice (seats added during a period).
+    #[serde(default)]
+    pub pending_lines: Vec<crate::billing::invoice::InvoiceLine>,
     /// When it was cancelled.
     pub cancelled_at: Option<DateTime<Utc>>,
     /// Billed periods whose usage can still change, by start: late facts in them are billed on
@@ -340,6 +347,12 @@ impl Subscription {
     /// renewal, grace expiry), if ever.
     pub fn next_due_at(&self) -> Option<DateTime<Utc>> {
         rules::next_due(self).map(|(at, _)| at)
+    }
+
+    /// The seats the plan and the add-ons allow (`None`: unlimited).
+    pub fn seat_limit(&self) -> Option<u64> {
+        let users = self.plan.as_ref()?.limits.users?;
+        Some(users + u64::from(self.addons.extra_users))
     }
 
     /// The credit that counts at `at`: grants not expired by then.

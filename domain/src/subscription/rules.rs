@@ -78,6 +78,24 @@ pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, m
             }
             Ok(())
         }
+        C::AddSeat { at } => {
+            if s.status == S::Cancelled {
+                return Err(SubscriptionError::InvalidTransition { action: "add a seat to", status: s.status });
+            }
+            let extra_users = s.addons.extra_users + 1;
+            let charge = match (s.status, s.current_period()) {
+                (S::Trialing, _) | (_, None) => None,
+                (_, Some(period)) => {
+                    let months = Decimal::from(months_in(s.billing_period.expect("started")));
+                    let price = pricing::extra_user_monthly() * months;
+                    let amount = proration::split(Decimal::ZERO, price, period, at).charge;
+                    let description = format!("Extra user added {}, rest of {}", at.format("%Y-%m-%d %H:%M UTC"), dates(period));
+                    (amount > Decimal::ZERO).then(|| InvoiceLine::fixed(LineKind::Addon, description, amount))
+                }
+            };
+            sink.write(E::SeatAdded { extra_users, charge, at }, s).await;
+            Ok(())
+        }
         C::ApplyCoupon { coupon, at } => {
             if s.status == S::Cancelled {
                 return Err(SubscriptionError::InvalidTransition { action: "redeem a coupon on", status: s.status });
@@ -380,6 +398,8 @@ async fn late_usage(
 /// then tax; then the account credit that counts at `at` is applied to the total (never more
 /// than either), and an invoice with nothing left to pay is paid at issue.
 async fn issue_invoice(s: &mut Subscription, period: Period, mut lines: Vec<InvoiceLine>, at: DateTime<Utc>, sink: &Sink) {
+    // Charges waiting for the next invoice (seats added during the last period).
+    lines.extend(s.pending_lines.iter().cloned());
     // A coupon's discount, before tax, on the sum of the other lines: never below zero.
     if let Some(discount) = &s.discount {
         let off = discount.coupon.discount(lines.iter().map(|l| l.amount).sum());

@@ -435,7 +435,10 @@ fn cancel_at_period_end_can_be_withdrawn_and_otherwise_ends_the_subscription() {
         SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 6, 2) },
         SubscriptionCommand::Resume { at: at(2027, 6, 2) },
         SubscriptionCommand::ChangePlan { plan: terms("business"), billing_period: None, immediately: false, at: at(2027, 6, 2) },
-        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 1, extra_storage_gb: 0 }, at: at(2027, 6, 2) },
+        SubscriptionCommand::SetAddons {
+            addons: Addons { extra_users: 1, extra_storage_gb: 0, auto_add_seats: false },
+            at: at(2027, 6, 2),
+        },
     ] {
         assert!(matches!(
             run(no_usage(), events.clone(), command),
@@ -469,12 +472,18 @@ fn addons_are_billed_in_advance_from_the_next_period() {
     events.extend(ok(
         no_usage(),
         &events,
-        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 2, extra_storage_gb: 5 }, at: at(2027, 4, 3) },
+        SubscriptionCommand::SetAddons {
+            addons: Addons { extra_users: 2, extra_storage_gb: 5, auto_add_seats: false },
+            at: at(2027, 4, 3),
+        },
     ));
     assert!(ok(
         no_usage(),
         &events,
-        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 2, extra_storage_gb: 5 }, at: at(2027, 4, 4) }
+        SubscriptionCommand::SetAddons {
+            addons: Addons { extra_users: 2, extra_storage_gb: 5, auto_add_seats: false },
+            at: at(2027, 4, 4)
+        }
     )
     .is_empty());
     let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 5, 1) });
@@ -998,4 +1007,19 @@ proptest::proptest! {
         proptest::prop_assert_eq!(state_of(&after).credit_balance, before.credit_balance - *credit_applied);
         proptest::prop_assert!(state_of(&after).credit_balance >= Decimal::ZERO);
     }
+}
+
+#[test]
+fn an_added_seat_is_prorated_on_the_next_invoice_and_billed_in_full_after() {
+    let events = history(no_usage, vec![start(0, at(2027, 1, 1)), SubscriptionCommand::AddSeat { at: at(2027, 1, 16) }]);
+    let state = state_of(&events);
+    assert_eq!((state.addons.extra_users, state.seat_limit()), (1, Some(4)));
+    let renewed = ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 1) });
+    let all: Vec<_> = invoices(&renewed).into_iter().map(money).collect();
+    // 16 of 31 days of 5.00, once; the seat in advance from then on.
+    assert_eq!(all[0].0, [(LineKind::Plan, cents("29.00")), (LineKind::Addon, cents("5.00")), (LineKind::Addon, cents("2.58"))]);
+    assert_eq!(all[1].0, [(LineKind::Plan, cents("29.00")), (LineKind::Addon, cents("5.00"))]);
+    // In a trial the seat costs nothing until the trial ends.
+    let trial = history(no_usage, vec![start(14, at(2027, 1, 1)), SubscriptionCommand::AddSeat { at: at(2027, 1, 5) }]);
+    assert!(matches!(trial.last(), Some(SubscriptionEvent::SeatAdded { charge: None, extra_users: 1, .. })));
 }

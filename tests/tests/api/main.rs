@@ -16,6 +16,7 @@ mod gdpr;
 mod global_order;
 mod instances;
 mod late_usage;
+mod members;
 mod openapi;
 mod operability;
 mod projector_crash;
