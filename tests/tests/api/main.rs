@@ -23,5 +23,6 @@ mod projector_crash;
 mod rebuild;
 mod relay;
 mod replay;
+mod revenue;
 mod tenants;
 mod usage;
