@@ -60,6 +60,12 @@ pub struct CreateCoupon {
     plans: Option<Vec<String>>,
 }
 
+/// Whether `text` has the form of a coupon or plan code (letters, digits, `-`, `_`; 1 to 50):
+/// anything else names nothing and is not sent to the database.
+pub fn is_code(text: &str) -> bool {
+    (1..=50).contains(&text.len()) && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// A decimal from a JSON number or string.
 fn decimal(value: &Value, field: &str) -> Result<Decimal, ApiError> {
     let text = match value {
@@ -143,6 +149,9 @@ async fn create(
     };
     let plans = body.plans.unwrap_or_default();
     for plan in &plans {
+        if !is_code(plan) {
+            return Err(ApiError::validation("plans", format!("there is no plan \"{}\"", plan.escape_debug())));
+        }
         let known: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm.plans WHERE code = $1)").bind(plan).fetch_one(state.pool()).await?;
         if !known {
@@ -207,6 +216,9 @@ struct ListQuery {
 )]
 async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<Value>>, ApiError> {
     let limit = page_limit(q.limit)?;
+    if q.cursor.as_deref().is_some_and(|c| !is_code(c)) {
+        return Err(ApiError::validation("cursor", "is not a cursor from a previous page"));
+    }
     let rows: Vec<CouponRow> = sqlx::query_as(&format!("{COUPON_SELECT} WHERE ($1::text IS NULL OR c.code > $1) ORDER BY c.code LIMIT $2"))
         .bind(q.cursor)
         .bind(limit + 1)
@@ -235,6 +247,9 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     ),
 )]
 async fn read(State(state): State<AppState>, _: Admin, Path(code): Path<String>) -> Result<Json<Value>, ApiError> {
+    if !is_code(&code) {
+        return Err(ApiError::not_found("coupon"));
+    }
     let row: Option<CouponRow> =
         sqlx::query_as(&format!("{COUPON_SELECT} WHERE c.code = $1")).bind(&code).fetch_optional(state.pool()).await?;
     let row = row.ok_or_else(|| ApiError::not_found("coupon"))?;

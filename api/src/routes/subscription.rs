@@ -155,14 +155,19 @@ async fn redeem_coupon(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_manager()?;
     let code = body.code.trim();
-    if code.is_empty() || code.len() > 50 {
-        return Err(ApiError::validation("code", "must be a coupon code (1 to 50 characters)"));
+    if code.is_empty() {
+        return Err(ApiError::validation("code", "must be a coupon code"));
     }
-    let coupon = state.accounts().plans().coupon(code).await.map_err(ApiError::from)?;
+    // A code of another form names no coupon.
+    let coupon = if super::coupons::is_code(code) { state.accounts().plans().coupon(code).await.map_err(ApiError::from)? } else { None };
     let Some(coupon) = coupon else {
-        return Err(ApiError::new(axum::http::StatusCode::CONFLICT, "COUPON_NOT_APPLICABLE", format!("there is no coupon {code}"))
-            .with("reason", "unknown")
-            .with("coupon", code));
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "COUPON_NOT_APPLICABLE",
+            format!("there is no coupon {}", code.escape_debug()),
+        )
+        .with("reason", "unknown")
+        .with("coupon", code));
     };
     run(state, caller, move |at| SubscriptionCommand::ApplyCoupon { coupon, at }).await
 }
