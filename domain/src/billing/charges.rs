@@ -65,6 +65,23 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// The API-call overage as the default catalog publishes it: a `package` charge on
+    /// `api_calls` with the plan's monthly allowance included, 0.50 per started 1,000.
+    pub fn api_call_overage(allowance: u64) -> Self {
+        Self {
+            metric: "api_calls".to_owned(),
+            included: allowance,
+            model: Model::Package { package_size: 1000, package_price: super::pricing::api_call_block() },
+        }
+    }
+
+    /// Whether this is [`Self::api_call_overage`] of a plan with `allowance` calls a month:
+    /// billed as the built-in overage is (an `overage` line, the allowance times the months of
+    /// the period, so yearly periods keep their twelve months' allowance).
+    pub fn is_api_call_overage(&self, allowance: Option<u64>) -> bool {
+        allowance.is_some_and(|a| *self == Self::api_call_overage(a))
+    }
+
     /// Checks the figures: prices not negative, a package of at least one unit, tiers with
     /// increasing ends and only the last one open.
     pub fn validate(&self, field: &str) -> Result<(), ValidationError> {
@@ -230,5 +247,19 @@ mod tests {
             "tiers": [{"up_to": 10, "unit_price": "1.00"}, {"up_to": null, "unit_price": "0.50", "flat_fee": "5.00"}]}))
         .unwrap();
         assert!(fine.validate("charges[0]").is_ok());
+    }
+
+    #[test]
+    fn the_default_catalogs_api_call_overage_is_a_package_charge_with_the_contracts_figures() {
+        let catalog = crate::plan::default_catalog();
+        let starter = catalog.iter().find(|p| p.code.as_str() == "starter").unwrap();
+        assert_eq!(starter.charges, [Charge::api_call_overage(10_000)]);
+        assert!(starter.charges[0].is_api_call_overage(starter.limits.api_calls_per_month));
+        for (calls, expected) in [(10_000, "0.00"), (10_001, "0.50"), (12_000, "1.00"), (12_001, "1.50")] {
+            let amount: Decimal = starter.charges[0].lines(calls, "d").iter().map(|l| l.amount).sum();
+            assert_eq!(round_cents(amount).to_string(), expected, "{calls}");
+        }
+        let enterprise = catalog.iter().find(|p| p.code.as_str() == "enterprise").unwrap();
+        assert!(enterprise.charges.is_empty(), "unlimited calls: no overage");
     }
 }

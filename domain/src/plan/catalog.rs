@@ -117,7 +117,8 @@ pub fn default_catalog() -> Vec<Plan> {
             storage_mb: limits[4],
             api_calls_per_month: limits[5],
         },
-        charges: Vec::new(),
+        // The API-call overage, as a package charge (enterprise has no allowance, so none).
+        charges: limits[5].map(crate::billing::charges::Charge::api_call_overage).into_iter().collect(),
         features: features.iter().map(|f| (*f).to_owned()).collect(),
         rate_limit_per_minute: rate,
     };

@@ -263,7 +263,9 @@ async fn arrears(
     let allowance = plan.limits.api_calls_per_month.map(|a| a * months);
     let dates = dates(period);
     let mut lines = Vec::new();
-    let charged = |metric: &str| plan.charges.iter().any(|c| c.metric == metric);
+    // The plan's own charges; the default catalog's API-call overage is billed as built in.
+    let own: Vec<Charge> = plan.charges.iter().filter(|c| !c.is_api_call_overage(plan.limits.api_calls_per_month)).cloned().collect();
+    let charged = |metric: &str| own.iter().any(|c| c.metric == metric);
     let blocks = if charged(API_CALLS) { 0 } else { pricing::api_call_overage_blocks(usage.api_calls, allowance) };
     if blocks > 0 {
         let description = format!(
@@ -277,10 +279,10 @@ async fn arrears(
         lines.push(InvoiceLine::new(LineKind::Overage, format!("SMS, {dates}"), Decimal::from(usage.sms), pricing::sms_each()));
     }
     let mut charges: Vec<MeteredCharge> = charges_for(usage, allowance).into_iter().filter(|c| !charged(&c.metric)).collect();
-    if !plan.charges.is_empty() {
-        let metrics = plan.charges.iter().map(|c| c.metric.clone()).collect();
+    if !own.is_empty() {
+        let metrics = own.iter().map(|c| c.metric.clone()).collect();
         let metered = meter.metered(s.tenant_id.expect("started"), period, metrics).await.map_err(SubscriptionError::UsageUnavailable)?;
-        let (priced, billed) = plan_charges(&plan.charges, &metered, &dates);
+        let (priced, billed) = plan_charges(&own, &metered, &dates);
         lines.extend(priced);
         charges.extend(billed);
     }

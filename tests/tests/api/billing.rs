@@ -261,6 +261,13 @@ async fn plans_are_listed_and_new_versions_leave_existing_subscribers_alone() {
     let app = billing_app().await;
     app.set_clock("2027-06-01T00:00:00Z").await;
     let plans = app.get("/v1/plans", ADMIN_TOKEN).await.expect(200).clone();
+    // The API-call overage is published as a package charge with the contract's figures.
+    assert_eq!(
+        plans[0]["charges"],
+        json!([{"metric": "api_calls", "model": "package", "included": 10000, "package_size": 1000, "package_price": "0.50"}]),
+        "{}",
+        plans[0]
+    );
     let summary: Vec<(String, String, String, Value)> = plans
         .as_array()
         .unwrap()
