@@ -143,3 +143,18 @@ async fn auto_added_seats_grow_extra_users_and_bill_the_rest_of_the_period_on_th
     assert_eq!(lines, expected);
     assert_eq!([&february["subtotal"], &february["tax"], &february["total"]], [&json!("36.58"), &json!("3.66"), &json!("40.24")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_invitations_with_auto_added_seats_each_add_exactly_one() {
+    let app = app().await;
+    app.set_clock("2027-01-01T00:00:00Z").await;
+    let tenant = tenant(&app, "booming").await;
+    app.put("/v1/subscription/addons", &tenant.key, json!({"auto_add_seats": true})).await.expect(200);
+    let emails: Vec<String> = (0..10).map(|i| format!("hire{i}@example.com")).collect();
+    let replies = futures::future::join_all(emails.iter().map(|email| invite(&app, &tenant.key, email))).await;
+    assert!(replies.iter().all(|r| r.status.as_u16() == 201), "{:?}", replies.iter().map(|r| &r.body).collect::<Vec<_>>());
+    // 3 seats of the plan, 7 added: never more seats than members, never more members than seats.
+    let quota = app.get("/v1/quota/users", &tenant.key).await.expect(200).clone();
+    assert_eq!((quota["used"].as_i64(), quota["limit"].as_i64()), (Some(10), Some(10)));
+    assert_eq!(app.get("/v1/subscription", &tenant.key).await.expect(200)["addons"]["extra_users"], 7);
+}
