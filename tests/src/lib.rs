@@ -229,6 +229,14 @@ impl TestApp {
         }
     }
 
+    /// The invoices `token` sees (up to 100), oldest first.
+    pub async fn invoices(&self, token: &str) -> Vec<Value> {
+        let reply = self.get("/v1/invoices?limit=100", token).await;
+        let mut all: Vec<Value> = reply.expect(200)["data"].as_array().expect("a page").clone();
+        all.reverse();
+        all
+    }
+
     /// Issues a key with `role` for the tenant of `token`; returns the secret.
     pub async fn issue_key(&self, token: &str, role: &str) -> String {
         let reply = self.post("/v1/api-keys", token, json!({"role": role, "name": format!("{role} key")})).await;

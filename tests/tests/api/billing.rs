@@ -13,9 +13,7 @@ async fn billing_app() -> TestApp {
 }
 
 async fn invoices(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
-    let mut all: Vec<Value> = app.get("/v1/invoices?limit=100", &tenant.key).await.expect(200)["data"].as_array().unwrap().clone();
-    all.reverse();
-    all
+    app.invoices(&tenant.key).await
 }
 
 /// Lines as (kind, amount) and the invoice's (subtotal, tax, total).

@@ -17,9 +17,7 @@ async fn tenant(app: &TestApp, code: &str, plan: &str) -> TestTenant {
 }
 
 async fn invoices(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
-    let mut all: Vec<Value> = app.get("/v1/invoices?limit=100", &tenant.key).await.expect(200)["data"].as_array().unwrap().clone();
-    all.reverse();
-    all
+    app.invoices(&tenant.key).await
 }
 
 fn lines(invoice: &Value) -> Vec<(String, String)> {

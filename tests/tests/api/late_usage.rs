@@ -5,9 +5,7 @@ use e2e::{spawn_app_with, TestApp, TestTenant, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
 async fn invoices(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
-    let mut all: Vec<Value> = app.get("/v1/invoices?limit=100", &tenant.key).await.expect(200)["data"].as_array().unwrap().clone();
-    all.reverse();
-    all
+    app.invoices(&tenant.key).await
 }
 
 /// `(kind, amount)` of each line.

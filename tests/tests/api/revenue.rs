@@ -22,12 +22,6 @@ fn expected(lines: &[(&str, &str)], figures: [&str; 5]) -> (Vec<(String, String)
     (lines.iter().map(|(k, a)| ((*k).to_owned(), (*a).to_owned())).collect(), figures.map(str::to_owned))
 }
 
-async fn invoices(app: &TestApp, key: &str) -> Vec<Value> {
-    let mut all: Vec<Value> = app.get("/v1/invoices?limit=100", key).await.expect(200)["data"].as_array().unwrap().clone();
-    all.reverse();
-    all
-}
-
 async fn rebuild_billing(app: &TestApp) {
     let generation = |runs: &Value| {
         runs.as_array().unwrap().iter().find(|r| r["name"] == "billing").map(|r| (r["generation"].as_i64(), r["status"].clone()))
@@ -72,7 +66,7 @@ async fn seats_a_tiered_charge_a_coupon_and_credit_over_three_periods_to_the_cen
     body["trial_days"] = json!(0);
     let tenant = app.create_tenant_from(body).await;
     let key = tenant.key.clone();
-    assert_eq!(money(&invoices(&app, &key).await[0]), expected(&[("plan", "40.00")], ["40.00", "4.00", "44.00", "0.00", "44.00"]));
+    assert_eq!(money(&app.invoices(&key).await[0]), expected(&[("plan", "40.00")], ["40.00", "4.00", "44.00", "0.00", "44.00"]));
 
     app.set_clock("2027-01-02T00:00:00Z").await;
     app.post(&format!("/v1/tenants/{}/credits", tenant.id), ADMIN_TOKEN, json!({"amount": "30.00", "reason": "Welcome"})).await.expect(201);
@@ -96,7 +90,7 @@ async fn seats_a_tiered_charge_a_coupon_and_credit_over_three_periods_to_the_cen
     // Feb 1: plan, the seat in advance, 11 exports (102.00 + 8.00), the prorated seat; 10 % off
     // 157.58 = 15.76 before tax; 30.00 credit after tax.
     app.set_clock("2027-02-01T00:00:00Z").await;
-    let february = invoices(&app, &key).await[1].clone();
+    let february = app.invoices(&key).await[1].clone();
     assert_eq!(
         money(&february),
         expected(
@@ -125,7 +119,7 @@ async fn seats_a_tiered_charge_a_coupon_and_credit_over_three_periods_to_the_cen
 
     // Mar 1: 21 exports = 102.00 + 53.00 + 8.00; the coupon's second and last invoice; 11.00 credit.
     app.set_clock("2027-03-01T00:00:00Z").await;
-    let march = invoices(&app, &key).await[2].clone();
+    let march = app.invoices(&key).await[2].clone();
     assert_eq!(
         money(&march),
         expected(
@@ -135,16 +129,16 @@ async fn seats_a_tiered_charge_a_coupon_and_credit_over_three_periods_to_the_cen
     );
     // Apr 1: no usage, no coupon, no credit left.
     app.set_clock("2027-04-01T00:00:00Z").await;
-    let april = invoices(&app, &key).await[3].clone();
+    let april = app.invoices(&key).await[3].clone();
     assert_eq!(money(&april), expected(&[("plan", "40.00"), ("addon", "5.00")], ["45.00", "4.50", "49.50", "0.00", "49.50"]));
     let ledger = app.get("/v1/credits", &key).await.expect(200).clone();
     let amounts: Vec<&str> = ledger["transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_str().unwrap()).collect();
     assert_eq!((ledger["balance"].as_str(), amounts), (Some("0.00"), vec!["30.00", "-30.00", "11.00", "-11.00"]));
 
     // A rebuild of the billing projection reproduces every invoice, credit note and ledger entry.
-    let before = (invoices(&app, &key).await, ledger);
+    let before = (app.invoices(&key).await, ledger);
     rebuild_billing(&app).await;
-    let after = (invoices(&app, &key).await, app.get("/v1/credits", &key).await.expect(200).clone());
+    let after = (app.invoices(&key).await, app.get("/v1/credits", &key).await.expect(200).clone());
     assert_eq!(before, after);
     assert_eq!(after.0[1]["credit_notes"][0]["total"], "11.00");
 }
