@@ -104,6 +104,14 @@ fn split_hours(period: Period) -> Split {
     }
 }
 
+/// The billing period each tenant's last quota read counted over: a guess that spares the
+/// read of the subscription before the quota statement (which checks it, so a stale guess
+/// costs one more statement, never a wrong answer).
+static PERIODS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Uuid, Period>>> = std::sync::LazyLock::new(Default::default);
+
+/// How many tenants' periods [`PERIODS`] keeps before it starts afresh (~5 MB).
+const PERIODS_KEPT: usize = 100_000;
+
 /// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot), with the
 /// position of the tenant's last event in that snapshot (so a caller can tell whether the read
 /// models it read already held everything the tenant did). Metered API calls count over the
@@ -111,11 +119,18 @@ fn split_hours(period: Period) -> Split {
 /// allowance times the months it spans), exactly what its invoice will bill.
 pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
-    // The billing period comes from the subscription; read it first, then everything in one
-    // statement, and again if a renewal moved the period in between.
-    let current: Option<sqlx::types::Json<Subscription>> =
-        sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
-    let mut period = metered_period(current.as_ref().map(|s| &s.0), now);
+    // The billing period comes from the subscription: the one this tenant's last quota read
+    // found (kept in memory), or else read first; then everything in one statement, which
+    // checks the period and reads again if a renewal moved it in between.
+    let cached = PERIODS.lock().map(|periods| periods.get(&tenant_id).copied()).unwrap_or(None);
+    let mut period = match cached {
+        Some(period) => period,
+        None => {
+            let current: Option<sqlx::types::Json<Subscription>> =
+                sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
+            metered_period(current.as_ref().map(|s| &s.0), now)
+        }
+    };
     let (state, bookings, events, users, api_calls, storage_bytes, last) = loop {
         let (hours, minus, plus) = split_hours(period);
         let row: QuotaRow = sqlx::query_as(
@@ -151,6 +166,12 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
         }
         period = seen;
     };
+    if let Ok(mut periods) = PERIODS.lock() {
+        if periods.len() >= PERIODS_KEPT && !periods.contains_key(&tenant_id) {
+            periods.clear();
+        }
+        periods.insert(tenant_id, period);
+    }
     let months = state.as_ref().and_then(|s| s.0.billing_period).map_or(1, |p| u64::from(months_in(p)));
     let limits = limits_of(state.map(|s| s.0));
     let (bookings, events) = (bookings.unwrap_or(0).max(0) as u64, events.unwrap_or(0).max(0) as u64);
