@@ -7,8 +7,8 @@
 //! read model, which commands settle before they answer; API calls count over the billing
 //! period the next invoice bills, not the calendar month.
 
-use chrono::{DateTime, DurationRound, Utc};
-use domain::billing::period::{add_months, months_in, Period};
+use chrono::{DateTime, Utc};
+use domain::billing::period::{add_months, months_in};
 use domain::booking::month_start;
 use domain::plan::PlanLimits;
 use domain::subscription::Subscription;
@@ -37,9 +37,14 @@ pub fn limits_of(subscription: Option<Subscription>) -> PlanLimits {
         };
     };
     let mut limits = subscription.plan.map(|p| p.limits).expect("a started subscription has a plan");
-    limits.users = limits.users.map(|u| u + u64::from(subscription.addons.extra_users));
-    limits.storage_mb = limits.storage_mb.map(|s| s + 1024 * u64::from(subscription.addons.extra_storage_gb));
+    limits_with_addons(&mut limits, &subscription.addons);
     limits
+}
+
+/// A plan's limits grown by the add-ons: extra users, extra storage.
+fn limits_with_addons(limits: &mut PlanLimits, addons: &domain::subscription::Addons) {
+    limits.users = limits.users.map(|u| u + u64::from(addons.extra_users));
+    limits.storage_mb = limits.storage_mb.map(|s| s + 1024 * u64::from(addons.extra_storage_gb));
 }
 
 /// One metric's quota.
@@ -73,108 +78,81 @@ pub fn canonical_metric(name: &str) -> Option<&'static str> {
     })
 }
 
-/// The subscription's state, the bookings and event-resource counters, the billing period's
-/// API calls and the latest storage gauge.
-type QuotaRow = (Option<sqlx::types::Json<Subscription>>, Option<i64>, Option<i64>, Option<i64>, i64, Option<i64>, Option<i64>);
-
-/// The period metered usage counts in: the subscription's current billing period (the one its
-/// next invoice bills), or the calendar month without a subscription.
-fn metered_period(subscription: Option<&Subscription>, now: DateTime<Utc>) -> Period {
-    subscription
-        .and_then(Subscription::current_period)
-        .unwrap_or_else(|| Period { start: month_start(now), end: add_months(month_start(now), 1) })
-}
-
-/// How to sum `period` from the hourly totals: the hours `[from, to)` covering it from the hour
-/// it starts in, minus the facts of that first hour before its start, plus the facts of its
-/// last, partial hour: `(hours, minus, plus)`, each `[from, to)`. The facts read are those of
-/// the first hour *before* the period (the previous period's last minutes) and those of its
-/// last hour (in the future while the period runs), so a busy tenant's current hour never has
-/// to be summed fact by fact.
-type Split = ((DateTime<Utc>, DateTime<Utc>), (DateTime<Utc>, DateTime<Utc>), (DateTime<Utc>, DateTime<Utc>));
-
-fn split_hours(period: Period) -> Split {
-    let floor = |t: DateTime<Utc>| t.duration_trunc(chrono::TimeDelta::hours(1)).unwrap_or(t);
-    let (first_hour, last_hour) = (floor(period.start), floor(period.end));
-    if first_hour < last_hour {
-        ((first_hour, last_hour), (first_hour, period.start), (last_hour, period.end))
-    } else {
-        // A period within one hour: its facts.
-        ((period.start, period.start), (period.start, period.start), (period.start, period.end))
-    }
-}
-
-/// The billing period each tenant's last quota read counted over: a guess that spares the
-/// read of the subscription before the quota statement (which checks it, so a stale guess
-/// costs one more statement, never a wrong answer).
-static PERIODS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Uuid, Period>>> = std::sync::LazyLock::new(Default::default);
-
-/// How many tenants' periods [`PERIODS`] keeps before it starts afresh (~5 MB).
-const PERIODS_KEPT: usize = 100_000;
+/// The subscription's limits, add-ons and billing period, the metered period, the bookings,
+/// event-resource and seat counters, the period's API calls, the latest storage gauge and the
+/// tenant's last position.
+type QuotaRow = (
+    Option<sqlx::types::Json<PlanLimits>>,
+    Option<sqlx::types::Json<domain::subscription::Addons>>,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot), with the
 /// position of the tenant's last event in that snapshot (so a caller can tell whether the read
 /// models it read already held everything the tenant did). Metered API calls count over the
-/// subscription's current billing period against that period's allowance (the monthly
-/// allowance times the months it spans), exactly what its invoice will bill.
+/// subscription's current billing period (the read model's `current_period_start/end`, the
+/// calendar month without a subscription) against that period's allowance (the monthly
+/// allowance times the months it spans), exactly what its invoice will bill. The statement
+/// reads only the parts of the subscription's state it needs, whatever that state's size.
 pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
-    // The billing period comes from the subscription: the one this tenant's last quota read
-    // found (kept in memory), or else read first; then everything in one statement, which
-    // checks the period and reads again if a renewal moved it in between.
-    let cached = PERIODS.lock().map(|periods| periods.get(&tenant_id).copied()).unwrap_or(None);
-    let mut period = match cached {
-        Some(period) => period,
-        None => {
-            let current: Option<sqlx::types::Json<Subscription>> =
-                sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(pool).await?;
-            metered_period(current.as_ref().map(|s| &s.0), now)
-        }
+    let row: QuotaRow = sqlx::query_as(
+        "WITH s AS (
+             SELECT state -> 'plan' -> 'limits' AS limits, state -> 'addons' AS addons, state ->> 'billing_period' AS billing_period,
+                    current_period_start, current_period_end
+             FROM rm.subscriptions WHERE tenant_id = $1
+         ),
+         p AS (
+             SELECT coalesce((SELECT current_period_start FROM s), $3) AS ps, coalesce((SELECT current_period_end FROM s), $4) AS pe
+         ),
+         h AS (SELECT ps, pe, date_trunc('hour', ps, 'UTC') AS first_hour, date_trunc('hour', pe, 'UTC') AS last_hour FROM p)
+         SELECT (SELECT limits FROM s), (SELECT addons FROM s), (SELECT billing_period FROM s), h.ps, h.pe,
+                (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
+                (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
+                (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'users' AND period_start = 'epoch'),
+                -- The period from the hourly totals of the hours covering it (at most 744 rows a
+                -- month however many calls), minus the facts of its first hour before its start,
+                -- plus those of its last hour (a period within one hour: its own facts).
+                (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
+                 WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= h.first_hour AND hour < h.last_hour)
+                - (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
+                   WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= h.first_hour AND occurred_at < h.ps)
+                + (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
+                   WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= h.last_hour AND occurred_at < h.pe),
+                (SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes'
+                 ORDER BY occurred_at DESC, position DESC LIMIT 1),
+                (SELECT max(position) FROM events WHERE tenant_id = $1)
+         FROM h",
+    )
+    .bind(tenant_id)
+    .bind(month)
+    .bind(month)
+    .bind(next_month)
+    .fetch_one(pool)
+    .await?;
+    let (limits, addons, billing_period, period_start, period_end, bookings, events, users, api_calls, storage_bytes, last) = row;
+    let months = match billing_period.as_deref() {
+        Some("yearly") => u64::from(months_in(domain::plan::BillingPeriod::Yearly)),
+        _ => 1,
     };
-    let (state, bookings, events, users, api_calls, storage_bytes, last) = loop {
-        let (hours, minus, plus) = split_hours(period);
-        let row: QuotaRow = sqlx::query_as(
-            "SELECT (SELECT state FROM rm.subscriptions WHERE tenant_id = $1),
-                    (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
-                    (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
-                    (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'users' AND period_start = 'epoch'),
-                    -- The period from the hourly totals (at most 744 rows a month however many
-                    -- calls), corrected at its two ends from the facts (see `split_hours`).
-                    (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
-                     WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= $3 AND hour < $4)
-                    - (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
-                       WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= $5 AND occurred_at < $6)
-                    + (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
-                       WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= $7 AND occurred_at < $8),
-                    (SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes'
-                     ORDER BY occurred_at DESC, position DESC LIMIT 1),
-                    (SELECT max(position) FROM events WHERE tenant_id = $1)",
-        )
-        .bind(tenant_id)
-        .bind(month)
-        .bind(hours.0)
-        .bind(hours.1)
-        .bind(minus.0)
-        .bind(minus.1)
-        .bind(plus.0)
-        .bind(plus.1)
-        .fetch_one(pool)
-        .await?;
-        let seen = metered_period(row.0.as_ref().map(|s| &s.0), now);
-        if seen == period {
-            break row;
+    let limits = match (limits, addons) {
+        (Some(sqlx::types::Json(mut limits)), addons) => {
+            let addons: domain::subscription::Addons = addons.map(|a| a.0).unwrap_or_default();
+            limits_with_addons(&mut limits, &addons);
+            limits
         }
-        period = seen;
+        (None, _) => limits_of(None),
     };
-    if let Ok(mut periods) = PERIODS.lock() {
-        if periods.len() >= PERIODS_KEPT && !periods.contains_key(&tenant_id) {
-            periods.clear();
-        }
-        periods.insert(tenant_id, period);
-    }
-    let months = state.as_ref().and_then(|s| s.0.billing_period).map_or(1, |p| u64::from(months_in(p)));
-    let limits = limits_of(state.map(|s| s.0));
-    let (bookings, events) = (bookings.unwrap_or(0).max(0) as u64, events.unwrap_or(0).max(0) as u64);
+    let (bookings, events, users) =
+        (bookings.unwrap_or(0).max(0) as u64, events.unwrap_or(0).max(0) as u64, users.unwrap_or(0).max(0) as u64);
     let line = |metric, limit: Option<u64>, used: u64, enforcement, period: Option<(DateTime<Utc>, DateTime<Utc>)>| QuotaLine {
         metric,
         limit,
@@ -187,14 +165,14 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
     let lines = vec![
         line("bookings_per_month", limits.bookings_per_month, bookings, "hard", Some((month, next_month))),
         line("events", limits.events, events, "hard", None),
-        line("users", limits.users, users.unwrap_or(0).max(0) as u64, "hard", None),
+        line("users", limits.users, users, "hard", None),
         line("storage_mb", limits.storage_mb, (storage_bytes.unwrap_or(0).max(0) as u64).div_ceil(1024 * 1024), "metered", None),
         line(
             "api_calls_per_month",
             limits.api_calls_per_month.map(|per_month| per_month * months),
             api_calls.max(0) as u64,
             "metered",
-            Some((period.start, period.end)),
+            Some((period_start, period_end)),
         ),
     ];
     Ok((lines, last.unwrap_or(0)))
