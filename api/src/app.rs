@@ -193,6 +193,23 @@ impl AppState {
         }
     }
 
+    /// Runs `command` on subscription `id` (bringing its tenant's status in line) on a task of
+    /// its own, then waits until every read model includes it and what it caused.
+    pub async fn subscription_command(
+        &self,
+        id: Uuid,
+        command: domain::subscription::SubscriptionCommand,
+        context: commands::CommandContext,
+    ) -> Result<commands::Committed<domain::subscription::Subscription>, ApiError> {
+        let app = self.clone();
+        self.detach(async move {
+            let committed = app.accounts().subscription_command(id, command, &context).await?;
+            app.settle_all().await;
+            Ok(committed)
+        })
+        .await
+    }
+
     /// Runs `work` to completion on its own task, so that a client hanging up cannot cancel
     /// it between the commit and what must follow it (read-model settling, idempotency records).
     pub async fn detach<T: Send + 'static>(&self, work: impl Future<Output = Result<T, ApiError>> + Send + 'static) -> Result<T, ApiError> {

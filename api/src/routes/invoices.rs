@@ -367,14 +367,7 @@ async fn void(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -
     let (subscription_id, tenant_id) = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
     let context = state.context(Some(tenant_id), commands::Actor::Admin);
     let command = domain::subscription::SubscriptionCommand::VoidInvoice { invoice_id: id, at: context.at };
-    let app = state.clone();
-    state
-        .detach(async move {
-            app.accounts().subscription_command(subscription_id, command, &context).await?;
-            app.settle_all().await;
-            Ok(())
-        })
-        .await?;
+    state.subscription_command(subscription_id, command, context).await?;
     answer(&state, id, None).await
 }
 

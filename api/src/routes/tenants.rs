@@ -410,14 +410,7 @@ async fn update(
     let subscription = subscription.ok_or_else(|| ApiError::not_found("tenant"))?;
     let context = state.context(Some(id), caller.actor());
     let command = domain::subscription::SubscriptionCommand::SetNetTerms { net_terms_days, at: context.at };
-    let app = state.clone();
-    state
-        .detach(async move {
-            let committed = app.accounts().subscription_command(subscription, command, &context).await?;
-            app.settle(&subscription.to_string(), &committed).await;
-            Ok(())
-        })
-        .await?;
+    state.subscription_command(subscription, command, context).await?;
     Ok(Json(load(&state, id).await?))
 }
 

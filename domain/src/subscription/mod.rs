@@ -20,7 +20,6 @@ mod rules;
 pub use commands::{PaymentOutcome, StartSubscription, SubscriptionCommand};
 pub use error::SubscriptionError;
 pub use events::SubscriptionEvent;
-pub use rules::MAX_CREDIT;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -445,7 +445,7 @@ pub(crate) fn credit_to_apply(total: Decimal, available: Decimal) -> Decimal {
 }
 
 /// The largest single credit grant or credit note.
-pub const MAX_CREDIT: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+const MAX_CREDIT: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 
 /// `amount` as money: positive, at most two decimals, at most [`MAX_CREDIT`].
 fn credit_amount(amount: Decimal) -> Result<Decimal, SubscriptionError> {
