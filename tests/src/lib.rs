@@ -229,6 +229,16 @@ impl TestApp {
         }
     }
 
+    /// Signs up `code` on `plan` without a trial (its first invoice is issued at once) at a tax
+    /// rate of 10 %, round figures for asserting invoices to the cent.
+    pub async fn create_billed_tenant(&self, code: &str, plan: &str) -> TestTenant {
+        let mut body = Self::tenant_body(code);
+        body["tax_rate"] = serde_json::json!("10");
+        body["trial_days"] = serde_json::json!(0);
+        body["plan"] = serde_json::json!(plan);
+        self.create_tenant_from(body).await
+    }
+
     /// The invoices `token` sees (up to 100), oldest first.
     pub async fn invoices(&self, token: &str) -> Vec<Value> {
         let reply = self.get("/v1/invoices?limit=100", token).await;

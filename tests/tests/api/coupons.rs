@@ -9,11 +9,7 @@ async fn app() -> TestApp {
 }
 
 async fn tenant(app: &TestApp, code: &str, plan: &str) -> TestTenant {
-    let mut body = TestApp::tenant_body(code);
-    body["tax_rate"] = json!("10");
-    body["trial_days"] = json!(0);
-    body["plan"] = json!(plan);
-    app.create_tenant_from(body).await
+    app.create_billed_tenant(code, plan).await
 }
 
 async fn invoices(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {

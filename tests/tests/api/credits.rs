@@ -14,10 +14,7 @@ async fn app() -> TestApp {
 
 /// A tenant on starter with 10 % tax and no trial: invoice 1 (29.00 + 2.90) is issued at once.
 async fn tenant(app: &TestApp, code: &str) -> TestTenant {
-    let mut body = TestApp::tenant_body(code);
-    body["tax_rate"] = json!("10");
-    body["trial_days"] = json!(0);
-    app.create_tenant_from(body).await
+    app.create_billed_tenant(code, "starter").await
 }
 
 async fn invoices(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {

@@ -9,10 +9,7 @@ async fn app() -> TestApp {
 }
 
 async fn tenant(app: &TestApp, code: &str) -> TestTenant {
-    let mut body = TestApp::tenant_body(code);
-    body["tax_rate"] = json!("10");
-    body["trial_days"] = json!(0);
-    app.create_tenant_from(body).await
+    app.create_billed_tenant(code, "starter").await
 }
 
 async fn invite(app: &TestApp, token: &str, email: &str) -> e2e::Reply {
