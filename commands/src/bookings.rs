@@ -13,8 +13,16 @@ use crate::vault::Vault;
 use crate::{quota, AggregateStore, CommandContext, CommandError, Committed};
 
 /// What a booking needs to know besides the request: the resource's kind and capacity, the
-/// subscription (its plan's limits), whether the tenant has a personal-data key row, and the key.
-type BookingContext = (String, i32, Option<sqlx::types::Json<domain::subscription::Subscription>>, bool, Option<Vec<u8>>);
+/// subscription's plan limits and add-ons, whether the tenant has a personal-data key row, and
+/// the key.
+type BookingContext = (
+    String,
+    i32,
+    Option<sqlx::types::Json<domain::plan::PlanLimits>>,
+    Option<sqlx::types::Json<domain::subscription::Addons>>,
+    bool,
+    Option<Vec<u8>>,
+);
 
 /// The booking command service.
 pub struct Bookings {
@@ -79,22 +87,19 @@ impl Bookings {
         context: &CommandContext,
     ) -> Result<(Uuid, Committed<Booking>), CommandError<BookingError>> {
         let internal = |e: sqlx::Error| CommandError::Internal(e.to_string());
-        // The resource, the plan's limits and the tenant's personal-data key in one read.
-        let resource: Option<BookingContext> = sqlx::query_as(
-            "SELECT r.kind, r.capacity, (SELECT state FROM rm.subscriptions WHERE tenant_id = $2),
-                    EXISTS (SELECT 1 FROM personal_data_keys WHERE tenant_id = $2),
-                    (SELECT key FROM personal_data_keys WHERE tenant_id = $2)
-             FROM rm.resources r WHERE r.id = $1 AND r.tenant_id = $2",
-        )
-        .bind(request.resource_id)
-        .bind(tenant_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(internal)?;
+        // The resource, the plan's limits and the tenant's personal-data key in one read
+        // (`booking_context`, `migrations/0012_generic_plans.sql`: planned once per connection).
+        let resource: Option<BookingContext> =
+            sqlx::query_as("SELECT kind, capacity, limits, addons, has_key_row, key FROM booking_context($1, $2)")
+                .bind(request.resource_id)
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(internal)?;
         // Another tenant's resource is, for this tenant, no resource at all.
-        let (kind, capacity, subscription, has_key_row, key) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
+        let (kind, capacity, limits, addons, has_key_row, key) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
         let kind = ResourceKind::parse(&kind).map_err(|e| CommandError::Internal(e.to_string()))?;
-        let limits = quota::limits_of(subscription.map(|s| s.0));
+        let limits = quota::limits_from(limits.map(|l| l.0), addons.map(|a| a.0));
         let key = self
             .vault
             .key_for_writing_from(tenant_id, has_key_row.then_some(key))

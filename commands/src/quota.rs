@@ -41,6 +41,18 @@ pub fn limits_of(subscription: Option<Subscription>) -> PlanLimits {
     limits
 }
 
+/// The limits a subscription's plan limits and add-ons (as its read model's state holds them)
+/// grant; none (no subscription): every limit is 0.
+pub fn limits_from(limits: Option<PlanLimits>, addons: Option<domain::subscription::Addons>) -> PlanLimits {
+    match limits {
+        Some(mut limits) => {
+            limits_with_addons(&mut limits, &addons.unwrap_or_default());
+            limits
+        }
+        None => limits_of(None),
+    }
+}
+
 /// A plan's limits grown by the add-ons: extra users, extra storage.
 fn limits_with_addons(limits: &mut PlanLimits, addons: &domain::subscription::Addons) {
     limits.users = limits.users.map(|u| u + u64::from(addons.extra_users));
@@ -101,39 +113,15 @@ type QuotaRow = (
 /// subscription's current billing period (the read model's `current_period_start/end`, the
 /// calendar month without a subscription) against that period's allowance (the monthly
 /// allowance times the months it spans), exactly what its invoice will bill. The statement
-/// reads only the parts of the subscription's state it needs, whatever that state's size.
+/// (`quota_snapshot`, `migrations/0012_generic_plans.sql`: planned once per connection) reads
+/// only the parts of the subscription's state it needs, whatever that state's size.
 pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
     let row: QuotaRow = sqlx::query_as(
-        "WITH s AS (
-             SELECT state -> 'plan' -> 'limits' AS limits, state -> 'addons' AS addons, state ->> 'billing_period' AS billing_period,
-                    current_period_start, current_period_end
-             FROM rm.subscriptions WHERE tenant_id = $1
-         ),
-         p AS (
-             SELECT coalesce((SELECT current_period_start FROM s), $3) AS ps, coalesce((SELECT current_period_end FROM s), $4) AS pe
-         ),
-         h AS (SELECT ps, pe, date_trunc('hour', ps, 'UTC') AS first_hour, date_trunc('hour', pe, 'UTC') AS last_hour FROM p)
-         SELECT (SELECT limits FROM s), (SELECT addons FROM s), (SELECT billing_period FROM s), h.ps, h.pe,
-                (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'bookings_per_month' AND period_start = $2),
-                (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'events' AND period_start = 'epoch'),
-                (SELECT used FROM quota_counters WHERE tenant_id = $1 AND metric = 'users' AND period_start = 'epoch'),
-                -- The period from the hourly totals of the hours covering it (at most 744 rows a
-                -- month however many calls), minus the facts of its first hour before its start,
-                -- plus those of its last hour (a period within one hour: its own facts).
-                (SELECT coalesce(sum(total), 0)::bigint FROM rm.usage_hourly
-                 WHERE tenant_id = $1 AND metric = 'api_calls' AND hour >= h.first_hour AND hour < h.last_hour)
-                - (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
-                   WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= h.first_hour AND occurred_at < h.ps)
-                + (SELECT coalesce(sum(quantity), 0)::bigint FROM rm.usage_records
-                   WHERE tenant_id = $1 AND metric = 'api_calls' AND occurred_at >= h.last_hour AND occurred_at < h.pe),
-                (SELECT quantity FROM rm.usage_records WHERE tenant_id = $1 AND metric = 'storage_bytes'
-                 ORDER BY occurred_at DESC, position DESC LIMIT 1),
-                (SELECT max(position) FROM events WHERE tenant_id = $1)
-         FROM h",
+        "SELECT limits, addons, billing_period, period_start, period_end, bookings, events, users, api_calls, storage_bytes, last_position
+         FROM quota_snapshot($1, $2, $3)",
     )
     .bind(tenant_id)
-    .bind(month)
     .bind(month)
     .bind(next_month)
     .fetch_one(pool)
@@ -143,14 +131,7 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
         Some("yearly") => u64::from(months_in(domain::plan::BillingPeriod::Yearly)),
         _ => 1,
     };
-    let limits = match (limits, addons) {
-        (Some(sqlx::types::Json(mut limits)), addons) => {
-            let addons: domain::subscription::Addons = addons.map(|a| a.0).unwrap_or_default();
-            limits_with_addons(&mut limits, &addons);
-            limits
-        }
-        (None, _) => limits_of(None),
-    };
+    let limits = limits_from(limits.map(|l| l.0), addons.map(|a| a.0));
     let (bookings, events, users) =
         (bookings.unwrap_or(0).max(0) as u64, events.unwrap_or(0).max(0) as u64, users.unwrap_or(0).max(0) as u64);
     let line = |metric, limit: Option<u64>, used: u64, enforcement, period: Option<(DateTime<Utc>, DateTime<Utc>)>| QuotaLine {
