@@ -6,7 +6,8 @@
 //! default 1,000,000), `BENCH_SAMPLES` (sequential requests per flat-cost phase, default 300),
 //! `BENCH_TENANTS` (default 16), `BENCH_REVENUE_TENANTS` (default 10,000), `BENCH_KEEP_DB` (set: keep
 //! the database for a look afterwards), `BENCH_APPEND_WRITERS` (the server's group-commit writers,
-//! default: the server's default).
+//! default: the server's default), `BENCH_SSLMODE` (the `sslmode` of the server's and pgbench's
+//! connections, default `disable`; `prefer` runs both over TLS).
 //!
 //! The server runs as a child process (this executable re-run as the server, the same
 //! `api::Application` that `saas-ledger serve` runs) on a fresh database, so its peak RSS is its
@@ -518,7 +519,9 @@ async fn run() {
     let samples: usize = env("BENCH_SAMPLES", "300").parse().expect("BENCH_SAMPLES");
     let tenants_n: usize = env("BENCH_TENANTS", "16").parse().expect("BENCH_TENANTS");
     let db = format!("sl_bench_{}", uuid::Uuid::new_v4().simple());
-    let url = format!("{}/{db}", e2e::server_url());
+    // TLS or not, the same for the server and pgbench (like with like): off by default, as a
+    // deployment on a trusted local network would run it (see the README).
+    let url = format!("{}/{db}?sslmode={}", e2e::server_url(), env("BENCH_SSLMODE", "disable"));
     let started = Instant::now();
     let server = Server::start(&url);
     eprintln!("server at {} (pid {}), database {db}", server.address, server.child.id());
