@@ -16,7 +16,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most events one flush writes.
@@ -148,6 +149,10 @@ async fn flusher(
     in_flight: Arc<InFlight>,
     on_head: HeadHook,
 ) {
+    // Each flusher keeps its own connection between flushes: taking one from the pool and
+    // giving it back costs a round trip each (sqlx pings on release), and every round trip a
+    // flush waits for lengthens the chain of flushes behind the log head's lock.
+    let mut connection: Option<Held> = None;
     loop {
         let batch = {
             let mut receiver = receiver.lock().await;
@@ -182,13 +187,14 @@ async fn flusher(
             }
             batch
         };
-        flush(&pool, batch, &on_head).await;
+        flush(&pool, &mut connection, batch, &on_head).await;
         in_flight.finish();
     }
 }
 
-/// Writes `batch` in one statement and answers each request.
-async fn flush(pool: &PgPool, mut batch: Vec<Request>, on_head: &HeadHook) {
+/// Writes `batch` in one statement on `connection` (taken from `pool` if there is none; dropped,
+/// so that the next flush takes a fresh one, if the statement failed) and answers each request.
+async fn flush(pool: &PgPool, connection: &mut Option<Held>, mut batch: Vec<Request>, on_head: &HeadHook) {
     let started = Instant::now();
     let mut columns = Columns::default();
     // A second command on a stream at a sequence already taken in this batch cannot win:
@@ -213,21 +219,7 @@ async fn flush(pool: &PgPool, mut batch: Vec<Request>, on_head: &HeadHook) {
         }
         answers.push(mine);
     }
-    let rows: Result<Vec<AnswerRow>, sqlx::Error> = if commands == 0 {
-        Ok(Vec::new())
-    } else {
-        sqlx::query_as("SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(&columns.aggregate_type)
-            .bind(&columns.aggregate_id)
-            .bind(&columns.sequence)
-            .bind(&columns.event_type)
-            .bind(&columns.event_version)
-            .bind(&columns.payload)
-            .bind(&columns.metadata)
-            .bind(&columns.group)
-            .fetch_all(pool)
-            .await
-    };
+    let rows: Result<Vec<AnswerRow>, sqlx::Error> = if commands == 0 { Ok(Vec::new()) } else { write(pool, connection, &columns).await };
     let rows = match rows {
         Ok(rows) => rows,
         Err(error) => {
@@ -273,6 +265,48 @@ async fn flush(pool: &PgPool, mut batch: Vec<Request>, on_head: &HeadHook) {
             .collect();
         let _ = request.reply.send(Ok(answers));
     }
+}
+
+/// A flusher's connection and when it was last used.
+type Held = (PoolConnection<Postgres>, Instant);
+
+/// A held connection idle this long is pinged before its next flush (Postgres may have
+/// restarted meanwhile), as the pool does with the connections it hands out.
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `append_events` for `columns` on the flusher's connection.
+async fn write(pool: &PgPool, connection: &mut Option<Held>, columns: &Columns) -> Result<Vec<AnswerRow>, sqlx::Error> {
+    if let Some((conn, used)) = connection {
+        if used.elapsed() >= PING_AFTER_IDLE && sqlx::Connection::ping(&mut **conn).await.is_err() {
+            if let Some((mut conn, _)) = connection.take() {
+                conn.close_on_drop();
+            }
+        }
+    }
+    let (conn, used) = match connection {
+        Some(held) => held,
+        None => connection.insert((pool.acquire().await?, Instant::now())),
+    };
+    let rows =
+        sqlx::query_as("SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&columns.aggregate_type)
+            .bind(&columns.aggregate_id)
+            .bind(&columns.sequence)
+            .bind(&columns.event_type)
+            .bind(&columns.event_version)
+            .bind(&columns.payload)
+            .bind(&columns.metadata)
+            .bind(&columns.group)
+            .fetch_all(&mut **conn)
+            .await;
+    *used = Instant::now();
+    if rows.is_err() {
+        // Whatever went wrong (a lost connection, a timeout), the next flush starts afresh.
+        if let Some((mut conn, _)) = connection.take() {
+            conn.close_on_drop();
+        }
+    }
+    rows
 }
 
 /// One row of `append_events`: group, last position, SQLSTATE, message, detail.
