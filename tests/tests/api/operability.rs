@@ -158,3 +158,41 @@ async fn metrics_count_requests_commands_events_and_report_projection_lag() {
     assert!(has(r#"saas_ledger_projection_lag{projection="usage""#), "{text}");
     assert!(has(r#"saas_ledger_projection_position{projection="tenants""#), "{text}");
 }
+
+/// The server pings a pooled connection only when it sat idle for a second (not before every
+/// statement), and the writer keeps its connections between appends: connections that Postgres
+/// ended while they were idle (a restart, an operator's `pg_terminate_backend`) are replaced
+/// before they are used, so the next requests are answered as usual, not with 500s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_ended_while_idle_are_replaced_before_requests_use_them() {
+    use sqlx::Connection;
+    let app = spawn_app().await;
+    let tenant = app.create_tenant("cut-clinic").await;
+    let room = app.create_resource(&tenant.key, "room", 1).await;
+    app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 2, "idempotency_key": "before"})).await.expect(202);
+
+    // End every session of the server on its database, from a connection of our own.
+    let url = format!("{}/{}", e2e::server_url(), app.db_name);
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                               WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(ended >= 2, "the writer's and the pool's sessions were ended ({ended})");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+
+    // Commands (through the writer) and reads (through the pool) are answered.
+    for i in 0..5 {
+        app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("after-{i}")}))
+            .await
+            .expect(202);
+    }
+    let booking = json!({"resource_id": room, "starts_at": "2031-05-01T09:00:00Z", "ends_at": "2031-05-01T10:00:00Z",
+                         "customer": {"name": "Ada", "email": "ada@example.com"}});
+    app.post("/v1/bookings", &tenant.key, booking).await.expect(201);
+    let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
+    assert_eq!(quota.expect(200)["used"], 7, "{}", quota.body);
+}
