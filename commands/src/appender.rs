@@ -270,14 +270,11 @@ async fn flush(pool: &PgPool, connection: &mut Option<Held>, mut batch: Vec<Requ
 /// A flusher's connection and when it was last used.
 type Held = (PoolConnection<Postgres>, Instant);
 
-/// A held connection idle this long is pinged before its next flush (Postgres may have
-/// restarted meanwhile), as the pool does with the connections it hands out.
-const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Runs `append_events` for `columns` on the flusher's connection.
 async fn write(pool: &PgPool, connection: &mut Option<Held>, columns: &Columns) -> Result<Vec<AnswerRow>, sqlx::Error> {
     if let Some((conn, used)) = connection {
-        if used.elapsed() >= PING_AFTER_IDLE && sqlx::Connection::ping(&mut **conn).await.is_err() {
+        // Idle a while: Postgres may have ended it meanwhile (as the pool checks its own).
+        if used.elapsed() >= crate::db::PING_AFTER_IDLE && sqlx::Connection::ping(&mut **conn).await.is_err() {
             if let Some((mut conn, _)) = connection.take() {
                 conn.close_on_drop();
             }

@@ -54,8 +54,9 @@ pub async fn connect_as(url: &str, max_connections: u32, application_name: &str)
         .await
 }
 
-/// How long a pooled connection may sit idle before it is checked with a ping on its next use.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// How long a pooled connection may sit idle before it is checked with a ping on its next use
+/// (the writer's flushers hold theirs to the same rule).
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Creates the database named in `url` unless it exists (safe when several processes race).
 pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
