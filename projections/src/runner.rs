@@ -100,6 +100,11 @@ pub trait Projection: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// How many positions one batch of this projection covers at most, if not the runner's
+    /// default (2,000; 5,000 for a projection of some aggregate types).
+    fn batch_span(&self) -> Option<i64> {
+        None
+    }
     /// Indexes that reads need and applying does not (`CREATE [UNIQUE] INDEX IF NOT EXISTS ..`,
     /// `{schema}` standing for the run's schema). A run fills its tables without them and
     /// creates them once it has caught up, just before it is swapped in: a table loaded first
@@ -382,7 +387,7 @@ impl Projections {
             return Ok(Batch::Gone);
         };
         let types = projection.aggregate_types();
-        let span = if types.is_some() { FILTERED_BATCH } else { BATCH };
+        let span = projection.batch_span().unwrap_or(if types.is_some() { FILTERED_BATCH } else { BATCH });
         let last = head.min(position + span).min(stop_before.map_or(i64::MAX, |p| p - 1));
         if last <= position {
             tx.commit().await.map_err(|e| fail(e.into()))?;
