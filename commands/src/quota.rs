@@ -26,7 +26,16 @@ pub async fn effective_limits(pool: &PgPool, tenant_id: Uuid) -> Result<PlanLimi
 
 /// The limits a subscription (in its read model's state) grants.
 pub fn limits_of(subscription: Option<Subscription>) -> PlanLimits {
-    let Some(subscription) = subscription else {
+    match subscription {
+        Some(s) => limits_from(Some(s.plan.map(|p| p.limits).expect("a started subscription has a plan")), Some(s.addons)),
+        None => limits_from(None, None),
+    }
+}
+
+/// The limits a subscription's plan limits and add-ons (as its read model's state holds them)
+/// grant; none (no subscription): every limit is 0.
+pub fn limits_from(limits: Option<PlanLimits>, addons: Option<domain::subscription::Addons>) -> PlanLimits {
+    let Some(mut limits) = limits else {
         return PlanLimits {
             users: Some(0),
             bookings_per_month: Some(0),
@@ -36,21 +45,8 @@ pub fn limits_of(subscription: Option<Subscription>) -> PlanLimits {
             api_calls_per_month: Some(0),
         };
     };
-    let mut limits = subscription.plan.map(|p| p.limits).expect("a started subscription has a plan");
-    limits_with_addons(&mut limits, &subscription.addons);
+    limits_with_addons(&mut limits, &addons.unwrap_or_default());
     limits
-}
-
-/// The limits a subscription's plan limits and add-ons (as its read model's state holds them)
-/// grant; none (no subscription): every limit is 0.
-pub fn limits_from(limits: Option<PlanLimits>, addons: Option<domain::subscription::Addons>) -> PlanLimits {
-    match limits {
-        Some(mut limits) => {
-            limits_with_addons(&mut limits, &addons.unwrap_or_default());
-            limits
-        }
-        None => limits_of(None),
-    }
 }
 
 /// A plan's limits grown by the add-ons: extra users, extra storage.
