@@ -40,6 +40,10 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+/// The server's allocator (`api/src/main.rs`): this process runs the server too.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const ADMIN: &str = e2e::ADMIN_TOKEN;
 
 fn env(name: &str, default: &str) -> String {
