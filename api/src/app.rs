@@ -64,6 +64,7 @@ struct Inner {
     log: EventLog,
     keys: crate::auth::KeyCache,
     rate_limits: crate::rate_limit::RateLimits,
+    sealer: projections::webhooks::Sealer,
 }
 
 impl AppState {
@@ -95,6 +96,16 @@ impl AppState {
     /// The hand-moved clock, when `SAAS_LEDGER_TEST_CLOCK=1`.
     pub fn manual_clock(&self) -> Option<&ManualClock> {
         self.0.manual_clock.as_deref()
+    }
+
+    /// Seals and opens webhook endpoints' signing secrets.
+    pub fn sealer(&self) -> &projections::webhooks::Sealer {
+        &self.0.sealer
+    }
+
+    /// The non-public webhook targets allowed.
+    pub fn webhook_allow(&self) -> &projections::webhooks::AllowList {
+        &self.0.config.webhook_allow_hosts
     }
 
     /// Tenant commands.
@@ -365,6 +376,7 @@ impl Application {
                 (stored, generated)
             }
         };
+        let sealer = projections::webhooks::Sealer::new(&crate::config::sealing_key(&config)?);
         let listener = TcpListener::bind(&config.bind).await?;
         let config_rate_limit_instances = config.rate_limit_instances;
         let state = AppState(Arc::new(Inner {
@@ -383,6 +395,7 @@ impl Application {
             projections,
             keys,
             rate_limits: crate::rate_limit::RateLimits::new(config_rate_limit_instances),
+            sealer,
         }));
         let seed = state.context(None, Actor::System("catalog"));
         state.accounts().plans().seed_defaults(&seed).await.map_err(|e| e.to_string())?;
@@ -397,6 +410,14 @@ impl Application {
             tracing::info!(url = %relay.url, stream = %relay.stream, "relaying the event log to NATS JetStream");
             background.push(tokio::spawn(projections::relay::Relay::new(state.pool().clone(), relay).run(shutdown.clone())));
         }
+        let clock = state.clone();
+        let webhooks = projections::webhooks::Webhooks::new(
+            state.pool().clone(),
+            Arc::new(move || clock.now()),
+            state.config().webhook_allow_hosts.clone(),
+            state.sealer().clone(),
+        );
+        background.push(tokio::spawn(webhooks.run(shutdown.clone())));
         crate::metrics::handle();
         let router = router(state.clone());
         Ok(Self { listener, router, state, shutdown, background, generated_admin_token })

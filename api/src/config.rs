@@ -62,6 +62,15 @@ pub struct ServeArgs {
     /// The relay's first subject token.
     #[arg(long, env = "SAAS_LEDGER_NATS_SUBJECT_PREFIX", default_value = "saas-ledger")]
     pub nats_subject_prefix: String,
+
+    /// `host:port` pairs (comma-separated) that webhook endpoints may target although they
+    /// are not public (loopback, private, link-local), and over `http://`.
+    #[arg(long, env = "SAAS_LEDGER_WEBHOOK_ALLOW_HOSTS", default_value = "")]
+    pub webhook_allow_hosts: String,
+    /// The file holding the key that seals webhook signing secrets, created on first start
+    /// when `SAAS_LEDGER_SEALING_KEY` is not set.
+    #[arg(long, env = "SAAS_LEDGER_SEALING_KEY_FILE", default_value = "saas-ledger-sealing.key")]
+    pub sealing_key_file: std::path::PathBuf,
 }
 
 /// Everything the application needs, resolved.
@@ -93,6 +102,13 @@ pub struct Config {
     pub auth_cache: Duration,
     /// Instances that share a key's requests (each enforces its share of the rate limit).
     pub rate_limit_instances: u32,
+    /// Non-public `host:port` targets webhook endpoints may use.
+    pub webhook_allow_hosts: projections::webhooks::AllowList,
+    /// The key sealing webhook secrets (`SAAS_LEDGER_SEALING_KEY`, 64 hex digits), or `None`
+    /// for the one in `sealing_key_file`.
+    pub sealing_key: Option<String>,
+    /// Where the sealing key is kept when `sealing_key` is `None` (created if missing).
+    pub sealing_key_file: std::path::PathBuf,
 }
 
 impl Config {
@@ -112,6 +128,9 @@ impl Config {
             append_writers: args.append_writers.clamp(1, 8),
             auth_cache: Duration::from_millis(args.auth_cache_ms.min(60_000)),
             rate_limit_instances: args.rate_limit_instances.max(1),
+            webhook_allow_hosts: projections::webhooks::AllowList::parse(&args.webhook_allow_hosts),
+            sealing_key: env("SAAS_LEDGER_SEALING_KEY"),
+            sealing_key_file: args.sealing_key_file,
             relay: args.nats_url.as_deref().map(|url| projections::relay::RelayConfig {
                 stream: args.nats_stream.clone(),
                 subject_prefix: args.nats_subject_prefix.clone(),
@@ -136,6 +155,47 @@ impl Config {
             append_writers: 2,
             auth_cache: Duration::from_secs(1),
             rate_limit_instances: 1,
+            webhook_allow_hosts: projections::webhooks::AllowList::default(),
+            sealing_key: None,
+            sealing_key_file: std::path::PathBuf::from("saas-ledger-sealing.key"),
         }
+    }
+}
+
+/// The webhook sealing key: `config.sealing_key` (64 hex digits), or the one in
+/// `config.sealing_key_file`, created there (readable by its owner only) on first start.
+pub fn sealing_key(config: &Config) -> Result<[u8; 32], String> {
+    let parse = |text: &str, from: &str| -> Result<[u8; 32], String> {
+        let bytes = hex::decode(text.trim()).map_err(|_| format!("{from} must hold 64 hex digits"))?;
+        bytes.try_into().map_err(|_| format!("{from} must hold 64 hex digits (32 bytes)"))
+    };
+    if let Some(key) = &config.sealing_key {
+        return parse(key, "SAAS_LEDGER_SEALING_KEY");
+    }
+    let path = &config.sealing_key_file;
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => return parse(&text, &shown),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("cannot read {shown}: {e}")),
+        Err(_) => {}
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, hex::encode(key).as_bytes()).map_err(|e| format!("cannot write {shown}: {e}"))?;
+            tracing::warn!(file = %shown, "created the key that seals webhook secrets: keep it with the database's backups, apart from them");
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            parse(&std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?, &shown)
+        }
+        Err(e) => Err(format!("cannot create {shown}: {e}")),
     }
 }

@@ -104,6 +104,7 @@ pub fn document() -> &'static Document {
             routes::members::Docs::openapi(),
             routes::usage::Docs::openapi(),
             routes::webhooks::Docs::openapi(),
+            routes::webhook_endpoints::Docs::openapi(),
             routes::resources::Docs::openapi(),
             routes::bookings::Docs::openapi(),
             routes::quota::Docs::openapi(),

@@ -18,6 +18,7 @@ pub mod runner;
 pub mod sequencer;
 pub mod tenants;
 pub mod usage;
+pub mod webhooks;
 
 pub use log::{EventLog, StoredEvent};
 pub use runner::{Projection, ProjectionError, Projections, RunInfo};

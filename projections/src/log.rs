@@ -96,7 +96,8 @@ impl StoredEvent {
 static UPCASTERS: std::sync::LazyLock<Vec<Box<dyn cqrs_es::persist::EventUpcaster>>> =
     std::sync::LazyLock::new(domain::upcasting::upcasters);
 
-const COLUMNS: &str =
+/// The columns a [`StoredEvent`] is read from.
+pub const COLUMNS: &str =
     "position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
 /// Reads the log.

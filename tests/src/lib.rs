@@ -56,6 +56,24 @@ pub async fn spawn_instance_of(app: &TestApp) -> TestApp {
     spawn_on(app.db_name.clone(), false, |_| {}).await
 }
 
+/// [`spawn_instance_of`] with the configuration adjusted by `tweak`.
+pub async fn spawn_instance_with(app: &TestApp, tweak: impl FnOnce(&mut api::Config)) -> TestApp {
+    spawn_on(app.db_name.clone(), false, tweak).await
+}
+
+impl TestApp {
+    /// Stops this instance (its HTTP server and every background job) and keeps the database:
+    /// to the other instances, as if it had died. Requests to it fail from now on.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
 async fn spawn_on(db_name: String, owns_database: bool, tweak: impl FnOnce(&mut api::Config)) -> TestApp {
     let url = format!("{}/{db_name}", server_url());
     let mut config = api::Config::for_database(&url);

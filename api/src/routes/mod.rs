@@ -19,6 +19,7 @@ pub mod resources;
 pub mod subscription;
 pub mod tenants;
 pub mod usage;
+pub mod webhook_endpoints;
 pub mod webhooks;
 
 use axum::Router;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(members::router())
         .merge(usage::router())
         .merge(webhooks::router())
+        .merge(webhook_endpoints::router())
         .merge(resources::router())
         .merge(bookings::router())
         .merge(quota::router())

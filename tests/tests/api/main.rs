@@ -26,3 +26,4 @@ mod replay;
 mod revenue;
 mod tenants;
 mod usage;
+mod webhooks_out;
