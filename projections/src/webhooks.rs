@@ -632,6 +632,38 @@ impl Webhooks {
         }
     }
 
+    /// Deliveries of the types no single log event stands for, derived from the read models
+    /// as of `now`: `subscription.trial_will_end` once a trial has 3 days or less to run (once
+    /// per trial and endpoint: its `webhook-id` names the subscription and the trial's end).
+    /// Ordered after the events fanned out so far.
+    async fn derive(&self, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, position, body, status, next_attempt_at, created_at, updated_at)
+             SELECT gen_random_uuid(), w.id, t.event_id, 'subscription.trial_will_end',
+                    coalesce((SELECT position FROM relay_checkpoints WHERE name = 'webhooks'), 0),
+                    json_build_object('id', t.event_id, 'type', 'subscription.trial_will_end',
+                                      'created_at', to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                                      'tenant_id', t.tenant_id,
+                                      'data', json_build_object('subscription_id', t.id, 'plan', t.plan, 'trial_ends_at', t.trial_ends_at))::text,
+                    'pending', $1, $1, $1
+             FROM (SELECT s.id, s.tenant_id, s.plan, s.trial_ends_at,
+                          'evt_trial_' || s.id || '_' || extract(epoch FROM s.trial_ends_at)::bigint AS event_id
+                   FROM rm.subscriptions s
+                   WHERE s.status = 'trialing' AND s.trial_ends_at > $1 AND s.trial_ends_at <= $1 + interval '3 days'
+                     -- Evaluated once: without such an endpoint, subscriptions are not even read.
+                     AND EXISTS (SELECT 1 FROM webhook_endpoints
+                                 WHERE status = 'enabled' AND ('*' = ANY (event_types) OR 'subscription.trial_will_end' = ANY (event_types)))) t
+             JOIN webhook_endpoints w
+               ON w.status = 'enabled' AND (w.tenant_id IS NULL OR w.tenant_id = t.tenant_id)
+              AND ('*' = ANY (w.event_types) OR 'subscription.trial_will_end' = ANY (w.event_types))
+             ON CONFLICT (endpoint_id, event_id) DO NOTHING",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Starts an attempt at each endpoint whose oldest pending delivery is due, and disables
     /// endpoints that have failed for [`DISABLE_AFTER`].
     async fn dispatch(&self, in_flight: &Arc<Mutex<HashSet<Uuid>>>, tasks: &mut tokio::task::JoinSet<()>) -> Result<(), sqlx::Error> {
@@ -644,11 +676,12 @@ impl Webhooks {
         .bind(DISABLE_AFTER)
         .execute(&self.pool)
         .await?;
+        self.derive(now).await?;
         let heads: Vec<Due> = sqlx::query_as(
             "SELECT DISTINCT ON (d.endpoint_id) d.id, d.endpoint_id, d.event_id, d.body, d.next_attempt_at, w.url, w.secret_sealed
              FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.status = 'enabled'
              WHERE d.status = 'pending'
-             ORDER BY d.endpoint_id, d.position",
+             ORDER BY d.endpoint_id, d.position, d.created_at",
         )
         .fetch_all(&self.pool)
         .await?;

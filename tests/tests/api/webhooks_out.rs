@@ -329,3 +329,34 @@ async fn a_server_stopped_mid_delivery_loses_nothing_and_the_next_leader_redeliv
     let log = deliveries_until(&second, &id, ADMIN_TOKEN, |d| d.len() == 2 && d.iter().all(|d| d["status"] == "succeeded")).await;
     assert!(log.iter().all(|d| d["attempts"] == 1), "the interrupted attempt was never recorded: {log:#?}");
 }
+
+#[tokio::test]
+async fn trial_will_end_is_sent_once_three_days_before_the_trial_ends_on_the_servers_clock() {
+    let receiver = Receiver::start(0).await;
+    let app = app_allowing(&receiver, true).await;
+    app.set_clock("2031-05-01T00:00:00Z").await;
+    let endpoint = app
+        .post("/v1/webhook-endpoints", ADMIN_TOKEN, json!({"url": receiver.url(), "event_types": ["subscription.trial_will_end"]}))
+        .await
+        .expect(201)
+        .clone();
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    // A 14-day trial: it ends on 2031-05-15.
+    let tenant = app.create_tenant("trial-school").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.count(), 0, "11 days to go: nothing yet");
+
+    app.set_clock("2031-05-12T00:00:01Z").await;
+    let got = receiver.wait_for(1).await;
+    let body: Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!((body["type"].as_str(), body["tenant_id"].clone()), (Some("subscription.trial_will_end"), json!(tenant.id)));
+    assert_eq!(body["data"]["trial_ends_at"], "2031-05-15T00:00:00+00:00");
+    assert_eq!(body["created_at"], "2031-05-12T00:00:01.000Z");
+    standardwebhooks::Webhook::new(endpoint["secret"].as_str().unwrap()).unwrap().verify(got[0].1.as_bytes(), &got[0].0).expect("signed");
+
+    app.set_clock("2031-05-13T00:00:00Z").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.count(), 1, "once per trial");
+    let log = deliveries_until(&app, &id, ADMIN_TOKEN, |d| d.len() == 1 && d[0]["status"] == "succeeded").await;
+    assert_eq!(log[0]["event_type"], "subscription.trial_will_end");
+}
