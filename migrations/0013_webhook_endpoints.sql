@@ -47,3 +47,14 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (endpoint_id, position) WHERE status = 'pending';
 -- The delivery log, newest first.
 CREATE INDEX webhook_deliveries_log ON webhook_deliveries (endpoint_id, created_at DESC, id DESC);
+
+-- `quota.threshold_reached`: a threshold of a tenant's quota reached in a period, recorded once
+-- (the event is sent once per metric, threshold and period, however many facts cross it at once).
+CREATE TABLE webhook_quota_marks (
+    tenant_id    uuid        NOT NULL,
+    metric       text        NOT NULL,
+    period_start timestamptz NOT NULL,
+    threshold    integer     NOT NULL,
+    reached_at   timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, metric, period_start, threshold)
+);

@@ -418,6 +418,7 @@ impl Application {
             state.sealer().clone(),
         );
         background.push(tokio::spawn(webhooks.run(shutdown.clone())));
+        background.push(tokio::spawn(crate::quota_alerts::run(state.clone(), shutdown.clone())));
         crate::metrics::handle();
         let router = router(state.clone());
         Ok(Self { listener, router, state, shutdown, background, generated_admin_token })

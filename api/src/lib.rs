@@ -14,6 +14,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
+pub mod quota_alerts;
 pub mod rate_limit;
 pub mod routes;
 

@@ -360,3 +360,52 @@ async fn trial_will_end_is_sent_once_three_days_before_the_trial_ends_on_the_ser
     let log = deliveries_until(&app, &id, ADMIN_TOKEN, |d| d.len() == 1 && d[0]["status"] == "succeeded").await;
     assert_eq!(log[0]["event_type"], "subscription.trial_will_end");
 }
+
+#[tokio::test]
+async fn quota_threshold_events_fire_once_per_metric_threshold_and_period_under_concurrent_usage() {
+    let receiver = Receiver::start(0).await;
+    let app = app_allowing(&receiver, false).await;
+    let plan = json!({"code": "metered-ten", "name": "Ten calls", "monthly_price": "5.00", "limits": {"api_calls_per_month": 10}, "features": [], "rate_limit_per_minute": 1000});
+    app.post("/v1/plans", ADMIN_TOKEN, plan).await.expect(201);
+    let tenant = app.create_tenant_on("busy-api", "metered-ten").await;
+    let quiet = app.create_tenant_on("quiet-api", "metered-ten").await;
+    let endpoint = app
+        .post("/v1/webhook-endpoints", &tenant.key, json!({"url": receiver.url(), "event_types": ["quota.threshold_reached"]}))
+        .await
+        .expect(201)
+        .clone();
+
+    // 7 calls: below 80 %.
+    let record = |key: String, n: usize| {
+        let app = &app;
+        async move {
+            let body = json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("call-{n}")});
+            app.post("/v1/usage", &key, body).await.expect(202);
+        }
+    };
+    futures::future::join_all((0..7).map(|n| record(tenant.key.clone(), n))).await;
+    futures::future::join_all((0..9).map(|n| record(quiet.key.clone(), n))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.count(), 0, "70 % of the busy tenant's limit; the quiet one has no endpoint");
+
+    // 16 more at once: 80 % and 100 % are crossed by the same burst, each reported once.
+    futures::future::join_all((7..23).map(|n| record(tenant.key.clone(), n))).await;
+    let got = receiver.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.count(), 2, "once per threshold");
+    let bodies: Vec<Value> = got.iter().map(|(_, b)| serde_json::from_str(b).unwrap()).collect();
+    let thresholds: Vec<i64> = bodies.iter().map(|b| b["data"]["threshold"].as_i64().unwrap()).collect();
+    assert_eq!(thresholds, [80, 100], "in order: {bodies:#?}");
+    for body in &bodies {
+        assert_eq!((body["type"].as_str(), body["tenant_id"].clone()), (Some("quota.threshold_reached"), json!(tenant.id)));
+        assert_eq!((body["data"]["metric"].as_str(), body["data"]["limit"].as_i64()), (Some("api_calls_per_month"), Some(10)));
+        assert!(body["data"]["used"].as_i64().unwrap() >= 8, "{body}");
+    }
+    let secret = endpoint["secret"].as_str().unwrap();
+    standardwebhooks::Webhook::new(secret).unwrap().verify(got[1].1.as_bytes(), &got[1].0).expect("signed");
+
+    // More usage in the same period reports nothing new.
+    futures::future::join_all((23..30).map(|n| record(tenant.key.clone(), n))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.count(), 2);
+}
