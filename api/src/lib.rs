@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod quota_alerts;
 pub mod rate_limit;
 pub mod routes;
+pub mod schemas;
 
 pub use app::{AppState, Application};
 pub use config::Config;

@@ -138,7 +138,7 @@ struct ListQuery {
     tag = "invoices",
     params(ListQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of invoices: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 200, description = "A page of invoices: {data, has_more, next_cursor}", body = crate::schemas::InvoicePage),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
@@ -178,7 +178,7 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
     tag = "invoices",
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The invoice with its lines", body = serde_json::Value),
+        (status = 200, description = "The invoice with its lines", body = crate::schemas::Invoice),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),
@@ -288,7 +288,7 @@ struct PayBody {
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
     request_body = PayBody,
     responses(
-        (status = 200, description = "The invoice, now paid", body = serde_json::Value),
+        (status = 200, description = "The invoice, now paid", body = crate::schemas::Invoice),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -353,7 +353,7 @@ async fn pay(
     tag = "invoices",
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
     responses(
-        (status = 200, description = "The invoice, now void", body = serde_json::Value),
+        (status = 200, description = "The invoice, now void", body = crate::schemas::Invoice),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         crate::openapi::NotFound,

@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
     tag = "quota",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Every metric: limit, used, remaining, period", body = serde_json::Value),
+        (status = 200, description = "Every metric: limit, used, remaining, period", body = Vec<crate::schemas::Quota>),
         crate::openapi::AuthErrors
     ),
 )]
@@ -45,7 +45,7 @@ async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>,
     tag = "quota",
     params(("metric" = String, Path, description = "api_calls, storage_bytes, sms, tickets, bookings, events, ..."), crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "One metric: limit, used, remaining, period", body = serde_json::Value),
+        (status = 200, description = "One metric: limit, used, remaining, period", body = crate::schemas::Quota),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),

@@ -205,7 +205,7 @@ pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiEr
     params(crate::openapi::IdempotencyHeader),
     request_body = CreateTenant,
     responses(
-        (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = serde_json::Value),
+        (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = crate::schemas::SignedUp),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,

@@ -103,7 +103,7 @@ impl UsageBody {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
-        (status = 202, description = "{accepted: true, duplicate}: a repeated idempotency_key is counted once", body = serde_json::Value),
+        (status = 202, description = "{accepted: true, duplicate}: a repeated idempotency_key is counted once", body = crate::schemas::UsageAccepted),
         crate::openapi::CommandErrors,
         (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
     ),

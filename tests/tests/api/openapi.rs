@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use e2e::spawn_app;
+use e2e::{spawn_app, ADMIN_TOKEN};
 use reqwest::Method;
 
 /// Every `(METHOD, path)` the server routes, read from the routers' source: each
@@ -198,4 +198,82 @@ async fn the_served_document_is_the_committed_one() {
         committed == served,
         "the served OpenAPI document differs from api/openapi.json: run `UPDATE_OPENAPI=1 cargo test -p e2e --test api openapi` and commit the file"
     );
+}
+
+/// Checks `reply`'s body against the schema the served document gives for `method path` and
+/// its status.
+fn check_against_spec(spec: &serde_json::Value, method: &str, path: &str, reply: &e2e::Reply) {
+    let status = reply.status.as_u16().to_string();
+    let schema = &spec["paths"][path][method]["responses"][&status]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {path} documents no JSON body for {status}: {}", reply.body);
+    let mut root = serde_json::json!({"components": spec["components"].clone()});
+    for (key, value) in schema.as_object().unwrap() {
+        root[key] = value.clone();
+    }
+    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("{method} {path}: not a schema: {e}"));
+    let errors: Vec<String> = validator.iter_errors(&reply.body).map(|e| format!("{e} (at {})", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{method} {path} {status} answered outside its schema: {errors:#?}\n{}", reply.body);
+}
+
+/// The typed answers, as a client meets them, hold to their schemas.
+#[tokio::test]
+async fn answers_hold_to_the_schemas_the_document_gives_them() {
+    let app = spawn_app().await;
+    let spec: serde_json::Value = app.request(Method::GET, "/openapi.json", None).send().await.unwrap().json().await.unwrap();
+    let mut body = e2e::TestApp::tenant_body("typed-clinic");
+    body["trial_days"] = serde_json::json!(0);
+    let signed_up = app.create_tenant_raw(body).await;
+    check_against_spec(&spec, "post", "/v1/tenants", &signed_up);
+    let key = signed_up.body["api_key"].as_str().unwrap().to_owned();
+    let other = app.create_tenant_on("typed-school", "starter").await;
+
+    let usage = app.post("/v1/usage", &key, serde_json::json!({"metric": "api_calls", "quantity": 3, "idempotency_key": "typed-1"})).await;
+    check_against_spec(&spec, "post", "/v1/usage", &usage);
+    check_against_spec(&spec, "get", "/v1/quota", &app.get("/v1/quota", &key).await);
+    check_against_spec(&spec, "get", "/v1/quota/{metric}", &app.get("/v1/quota/api_calls", &key).await);
+    check_against_spec(&spec, "get", "/v1/quota/{metric}", &app.get("/v1/quota/bookings", &key).await);
+
+    let invoices = app.get("/v1/invoices", &key).await;
+    check_against_spec(&spec, "get", "/v1/invoices", &invoices);
+    let invoice = invoices.body["data"][0]["id"].as_str().expect("the first invoice").to_owned();
+    check_against_spec(&spec, "get", "/v1/invoices/{id}", &app.get(&format!("/v1/invoices/{invoice}"), &key).await);
+    let paid = app.post(&format!("/v1/invoices/{invoice}/pay"), ADMIN_TOKEN, serde_json::json!({"method": "bank_transfer"})).await;
+    check_against_spec(&spec, "post", "/v1/invoices/{id}/pay", &paid);
+    let others = app.get("/v1/invoices", &other.key).await.body["data"][0]["id"].as_str().unwrap().to_owned();
+    let voided = app.post(&format!("/v1/invoices/{others}/void"), ADMIN_TOKEN, serde_json::json!({})).await;
+    check_against_spec(&spec, "post", "/v1/invoices/{id}/void", &voided);
+
+    let room = app.create_resource(&key, "room", 2).await;
+    let booking = app.book(&key, &room, "2031-02-03T09:00:00Z", "2031-02-03T10:00:00Z", 1).await;
+    check_against_spec(&spec, "post", "/v1/bookings", &booking);
+
+    let endpoint = app
+        .post(
+            "/v1/webhook-endpoints",
+            ADMIN_TOKEN,
+            serde_json::json!({"url": "https://93.184.215.14/hooks", "event_types": ["member.removed"]}),
+        )
+        .await;
+    check_against_spec(&spec, "post", "/v1/webhook-endpoints", &endpoint);
+    let id = endpoint.body["id"].as_str().unwrap().to_owned();
+    check_against_spec(&spec, "get", "/v1/webhook-endpoints", &app.get("/v1/webhook-endpoints", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/v1/webhook-endpoints/{id}", &app.get(&format!("/v1/webhook-endpoints/{id}"), ADMIN_TOKEN).await);
+    check_against_spec(
+        &spec,
+        "get",
+        "/v1/webhook-endpoints/{id}/deliveries",
+        &app.get(&format!("/v1/webhook-endpoints/{id}/deliveries"), ADMIN_TOKEN).await,
+    );
+    check_against_spec(
+        &spec,
+        "delete",
+        "/v1/webhook-endpoints/{id}",
+        &app.delete(&format!("/v1/webhook-endpoints/{id}"), ADMIN_TOKEN).await,
+    );
+
+    // And the checker can fail: an answer that breaks its schema is caught.
+    let mut broken = usage.clone();
+    broken.body["duplicate"] = serde_json::json!("no");
+    let caught = std::panic::catch_unwind(|| check_against_spec(&spec, "post", "/v1/usage", &broken));
+    assert!(caught.is_err(), "a wrong type passed the check");
 }

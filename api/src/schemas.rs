@@ -1,0 +1,160 @@
+//! Named schemas of the answers that handlers build as JSON (`json!`), for the OpenAPI
+//! document: each mirrors what its handler writes, and `tests/api/openapi.rs` checks real
+//! answers against them, so a generated client gets types that hold.
+
+#![allow(dead_code)]
+
+use chrono::{DateTime, Utc};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Money: a decimal string with two places (`"29.00"`, `"-5.40"`).
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = r"^-?[0-9]+\.[0-9]{2}$", example = "29.00")]
+pub struct Money(String);
+
+/// A decimal quantity as a string (`"1"`, `"12001"`, `"0.5"`).
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "3")]
+pub struct Quantity(String);
+
+/// What `POST /v1/tenants` answers.
+#[derive(ToSchema)]
+pub struct SignedUp {
+    /// The tenant's id.
+    id: Uuid,
+    /// Its code.
+    code: String,
+    /// The owner API key (`slk_...`): shown this once.
+    api_key: String,
+    /// The key's id.
+    api_key_id: Uuid,
+    /// The subscription's id.
+    subscription_id: Uuid,
+    /// The tenant's status.
+    #[schema(example = "active")]
+    status: String,
+}
+
+/// What `POST /v1/usage` answers.
+#[derive(ToSchema)]
+pub struct UsageAccepted {
+    /// Always `true`.
+    accepted: bool,
+    /// Whether the idempotency key was recorded before (then nothing was counted now).
+    duplicate: bool,
+}
+
+/// One quota.
+#[derive(ToSchema)]
+pub struct Quota {
+    /// The metric as the plan's limits name it (`api_calls_per_month`, `bookings_per_month`,
+    /// `events`, `users`, `storage_mb`).
+    metric: String,
+    /// The limit; `null`: unlimited.
+    #[schema(minimum = 0)]
+    limit: Option<u64>,
+    /// Used so far in the period.
+    #[schema(minimum = 0)]
+    used: u64,
+    /// `limit - used`, never below 0; `null`: unlimited.
+    #[schema(minimum = 0)]
+    remaining: Option<u64>,
+    /// `hard` (refused beyond the limit) or `metered` (billed beyond it).
+    #[schema(pattern = "^(hard|metered)$")]
+    enforcement: String,
+    /// Start of the period the usage counts in; `null` for standing counts (seats, events).
+    period_start: Option<DateTime<Utc>>,
+    /// End of that period.
+    period_end: Option<DateTime<Utc>>,
+}
+
+/// An invoice line.
+#[derive(ToSchema)]
+pub struct InvoiceLine {
+    /// `plan`, `proration`, `addon`, `overage`, `usage`, `discount` or `credit`.
+    #[schema(pattern = "^(plan|proration|addon|overage|usage|discount|credit)$")]
+    kind: String,
+    /// For people.
+    description: String,
+    /// Units.
+    quantity: Quantity,
+    /// Price of one unit.
+    unit_price: Quantity,
+    /// `quantity × unit_price`, rounded half-up to the cent.
+    amount: Money,
+}
+
+/// A credit note.
+#[derive(ToSchema)]
+pub struct CreditNote {
+    /// Its id.
+    id: Uuid,
+    /// `CN-<CODE>-000001`.
+    number: String,
+    /// The invoice it credits.
+    invoice_id: Uuid,
+    /// Before tax.
+    subtotal: Money,
+    /// Tax.
+    tax: Money,
+    /// With tax.
+    total: Money,
+    /// Why.
+    reason: String,
+    /// When.
+    created_at: DateTime<Utc>,
+}
+
+/// An issued invoice.
+#[derive(ToSchema)]
+pub struct Invoice {
+    /// Its id.
+    id: Uuid,
+    /// `<CODE>-000001`, gap-free per tenant.
+    number: String,
+    /// Whose.
+    tenant_id: Uuid,
+    /// The period it bills.
+    period_start: DateTime<Utc>,
+    /// End of that period.
+    period_end: DateTime<Utc>,
+    /// ISO 4217.
+    currency: String,
+    /// `open`, `paid` or `void`.
+    #[schema(pattern = "^(draft|open|paid|void)$")]
+    status: String,
+    /// The lines.
+    lines: Vec<InvoiceLine>,
+    /// Before tax.
+    subtotal: Money,
+    /// `subtotal × tax_rate / 100`, rounded.
+    tax: Money,
+    /// With tax.
+    total: Money,
+    /// Account credit applied.
+    credit_applied: Money,
+    /// What is left to pay.
+    amount_due: Money,
+    /// Credit notes against it.
+    credit_notes: Vec<CreditNote>,
+    /// Issued.
+    issued_at: DateTime<Utc>,
+    /// Due.
+    due_at: DateTime<Utc>,
+    /// Paid, if it was.
+    paid_at: Option<DateTime<Utc>>,
+    /// When its last payment failed, if one did.
+    payment_failed_at: Option<DateTime<Utc>>,
+}
+
+/// A page of invoices, newest first.
+#[derive(ToSchema)]
+pub struct InvoicePage {
+    /// The invoices.
+    data: Vec<Invoice>,
+    /// Whether more follow.
+    has_more: bool,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+}
