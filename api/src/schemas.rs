@@ -158,3 +158,86 @@ pub struct InvoicePage {
     /// Pass as `cursor` for the next page.
     next_cursor: Option<String>,
 }
+
+/// A tenant's subscription.
+#[derive(ToSchema)]
+pub struct SubscriptionView {
+    /// Its id.
+    id: Uuid,
+    /// Whose.
+    tenant_id: Uuid,
+    /// The plan's code.
+    plan: Option<String>,
+    /// The plan's version it is on.
+    plan_version: Option<u32>,
+    /// `monthly` or `yearly`.
+    billing_period: Option<String>,
+    /// `trialing`, `active`, `past_due`, `suspended` or `cancelled`.
+    #[schema(example = "active")]
+    status: String,
+    /// When the trial ends (or ended).
+    trial_ends_at: Option<DateTime<Utc>>,
+    /// The current period.
+    current_period_start: Option<DateTime<Utc>>,
+    /// End of the current period.
+    current_period_end: Option<DateTime<Utc>>,
+    /// Whether it ends with the current period.
+    cancel_at_period_end: bool,
+    /// When it was cancelled.
+    cancelled_at: Option<DateTime<Utc>>,
+    /// Add-ons.
+    addons: Addons,
+    /// A change that takes effect at the period's end.
+    pending_change: Option<PendingChange>,
+    /// Account credit.
+    credit_balance: Money,
+    /// The coupon's discount, while it lasts.
+    discount: Option<Discount>,
+    /// Since when a payment is overdue.
+    past_due_since: Option<DateTime<Utc>>,
+    /// In a command's answer only: the invoice the command issued at once (an upgrade's
+    /// prorated invoice), when it issued one.
+    invoice: Option<Invoice>,
+}
+
+/// A subscription's add-ons.
+#[derive(ToSchema)]
+pub struct Addons {
+    /// Seats beyond the plan's users.
+    extra_users: u32,
+    /// Storage beyond the plan's, in GB.
+    extra_storage_gb: u32,
+    /// Whether an invitation beyond the seats adds one.
+    auto_add_seats: bool,
+}
+
+/// A plan change waiting for the period's end.
+#[derive(ToSchema)]
+pub struct PendingChange {
+    /// The plan.
+    plan: String,
+    /// Its version.
+    plan_version: u32,
+    /// `monthly` or `yearly`.
+    billing_period: String,
+    /// When it applies.
+    effective_at: DateTime<Utc>,
+}
+
+/// A redeemed coupon's discount.
+#[derive(ToSchema)]
+pub struct Discount {
+    /// The coupon's code.
+    coupon: String,
+    /// For people (`20 % off`).
+    description: String,
+    /// `once`, `repeating` or `forever`.
+    #[schema(pattern = "^(once|repeating|forever)$")]
+    duration: String,
+    /// Invoices it still applies to (`null`: forever).
+    invoices_left: Option<u32>,
+    /// The start of the last period it discounts (`null`: forever).
+    ends_at_period: Option<DateTime<Utc>>,
+    /// When it was redeemed.
+    applied_at: DateTime<Utc>,
+}

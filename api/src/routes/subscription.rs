@@ -72,7 +72,7 @@ async fn subscription_of(state: &AppState, tenant_id: Uuid) -> Result<(Uuid, Sub
     tag = "subscription",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "{plan, plan_version, billing_period, status, trial_ends_at, current_period_start, current_period_end, cancel_at_period_end, addons}", body = serde_json::Value),
+        (status = 200, description = "{plan, plan_version, billing_period, status, trial_ends_at, current_period_start, current_period_end, cancel_at_period_end, addons}", body = crate::schemas::SubscriptionView),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),
@@ -140,7 +140,7 @@ struct RedeemCoupon {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = RedeemCoupon,
     responses(
-        (status = 200, description = "The subscription with its discount", body = serde_json::Value),
+        (status = 200, description = "The subscription with its discount", body = crate::schemas::SubscriptionView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -181,7 +181,7 @@ async fn redeem_coupon(
     tag = "subscription",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The subscription, without discount", body = serde_json::Value),
+        (status = 200, description = "The subscription, without discount", body = crate::schemas::SubscriptionView),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         crate::openapi::NotFound,
@@ -211,7 +211,7 @@ struct ChangePlan {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = ChangePlan,
     responses(
-        (status = 200, description = "The subscription after the change", body = serde_json::Value),
+        (status = 200, description = "The subscription after the change", body = crate::schemas::SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]
@@ -255,7 +255,7 @@ impl Default for Cancel {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = Cancel,
     responses(
-        (status = 200, description = "The subscription after the cancellation", body = serde_json::Value),
+        (status = 200, description = "The subscription after the cancellation", body = crate::schemas::SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]
@@ -279,7 +279,7 @@ pub(crate) struct Empty {}
     tag = "subscription",
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     responses(
-        (status = 200, description = "The subscription, its pending cancellation withdrawn", body = serde_json::Value),
+        (status = 200, description = "The subscription, its pending cancellation withdrawn", body = crate::schemas::SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]
@@ -312,7 +312,7 @@ struct AddonsBody {
     params(crate::openapi::TenantHeader),
     request_body = AddonsBody,
     responses(
-        (status = 200, description = "The subscription with its new add-ons", body = serde_json::Value),
+        (status = 200, description = "The subscription with its new add-ons", body = crate::schemas::SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]

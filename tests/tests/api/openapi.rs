@@ -271,6 +271,30 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
         &app.delete(&format!("/v1/webhook-endpoints/{id}"), ADMIN_TOKEN).await,
     );
 
+    // The subscription through its commands.
+    check_against_spec(&spec, "get", "/v1/subscription", &app.get("/v1/subscription", &key).await);
+    app.post(
+        "/v1/coupons",
+        ADMIN_TOKEN,
+        serde_json::json!({"code": "TYPED10", "percent_off": 10, "duration": "repeating", "duration_in_periods": 2}),
+    )
+    .await
+    .expect(201);
+    let redeemed = app.post("/v1/subscription/coupon", &key, serde_json::json!({"code": "TYPED10"})).await;
+    check_against_spec(&spec, "post", "/v1/subscription/coupon", &redeemed);
+    assert!(redeemed.body["discount"].is_object(), "{}", redeemed.body);
+    check_against_spec(&spec, "delete", "/v1/subscription/coupon", &app.delete("/v1/subscription/coupon", &key).await);
+    let upgraded = app.post("/v1/subscription/change-plan", &key, serde_json::json!({"plan": "professional"})).await;
+    check_against_spec(&spec, "post", "/v1/subscription/change-plan", &upgraded);
+    assert!(upgraded.body["invoice"].is_object(), "an upgrade issues a prorated invoice: {}", upgraded.body);
+    let downgrade = app.post("/v1/subscription/change-plan", &key, serde_json::json!({"plan": "starter"})).await;
+    check_against_spec(&spec, "post", "/v1/subscription/change-plan", &downgrade);
+    let addons = serde_json::json!({"extra_users": 1, "extra_storage_gb": 0});
+    check_against_spec(&spec, "put", "/v1/subscription/addons", &app.put("/v1/subscription/addons", &key, addons).await);
+    let cancelled = app.post("/v1/subscription/cancel", &key, serde_json::json!({"at_period_end": true})).await;
+    check_against_spec(&spec, "post", "/v1/subscription/cancel", &cancelled);
+    check_against_spec(&spec, "post", "/v1/subscription/resume", &app.post("/v1/subscription/resume", &key, serde_json::json!({})).await);
+
     // And the checker can fail: an answer that breaks its schema is caught.
     let mut broken = usage.clone();
     broken.body["duplicate"] = serde_json::json!("no");
