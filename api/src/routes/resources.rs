@@ -30,16 +30,35 @@ struct CreateResource {
     timezone: Option<String>,
 }
 
-/// The resource resource.
-#[derive(Debug, Serialize, sqlx::FromRow)]
-struct ResourceView {
+/// A room or an event.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ResourceView {
+    /// Its id.
     id: Uuid,
+    /// Whose.
     tenant_id: Uuid,
+    /// Its name.
     name: String,
+    /// `room` or `event`.
+    #[schema(pattern = "^(room|event)$")]
     kind: String,
+    /// People a booking may hold (a room), or seats (an event).
+    #[schema(minimum = 1)]
     capacity: i32,
+    /// IANA time zone.
+    #[schema(example = "Europe/Zurich")]
     timezone: String,
+    /// Created.
     created_at: DateTime<Utc>,
+}
+
+/// A page of resources (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ResourcePage {
+    data: Vec<ResourceView>,
+    has_more: bool,
+    next_cursor: Option<String>,
 }
 
 async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<ResourceView, ApiError> {
@@ -63,7 +82,7 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<ResourceVie
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = CreateResource,
     responses(
-        (status = 201, description = "The resource", body = serde_json::Value),
+        (status = 201, description = "The resource", body = ResourceView),
         crate::openapi::CommandErrors,
         (status = 429, description = "QUOTA_EXCEEDED: the plan allows no more event resources; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
     ),
@@ -114,7 +133,7 @@ struct ListQuery {
     tag = "bookings",
     params(ListQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of resources", body = serde_json::Value),
+        (status = 200, description = "A page of resources", body = ResourcePage),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
@@ -146,7 +165,7 @@ async fn list(
     tag = "bookings",
     params(("id" = Uuid, Path, description = "Resource id"), crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The resource", body = serde_json::Value),
+        (status = 200, description = "The resource", body = ResourceView),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),

@@ -152,7 +152,7 @@ enum BatchBody {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = crate::openapi::UsageBatch,
     responses(
-        (status = 200, description = "Per-record results, in order", body = serde_json::Value),
+        (status = 202, description = "Per-record results, in order (202 even when some records are refused: each is answered on its own)", body = BatchAnswer),
         crate::openapi::CommandErrors
     ),
 )]
@@ -234,22 +234,31 @@ async fn record_batch(
 }
 
 /// The answer to a batch (serialised as it is, without an intermediate JSON tree).
-#[derive(Serialize)]
-struct BatchAnswer {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchAnswer {
+    /// Records accepted now (duplicates included).
     accepted: usize,
+    /// Accepted records whose key was recorded before (counted once, then).
     duplicates: usize,
+    /// Records refused.
     refused: usize,
+    /// Each record's outcome, in the request's order.
     results: Vec<RecordResult>,
 }
 
 /// One record's outcome: `duplicate` when accepted, `error` when refused.
-#[derive(Serialize)]
-struct RecordResult {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RecordResult {
+    /// The record's index in the request.
     index: usize,
+    /// Whether it was accepted.
     accepted: bool,
+    /// When accepted: whether its key was recorded before.
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate: Option<bool>,
+    /// When refused: why, in the contract's error shape (`{code, message, details}`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::openapi::ErrorDetail>)]
     error: Option<Value>,
 }
 
