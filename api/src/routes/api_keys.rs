@@ -30,14 +30,35 @@ struct IssueKey {
 }
 
 /// A key as listed (no secret, ever).
-#[derive(Debug, Serialize, sqlx::FromRow)]
-struct KeyView {
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct KeyView {
+    /// Its id.
+    id: Uuid,
+    /// A name for people.
+    name: String,
+    /// `owner`, `admin`, `member` or `readonly`.
+    #[schema(pattern = "^(owner|admin|member|readonly)$")]
+    role: String,
+    /// The key's first characters, to tell keys apart.
+    key_prefix: String,
+    /// Issued.
+    created_at: DateTime<Utc>,
+    /// Revoked, if it was.
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key just issued: as listed, plus its secret (shown this once).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct IssuedKey {
     id: Uuid,
     name: String,
     role: String,
     key_prefix: String,
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
+    /// The secret (`slk_` + 64 hex): store it now.
+    api_key: String,
 }
 
 #[utoipa::path(
@@ -47,7 +68,7 @@ struct KeyView {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = IssueKey,
     responses(
-        (status = 201, description = "{id, api_key}: the secret is shown this once", body = serde_json::Value),
+        (status = 201, description = "The key with its secret, shown this once", body = IssuedKey),
         crate::openapi::CommandErrors
     ),
 )]
@@ -84,7 +105,7 @@ async fn issue(
     tag = "api-keys",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The tenant's keys (no secrets)", body = serde_json::Value),
+        (status = 200, description = "The tenant's keys (no secrets), all in one page", body = crate::routes::Page<KeyView>),
         crate::openapi::AuthErrors
     ),
 )]
@@ -103,7 +124,7 @@ async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Jso
     tag = "api-keys",
     params(("id" = Uuid, Path, description = "Key id"), crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The revoked key; it stops working at once", body = serde_json::Value),
+        (status = 200, description = "The revoked key; it stops working at once", body = KeyView),
         crate::openapi::CommandErrors,
         crate::openapi::NotFound
     ),

@@ -288,7 +288,7 @@ struct ListQuery {
     tag = "bookings",
     params(ListQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of bookings: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 200, description = "A page of bookings: {data, has_more, next_cursor}", body = crate::routes::Page<BookingView>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),

@@ -172,7 +172,7 @@ struct ListQuery {
     tag = "members",
     params(ListQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of members: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 200, description = "A page of members: {data, has_more, next_cursor}", body = crate::routes::Page<MemberView>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),

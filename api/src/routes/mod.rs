@@ -57,7 +57,7 @@ pub fn router(state: AppState) -> Router {
 
 /// A page of a list: `{data, has_more, next_cursor}`. Pass `next_cursor` back as `cursor` to
 /// get the next page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The items.
     pub data: Vec<T>,

@@ -266,7 +266,7 @@ struct ListQuery {
     tag = "tenants",
     params(ListQuery),
     responses(
-        (status = 200, description = "A page of tenants: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 200, description = "A page of tenants: {data, has_more, next_cursor}", body = crate::routes::Page<TenantView>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden

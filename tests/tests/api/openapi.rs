@@ -283,6 +283,18 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
         &app.delete(&format!("/v1/webhook-endpoints/{id}"), ADMIN_TOKEN).await,
     );
 
+    // Lists and keys.
+    check_against_spec(&spec, "get", "/v1/tenants", &app.get("/v1/tenants", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/v1/bookings", &app.get("/v1/bookings", &key).await);
+    let invited = app.post("/v1/members", &key, serde_json::json!({"email": "ada@typed.example", "role": "member"})).await;
+    assert_eq!(invited.status, 201, "{}", invited.body);
+    check_against_spec(&spec, "get", "/v1/members", &app.get("/v1/members", &key).await);
+    let issued = app.post("/v1/api-keys", &key, serde_json::json!({"role": "readonly"})).await;
+    check_against_spec(&spec, "post", "/v1/api-keys", &issued);
+    check_against_spec(&spec, "get", "/v1/api-keys", &app.get("/v1/api-keys", &key).await);
+    let revoked = app.delete(&format!("/v1/api-keys/{}", issued.body["id"].as_str().unwrap()), &key).await;
+    check_against_spec(&spec, "delete", "/v1/api-keys/{id}", &revoked);
+
     // The subscription through its commands.
     check_against_spec(&spec, "get", "/v1/subscription", &app.get("/v1/subscription", &key).await);
     app.post(
