@@ -241,3 +241,97 @@ pub struct Discount {
     /// When it was redeemed.
     applied_at: DateTime<Utc>,
 }
+
+/// A plan's limits; `null`: unlimited.
+#[derive(ToSchema)]
+pub struct Limits {
+    /// Seats.
+    users: Option<u64>,
+    /// Bookings a month.
+    bookings_per_month: Option<u64>,
+    /// Event resources.
+    events: Option<u64>,
+    /// Seats per event.
+    tickets_per_event: Option<u64>,
+    /// Storage, in MB.
+    storage_mb: Option<u64>,
+    /// API calls a month (beyond: overage).
+    api_calls_per_month: Option<u64>,
+}
+
+/// A plan's prices in one currency.
+#[derive(ToSchema)]
+pub struct Prices {
+    /// A month.
+    monthly: Money,
+    /// A year.
+    yearly: Money,
+}
+
+/// A plan (one version of it).
+#[derive(ToSchema)]
+pub struct PlanView {
+    /// Its code.
+    code: String,
+    /// Its name.
+    name: String,
+    /// Its version.
+    version: u32,
+    /// The first currency's monthly price.
+    monthly_price: Money,
+    /// The first currency's yearly price.
+    yearly_price: Money,
+    /// The first currency (ISO 4217).
+    currency: String,
+    /// Prices by currency.
+    prices: std::collections::BTreeMap<String, Prices>,
+    /// Limits.
+    limits: Limits,
+    /// How the usage of metrics is priced (see the README's *Usage charges*).
+    charges: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Features.
+    features: Vec<String>,
+    /// Requests a key may make per minute.
+    rate_limit_per_minute: u32,
+}
+
+/// A coupon.
+#[derive(ToSchema)]
+pub struct CouponView {
+    /// Its code.
+    code: String,
+    /// Percent off (one of `percent_off`, `amount_off`).
+    percent_off: Option<f64>,
+    /// Amount off, in `currency`.
+    amount_off: Option<Money>,
+    /// The currency of `amount_off`.
+    currency: Option<String>,
+    /// `once`, `repeating` or `forever`.
+    #[schema(pattern = "^(once|repeating|forever)$")]
+    duration: String,
+    /// Invoices it discounts when `repeating`.
+    duration_in_periods: Option<u32>,
+    /// How many tenants may redeem it.
+    max_redemptions: Option<u32>,
+    /// How many did.
+    times_redeemed: i64,
+    /// Redeemable until.
+    redeem_by: Option<DateTime<Utc>>,
+    /// The plans it applies to (empty: all).
+    plans: Vec<String>,
+    /// Whether it can be redeemed now.
+    valid: bool,
+    /// Created.
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// A page of coupons.
+#[derive(ToSchema)]
+pub struct CouponPage {
+    /// The coupons.
+    data: Vec<CouponView>,
+    /// Whether more follow.
+    has_more: bool,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+}

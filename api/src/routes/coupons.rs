@@ -111,7 +111,7 @@ pub fn coupon_json(terms: &CouponTerms, redeemed: i64, created_at: Option<DateTi
     params(crate::openapi::IdempotencyHeader),
     request_body = CreateCoupon,
     responses(
-        (status = 201, description = "The coupon: {code, percent_off, amount_off, currency, duration, duration_in_periods, max_redemptions, times_redeemed, redeem_by, plans, valid, created_at}", body = serde_json::Value),
+        (status = 201, description = "The coupon: {code, percent_off, amount_off, currency, duration, duration_in_periods, max_redemptions, times_redeemed, redeem_by, plans, valid, created_at}", body = crate::schemas::CouponView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -208,7 +208,7 @@ struct ListQuery {
     tag = "coupons",
     params(ListQuery),
     responses(
-        (status = 200, description = "A page of coupons: {data, has_more, next_cursor}", body = serde_json::Value),
+        (status = 200, description = "A page of coupons: {data, has_more, next_cursor}", body = crate::schemas::CouponPage),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
@@ -240,7 +240,7 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
     tag = "coupons",
     params(("code" = String, Path, description = "The coupon's code")),
     responses(
-        (status = 200, description = "The coupon", body = serde_json::Value),
+        (status = 200, description = "The coupon", body = crate::schemas::CouponView),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         crate::openapi::NotFound

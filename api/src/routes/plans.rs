@@ -46,7 +46,7 @@ pub fn plan_json(plan: &Plan) -> Value {
     path = "/v1/plans",
     tag = "plans",
     responses(
-        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, prices: {<currency>: {monthly, yearly}}, limits, features, rate_limit_per_minute}]; monthly_price, yearly_price and currency repeat the first currency's", body = serde_json::Value)
+        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, prices: {<currency>: {monthly, yearly}}, limits, features, rate_limit_per_minute}]; monthly_price, yearly_price and currency repeat the first currency's", body = Vec<crate::schemas::PlanView>)
     ),
     security(()),
 )]
@@ -114,7 +114,7 @@ struct LimitsBody {
     params(crate::openapi::IdempotencyHeader),
     request_body = PublishPlan,
     responses(
-        (status = 201, description = "The published plan version", body = serde_json::Value),
+        (status = 201, description = "The published plan version", body = crate::schemas::PlanView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden

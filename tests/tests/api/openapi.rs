@@ -203,6 +203,7 @@ async fn the_served_document_is_the_committed_one() {
 /// Checks `reply`'s body against the schema the served document gives for `method path` and
 /// its status.
 fn check_against_spec(spec: &serde_json::Value, method: &str, path: &str, reply: &e2e::Reply) {
+    assert!(reply.status.is_success(), "{method} {path} failed: {} {}", reply.status, reply.body);
     let status = reply.status.as_u16().to_string();
     let schema = &spec["paths"][path][method]["responses"][&status]["content"]["application/json"]["schema"];
     assert!(schema.is_object(), "{method} {path} documents no JSON body for {status}: {}", reply.body);
@@ -297,13 +298,16 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
 
     // The subscription through its commands.
     check_against_spec(&spec, "get", "/v1/subscription", &app.get("/v1/subscription", &key).await);
-    app.post(
-        "/v1/coupons",
-        ADMIN_TOKEN,
-        serde_json::json!({"code": "TYPED10", "percent_off": 10, "duration": "repeating", "duration_in_periods": 2}),
-    )
-    .await
-    .expect(201);
+    let coupon = serde_json::json!({"code": "TYPED10", "percent_off": 10, "duration": "repeating", "duration_in_periods": 2});
+    check_against_spec(&spec, "post", "/v1/coupons", &app.post("/v1/coupons", ADMIN_TOKEN, coupon).await);
+    let amount = serde_json::json!({"code": "TYPED5", "amount_off": "5.00", "currency": "EUR", "duration": "once", "max_redemptions": 3, "plans": ["starter"]});
+    check_against_spec(&spec, "post", "/v1/coupons", &app.post("/v1/coupons", ADMIN_TOKEN, amount).await);
+    check_against_spec(&spec, "get", "/v1/coupons", &app.get("/v1/coupons", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/v1/coupons/{code}", &app.get("/v1/coupons/TYPED5", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/v1/plans", &app.get("/v1/plans", ADMIN_TOKEN).await);
+    let plan = serde_json::json!({"code": "typed-plan", "name": "Typed", "prices": {"EUR": {"monthly": "9.00"}, "USD": {"monthly": "10.00"}},
+        "limits": {"users": 2}, "features": ["x"], "rate_limit_per_minute": 100});
+    check_against_spec(&spec, "post", "/v1/plans", &app.post("/v1/plans", ADMIN_TOKEN, plan).await);
     let redeemed = app.post("/v1/subscription/coupon", &key, serde_json::json!({"code": "TYPED10"})).await;
     check_against_spec(&spec, "post", "/v1/subscription/coupon", &redeemed);
     assert!(redeemed.body["discount"].is_object(), "{}", redeemed.body);
