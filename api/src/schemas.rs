@@ -335,3 +335,101 @@ pub struct CouponPage {
     /// Pass as `cursor` for the next page.
     next_cursor: Option<String>,
 }
+
+/// An audit entry: one event, chained to the previous entry of its tenant.
+#[derive(ToSchema)]
+pub struct AuditEntry {
+    /// The event's log position.
+    position: i64,
+    /// The tenant (the nil UUID for platform events).
+    tenant_id: Uuid,
+    /// When it happened (the command's clock).
+    occurred_at: DateTime<Utc>,
+    /// Who: `admin`, `api_key:<id>`, `system:<job>`, ...
+    actor: String,
+    /// The aggregate type.
+    aggregate_type: String,
+    /// The aggregate id.
+    aggregate_id: String,
+    /// The event type.
+    event_type: String,
+    /// One line for people.
+    summary: String,
+    /// The request that started it.
+    correlation_id: String,
+    /// What directly caused it.
+    causation_id: String,
+    /// SHA-256 (hex) of the stored event.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    event_digest: String,
+    /// The previous entry's hash.
+    prev_hash: String,
+    /// SHA-256 (hex) over this entry and `prev_hash`.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    hash: String,
+}
+
+/// A page of audit entries, in log order.
+#[derive(ToSchema)]
+pub struct AuditPage {
+    /// The entries.
+    data: Vec<AuditEntry>,
+    /// Whether more follow.
+    has_more: bool,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+}
+
+/// What verifying the audit chains found.
+#[derive(ToSchema)]
+pub struct Verification {
+    /// Whether every entry matches its event and its predecessor.
+    valid: bool,
+    /// Entries checked.
+    checked: u64,
+    /// The first position that does not match.
+    first_bad_position: Option<i64>,
+}
+
+/// A credit grant and the balance after it.
+#[derive(ToSchema)]
+pub struct CreditGrant {
+    /// The grant's id.
+    id: Uuid,
+    /// Granted.
+    amount: Money,
+    /// Why.
+    reason: String,
+    /// When what is left of it expires.
+    expires_at: Option<DateTime<Utc>>,
+    /// When.
+    created_at: DateTime<Utc>,
+    /// The tenant's available credit after it.
+    balance: Money,
+}
+
+/// One movement of account credit.
+#[derive(ToSchema)]
+pub struct CreditTransaction {
+    /// Positive: granted; negative: applied or expired.
+    amount: Money,
+    /// Why.
+    reason: String,
+    /// The invoice it was applied to.
+    invoice_id: Option<Uuid>,
+    /// When a grant expires.
+    expires_at: Option<DateTime<Utc>>,
+    /// When.
+    created_at: DateTime<Utc>,
+}
+
+/// A tenant's account credit.
+#[derive(ToSchema)]
+pub struct CreditLedger {
+    /// Available now.
+    balance: Money,
+    /// ISO 4217.
+    currency: String,
+    /// Oldest first.
+    transactions: Vec<CreditTransaction>,
+}

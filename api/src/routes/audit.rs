@@ -39,7 +39,7 @@ struct AuditQuery {
     tag = "audit",
     params(AuditQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of audit entries with their hash chain", body = serde_json::Value),
+        (status = 200, description = "A page of audit entries with their hash chain", body = crate::schemas::AuditPage),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
@@ -77,7 +77,7 @@ async fn list(
     tag = "audit",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "{valid, checked, first_bad_position}", body = serde_json::Value),
+        (status = 200, description = "{valid, checked, first_bad_position}", body = crate::schemas::Verification),
         crate::openapi::AuthErrors
     ),
 )]

@@ -58,7 +58,7 @@ struct GrantBody {
     params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
     request_body = GrantBody,
     responses(
-        (status = 201, description = "The grant, and the tenant's balance after it", body = serde_json::Value),
+        (status = 201, description = "The grant, and the tenant's balance after it", body = crate::schemas::CreditGrant),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -126,7 +126,7 @@ struct TransactionRow {
     tag = "credits",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "{balance, currency, transactions: [{amount, reason, invoice_id, expires_at, created_at}]}", body = serde_json::Value),
+        (status = 200, description = "{balance, currency, transactions: [{amount, reason, invoice_id, expires_at, created_at}]}", body = crate::schemas::CreditLedger),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),
@@ -183,7 +183,7 @@ struct CreditNoteBody {
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
     request_body = CreditNoteBody,
     responses(
-        (status = 201, description = "The credit note: {id, number, invoice_id, subtotal, tax, total, reason, created_at}", body = serde_json::Value),
+        (status = 201, description = "The credit note: {id, number, invoice_id, subtotal, tax, total, reason, created_at}", body = crate::schemas::CreditNote),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,

@@ -284,6 +284,21 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
         &app.delete(&format!("/v1/webhook-endpoints/{id}"), ADMIN_TOKEN).await,
     );
 
+    // Credit, credit notes and the audit trail.
+    let grant = app
+        .post(&format!("/v1/tenants/{}/credits", other.id), ADMIN_TOKEN, serde_json::json!({"amount": "12.50", "reason": "goodwill"}))
+        .await;
+    check_against_spec(&spec, "post", "/v1/tenants/{id}/credits", &grant);
+    check_against_spec(&spec, "get", "/v1/credits", &app.get("/v1/credits", &other.key).await);
+    let note = app
+        .post(&format!("/v1/invoices/{invoice}/credit-notes"), ADMIN_TOKEN, serde_json::json!({"amount": "1.00", "reason": "typo"}))
+        .await;
+    check_against_spec(&spec, "post", "/v1/invoices/{id}/credit-notes", &note);
+    check_against_spec(&spec, "get", "/v1/invoices/{id}", &app.get(&format!("/v1/invoices/{invoice}"), &key).await);
+    check_against_spec(&spec, "get", "/v1/audit", &app.get("/v1/audit", &key).await);
+    check_against_spec(&spec, "get", "/v1/audit", &app.get("/v1/audit", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/v1/audit/verify", &app.get("/v1/audit/verify", &key).await);
+
     // Lists and keys.
     check_against_spec(&spec, "get", "/v1/tenants", &app.get("/v1/tenants", ADMIN_TOKEN).await);
     check_against_spec(&spec, "get", "/v1/bookings", &app.get("/v1/bookings", &key).await);
