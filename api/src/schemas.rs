@@ -433,3 +433,73 @@ pub struct CreditLedger {
     /// Oldest first.
     transactions: Vec<CreditTransaction>,
 }
+
+/// One bucket of usage.
+#[derive(ToSchema)]
+pub struct UsageBucket {
+    /// The metric.
+    metric: String,
+    /// `counter` (summed) or `gauge` (the latest value).
+    #[schema(pattern = "^(counter|gauge)$")]
+    kind: String,
+    /// The bucket's start (UTC).
+    start: DateTime<Utc>,
+    /// Its end (`GET /v1/usage` only).
+    end: Option<DateTime<Utc>>,
+    /// The sum, or the gauge's latest value.
+    value: Quantity,
+    /// Facts in the bucket.
+    facts: i64,
+}
+
+/// Usage over time.
+#[derive(ToSchema)]
+pub struct UsageSeries {
+    /// `hour`, `day` or `month`.
+    #[schema(pattern = "^(hour|day|month)$")]
+    granularity: String,
+    /// From (inclusive).
+    from: DateTime<Utc>,
+    /// To (exclusive).
+    to: DateTime<Utc>,
+    /// By metric, then time.
+    buckets: Vec<UsageBucket>,
+}
+
+/// The platform's revenue in one month (UTC).
+#[derive(ToSchema)]
+pub struct RevenueMonth {
+    /// `YYYY-MM`.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}$", example = "2027-01")]
+    month: String,
+    /// Monthly recurring revenue at the month's end.
+    mrr: Money,
+    /// 12 × MRR.
+    arr: Money,
+    /// Paying tenants at the month's end.
+    active_tenants: i64,
+    /// Tenants that started paying in it.
+    new_tenants: i64,
+    /// Tenants that stopped paying in it.
+    churned_tenants: i64,
+    /// Churned ÷ paying at the month's start (4 places).
+    churn_rate: f64,
+    /// MRR by plan code.
+    by_plan: std::collections::BTreeMap<String, Money>,
+}
+
+/// `GET /healthz`.
+#[derive(ToSchema)]
+pub struct Health {
+    /// `ok`.
+    status: String,
+    /// This instance's id.
+    instance: String,
+}
+
+/// `GET /readyz`.
+#[derive(ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    status: String,
+}

@@ -39,7 +39,7 @@ struct UsageQuery {
     tag = "analytics",
     params(UsageQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Usage per hour, day or month from the analytics schema", body = serde_json::Value),
+        (status = 200, description = "Usage per hour, day or month from the analytics schema", body = crate::schemas::UsageSeries),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
@@ -91,7 +91,7 @@ type RevenueRow = (DateTime<Utc>, Decimal, Decimal, i64, i64, i64, i64, sqlx::ty
     tag = "analytics",
     params(RevenueQuery),
     responses(
-        (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = serde_json::Value),
+        (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = Vec<crate::schemas::RevenueMonth>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden

@@ -41,7 +41,7 @@ async fn index() -> Json<Value> {
     path = "/healthz",
     tag = "operations",
     responses(
-        (status = 200, description = "The process is up", body = serde_json::Value)
+        (status = 200, description = "The process is up", body = crate::schemas::Health)
     ),
     security(()),
 )]
@@ -55,7 +55,7 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Database reachable and migrations applied", body = serde_json::Value),
+        (status = 200, description = "Database reachable and migrations applied", body = crate::schemas::Ready),
         (status = 503, description = "NOT_READY", body = crate::openapi::ErrorBody)
     ),
     security(()),

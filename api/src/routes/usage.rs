@@ -280,7 +280,7 @@ struct SeriesQuery {
     tag = "usage",
     params(SeriesQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Usage per hour, day or month", body = serde_json::Value),
+        (status = 200, description = "Usage per hour, day or month", body = crate::schemas::UsageSeries),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),

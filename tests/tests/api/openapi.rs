@@ -299,6 +299,13 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
     check_against_spec(&spec, "get", "/v1/audit", &app.get("/v1/audit", ADMIN_TOKEN).await);
     check_against_spec(&spec, "get", "/v1/audit/verify", &app.get("/v1/audit/verify", &key).await);
 
+    // Usage over time, analytics, health.
+    check_against_spec(&spec, "get", "/v1/usage", &app.get("/v1/usage?granularity=hour", &key).await);
+    check_against_spec(&spec, "get", "/v1/analytics/usage", &app.get("/v1/analytics/usage?granularity=month", &key).await);
+    check_against_spec(&spec, "get", "/v1/admin/analytics/revenue", &app.get("/v1/admin/analytics/revenue", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/healthz", &app.get("/healthz", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/readyz", &app.get("/readyz", ADMIN_TOKEN).await);
+
     // Lists and keys.
     check_against_spec(&spec, "get", "/v1/tenants", &app.get("/v1/tenants", ADMIN_TOKEN).await);
     check_against_spec(&spec, "get", "/v1/bookings", &app.get("/v1/bookings", &key).await);
