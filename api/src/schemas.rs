@@ -503,3 +503,118 @@ pub struct Ready {
     /// `ready`.
     status: String,
 }
+
+/// `GET /`: where to start.
+#[derive(ToSchema)]
+pub struct Index {
+    /// `saas-ledger`.
+    name: String,
+    /// The server's version.
+    version: String,
+    /// `/docs`.
+    docs: String,
+    /// `/openapi.json`.
+    openapi: String,
+    /// `/healthz`.
+    health: String,
+    /// `/readyz`.
+    ready: String,
+}
+
+/// One projection run.
+#[derive(ToSchema)]
+pub struct ProjectionRun {
+    /// The projection.
+    name: String,
+    /// The version the run builds.
+    version: i32,
+    /// The run's number within the projection.
+    generation: i32,
+    /// `building`, `live` or `retired`.
+    #[schema(pattern = "^(building|live|retired)$")]
+    status: String,
+    /// The last position applied.
+    position: i64,
+    /// The log's head.
+    head: i64,
+    /// `head - position`.
+    lag: i64,
+    /// Why it is stuck, if it is.
+    last_error: Option<String>,
+    /// Where it is stuck.
+    last_error_position: Option<i64>,
+    /// The instance running it now.
+    leader: Option<String>,
+}
+
+/// A rebuild started.
+#[derive(ToSchema)]
+pub struct RebuildStarted {
+    /// The runs started.
+    rebuilding: Vec<RebuildRun>,
+}
+
+/// A run a rebuild started.
+#[derive(ToSchema)]
+pub struct RebuildRun {
+    /// The projection.
+    name: String,
+    /// The new run's number.
+    generation: i32,
+    /// `building`.
+    status: String,
+}
+
+/// The test clock.
+#[derive(ToSchema)]
+pub struct Clock {
+    /// The server's time now.
+    now: DateTime<Utc>,
+    /// What the billing cycle did up to it (`PUT` only).
+    billing: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The invoice the next period start would issue (not stored: no id, no number).
+#[derive(ToSchema)]
+pub struct DraftInvoice {
+    /// Whose.
+    tenant_id: Uuid,
+    /// The period it would bill.
+    period_start: DateTime<Utc>,
+    /// End of that period.
+    period_end: DateTime<Utc>,
+    /// ISO 4217.
+    currency: String,
+    /// `draft`.
+    #[schema(pattern = "^draft$")]
+    status: String,
+    /// The lines.
+    lines: Vec<InvoiceLine>,
+    /// Before tax.
+    subtotal: Money,
+    /// Tax.
+    tax: Money,
+    /// With tax.
+    total: Money,
+    /// Credit it would apply.
+    credit_applied: Money,
+    /// What would be due.
+    amount_due: Money,
+    /// Always empty.
+    credit_notes: Vec<CreditNote>,
+    /// When it would be issued.
+    issued_at: DateTime<Utc>,
+    /// When it would be due.
+    due_at: DateTime<Utc>,
+}
+
+/// The payment provider's notification, as processed.
+#[derive(ToSchema)]
+pub struct PaymentReceived {
+    /// Always `true`.
+    received: bool,
+    /// The notification's id.
+    id: String,
+    /// Whether it was processed before (nothing was done now).
+    duplicate: bool,
+}

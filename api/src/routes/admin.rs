@@ -30,7 +30,7 @@ pub fn router() -> Router<AppState> {
     path = "/v1/admin/projections",
     tag = "admin",
     responses(
-        (status = 200, description = "[{name, version, generation, position, head, lag, status, last_error, last_error_position}]", body = serde_json::Value),
+        (status = 200, description = "[{name, version, generation, position, head, lag, status, last_error, last_error_position}]", body = Vec<crate::schemas::ProjectionRun>),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden
     ),
@@ -47,7 +47,7 @@ async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Val
     tag = "admin",
     params(("name" = String, Path, description = "A projection name, or all"), crate::openapi::IdempotencyHeader),
     responses(
-        (status = 202, description = "The runs started: reads stay on the live model until the new one catches up", body = serde_json::Value),
+        (status = 202, description = "The runs started: reads stay on the live model until the new one catches up", body = crate::schemas::RebuildStarted),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound,
         crate::openapi::Forbidden
@@ -84,7 +84,7 @@ fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiEr
     tag = "admin",
     request_body = ClockBody,
     responses(
-        (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = serde_json::Value),
+        (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = crate::schemas::Clock),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -116,7 +116,7 @@ async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJs
     path = "/v1/admin/clock",
     tag = "admin",
     responses(
-        (status = 200, description = "{now}", body = serde_json::Value),
+        (status = 200, description = "{now}", body = crate::schemas::Clock),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         (status = 404, description = "NOT_FOUND: no test clock", body = crate::openapi::ErrorBody)
@@ -141,7 +141,7 @@ struct BillingRunBody {
     params(crate::openapi::IdempotencyHeader),
     request_body = BillingRunBody,
     responses(
-        (status = 200, description = "What the billing run did", body = serde_json::Value),
+        (status = 200, description = "What the billing run did", body = serde_json::Map<String, serde_json::Value>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden

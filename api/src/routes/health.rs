@@ -20,7 +20,7 @@ pub fn router() -> Router<AppState> {
     path = "/",
     tag = "operations",
     responses(
-        (status = 200, description = "{name, version, docs, openapi, health, ready}: links to start from", body = serde_json::Value)
+        (status = 200, description = "{name, version, docs, openapi, health, ready}: links to start from", body = crate::schemas::Index)
     ),
     security(()),
 )]

@@ -210,7 +210,7 @@ async fn answer(state: &AppState, id: Uuid, scope: Option<Uuid>) -> Result<Json<
     tag = "invoices",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The draft of the next invoice: {tenant_id, period_start, period_end, currency, status: draft, lines, subtotal, tax, total, issued_at, due_at}", body = serde_json::Value),
+        (status = 200, description = "The draft of the next invoice: {tenant_id, period_start, period_end, currency, status: draft, lines, subtotal, tax, total, issued_at, due_at}", body = crate::schemas::DraftInvoice),
         crate::openapi::AuthErrors,
         (status = 404, description = "NOT_FOUND: no invoice is coming (the subscription is cancelled, or ends at the period end with nothing to bill)", body = crate::openapi::ErrorBody)
     ),

@@ -82,7 +82,7 @@ struct Notification {
     params(("Payment-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">; 300 s tolerance")),
     request_body = Notification,
     responses(
-        (status = 200, description = "Processed (or already processed: exactly once by id)", body = serde_json::Value),
+        (status = 200, description = "Processed (or already processed: exactly once by id)", body = crate::schemas::PaymentReceived),
         crate::openapi::Invalid,
         (status = 401, description = "UNAUTHENTICATED: bad or stale signature", body = crate::openapi::ErrorBody),
         crate::openapi::NotFound,

@@ -219,7 +219,11 @@ fn check_against_spec(spec: &serde_json::Value, method: &str, path: &str, reply:
 /// The typed answers, as a client meets them, hold to their schemas.
 #[tokio::test]
 async fn answers_hold_to_the_schemas_the_document_gives_them() {
-    let app = spawn_app().await;
+    let app = e2e::spawn_app_with(|c| {
+        c.test_clock = true;
+        c.webhook_secret = Some(e2e::WEBHOOK_SECRET.to_owned());
+    })
+    .await;
     let spec: serde_json::Value = app.request(Method::GET, "/openapi.json", None).send().await.unwrap().json().await.unwrap();
     let mut body = e2e::TestApp::tenant_body("typed-clinic");
     body["trial_days"] = serde_json::json!(0);
@@ -344,6 +348,28 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
     let cancelled = app.post("/v1/subscription/cancel", &key, serde_json::json!({"at_period_end": true})).await;
     check_against_spec(&spec, "post", "/v1/subscription/cancel", &cancelled);
     check_against_spec(&spec, "post", "/v1/subscription/resume", &app.post("/v1/subscription/resume", &key, serde_json::json!({})).await);
+
+    // The upcoming invoice, the payment provider's notification, operations.
+    check_against_spec(&spec, "get", "/v1/invoices/upcoming", &app.get("/v1/invoices/upcoming", &key).await);
+    let open = app.get("/v1/invoices?status=open", &key).await.body["data"][0].clone();
+    let paid_by_provider = app
+        .payment_webhook(serde_json::json!({"id": "evt_typed", "type": "payment.succeeded", "invoice_id": open["id"], "amount": open["amount_due"], "currency": open["currency"]}))
+        .await;
+    check_against_spec(&spec, "post", "/v1/webhooks/payments", &paid_by_provider);
+    check_against_spec(&spec, "get", "/", &app.get("/", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/v1/admin/projections", &app.get("/v1/admin/projections", ADMIN_TOKEN).await);
+    check_against_spec(&spec, "get", "/v1/admin/clock", &app.get("/v1/admin/clock", ADMIN_TOKEN).await);
+    let now = app.get("/v1/admin/clock", ADMIN_TOKEN).await.body["now"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let later = (now + chrono::Duration::days(1)).to_rfc3339();
+    check_against_spec(&spec, "put", "/v1/admin/clock", &app.put("/v1/admin/clock", ADMIN_TOKEN, serde_json::json!({"now": later})).await);
+    check_against_spec(
+        &spec,
+        "post",
+        "/v1/admin/billing/run",
+        &app.post("/v1/admin/billing/run", ADMIN_TOKEN, serde_json::json!({})).await,
+    );
+    let rebuild = app.post("/v1/admin/projections/tenants/rebuild", ADMIN_TOKEN, serde_json::json!({})).await;
+    check_against_spec(&spec, "post", "/v1/admin/projections/{name}/rebuild", &rebuild);
 
     // And the checker can fail: an answer that breaks its schema is caught.
     let mut broken = usage.clone();
