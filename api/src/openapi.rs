@@ -112,8 +112,40 @@ pub fn document() -> &'static Document {
         ] {
             doc.merge(part);
         }
+        unique_operation_ids(&mut doc);
         doc
     })
+}
+
+/// Operation ids are the handlers' names, which repeat across modules (`create`, `list`,
+/// `read`); OpenAPI requires them unique (generated clients name their functions after them).
+/// A repeated one gets the path's first segment after `/v1/`: `create_bookings`, `list_tenants`.
+fn unique_operation_ids(doc: &mut Document) {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for item in doc.paths.paths.values() {
+        for op in operations(item) {
+            *seen.entry(op.operation_id.clone().unwrap_or_default()).or_default() += 1;
+        }
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let resource = path.trim_start_matches("/v1/").split('/').next().unwrap_or_default().replace('-', "_");
+        for op in operations_mut(item) {
+            let id = op.operation_id.clone().unwrap_or_default();
+            if seen.get(&id).is_some_and(|n| *n > 1) {
+                op.operation_id = Some(format!("{id}_{resource}"));
+            }
+        }
+    }
+}
+
+fn operations(item: &utoipa::openapi::PathItem) -> impl Iterator<Item = &utoipa::openapi::path::Operation> {
+    [&item.get, &item.put, &item.post, &item.delete, &item.options, &item.head, &item.patch, &item.trace].into_iter().flatten()
+}
+
+fn operations_mut(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace]
+        .into_iter()
+        .flatten()
 }
 
 /// `GET /openapi.json`: this document.

@@ -7,6 +7,7 @@ mod bad_input;
 mod batches;
 mod billing;
 mod bookings;
+mod client;
 mod consistency;
 mod coupons;
 mod credits;

@@ -76,6 +76,14 @@ async fn the_spec_lists_exactly_the_routed_operations_and_every_one_answers() {
             }
         }
     }
+    // Operation ids are unique (OpenAPI requires it; generated clients name functions after them).
+    let mut ids = BTreeSet::new();
+    for item in spec["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().expect("every operation has an id");
+            assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+        }
+    }
     let routed = routed();
     assert!(routed.len() >= 50, "the source scan found only {} routes", routed.len());
     let undocumented: Vec<_> = routed.difference(&documented).collect();
