@@ -31,17 +31,37 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CustomerBody {
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$",
+        example = "Ada Lovelace"
+    )]
     name: String,
+    /// An e-mail address.
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^\s@\u0000-\u001f\u007f]{1,64}@[^\s@.\u0000-\u001f\u007f]+(\.[^\s@.\u0000-\u001f\u007f]+)+$",
+        example = "ada@example.com"
+    )]
     email: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBooking {
+    /// The room or event.
+    #[schema(format = Uuid)]
     resource_id: String,
+    /// Start (RFC 3339).
     starts_at: DateTime<Utc>,
+    /// End, after the start.
     ends_at: DateTime<Utc>,
+    /// Seats (events; default 1).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     seats: Option<i64>,
+    /// Who booked.
     customer: CustomerBody,
 }
 

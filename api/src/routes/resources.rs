@@ -24,9 +24,22 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateResource {
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$",
+        example = "Room 1"
+    )]
     name: String,
+    /// `room` or `event` (an event counts against the plan's `events`).
+    #[schema(pattern = "^(room|event)$", example = "room")]
     kind: String,
+    /// People a booking may hold (a room), or seats (an event): 1 to 1,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     capacity: i64,
+    /// IANA time zone (default: the tenant's).
+    #[schema(example = "Europe/Zurich")]
     timezone: Option<String>,
 }
 

@@ -45,17 +45,47 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
+    /// Unique: 3 to 50 characters of `a-z`, `0-9` and `-`.
+    #[schema(pattern = "^[a-z0-9-]{3,50}$", example = "acme-clinic")]
     code: String,
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$",
+        example = "Acme Clinic"
+    )]
     name: String,
+    /// 2 to 50 characters of `a-z`, `0-9`, `_` and `-` (default `other`).
+    #[schema(pattern = "^[a-z0-9_-]{2,50}$", example = "clinic")]
     business_type: Option<String>,
+    /// IANA time zone (default `UTC`).
+    #[schema(example = "Europe/Zurich")]
     timezone: Option<String>,
+    /// An active ISO 4217 code (default `EUR`).
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: Option<String>,
+    /// BCP 47 (default `en`).
+    #[schema(example = "de-CH")]
     locale: Option<String>,
+    /// Where invoices go.
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^\s@\u0000-\u001f\u007f]{1,64}@[^\s@.\u0000-\u001f\u007f]+(\.[^\s@.\u0000-\u001f\u007f]+)+$",
+        example = "billing@acme.example"
+    )]
     billing_email: String,
+    /// A plan's code in the catalog.
+    #[schema(example = "starter")]
     plan: String,
+    /// `monthly` (default) or `yearly`.
+    #[schema(pattern = "^(monthly|yearly)$")]
     billing_period: Option<String>,
+    /// 0 to 30 (default 14).
+    #[schema(minimum = 0, maximum = 30)]
     trial_days: Option<i64>,
-    #[schema(value_type = Option<String>, example = "8.1")]
+    /// Percent, `"0"` to `"100"`, at most 4 decimals (default `"0"`).
+    #[schema(value_type = Option<String>, pattern = r"^(100(\.0{1,4})?|[0-9]{1,2}(\.[0-9]{1,4})?)$", example = "8.1")]
     tax_rate: Option<Value>,
     /// Days after issue an invoice is due, 0 to 90 (default 0: due at issue).
     #[schema(minimum = 0, maximum = 90)]

@@ -30,10 +30,13 @@ struct UsageBody {
     /// The metric: `api_calls`, `sms`, `storage_bytes`, `tickets`, or one the tenant's plan prices
     /// with a charge (anything else is refused, so a misspelt metric is never stored and billed
     /// as nothing).
+    #[schema(pattern = "^[a-z][a-z0-9_]{0,63}$", example = "api_calls")]
     metric: String,
     /// Whole units, 0 to 10^15.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     quantity: i64,
     /// The fact's identity: a key recorded before is answered as a duplicate and counted once.
+    #[schema(pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, example = "req-2027-01-05-0001")]
     idempotency_key: String,
     /// When it happened (RFC 3339; default: now). At most 5 minutes ahead of the server's
     /// clock and at most 35 days behind it: a fact in a period already invoiced is billed on

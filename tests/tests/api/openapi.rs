@@ -224,6 +224,56 @@ fn check_against_spec(spec: &serde_json::Value, method: &str, path: &str, reply:
     assert!(errors.is_empty(), "{method} {path} {status} answered outside its schema: {errors:#?}\n{}", reply.body);
 }
 
+/// Checks that `body`, a request the server accepts, is valid under the document's request
+/// schema for `method path` (the schemas say no more than the server checks).
+fn check_request(spec: &serde_json::Value, method: &str, path: &str, body: &serde_json::Value) {
+    let schema = &spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {path} documents no request body");
+    let mut root = serde_json::json!({"components": spec["components"].clone()});
+    for (key, value) in schema.as_object().unwrap() {
+        root[key] = value.clone();
+    }
+    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("{method} {path}: not a schema: {e}"));
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| format!("{e} (at {})", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{method} {path}: an accepted request is outside its schema: {errors:#?}\n{body}");
+}
+
+/// Requests the server accepts are valid under their schemas, and a few it refuses are not.
+#[tokio::test]
+async fn accepted_requests_are_valid_under_their_schemas_and_refused_ones_are_not() {
+    let app = spawn_app().await;
+    let spec: serde_json::Value = app.request(Method::GET, "/openapi.json", None).send().await.unwrap().json().await.unwrap();
+    let tenant = e2e::TestApp::tenant_body("schema-clinic");
+    check_request(&spec, "post", "/v1/tenants", &tenant);
+    let created = app.create_tenant_raw(tenant).await;
+    let key = created.expect(201)["api_key"].as_str().unwrap().to_owned();
+    let resource = serde_json::json!({"name": "  Zürich Ärzte 医院  ", "kind": "event", "capacity": 40});
+    check_request(&spec, "post", "/v1/resources", &resource);
+    let room = app.post("/v1/resources", &key, resource).await.expect(201)["id"].as_str().unwrap().to_owned();
+    let booking = serde_json::json!({"resource_id": room, "starts_at": "2031-02-03T09:00:00Z", "ends_at": "2031-02-03T10:00:00Z", "seats": 2,
+        "customer": {"name": "Ada Lovelace", "email": "ada.lovelace+test@example.co.uk"}});
+    check_request(&spec, "post", "/v1/bookings", &booking);
+    app.post("/v1/bookings", &key, booking).await.expect(201);
+    let usage = serde_json::json!({"metric": "storage_bytes", "quantity": 1_000_000_000_000_000_i64, "idempotency_key": "k~!{}[]"});
+    check_request(&spec, "post", "/v1/usage", &usage);
+    app.post("/v1/usage", &key, usage).await.expect(202);
+
+    // Bodies the server refuses, refused by the schemas as well.
+    for (path, body) in [
+        ("/v1/usage", serde_json::json!({"metric": "Api Calls", "quantity": 1, "idempotency_key": "a"})),
+        ("/v1/usage", serde_json::json!({"metric": "api_calls", "quantity": -1, "idempotency_key": "a"})),
+        ("/v1/usage", serde_json::json!({"metric": "api_calls", "quantity": 1, "idempotency_key": "has space"})),
+        ("/v1/resources", serde_json::json!({"name": "   ", "kind": "room", "capacity": 1})),
+        ("/v1/resources", serde_json::json!({"name": "Hall", "kind": "stadium", "capacity": 1})),
+        ("/v1/resources", serde_json::json!({"name": "Hall", "kind": "room", "capacity": 0})),
+    ] {
+        let reply = app.post(path, &key, body.clone()).await;
+        assert_eq!(reply.status, 400, "{path} {body}: {}", reply.body);
+        let caught = std::panic::catch_unwind(|| check_request(&spec, "post", path, &body));
+        assert!(caught.is_err(), "the schema of {path} lets through what the server refuses: {body}");
+    }
+}
+
 /// The typed answers, as a client meets them, hold to their schemas.
 #[tokio::test]
 async fn answers_hold_to_the_schemas_the_document_gives_them() {
