@@ -208,6 +208,16 @@ async fn the_served_document_is_the_committed_one() {
     );
 }
 
+/// Where `value` breaks `schema`, a schema of the document `spec` (its `$ref`s resolved in it).
+fn schema_errors(spec: &serde_json::Value, schema: &serde_json::Value, value: &serde_json::Value) -> Vec<String> {
+    let mut root = serde_json::json!({"components": spec["components"].clone()});
+    for (key, part) in schema.as_object().expect("a schema object") {
+        root[key] = part.clone();
+    }
+    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("not a schema: {e}\n{schema}"));
+    validator.iter_errors(value).map(|e| format!("{e} (at {})", e.instance_path())).collect()
+}
+
 /// Checks `reply`'s body against the schema the served document gives for `method path` and
 /// its status.
 fn check_against_spec(spec: &serde_json::Value, method: &str, path: &str, reply: &e2e::Reply) {
@@ -215,12 +225,7 @@ fn check_against_spec(spec: &serde_json::Value, method: &str, path: &str, reply:
     let status = reply.status.as_u16().to_string();
     let schema = &spec["paths"][path][method]["responses"][&status]["content"]["application/json"]["schema"];
     assert!(schema.is_object(), "{method} {path} documents no JSON body for {status}: {}", reply.body);
-    let mut root = serde_json::json!({"components": spec["components"].clone()});
-    for (key, value) in schema.as_object().unwrap() {
-        root[key] = value.clone();
-    }
-    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("{method} {path}: not a schema: {e}"));
-    let errors: Vec<String> = validator.iter_errors(&reply.body).map(|e| format!("{e} (at {})", e.instance_path())).collect();
+    let errors = schema_errors(spec, schema, &reply.body);
     assert!(errors.is_empty(), "{method} {path} {status} answered outside its schema: {errors:#?}\n{}", reply.body);
 }
 
@@ -229,12 +234,7 @@ fn check_against_spec(spec: &serde_json::Value, method: &str, path: &str, reply:
 fn check_request(spec: &serde_json::Value, method: &str, path: &str, body: &serde_json::Value) {
     let schema = &spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
     assert!(schema.is_object(), "{method} {path} documents no request body");
-    let mut root = serde_json::json!({"components": spec["components"].clone()});
-    for (key, value) in schema.as_object().unwrap() {
-        root[key] = value.clone();
-    }
-    let validator = jsonschema::draft202012::new(&root).unwrap_or_else(|e| panic!("{method} {path}: not a schema: {e}"));
-    let errors: Vec<String> = validator.iter_errors(body).map(|e| format!("{e} (at {})", e.instance_path())).collect();
+    let errors = schema_errors(spec, schema, body);
     assert!(errors.is_empty(), "{method} {path}: an accepted request is outside its schema: {errors:#?}\n{body}");
 }
 
