@@ -25,7 +25,16 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueKey {
+    /// `owner`, `admin`, `member` or `readonly` (only an owner key issues owner keys).
+    #[schema(pattern = "^(owner|admin|member|readonly)$", example = "member")]
     role: String,
+    /// 1 to 200 characters, not blank (default: the role).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$",
+        example = "ci deploys"
+    )]
     name: Option<String>,
 }
 

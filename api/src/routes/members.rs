@@ -87,7 +87,7 @@ struct Invite {
     #[schema(example = "Dr. Anna Meier", min_length = 1, max_length = 200)]
     name: Option<String>,
     /// `owner`, `admin`, `member` or `readonly` (an admin key cannot invite an owner).
-    #[schema(example = "member")]
+    #[schema(example = "member", pattern = "^(owner|admin|member|readonly)$")]
     role: String,
 }
 

@@ -195,8 +195,13 @@ async fn remove_coupon(State(state): State<AppState>, caller: TenantCaller) -> R
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangePlan {
+    /// A plan's code in the catalog.
+    #[schema(example = "professional")]
     plan: String,
+    /// `monthly` or `yearly` (default: the current one).
+    #[schema(pattern = "^(monthly|yearly)$")]
     billing_period: Option<String>,
+    /// Apply a downgrade now (its unused difference becomes credit) instead of at the period end.
     #[serde(default)]
     immediately: bool,
 }
@@ -295,8 +300,10 @@ async fn resume(
 #[serde(deny_unknown_fields)]
 struct AddonsBody {
     /// Users beyond the plan's (0 to 10000).
+    #[schema(minimum = 0, maximum = 10_000)]
     extra_users: Option<u32>,
     /// Storage beyond the plan's, in GB (0 to 1000000).
+    #[schema(minimum = 0, maximum = 1_000_000)]
     extra_storage_gb: Option<u32>,
     /// Whether an invitation beyond the seats adds a seat (extra_users + 1, the rest of the
     /// period prorated on the next invoice) instead of being refused with 429.

@@ -258,8 +258,21 @@ async fn accepted_requests_are_valid_under_their_schemas_and_refused_ones_are_no
     check_request(&spec, "post", "/v1/usage", &usage);
     app.post("/v1/usage", &key, usage).await.expect(202);
 
+    let key_body = serde_json::json!({"role": "readonly", "name": "dashboards"});
+    check_request(&spec, "post", "/v1/api-keys", &key_body);
+    app.post("/v1/api-keys", &key, key_body).await.expect(201);
+    let addons = serde_json::json!({"extra_users": 10_000, "extra_storage_gb": 0});
+    check_request(&spec, "put", "/v1/subscription/addons", &addons);
+    app.put("/v1/subscription/addons", &key, addons).await.expect(200);
+    let change = serde_json::json!({"plan": "professional", "billing_period": "yearly"});
+    check_request(&spec, "post", "/v1/subscription/change-plan", &change);
+    app.post("/v1/subscription/change-plan", &key, change).await.expect(200);
+
     // Bodies the server refuses, refused by the schemas as well.
     for (path, body) in [
+        ("/v1/api-keys", serde_json::json!({"role": "superuser"})),
+        ("/v1/members", serde_json::json!({"email": "a@b.example", "role": "boss"})),
+        ("/v1/subscription/change-plan", serde_json::json!({"plan": "business", "billing_period": "weekly"})),
         ("/v1/usage", serde_json::json!({"metric": "Api Calls", "quantity": 1, "idempotency_key": "a"})),
         ("/v1/usage", serde_json::json!({"metric": "api_calls", "quantity": -1, "idempotency_key": "a"})),
         ("/v1/usage", serde_json::json!({"metric": "api_calls", "quantity": 1, "idempotency_key": "has space"})),
