@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{page_limit, Page};
+use super::{page_limit, Page, PageQuery};
 use crate::app::AppState;
 use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
@@ -191,22 +191,12 @@ struct CouponRow {
 const COUPON_SELECT: &str = "SELECT c.terms, coalesce(r.redeemed, 0) AS redeemed, c.created_at
      FROM rm.coupons c LEFT JOIN coupon_redemptions r ON r.code = c.code";
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    /// 1 to 100, default 20.
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 /// `GET /v1/coupons` (admin): every coupon, by code.
 #[utoipa::path(
     get,
     path = "/v1/coupons",
     tag = "coupons",
-    params(ListQuery),
+    params(PageQuery),
     responses(
         (status = 200, description = "A page of coupons: {data, has_more, next_cursor}", body = crate::schemas::CouponPage),
         crate::openapi::AuthErrors,
@@ -214,7 +204,7 @@ struct ListQuery {
         crate::openapi::Forbidden
     ),
 )]
-async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<Value>>, ApiError> {
+async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Json<Page<Value>>, ApiError> {
     let limit = page_limit(q.limit)?;
     if q.cursor.as_deref().is_some_and(|c| !is_code(c)) {
         return Err(ApiError::validation("cursor", "is not a cursor from a previous page"));

@@ -78,6 +78,17 @@ impl<T> Page<T> {
     }
 }
 
+/// The query of a list that takes nothing but a page: `?limit&cursor`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1 to 100, default 20.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
 /// Checks a page size: 1 to 100, default 20.
 pub fn page_limit(limit: Option<i64>) -> Result<i64, crate::ApiError> {
     match limit {

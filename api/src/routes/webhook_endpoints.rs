@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{path_id, ApiJson, ApiQuery};
-use crate::routes::{page_limit, parse_time_cursor, time_cursor, Page};
+use crate::routes::{page_limit, parse_time_cursor, time_cursor, Page, PageQuery};
 
 /// The webhook endpoint routes.
 pub fn router() -> Router<AppState> {
@@ -243,21 +243,11 @@ async fn create(
     Ok((StatusCode::CREATED, Json(endpoint)))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    /// 1 to 100, default 20.
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 #[utoipa::path(
     get,
     path = "/v1/webhook-endpoints",
     tag = "webhooks",
-    params(ListQuery, crate::openapi::TenantHeader),
+    params(PageQuery, crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "A page of the caller's endpoints (the platform's for the admin naming no tenant), oldest first: {data, has_more, next_cursor}", body = EndpointPage),
         crate::openapi::AuthErrors,
@@ -265,7 +255,7 @@ struct ListQuery {
         crate::openapi::Forbidden
     ),
 )]
-async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<Endpoint>>, ApiError> {
+async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Json<Page<Endpoint>>, ApiError> {
     let tenant_id = scope(&caller)?;
     let limit = page_limit(q.limit)?;
     let cursor = parse_time_cursor(q.cursor.as_deref())?;
