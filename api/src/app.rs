@@ -184,7 +184,7 @@ impl AppState {
     /// current request.
     pub fn context(&self, tenant_id: Option<Uuid>, actor: Actor) -> CommandContext {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| Uuid::now_v7().to_string());
-        CommandContext { tenant_id, actor, causation_id: request_id.clone(), correlation_id: request_id, at: self.now() }
+        CommandContext { tenant_id, actor, causation_id: request_id.clone(), correlation_id: request_id, at: self.now(), command: None }
     }
 
     /// Waits until every live read model includes what `committed` appended to aggregate

@@ -109,6 +109,7 @@ pub fn document() -> &'static Document {
             routes::audit::Docs::openapi(),
             routes::aggregates::Docs::openapi(),
             routes::analytics::Docs::openapi(),
+            routes::simulations::Docs::openapi(),
         ] {
             doc.merge(part);
         }

@@ -618,3 +618,178 @@ pub struct PaymentReceived {
     /// Whether it was processed before (nothing was done now).
     duplicate: bool,
 }
+
+/// Actual, simulated and their difference.
+#[derive(ToSchema)]
+pub struct SimulationFigures {
+    /// The sum of the subtotals of the invoices really issued in the window.
+    actual: Money,
+    /// The same sum under the candidate catalog.
+    simulated: Money,
+    /// `simulated - actual`.
+    difference: Money,
+}
+
+/// One month of a simulation (by the invoices' issue date, UTC).
+#[derive(ToSchema)]
+pub struct SimulationMonth {
+    /// `YYYY-MM`.
+    #[schema(pattern = r"^[0-9]{4}-[0-9]{2}$")]
+    month: String,
+    /// Actual.
+    actual: Money,
+    /// Simulated.
+    simulated: Money,
+    /// Simulated − actual.
+    difference: Money,
+}
+
+/// One plan of a simulation (the plan the tenant was on when the invoice was issued).
+#[derive(ToSchema)]
+pub struct SimulationPlan {
+    /// The plan code.
+    plan: String,
+    /// Actual.
+    actual: Money,
+    /// Simulated.
+    simulated: Money,
+    /// Simulated − actual.
+    difference: Money,
+}
+
+/// One tenant of a simulation.
+#[derive(ToSchema)]
+pub struct SimulationTenant {
+    /// The tenant.
+    tenant_id: Uuid,
+    /// Its code.
+    code: String,
+    /// Actual.
+    actual: Money,
+    /// Simulated.
+    simulated: Money,
+    /// Simulated − actual.
+    difference: Money,
+}
+
+/// Real facts that a candidate plan's lower limit would have refused (the simulation keeps
+/// what really happened and reports them).
+#[derive(ToSchema)]
+pub struct SimulationOverLimit {
+    /// The tenant.
+    tenant_id: Uuid,
+    /// Its code.
+    code: String,
+    /// `users` or `bookings_per_month`.
+    metric: String,
+    /// The candidate's limit (with the tenant's extra users, for `users`).
+    limit: u64,
+    /// What was really used: the most members at once, or the bookings created in the month.
+    used: u64,
+    /// The month, for `bookings_per_month`.
+    #[schema(pattern = r"^[0-9]{4}-[0-9]{2}$")]
+    month: Option<String>,
+}
+
+/// A real command the simulated history refused (skipped).
+#[derive(ToSchema)]
+pub struct SimulationRefusal {
+    /// The tenant.
+    tenant_id: Uuid,
+    /// What and why.
+    reason: String,
+}
+
+/// A simulation's result.
+#[derive(ToSchema)]
+pub struct SimulationResult {
+    /// Over all tenants.
+    totals: SimulationFigures,
+    /// Per month.
+    by_month: Vec<SimulationMonth>,
+    /// Per plan.
+    by_plan: Vec<SimulationPlan>,
+    /// Per tenant with an invoice in the window.
+    by_tenant: Vec<SimulationTenant>,
+    /// Real facts beyond a candidate plan's seat or booking limit.
+    over_limit: Vec<SimulationOverLimit>,
+    /// Subscriptions re-billed.
+    subscriptions: u64,
+    /// Invoices really issued in the window.
+    invoices_actual: u64,
+    /// Invoices the candidate catalog issues in the window.
+    invoices_simulated: u64,
+    /// Real commands the simulated history refused.
+    refused_commands: u64,
+    /// The first 100 of them.
+    refused: Vec<SimulationRefusal>,
+}
+
+/// A price simulation.
+#[derive(ToSchema)]
+pub struct SimulationView {
+    /// Its id.
+    id: Uuid,
+    /// `running`, `done` or `failed` (also when the instance running it stopped).
+    #[schema(pattern = "^(running|done|failed)$")]
+    status: String,
+    /// Share of the subscriptions re-billed, 0 to 1.
+    #[schema(minimum = 0, maximum = 1)]
+    progress: f64,
+    /// Window start: invoices issued at or after it count.
+    from: DateTime<Utc>,
+    /// Window end: invoices issued before it count.
+    to: DateTime<Utc>,
+    /// The codes of the candidate plans.
+    plans: Vec<String>,
+    /// The tenants it is limited to (`null`: all).
+    tenants: Option<Vec<Uuid>>,
+    /// When it was started.
+    created_at: DateTime<Utc>,
+    /// When it ended.
+    finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    error: Option<String>,
+    /// The result, once `done`.
+    result: Option<SimulationResult>,
+}
+
+/// A simulation in a list: as on its own page, with only the totals of its result.
+#[derive(ToSchema)]
+pub struct SimulationSummary {
+    /// Its id.
+    id: Uuid,
+    /// `running`, `done` or `failed`.
+    #[schema(pattern = "^(running|done|failed)$")]
+    status: String,
+    /// Share of the subscriptions re-billed, 0 to 1.
+    #[schema(minimum = 0, maximum = 1)]
+    progress: f64,
+    /// Window start.
+    from: DateTime<Utc>,
+    /// Window end.
+    to: DateTime<Utc>,
+    /// The codes of the candidate plans.
+    plans: Vec<String>,
+    /// The tenants it is limited to (`null`: all).
+    tenants: Option<Vec<Uuid>>,
+    /// When it was started.
+    created_at: DateTime<Utc>,
+    /// When it ended.
+    finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    error: Option<String>,
+    /// The result's totals, once `done`.
+    totals: Option<SimulationFigures>,
+}
+
+/// A page of simulations.
+#[derive(ToSchema)]
+pub struct SimulationPage {
+    /// The simulations, newest first.
+    data: Vec<SimulationSummary>,
+    /// Whether more follow.
+    has_more: bool,
+    /// Pass as `cursor` for the next page.
+    next_cursor: Option<String>,
+}

@@ -189,6 +189,7 @@ impl Accounts {
             correlation_id: correlation_id.to_owned(),
             causation_id: correlation_id.to_owned(),
             at: as_of,
+            command: None,
         };
 
         // Tenants whose sign-up stopped between the tenant and its subscription.

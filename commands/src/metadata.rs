@@ -40,6 +40,9 @@ pub struct CommandContext {
     pub causation_id: String,
     /// The instant the command is executed at (from the injected clock).
     pub at: DateTime<Utc>,
+    /// The command's name, where a replay needs it (subscription commands: see
+    /// `SubscriptionCommand::name`); stored as the metadata's `command`.
+    pub command: Option<&'static str>,
 }
 
 impl CommandContext {
@@ -50,7 +53,7 @@ impl CommandContext {
 
     /// The metadata map stored with each event.
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        let mut metadata = HashMap::with_capacity(5);
+        let mut metadata = HashMap::with_capacity(6);
         if let Some(tenant_id) = self.tenant_id {
             metadata.insert("tenant_id".to_owned(), tenant_id.to_string());
         }
@@ -58,6 +61,9 @@ impl CommandContext {
         metadata.insert("correlation_id".to_owned(), self.correlation_id.clone());
         metadata.insert("causation_id".to_owned(), self.causation_id.clone());
         metadata.insert("occurred_at".to_owned(), self.at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        if let Some(command) = self.command {
+            metadata.insert("command".to_owned(), command.to_owned());
+        }
         metadata
     }
 }

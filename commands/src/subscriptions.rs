@@ -87,7 +87,8 @@ impl Subscriptions {
         command: SubscriptionCommand,
         context: &CommandContext,
     ) -> Result<Committed<Subscription>, CommandError<SubscriptionError>> {
-        self.store.execute(&id.to_string(), command, context).await
+        let context = CommandContext { command: Some(command.name()), ..context.clone() };
+        self.store.execute(&id.to_string(), command, &context).await
     }
 
     /// The subscription's current state.

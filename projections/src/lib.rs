@@ -16,6 +16,7 @@ pub mod relay;
 pub mod replay;
 pub mod runner;
 pub mod sequencer;
+pub mod simulation;
 pub mod tenants;
 pub mod usage;
 pub mod webhooks;

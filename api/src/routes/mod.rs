@@ -16,6 +16,7 @@ pub mod members;
 pub mod plans;
 pub mod quota;
 pub mod resources;
+pub mod simulations;
 pub mod subscription;
 pub mod tenants;
 pub mod usage;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(aggregates::router())
         .merge(analytics::router())
+        .merge(simulations::router())
         .merge(crate::openapi::router())
         .with_state(state)
 }

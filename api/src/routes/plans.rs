@@ -61,7 +61,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiErro
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PublishPlan {
+pub(crate) struct PublishPlan {
     code: String,
     name: String,
     /// The price per month in `currency` (required unless `prices` is given).
@@ -126,6 +126,23 @@ async fn publish(
     caller: Caller,
     ApiJson(body): ApiJson<PublishPlan>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let plan = plan_from_body(body)?;
+    let context = state.context(None, caller.actor());
+    let app = state.clone();
+    let published = state
+        .detach(async move {
+            let code = plan.code.to_string();
+            let committed = app.accounts().plans().publish(plan, &context).await?;
+            app.settle(&code, &committed).await;
+            Ok(committed.state.latest.expect("just published"))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(plan_json(&published))))
+}
+
+/// A plan from a `POST /v1/plans` body (version 0: the catalog numbers it), checked as the
+/// catalog checks it. Simulations take their candidate plans in the same shape.
+pub(crate) fn plan_from_body(body: PublishPlan) -> Result<Plan, ApiError> {
     let mut prices = std::collections::BTreeMap::new();
     for (currency, price) in body.prices.unwrap_or_default() {
         let code = CurrencyCode::parse(&currency).map_err(|e| e.at(format!("prices.{currency}")))?.into_inner();
@@ -182,7 +199,7 @@ async fn publish(
         charges.push(charge);
     }
     let l = body.limits;
-    let plan = Plan {
+    Ok(Plan {
         code: PlanCode::parse(&body.code)?,
         name: DisplayName::parse(&body.name, "name")?.into_inner(),
         version: 0,
@@ -201,18 +218,7 @@ async fn publish(
         charges,
         features: body.features,
         rate_limit_per_minute: body.rate_limit_per_minute,
-    };
-    let context = state.context(None, caller.actor());
-    let app = state.clone();
-    let published = state
-        .detach(async move {
-            let code = plan.code.to_string();
-            let committed = app.accounts().plans().publish(plan, &context).await?;
-            app.settle(&code, &committed).await;
-            Ok(committed.state.latest.expect("just published"))
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(plan_json(&published))))
+    })
 }
 
 /// This module's part of the OpenAPI document.

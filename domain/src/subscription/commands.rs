@@ -119,6 +119,29 @@ pub enum SubscriptionCommand {
     },
 }
 
+impl SubscriptionCommand {
+    /// The command's name as the event metadata records it (`command`), so that a replay of
+    /// the log (the price simulation) knows which command each commit answered.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start(_) => "start",
+            Self::ChangePlan { .. } => "change_plan",
+            Self::Cancel { .. } => "cancel",
+            Self::Resume { .. } => "resume",
+            Self::SetAddons { .. } => "set_addons",
+            Self::AdvanceTo { .. } => "advance_to",
+            Self::VoidInvoice { .. } => "void_invoice",
+            Self::SetNetTerms { .. } => "set_net_terms",
+            Self::GrantCredit { .. } => "grant_credit",
+            Self::IssueCreditNote { .. } => "issue_credit_note",
+            Self::AddSeat { .. } => "add_seat",
+            Self::ApplyCoupon { .. } => "apply_coupon",
+            Self::RemoveCoupon { .. } => "remove_coupon",
+            Self::RecordPayment { .. } => "record_payment",
+        }
+    }
+}
+
 /// A payment notification's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentOutcome {

@@ -16,6 +16,7 @@ mod commands;
 mod error;
 mod events;
 mod rules;
+pub mod simulation;
 
 pub use commands::{PaymentOutcome, StartSubscription, SubscriptionCommand};
 pub use error::SubscriptionError;

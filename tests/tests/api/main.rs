@@ -25,6 +25,7 @@ mod rebuild;
 mod relay;
 mod replay;
 mod revenue;
+mod simulations;
 mod tenants;
 mod usage;
 mod webhooks_out;

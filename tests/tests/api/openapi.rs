@@ -374,6 +374,29 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
     check_against_spec(&spec, "get", "/v1/audit", &app.get("/v1/audit", ADMIN_TOKEN).await);
     check_against_spec(&spec, "get", "/v1/audit/verify", &app.get("/v1/audit/verify", &key).await);
 
+    // A price simulation, running and done, and the list.
+    let starter = serde_json::json!({"code": "starter", "name": "Starter", "monthly_price": "39.00", "limits": {"users": 1}, "rate_limit_per_minute": 200});
+    let started = app
+        .post(
+            "/v1/admin/simulations",
+            ADMIN_TOKEN,
+            serde_json::json!({"from": "2020-01-01T00:00:00Z", "to": "2040-01-01T00:00:00Z", "plans": [starter]}),
+        )
+        .await;
+    check_against_spec(&spec, "post", "/v1/admin/simulations", &started);
+    let path = format!("/v1/admin/simulations/{}", started.body["id"].as_str().unwrap());
+    let mut simulation = app.get(&path, ADMIN_TOKEN).await;
+    for _ in 0..200 {
+        if simulation.body["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        simulation = app.get(&path, ADMIN_TOKEN).await;
+    }
+    assert_eq!(simulation.body["status"], "done", "{}", simulation.body);
+    check_against_spec(&spec, "get", "/v1/admin/simulations/{id}", &simulation);
+    check_against_spec(&spec, "get", "/v1/admin/simulations", &app.get("/v1/admin/simulations", ADMIN_TOKEN).await);
+
     // Usage over time, analytics, health.
     check_against_spec(&spec, "get", "/v1/usage", &app.get("/v1/usage?granularity=hour", &key).await);
     check_against_spec(&spec, "get", "/v1/analytics/usage", &app.get("/v1/analytics/usage?granularity=month", &key).await);
