@@ -86,3 +86,66 @@ fn fit(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
     let kept: String = text.chars().take(width.saturating_sub(1)).collect();
     std::borrow::Cow::Owned(format!("{kept}…"))
 }
+
+/// The candidate plans of `saas-ledger simulate --plans FILE`: a JSON array of bodies as for
+/// `POST /v1/plans`, checked as the API checks them.
+pub fn candidate_plans(json: &str) -> Result<Vec<domain::plan::Plan>, CliError> {
+    let bodies: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| format!("the plans file is not a JSON array: {e}"))?;
+    let mut plans = Vec::with_capacity(bodies.len());
+    for (i, body) in bodies.into_iter().enumerate() {
+        let body: crate::routes::plans::PublishPlan = serde_json::from_value(body).map_err(|e| format!("plans[{i}]: {e}"))?;
+        let plan = crate::routes::plans::plan_from_body(body).map_err(|e| format!("plans[{i}]: {}", e.message))?;
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// Tenants by code (or id), for `simulate --tenant`.
+pub async fn tenant_ids(pool: &PgPool, references: &[String]) -> Result<Vec<uuid::Uuid>, CliError> {
+    let mut ids = Vec::with_capacity(references.len());
+    for reference in references {
+        let id: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT id FROM rm.tenants WHERE code = $1 OR id::text = $1").bind(reference).fetch_optional(pool).await?;
+        ids.push(id.ok_or_else(|| format!("no tenant {reference}"))?);
+    }
+    Ok(ids)
+}
+
+/// Prints a simulation's result as tables: totals, then by month, plan and tenant, then the
+/// facts beyond the candidate's limits and the refused commands.
+pub fn print_simulation(result: &projections::simulation::SimulationResult, out: &mut impl Write) -> std::io::Result<()> {
+    use projections::simulation::Figures;
+    let row = |out: &mut dyn Write, label: &str, f: &Figures| {
+        writeln!(out, "{:<28} {:>14} {:>14} {:>14}", fit(label, 28), f.actual, f.simulated, f.difference)
+    };
+    writeln!(out, "{:<28} {:>14} {:>14} {:>14}", "", "actual", "simulated", "difference")?;
+    row(out, "total", &result.totals)?;
+    writeln!(out, "\nby month")?;
+    for m in &result.by_month {
+        row(out, &m.month, &m.figures)?;
+    }
+    writeln!(out, "\nby plan")?;
+    for p in &result.by_plan {
+        row(out, &p.plan, &p.figures)?;
+    }
+    writeln!(out, "\nby tenant")?;
+    for t in &result.by_tenant {
+        row(out, &t.code, &t.figures)?;
+    }
+    if !result.over_limit.is_empty() {
+        writeln!(out, "\nbeyond the candidate's limits (kept as they happened)")?;
+        for o in &result.over_limit {
+            let month = o.month.as_deref().unwrap_or("");
+            writeln!(out, "{:<28} {:<20} {:<8} limit {:>8} used {:>8}", fit(&o.code, 28), o.metric, month, o.limit, o.used)?;
+        }
+    }
+    writeln!(
+        out,
+        "\n{} subscriptions, {} invoices issued, {} simulated, {} real commands refused by the simulated history",
+        result.subscriptions, result.invoices_actual, result.invoices_simulated, result.refused_commands
+    )?;
+    for r in &result.refused {
+        writeln!(out, "  {}: {}", r.tenant_id, r.reason)?;
+    }
+    Ok(())
+}

@@ -53,6 +53,29 @@ enum Command {
         #[arg(long, value_enum, default_value = "ndjson")]
         format: ReplayFormat,
     },
+    /// Re-bill the real history of `[from, to)` under candidate plans and print actual against
+    /// simulated revenue (as `POST /v1/admin/simulations`); writes nothing.
+    Simulate {
+        /// Database settings.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Invoices issued at or after this instant count (RFC 3339).
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// Invoices issued before this instant count (RFC 3339).
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// A JSON file with an array of plan bodies as for `POST /v1/plans` (`[]`: the real
+        /// catalog, which reproduces every invoice).
+        #[arg(long)]
+        plans: std::path::PathBuf,
+        /// Only this tenant (code or id); repeat for more.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// Print the result as JSON (as the API's `result`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// The platform admin's credential (when `SAAS_LEDGER_ADMIN_TOKEN` is not set).
     AdminToken {
         /// Database settings.
@@ -195,6 +218,35 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {}
                 other => other?,
             }
+        }
+        Command::Simulate { database, from, to, plans, tenants, json } => {
+            if to <= from {
+                return Err("--to must be after --from".into());
+            }
+            let plans = api::cli::candidate_plans(&std::fs::read_to_string(&plans).map_err(|e| format!("{}: {e}", plans.display()))?)?;
+            let pool = commands::db::connect(&database.database_url, 4).await?;
+            let tenants = if tenants.is_empty() { None } else { Some(api::cli::tenant_ids(&pool, &tenants).await?) };
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("simulating [{bar:40}] {pos}/{len} subscriptions  {per_sec}  ETA {eta}")?
+                    .progress_chars("=> "),
+            );
+            let input = projections::simulation::SimulationInput { from, to, plans, tenants };
+            let progress = |done: usize, total: usize| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            };
+            let started = std::time::Instant::now();
+            let result = projections::simulation::simulate(&pool, &input, &progress).await?;
+            bar.finish_and_clear();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if json {
+                serde_json::to_writer_pretty(&mut out, &result)?;
+                writeln!(out)?;
+            } else {
+                api::cli::print_simulation(&result, &mut out)?;
+                writeln!(out, "({:.1} s)", started.elapsed().as_secs_f64())?;
+            }
+            out.flush()?;
         }
         Command::Projections { database, command: ProjectionsCommand::Status } => {
             let pool = commands::db::connect(&database.database_url, 2).await?;

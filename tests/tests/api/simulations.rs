@@ -236,6 +236,25 @@ async fn the_real_catalog_re_bills_every_invoice_exactly_and_a_new_starter_price
     assert_eq!(dec(&changed["totals"]["difference"]), total_difference);
     assert_eq!(dec(&changed["totals"]["actual"]), total, "the actual side does not depend on the candidate");
 
+    // The CLI (`saas-ledger simulate --plans FILE`) prints the same figures from the same code.
+    let plans = api::cli::candidate_plans(&json!([starter]).to_string()).unwrap();
+    let from = FROM.parse().unwrap();
+    let to = TO.parse().unwrap();
+    let input = projections::simulation::SimulationInput { from, to, plans, tenants: None };
+    let seen = std::sync::Mutex::new(Vec::new());
+    let cli = projections::simulation::simulate(&app.pool, &input, &|done, total| seen.lock().unwrap().push((done, total))).await.unwrap();
+    assert_eq!(seen.lock().unwrap().last(), Some(&(6, 6)), "progress ends at every subscription");
+    let mut printed = Vec::new();
+    api::cli::print_simulation(&cli, &mut printed).unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    let total_row = printed.lines().find(|l| l.starts_with("total")).unwrap().split_whitespace().collect::<Vec<_>>();
+    assert_eq!(
+        total_row[1..],
+        [&changed["totals"]["actual"], &changed["totals"]["simulated"], &changed["totals"]["difference"]].map(|v| v.as_str().unwrap())
+    );
+    assert!(printed.lines().any(|l| l.starts_with("mover") && l.trim_end().ends_with("45.00")), "{printed}");
+    assert!(api::cli::candidate_plans(r#"[{"code": "starter"}]"#).is_err());
+
     // A lower seat limit: what really happened stays, and the seats beyond it are reported.
     let two_seats =
         json!({"code": "starter", "name": "Starter", "monthly_price": "29.00", "limits": {"users": 2}, "rate_limit_per_minute": 200});
