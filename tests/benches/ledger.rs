@@ -27,6 +27,11 @@
 //! 7. `GET /v1/admin/analytics/revenue` over `BENCH_REVENUE_TENANTS` (default 10,000)
 //!    subscriptions with 36 months of history (seeded in SQL, projected by the server).
 //!
+//! 8. a price simulation (`POST /v1/admin/simulations`) over `BENCH_SIM_TENANTS` (default 10,000)
+//!    tenants × 12 months of billing history made by the domain itself (on a second server and
+//!    database of its own), with the real catalog (identity, checked) and with a new starter price.
+//!    `BENCH_ONLY=simulation` runs this phase alone.
+//!
 //! Prints the tables and writes them to `bench/results/<date>.md`.
 
 use std::collections::HashMap;
@@ -46,6 +51,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const ADMIN: &str = e2e::ADMIN_TOKEN;
 
+#[path = "ledger/simulation.rs"]
+mod simulation;
+
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -54,6 +62,10 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
     match std::env::var("SL_BENCH_SERVE") {
         Ok(url) => runtime.block_on(serve(url)),
+        Err(_) if env("BENCH_ONLY", "") == "simulation" => runtime.block_on(async {
+            let mut out = String::new();
+            simulation_phase(&mut out).await;
+        }),
         Err(_) => runtime.block_on(run()),
     }
 }
@@ -854,6 +866,9 @@ async fn run() {
     section(&mut out, &format!("Revenue analytics ({months} months answered)"), "| what | ours | p50 | p99 | failed |", &rows);
     peaks.push(("the revenue analytics phase", server.peak_rss_mib()));
 
+    // 8. Price simulation, on its own server and database.
+    simulation_phase(&mut out).await;
+
     // 6. Memory.
     let rss = server.peak_rss_mib();
     peaks.push(("the NDJSON replay", rss));
@@ -876,5 +891,82 @@ async fn run() {
     }
     if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+    }
+}
+
+/// Phase 8: `BENCH_SIM_TENANTS` tenants × 12 months of billing history, then a simulation of it
+/// with the real catalog (identity: every difference 0.00) and with starter at 39.00.
+async fn simulation_phase(out: &mut String) {
+    let tenants: usize = env("BENCH_SIM_TENANTS", "10000").parse().expect("BENCH_SIM_TENANTS");
+    let db = format!("sl_bench_sim_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{db}?sslmode={}", e2e::server_url(), env("BENCH_SSLMODE", "disable"));
+    let server = Server::start(&url);
+    eprintln!("simulation server at {} (pid {}), database {db}", server.address, server.child.id());
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.expect("the simulation database");
+    let http = Http {
+        client: reqwest::Client::builder().timeout(Duration::from_secs(300)).build().expect("a client"),
+        base: server.address.clone(),
+    };
+    let seeding = Instant::now();
+    let (events, invoices, origin) = simulation::seed(&pool, tenants, 12).await;
+    let seeded = seeding.elapsed();
+    settled(&pool).await;
+    let projected = seeding.elapsed();
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await.expect("vacuum");
+    let mut rows = vec![format!(
+        "| {tenants} tenants × 12 months made by the domain ({events} events, {invoices} invoices), appended in SQL | {:.1} s (projected after {:.1} s) | | | | |",
+        seeded.as_secs_f64(),
+        projected.as_secs_f64()
+    )];
+    let starter = json!({"code": "starter", "name": "Starter", "monthly_price": "39.00",
+        "limits": {"users": 3, "bookings_per_month": 100, "events": 5, "tickets_per_event": 50, "storage_mb": 1024, "api_calls_per_month": 10000},
+        "rate_limit_per_minute": 200});
+    let to = chrono::Utc::now() + chrono::Duration::days(1);
+    for (what, plans) in [("the real catalog (`plans: []`)", json!([])), ("starter at 39.00 instead of 29.00", json!([starter]))] {
+        let started = Instant::now();
+        let body = json!({"from": origin, "to": to, "plans": plans});
+        let (status, reply) = http.post("/v1/admin/simulations", ADMIN, &body).await;
+        assert_eq!(status, 202, "{reply}");
+        let path = format!("/v1/admin/simulations/{}", reply["id"].as_str().expect("an id"));
+        let result = loop {
+            let (status, view) = http.get(&path, ADMIN).await;
+            assert_eq!(status, 200, "{view}");
+            match view["status"].as_str() {
+                Some("done") => break view["result"].clone(),
+                Some("running") => tokio::time::sleep(Duration::from_millis(100)).await,
+                other => panic!("the simulation ended {other:?}: {view}"),
+            }
+        };
+        let took = started.elapsed();
+        let totals = &result["totals"];
+        if plans.as_array().is_some_and(Vec::is_empty) {
+            assert_eq!(totals["difference"], "0.00", "identity: {totals}");
+            assert!(result["by_tenant"].as_array().expect("tenants").iter().all(|t| t["difference"] == "0.00"), "identity per tenant");
+        }
+        rows.push(format!(
+            "| {what} | **{:.1} s** | {} | {} | {} → {} ({}) | {} |",
+            took.as_secs_f64(),
+            result["subscriptions"],
+            result["invoices_actual"],
+            totals["actual"].as_str().unwrap_or_default(),
+            totals["simulated"].as_str().unwrap_or_default(),
+            totals["difference"].as_str().unwrap_or_default(),
+            result["refused_commands"]
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+    }
+    rows.push(format!("| simulation server's peak RSS (`VmHWM`) | {:.0} MiB | | | | |", server.peak_rss_mib()));
+    section(
+        out,
+        "Price simulation (goal: 10,000 tenants × 12 months in ≤ 60 s)",
+        "| what | time | subscriptions | invoices | actual → simulated (difference) | refused |",
+        &rows,
+    );
+    drop(server);
+    pool.close().await;
+    if std::env::var_os("BENCH_KEEP_DB").is_none() {
+        if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+        }
     }
 }
