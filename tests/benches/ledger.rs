@@ -965,7 +965,8 @@ async fn simulation_phase(out: &mut String) {
     drop(server);
     pool.close().await;
     if std::env::var_os("BENCH_KEEP_DB").is_none() {
-        if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await {
+        if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await
+        {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
         }
     }

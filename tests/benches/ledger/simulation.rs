@@ -110,11 +110,22 @@ pub async fn seed(pool: &PgPool, tenants: usize, months: u32) -> (usize, usize, 
         for m in 1..=months + 1 {
             let month = start.checked_add_months(Months::new(m - 1)).expect("a month");
             if g % 10 == 3 && m == 4 {
-                commands.push((month + Duration::days(10), C::ChangePlan { plan: plans[(g + 1) % 3].clone(), billing_period: None, immediately: false, at: month + Duration::days(10) }));
+                commands.push((
+                    month + Duration::days(10),
+                    C::ChangePlan {
+                        plan: plans[(g + 1) % 3].clone(),
+                        billing_period: None,
+                        immediately: false,
+                        at: month + Duration::days(10),
+                    },
+                ));
             }
             if g % 10 == 7 && m == 6 {
                 let cheaper = plans[(g + 2) % 3].clone();
-                commands.push((month + Duration::days(5), C::ChangePlan { plan: cheaper, billing_period: None, immediately: false, at: month + Duration::days(5) }));
+                commands.push((
+                    month + Duration::days(5),
+                    C::ChangePlan { plan: cheaper, billing_period: None, immediately: false, at: month + Duration::days(5) },
+                ));
             }
             if g % 20 == 11 && m == 9 {
                 commands.push((month + Duration::days(3), C::Cancel { at_period_end: true, at: month + Duration::days(3) }));
