@@ -529,8 +529,12 @@ async fn contract_errors(request: Request, next: Next) -> Response {
         .scope(request_id, async move {
             let response = next.run(request).await;
             let status = response.status();
-            let is_json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-            if status.as_u16() < 400 || is_json {
+            // Our own answers: the API's JSON errors, and the console's error pages.
+            let ours = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html"));
+            if status.as_u16() < 400 || ours {
                 return response;
             }
             let allow = response.headers().get(header::ALLOW).cloned();
@@ -543,7 +547,7 @@ async fn contract_errors(request: Request, next: Next) -> Response {
         .await
 }
 
-fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let config = state.config().clone();
     routes::router(state.clone())
         .route("/metrics", axum::routing::get(crate::metrics::render).with_state(state.clone()))

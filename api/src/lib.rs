@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consistency;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod idempotency;

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(analytics::router())
         .merge(simulations::router())
         .merge(crate::openapi::router())
+        .merge(crate::console::router())
         .with_state(state)
 }
 

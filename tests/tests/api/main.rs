@@ -9,6 +9,7 @@ mod billing;
 mod bookings;
 mod client;
 mod consistency;
+mod console;
 mod coupons;
 mod credits;
 mod first_day;
