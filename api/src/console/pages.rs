@@ -5,7 +5,7 @@ use axum::extract::{Path, Query};
 use axum::http::Method;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use chrono::Datelike;
+use chrono::{Datelike, Utc};
 use maud::{html, Markup, PreEscaped};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -64,8 +64,43 @@ pub async fn overview(console: Console) -> Response {
             let failing: Vec<&Value> =
                 projections.iter().filter(|p| !p["last_error"].is_null() || p["lag"].as_i64().unwrap_or(0) > 1000).collect();
             let suspended = items(&console.api(Method::GET, "/v1/tenants?status=suspended&limit=100", None, None).await?);
-            let endpoints = items(&console.api(Method::GET, "/v1/webhook-endpoints?limit=100", None, None).await?);
-            let disabled: Vec<&Value> = endpoints.iter().filter(|e| e["status"] == "disabled").collect();
+            // The platform-wide views the API has no route for read the same read models in SQL.
+            let pool = console.state.pool();
+            let past_due: Vec<(Uuid, String, Option<chrono::DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT t.id, t.code, s.current_period_end FROM rm.subscriptions s JOIN rm.tenants t ON t.id = s.tenant_id
+                 WHERE s.status = 'past_due' ORDER BY t.code LIMIT 100",
+            )
+            .fetch_all(pool)
+            .await?;
+            let disabled: Vec<(String, Option<Uuid>)> =
+                sqlx::query_as("SELECT url, tenant_id FROM webhook_endpoints WHERE status = 'disabled' ORDER BY url LIMIT 100").fetch_all(pool).await?;
+            let usage: Vec<(String, chrono::DateTime<Utc>, f64)> = sqlx::query_as(
+                "SELECT metric, bucket, sum(value)::float8 FROM analytics.usage_monthly
+                 WHERE kind = 'counter' AND bucket >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '23 months'
+                 GROUP BY 1, 2 ORDER BY 2",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+            let mut usage_months: Vec<String> = usage.iter().map(|(_, b, _)| b.format("%Y-%m").to_string()).collect();
+            usage_months.dedup();
+            let mut metrics: Vec<String> = usage.iter().map(|(m, _, _)| m.clone()).collect();
+            metrics.sort();
+            metrics.dedup();
+            let usage_series: Vec<(&str, Vec<f64>)> = metrics
+                .iter()
+                .take(4)
+                .map(|metric| {
+                    let values = usage_months
+                        .iter()
+                        .map(|month| {
+                            usage.iter().filter(|(m, b, _)| m == metric && b.format("%Y-%m").to_string() == *month).map(|(_, _, v)| *v).sum()
+                        })
+                        .collect();
+                    (metric.as_str(), values)
+                })
+                .collect();
+            let usage_chart = charts::bars("Platform usage by month (counters, all tenants)", &usage_months, &usage_series);
             Ok(page(
                 "Overview",
                 &console,
@@ -90,6 +125,9 @@ pub async fn overview(console: Console) -> Response {
                         figure { (PreEscaped(mrr_chart)) figcaption { "MRR and ARR/12 per month (from the revenue read model)" } }
                         figure { (PreEscaped(tenant_chart)) figcaption { "Active, new and churned tenants per month" } }
                         figure { (PreEscaped(churn_chart)) figcaption { "Churn rate per month" } }
+                        @if !usage_months.is_empty() {
+                            figure { (PreEscaped(usage_chart)) figcaption { "Usage of the platform per month (from the usage read model)" } }
+                        }
                     }
                     section aria-labelledby="by-plan" {
                         h2 #by-plan { "MRR by plan, " (text(&latest["month"])) }
@@ -107,15 +145,18 @@ pub async fn overview(console: Console) -> Response {
                     section aria-labelledby="failing" {
                         h2 #failing { "Failing now" }
                         ul {
-                            @if failing.is_empty() && suspended.is_empty() && disabled.is_empty() { li { "Nothing: every projection is current, no tenant is suspended, no webhook endpoint is disabled." } }
+                            @if failing.is_empty() && suspended.is_empty() && disabled.is_empty() && past_due.is_empty() { li { "Nothing: every projection is current, no subscription is past due, no tenant is suspended, no webhook endpoint is disabled." } }
                             @for p in &failing {
                                 li { "Projection " strong { (text(&p["name"])) } ": lag " (text(&p["lag"])) ", " (text(&p["last_error"])) " — " a href="/console/operations" { "operations" } }
                             }
                             @for t in &suspended {
                                 li { "Suspended: " a href={ "/console/tenants/" (text(&t["id"])) } { (text(&t["code"])) } " — " (text(&t["status_reason"])) }
                             }
-                            @for e in &disabled {
-                                li { "Webhook endpoint disabled: " (text(&e["url"])) }
+                            @for (id, code, _) in &past_due {
+                                li { "Past due: " a href={ "/console/tenants/" (id) } { (code) } }
+                            }
+                            @for (url, tenant) in &disabled {
+                                li { "Webhook endpoint disabled: " (url) @if let Some(t) = tenant { " (tenant " a href={ "/console/tenants/" (t) } { (t) } ")" } @else { " (the platform's)" } }
                             }
                         }
                     }
@@ -149,21 +190,27 @@ pub async fn tenants(console: Console, Query(query): Query<TenantsQuery>) -> Res
             if let Some(cursor) = query.cursor.as_deref().filter(|c| !c.is_empty()) {
                 path.push_str(&format!("&cursor={}", encode(cursor)));
             }
-            // A code finds its tenant directly; other text filters the page by code or name.
-            let exact = domain::values::TenantCode::parse(&q).is_ok();
-            let mut listed = console.api(Method::GET, &path, None, None).await?;
-            if exact {
-                let one = console.api(Method::GET, &format!("/v1/tenants?code={}", encode(&q)), None, None).await?;
-                if !items(&one).is_empty() {
-                    listed = one;
-                }
-            }
-            let needle = q.to_lowercase();
-            let rows: Vec<Value> = items(&listed)
-                .into_iter()
-                .filter(|t| needle.is_empty() || text(&t["code"]).to_lowercase().contains(&needle) || text(&t["name"]).to_lowercase().contains(&needle))
-                .collect();
-            let next = listed["next_cursor"].as_str().map(str::to_owned);
+            // Without a search: the API's list, paged. With one: the tenants read model, by code or
+            // name (the API lists by exact code only).
+            let (rows, next) = if q.is_empty() {
+                let listed = console.api(Method::GET, &path, None, None).await?;
+                (items(&listed), listed["next_cursor"].as_str().map(str::to_owned))
+            } else {
+                let pattern = format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+                let found: Vec<(Uuid, String, String, String, String, chrono::DateTime<Utc>)> = sqlx::query_as(
+                    "SELECT id, code, name, plan, status, created_at FROM rm.tenants
+                     WHERE (code ILIKE $1 OR name ILIKE $1) AND ($2 = '' OR status = $2) ORDER BY code LIMIT 100",
+                )
+                .bind(&pattern)
+                .bind(&status)
+                .fetch_all(console.state.pool())
+                .await?;
+                let rows = found
+                    .into_iter()
+                    .map(|(id, code, name, plan, status, created_at)| json!({"id": id, "code": code, "name": name, "plan": plan, "status": status, "created_at": created_at}))
+                    .collect();
+                (rows, None)
+            };
             Ok(page(
                 "Tenants",
                 &console,
@@ -451,6 +498,24 @@ pub async fn operations(console: Console) -> Response {
             let head = runs.iter().filter_map(|r| r["head"].as_i64()).max().unwrap_or(0);
             let mut names: Vec<String> = runs.iter().map(|r| text(&r["name"])).collect();
             names.dedup();
+            // Which instance (its sessions' application_name) holds each singleton job's lock.
+            let mut jobs = vec!["billing-loop".to_owned(), "webhooks".to_owned(), "webhooks:quota".to_owned()];
+            if let Some(relay) = &console.state.config().relay {
+                jobs.push(format!("relay:{}", relay.stream));
+            }
+            let mut leaders = Vec::new();
+            for job in &jobs {
+                let key = projections::leader::key(job);
+                let holder: Option<(String, Option<chrono::DateTime<Utc>>)> = sqlx::query_as(
+                    "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                       AND l.classid::bigint = ($1 >> 32) & 4294967295 AND l.objid::bigint = $1 & 4294967295",
+                )
+                .bind(key)
+                .fetch_optional(console.state.pool())
+                .await?;
+                leaders.push((job.clone(), holder));
+            }
             let mut response = page(
                 "Operations",
                 &console,
@@ -484,6 +549,22 @@ pub async fn operations(console: Console) -> Response {
                                 @for n in &names { option value=(n) { (n) } }
                             }
                             button type="submit" { "Rebuild" }
+                        }
+                    }
+                    section aria-labelledby="jobs" {
+                        h2 #jobs { "Jobs and their leaders" }
+                        table {
+                            thead { tr { th scope="col" { "Job" } th scope="col" { "Led by instance" } th scope="col" { "Since" } } }
+                            tbody {
+                                @for (job, holder) in &leaders {
+                                    tr {
+                                        th scope="row" { (job) }
+                                        @if let Some((instance, since)) = holder {
+                                            td { (instance) } td { @if let Some(s) = since { (s.to_rfc3339()) } }
+                                        } @else { td { "nobody (waiting for an instance)" } td {} }
+                                    }
+                                }
+                            }
                         }
                     }
                     section aria-labelledby="billing" {

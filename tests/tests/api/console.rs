@@ -108,11 +108,15 @@ async fn an_admin_suspends_a_tenant_opens_an_invoice_and_rebuilds_a_projection_i
     assert!(browser.client.current_url().await.unwrap().path().ends_with("/console/overview"));
     let overview = browser.client.source().await.unwrap();
     assert!(overview.contains("<svg") && overview.contains("MRR"), "charts drawn on the server");
+    assert!(overview.contains("Platform usage by month"), "the usage trend");
     assert!(!overview.contains(ADMIN_TOKEN), "the token is never put in a page");
     shot(&browser, "01-overview").await;
 
     // Tenants: search, open one.
-    browser.client.goto(&format!("{}/console/tenants?q=clinic", app.address)).await.unwrap();
+    // Search by name (the sign-up names them "Tenant <code>"), then by status.
+    browser.client.goto(&format!("{}/console/tenants?q=Tenant+console-cl", app.address)).await.unwrap();
+    let found = text_of(&browser, "main table").await;
+    assert!(found.contains("console-clinic") && !found.contains("console-school"), "{found}");
     shot(&browser, "02-tenants").await;
     browser.client.find(Locator::LinkText("console-clinic")).await.unwrap().click().await.unwrap();
     until_title(&browser, "Tenant console-clinic").await;
@@ -165,6 +169,8 @@ async fn an_admin_suspends_a_tenant_opens_an_invoice_and_rebuilds_a_projection_i
 
     // A rebuild from the operations page, followed until it is live.
     browser.client.goto(&format!("{}/console/operations", app.address)).await.unwrap();
+    let jobs = text_of(&browser, "#jobs + table").await;
+    assert!(jobs.lines().any(|l| l.starts_with("billing-loop") && !l.contains("nobody")), "the billing loop has a leader: {jobs}");
     browser.client.find(Locator::Css("#projection option[value=usage]")).await.unwrap().click().await.unwrap();
     browser.client.find(Locator::Css("form[action='/console/operations/rebuild'] button")).await.unwrap().click().await.unwrap();
     until_title(&browser, "Operations").await;
