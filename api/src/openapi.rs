@@ -40,7 +40,7 @@ pub struct ErrorDetail {
 #[derive(Debug, ToSchema)]
 pub struct UsageBatch {
     /// The records: `{metric, quantity, idempotency_key, occurred_at?}` each.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
     pub records: Vec<serde_json::Value>,
 }
 
@@ -114,6 +114,7 @@ pub fn document() -> &'static Document {
             doc.merge(part);
         }
         unique_operation_ids(&mut doc);
+        header_errors(&mut doc);
         doc
     })
 }
@@ -135,6 +136,47 @@ fn unique_operation_ids(doc: &mut Document) {
             if seen.get(&id).is_some_and(|n| *n > 1) {
                 op.operation_id = Some(format!("{id}_{resource}"));
             }
+        }
+    }
+}
+
+/// A POST that takes `Idempotency-Key` can answer 400 (a malformed key) and 409 (the key reused
+/// with another request, or still in use). A route that takes `X-Tenant-ID` can answer 400 (the header is not an id or a code, or the
+/// admin token named no tenant on a tenant route) and 404 (it names no tenant) whatever else it
+/// does: every such operation documents both.
+fn header_errors(doc: &mut Document) {
+    use utoipa::openapi::{RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build(),
+        )
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in operations_mut(item) {
+            if op.parameters.iter().flatten().any(|p| p.name == "Idempotency-Key") {
+                let responses = &mut op.responses.responses;
+                responses
+                    .entry("400".to_owned())
+                    .or_insert_with(|| error("VALIDATION_FAILED: a malformed Idempotency-Key, or a bad request"));
+                responses.entry("409".to_owned()).or_insert_with(|| {
+                    error("IDEMPOTENCY_KEY_REUSED (the key came with another request), IDEMPOTENCY_KEY_IN_USE, or the route's own conflict")
+                });
+            }
+            let takes_header = op.parameters.iter().flatten().any(|p| p.name == "X-Tenant-ID");
+            if !takes_header {
+                continue;
+            }
+            let responses = &mut op.responses.responses;
+            responses.entry("400".to_owned()).or_insert_with(|| {
+                error("VALIDATION_FAILED: X-Tenant-ID is not a tenant id or code, or the admin token named no tenant on a tenant route")
+            });
+            responses.entry("404".to_owned()).or_insert_with(|| error("NOT_FOUND: X-Tenant-ID names no tenant"));
         }
     }
 }
@@ -174,8 +216,9 @@ pub fn router() -> Router<AppState> {
 #[into_params(parameter_in = Header, names("X-Tenant-ID"))]
 #[allow(dead_code)]
 pub struct TenantHeader(
-    /// The tenant's id or code (acme-clinic): the admin token acts for it; a tenant key naming
-    /// another tenant gets 403; an unknown one is 404.
+    /// The tenant's id or code (acme-clinic): the admin token acts for it (and must name one on
+    /// tenant routes); a tenant key naming another tenant gets 403; an unknown one is 404.
+    #[param(pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9-]{3,50})$")]
     Option<String>,
 );
 
@@ -185,6 +228,7 @@ pub struct TenantHeader(
 #[allow(dead_code)]
 pub struct IdempotencyHeader(
     /// Retry-safe key (1-255 visible ASCII): a retry with the same key and body replays the first response.
+    #[param(pattern = r"^[!-~]{1,255}$", min_length = 1, max_length = 255)]
     Option<String>,
 );
 

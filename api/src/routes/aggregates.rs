@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct Point {
     as_of: Option<DateTime<Utc>>,
+    #[param(minimum = 0)]
     version: Option<i64>,
 }
 

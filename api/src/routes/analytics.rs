@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
 struct UsageQuery {
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    #[param(pattern = "^(hour|day|month)$")]
     granularity: Option<String>,
     metric: Option<String>,
 }

@@ -28,6 +28,7 @@ struct AuditQuery {
     actor: Option<String>,
     aggregate_type: Option<String>,
     cursor: Option<i64>,
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

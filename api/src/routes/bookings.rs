@@ -261,7 +261,10 @@ async fn reschedule(
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CancelBooking)]
 struct Cancel {
+    /// Why (kept with the booking): not blank, no control characters.
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$")]
     reason: Option<String>,
 }
 
@@ -295,7 +298,9 @@ struct ListQuery {
     resource_id: Option<Uuid>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    #[param(pattern = "^(confirmed|cancelled)$")]
     status: Option<String>,
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     cursor: Option<String>,
 }

@@ -123,9 +123,11 @@ pub fn invoice_json(r: InvoiceRow) -> Value {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    #[param(pattern = "^(draft|open|paid|void)$")]
     status: Option<String>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -266,9 +268,10 @@ const PAYMENT_METHODS: [&str; 4] = ["bank_transfer", "card", "cash", "other"];
 #[serde(deny_unknown_fields)]
 struct PayBody {
     /// `bank_transfer`, `card`, `cash` or `other`.
-    #[schema(example = "bank_transfer")]
+    #[schema(example = "bank_transfer", pattern = "^(bank_transfer|card|cash|other)$")]
     method: String,
     /// The payment's own reference (1 to 255 characters), kept with the payment in the log.
+    #[schema(min_length = 1, max_length = 255)]
     reference: Option<String>,
     /// When the money arrived (RFC 3339; default: now): not before the invoice was issued,
     /// not in the future.

@@ -158,8 +158,10 @@ async fn invite(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// `invited`, `active` or `removed`.
+    #[param(pattern = "^(invited|active|removed)$")]
     status: Option<String>,
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -277,7 +279,7 @@ struct ChangeRole {
     patch,
     path = "/v1/members/{id}",
     tag = "members",
-    params(("id" = Uuid, Path, description = "Member id"), crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
+    params(("id" = Uuid, Path, description = "Member id"), crate::openapi::TenantHeader),
     request_body = ChangeRole,
     responses((status = 200, description = "The member with the new role", body = MemberView), crate::openapi::CommandErrors),
 )]

@@ -87,6 +87,7 @@ impl<T> Page<T> {
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

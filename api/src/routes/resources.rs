@@ -134,7 +134,9 @@ async fn create(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    #[param(pattern = "^(room|event)$")]
     kind: Option<String>,
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     cursor: Option<Uuid>,
 }

@@ -242,6 +242,7 @@ async fn change_plan(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CancelSubscription)]
 struct Cancel {
     at_period_end: Option<bool>,
 }

@@ -283,8 +283,10 @@ async fn create(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     cursor: Option<String>,
+    #[param(pattern = "^(active|suspended|cancelled|erased)$")]
     status: Option<String>,
     /// Only the tenant with this code.
     code: Option<String>,
@@ -370,6 +372,8 @@ async fn read_own(State(state): State<AppState>, caller: TenantCaller) -> Result
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Reason {
+    /// Why (kept in the audit trail): not blank, no control characters.
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$")]
     reason: Option<String>,
 }
 
@@ -415,7 +419,7 @@ struct UpdateTenant {
     patch,
     path = "/v1/tenants/{id}",
     tag = "tenants",
-    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
+    params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)")),
     request_body = UpdateTenant,
     responses(
         (status = 200, description = "The tenant", body = TenantView),
@@ -525,8 +529,14 @@ async fn cancel(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BrandingBody {
+    /// `#RRGGBB`.
+    #[schema(pattern = "^#[0-9A-Fa-f]{6}$", example = "#1A2B3C")]
     primary_color: Option<String>,
+    /// `#RRGGBB`.
+    #[schema(pattern = "^#[0-9A-Fa-f]{6}$", example = "#FFFFFF")]
     secondary_color: Option<String>,
+    /// An `https://` URL.
+    #[schema(pattern = r"^https://[^\s]+$")]
     logo_url: Option<String>,
     custom_domain: Option<String>,
 }

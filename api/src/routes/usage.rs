@@ -269,9 +269,11 @@ pub struct RecordResult {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SeriesQuery {
+    #[param(pattern = "^[a-z][a-z0-9_]{0,63}$")]
     metric: Option<String>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    #[param(pattern = "^(hour|day|month)$")]
     granularity: Option<String>,
 }
 

@@ -388,6 +388,7 @@ struct DeliveriesQuery {
     /// `pending`, `succeeded` or `failed`.
     status: Option<String>,
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
