@@ -45,7 +45,7 @@ pub struct CreateCoupon {
     currency: Option<String>,
     /// `once` (the next invoice), `repeating` (the next `duration_in_periods` invoices) or
     /// `forever`.
-    #[schema(example = "repeating")]
+    #[schema(example = "repeating", pattern = "^(once|repeating|forever)$")]
     duration: String,
     /// For `repeating`: 1 to 120 invoices.
     #[schema(minimum = 1, maximum = 120)]

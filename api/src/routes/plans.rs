@@ -62,13 +62,25 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiErro
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PublishPlan {
+    /// `[a-z0-9-]{2,50}`; an existing code publishes its next version.
+    #[schema(pattern = "^[a-z0-9-]{2,50}$", example = "starter")]
     code: String,
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$",
+        example = "Starter"
+    )]
     name: String,
     /// The price per month in `currency` (required unless `prices` is given).
+    #[schema(pattern = r"^[0-9]{1,10}(\.[0-9]{1,2})?$", example = "29.00")]
     monthly_price: Option<String>,
     /// The price per year in `currency` (default: 10 × monthly).
+    #[schema(pattern = r"^[0-9]{1,10}(\.[0-9]{1,2})?$", example = "29.00")]
     yearly_price: Option<String>,
     /// The currency of `monthly_price` (default EUR), and the plan's first currency.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: Option<String>,
     /// Prices in further currencies: `{"USD": {"monthly": "29.00", "yearly": "290.00"}}`
     /// (`yearly` defaults to 10 × monthly). Tenants in other currencies cannot take the plan.
@@ -80,8 +92,12 @@ pub(crate) struct PublishPlan {
     #[schema(value_type = Option<Vec<Object>>)]
     charges: Option<Vec<Value>>,
     limits: LimitsBody,
+    /// Feature flags: at most 100 names of 1 to 64 characters.
     #[serde(default)]
+    #[schema(max_items = 100)]
     features: Vec<String>,
+    /// Requests per minute a tenant key may make, 1 to 1,000,000.
+    #[schema(minimum = 1, maximum = 1000000)]
     rate_limit_per_minute: u32,
 }
 
@@ -89,7 +105,9 @@ pub(crate) struct PublishPlan {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PriceBody {
+    #[schema(pattern = r"^[0-9]{1,10}(\.[0-9]{1,2})?$", example = "29.00")]
     monthly: String,
+    #[schema(pattern = r"^[0-9]{1,10}(\.[0-9]{1,2})?$", example = "29.00")]
     yearly: Option<String>,
 }
 

@@ -39,7 +39,7 @@ struct CreateResource {
     #[schema(minimum = 1, maximum = 1_000_000)]
     capacity: i64,
     /// IANA time zone (default: the tenant's).
-    #[schema(example = "Europe/Zurich")]
+    #[schema(example = "Europe/Zurich", pattern = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$")]
     timezone: Option<String>,
 }
 

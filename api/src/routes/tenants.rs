@@ -60,13 +60,13 @@ struct CreateTenant {
     #[schema(pattern = "^[a-z0-9_-]{2,50}$", example = "clinic")]
     business_type: Option<String>,
     /// IANA time zone (default `UTC`).
-    #[schema(example = "Europe/Zurich")]
+    #[schema(example = "Europe/Zurich", pattern = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$")]
     timezone: Option<String>,
     /// An active ISO 4217 code (default `EUR`).
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: Option<String>,
-    /// BCP 47 (default `en`).
-    #[schema(example = "de-CH")]
+    /// BCP 47: a language, optionally a script and a region (default `en`).
+    #[schema(example = "de-CH", pattern = "^[A-Za-z]{2,3}([-_][A-Za-z]{4})?([-_]([A-Za-z]{2}|[0-9]{3}))?$")]
     locale: Option<String>,
     /// Where invoices go.
     #[schema(
