@@ -793,3 +793,22 @@ pub struct SimulationPage {
     /// Pass as `cursor` for the next page.
     next_cursor: Option<String>,
 }
+
+/// What a billing run did (`POST /v1/admin/billing/run`).
+#[derive(ToSchema)]
+pub struct BillingRunReport {
+    /// The instant it ran as of.
+    as_of: Option<DateTime<Utc>>,
+    /// Subscriptions that had something due.
+    subscriptions_due: u64,
+    /// Subscriptions that appended events.
+    subscriptions_changed: u64,
+    /// Invoices issued.
+    invoices_issued: u64,
+    /// Tenants whose status was brought in line with their subscription.
+    tenants_updated: u64,
+    /// Tenants whose missing subscription was opened.
+    subscriptions_repaired: u64,
+    /// Subscriptions that failed (the next run retries them).
+    failures: Vec<String>,
+}

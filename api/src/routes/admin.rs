@@ -141,7 +141,7 @@ struct BillingRunBody {
     params(crate::openapi::IdempotencyHeader),
     request_body = BillingRunBody,
     responses(
-        (status = 200, description = "What the billing run did", body = serde_json::Map<String, serde_json::Value>),
+        (status = 200, description = "What the billing run did", body = crate::schemas::BillingRunReport),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
