@@ -416,7 +416,8 @@ impl Application {
             Arc::new(move || clock.now()),
             state.config().webhook_allow_hosts.clone(),
             state.sealer().clone(),
-        );
+        )
+        .with_opener(crate::routes::webhook_endpoints::personal_data_opener(state.pool().clone()));
         background.push(tokio::spawn(webhooks.run(shutdown.clone())));
         background.push(tokio::spawn(crate::quota_alerts::run(state.clone(), shutdown.clone())));
         crate::metrics::handle();

@@ -599,6 +599,15 @@ pub async fn quota_candidates(pool: &PgPool, after: i64, window: i64) -> Result<
     Ok((tenants, upto))
 }
 
+/// Opens the personal fields of a delivery's body (sealed as the log keeps them) right before
+/// it is sent, so that the receiver gets them in the clear while the database keeps them
+/// sealed: after a tenant's erasure they open no more. Given by the write side, which holds
+/// the vault.
+pub type Opener = Arc<dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + Sync>;
+
+/// How sealed personal data begins (`commands::vault`).
+const SEALED_PERSONAL_DATA: &str = "pii1:";
+
 /// The fan-out and the dispatcher.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -606,6 +615,7 @@ pub struct Webhooks {
     now: Now,
     allow: AllowList,
     sealer: Sealer,
+    opener: Option<Opener>,
     /// How often the loops look for work.
     pub poll: Duration,
 }
@@ -641,7 +651,13 @@ struct Due {
 impl Webhooks {
     /// Webhooks from `pool`'s log on clock `now`.
     pub fn new(pool: PgPool, now: Now, allow: AllowList, sealer: Sealer) -> Self {
-        Self { pool, now, allow, sealer, poll: Duration::from_millis(200) }
+        Self { pool, now, allow, sealer, opener: None, poll: Duration::from_millis(200) }
+    }
+
+    /// Opens sealed personal fields with `opener` before each attempt.
+    pub fn with_opener(mut self, opener: Opener) -> Self {
+        self.opener = Some(opener);
+        self
     }
 
     /// Fans out and dispatches while this instance leads `webhooks`, until `shutdown`.
@@ -802,8 +818,12 @@ impl Webhooks {
             let (this, in_flight) = (self.clone(), in_flight.clone());
             tasks.spawn(async move {
                 let endpoint = due.endpoint_id;
+                let body = match &this.opener {
+                    Some(open) if due.body.contains(SEALED_PERSONAL_DATA) => open(due.body.clone()).await,
+                    _ => due.body.clone(),
+                };
                 let attempt = match this.sealer.open(endpoint, &due.secret_sealed) {
-                    Some(secret) => send(&due.url, &secret, &due.event_id, &due.body, &this.allow).await,
+                    Some(secret) => send(&due.url, &secret, &due.event_id, &body, &this.allow).await,
                     None => Attempt {
                         status: None,
                         error: Some("the endpoint's secret cannot be opened with this server's sealing key".to_owned()),

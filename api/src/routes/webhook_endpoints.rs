@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use domain::tenant::ApiKeyRole;
 use projections::webhooks::{self, EVENT_TYPES};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -482,6 +483,33 @@ async fn retry(
         .fetch_one(state.pool())
         .await?;
     Ok(Json(delivery))
+}
+
+/// Opens the sealed personal fields (`pii1:...`) of a delivery's body with its tenant's key,
+/// right before the dispatcher sends it: receivers get the customer's name and e-mail, the
+/// database keeps only sealed text, and once the tenant is erased the fields go out as `null`.
+pub fn personal_data_opener(pool: sqlx::PgPool) -> projections::webhooks::Opener {
+    let vault = std::sync::Arc::new(commands::vault::Vault::new(pool));
+    std::sync::Arc::new(move |body: String| {
+        let vault = vault.clone();
+        Box::pin(async move {
+            let Ok(mut value) = serde_json::from_str::<Value>(&body) else { return body };
+            let Some(tenant) = value.get("tenant_id").and_then(Value::as_str).and_then(|t| t.parse::<Uuid>().ok()) else { return body };
+            let Ok(key) = vault.key(tenant).await else { return body };
+            fn open(value: &mut Value, key: &commands::vault::TenantKey) {
+                match value {
+                    Value::String(text) if commands::vault::is_sealed(text) => {
+                        *value = key.open(text).map_or(Value::Null, Value::String);
+                    }
+                    Value::Array(items) => items.iter_mut().for_each(|v| open(v, key)),
+                    Value::Object(fields) => fields.values_mut().for_each(|v| open(v, key)),
+                    _ => {}
+                }
+            }
+            open(&mut value, &key);
+            value.to_string()
+        })
+    })
 }
 
 /// This module's part of the OpenAPI document.

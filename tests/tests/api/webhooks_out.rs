@@ -148,6 +148,10 @@ async fn a_tenant_endpoint_gets_its_own_events_signed_as_standard_webhooks_and_n
     assert_eq!(delivered["type"], "booking.confirmed");
     assert_eq!(delivered["tenant_id"], json!(tenant.id));
     assert_eq!(delivered["data"]["aggregate_id"], booking["id"]);
+    // The customer's personal data reaches the receiver in the clear; the database keeps it sealed.
+    assert_eq!(delivered["data"]["customer"]["email"], "ada@example.com", "{delivered}");
+    let stored: String = sqlx::query_scalar("SELECT body FROM webhook_deliveries").fetch_one(&app.pool).await.unwrap();
+    assert!(!stored.contains("ada@example.com") && stored.contains("pii1:"), "{stored}");
     assert_eq!(headers["webhook-id"].to_str().unwrap(), delivered["id"].as_str().unwrap());
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(receiver.count(), 1, "only this tenant's booking, once");
