@@ -30,7 +30,7 @@
 //! 8. a price simulation (`POST /v1/admin/simulations`) over `BENCH_SIM_TENANTS` (default 10,000)
 //!    tenants × 12 months of billing history made by the domain itself (on a second server and
 //!    database of its own), with the real catalog (identity, checked) and with a new starter price.
-//!    `BENCH_ONLY=simulation` runs this phase alone.
+//!    `BENCH_ONLY=simulation` runs this phase alone; `BENCH_SIM_TENANTS=0` skips it.
 //!
 //! Prints the tables and writes them to `bench/results/<date>.md`.
 
@@ -898,6 +898,9 @@ async fn run() {
 /// with the real catalog (identity: every difference 0.00) and with starter at 39.00.
 async fn simulation_phase(out: &mut String) {
     let tenants: usize = env("BENCH_SIM_TENANTS", "10000").parse().expect("BENCH_SIM_TENANTS");
+    if tenants == 0 {
+        return;
+    }
     let db = format!("sl_bench_sim_{}", uuid::Uuid::new_v4().simple());
     let url = format!("{}/{db}?sslmode={}", e2e::server_url(), env("BENCH_SSLMODE", "disable"));
     let server = Server::start(&url);
