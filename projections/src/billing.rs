@@ -300,183 +300,242 @@ impl Projection for BillingProjection {
         if event.aggregate_type != "Subscription" {
             return Ok(());
         }
-        let subscription_event: SubscriptionEvent =
-            serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-        let id: Uuid = event
-            .aggregate_id
-            .parse()
-            .map_err(|_| ProjectionError::payload(event, serde::de::Error::custom("aggregate id is not a uuid")))?;
+        let id = subscription_id(event)?;
         let previous: Option<Json<Subscription>> = sqlx::query_scalar(&format!("SELECT state FROM {schema}.subscriptions WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
         let mut state = previous.map(|Json(s)| s).unwrap_or_default();
-        match &subscription_event {
-            SubscriptionEvent::InvoiceIssued {
-                invoice_id,
-                number,
-                period_start,
-                period_end,
-                currency,
-                lines,
-                subtotal,
-                tax,
-                total,
-                credit_applied,
-                issued_at,
-                due_at,
-                paid_at,
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {schema}.invoices (id, number, tenant_id, subscription_id, period_start, period_end, currency, status, lines,
+        fold(conn, schema, event, id, &mut state).await?;
+        write_state(conn, schema, id, &state, event).await
+    }
+
+    /// As one by one, with each subscription's state read once and written once per batch (a
+    /// subscription's state is its whole history's fold: reading and writing it per event made
+    /// the projection the slowest by far on subscription-heavy logs).
+    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        let events: Vec<&StoredEvent> = events.iter().filter(|e| e.aggregate_type == "Subscription").collect();
+        let mut ids = Vec::with_capacity(events.len());
+        for event in &events {
+            ids.push(subscription_id(event)?);
+        }
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let rows: Vec<(Uuid, Json<Subscription>)> =
+            sqlx::query_as(&format!("SELECT id, state FROM {schema}.subscriptions WHERE id = ANY($1)"))
+                .bind(&distinct)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut states: std::collections::HashMap<Uuid, Subscription> = rows.into_iter().map(|(id, Json(s))| (id, s)).collect();
+        let mut last: std::collections::HashMap<Uuid, &StoredEvent> = std::collections::HashMap::new();
+        for (event, id) in events.iter().zip(ids) {
+            let state = states.entry(id).or_default();
+            fold(conn, schema, event, id, state).await?;
+            last.insert(id, event);
+        }
+        for (id, event) in last {
+            write_state(conn, schema, id, &states[&id], event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The subscription an event belongs to.
+fn subscription_id(event: &StoredEvent) -> Result<Uuid, ProjectionError> {
+    event.aggregate_id.parse().map_err(|_| ProjectionError::payload(event, serde::de::Error::custom("aggregate id is not a uuid")))
+}
+
+/// Applies `event` to subscription `id`'s `state` and writes what it changes besides the
+/// subscription row: invoices, credit notes and credit, revenue and count changes, spans.
+async fn fold(
+    conn: &mut PgConnection,
+    schema: &str,
+    event: &StoredEvent,
+    id: Uuid,
+    state: &mut Subscription,
+) -> Result<(), ProjectionError> {
+    let subscription_event: SubscriptionEvent =
+        serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+    match &subscription_event {
+        SubscriptionEvent::InvoiceIssued {
+            invoice_id,
+            number,
+            period_start,
+            period_end,
+            currency,
+            lines,
+            subtotal,
+            tax,
+            total,
+            credit_applied,
+            issued_at,
+            due_at,
+            paid_at,
+        } => {
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.invoices (id, number, tenant_id, subscription_id, period_start, period_end, currency, status, lines,
                          subtotal, tax, total, issued_at, due_at, paid_at, credit_applied, amount_due)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-                ))
-                .bind(invoice_id)
-                .bind(number)
-                .bind(state.tenant_id)
-                .bind(id)
-                .bind(period_start)
-                .bind(period_end)
-                .bind(currency)
-                .bind(if paid_at.is_some() { "paid" } else { "open" })
-                .bind(Json(lines))
-                .bind(subtotal)
-                .bind(tax)
-                .bind(total)
-                .bind(issued_at)
-                .bind(due_at)
-                .bind(paid_at)
-                .bind(credit_applied)
-                .bind(total - credit_applied)
-                .execute(&mut *conn)
-                .await?;
-            }
-            SubscriptionEvent::CreditNoteIssued {
-                credit_note_id,
-                number,
-                invoice_id,
-                subtotal,
-                tax,
-                total,
-                reason,
-                applied_to_invoice,
-                created_at,
-                ..
-            } => {
-                sqlx::query(&format!(
-                    "INSERT INTO {schema}.credit_notes (id, number, invoice_id, tenant_id, subtotal, tax, total, reason, created_at)
+            ))
+            .bind(invoice_id)
+            .bind(number)
+            .bind(state.tenant_id)
+            .bind(id)
+            .bind(period_start)
+            .bind(period_end)
+            .bind(currency)
+            .bind(if paid_at.is_some() { "paid" } else { "open" })
+            .bind(Json(lines))
+            .bind(subtotal)
+            .bind(tax)
+            .bind(total)
+            .bind(issued_at)
+            .bind(due_at)
+            .bind(paid_at)
+            .bind(credit_applied)
+            .bind(total - credit_applied)
+            .execute(&mut *conn)
+            .await?;
+        }
+        SubscriptionEvent::CreditNoteIssued {
+            credit_note_id,
+            number,
+            invoice_id,
+            subtotal,
+            tax,
+            total,
+            reason,
+            applied_to_invoice,
+            created_at,
+            ..
+        } => {
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.credit_notes (id, number, invoice_id, tenant_id, subtotal, tax, total, reason, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                ))
-                .bind(credit_note_id)
-                .bind(number)
-                .bind(invoice_id)
-                .bind(state.tenant_id)
-                .bind(subtotal)
-                .bind(tax)
-                .bind(total)
-                .bind(reason)
-                .bind(created_at)
-                .execute(&mut *conn)
-                .await?;
-                // What the note settles is no longer due; an invoice with nothing left due is paid.
-                sqlx::query(&format!(
-                    "UPDATE {schema}.invoices SET amount_due = amount_due - $2,
+            ))
+            .bind(credit_note_id)
+            .bind(number)
+            .bind(invoice_id)
+            .bind(state.tenant_id)
+            .bind(subtotal)
+            .bind(tax)
+            .bind(total)
+            .bind(reason)
+            .bind(created_at)
+            .execute(&mut *conn)
+            .await?;
+            // What the note settles is no longer due; an invoice with nothing left due is paid.
+            sqlx::query(&format!(
+                "UPDATE {schema}.invoices SET amount_due = amount_due - $2,
                          status = CASE WHEN status = 'open' AND amount_due - $2 <= 0 THEN 'paid' ELSE status END,
                          paid_at = CASE WHEN status = 'open' AND amount_due - $2 <= 0 THEN $3 ELSE paid_at END
                      WHERE id = $1"
-                ))
-                .bind(invoice_id)
-                .bind(applied_to_invoice)
-                .bind(created_at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            SubscriptionEvent::PaymentSucceeded { invoice_id, paid_at, .. } => {
-                sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'paid', paid_at = $2, amount_due = 0 WHERE id = $1"))
-                    .bind(invoice_id)
-                    .bind(paid_at)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            SubscriptionEvent::InvoiceVoided { invoice_id, .. } => {
-                sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'void', amount_due = 0 WHERE id = $1"))
-                    .bind(invoice_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            SubscriptionEvent::PaymentFailed { invoice_id, failed_at, .. } => {
-                sqlx::query(&format!("UPDATE {schema}.invoices SET payment_failed_at = $2 WHERE id = $1"))
-                    .bind(invoice_id)
-                    .bind(failed_at)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            _ => {}
+            ))
+            .bind(invoice_id)
+            .bind(applied_to_invoice)
+            .bind(created_at)
+            .execute(&mut *conn)
+            .await?;
         }
-        for (index, (amount, reason, invoice_id, expires_at, at)) in credit_transactions(&subscription_event).into_iter().enumerate() {
-            sqlx::query(&format!("INSERT INTO {schema}.credit_transactions VALUES ($1, $2, $3, $4, $5, $6, $7)"))
-                .bind(state.tenant_id)
-                .bind(event.position * 4 + index as i64)
-                .bind(amount)
-                .bind(reason)
+        SubscriptionEvent::PaymentSucceeded { invoice_id, paid_at, .. } => {
+            sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'paid', paid_at = $2, amount_due = 0 WHERE id = $1"))
                 .bind(invoice_id)
-                .bind(expires_at)
-                .bind(at)
+                .bind(paid_at)
                 .execute(&mut *conn)
                 .await?;
         }
-        let paying_before = paying(&state);
-        let (started_before, cancelled_before) = (state.started_at, state.cancelled_at);
-        // Spans start and end when the change took effect, not when the billing run got to
-        // recording it (after a pause, or a jump of the test clock, those differ by days).
-        let at = subscription_event.effective_at().unwrap_or_else(|| event.occurred_at());
-        state.apply(subscription_event);
-        let paying_after = paying(&state);
-        for (before, after, column) in [(started_before, state.started_at, "started"), (cancelled_before, state.cancelled_at, "cancelled")]
-        {
-            if before != after {
-                for (at, change) in [(before, -1i64), (after, 1)] {
-                    if let Some(at) = at {
-                        count_change(conn, schema, month_of(at), column, change).await?;
-                    }
+        SubscriptionEvent::InvoiceVoided { invoice_id, .. } => {
+            sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'void', amount_due = 0 WHERE id = $1"))
+                .bind(invoice_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        SubscriptionEvent::PaymentFailed { invoice_id, failed_at, .. } => {
+            sqlx::query(&format!("UPDATE {schema}.invoices SET payment_failed_at = $2 WHERE id = $1"))
+                .bind(invoice_id)
+                .bind(failed_at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        _ => {}
+    }
+    for (index, (amount, reason, invoice_id, expires_at, at)) in credit_transactions(&subscription_event).into_iter().enumerate() {
+        sqlx::query(&format!("INSERT INTO {schema}.credit_transactions VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+            .bind(state.tenant_id)
+            .bind(event.position * 4 + index as i64)
+            .bind(amount)
+            .bind(reason)
+            .bind(invoice_id)
+            .bind(expires_at)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let paying_before = paying(state);
+    let (started_before, cancelled_before) = (state.started_at, state.cancelled_at);
+    // Spans start and end when the change took effect, not when the billing run got to
+    // recording it (after a pause, or a jump of the test clock, those differ by days).
+    let at = subscription_event.effective_at().unwrap_or_else(|| event.occurred_at());
+    state.apply(subscription_event);
+    let paying_after = paying(state);
+    for (before, after, column) in [(started_before, state.started_at, "started"), (cancelled_before, state.cancelled_at, "cancelled")] {
+        if before != after {
+            for (at, change) in [(before, -1i64), (after, 1)] {
+                if let Some(at) = at {
+                    count_change(conn, schema, month_of(at), column, change).await?;
                 }
             }
         }
-        if paying_before != paying_after {
-            if let Some((plan, _, value)) = &paying_before {
-                revenue_change(conn, schema, month_of(at), plan, -*value, -1).await?;
-            }
-            if let Some((plan, _, value)) = &paying_after {
-                revenue_change(conn, schema, month_of(at), plan, *value, 1).await?;
-            }
-            sqlx::query(&format!("UPDATE {schema}.subscription_spans SET to_at = $2 WHERE subscription_id = $1 AND to_at IS NULL"))
-                .bind(id)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            if let Some((plan, period, value)) = paying_after {
-                sqlx::query(&format!(
-                    "INSERT INTO {schema}.subscription_spans VALUES ($1, $2, $3, $4, $5, $6, NULL)
+    }
+    if paying_before != paying_after {
+        if let Some((plan, _, value)) = &paying_before {
+            revenue_change(conn, schema, month_of(at), plan, -*value, -1).await?;
+        }
+        if let Some((plan, _, value)) = &paying_after {
+            revenue_change(conn, schema, month_of(at), plan, *value, 1).await?;
+        }
+        sqlx::query(&format!("UPDATE {schema}.subscription_spans SET to_at = $2 WHERE subscription_id = $1 AND to_at IS NULL"))
+            .bind(id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        if let Some((plan, period, value)) = paying_after {
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.subscription_spans VALUES ($1, $2, $3, $4, $5, $6, NULL)
                      ON CONFLICT (subscription_id, from_at) DO UPDATE SET plan = EXCLUDED.plan, billing_period = EXCLUDED.billing_period,
                          monthly_value = EXCLUDED.monthly_value, to_at = NULL"
-                ))
-                .bind(id)
-                .bind(state.tenant_id)
-                .bind(plan)
-                .bind(period)
-                .bind(value)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
+            ))
+            .bind(id)
+            .bind(state.tenant_id)
+            .bind(plan)
+            .bind(period)
+            .bind(value)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
         }
-        let plan = state
-            .plan
-            .as_ref()
-            .ok_or_else(|| ProjectionError::payload(event, serde::de::Error::custom("subscription event before its start")))?;
-        let period = state.current_period();
-        sqlx::query(&format!(
+    }
+    if state.plan.is_none() {
+        return Err(ProjectionError::payload(event, serde::de::Error::custom("subscription event before its start")));
+    }
+    Ok(())
+}
+
+/// Writes subscription `id`'s row from its `state` after `event`, its latest event.
+async fn write_state(
+    conn: &mut PgConnection,
+    schema: &str,
+    id: Uuid,
+    state: &Subscription,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
+    let plan = state
+        .plan
+        .as_ref()
+        .ok_or_else(|| ProjectionError::payload(event, serde::de::Error::custom("subscription event before its start")))?;
+    let period = state.current_period();
+    sqlx::query(&format!(
             "INSERT INTO {schema}.subscriptions (id, tenant_id, status, plan, plan_version, billing_period, trial_ends_at, current_period_start,
                  current_period_end, cancel_at_period_end, next_due_at, state, updated_at, started_at, cancelled_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
@@ -503,6 +562,5 @@ impl Projection for BillingProjection {
         .bind(state.cancelled_at)
         .execute(&mut *conn)
         .await?;
-        Ok(())
-    }
+    Ok(())
 }
