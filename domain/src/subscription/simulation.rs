@@ -248,36 +248,7 @@ fn plan_after(real: &Subscription, group: &[RecordedEvent]) -> String {
 
 /// The latest instant a commit names: its command's instant, or any later one of its events.
 fn group_at(group: &[RecordedEvent]) -> DateTime<Utc> {
-    group.iter().filter_map(|r| r.at).chain(group.iter().filter_map(|r| event_at(&r.event))).max().unwrap_or_default()
-}
-
-/// The instant an event carries (when it happened or took effect).
-fn event_at(event: &E) -> Option<DateTime<Utc>> {
-    Some(match event {
-        E::SubscriptionStarted { started_at, .. } => *started_at,
-        E::PeriodStarted { period_start, .. } => *period_start,
-        E::InvoiceIssued { issued_at, .. } => *issued_at,
-        E::CreditGranted { at, .. }
-        | E::CreditExpired { at, .. }
-        | E::SeatAdded { at, .. }
-        | E::CouponApplied { at, .. }
-        | E::CouponRemoved { at, .. }
-        | E::ScheduledPlanChangeDropped { at }
-        | E::CancellationWithdrawn { at }
-        | E::AddonsChanged { at, .. }
-        | E::PaymentReminder { at, .. }
-        | E::NetTermsChanged { at, .. } => *at,
-        E::CreditNoteIssued { created_at, .. } => *created_at,
-        E::PlanChanged { effective_at, .. } => *effective_at,
-        E::SubscriptionCancelled { cancelled_at, .. } => *cancelled_at,
-        E::PaymentFailed { failed_at, .. } => *failed_at,
-        E::PaymentSucceeded { paid_at, .. } => *paid_at,
-        E::SubscriptionSuspended { suspended_at } => *suspended_at,
-        E::SubscriptionReactivated { reactivated_at } => *reactivated_at,
-        E::InvoiceVoided { voided_at, .. } => *voided_at,
-        E::UsageBilled { billed_at, .. } => *billed_at,
-        E::PlanChangeScheduled { .. } | E::CancellationScheduled { .. } => return None,
-    })
+    group.iter().filter_map(|r| r.at).chain(group.iter().filter_map(|r| r.event.effective_at())).max().unwrap_or_default()
 }
 
 /// The name of the command a commit answered: as recorded, or (for commits from before the
@@ -415,7 +386,7 @@ fn commands_of(
             Some(E::CancellationScheduled { .. }) => one(Ok(C::Cancel { at_period_end: true, at })),
             _ => Vec::new(),
         },
-        "resume" => one(Ok(C::Resume { at: event_at(&first.event).unwrap_or(at) })),
+        "resume" => one(Ok(C::Resume { at: first.event.effective_at().unwrap_or(at) })),
         "set_addons" => group
             .iter()
             .filter_map(|r| match &r.event {
