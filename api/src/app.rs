@@ -351,7 +351,11 @@ impl Application {
             subscriptions.clone(),
         );
         let accounts = Accounts::new(pool.clone(), plans, tenants.clone(), subscriptions);
-        let usage = Usage::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
+        let usage = Usage::new(
+            AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
+            AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
+            pool.clone(),
+        );
         let bookings = Bookings::new(
             pool.clone(),
             vault,

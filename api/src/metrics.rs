@@ -62,7 +62,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// The aggregates whose commands are counted, and how a command can end.
-const AGGREGATES: [&str; 6] = ["Tenant", "Plan", "Subscription", "Resource", "Booking", "Usage"];
+const AGGREGATES: [&str; 7] = ["Tenant", "Plan", "Subscription", "Resource", "Booking", "Usage", "UsageBatch"];
 const OUTCOMES: [&str; 5] = ["committed", "unchanged", "rejected", "conflict", "error"];
 
 /// Describes every metric (its `# HELP`) and registers its series where the labels are known

@@ -40,6 +40,9 @@ pub struct NewEvent {
     pub payload: Box<serde_json::value::RawValue>,
     /// Who, why, when, as JSON text.
     pub metadata: Box<serde_json::value::RawValue>,
+    /// Ids the command claims in `usage_keys` with this event, all or nothing with its events
+    /// (a usage batch's facts; see migration 0016). Usually none.
+    pub claims: Vec<String>,
 }
 
 /// What became of one command's events.
@@ -284,18 +287,21 @@ async fn write(pool: &PgPool, connection: &mut Option<Held>, columns: &Columns) 
         Some(held) => held,
         None => connection.insert((pool.acquire().await?, Instant::now())),
     };
-    let rows =
-        sqlx::query_as("SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(&columns.aggregate_type)
-            .bind(&columns.aggregate_id)
-            .bind(&columns.sequence)
-            .bind(&columns.event_type)
-            .bind(&columns.event_version)
-            .bind(&columns.payload)
-            .bind(&columns.metadata)
-            .bind(&columns.group)
-            .fetch_all(&mut **conn)
-            .await;
+    let rows = sqlx::query_as(
+        "SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&columns.aggregate_type)
+    .bind(&columns.aggregate_id)
+    .bind(&columns.sequence)
+    .bind(&columns.event_type)
+    .bind(&columns.event_version)
+    .bind(&columns.payload)
+    .bind(&columns.metadata)
+    .bind(&columns.group)
+    .bind(&columns.claim)
+    .bind(&columns.claim_group)
+    .fetch_all(&mut **conn)
+    .await;
     *used = Instant::now();
     if rows.is_err() {
         // Whatever went wrong (a lost connection, a timeout), the next flush starts afresh.
@@ -320,6 +326,8 @@ struct Columns {
     payload: Vec<sqlx::types::Json<Box<serde_json::value::RawValue>>>,
     metadata: Vec<sqlx::types::Json<Box<serde_json::value::RawValue>>>,
     group: Vec<i32>,
+    claim: Vec<String>,
+    claim_group: Vec<i32>,
 }
 
 impl Columns {
@@ -332,5 +340,7 @@ impl Columns {
         self.payload.push(sqlx::types::Json(event.payload));
         self.metadata.push(sqlx::types::Json(event.metadata));
         self.group.push(group);
+        self.claim_group.extend(std::iter::repeat_n(group, event.claims.len()));
+        self.claim.extend(event.claims);
     }
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventUpcaster, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope, EventStore};
-use futures::StreamExt;
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
@@ -50,9 +49,6 @@ impl<A: Aggregate> Committed<A> {
         self.events.last().map(|e| e.sequence)
     }
 }
-
-/// A command's outcome.
-type Outcome<A> = Result<Committed<A>, CommandError<<A as Aggregate>::Error>>;
 
 /// One aggregate type's command executor on the shared event store.
 pub struct AggregateStore<A: Aggregate> {
@@ -90,7 +86,7 @@ where
         command: A::Command,
         context: &CommandContext,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
-        self.run(aggregate_id, command, context, false).await
+        self.run(aggregate_id, command, context, false, &[]).await
     }
 
     /// Like [`Self::execute`] for a stream that is almost always new (a fresh UUID, a usage
@@ -103,7 +99,20 @@ where
         command: A::Command,
         context: &CommandContext,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
-        self.run(aggregate_id, command, context, true).await
+        self.run(aggregate_id, command, context, true, &[]).await
+    }
+
+    /// [`Self::execute_new`] that also claims `claims` in `usage_keys`, all or nothing with the
+    /// events. A claim already taken (by a batch, or as a fact's own stream) refuses the whole
+    /// command: [`CommandError::Store`] with code `USAGE_KEY_RECORDED`, nothing written.
+    pub async fn execute_new_claiming(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        claims: &[String],
+    ) -> Result<Committed<A>, CommandError<A::Error>> {
+        self.run(aggregate_id, command, context, true, claims).await
     }
 
     async fn run(
@@ -112,9 +121,10 @@ where
         command: A::Command,
         context: &CommandContext,
         assume_new: bool,
+        claims: &[String],
     ) -> Result<Committed<A>, CommandError<A::Error>> {
         let started = std::time::Instant::now();
-        let result = self.execute_with_retries(aggregate_id, command, context, assume_new).await;
+        let result = self.execute_with_retries(aggregate_id, command, context, assume_new, claims).await;
         let outcome = match &result {
             Ok(committed) if committed.events.is_empty() => "unchanged",
             Ok(committed) => {
@@ -136,6 +146,7 @@ where
         command: A::Command,
         context: &CommandContext,
         mut assume_new: bool,
+        claims: &[String],
     ) -> Result<Committed<A>, CommandError<A::Error>> {
         let metadata = context.to_metadata();
         let mut attempt = 0;
@@ -163,7 +174,9 @@ where
                     metadata: metadata.clone(),
                 })
                 .collect();
-            let rows = events.iter().map(new_event).collect::<Result<Vec<_>, _>>().map_err(|e| CommandError::Internal(e.to_string()))?;
+            let mut rows =
+                events.iter().map(new_event).collect::<Result<Vec<_>, _>>().map_err(|e| CommandError::Internal(e.to_string()))?;
+            rows[0].claims = claims.to_vec();
             match self.appender.append(rows).await.map_err(|e| CommandError::Internal(e.to_string()))? {
                 Appended::At(position) => {
                     let types: Vec<String> = events.iter().map(|e| e.payload.event_type()).collect();
@@ -183,107 +196,6 @@ where
                 Appended::Refused { state, message, detail } => return Err(refusal(&state, &message, detail.as_deref())),
             }
         }
-    }
-
-    /// Runs one command on each of many *distinct* streams that are almost always new (usage
-    /// facts), deciding each on the empty aggregate without reading, and appends all their
-    /// events in one call of the writer (each command all or nothing on its own). A command
-    /// whose stream turned out to exist is run again with [`Self::execute`], which gives it its
-    /// exact outcome. Returns each command's outcome, in order.
-    pub async fn execute_new_batch(
-        &self,
-        commands: Vec<(String, A::Command)>,
-        context: &CommandContext,
-    ) -> Vec<Result<Committed<A>, CommandError<A::Error>>> {
-        let started = std::time::Instant::now();
-        let metadata = context.to_metadata();
-        let mut outcomes: Vec<Option<Outcome<A>>> = Vec::with_capacity(commands.len());
-        let mut pending: Vec<(usize, A, Vec<EventEnvelope<A>>)> = Vec::new();
-        let mut groups = Vec::new();
-        for (index, (id, command)) in commands.iter().enumerate() {
-            let mut aggregate = A::default();
-            let sink = EventSink::default();
-            if let Err(e) = aggregate.handle(command.clone(), &self.services, &sink).await {
-                outcomes.push(Some(Err(CommandError::Domain(e))));
-                continue;
-            }
-            let events: Vec<EventEnvelope<A>> = sink
-                .collect()
-                .await
-                .into_iter()
-                .enumerate()
-                .map(|(i, payload)| EventEnvelope { aggregate_id: id.clone(), sequence: i + 1, payload, metadata: metadata.clone() })
-                .collect();
-            if events.is_empty() {
-                outcomes.push(Some(Ok(Committed { state: aggregate, events, position: None })));
-                continue;
-            }
-            match events.iter().map(new_event).collect::<Result<Vec<_>, _>>() {
-                Ok(rows) => {
-                    groups.push(rows);
-                    pending.push((index, aggregate, events));
-                    outcomes.push(None);
-                }
-                Err(e) => outcomes.push(Some(Err(CommandError::Internal(e.to_string())))),
-            }
-        }
-        let answers = match self.appender.append_many(groups).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => pending.iter().map(|_| Err(e.to_string())).collect(),
-        };
-        let mut last = None;
-        let mut appended = 0usize;
-        let mut conflicts = Vec::new();
-        for ((index, state, events), answer) in pending.into_iter().zip(answers) {
-            let outcome = match answer {
-                Ok(Appended::At(position)) => {
-                    last = last.max(Some(position));
-                    appended += events.len();
-                    Ok(Committed { state, events, position: Some(position) })
-                }
-                Ok(Appended::Conflict) => {
-                    conflicts.push(index);
-                    continue;
-                }
-                Ok(Appended::Refused { state, message, detail }) => Err(refusal(&state, &message, detail.as_deref())),
-                Err(message) => Err(CommandError::Internal(message)),
-            };
-            outcomes[index] = Some(outcome);
-        }
-        // Streams that already existed (a retried batch: every fact a duplicate) are loaded and
-        // decided again, side by side rather than one after another.
-        let retried: Vec<(usize, Outcome<A>)> = futures::stream::iter(conflicts)
-            .map(|index| {
-                let (id, command) = &commands[index];
-                async move { (index, self.execute(id, command.clone(), context).await) }
-            })
-            .buffer_unordered(CONFLICTS_AT_ONCE)
-            .collect()
-            .await;
-        for (index, outcome) in retried {
-            outcomes[index] = Some(outcome);
-        }
-        if let Some(position) = last {
-            let types: Vec<String> = outcomes
-                .iter()
-                .flatten()
-                .flat_map(|o| o.as_ref().ok())
-                .flat_map(|c| c.events.iter().map(|e| e.payload.event_type()))
-                .collect();
-            (self.on_commit)(position, &types);
-            metrics::counter!("saas_ledger_events_appended_total", "aggregate" => A::TYPE).increment(appended as u64);
-        }
-        let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("every command has an outcome")).collect();
-        for outcome in &outcomes {
-            let outcome = match outcome {
-                Ok(c) if c.events.is_empty() => "unchanged",
-                Ok(_) => "committed",
-                Err(_) => "rejected",
-            };
-            metrics::counter!("saas_ledger_commands_total", "aggregate" => A::TYPE, "outcome" => outcome).increment(1);
-        }
-        metrics::histogram!("saas_ledger_command_duration_seconds", "aggregate" => A::TYPE).record(started.elapsed().as_secs_f64());
-        outcomes
     }
 
     /// The aggregate's current state and last sequence, or `None` if it has no events.
@@ -322,11 +234,9 @@ fn new_event<A: Aggregate>(event: &EventEnvelope<A>) -> Result<NewEvent, serde_j
         event_version: event.payload.event_version(),
         payload: serde_json::value::to_raw_value(&event.payload)?,
         metadata: serde_json::value::to_raw_value(&event.metadata)?,
+        claims: Vec::new(),
     })
 }
-
-/// How many commands of a batch whose streams turned out to exist are decided again at once.
-const CONFLICTS_AT_ONCE: usize = 16;
 
 /// A command's refusal by the database (`SLxxx` from our triggers become typed rejections).
 fn refusal<E: std::error::Error>(state: &str, message: &str, detail: Option<&str>) -> CommandError<E> {

@@ -51,7 +51,7 @@ impl UsageMeter for PgUsageMeter {
             // Counters summed; gauges at their latest value in the period.
             let rows: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT metric, CASE WHEN bool_or(kind = 'gauge')
-                                     THEN (array_agg(quantity ORDER BY occurred_at DESC, position DESC))[1]
+                                     THEN (array_agg(quantity ORDER BY occurred_at DESC, position DESC, item DESC))[1]
                                      ELSE sum(quantity) END::bigint
                  FROM rm.usage_records
                  WHERE tenant_id = $1 AND metric = ANY($2) AND occurred_at >= $3 AND occurred_at < $4

@@ -210,6 +210,8 @@ struct Fields<'a> {
     quantity: Option<&'a RawValue>,
     #[serde(borrow)]
     metric: Option<&'a RawValue>,
+    #[serde(borrow)]
+    facts: Option<&'a RawValue>,
 }
 
 /// A plan as events embed it.
@@ -273,8 +275,26 @@ pub fn summary_of(event_type: &str, aggregate_type: &str, aggregate_id: &str, pa
         "BookingCancelled" => format!("booking cancelled: {}", text(p.reason)),
         "ResourceCreated" => format!("{} \"{}\" created (capacity {})", text(p.kind), text(p.name), shown(p.capacity)),
         "UsageRecorded" => format!("{} {} recorded", shown(p.quantity), text(p.metric)),
+        "UsageBatchRecorded" => batch_summary(p.facts),
         other => format!("{other} on {aggregate_type} {aggregate_id}"),
     }
+}
+
+/// "1000 usage facts recorded in a batch: 990 api_calls, 10 sms" (the facts per metric,
+/// metrics by name).
+fn batch_summary(facts: Option<&RawValue>) -> String {
+    #[derive(Deserialize)]
+    struct Fact<'a> {
+        #[serde(borrow)]
+        metric: std::borrow::Cow<'a, str>,
+    }
+    let facts: Vec<Fact<'_>> = facts.and_then(|f| serde_json::from_str(f.get()).ok()).unwrap_or_default();
+    let mut by_metric: BTreeMap<&str, usize> = BTreeMap::new();
+    for fact in &facts {
+        *by_metric.entry(&fact.metric).or_default() += 1;
+    }
+    let metrics: Vec<String> = by_metric.into_iter().map(|(metric, n)| format!("{n} {metric}")).collect();
+    format!("{} usage facts recorded in a batch: {}", facts.len(), metrics.join(", "))
 }
 
 /// [`summary_of`] an event read through the log.

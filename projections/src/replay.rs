@@ -8,7 +8,7 @@ use domain::plan::PlanVersions;
 use domain::resource::Resource;
 use domain::subscription::Subscription;
 use domain::tenant::Tenant;
-use domain::usage::UsageFact;
+use domain::usage::{UsageBatch, UsageFact};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -62,7 +62,7 @@ pub enum ReplayError {
 }
 
 /// The aggregate types that can be replayed.
-pub const TYPES: [&str; 6] = ["Tenant", "Subscription", "Plan", "Usage", "Resource", "Booking"];
+pub const TYPES: [&str; 7] = ["Tenant", "Subscription", "Plan", "Usage", "UsageBatch", "Resource", "Booking"];
 
 fn fold<A: Aggregate>(events: &[StoredEvent]) -> Result<Value, ReplayError> {
     let mut state = A::default();
@@ -81,6 +81,7 @@ pub fn fold_events(aggregate_type: &str, events: &[StoredEvent]) -> Result<Value
         "Subscription" => fold::<Subscription>(events),
         "Plan" => fold::<PlanVersions>(events),
         "Usage" => fold::<UsageFact>(events),
+        "UsageBatch" => fold::<UsageBatch>(events),
         "Resource" => fold::<Resource>(events),
         "Booking" => fold::<Booking>(events),
         other => Err(ReplayError::UnknownType(other.to_owned())),

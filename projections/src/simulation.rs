@@ -274,11 +274,13 @@ async fn load_streams(pool: &PgPool, ids: &[String]) -> Result<BTreeMap<Uuid, Ve
         .collect())
 }
 
-/// The usage facts of `tenants` on `metrics`, by tenant, as the billing meter reads them.
+/// The usage facts of `tenants` on `metrics`, by tenant, in log order (a batch's facts in
+/// their order), as the billing meter reads them.
 async fn load_facts(pool: &PgPool, tenants: &[Uuid], metrics: &[String]) -> Result<HashMap<Uuid, Vec<UsageFact>>, sqlx::Error> {
     let mut rows = sqlx::query_as::<_, (Uuid, String, bool, i64, DateTime<Utc>, i64)>(
         "SELECT tenant_id, metric, kind = 'gauge', quantity, occurred_at, position FROM rm.usage_records
-         WHERE tenant_id = ANY($1) AND metric = ANY($2)",
+         WHERE tenant_id = ANY($1) AND metric = ANY($2)
+         ORDER BY position, item",
     )
     .bind(tenants)
     .bind(metrics)

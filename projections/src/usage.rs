@@ -3,7 +3,7 @@
 //! Counters add up; for gauges (`storage_bytes`) a bucket keeps its latest value.
 
 use async_trait::async_trait;
-use domain::usage::{MetricKind, UsageEvent};
+use domain::usage::{MetricKind, UsageBatchEvent, UsageEvent};
 use sqlx::{PgConnection, PgPool};
 
 use crate::log::StoredEvent;
@@ -27,7 +27,7 @@ impl Projection for UsageProjection {
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        Some(&["Usage"])
+        Some(&["Usage", "UsageBatch"])
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -50,7 +50,7 @@ impl Projection for UsageProjection {
     /// quotas and the export.
     fn deferred_indexes(&self) -> Vec<String> {
         vec![
-            "CREATE UNIQUE INDEX IF NOT EXISTS usage_records_position ON {schema}.usage_records (position)".to_owned(),
+            "CREATE UNIQUE INDEX IF NOT EXISTS usage_records_position ON {schema}.usage_records (position, item)".to_owned(),
             "CREATE INDEX IF NOT EXISTS usage_records_tenant_metric_occurred ON {schema}.usage_records (tenant_id, metric, occurred_at)"
                 .to_owned(),
         ]
@@ -66,7 +66,8 @@ impl Projection for UsageProjection {
                  idempotency_key text NOT NULL,
                  occurred_at     timestamptz NOT NULL,
                  recorded_at     timestamptz NOT NULL,
-                 position        bigint NOT NULL
+                 position        bigint NOT NULL,
+                 item            integer NOT NULL DEFAULT 1
              );
              CREATE TABLE {schema}.usage_hourly (
                  tenant_id  uuid NOT NULL,
@@ -85,14 +86,15 @@ impl Projection for UsageProjection {
     }
 
     /// One statement per batch, however many facts it holds, and no event leaves Postgres:
-    /// the facts are read out of the log's payloads, inserted, and folded into their hourly
-    /// buckets (a bucket's latest value is the fact with the latest `occurred_at`, the later
-    /// position winning ties, as one-by-one application would leave it), upserted once per
-    /// bucket. It reads the payload exactly as [`Fact::read`] does; no upcaster applies to
-    /// `UsageRecorded` (a test holds that), so the stored payload is the current shape. (The
-    /// type test is written `IS TRUE` so that it cannot be an index condition: the range is
-    /// read through the position index alone, whatever the table's statistics say; see
-    /// [`crate::log::read_range`].)
+    /// the facts are read out of the log's payloads (a `UsageRecorded` is one fact, item 1; a
+    /// `UsageBatchRecorded` holds many, items 1, 2, ... in its order, each payload read once),
+    /// inserted, and folded into their hourly buckets (a bucket's latest value is the fact with
+    /// the latest `occurred_at`, the later position and then the later item winning ties, as
+    /// one-by-one application would leave it), upserted once per bucket. It reads the payloads
+    /// exactly as [`Fact::read`] does; no upcaster applies to either event (a test holds that),
+    /// so the stored payload is the current shape. (The type test is written `IS TRUE` so that
+    /// it cannot be an index condition: the range is read through the position index alone,
+    /// whatever the table's statistics say; see [`crate::log::read_range`].)
     async fn apply_range(
         &self,
         conn: &mut PgConnection,
@@ -101,73 +103,80 @@ impl Projection for UsageProjection {
         upto: i64,
         _log: &PgPool,
     ) -> Result<(), ProjectionError> {
-        sqlx::query(&format!(
-            "WITH f AS (
-                 SELECT (payload->>'tenant_id')::uuid AS tenant_id, payload->>'metric' AS metric, payload->>'kind' AS kind,
-                        (payload->>'quantity')::bigint AS quantity, payload->>'idempotency_key' AS idempotency_key,
-                        (payload->>'occurred_at')::timestamptz AS occurred_at, (payload->>'recorded_at')::timestamptz AS recorded_at, position
-                 FROM events
-                 WHERE position > $1 AND position <= $2 AND (aggregate_type = 'Usage') IS TRUE
-             ),
-             facts AS (
-                 INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
-                 SELECT * FROM f
-             )
-             INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
-             SELECT tenant_id, metric, min(kind), date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', sum(quantity), count(*),
-                    (array_agg(quantity ORDER BY occurred_at DESC, position DESC))[1], max(occurred_at)
-             FROM f
-             GROUP BY 1, 2, 4
-             ON CONFLICT (tenant_id, metric, hour) DO UPDATE SET
-                 total = h.total + EXCLUDED.total,
-                 facts = h.facts + EXCLUDED.facts,
-                 last_value = CASE WHEN EXCLUDED.last_at >= h.last_at THEN EXCLUDED.last_value ELSE h.last_value END,
-                 last_at = greatest(h.last_at, EXCLUDED.last_at)"
-        ))
-        .bind(after)
-        .bind(upto)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(&format!("{FACTS} {FOLD}", FACTS = facts_in("position > $1 AND position <= $2"), FOLD = fold(schema)))
+            .bind(after)
+            .bind(upto)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
-        if event.aggregate_type != "Usage" {
+        let facts = Fact::read(event)?;
+        if facts.is_empty() {
             return Ok(());
         }
-        let Fact { tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at } = Fact::read(event)?;
+        let column = |f: fn(&Fact) -> String| facts.iter().map(f).collect::<Vec<_>>();
         sqlx::query(&format!(
-            "INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "WITH f AS (
+                 SELECT u.tenant_id, u.metric, u.kind, u.quantity, u.idempotency_key, u.occurred_at, u.recorded_at, $8::bigint AS position, u.item::integer AS item
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::timestamptz[])
+                      WITH ORDINALITY AS u(tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, item)
+             ) {}",
+            fold(schema)
         ))
-        .bind(tenant_id)
-        .bind(&metric)
-        .bind(kind)
-        .bind(quantity)
-        .bind(&idempotency_key)
-        .bind(occurred_at)
-        .bind(recorded_at)
+        .bind(facts.iter().map(|f| f.tenant_id).collect::<Vec<_>>())
+        .bind(column(|f| f.metric.clone()))
+        .bind(column(|f| f.kind.to_owned()))
+        .bind(facts.iter().map(|f| f.quantity).collect::<Vec<_>>())
+        .bind(column(|f| f.idempotency_key.clone()))
+        .bind(facts.iter().map(|f| f.occurred_at).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.recorded_at).collect::<Vec<_>>())
         .bind(event.position)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
-             VALUES ($1, $2, $3, date_trunc('hour', $5 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', $4, 1, $4, $5)
-             ON CONFLICT (tenant_id, metric, hour) DO UPDATE SET
-                 total = h.total + EXCLUDED.total,
-                 facts = h.facts + 1,
-                 last_value = CASE WHEN EXCLUDED.last_at >= h.last_at THEN EXCLUDED.last_value ELSE h.last_value END,
-                 last_at = greatest(h.last_at, EXCLUDED.last_at)"
-        ))
-        .bind(tenant_id)
-        .bind(&metric)
-        .bind(kind)
-        .bind(quantity)
-        .bind(occurred_at)
         .execute(&mut *conn)
         .await?;
         Ok(())
     }
+}
+
+/// `WITH f AS (..)`: the facts of the usage events matching `range` (a condition on
+/// `position`), one row each.
+fn facts_in(range: &str) -> String {
+    format!(
+        "WITH e AS (
+             SELECT position, (payload->>'tenant_id')::uuid AS tenant_id, payload->>'recorded_at' AS recorded_at,
+                    CASE WHEN aggregate_type = 'UsageBatch' THEN payload->'facts' ELSE jsonb_build_array(payload) END AS facts
+             FROM events
+             WHERE {range} AND (aggregate_type IN ('Usage', 'UsageBatch')) IS TRUE
+             OFFSET 0
+         ),
+         f AS (
+             SELECT e.tenant_id, x.f->>'metric' AS metric, x.f->>'kind' AS kind, (x.f->>'quantity')::bigint AS quantity,
+                    x.f->>'idempotency_key' AS idempotency_key, (x.f->>'occurred_at')::timestamptz AS occurred_at,
+                    e.recorded_at::timestamptz AS recorded_at, e.position, x.n::integer AS item
+             FROM e CROSS JOIN LATERAL jsonb_array_elements(e.facts) WITH ORDINALITY AS x(f, n)
+         )"
+    )
+}
+
+/// Inserts the facts of `f` and folds them into their hourly buckets.
+fn fold(schema: &str) -> String {
+    format!(
+        ", facts AS (
+             INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position, item)
+             SELECT * FROM f
+         )
+         INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
+         SELECT tenant_id, metric, min(kind), date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', sum(quantity), count(*),
+                (array_agg(quantity ORDER BY occurred_at DESC, position DESC, item DESC))[1], max(occurred_at)
+         FROM f
+         GROUP BY 1, 2, 4
+         ON CONFLICT (tenant_id, metric, hour) DO UPDATE SET
+             total = h.total + EXCLUDED.total,
+             facts = h.facts + EXCLUDED.facts,
+             last_value = CASE WHEN EXCLUDED.last_at >= h.last_at THEN EXCLUDED.last_value ELSE h.last_value END,
+             last_at = greatest(h.last_at, EXCLUDED.last_at)"
+    )
 }
 
 /// One usage fact as the tables hold it.
@@ -182,27 +191,60 @@ struct Fact {
 }
 
 impl Fact {
-    fn read(event: &StoredEvent) -> Result<Self, ProjectionError> {
-        let UsageEvent::UsageRecorded { tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at } =
-            serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-        let kind = match kind {
+    /// The facts `event` holds: one for a `UsageRecorded`, each of a `UsageBatchRecorded`'s in
+    /// order, none for other events.
+    fn read(event: &StoredEvent) -> Result<Vec<Self>, ProjectionError> {
+        let kind = |kind| match kind {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
         };
-        Ok(Self { tenant_id, metric: metric.as_str().to_owned(), kind, quantity, idempotency_key, occurred_at, recorded_at })
+        match event.aggregate_type.as_str() {
+            "Usage" => {
+                let UsageEvent::UsageRecorded { tenant_id, metric, kind: k, quantity, idempotency_key, occurred_at, recorded_at } =
+                    serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+                Ok(vec![Self {
+                    tenant_id,
+                    metric: metric.as_str().to_owned(),
+                    kind: kind(k),
+                    quantity,
+                    idempotency_key,
+                    occurred_at,
+                    recorded_at,
+                }])
+            }
+            "UsageBatch" => {
+                let UsageBatchEvent::UsageBatchRecorded { tenant_id, recorded_at, facts } =
+                    serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+                Ok(facts
+                    .into_iter()
+                    .map(|f| Self {
+                        tenant_id,
+                        metric: f.metric.as_str().to_owned(),
+                        kind: kind(f.kind),
+                        quantity: f.quantity,
+                        idempotency_key: f.idempotency_key,
+                        occurred_at: f.occurred_at,
+                        recorded_at,
+                    })
+                    .collect())
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    /// `apply_range` reads `UsageRecorded` payloads in SQL as stored: if an upcaster for it is
+    /// `apply_range` reads `UsageRecorded` and `UsageBatchRecorded` payloads in SQL as stored: if an upcaster for it is
     /// ever added, that SQL must learn the new shape (or the projection go back to reading
     /// events through Rust), and this test says so.
     #[test]
     fn no_upcaster_changes_usage_recorded() {
         let upcasters = domain::upcasting::upcasters();
         for version in ["0.1", "1.0", "1.0.0", "1.1"] {
-            assert!(!upcasters.iter().any(|u| u.can_upcast("UsageRecorded", version)), "an upcaster for UsageRecorded {version}");
+            for event_type in ["UsageRecorded", "UsageBatchRecorded"] {
+                assert!(!upcasters.iter().any(|u| u.can_upcast(event_type, version)), "an upcaster for {event_type} {version}");
+            }
         }
     }
 }

@@ -211,8 +211,8 @@ async fn record_batch(
             }
             let indexes: Vec<usize> = facts.iter().map(|(index, _)| *index).collect();
             let recorded = app.usage().record_batch(facts.into_iter().map(|(_, f)| f).collect(), &context).await;
-            for (index, outcome) in indexes.into_iter().zip(recorded) {
-                outcomes[index].1 = outcome.map(|r| Accepted { duplicate: r.duplicate }).map_err(ApiError::from);
+            for (index, outcome) in indexes.into_iter().zip(recorded.outcomes) {
+                outcomes[index].1 = outcome.map(|duplicate| Accepted { duplicate }).map_err(ApiError::from);
             }
             Ok(outcomes)
         })

@@ -152,15 +152,16 @@ impl UsageMeter for ReplayMeter {
     }
 
     fn metered(&self, _tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
-        // Counters summed; gauges at their latest value (latest instant, later position on a tie).
-        // Per metric: whether a gauge, the sum, and the latest (instant, position, quantity).
+        // Counters summed; gauges at their latest value (latest instant, later position on a tie,
+        // and the later of a batch's facts, which share its position: the facts come in log
+        // order). Per metric: whether a gauge, the sum, and the latest (instant, position, quantity).
         type Latest = Option<(DateTime<Utc>, i64, i64)>;
         let mut sums: BTreeMap<&str, (bool, i64, Latest)> = BTreeMap::new();
         for fact in self.seen(period).filter(|f| metrics.contains(&f.metric)) {
             let entry = sums.entry(fact.metric.as_str()).or_default();
             entry.0 |= fact.gauge;
             entry.1 += fact.quantity;
-            if entry.2.is_none_or(|(at, position, _)| (fact.occurred_at, fact.position) > (at, position)) {
+            if entry.2.is_none_or(|(at, position, _)| (fact.occurred_at, fact.position) >= (at, position)) {
                 entry.2 = Some((fact.occurred_at, fact.position, fact.quantity));
             }
         }

@@ -1,4 +1,5 @@
-//! Usage metering: one aggregate per usage fact.
+//! Usage metering: one aggregate per usage fact (and one per batch of facts, see
+//! [`UsageBatch`]).
 //!
 //! A usage fact's stream is keyed by `<tenant>:<idempotency_key>` and holds exactly one
 //! event. That choice gives two properties for free: recording costs the same whether the
@@ -199,24 +200,14 @@ impl Aggregate for UsageFact {
         if self.recorded {
             return Ok(());
         }
-        if command.occurred_at > command.at + chrono::Duration::seconds(MAX_FUTURE_SKEW_SECONDS) {
-            return Err(ValidationError::new("occurred_at", "must not be in the future").into());
-        }
-        if command.occurred_at < command.at - chrono::Duration::days(LATE_USAGE_DAYS) {
-            return Err(ValidationError::new(
-                "occurred_at",
-                format!("must not be more than {LATE_USAGE_DAYS} days in the past (usage that old can no longer be billed)"),
-            )
-            .into());
-        }
-        let kind = command.metric.kind();
+        let fact = command.decide()?;
         let event = UsageEvent::UsageRecorded {
             tenant_id: command.tenant_id,
-            metric: command.metric,
-            kind,
-            quantity: parse_quantity(command.quantity)?,
-            idempotency_key: command.idempotency_key,
-            occurred_at: command.occurred_at,
+            metric: fact.metric,
+            kind: fact.kind,
+            quantity: fact.quantity,
+            idempotency_key: fact.idempotency_key,
+            occurred_at: fact.occurred_at,
             recorded_at: command.at,
         };
         sink.write(event, self).await;
@@ -225,6 +216,134 @@ impl Aggregate for UsageFact {
 
     fn apply(&mut self, _: Self::Event) {
         self.recorded = true;
+    }
+}
+
+impl RecordUsage {
+    /// The fact this command records, or why it is refused: `occurred_at` at most
+    /// [`MAX_FUTURE_SKEW_SECONDS`] ahead of and [`LATE_USAGE_DAYS`] behind the time it is
+    /// received, the quantity within [`MAX_QUANTITY`]. The same rules for a fact recorded on
+    /// its own and one in a batch.
+    pub fn decide(&self) -> Result<BatchFact, UsageError> {
+        if self.occurred_at > self.at + chrono::Duration::seconds(MAX_FUTURE_SKEW_SECONDS) {
+            return Err(ValidationError::new("occurred_at", "must not be in the future").into());
+        }
+        if self.occurred_at < self.at - chrono::Duration::days(LATE_USAGE_DAYS) {
+            return Err(ValidationError::new(
+                "occurred_at",
+                format!("must not be more than {LATE_USAGE_DAYS} days in the past (usage that old can no longer be billed)"),
+            )
+            .into());
+        }
+        Ok(BatchFact {
+            metric: self.metric.clone(),
+            kind: self.metric.kind(),
+            quantity: parse_quantity(self.quantity)?,
+            idempotency_key: self.idempotency_key.clone(),
+            occurred_at: self.occurred_at,
+        })
+    }
+}
+
+/// The most facts one batch may hold.
+pub const MAX_BATCH_FACTS: usize = 1000;
+
+/// Many usage facts recorded together (`POST /v1/usage/batch`): one stream per batch holding
+/// one event, [`UsageBatchEvent::UsageBatchRecorded`], with every fact of the batch that was
+/// new. A batch is one row in the log, one audit entry and one commit, however many facts it
+/// carries, where a fact recorded on its own is one of each.
+///
+/// A fact is still counted once, ever, across both ways in: the event store claims each
+/// batched fact's [`usage_id`] in a key table in the transaction that appends the batch, and
+/// refuses (as a conflict) a batch that claims a key already claimed or recorded on its own,
+/// and a fact on its own whose key a batch claimed. The command layer leaves out the facts
+/// whose keys were recorded before (answered as duplicates) and decides again if it lost a
+/// race for a key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageBatch {
+    /// How many facts it recorded (0: not recorded yet).
+    pub facts: usize,
+}
+
+/// Record the facts of a batch (each already decided by [`RecordUsage::decide`], their keys
+/// distinct and not recorded before).
+#[derive(Debug, Clone)]
+pub struct RecordUsageBatch {
+    /// Whose.
+    pub tenant_id: Uuid,
+    /// The facts, in the request's order.
+    pub facts: Vec<BatchFact>,
+    /// When the batch was received.
+    pub at: DateTime<Utc>,
+}
+
+/// One fact of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchFact {
+    /// Which metric.
+    pub metric: MetricName,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// How much.
+    pub quantity: i64,
+    /// The client's key.
+    pub idempotency_key: String,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Usage batch events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum UsageBatchEvent {
+    /// Facts accepted together, in the request's order.
+    UsageBatchRecorded {
+        /// Whose.
+        tenant_id: Uuid,
+        /// When they were received.
+        recorded_at: DateTime<Utc>,
+        /// The facts.
+        facts: Vec<BatchFact>,
+    },
+}
+
+impl DomainEvent for UsageBatchEvent {
+    fn event_type(&self) -> String {
+        "UsageBatchRecorded".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+impl Aggregate for UsageBatch {
+    const TYPE: &'static str = "UsageBatch";
+    type Command = RecordUsageBatch;
+    type Event = UsageBatchEvent;
+    type Error = UsageError;
+    type Services = ();
+
+    async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
+        if self.facts > 0 {
+            return Ok(());
+        }
+        if command.facts.is_empty() || command.facts.len() > MAX_BATCH_FACTS {
+            return Err(ValidationError::new("records", format!("must hold 1 to {MAX_BATCH_FACTS} records")).into());
+        }
+        let mut keys = std::collections::HashSet::with_capacity(command.facts.len());
+        if let Some(repeated) = command.facts.iter().find(|f| !keys.insert(f.idempotency_key.as_str())) {
+            return Err(
+                ValidationError::new("idempotency_key", format!("\"{}\" appears twice in one batch", repeated.idempotency_key)).into()
+            );
+        }
+        let event = UsageBatchEvent::UsageBatchRecorded { tenant_id: command.tenant_id, recorded_at: command.at, facts: command.facts };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        let UsageBatchEvent::UsageBatchRecorded { facts, .. } = event;
+        self.facts = facts.len();
     }
 }
 
@@ -298,5 +417,38 @@ mod tests {
         for bad in ["", "API", "1abc", "a-b", &"a".repeat(65)] {
             assert!(MetricName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_batch_is_one_event_once_and_refuses_repeated_keys_and_bad_sizes() {
+        let at = Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0).unwrap();
+        let fact = |key: &str, quantity| {
+            RecordUsage { idempotency_key: key.to_owned(), ..record(quantity, at - chrono::Duration::hours(1)) }.decide().unwrap()
+        };
+        let batch = |facts| RecordUsageBatch { tenant_id: Uuid::from_u128(1), facts, at };
+        let events = TestFramework::<UsageBatch>::with(())
+            .given_no_previous_events()
+            .when(batch(vec![fact("a", 1), fact("b", 2)]))
+            .inspect_result()
+            .unwrap();
+        let [UsageBatchEvent::UsageBatchRecorded { facts, recorded_at, .. }] = &events[..] else { panic!("{events:?}") };
+        assert_eq!((facts.len(), facts[1].quantity, *recorded_at), (2, 2, at));
+        TestFramework::<UsageBatch>::with(()).given(events).when(batch(vec![fact("c", 1)])).then_expect_events(vec![]);
+        for facts in [vec![fact("a", 1), fact("a", 2)], vec![], (0..=MAX_BATCH_FACTS).map(|i| fact(&i.to_string(), 1)).collect()] {
+            assert!(TestFramework::<UsageBatch>::with(()).given_no_previous_events().when(batch(facts)).inspect_result().is_err());
+        }
+    }
+
+    #[test]
+    fn a_fact_in_a_batch_is_held_to_the_rules_of_a_fact_on_its_own() {
+        let at = Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0).unwrap();
+        let field = |r: RecordUsage| match r.decide() {
+            Err(UsageError::Invalid(e)) => e.field,
+            Ok(_) => "accepted".to_owned(),
+        };
+        assert_eq!(field(record(-1, at)), "quantity");
+        assert_eq!(field(record(1, at + chrono::Duration::minutes(10))), "occurred_at");
+        assert_eq!(field(record(1, at - chrono::Duration::days(LATE_USAGE_DAYS + 1))), "occurred_at");
+        assert_eq!(field(record(1, at - chrono::Duration::days(LATE_USAGE_DAYS - 1))), "accepted");
     }
 }

@@ -110,11 +110,13 @@ async fn a_rebuilt_chain_equals_the_live_one_entry_for_entry() {
     for code in ["chain-a", "chain-b", "chain-c"] {
         tenants.push(app.create_tenant_on(code, "enterprise").await);
     }
-    // More than two of the audit's batches (8,000 positions), so that ranges are chained ahead.
+    // More than two of the audit's batches (8,000 positions), so that ranges are chained ahead
+    // (facts on their own, seeded in SQL: a batch through the API is one event), and batches.
     for round in 0..6 {
         for tenant in &tenants {
-            let records: Vec<_> = (0..1000)
-                .map(|i| json!({"metric": "api_calls", "quantity": 1 + i % 3, "idempotency_key": format!("{}-{round}-{i}", tenant.code)}))
+            app.seed_usage(&tenant.id.to_string(), &format!("{}-{round}-", tenant.code), 1000).await;
+            let records: Vec<_> = (0..10)
+                .map(|i| json!({"metric": "api_calls", "quantity": 1 + i, "idempotency_key": format!("{}-b{round}-{i}", tenant.code)}))
                 .collect();
             app.post("/v1/usage/batch", &tenant.key, json!({ "records": records })).await.expect(202);
         }

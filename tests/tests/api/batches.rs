@@ -94,8 +94,15 @@ async fn a_batch_racing_single_records_with_the_same_keys_records_each_fact_once
         assert_eq!(firsts.len(), 100, "every key recorded (round {round})");
         assert!(firsts.values().all(|&n| n == 1), "no key recorded twice (round {round}): {firsts:?}");
     }
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Usage'").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(events, 300);
+    // The log holds each fact once: on its own, or in one of the batches' events.
+    let facts: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(CASE WHEN aggregate_type = 'Usage' THEN 1 ELSE jsonb_array_length(payload->'facts') END), 0)::bigint
+         FROM events WHERE aggregate_type IN ('Usage', 'UsageBatch')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(facts, 300);
     let expected: u64 = (1..=300).sum();
     assert_eq!(app.get("/v1/quota/api_calls", &tenant.key).await.expect(200)["used"].as_u64(), Some(expected));
 }
@@ -155,4 +162,61 @@ async fn every_answer_is_readable_at_once_while_a_flood_of_usage_runs_beside_it(
     assert!(sent > 50, "the flood ran beside the checks ({sent} facts)");
     let quota = app.get("/v1/quota/api_calls", &tenant.key).await.expect(200).clone();
     assert_eq!(quota["used"].as_u64(), Some(sent as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_event_and_a_key_counts_once_whichever_way_it_comes_in() {
+    let app = spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2027-05-20T12:00:00Z").await;
+    let tenant = app.create_tenant_on("batch-one-event", "professional").await;
+    let fact = |key: &str, quantity: u64| json!({"metric": "api_calls", "quantity": quantity, "idempotency_key": key});
+    app.post("/v1/usage", &tenant.key, fact("alone", 1)).await.expect(202);
+
+    // A key recorded on its own, two new ones, a repeat within the batch and a refused record.
+    let bad = json!({"metric": "api_calls", "quantity": -1, "idempotency_key": "bad"});
+    let body = json!({"records": [fact("alone", 1), fact("first", 10), fact("second", 100), fact("first", 10), bad]});
+    let reply = app.post("/v1/usage/batch", &tenant.key, body.clone()).await;
+    let answer = reply.expect(202).clone();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["duplicates"].as_u64(), answer["refused"].as_u64()),
+        (Some(4), Some(2), Some(1)),
+        "{answer}"
+    );
+    let duplicate: Vec<Value> = answer["results"].as_array().unwrap().iter().map(|r| r["duplicate"].clone()).collect();
+    assert_eq!(duplicate, vec![json!(true), json!(false), json!(false), json!(true), Value::Null]);
+    assert_eq!(answer["results"][4]["error"]["details"]["field"], "quantity");
+    let position: i64 = reply.headers.get("ledger-position").expect("Ledger-Position").to_str().unwrap().parse().unwrap();
+
+    // One event holds the two new facts, in order, at the position the answer named.
+    let batches: Vec<(i64, String, Value)> =
+        sqlx::query_as("SELECT position, aggregate_id, payload FROM events WHERE aggregate_type = 'UsageBatch'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(batches.len(), 1);
+    let (at, id, payload) = &batches[0];
+    assert_eq!(*at, position);
+    let keys: Vec<&str> = payload["facts"].as_array().unwrap().iter().map(|f| f["idempotency_key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["first", "second"]);
+
+    // A key the batch recorded is a duplicate on its own, and the same batch again records nothing.
+    assert_eq!(app.post("/v1/usage", &tenant.key, fact("second", 100)).await.expect(202)["duplicate"], true);
+    let again = app.post("/v1/usage/batch", &tenant.key, body).await.expect(202).clone();
+    assert_eq!(again["duplicates"], 4, "{again}");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type IN ('Usage', 'UsageBatch')")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 2, "the fact on its own and the one batch");
+
+    // Read models, quota, audit and replay see the batch's facts.
+    assert_eq!(app.get("/v1/quota/api_calls", &tenant.key).await.expect(200)["used"], 111);
+    let series = app.get("/v1/usage?metric=api_calls&from=2027-05-20T00:00:00Z&to=2027-05-21T00:00:00Z", &tenant.key).await;
+    assert_eq!(series.expect(200)["buckets"][0]["facts"], 3);
+    let audit = app.get("/v1/audit?aggregate_type=UsageBatch", &tenant.key).await.expect(200).clone();
+    let summaries: Vec<&str> = audit["data"].as_array().unwrap().iter().filter_map(|e| e["summary"].as_str()).collect();
+    assert!(summaries.contains(&"2 usage facts recorded in a batch: 2 api_calls"), "{summaries:?}");
+    assert_eq!(app.get("/v1/audit/verify", &tenant.key).await.expect(200)["valid"], true);
+    let replayed = app.get(&format!("/v1/aggregates/UsageBatch/{id}"), &tenant.key).await.expect(200).clone();
+    assert_eq!(replayed["state"]["facts"], 2, "{replayed}");
 }

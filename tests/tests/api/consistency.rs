@@ -124,6 +124,7 @@ fn probe(id: &str, sequence: i64) -> NewEvent {
         event_version: "1.0".to_owned(),
         payload: serde_json::value::to_raw_value(&json!({})).unwrap(),
         metadata: serde_json::value::to_raw_value(&json!({})).unwrap(),
+        claims: Vec::new(),
     }
 }
 
@@ -156,6 +157,49 @@ async fn one_append_answers_each_command_on_its_own() {
     assert_eq!(new_head, head + 3, "the head covers exactly what was written, without gaps");
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM events_unsequenced").fetch_one(&app.pool).await.unwrap();
     assert_eq!(queued, 0, "numbered events are not queued for the sequencer");
+
+    // Claims of usage keys (a usage batch's): a command claiming a key another one in the same
+    // call claimed first, or a key that is a fact's own stream, is refused alone, with nothing of
+    // it written; its neighbours are written.
+    let claiming = |id: &str, keys: &[&str]| NewEvent { claims: keys.iter().map(|k| (*k).to_owned()).collect(), ..probe(id, 1) };
+    let fact_on_its_own = |id: &str| {
+        NewEvent {
+        aggregate_type: "Usage",
+        payload: serde_json::value::to_raw_value(&json!({"type": "UsageRecorded", "tenant_id": uuid::Uuid::nil(), "metric": "api_calls",
+            "kind": "counter", "quantity": 0, "idempotency_key": id, "occurred_at": "2031-01-01T00:00:00Z", "recorded_at": "2031-01-01T00:00:00Z"}))
+        .unwrap(),
+        ..probe(id, 1)
+    }
+    };
+    let single = fact_on_its_own("t:alone");
+    assert!(matches!(appender.append(vec![single]).await.unwrap(), Appended::At(_)));
+    let head = new_head + 1;
+    let answers = appender
+        .append_many(vec![
+            vec![claiming("batch-1", &["t:a", "t:b"])],
+            vec![claiming("batch-2", &["t:c", "t:b"])],
+            vec![probe("plain", 1)],
+            vec![claiming("batch-3", &["t:alone"])],
+            vec![claiming("batch-4", &["t:d"])],
+        ])
+        .await
+        .unwrap();
+    let refused = |answer: &Appended| matches!(answer, Appended::Refused { state, detail: Some(detail), .. } if state == "SL409" && detail.contains("USAGE_KEY_RECORDED"));
+    assert_eq!(answers[0], Appended::At(head + 1));
+    assert!(refused(&answers[1]), "{:?}", answers[1]);
+    assert_eq!(answers[2], Appended::At(head + 2));
+    assert!(refused(&answers[3]), "{:?}", answers[3]);
+    assert_eq!(answers[4], Appended::At(head + 3));
+    let claimed: Vec<String> = sqlx::query_scalar("SELECT id FROM usage_keys ORDER BY id").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(claimed, ["t:a", "t:b", "t:d"]);
+    let written: Vec<String> = sqlx::query_scalar("SELECT aggregate_id FROM events WHERE position > $1 ORDER BY position")
+        .bind(head)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, ["batch-1", "plain", "batch-4"]);
+    // And a fact on its own whose key a batch claimed is refused the same way.
+    assert!(refused(&appender.append(vec![fact_on_its_own("t:a")]).await.unwrap()));
 
     // Through the API: concurrent bookings of one slot and of free slots, and concurrent
     // retries of one usage key beside new keys, share appends; each gets its own answer.

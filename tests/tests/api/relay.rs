@@ -34,8 +34,9 @@ async fn a_relay_killed_mid_way_publishes_every_event_exactly_once_in_order() {
     let app = spawn_app().await;
     let tenant = app.create_tenant_on("relay-clinic", "enterprise").await;
     for batch in 0..8 {
+        app.seed_usage(&tenant.id.to_string(), &format!("r-{batch}-"), 1000).await;
         let records: Vec<_> =
-            (0..1000).map(|i| json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("r-{batch}-{i}")})).collect();
+            (0..10).map(|i| json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("rb-{batch}-{i}")})).collect();
         app.post("/v1/usage/batch", &tenant.key, json!({ "records": records })).await.expect(202);
     }
     let total = head(&app).await;
