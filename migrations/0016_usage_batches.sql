@@ -8,7 +8,9 @@
 -- `append_events` refuses, as the conflict `USAGE_KEY_RECORDED` (SL409), a command that claims
 -- an id already claimed or already a stream, and a fact on its own whose id a batch claimed.
 -- Every append holds the log head's lock, so these checks are exact under any concurrency.
-CREATE TABLE usage_keys (id text PRIMARY KEY);
+-- The ids compare byte by byte (`COLLATE "C"`): they are keys, not text for people, and the
+-- database's default collation would compare every probe through the locale's rules.
+CREATE TABLE usage_keys (id text COLLATE "C" PRIMARY KEY);
 
 -- Claims `p_claim` and checks both ways: no claimed id is a fact's own stream, and no fact on
 -- its own (`p_single`: the ids of the `Usage` events being appended) was claimed by a batch.
@@ -72,7 +74,9 @@ BEGIN
         FROM unnest(p_type, p_id, p_seq, p_event_type, p_version, p_payload, p_metadata)
              WITH ORDINALITY AS u(t, i, s, et, ev, pl, md, n)
         ORDER BY u.n;
-        PERFORM claim_usage_keys(p_claim, ARRAY(SELECT u.i FROM unnest(p_type, p_id) AS u(t, i) WHERE u.t = 'Usage'));
+        IF cardinality(p_claim) > 0 OR 'Usage' = ANY (p_type) THEN
+            PERFORM claim_usage_keys(p_claim, ARRAY(SELECT u.i FROM unnest(p_type, p_id) AS u(t, i) WHERE u.t = 'Usage'));
+        END IF;
         written := true;
     EXCEPTION WHEN OTHERS THEN
         written := false;

@@ -160,13 +160,13 @@ async fn flusher(
         let batch = {
             let mut receiver = receiver.lock().await;
             let Some(first) = receiver.recv().await else { return };
-            let mut events = first.groups.iter().map(Vec::len).sum::<usize>();
+            let mut events = weight(&first.groups);
             let mut batch = vec![first];
             loop {
                 while events < MAX_EVENTS {
                     match receiver.try_recv() {
                         Ok(next) => {
-                            events += next.groups.iter().map(Vec::len).sum::<usize>();
+                            events += weight(&next.groups);
                             batch.push(next);
                         }
                         Err(_) => break,
@@ -181,7 +181,7 @@ async fn flusher(
                     () = done => {}
                     next = receiver.recv(), if events < MAX_EVENTS => match next {
                         Some(next) => {
-                            events += next.groups.iter().map(Vec::len).sum::<usize>();
+                            events += weight(&next.groups);
                             batch.push(next);
                         }
                         None => return,
@@ -193,6 +193,12 @@ async fn flusher(
         flush(&pool, &mut connection, batch, &on_head).await;
         in_flight.finish();
     }
+}
+
+/// What a request adds to a flush: its events and the usage keys they claim (a usage batch is
+/// one event claiming up to 1,000 keys).
+fn weight(groups: &[Vec<NewEvent>]) -> usize {
+    groups.iter().flatten().map(|e| 1 + e.claims.len()).sum()
 }
 
 /// Writes `batch` in one statement on `connection` (taken from `pool` if there is none; dropped,

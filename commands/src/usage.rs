@@ -61,11 +61,12 @@ impl Usage {
     }
 
     /// Records many facts of one tenant as one `UsageBatchRecorded` event: each fact is
-    /// decided on its own ([`RecordUsage::decide`]: a refused one is that fact's answer alone),
-    /// the keys recorded before are looked up in one statement and answered as duplicates (as
-    /// are repeats of a key within the batch), and the rest are appended together with their
-    /// keys claimed. A batch that loses a race for a key (another request recorded it in the
-    /// meantime) looks its keys up again and appends what is still new. Each outcome in order.
+    /// decided on its own ([`RecordUsage::decide`]: a refused one is that fact's answer alone;
+    /// repeats of a key within the batch are duplicates), and the rest are appended together
+    /// with their keys claimed. If the store refuses that because a key was recorded before
+    /// (a retried batch, a race with another request), the keys are looked up in one statement,
+    /// those recorded before are answered as duplicates, and what is still new is appended.
+    /// Each outcome in order.
     pub async fn record_batch(&self, facts: Vec<RecordUsage>, context: &CommandContext) -> BatchRecorded {
         let mut outcomes: Vec<Option<Result<bool, CommandError<UsageError>>>> = Vec::with_capacity(facts.len());
         let Some((tenant_id, at)) = facts.first().map(|f| (f.tenant_id, f.at)) else {
@@ -94,23 +95,27 @@ impl Usage {
         }
         let mut position = None;
         for attempt in 1..=BATCH_ATTEMPTS {
-            let ids: Vec<&str> = pending.iter().map(|(_, _, id)| id.as_str()).collect();
-            let before = match recorded_before(&self.pool, &ids).await {
-                Ok(before) => before,
-                Err(e) => {
-                    for (index, _, _) in pending.drain(..) {
-                        outcomes[index] = Some(Err(CommandError::Internal(e.to_string())));
+            // Optimistic: the first attempt appends at once (the store refuses it if a key was
+            // recorded before); only after a refusal are the keys looked up.
+            if attempt > 1 {
+                let ids: Vec<&str> = pending.iter().map(|(_, _, id)| id.as_str()).collect();
+                let before = match recorded_before(&self.pool, &ids).await {
+                    Ok(before) => before,
+                    Err(e) => {
+                        for (index, _, _) in pending.drain(..) {
+                            outcomes[index] = Some(Err(CommandError::Internal(e.to_string())));
+                        }
+                        break;
                     }
-                    break;
-                }
-            };
-            pending.retain(|(index, _, id)| {
-                let new = !before.contains(id);
-                if !new {
-                    outcomes[*index] = Some(Ok(true));
-                }
-                new
-            });
+                };
+                pending.retain(|(index, _, id)| {
+                    let new = !before.contains(id);
+                    if !new {
+                        outcomes[*index] = Some(Ok(true));
+                    }
+                    new
+                });
+            }
             if pending.is_empty() {
                 break;
             }

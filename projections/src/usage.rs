@@ -140,21 +140,27 @@ impl Projection for UsageProjection {
 }
 
 /// `WITH f AS (..)`: the facts of the usage events matching `range` (a condition on
-/// `position`), one row each.
+/// `position`), one row each: a fact on its own read straight from its payload, a batch's
+/// facts from its `facts` array (the batch's payload read once: its tenant and time computed
+/// before the array is taken apart, not for every fact).
 fn facts_in(range: &str) -> String {
     format!(
-        "WITH e AS (
-             SELECT position, (payload->>'tenant_id')::uuid AS tenant_id, payload->>'recorded_at' AS recorded_at,
-                    CASE WHEN aggregate_type = 'UsageBatch' THEN payload->'facts' ELSE jsonb_build_array(payload) END AS facts
+        "WITH f AS (
+             SELECT (payload->>'tenant_id')::uuid AS tenant_id, payload->>'metric' AS metric, payload->>'kind' AS kind,
+                    (payload->>'quantity')::bigint AS quantity, payload->>'idempotency_key' AS idempotency_key,
+                    (payload->>'occurred_at')::timestamptz AS occurred_at, (payload->>'recorded_at')::timestamptz AS recorded_at,
+                    position, 1 AS item
              FROM events
-             WHERE {range} AND (aggregate_type IN ('Usage', 'UsageBatch')) IS TRUE
-             OFFSET 0
-         ),
-         f AS (
-             SELECT e.tenant_id, x.f->>'metric' AS metric, x.f->>'kind' AS kind, (x.f->>'quantity')::bigint AS quantity,
-                    x.f->>'idempotency_key' AS idempotency_key, (x.f->>'occurred_at')::timestamptz AS occurred_at,
-                    e.recorded_at::timestamptz AS recorded_at, e.position, x.n::integer AS item
-             FROM e CROSS JOIN LATERAL jsonb_array_elements(e.facts) WITH ORDINALITY AS x(f, n)
+             WHERE {range} AND (aggregate_type = 'Usage') IS TRUE
+             UNION ALL
+             SELECT b.tenant_id, x.f->>'metric', x.f->>'kind', (x.f->>'quantity')::bigint, x.f->>'idempotency_key',
+                    (x.f->>'occurred_at')::timestamptz, b.recorded_at, b.position, x.n::integer
+             FROM (SELECT position, (payload->>'tenant_id')::uuid AS tenant_id, (payload->>'recorded_at')::timestamptz AS recorded_at,
+                          payload->'facts' AS facts
+                   FROM events
+                   WHERE {range} AND (aggregate_type = 'UsageBatch') IS TRUE
+                   OFFSET 0) AS b
+             CROSS JOIN LATERAL jsonb_array_elements(b.facts) WITH ORDINALITY AS x(f, n)
          )"
     )
 }

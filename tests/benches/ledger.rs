@@ -239,9 +239,10 @@ where
     (summarize(all, elapsed, failures), tps)
 }
 
-/// The most connections pgbench may open beside the server's pool (Debian's default
-/// `max_connections` is 100; the server holds up to 32, this process a few).
-const PGBENCH_MAX_CLIENTS: usize = 60;
+/// The most connections pgbench may open beside the server's (Debian's default
+/// `max_connections` is 100; the server's pool holds up to 32, its projectors, sequencer and
+/// writers a few more, this process a few).
+const PGBENCH_MAX_CLIENTS: usize = 50;
 
 /// `pgbench` running `script` at `clients` (at most [`PGBENCH_MAX_CLIENTS`]) for `secs`: tps.
 fn pgbench(url: &str, script: &str, clients: usize, secs: u64) -> f64 {

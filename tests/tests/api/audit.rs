@@ -158,3 +158,41 @@ async fn a_rebuilt_chain_equals_the_live_one_entry_for_entry() {
         .unwrap_or(0.0);
     assert!(ahead > 0.0, "nothing was chained ahead");
 }
+
+/// A large payload (a usage batch of 1,000 facts) is digested in Postgres and summarised from
+/// what the summary reads: the entry is the one the full payload would give, and an edit of
+/// the payload is still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_digested_in_postgres_exactly_as_the_server_digests_it() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant_on("audited-batch", "enterprise").await;
+    let records: Vec<_> = (0..1000)
+        .map(|i| json!({"metric": if i % 5 < 3 { "api_calls" } else { "sms" }, "quantity": 1 + i % 7, "idempotency_key": format!("big-{i}")}))
+        .collect();
+    app.post("/v1/usage/batch", &tenant.key, json!({ "records": records })).await.expect(202);
+    let position: i64 =
+        sqlx::query_scalar("SELECT position FROM events WHERE aggregate_type = 'UsageBatch'").fetch_one(&app.pool).await.unwrap();
+    let read = projections::audit::read_raw(&app.pool, position - 1, position, None).await.unwrap().remove(0);
+    assert!(read.digest.is_some(), "a 1,000-fact batch is large");
+    assert!(read.payload.len() < 40_000, "{} bytes came to the server", read.payload.len());
+    let full: (String,) =
+        sqlx::query_as("SELECT payload::text FROM events WHERE position = $1").bind(position).fetch_one(&app.pool).await.unwrap();
+    let whole = projections::audit::RawEvent { payload: full.0, digest: None, ..read.clone() };
+    assert_eq!(projections::audit::event_digest(&read), projections::audit::event_digest(&whole));
+    let genesis = projections::audit::GENESIS.to_owned();
+    assert_eq!(projections::audit::entry(&read, genesis.clone()), projections::audit::entry(&whole, genesis));
+    let entry = app.get("/v1/audit?aggregate_type=UsageBatch", &tenant.key).await.expect(200)["data"][0].clone();
+    assert_eq!(entry["summary"], "1000 usage facts recorded in a batch: 600 api_calls, 400 sms");
+    assert_eq!(entry["event_digest"].as_str(), read.digest.as_deref());
+    assert_eq!(app.get("/v1/audit/verify", ADMIN_TOKEN).await.expect(200)["valid"], true);
+
+    // An edit deep inside the payload changes the digest Postgres computes.
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only_update").execute(&app.pool).await.unwrap();
+    sqlx::query("UPDATE events SET payload = jsonb_set(payload, '{facts,999,quantity}', '1000') WHERE position = $1")
+        .bind(position)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let verify = app.get("/v1/audit/verify", ADMIN_TOKEN).await.expect(200).clone();
+    assert_eq!((verify["valid"].as_bool(), verify["first_bad_position"].as_i64()), (Some(false), Some(position)), "{verify}");
+}
