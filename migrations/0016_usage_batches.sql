@@ -206,3 +206,13 @@ BEGIN
                        ORDER BY r.occurred_at DESC, r.position DESC, r.item DESC LIMIT 1) AS gauge ON true
     CROSS JOIN LATERAL (SELECT max(e.position) AS position FROM events e WHERE e.tenant_id = p_tenant) AS last;
 END $$;
+
+-- A room's slot is held by its insert alone: the exclusion constraint on `booking_slots` finds an
+-- overlap in the same index probe that inserts the slot (23P01, answered as 409
+-- `BOOKING_OVERLAP`), so the look-up before it (0008) only probed the index twice per booking.
+CREATE OR REPLACE FUNCTION hold_room(booking uuid, tenant uuid, resource uuid, starts timestamptz, ends timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO booking_slots (booking_id, tenant_id, resource_id, during) VALUES (booking, tenant, resource, tstzrange(starts, ends, '[)'))
+    ON CONFLICT (booking_id) DO UPDATE SET during = EXCLUDED.during;
+END $$;
