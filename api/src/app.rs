@@ -64,6 +64,7 @@ struct Inner {
     log: EventLog,
     keys: crate::auth::KeyCache,
     rate_limits: crate::rate_limit::RateLimits,
+    quotas: crate::routes::quota::QuotaCache,
     sealer: projections::webhooks::Sealer,
 }
 
@@ -260,6 +261,11 @@ impl AppState {
         &self.0.rate_limits
     }
 
+    /// Quota answers by tenant (see [`crate::routes::quota::QuotaCache`]).
+    pub fn quotas(&self) -> &crate::routes::quota::QuotaCache {
+        &self.0.quotas
+    }
+
     /// The API-key lookups this process reuses (see [`crate::auth::KeyCache`]).
     pub fn keys(&self) -> &crate::auth::KeyCache {
         &self.0.keys
@@ -399,6 +405,7 @@ impl Application {
             projections,
             keys,
             rate_limits: crate::rate_limit::RateLimits::new(config_rate_limit_instances),
+            quotas: crate::routes::quota::QuotaCache::default(),
             sealer,
         }));
         let seed = state.context(None, Actor::System("catalog"));

@@ -84,16 +84,27 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(T, i64), ApiError>>,
 {
+    Ok(read_own_writes_at(state, read).await?.0)
+}
+
+/// [`read_own_writes`], also telling the tenant's last position when the answer was read with
+/// every read model at or past it (`None` when it had to wait: the second read is served as
+/// it is).
+pub async fn read_own_writes_at<T, F, Fut>(state: &AppState, read: F) -> Result<(T, Option<i64>), ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(T, i64), ApiError>>,
+{
     let applied = state.projections().applied();
     let (value, own) = read().await?;
     appended(own);
     if own <= applied {
-        return Ok(value);
+        return Ok((value, Some(own)));
     }
     if !state.projections().wait_for(own, IMPLICIT_WAIT).await {
         tracing::warn!(position = own, "read models did not reach a tenant's last position in time; served as they are");
     }
-    Ok(read().await?.0)
+    Ok((read().await?.0, None))
 }
 
 /// The middleware.

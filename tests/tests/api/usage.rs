@@ -184,3 +184,30 @@ async fn metered_quota_counts_the_billing_period_the_invoice_bills() {
     let quota = app.get("/v1/quota/api_calls", &yearly.key).await.expect(200).clone();
     assert_eq!((quota["limit"].as_u64(), quota["period_end"].as_str()), (Some(120_000), Some("2028-02-02T00:00:00Z")));
 }
+
+/// A quota answer is kept per tenant and served again only while the tenant has no new event
+/// and the month is the same: a new fact shows at once, and so does a new month's booking count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_quota_answer_is_served_only_for_the_same_last_event_and_month() {
+    let app = e2e::spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2031-03-31T23:00:00Z").await;
+    let tenant = app.create_tenant_on("quota-kept", "professional").await;
+    let room = app.create_resource(&tenant.key, "room", 1).await;
+    app.book(&tenant.key, &room, "2031-04-02T09:00:00Z", "2031-04-02T10:00:00Z", 1).await.expect(201);
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/quota/bookings_per_month", &tenant.key).await.expect(200)["used"], 1);
+    }
+    let before = app.get("/v1/quota/api_calls", &tenant.key).await.expect(200)["used"].as_u64().unwrap();
+    let recorded = app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 5, "idempotency_key": "kept-1"})).await;
+    recorded.expect(202);
+    let after = app.get("/v1/quota/api_calls", &tenant.key).await;
+    assert_eq!(after.expect(200)["used"].as_u64().unwrap(), before + 5);
+    assert_eq!(
+        after.headers.get("ledger-position").map(|v| v.to_str().unwrap().to_owned()),
+        recorded.headers.get("ledger-position").map(|v| v.to_str().unwrap().to_owned()),
+        "a kept answer names the position it reflects"
+    );
+    assert_eq!(app.get("/v1/quota/api_calls", &tenant.key).await.expect(200)["used"].as_u64().unwrap(), before + 5, "kept");
+    app.set_clock("2031-04-01T00:30:00Z").await;
+    assert_eq!(app.get("/v1/quota/bookings_per_month", &tenant.key).await.expect(200)["used"], 0, "a new month counts afresh");
+}
