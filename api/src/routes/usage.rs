@@ -187,25 +187,20 @@ async fn record_batch(
             }
         })
         .collect();
-    // A key repeated within the batch is the same fact: the first occurrence records it, the
-    // later ones are duplicates (deterministically, though the records run concurrently).
-    let mut first_seen = std::collections::HashSet::new();
-    let parsed: Vec<Result<Option<RecordUsage>, ApiError>> =
-        parsed.into_iter().map(|fact| fact.map(|f| first_seen.insert(f.idempotency_key.clone()).then_some(f))).collect();
     let app = state.clone();
     let results = state
         .detach(async move {
-            // The valid first occurrences go to the store together (one transaction); refused
-            // records and in-batch repeats are answered without it.
+            // The parsed records go to the store together (one event; a key repeated within the
+            // batch is recorded by its first occurrence, see `Usage::record_batch`); refused
+            // records are answered without it.
             let mut outcomes: Vec<(usize, Result<Accepted, ApiError>)> = Vec::with_capacity(parsed.len());
             let mut facts = Vec::new();
             for (index, fact) in parsed.into_iter().enumerate() {
                 match fact {
-                    Ok(Some(fact)) => {
+                    Ok(fact) => {
                         outcomes.push((index, Ok(Accepted { duplicate: false })));
                         facts.push((index, fact));
                     }
-                    Ok(None) => outcomes.push((index, Ok(Accepted { duplicate: true }))),
                     Err(e) => outcomes.push((index, Err(e))),
                 }
             }
