@@ -251,6 +251,19 @@ async fn one_append_answers_each_command_on_its_own() {
     assert!(flushes > 0.0 && commands > flushes, "{commands} commands in {flushes} flushes");
 }
 
+/// The stream ids (`<tenant>:<key>`) of every usage fact in the log: on its own, or in a batch.
+async fn logged_facts(pool: &sqlx::PgPool, prefix: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE aggregate_type = 'Usage'
+         UNION ALL
+         SELECT $1 || (f ->> 'idempotency_key') FROM events, jsonb_array_elements(payload -> 'facts') AS f WHERE aggregate_type = 'UsageBatch'",
+    )
+    .bind(prefix)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_killed_mid_flood_loses_no_acknowledged_fact_and_counts_none_twice() {
     let db_name = format!("sl_test_{}", uuid::Uuid::new_v4().simple());
@@ -288,7 +301,24 @@ async fn a_server_killed_mid_flood_loses_no_acknowledged_fact_and_counts_none_tw
         }
         (sent, acknowledged)
     };
+    // Four more send batches of 20 facts (one event each), so that the kill may land mid-batch too.
+    let batches = |client_id: usize, url: String, key: String, client: reqwest::Client| async move {
+        let (mut sent, mut acknowledged) = (Vec::new(), Vec::new());
+        for n in 0.. {
+            let keys: Vec<String> = (0..20).map(|i| format!("b-{client_id}-{n}-{i}")).collect();
+            sent.push(keys.clone());
+            let records: Vec<Value> = keys.iter().map(|k| json!({"metric": "api_calls", "quantity": 1, "idempotency_key": k})).collect();
+            let reply = client.post(format!("{url}/v1/usage/batch")).bearer_auth(&key).json(&json!({ "records": records })).send().await;
+            match reply {
+                Ok(r) if r.status() == 202 => acknowledged.extend(keys),
+                Ok(r) => panic!("unexpected answer {}", r.status()),
+                Err(_) => break,
+            }
+        }
+        (sent, acknowledged)
+    };
     let clients: Vec<_> = (0..16).map(|c| tokio::spawn(flood(c, url.clone(), key.clone(), client.clone()))).collect();
+    let batch_clients: Vec<_> = (0..4).map(|c| tokio::spawn(batches(c, url.clone(), key.clone(), client.clone()))).collect();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mut server = server;
     server.child.kill().unwrap();
@@ -299,22 +329,30 @@ async fn a_server_killed_mid_flood_loses_no_acknowledged_fact_and_counts_none_tw
         sent.extend(s);
         acknowledged.extend(a);
     }
+    let mut sent_batches = Vec::new();
+    for c in batch_clients {
+        let (s, a) = c.await.unwrap();
+        sent.extend(s.iter().flatten().cloned());
+        sent_batches.extend(s);
+        acknowledged.extend(a);
+    }
     assert!(acknowledged.len() > 50, "the flood ran before the kill ({} acknowledged)", acknowledged.len());
+    assert!(acknowledged.iter().any(|k| k.starts_with("b-")), "batches were acknowledged before the kill");
     drop(server);
 
-    // Every acknowledged fact is in the log, exactly once.
+    // Every acknowledged fact is in the log, exactly once: on its own or in a batch's event.
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&database_url).await.unwrap();
     let prefix = format!("{}:", tenant["id"].as_str().unwrap());
-    let stored: Vec<String> =
-        sqlx::query_scalar("SELECT aggregate_id FROM events WHERE aggregate_type = 'Usage'").fetch_all(&pool).await.unwrap();
+    let stored: Vec<String> = logged_facts(&pool, &prefix).await;
     let stored: BTreeSet<String> = stored.iter().map(|id| id.strip_prefix(&prefix).unwrap().to_owned()).collect();
     assert!(acknowledged.is_subset(&stored), "an acknowledged fact was lost");
     assert!(stored.is_subset(&sent));
 
-    // A restarted server; the clients retry everything they sent: what was stored is a
-    // duplicate, the rest is recorded now; the quota counts each fact once.
+    // A restarted server; the clients retry everything they sent (facts on their own, then the
+    // batches): what was stored is a duplicate, the rest is recorded now; the quota counts each
+    // fact once.
     let server = crate::instances::start(&database_url, &client).await;
-    let retries = sent.iter().map(|k| {
+    let retries = sent.iter().filter(|k| !k.starts_with("b-")).map(|k| {
         let (client, url, key) = (client.clone(), server.url.clone(), key.clone());
         async move {
             let reply = client
@@ -331,11 +369,26 @@ async fn a_server_killed_mid_flood_loses_no_acknowledged_fact_and_counts_none_tw
     for (k, duplicate) in join_all(retries).await {
         assert_eq!(duplicate, stored.contains(&k), "{k}: a duplicate exactly when it was stored before");
     }
+    // The batches are retried as the batches they were.
+    for keys in &sent_batches {
+        let records: Vec<Value> = keys.iter().map(|k| json!({"metric": "api_calls", "quantity": 1, "idempotency_key": k})).collect();
+        let reply = client
+            .post(format!("{}/v1/usage/batch", server.url))
+            .bearer_auth(&key)
+            .json(&json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 202);
+        let answer: Value = reply.json().await.unwrap();
+        for (k, result) in keys.iter().zip(answer["results"].as_array().unwrap()) {
+            assert_eq!(result["duplicate"] == true, stored.contains(k), "{k}: a duplicate exactly when it was stored before");
+        }
+    }
     let quota: Value =
         client.get(format!("{}/v1/quota/api_calls", server.url)).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     assert_eq!(quota["used"], sent.len(), "every fact counted once");
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Usage'").fetch_one(&pool).await.unwrap();
-    assert_eq!(count as usize, sent.len());
+    assert_eq!(logged_facts(&pool, &prefix).await.len(), sent.len());
     drop(server);
     pool.close().await;
     let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await.unwrap();
