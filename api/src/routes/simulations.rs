@@ -119,10 +119,12 @@ async fn start(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJson<S
         .bind(created_at)
         .execute(state.pool())
         .await?;
+    // The answer is the simulation as accepted (`running`), read before it starts: a small one
+    // can be done before the answer would otherwise be read.
+    let view = load(&state, id).await?.ok_or_else(|| ApiError::internal("the simulation just recorded is gone"))?;
     let input = SimulationInput { from: body.from, to: body.to, plans, tenants };
     // Not tied to the request: the client may go away; the simulation goes on.
     tokio::spawn(run(state.clone(), id, input));
-    let view = load(&state, id).await?.ok_or_else(|| ApiError::internal("the simulation just recorded is gone"))?;
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/admin/simulations/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
