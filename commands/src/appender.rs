@@ -43,6 +43,11 @@ pub struct NewEvent {
     /// Ids the command claims in `usage_keys` with this event, all or nothing with its events
     /// (a usage batch's facts; see migration 0016). Usually none.
     pub claims: Vec<String>,
+    /// The booking context the command was decided on: its tenant and the version of that
+    /// tenant's context stamp. If the stamp has moved on when the command is appended, the
+    /// command is refused with `BOOKING_CONTEXT_CHANGED` and nothing of it is written (see
+    /// migration 0017). Usually none.
+    pub guard: Option<(uuid::Uuid, i64)>,
 }
 
 /// What became of one command's events.
@@ -294,7 +299,7 @@ async fn write(pool: &PgPool, connection: &mut Option<Held>, columns: &Columns) 
         None => connection.insert((pool.acquire().await?, Instant::now())),
     };
     let rows = sqlx::query_as(
-        "SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&columns.aggregate_type)
     .bind(&columns.aggregate_id)
@@ -306,6 +311,9 @@ async fn write(pool: &PgPool, connection: &mut Option<Held>, columns: &Columns) 
     .bind(&columns.group)
     .bind(&columns.claim)
     .bind(&columns.claim_group)
+    .bind(&columns.guard_tenant)
+    .bind(&columns.guard_version)
+    .bind(&columns.guard_group)
     .fetch_all(&mut **conn)
     .await;
     *used = Instant::now();
@@ -334,6 +342,9 @@ struct Columns {
     group: Vec<i32>,
     claim: Vec<String>,
     claim_group: Vec<i32>,
+    guard_tenant: Vec<uuid::Uuid>,
+    guard_version: Vec<i64>,
+    guard_group: Vec<i32>,
 }
 
 impl Columns {
@@ -348,5 +359,10 @@ impl Columns {
         self.group.push(group);
         self.claim_group.extend(std::iter::repeat_n(group, event.claims.len()));
         self.claim.extend(event.claims);
+        if let Some((tenant, version)) = event.guard {
+            self.guard_tenant.push(tenant);
+            self.guard_version.push(version);
+            self.guard_group.push(group);
+        }
     }
 }

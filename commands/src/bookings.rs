@@ -9,20 +9,46 @@ use domain::values::{DisplayName, Email, TimeZoneName};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::vault::Vault;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::vault::{TenantKey, Vault};
 use crate::{quota, AggregateStore, CommandContext, CommandError, Committed};
 
-/// What a booking needs to know besides the request: the resource's kind and capacity, the
-/// subscription's plan limits and add-ons, whether the tenant has a personal-data key row, and
-/// the key.
-type BookingContext = (
+/// What a booking needs to know besides the request, as `booking_context` reads it: the
+/// resource's kind and capacity, the subscription's plan limits and add-ons, whether the tenant
+/// has a personal-data key row, the key, the version of the tenant's context stamp, and whether
+/// the read models it came from reflect every change that stamp counts.
+type ContextRow = (
     String,
     i32,
     Option<sqlx::types::Json<domain::plan::PlanLimits>>,
     Option<sqlx::types::Json<domain::subscription::Addons>>,
     bool,
     Option<Vec<u8>>,
+    i64,
+    bool,
 );
+
+/// A booking's context, ready to decide on.
+#[derive(Clone)]
+struct BookingContext {
+    kind: ResourceKind,
+    capacity: u32,
+    limits: BookingLimits,
+    key: TenantKey,
+    /// The version of the tenant's context stamp it was read under.
+    version: i64,
+}
+
+/// The refusal of a booking decided on a context that changed before it was appended.
+const CONTEXT_CHANGED: &str = "BOOKING_CONTEXT_CHANGED";
+
+/// Times a booking is decided on a fresh context before the refusal is the answer.
+const MAX_CONTEXT_ATTEMPTS: u32 = 5;
+
+/// Contexts kept per tenant and resource (at most this many; emptied when full).
+const KEPT_CONTEXTS: usize = 10_000;
 
 /// The booking command service.
 pub struct Bookings {
@@ -30,6 +56,10 @@ pub struct Bookings {
     vault: Vault,
     resources: AggregateStore<Resource>,
     bookings: AggregateStore<Booking>,
+    /// Booking contexts by (tenant, resource). Each booking decided on a kept one states its
+    /// stamp's version, and the append refuses it if the stamp has moved on (migration 0017),
+    /// so a kept context is never used past a change: it saves a read per booking, nothing else.
+    kept: Mutex<HashMap<(Uuid, Uuid), BookingContext>>,
 }
 
 /// A validated booking request.
@@ -59,7 +89,7 @@ pub struct CustomerDetails {
 impl Bookings {
     /// The service over the two stores.
     pub fn new(pool: PgPool, vault: Vault, resources: AggregateStore<Resource>, bookings: AggregateStore<Booking>) -> Self {
-        Self { pool, vault, resources, bookings }
+        Self { pool, vault, resources, bookings, kept: Mutex::new(HashMap::new()) }
     }
 
     /// Creates a resource for `tenant_id` (event resources count against the plan's `events`).
@@ -86,18 +116,70 @@ impl Bookings {
         request: NewBooking,
         context: &CommandContext,
     ) -> Result<(Uuid, Committed<Booking>), CommandError<BookingError>> {
+        let id = Uuid::now_v7();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // A kept context first; after a refusal (the context changed meanwhile), a fresh one.
+            let kept = if attempt == 1 { self.kept_context(tenant_id, request.resource_id) } else { None };
+            let booking = match kept {
+                Some(kept) => kept,
+                None => self.read_context(tenant_id, request.resource_id).await?,
+            };
+            let internal = |e: crate::vault::VaultError| CommandError::Internal(e.to_string());
+            let customer = Customer {
+                name: booking.key.seal(request.customer.name.as_str()).map_err(internal)?,
+                email: booking.key.seal(request.customer.email.as_str()).map_err(internal)?,
+            };
+            let command = BookingCommand::Create {
+                tenant_id,
+                resource: BookedResource { id: request.resource_id, kind: booking.kind, capacity: booking.capacity },
+                starts_at: request.starts_at,
+                ends_at: request.ends_at,
+                seats: request.seats,
+                customer,
+                limits: booking.limits,
+                at: context.at,
+            };
+            match self.bookings.execute_new_guarded(&id.to_string(), command, context, (tenant_id, booking.version)).await {
+                Err(CommandError::Store(rejection)) if rejection.code == CONTEXT_CHANGED && attempt < MAX_CONTEXT_ATTEMPTS => {
+                    self.forget(tenant_id);
+                }
+                Err(CommandError::Store(rejection)) if rejection.code == CONTEXT_CHANGED => {
+                    // The tenant's plan, resources or key kept changing under it: a conflict
+                    // like any lost race, for the client to retry.
+                    self.forget(tenant_id);
+                    return Err(CommandError::Concurrency("Booking"));
+                }
+                result => return result.map(|committed| (id, committed)),
+            }
+        }
+    }
+
+    fn kept_context(&self, tenant_id: Uuid, resource_id: Uuid) -> Option<BookingContext> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant_id, resource_id)).cloned()
+    }
+
+    /// Forgets every kept context of `tenant_id`.
+    fn forget(&self, tenant_id: Uuid) {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).retain(|(tenant, _), _| *tenant != tenant_id);
+    }
+
+    /// Reads the context of a booking of `resource_id` by `tenant_id` (one statement,
+    /// `booking_context`), and keeps it if it may be kept: read with the read models reflecting
+    /// every change its stamp counts, and with the tenant's key already made.
+    async fn read_context(&self, tenant_id: Uuid, resource_id: Uuid) -> Result<BookingContext, CommandError<BookingError>> {
         let internal = |e: sqlx::Error| CommandError::Internal(e.to_string());
-        // The resource, the plan's limits and the tenant's personal-data key in one read
-        // (`booking_context`, `migrations/0012_generic_plans.sql`: planned once per connection).
-        let resource: Option<BookingContext> =
-            sqlx::query_as("SELECT kind, capacity, limits, addons, has_key_row, key FROM booking_context($1, $2)")
-                .bind(request.resource_id)
+        let row: Option<ContextRow> =
+            sqlx::query_as("SELECT kind, capacity, limits, addons, has_key_row, key, version, settled FROM booking_context($1, $2)")
+                .bind(resource_id)
                 .bind(tenant_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(internal)?;
         // Another tenant's resource is, for this tenant, no resource at all.
-        let (kind, capacity, limits, addons, has_key_row, key) = resource.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
+        let (kind, capacity, limits, addons, has_key_row, key, version, settled) =
+            row.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
         let kind = ResourceKind::parse(&kind).map_err(|e| CommandError::Internal(e.to_string()))?;
         let limits = quota::limits_from(limits.map(|l| l.0), addons.map(|a| a.0));
         let key = self
@@ -105,21 +187,21 @@ impl Bookings {
             .key_for_writing_from(tenant_id, has_key_row.then_some(key))
             .await
             .map_err(|e| CommandError::Internal(e.to_string()))?;
-        let seal = |clear: &str| key.seal(clear).map_err(|e| CommandError::Internal(e.to_string()));
-        let customer = Customer { name: seal(request.customer.name.as_str())?, email: seal(request.customer.email.as_str())? };
-        let id = Uuid::now_v7();
-        let command = BookingCommand::Create {
-            tenant_id,
-            resource: BookedResource { id: request.resource_id, kind, capacity: capacity as u32 },
-            starts_at: request.starts_at,
-            ends_at: request.ends_at,
-            seats: request.seats,
-            customer,
+        let context = BookingContext {
+            kind,
+            capacity: capacity as u32,
             limits: BookingLimits { bookings_per_month: limits.bookings_per_month, tickets_per_event: limits.tickets_per_event },
-            at: context.at,
+            key,
+            version,
         };
-        let committed = self.bookings.execute_new(&id.to_string(), command, context).await?;
-        Ok((id, committed))
+        if settled && has_key_row {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() >= KEPT_CONTEXTS {
+                kept.clear();
+            }
+            kept.insert((tenant_id, resource_id), context.clone());
+        }
+        Ok(context)
     }
 
     /// Runs a command on `tenant_id`'s booking `id` (another tenant's booking is not found).

@@ -86,7 +86,7 @@ where
         command: A::Command,
         context: &CommandContext,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
-        self.run(aggregate_id, command, context, false, &[]).await
+        self.run(aggregate_id, command, context, false, &[], None).await
     }
 
     /// Like [`Self::execute`] for a stream that is almost always new (a fresh UUID, a usage
@@ -99,7 +99,22 @@ where
         command: A::Command,
         context: &CommandContext,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
-        self.run(aggregate_id, command, context, true, &[]).await
+        self.run(aggregate_id, command, context, true, &[], None).await
+    }
+
+    /// [`Self::execute_new`] for a command decided on a booking context: `guard` is the tenant
+    /// and the version of its context stamp the command was decided on. If the stamp has moved
+    /// on by the time the command is appended, nothing is written and the answer is
+    /// [`CommandError::Store`] with code `BOOKING_CONTEXT_CHANGED` (decide again on a fresh
+    /// context).
+    pub async fn execute_new_guarded(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        guard: (uuid::Uuid, i64),
+    ) -> Result<Committed<A>, CommandError<A::Error>> {
+        self.run(aggregate_id, command, context, true, &[], Some(guard)).await
     }
 
     /// [`Self::execute_new`] that also claims `claims` in `usage_keys`, all or nothing with the
@@ -112,7 +127,7 @@ where
         context: &CommandContext,
         claims: &[String],
     ) -> Result<Committed<A>, CommandError<A::Error>> {
-        self.run(aggregate_id, command, context, true, claims).await
+        self.run(aggregate_id, command, context, true, claims, None).await
     }
 
     async fn run(
@@ -122,9 +137,10 @@ where
         context: &CommandContext,
         assume_new: bool,
         claims: &[String],
+        guard: Option<(uuid::Uuid, i64)>,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
         let started = std::time::Instant::now();
-        let result = self.execute_with_retries(aggregate_id, command, context, assume_new, claims).await;
+        let result = self.execute_with_retries(aggregate_id, command, context, assume_new, claims, guard).await;
         let outcome = match &result {
             Ok(committed) if committed.events.is_empty() => "unchanged",
             Ok(committed) => {
@@ -147,6 +163,7 @@ where
         context: &CommandContext,
         mut assume_new: bool,
         claims: &[String],
+        guard: Option<(uuid::Uuid, i64)>,
     ) -> Result<Committed<A>, CommandError<A::Error>> {
         let metadata = context.to_metadata();
         let mut attempt = 0;
@@ -177,6 +194,7 @@ where
             let mut rows =
                 events.iter().map(new_event).collect::<Result<Vec<_>, _>>().map_err(|e| CommandError::Internal(e.to_string()))?;
             rows[0].claims = claims.to_vec();
+            rows[0].guard = guard;
             match self.appender.append(rows).await.map_err(|e| CommandError::Internal(e.to_string()))? {
                 Appended::At(position) => {
                     let types: Vec<String> = events.iter().map(|e| e.payload.event_type()).collect();
@@ -235,6 +253,7 @@ fn new_event<A: Aggregate>(event: &EventEnvelope<A>) -> Result<NewEvent, serde_j
         payload: serde_json::value::to_raw_value(&event.payload)?,
         metadata: serde_json::value::to_raw_value(&event.metadata)?,
         claims: Vec::new(),
+        guard: None,
     })
 }
 

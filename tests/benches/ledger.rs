@@ -32,6 +32,9 @@
 //!    database of its own), with the real catalog (identity, checked) and with a new starter price.
 //!    `BENCH_ONLY=simulation` runs this phase alone; `BENCH_SIM_TENANTS=0` skips it.
 //!
+//! For quick comparisons: `BENCH_ONLY=commands` runs phases 1 and 2 alone and only prints them,
+//! and `BENCH_COMMANDS` (default `usage,bookings,batch`) picks the command phases.
+//!
 //! Prints the tables and writes them to `bench/results/<date>.md`.
 
 use std::collections::HashMap;
@@ -571,10 +574,12 @@ async fn run() {
         .expect("the raw table");
     let run = uuid::Uuid::now_v7().simple().to_string();
 
-    // 1. Commands.
+    // 1. Commands (`BENCH_COMMANDS`: which of usage, bookings and batch; all by default).
+    let commands = env("BENCH_COMMANDS", "usage,bookings,batch");
+    let runs = |name: &str| commands.split(',').any(|c| c.trim() == name);
     let mut rows = Vec::new();
     let metrics_before = http.metrics().await;
-    for &c in &clients {
+    for &c in clients.iter().filter(|_| runs("usage")) {
         let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
         let (ours, tps) = against_pgbench(&url, EVENT_ROW, c, secs, move |n| {
             let tenant = &tenants2[n as usize % tenants2.len()];
@@ -587,7 +592,7 @@ async fn run() {
         eprintln!("{}", rows.last().expect("a row"));
     }
     let metrics_after = http.metrics().await;
-    for &c in &clients {
+    for &c in clients.iter().filter(|_| runs("bookings")) {
         let (http2, tenants2) = (http.clone(), tenants.clone());
         let base = c as i64 * 1_000_000;
         let (ours, tps) = against_pgbench(&url, EVENT_ROW, c, secs, move |n| {
@@ -611,7 +616,7 @@ async fn run() {
         eprintln!("{}", rows.last().expect("a row"));
     }
     let bookings_after = http.metrics().await;
-    {
+    if runs("batch") {
         let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
         let (ours, tps) = against_pgbench(&url, EVENT_ROWS_1000, 8, secs, move |n| {
             let tenant = &tenants2[n as usize % tenants2.len()];
@@ -706,6 +711,17 @@ async fn run() {
         ),
     ];
     section(&mut out, "Where a booking's time goes (server's /metrics over the booking phases)", "| part | mean | |", &split);
+    if env("BENCH_ONLY", "") == "commands" {
+        // The command phases alone, for a quick comparison (nothing is written to bench/results).
+        println!("{out}");
+        drop(server);
+        pool.close().await;
+        if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+        }
+        return;
+    }
 
     // 4. Flat cost.
     let flat = http.sign_up("bench-flat", 0).await;

@@ -167,3 +167,49 @@ async fn bookings_are_validated_rescheduled_and_isolated_per_tenant() {
     let readonly = app.issue_key(&tenant.key, "readonly").await;
     app.book(&readonly, &room, &s1, &e1, 1).await.expect_error(403, "FORBIDDEN");
 }
+
+/// `app.book` of `room`'s `i`th slot, for one seat.
+async fn book_slot(app: &e2e::TestApp, key: &str, room: &str, i: i64) -> e2e::Reply {
+    let (start, end) = slot(i);
+    app.book(key, room, &start, &end, 1).await
+}
+
+/// Bookings are decided on a context each instance keeps per tenant and resource (the room, the
+/// plan's limits, the tenant's key); a plan change answered on one instance applies to the very
+/// next booking on the other, whose kept context is then out of date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kept_booking_context_never_outlives_a_change_of_plan_on_any_instance() {
+    let a = spawn_app().await;
+    let b = e2e::spawn_instance_of(&a).await;
+    let plan = |code: &str, price: &str, bookings: u32| {
+        json!({"code": code, "name": code, "monthly_price": price, "features": ["bookings"], "rate_limit_per_minute": 1000,
+               "limits": {"users": 3, "bookings_per_month": bookings, "events": 5, "tickets_per_event": 50, "storage_mb": 1024, "api_calls_per_month": 10000}})
+    };
+    a.post("/v1/plans", e2e::ADMIN_TOKEN, plan("tiny", "10.00", 1)).await.expect(201);
+    a.post("/v1/plans", e2e::ADMIN_TOKEN, plan("roomy", "20.00", 4)).await.expect(201);
+    let tenant = a.create_tenant_on("kept-context", "tiny").await;
+    let room = a.create_resource(&tenant.key, "room", 2).await;
+    let refused = |reply: e2e::Reply, limit: u64, used: u64| {
+        reply.expect_error(429, "QUOTA_EXCEEDED");
+        assert_eq!(reply.body["error"]["details"], json!({"metric": "bookings_per_month", "limit": limit, "used": used}));
+    };
+
+    // `b` decides on the tiny plan (and keeps that context): one booking, then the quota.
+    book_slot(&b, &tenant.key, &room, 0).await.expect(201);
+    refused(book_slot(&b, &tenant.key, &room, 1).await, 1, 1);
+    refused(book_slot(&b, &tenant.key, &room, 1).await, 1, 1);
+
+    // Upgraded on `a`: the next booking on `b` is decided on the roomy plan, and so are the
+    // ones after it on both.
+    a.post("/v1/subscription/change-plan", &tenant.key, json!({"plan": "roomy"})).await.expect(200);
+    book_slot(&b, &tenant.key, &room, 1).await.expect(201);
+    book_slot(&a, &tenant.key, &room, 2).await.expect(201);
+    book_slot(&b, &tenant.key, &room, 3).await.expect(201);
+    refused(book_slot(&b, &tenant.key, &room, 4).await, 4, 4);
+    refused(book_slot(&a, &tenant.key, &room, 4).await, 4, 4);
+
+    // Downgraded at once on `b`: `a` and `b` refuse with the tiny plan's limit.
+    b.post("/v1/subscription/change-plan", &tenant.key, json!({"plan": "tiny", "immediately": true})).await.expect(200);
+    refused(book_slot(&a, &tenant.key, &room, 4).await, 1, 4);
+    refused(book_slot(&b, &tenant.key, &room, 4).await, 1, 4);
+}

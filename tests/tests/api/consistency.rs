@@ -125,6 +125,7 @@ fn probe(id: &str, sequence: i64) -> NewEvent {
         payload: serde_json::value::to_raw_value(&json!({})).unwrap(),
         metadata: serde_json::value::to_raw_value(&json!({})).unwrap(),
         claims: Vec::new(),
+        guard: None,
     }
 }
 
@@ -200,6 +201,39 @@ async fn one_append_answers_each_command_on_its_own() {
     assert_eq!(written, ["batch-1", "plain", "batch-4"]);
     // And a fact on its own whose key a batch claimed is refused the same way.
     assert!(refused(&appender.append(vec![fact_on_its_own("t:a")]).await.unwrap()));
+
+    // Guards (a booking decided on a kept context): a command stating a stamp that has moved
+    // on is refused alone, with nothing of it written; one stating the current stamp, or none,
+    // is written beside it.
+    let (moved, still) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    sqlx::query("INSERT INTO booking_context_stamps (tenant_id, version, position) VALUES ($1, 3, 0), ($2, 7, 0)")
+        .bind(moved)
+        .bind(still)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let guarded = |id: &str, tenant: uuid::Uuid, version: i64| NewEvent { guard: Some((tenant, version)), ..probe(id, 1) };
+    let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head").fetch_one(&app.pool).await.unwrap();
+    let answers = appender
+        .append_many(vec![
+            vec![guarded("stale", moved, 2)],
+            vec![guarded("current", still, 7)],
+            vec![probe("unguarded", 1)],
+            vec![guarded("never-stamped", uuid::Uuid::now_v7(), 0)],
+            vec![guarded("stale-too", still, 6)],
+        ])
+        .await
+        .unwrap();
+    let changed = |answer: &Appended| matches!(answer, Appended::Refused { state, detail: Some(detail), .. } if state == "SL409" && detail.contains("BOOKING_CONTEXT_CHANGED"));
+    assert!(changed(&answers[0]), "{:?}", answers[0]);
+    assert_eq!(answers[1..4], [Appended::At(head + 1), Appended::At(head + 2), Appended::At(head + 3)]);
+    assert!(changed(&answers[4]), "{:?}", answers[4]);
+    let written: Vec<String> = sqlx::query_scalar("SELECT aggregate_id FROM events WHERE position > $1 ORDER BY position")
+        .bind(head)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, ["current", "unguarded", "never-stamped"]);
 
     // Through the API: concurrent bookings of one slot and of free slots, and concurrent
     // retries of one usage key beside new keys, share appends; each gets its own answer.
