@@ -601,17 +601,53 @@ const READ_AHEAD_FROM: i64 = 1_000;
 #[derive(Default)]
 pub struct Ahead {
     pending: std::sync::Mutex<HashMap<String, (i64, Chaining)>>,
+    /// The range after the one being chained, read (not chained: that needs the heads the
+    /// range before it leaves) while the current batch is written and the next one chained,
+    /// so that reading, chaining and writing all overlap.
+    reading: std::sync::Mutex<HashMap<String, (i64, i64, Reading)>>,
 }
 
 /// A range being read and chained ahead.
 type Chaining = JoinHandle<Result<Chained, sqlx::Error>>;
 
+/// A range being read ahead.
+type Reading = JoinHandle<Result<Vec<RawEvent>, sqlx::Error>>;
+
 impl Ahead {
-    /// Starts reading and chaining `(after, upto]` for `schema` from `heads`.
+    /// Starts reading and chaining `(after, upto]` for `schema` from `heads` (with what was
+    /// read of it ahead, if anything was), and reading the range of the same length after it.
     fn start(&self, log: &PgPool, schema: &str, after: i64, upto: i64, heads: Heads) {
+        let read = {
+            let mut reading = self.reading.lock().expect("not poisoned");
+            match reading.remove(schema) {
+                Some((from, to, task)) if from == after && to == upto => Some(task),
+                Some((_, _, task)) => {
+                    task.abort();
+                    None
+                }
+                None => None,
+            }
+        };
+        let (next_log, next_after, next_upto) = (log.clone(), upto, upto + (upto - after));
+        let next = tokio::spawn(async move { read_raw(&next_log, next_after, next_upto, None).await });
+        {
+            let mut reading = self.reading.lock().expect("not poisoned");
+            if reading.len() > 8 {
+                reading.drain().for_each(|(_, (_, _, task))| task.abort());
+            }
+            if let Some((_, _, earlier)) = reading.insert(schema.to_owned(), (next_after, next_upto, next)) {
+                earlier.abort();
+            }
+        }
         let (log, table) = (log.clone(), schema.to_owned());
         let task = tokio::spawn(async move {
-            let mut events = read_raw(&log, after, upto, None).await?;
+            let mut events = match read {
+                Some(read) => match read.await {
+                    Ok(events) => events?,
+                    Err(_) => read_raw(&log, after, upto, None).await?,
+                },
+                None => read_raw(&log, after, upto, None).await?,
+            };
             let gap_free = events.iter().zip(after + 1..=upto).take_while(|(e, position)| e.position == *position).count();
             events.truncate(gap_free);
             let mut chained = Chained { heads, ..Chained::from(after) };
