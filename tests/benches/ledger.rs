@@ -578,6 +578,18 @@ async fn run() {
     let commands = env("BENCH_COMMANDS", "usage,bookings,batch");
     let runs = |name: &str| commands.split(',').any(|c| c.trim() == name);
     let mut rows = Vec::new();
+    // Warm-up, not measured: the server's pool opens its connections and each connection
+    // prepares its statements on first use (pgbench's figures likewise leave out connecting).
+    {
+        let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
+        load(32, 2, move |n| {
+            let tenant = &tenants2[n as usize % tenants2.len()];
+            let (http, key) = (http2.clone(), tenant.key.clone());
+            let body = json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("{run2}-warm-{n}")});
+            async move { http.post("/v1/usage", &key, &body).await.0 == 202 }
+        })
+        .await;
+    }
     let metrics_before = http.metrics().await;
     for &c in clients.iter().filter(|_| runs("usage")) {
         let (http2, tenants2, run2) = (http.clone(), tenants.clone(), run.clone());
