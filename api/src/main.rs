@@ -15,6 +15,15 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the environment still
+/// overrides them): two arenas rather than four per CPU, and freed pages given back to the OS
+/// after 1 s rather than 10 s. With eight arenas, memory freed in one arena (a projector's
+/// batch chained on a blocking thread, say) was kept for ten seconds while the others grew:
+/// the benchmark's peak RSS went from 148-171 MiB to 121 MiB, its throughput unchanged.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"narenas:2,dirty_decay_ms:1000\0";
+
 /// saas-ledger: the event-sourced commercial core of a multi-tenant SaaS platform.
 #[derive(Debug, Parser)]
 #[command(name = "saas-ledger", version, about)]

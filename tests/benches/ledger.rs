@@ -52,6 +52,11 @@ use sqlx::PgPool;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The server's allocator options (`api/src/main.rs`), for the same reason.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"narenas:2,dirty_decay_ms:1000\0";
+
 const ADMIN: &str = e2e::ADMIN_TOKEN;
 
 #[path = "ledger/simulation.rs"]

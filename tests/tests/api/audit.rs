@@ -101,7 +101,7 @@ async fn text_with_backslashes_and_quotes_is_kept_exactly() {
 }
 
 /// A rebuild chains thousands of events with the next range read and chained ahead on
-/// another connection (ranges of 8,000, tenants interleaved): the rebuilt chain is the live
+/// another connection (ranges of 6,000, tenants interleaved): the rebuilt chain is the live
 /// one, entry for entry, and verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_chain_equals_the_live_one_entry_for_entry() {
@@ -110,7 +110,7 @@ async fn a_rebuilt_chain_equals_the_live_one_entry_for_entry() {
     for code in ["chain-a", "chain-b", "chain-c"] {
         tenants.push(app.create_tenant_on(code, "enterprise").await);
     }
-    // More than two of the audit's batches (8,000 positions), so that ranges are chained ahead
+    // More than three of the audit's batches (6,000 positions), so that ranges are chained ahead
     // (facts on their own, seeded in SQL: a batch through the API is one event), and batches.
     for round in 0..6 {
         for tenant in &tenants {
