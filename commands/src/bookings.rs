@@ -39,6 +39,8 @@ struct BookingContext {
     key: TenantKey,
     /// The version of the tenant's context stamp it was read under.
     version: i64,
+    /// When it was read.
+    read_at: std::time::Instant,
 }
 
 /// The refusal of a booking decided on a context that changed before it was appended.
@@ -49,6 +51,11 @@ const MAX_CONTEXT_ATTEMPTS: u32 = 5;
 
 /// Contexts kept per tenant and resource (at most this many; emptied when full).
 const KEPT_CONTEXTS: usize = 10_000;
+
+/// How long a context is kept. The stamp decides whether one may be used; this bounds how long
+/// a tenant's key stays in an instance's memory after the tenant was erased (its keys revoked,
+/// no booking of it comes to find the stamp moved on).
+const KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The booking command service.
 pub struct Bookings {
@@ -157,7 +164,15 @@ impl Bookings {
     }
 
     fn kept_context(&self, tenant_id: Uuid, resource_id: Uuid) -> Option<BookingContext> {
-        self.kept.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant_id, resource_id)).cloned()
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.get(&(tenant_id, resource_id)) {
+            Some(context) if context.read_at.elapsed() < KEPT_FOR => Some(context.clone()),
+            Some(_) => {
+                kept.retain(|_, context| context.read_at.elapsed() < KEPT_FOR);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Forgets every kept context of `tenant_id`.
@@ -193,6 +208,7 @@ impl Bookings {
             limits: BookingLimits { bookings_per_month: limits.bookings_per_month, tickets_per_event: limits.tickets_per_event },
             key,
             version,
+            read_at: std::time::Instant::now(),
         };
         if settled && has_key_row {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
