@@ -149,14 +149,13 @@ impl Bookings {
                 at: context.at,
             };
             match self.bookings.execute_new_guarded(&id.to_string(), command, context, (tenant_id, booking.version)).await {
-                Err(CommandError::Store(rejection)) if rejection.code == CONTEXT_CHANGED && attempt < MAX_CONTEXT_ATTEMPTS => {
-                    self.forget(tenant_id);
-                }
                 Err(CommandError::Store(rejection)) if rejection.code == CONTEXT_CHANGED => {
-                    // The tenant's plan, resources or key kept changing under it: a conflict
-                    // like any lost race, for the client to retry.
                     self.forget(tenant_id);
-                    return Err(CommandError::Concurrency("Booking"));
+                    if attempt >= MAX_CONTEXT_ATTEMPTS {
+                        // The tenant's plan, resources or key kept changing under it: a conflict
+                        // like any lost race, for the client to retry.
+                        return Err(CommandError::Concurrency("Booking"));
+                    }
                 }
                 result => return result.map(|committed| (id, committed)),
             }
