@@ -31,7 +31,7 @@ const MAX_CACHED_KEYS: usize = 100_000;
 #[derive(Clone)]
 pub struct KeyCache {
     lease: std::time::Duration,
-    keys: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, TenantKey)>>>,
+    keys: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, CallerKey)>>>,
 }
 
 impl KeyCache {
@@ -46,13 +46,13 @@ impl KeyCache {
     }
 
     /// A lookup of `hash` younger than the lease.
-    pub fn get(&self, hash: &str) -> Option<TenantKey> {
+    pub fn get(&self, hash: &str) -> Option<CallerKey> {
         let keys = self.keys.lock().expect("not poisoned");
         keys.get(hash).filter(|(asked, _)| asked.elapsed() < self.lease).map(|(_, key)| key.clone())
     }
 
     /// Keeps `key`, looked up by a query sent at `asked`.
-    pub fn put(&self, hash: &str, key: TenantKey, asked: std::time::Instant) {
+    pub fn put(&self, hash: &str, key: CallerKey, asked: std::time::Instant) {
         if self.lease.is_zero() {
             return;
         }
@@ -86,33 +86,35 @@ pub enum Caller {
         acting_for: Option<Uuid>,
     },
     /// A tenant API key.
-    Tenant(TenantKey),
+    Tenant(CallerKey),
 }
 
 /// A tenant API key that authenticated a request.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TenantKey {
+#[derive(Debug, Clone)]
+pub struct CallerKey {
     /// The key's id.
     pub key_id: Uuid,
     /// Its tenant.
     pub tenant_id: Uuid,
     /// Its role.
-    #[sqlx(try_from = "String")]
-    pub role: RoleText,
-    /// The tenant's status right now.
+    pub role: ApiKeyRole,
+    /// The tenant's status when the key was looked up.
     pub tenant_status: String,
-    /// Requests per minute its plan allows (`None`: no plan found, not limited).
+    /// The tenant's plan's requests per minute, if it limits them.
     pub rate_limit_per_minute: Option<i32>,
 }
 
-/// An [`ApiKeyRole`] as read from the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoleText(pub ApiKeyRole);
-
-impl TryFrom<String> for RoleText {
+impl TryFrom<projections::tenants::reads::KeyGrant> for CallerKey {
     type Error = domain::ValidationError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        ApiKeyRole::parse(&s).map(Self)
+
+    fn try_from(grant: projections::tenants::reads::KeyGrant) -> Result<Self, Self::Error> {
+        Ok(Self {
+            key_id: grant.key_id,
+            tenant_id: grant.tenant_id,
+            role: ApiKeyRole::parse(&grant.role)?,
+            tenant_status: grant.tenant_status,
+            rate_limit_per_minute: grant.rate_limit_per_minute,
+        })
     }
 }
 
@@ -196,6 +198,11 @@ impl FromRequestParts<AppState> for Caller {
             if named.is_some_and(|id| id != key.tenant_id) {
                 return Err(ApiError::forbidden("X-Tenant-ID names another tenant than the API key's"));
             }
+            // Authorization before validation: a readonly key's write is refused here, before
+            // any handler reads the body or the path.
+            if !matches!(parts.method, Method::GET | Method::HEAD) && !key.role.may_write() {
+                return Err(ApiError::forbidden("a readonly key may only read"));
+            }
             Caller::Tenant(key)
         };
         parts.extensions.insert(caller.clone());
@@ -252,6 +259,22 @@ impl TenantCaller {
     }
 }
 
+/// A [`TenantCaller`] with an owner or admin key (or the admin acting for a tenant): the
+/// role is checked when the caller is extracted, so before the body is read (a `member` key
+/// sending an invalid body is 403, not 400).
+#[derive(Debug, Clone)]
+pub struct Manager(pub TenantCaller);
+
+impl FromRequestParts<AppState> for Manager {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = TenantCaller::from_request_parts(parts, state).await?;
+        caller.require_manager()?;
+        Ok(Self(caller))
+    }
+}
+
 impl FromRequestParts<AppState> for TenantCaller {
     type Rejection = ApiError;
 
@@ -304,7 +327,7 @@ impl TenantCaller {
             }
             Caller::Tenant(key) => {
                 if !is_read {
-                    if !key.role.0.may_write() {
+                    if !key.role.may_write() {
                         return Err(ApiError::forbidden("a readonly key may only read"));
                     }
                     match key.tenant_status.as_str() {
@@ -327,7 +350,7 @@ impl TenantCaller {
                     }
                 }
                 let cancelled = !is_read && key.tenant_status == "cancelled";
-                Ok((Self { tenant_id: key.tenant_id, role: Some(key.role.0), actor: Actor::ApiKey(key.key_id) }, cancelled))
+                Ok((Self { tenant_id: key.tenant_id, role: Some(key.role), actor: Actor::ApiKey(key.key_id) }, cancelled))
             }
         }
     }

@@ -26,11 +26,8 @@ pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Writes a tenant's events in global order to `out`, 5,000 at a time.
 pub async fn replay(pool: &PgPool, filter: &ReplayFilter, out: &mut impl Write) -> Result<(), CliError> {
-    let tenant_id: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id FROM tenant_codes WHERE code = $1")
-        .bind(&filter.tenant_code)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| format!("no tenant with code {}", filter.tenant_code))?;
+    let log = projections::EventLog::new(pool.clone());
+    let tenant_id = log.tenant_by_code(&filter.tenant_code).await?.ok_or_else(|| format!("no tenant with code {}", filter.tenant_code))?;
     let (aggregate_type, aggregate_id) = match filter.aggregate.as_deref().map(|a| a.split_once(':')) {
         None => (None, None),
         Some(Some((t, id))) => (Some(t.to_owned()), Some(id.to_owned())),
@@ -39,17 +36,8 @@ pub async fn replay(pool: &PgPool, filter: &ReplayFilter, out: &mut impl Write) 
     let mut after = 0i64;
     let mut header_written = false;
     loop {
-        let events: Vec<StoredEvent> = sqlx::query_as(
-            "SELECT position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
-             FROM events WHERE tenant_id = $1 AND position > $2 AND ($3::text IS NULL OR aggregate_type = $3) AND ($4::text IS NULL OR aggregate_id = $4)
-             ORDER BY position LIMIT 5000",
-        )
-        .bind(tenant_id)
-        .bind(after)
-        .bind(&aggregate_type)
-        .bind(&aggregate_id)
-        .fetch_all(pool)
-        .await?;
+        let aggregate = aggregate_type.as_deref().zip(aggregate_id.as_deref());
+        let events = log.read_tenant(tenant_id, after, aggregate, 5000).await?;
         let Some(last) = events.last() else { return Ok(()) };
         after = last.position;
         let in_window =
@@ -104,8 +92,7 @@ pub fn candidate_plans(json: &str) -> Result<Vec<domain::plan::Plan>, CliError> 
 pub async fn tenant_ids(pool: &PgPool, references: &[String]) -> Result<Vec<uuid::Uuid>, CliError> {
     let mut ids = Vec::with_capacity(references.len());
     for reference in references {
-        let id: Option<uuid::Uuid> =
-            sqlx::query_scalar("SELECT id FROM rm.tenants WHERE code = $1 OR id::text = $1").bind(reference).fetch_optional(pool).await?;
+        let id = projections::ReadModels::new(pool.clone()).tenants().id_by_reference(reference).await?;
         ids.push(id.ok_or_else(|| format!("no tenant {reference}"))?);
     }
     Ok(ids)

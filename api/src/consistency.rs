@@ -171,9 +171,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
 /// The position of `tenant`'s last event (`None`: the head of the whole log).
 async fn last_position(state: &AppState, tenant: Option<uuid::Uuid>) -> Result<i64, ApiError> {
     let position: Option<i64> = match tenant {
-        Some(tenant) => {
-            sqlx::query_scalar("SELECT max(position) FROM events WHERE tenant_id = $1").bind(tenant).fetch_one(state.pool()).await?
-        }
+        Some(tenant) => state.log().tenant_head(tenant).await?,
         None => Some(state.log().head().await?),
     };
     Ok(position.unwrap_or(0))

@@ -4,21 +4,23 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_token;
+pub mod amounts;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consistency;
 pub mod console;
+pub mod console_sessions;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod quota_alerts;
+pub mod quota_cache;
 pub mod rate_limit;
 pub mod routes;
-pub mod schemas;
 
 pub use app::{AppState, Application};
 pub use config::Config;

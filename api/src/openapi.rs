@@ -22,7 +22,7 @@ pub struct ErrorBody {
 }
 
 /// What went wrong.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, serde::Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// `UPPER_SNAKE` code, fixed per kind of error.
     #[schema(example = "VALIDATION_FAILED")]
@@ -101,7 +101,7 @@ pub fn document() -> &'static Document {
             routes::coupons::Docs::openapi(),
             routes::members::Docs::openapi(),
             routes::usage::Docs::openapi(),
-            routes::webhooks::Docs::openapi(),
+            routes::payments::Docs::openapi(),
             routes::webhook_endpoints::Docs::openapi(),
             routes::resources::Docs::openapi(),
             routes::bookings::Docs::openapi(),

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::vault::{TenantKey, Vault};
+use crate::vault::{PersonalDataKey, Vault};
 use crate::{quota, AggregateStore, CommandContext, CommandError, Committed};
 
 /// What a booking needs to know besides the request, as `booking_context` reads it: the
@@ -36,7 +36,7 @@ struct BookingContext {
     kind: ResourceKind,
     capacity: u32,
     limits: BookingLimits,
-    key: TenantKey,
+    key: PersonalDataKey,
     /// The version of the tenant's context stamp it was read under.
     version: i64,
     /// When it was read.

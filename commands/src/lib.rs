@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod appender;
+pub mod billing_run;
 pub mod bookings;
 pub mod clock;
 pub mod db;

@@ -56,19 +56,25 @@ fn limits_with_addons(limits: &mut PlanLimits, addons: &domain::subscription::Ad
 }
 
 /// One metric's quota.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Quota)]
 pub struct QuotaLine {
-    /// The metric (named as in the plan's limits).
+    /// The metric as the plan's limits name it (`api_calls_per_month`, `bookings_per_month`,
+    /// `events`, `users`, `storage_mb`).
     pub metric: &'static str,
-    /// The limit (`None`: unlimited).
+    /// The limit; `null`: unlimited.
+    #[schema(minimum = 0)]
     pub limit: Option<u64>,
     /// Used so far in the period.
+    #[schema(minimum = 0)]
     pub used: u64,
-    /// `limit - used` (never below 0; `None`: unlimited).
+    /// `limit - used`, never below 0; `null`: unlimited.
+    #[schema(minimum = 0)]
     pub remaining: Option<u64>,
-    /// Whether the limit is enforced (refused beyond it) or metered (billed beyond it).
+    /// `hard` (refused beyond the limit) or `metered` (billed beyond it).
+    #[schema(pattern = "^(hard|metered)$")]
     pub enforcement: &'static str,
-    /// Start of the period the usage counts in (`None` for standing counts).
+    /// Start of the period the usage counts in; `null` for standing counts (seats, events).
     pub period_start: Option<DateTime<Utc>>,
     /// End of that period.
     pub period_end: Option<DateTime<Utc>>,

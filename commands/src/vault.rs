@@ -36,7 +36,7 @@ pub enum VaultError {
 
 /// One tenant's key, ready to seal and open.
 #[derive(Clone)]
-pub struct TenantKey {
+pub struct PersonalDataKey {
     tenant_id: Uuid,
     cipher: Option<XChaCha20Poly1305>,
     /// A key for digests, derived from the tenant's key (gone with it).
@@ -49,13 +49,13 @@ fn digest_key(key: &[u8]) -> [u8; 32] {
     sha2::Sha256::new().chain_update(b"saas-ledger digest").chain_update(key).finalize().into()
 }
 
-impl std::fmt::Debug for TenantKey {
+impl std::fmt::Debug for PersonalDataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantKey").field("tenant_id", &self.tenant_id).field("erased", &self.cipher.is_none()).finish()
+        f.debug_struct("PersonalDataKey").field("tenant_id", &self.tenant_id).field("erased", &self.cipher.is_none()).finish()
     }
 }
 
-impl TenantKey {
+impl PersonalDataKey {
     /// A keyed digest of `clear` (hex): equal for equal text, meaningless without the tenant's
     /// key, so a uniqueness index can hold it instead of the personal value. `None` once erased.
     pub fn digest(&self, clear: &str) -> Option<String> {
@@ -100,6 +100,20 @@ impl TenantKey {
     }
 }
 
+impl PersonalDataKey {
+    /// Opens every sealed string inside `value` in place (`null` where it cannot be opened).
+    pub fn open_json(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) if is_sealed(text) => {
+                *value = self.open(text).map_or(serde_json::Value::Null, serde_json::Value::String);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.open_json(v)),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(|v| self.open_json(v)),
+            _ => {}
+        }
+    }
+}
+
 /// Whether `stored` is sealed (not legacy clear text).
 pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(PREFIX)
@@ -118,7 +132,7 @@ impl Vault {
     }
 
     /// `tenant_id`'s key, created on first use, unless the tenant was erased.
-    pub async fn key_for_writing(&self, tenant_id: Uuid) -> Result<TenantKey, VaultError> {
+    pub async fn key_for_writing(&self, tenant_id: Uuid) -> Result<PersonalDataKey, VaultError> {
         // The common case, a tenant with a key already, is one read.
         let existing: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT key FROM personal_data_keys WHERE tenant_id = $1")
             .bind(tenant_id)
@@ -129,11 +143,11 @@ impl Vault {
 
     /// [`Self::key_for_writing`], given the tenant's row of `personal_data_keys` as a caller
     /// already read it in a statement of its own (`None`: no row; `Some(None)`: erased).
-    pub async fn key_for_writing_from(&self, tenant_id: Uuid, existing: Option<Option<Vec<u8>>>) -> Result<TenantKey, VaultError> {
+    pub async fn key_for_writing_from(&self, tenant_id: Uuid, existing: Option<Option<Vec<u8>>>) -> Result<PersonalDataKey, VaultError> {
         match existing {
             Some(Some(key)) if key.len() == 32 => {
                 let cipher = XChaCha20Poly1305::new_from_slice(&key).expect("a 32-byte key");
-                return Ok(TenantKey { tenant_id, cipher: Some(cipher), digest_key: Some(digest_key(&key)) });
+                return Ok(PersonalDataKey { tenant_id, cipher: Some(cipher), digest_key: Some(digest_key(&key)) });
             }
             Some(_) => return Err(VaultError::Erased),
             None => {}
@@ -155,14 +169,27 @@ impl Vault {
     }
 
     /// `tenant_id`'s key for reading (an erased or keyless tenant opens nothing sealed).
-    pub async fn key(&self, tenant_id: Uuid) -> Result<TenantKey, sqlx::Error> {
+    pub async fn key(&self, tenant_id: Uuid) -> Result<PersonalDataKey, sqlx::Error> {
         let key: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT key FROM personal_data_keys WHERE tenant_id = $1")
             .bind(tenant_id)
             .fetch_optional(&self.pool)
             .await?;
         let key = key.flatten().filter(|k| k.len() == 32);
         let cipher = key.as_ref().map(|k| XChaCha20Poly1305::new_from_slice(k).expect("a 32-byte key"));
-        Ok(TenantKey { tenant_id, cipher, digest_key: key.as_deref().map(digest_key) })
+        Ok(PersonalDataKey { tenant_id, cipher, digest_key: key.as_deref().map(digest_key) })
+    }
+
+    /// Opens every sealed string of the JSON document `body` with the key of the tenant its
+    /// `tenant_id` field names (sealed values of an erased tenant become `null`). A body that
+    /// is not JSON, names no tenant, or whose key cannot be read is returned as it is.
+    pub async fn open_json_text(&self, body: String) -> String {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&body) else { return body };
+        let Some(tenant) = value.get("tenant_id").and_then(serde_json::Value::as_str).and_then(|t| t.parse::<Uuid>().ok()) else {
+            return body;
+        };
+        let Ok(key) = self.key(tenant).await else { return body };
+        key.open_json(&mut value);
+        value.to_string()
     }
 
     /// Destroys `tenant_id`'s key; the row stays, keyless, so no new key is ever made for it.
@@ -185,8 +212,8 @@ impl Vault {
 mod tests {
     use super::*;
 
-    fn key(tenant_id: Uuid) -> TenantKey {
-        TenantKey {
+    fn key(tenant_id: Uuid) -> PersonalDataKey {
+        PersonalDataKey {
             tenant_id,
             cipher: Some(XChaCha20Poly1305::new_from_slice(&[7u8; 32]).unwrap()),
             digest_key: Some(digest_key(&[7u8; 32])),
@@ -206,7 +233,7 @@ mod tests {
         // Another tenant's key (same bytes, other tenant id) does not open it.
         assert_eq!(key(Uuid::now_v7()).open(sealed.as_str()), None);
         // An erased key opens nothing sealed and seals nothing.
-        let erased = TenantKey { tenant_id: tenant, cipher: None, digest_key: None };
+        let erased = PersonalDataKey { tenant_id: tenant, cipher: None, digest_key: None };
         assert_eq!(erased.open(sealed.as_str()), None);
         assert!(matches!(erased.seal("x"), Err(VaultError::Erased)));
         // A flipped character is detected.

@@ -18,6 +18,8 @@ use uuid::Uuid;
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+pub mod reads;
+
 /// The chain's start: the `prev_hash` of a tenant's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -116,16 +118,17 @@ pub fn event_digest(e: &RawEvent) -> String {
     lower_hex(&hasher.finalize())
 }
 
-/// An audit entry's content, as hashed.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+/// An audit entry: one event, chained to the previous entry of its tenant (its content, as
+/// hashed).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
-    /// The event's global position.
+    /// The event's log position.
     pub position: i64,
-    /// The tenant (nil for platform events).
+    /// The tenant (the nil UUID for platform events).
     pub tenant_id: Uuid,
-    /// When it happened.
+    /// When it happened (the command's clock).
     pub occurred_at: DateTime<Utc>,
-    /// Who.
+    /// Who: `admin`, `api_key:<id>`, `system:<job>`, ...
     pub actor: String,
     /// The aggregate type.
     pub aggregate_type: String,
@@ -139,11 +142,13 @@ pub struct AuditEntry {
     pub correlation_id: String,
     /// What directly caused it.
     pub causation_id: String,
-    /// SHA-256 of the stored event.
+    /// SHA-256 (hex) of the stored event.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub event_digest: String,
     /// The previous entry's hash (of the same tenant).
     pub prev_hash: String,
-    /// SHA-256 over this entry and `prev_hash`.
+    /// SHA-256 (hex) over this entry and `prev_hash`.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub hash: String,
 }
 
@@ -683,12 +688,12 @@ impl Ahead {
     }
 }
 
-/// The outcome of a verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What verifying the audit chains found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verification {
-    /// Whether every entry and event checked out.
+    /// Whether every entry matches its event and its predecessor.
     pub valid: bool,
-    /// How many entries were checked.
+    /// Entries checked.
     pub checked: u64,
     /// The first position where an entry or its event does not match.
     pub first_bad_position: Option<i64>,

@@ -16,6 +16,8 @@ use uuid::Uuid;
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+pub mod reads;
+
 /// What a subscription pays per month while paying (active or past due): `(plan, period,
 /// monthly value)`, or `None`.
 fn paying(s: &Subscription) -> Option<(String, &'static str, rust_decimal::Decimal)> {

@@ -9,6 +9,8 @@ use uuid::Uuid;
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+pub mod reads;
+
 /// Builds `resources` and `bookings`.
 #[derive(Debug, Clone, Copy)]
 pub struct BookingsProjection;

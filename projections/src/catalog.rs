@@ -9,6 +9,8 @@ use sqlx::PgConnection;
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+pub mod reads;
+
 /// Builds `plans`.
 #[derive(Debug, Clone, Copy)]
 pub struct CatalogProjection;

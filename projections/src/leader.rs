@@ -75,9 +75,15 @@ impl Leadership {
 
 /// The `application_name` of the session leading `name`, if any instance leads it.
 pub async fn holder(pool: &PgPool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    Ok(holder_since(pool, name).await?.map(|(instance, _)| instance))
+}
+
+/// The `application_name` of the session leading `name` and when that session began, if any
+/// instance leads it.
+pub async fn holder_since(pool: &PgPool, name: &str) -> Result<Option<(String, Option<chrono::DateTime<chrono::Utc>>)>, sqlx::Error> {
     let key = key(name);
-    sqlx::query_scalar(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    sqlx::query_as(
+        "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
            AND l.classid::bigint = $1 AND l.objid::bigint = $2",
     )

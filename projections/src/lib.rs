@@ -12,6 +12,7 @@ pub mod bookings;
 pub mod catalog;
 pub mod leader;
 pub mod log;
+pub mod reads;
 pub mod relay;
 pub mod replay;
 pub mod runner;
@@ -22,6 +23,7 @@ pub mod usage;
 pub mod webhooks;
 
 pub use log::{EventLog, StoredEvent};
+pub use reads::ReadModels;
 pub use runner::{Projection, ProjectionError, Projections, RunInfo};
 pub use sequencer::Sequencer;
 

@@ -121,6 +121,82 @@ impl EventLog {
     pub async fn head(&self) -> Result<i64, sqlx::Error> {
         head(&self.pool).await
     }
+
+    /// Aggregate `aggregate_type`/`aggregate_id` rebuilt from its events up to `until` (only
+    /// if it is `tenant`'s, when given): see [`crate::replay`].
+    pub async fn replay(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        until: crate::replay::Until,
+        tenant: Option<Uuid>,
+    ) -> Result<Option<crate::replay::Replayed>, crate::replay::ReplayError> {
+        crate::replay::replay(&self.pool, aggregate_type, aggregate_id, until, tenant).await
+    }
+
+    /// The id of the tenant whose code is `code`, as the write side claimed it (in the log's
+    /// own database, so a replay works before any read model is built).
+    pub async fn tenant_by_code(&self, code: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        sqlx::query_scalar("SELECT tenant_id FROM tenant_codes WHERE code = $1").bind(code).fetch_optional(&self.pool).await
+    }
+
+    /// The position of `tenant`'s last event, if it has any.
+    pub async fn tenant_head(&self, tenant: Uuid) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT max(position) FROM events WHERE tenant_id = $1").bind(tenant).fetch_one(&self.pool).await
+    }
+
+    /// Up to `limit` of `tenant`'s events after `after`, in order, only those of one aggregate
+    /// type and id when given (the replay of a tenant's history).
+    pub async fn read_tenant(
+        &self,
+        tenant: Uuid,
+        after: i64,
+        aggregate: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM events WHERE tenant_id = $1 AND position > $2 AND ($3::text IS NULL OR aggregate_type = $3)
+               AND ($4::text IS NULL OR aggregate_id = $4)
+             ORDER BY position LIMIT $5"
+        ))
+        .bind(tenant)
+        .bind(after)
+        .bind(aggregate.map(|a| a.0))
+        .bind(aggregate.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Up to `limit` events after `after` (only `tenant`'s when given) with their payload and
+    /// metadata as the stored JSON text, streamed as read (the event feed writes them out
+    /// without parsing them).
+    pub fn feed(&self, after: i64, limit: i64, tenant: Option<Uuid>) -> futures::stream::BoxStream<'_, Result<RawEvent, sqlx::Error>> {
+        sqlx::query_as::<_, RawEvent>(
+            "SELECT position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                    payload::text AS payload, metadata::text AS metadata, recorded_at
+             FROM events WHERE position > $1 AND ($3::uuid IS NULL OR tenant_id = $3) ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .bind(tenant)
+        .fetch(&self.pool)
+    }
+}
+
+/// An event with its payload and metadata as the JSON text stored (see [`EventLog::feed`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawEvent {
+    pub position: i64,
+    pub tenant_id: Option<Uuid>,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: String,
+    pub metadata: String,
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// [`EventLog::read_after`] on any connection (projectors read inside their transaction).

@@ -28,7 +28,8 @@ pub enum Until {
 }
 
 /// A replayed state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ReplayedAggregate)]
 pub struct Replayed {
     /// The aggregate type.
     pub aggregate_type: String,
@@ -38,7 +39,8 @@ pub struct Replayed {
     pub version: i64,
     /// When the last applied event occurred.
     pub last_event_at: Option<DateTime<Utc>>,
-    /// The state, as the aggregate serialises it.
+    /// The state, as the aggregate serialises it (its fields depend on `aggregate_type`).
+    #[schema(value_type = Object)]
     pub state: Value,
 }
 

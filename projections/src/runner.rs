@@ -166,7 +166,8 @@ impl ProjectionError {
 }
 
 /// One run of a projection, as the status endpoint shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = ProjectionRun)]
 pub struct RunInfo {
     /// Projection name.
     pub name: String,
@@ -175,6 +176,7 @@ pub struct RunInfo {
     /// Run number within the projection.
     pub generation: i32,
     /// `building` (catching up beside the live run), `live` (serving reads) or `retired`.
+    #[schema(pattern = "^(building|live|retired)$")]
     pub status: String,
     /// The last position applied.
     pub position: i64,

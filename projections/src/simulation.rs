@@ -22,6 +22,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+pub mod store;
+
 /// Subscriptions read and re-billed per round.
 const CHUNK: usize = 500;
 
@@ -42,13 +44,17 @@ pub struct SimulationInput {
 }
 
 /// Actual, simulated and their difference, as money strings.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema, PartialEq, Eq)]
+#[schema(as = SimulationFigures)]
 pub struct Figures {
     /// The sum of the subtotals of the invoices really issued.
+    #[schema(pattern = r"^-?[0-9]+\.[0-9]{2}$", example = "29.00")]
     pub actual: String,
     /// The same sum under the candidate catalog.
+    #[schema(pattern = r"^-?[0-9]+\.[0-9]{2}$", example = "29.00")]
     pub simulated: String,
     /// `simulated - actual`.
+    #[schema(pattern = r"^-?[0-9]+\.[0-9]{2}$", example = "29.00")]
     pub difference: String,
 }
 
@@ -65,9 +71,11 @@ impl Sums {
 }
 
 /// One month's figures (by the invoices' issue date, UTC).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = SimulationMonth)]
 pub struct MonthFigures {
     /// `YYYY-MM`.
+    #[schema(pattern = r"^[0-9]{4}-[0-9]{2}$")]
     pub month: String,
     /// The figures.
     #[serde(flatten)]
@@ -75,7 +83,8 @@ pub struct MonthFigures {
 }
 
 /// One plan's figures (the plan the subscription was on when the invoice was issued).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = SimulationPlan)]
 pub struct PlanFigures {
     /// The plan code.
     pub plan: String,
@@ -85,7 +94,8 @@ pub struct PlanFigures {
 }
 
 /// One tenant's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = SimulationTenant)]
 pub struct TenantFigures {
     /// The tenant.
     pub tenant_id: Uuid,
@@ -97,7 +107,8 @@ pub struct TenantFigures {
 }
 
 /// Facts that really happened but that a candidate plan's lower limit would have refused.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = SimulationOverLimit)]
 pub struct OverLimit {
     /// The tenant.
     pub tenant_id: Uuid,
@@ -110,12 +121,14 @@ pub struct OverLimit {
     /// What was really used (the most members at once; bookings created in the month).
     pub used: u64,
     /// The month, for monthly limits (`YYYY-MM`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[0-9]{4}-[0-9]{2}$")]
     pub month: Option<String>,
 }
 
 /// A command of the real history that the simulated state refused (skipped).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = SimulationRefusal)]
 pub struct Refusal {
     /// The tenant.
     pub tenant_id: Uuid,
@@ -124,7 +137,7 @@ pub struct Refusal {
 }
 
 /// A simulation's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SimulationResult {
     /// Over every tenant.
     pub totals: Figures,

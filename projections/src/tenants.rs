@@ -9,6 +9,8 @@ use uuid::Uuid;
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+pub mod reads;
+
 /// A member's event on `members` (e-mail and name stay sealed).
 async fn apply_member(conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
     use domain::member::MemberEvent;

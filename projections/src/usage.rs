@@ -9,6 +9,8 @@ use sqlx::{PgConnection, PgPool};
 use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
+pub mod reads;
+
 /// Builds `usage_records` and `usage_hourly`.
 #[derive(Debug, Clone, Copy)]
 pub struct UsageProjection;

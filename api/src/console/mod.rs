@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::console_sessions::{Session, Sessions};
 use crate::error::ApiError;
 use domain::tenant::ApiKeyRole;
 
@@ -106,7 +107,7 @@ impl Console {
         let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
         let mut request = request.body(body).map_err(ApiError::internal)?;
         request.extensions_mut().insert(caller);
-        let response = crate::app::router(self.state.clone()).oneshot(request).await.map_err(ApiError::internal)?;
+        let response = crate::app::middleware::router(self.state.clone()).oneshot(request).await.map_err(ApiError::internal)?;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024 * 1024).await.map_err(ApiError::internal)?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -154,19 +155,14 @@ impl FromRequestParts<AppState> for Console {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let to_sign_in = || Redirect::to("/console/sign-in").into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_sign_in()) };
-        let row: Option<(bool, Option<String>, String)> =
-            sqlx::query_as("SELECT admin, key_sha256, csrf FROM console_sessions WHERE token_sha256 = $1 AND expires_at > now()")
-                .bind(commands::api_keys::hash(token))
-                .fetch_optional(state.pool())
-                .await
-                .map_err(|e| error_page(&ApiError::from(e)))?;
-        let Some((admin, key_hash, csrf)) = row else { return Err(to_sign_in()) };
+        let session = Sessions(state.pool()).find(&commands::api_keys::hash(token)).await.map_err(|e| error_page(&ApiError::from(e)))?;
+        let Some(Session { admin, key_sha256: key_hash, csrf }) = session else { return Err(to_sign_in()) };
         let caller = if admin {
             Caller::Admin { acting_for: None }
         } else {
             let key = state.key_by_hash(key_hash.as_deref().unwrap_or_default()).await.map_err(|e| error_page(&e))?;
             match key {
-                Some(key) if matches!(key.role.0, ApiKeyRole::Owner | ApiKeyRole::Admin) && key.tenant_status != "erased" => {
+                Some(key) if matches!(key.role, ApiKeyRole::Owner | ApiKeyRole::Admin) && key.tenant_status != "erased" => {
                     Caller::Tenant(key)
                 }
                 // Revoked (or no longer an owner/admin key): the session ends.
@@ -316,7 +312,7 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, Form(form): 
             let hash = commands::api_keys::hash(token);
             match state.key_by_hash(&hash).await {
                 Err(e) => return error_page(&e),
-                Ok(Some(key)) if matches!(key.role.0, ApiKeyRole::Owner | ApiKeyRole::Admin) && key.tenant_status != "erased" => {
+                Ok(Some(key)) if matches!(key.role, ApiKeyRole::Owner | ApiKeyRole::Admin) && key.tenant_status != "erased" => {
                     (false, Some(hash))
                 }
                 Ok(Some(_)) => return sign_in_form(&headers, Some("Only owner and admin keys may use the console.")),
@@ -325,22 +321,11 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, Form(form): 
         }
     };
     let session = random_token();
-    let saved = sqlx::query(
-        "INSERT INTO console_sessions (token_sha256, admin, key_sha256, csrf, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(hours => $5))",
-    )
-    .bind(commands::api_keys::hash(&session))
-    .bind(admin)
-    .bind(key_hash)
-    .bind(random_token())
-    .bind(SESSION_HOURS as i32)
-    .execute(state.pool())
-    .await;
+    let saved =
+        Sessions(state.pool()).open(&commands::api_keys::hash(&session), admin, key_hash, &random_token(), SESSION_HOURS as i32).await;
     if let Err(e) = saved {
         return error_page(&ApiError::from(e));
     }
-    // Expired sessions go as new ones come.
-    let _ = sqlx::query("DELETE FROM console_sessions WHERE expires_at < now()").execute(state.pool()).await;
     let mut response = Redirect::to("/console").into_response();
     let tls = over_tls(&headers);
     response.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &session, SESSION_HOURS * 3600, tls));
@@ -353,10 +338,7 @@ async fn sign_out(console: Console, headers: HeaderMap, Form(form): Form<CsrfOnl
         return refused;
     }
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
-        let _ = sqlx::query("DELETE FROM console_sessions WHERE token_sha256 = $1")
-            .bind(commands::api_keys::hash(token))
-            .execute(console.state.pool())
-            .await;
+        let _ = Sessions(console.state.pool()).close(&commands::api_keys::hash(token)).await;
     }
     let mut response = Redirect::to("/console/sign-in").into_response();
     response.headers_mut().insert(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0, over_tls(&headers)));

@@ -64,24 +64,12 @@ pub async fn overview(console: Console) -> Response {
             let failing: Vec<&Value> =
                 projections.iter().filter(|p| !p["last_error"].is_null() || p["lag"].as_i64().unwrap_or(0) > 1000).collect();
             let suspended = items(&console.api(Method::GET, "/v1/tenants?status=suspended&limit=100", None, None).await?);
-            // The platform-wide views the API has no route for read the same read models in SQL.
-            let pool = console.state.pool();
-            let past_due: Vec<(Uuid, String, Option<chrono::DateTime<Utc>>)> = sqlx::query_as(
-                "SELECT t.id, t.code, s.current_period_end FROM rm.subscriptions s JOIN rm.tenants t ON t.id = s.tenant_id
-                 WHERE s.status = 'past_due' ORDER BY t.code LIMIT 100",
-            )
-            .fetch_all(pool)
-            .await?;
-            let disabled: Vec<(String, Option<Uuid>)> =
-                sqlx::query_as("SELECT url, tenant_id FROM webhook_endpoints WHERE status = 'disabled' ORDER BY url LIMIT 100").fetch_all(pool).await?;
-            let usage: Vec<(String, chrono::DateTime<Utc>, f64)> = sqlx::query_as(
-                "SELECT metric, bucket, sum(value)::float8 FROM analytics.usage_monthly
-                 WHERE kind = 'counter' AND bucket >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '23 months'
-                 GROUP BY 1, 2 ORDER BY 2",
-            )
-            .fetch_all(pool)
-            .await
-            .unwrap_or_default();
+            // The platform-wide views the API has no route for read the same read models.
+            let reads = console.state.reads();
+            let past_due: Vec<(Uuid, String, Option<chrono::DateTime<Utc>>)> =
+                reads.billing().past_due().await?.into_iter().map(|r| (r.tenant_id, r.code, r.current_period_end)).collect();
+            let disabled = console.state.endpoints().disabled().await?;
+            let usage = reads.usage().platform_monthly().await.unwrap_or_default();
             let mut usage_months: Vec<String> = usage.iter().map(|(_, b, _)| b.format("%Y-%m").to_string()).collect();
             usage_months.dedup();
             let mut metrics: Vec<String> = usage.iter().map(|(m, _, _)| m.clone()).collect();
@@ -196,18 +184,10 @@ pub async fn tenants(console: Console, Query(query): Query<TenantsQuery>) -> Res
                 let listed = console.api(Method::GET, &path, None, None).await?;
                 (items(&listed), listed["next_cursor"].as_str().map(str::to_owned))
             } else {
-                let pattern = format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-                let found: Vec<(Uuid, String, String, String, String, chrono::DateTime<Utc>)> = sqlx::query_as(
-                    "SELECT id, code, name, plan, status, created_at FROM rm.tenants
-                     WHERE (code ILIKE $1 OR name ILIKE $1) AND ($2 = '' OR status = $2) ORDER BY code LIMIT 100",
-                )
-                .bind(&pattern)
-                .bind(&status)
-                .fetch_all(console.state.pool())
-                .await?;
+                let found = console.state.reads().tenants().search(&q, &status).await?;
                 let rows = found
                     .into_iter()
-                    .map(|(id, code, name, plan, status, created_at)| json!({"id": id, "code": code, "name": name, "plan": plan, "status": status, "created_at": created_at}))
+                    .map(|t| json!({"id": t.id, "code": t.code, "name": t.name, "plan": t.plan, "status": t.status, "created_at": t.created_at}))
                     .collect();
                 (rows, None)
             };
@@ -505,15 +485,7 @@ pub async fn operations(console: Console) -> Response {
             }
             let mut leaders = Vec::new();
             for job in &jobs {
-                let key = projections::leader::key(job);
-                let holder: Option<(String, Option<chrono::DateTime<Utc>>)> = sqlx::query_as(
-                    "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                       AND l.classid::bigint = ($1 >> 32) & 4294967295 AND l.objid::bigint = $1 & 4294967295",
-                )
-                .bind(key)
-                .fetch_optional(console.state.pool())
-                .await?;
+                let holder = projections::leader::holder_since(console.state.pool(), job).await?;
                 leaders.push((job.clone(), holder));
             }
             let mut response = page(

@@ -5,9 +5,10 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use commands::billing_run::BillingReport;
 use commands::clock::Clock;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use projections::RunInfo;
+use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::auth::Admin;
@@ -30,13 +31,13 @@ pub fn router() -> Router<AppState> {
     path = "/v1/admin/projections",
     tag = "admin",
     responses(
-        (status = 200, description = "[{name, version, generation, position, head, lag, status, last_error, last_error_position}]", body = Vec<crate::schemas::ProjectionRun>),
+        (status = 200, description = "[{name, version, generation, position, head, lag, status, last_error, last_error_position}]", body = Vec<RunInfo>),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden
     ),
 )]
-async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
-    Ok(Json(serde_json::to_value(state.projections().status().await?).map_err(ApiError::internal)?))
+async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Vec<RunInfo>>, ApiError> {
+    Ok(Json(state.projections().status().await?))
 }
 
 /// Starts a blue/green rebuild of one projection (or `all`); reads keep being served by the
@@ -47,23 +48,54 @@ async fn projections(State(state): State<AppState>, _: Admin) -> Result<Json<Val
     tag = "admin",
     params(("name" = String, Path, description = "A projection name, or all"), crate::openapi::IdempotencyHeader),
     responses(
-        (status = 202, description = "The runs started: reads stay on the live model until the new one catches up", body = crate::schemas::RebuildStarted),
+        (status = 202, description = "The runs started: reads stay on the live model until the new one catches up", body = RebuildStarted),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound,
         crate::openapi::Forbidden
     ),
 )]
-async fn rebuild(State(state): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn rebuild(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<RebuildStarted>), ApiError> {
     if name != "all" && !state.projections().names().contains(&name.as_str()) {
         return Err(ApiError::not_found("projection"));
     }
     let started = state.projections().rebuild(&name).await.map_err(ApiError::internal)?;
-    let runs: Vec<Value> =
-        started.into_iter().map(|(name, generation)| json!({"name": name, "generation": generation, "status": "building"})).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "rebuilding": runs }))))
+    let rebuilding = started.into_iter().map(|(name, generation)| RebuildRun { name, generation, status: "building" }).collect();
+    Ok((StatusCode::ACCEPTED, Json(RebuildStarted { rebuilding })))
 }
 
 /// The longest single move of the test clock (about five years).
+/// A rebuild started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RebuildStarted {
+    /// The runs started.
+    rebuilding: Vec<RebuildRun>,
+}
+
+/// A run a rebuild started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RebuildRun {
+    /// The projection.
+    name: String,
+    /// The new run's number.
+    generation: i32,
+    /// `building`.
+    status: &'static str,
+}
+
+/// The test clock.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClockView {
+    /// The server's time now.
+    now: DateTime<Utc>,
+    /// What the billing cycle did up to it (`PUT` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    billing: Option<BillingReport>,
+}
+
 const MAX_CLOCK_JUMP_DAYS: i64 = 5 * 366;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -84,7 +116,7 @@ fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiEr
     tag = "admin",
     request_body = ClockBody,
     responses(
-        (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = crate::schemas::Clock),
+        (status = 200, description = "{now, billing}: the clock moved and the billing cycle ran up to it", body = ClockView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -92,7 +124,7 @@ fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiEr
         (status = 409, description = "CLOCK_BACKWARDS", body = crate::openapi::ErrorBody)
     ),
 )]
-async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJson<ClockBody>) -> Result<Json<Value>, ApiError> {
+async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJson<ClockBody>) -> Result<Json<ClockView>, ApiError> {
     let clock = manual_clock(&state)?;
     // Each billing period passed is work (renewals, invoices) for every tenant: a jump of
     // centuries would tie the server up for hours. Long simulations move in steps.
@@ -102,7 +134,7 @@ async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJs
     match clock.advance_to(body.now) {
         Ok(now) => {
             let billing = state.run_billing(now).await?;
-            Ok(Json(json!({ "now": now, "billing": billing })))
+            Ok(Json(ClockView { now, billing: Some(billing) }))
         }
         Err(now) => {
             Err(ApiError::new(StatusCode::CONFLICT, "CLOCK_BACKWARDS", "the test clock only moves forward").with("now", now.to_rfc3339()))
@@ -116,14 +148,14 @@ async fn set_clock(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJs
     path = "/v1/admin/clock",
     tag = "admin",
     responses(
-        (status = 200, description = "{now}", body = crate::schemas::Clock),
+        (status = 200, description = "{now}", body = ClockView),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         (status = 404, description = "NOT_FOUND: no test clock", body = crate::openapi::ErrorBody)
     ),
 )]
-async fn get_clock(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "now": manual_clock(&state)?.now() })))
+async fn get_clock(State(state): State<AppState>, _: Admin) -> Result<Json<ClockView>, ApiError> {
+    Ok(Json(ClockView { now: manual_clock(&state)?.now(), billing: None }))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -139,9 +171,9 @@ struct BillingRunBody {
     path = "/v1/admin/billing/run",
     tag = "admin",
     params(crate::openapi::IdempotencyHeader),
-    request_body = BillingRunBody,
+    request_body = Option<BillingRunBody>,
     responses(
-        (status = 200, description = "What the billing run did", body = crate::schemas::BillingRunReport),
+        (status = 200, description = "What the billing run did", body = BillingReport),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
@@ -151,15 +183,14 @@ async fn run_billing(
     State(state): State<AppState>,
     _: Admin,
     crate::extract::OptionalJson(body): crate::extract::OptionalJson<BillingRunBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BillingReport>, ApiError> {
     let now = state.now();
     let as_of = body.as_of.unwrap_or(now);
     // Billing as of the future would issue invoices for periods that have not started.
     if as_of > now {
         return Err(ApiError::validation("as_of", format!("must not be later than the server's clock ({})", now.to_rfc3339())));
     }
-    let report = state.run_billing(as_of).await?;
-    Ok(Json(serde_json::to_value(report).map_err(ApiError::internal)?))
+    Ok(Json(state.run_billing(as_of).await?))
 }
 
 /// This module's part of the OpenAPI document.

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use projections::replay::{replay, ReplayError, Replayed, Until};
+use projections::replay::{ReplayError, Replayed, Until};
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -33,7 +33,7 @@ struct Point {
     tag = "events",
     params(("aggregate_type" = String, Path, description = "Tenant, Subscription, Plan, Resource, Booking, Usage (a fact recorded on its own, id `<tenant>:<key>`) or UsageBatch (a batch of facts)"), ("id" = String, Path, description = "Aggregate id"), Point),
     responses(
-        (status = 200, description = "The state rebuilt from its events at that point", body = serde_json::Value),
+        (status = 200, description = "The state rebuilt from its events at that point", body = Replayed),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::NotFound
@@ -53,7 +53,7 @@ async fn read(
         (None, None) => Until::Now,
     };
     let tenant = caller.tenant_scope();
-    match replay(state.pool(), &aggregate_type, &id, until, tenant).await {
+    match state.log().replay(&aggregate_type, &id, until, tenant).await {
         Ok(Some(replayed)) => Ok(Json(replayed)),
         Ok(None) | Err(ReplayError::UnknownType(_)) => Err(ApiError::not_found("aggregate")),
         Err(e) => Err(ApiError::internal(e)),

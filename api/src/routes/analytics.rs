@@ -5,11 +5,16 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::billing::money::format;
+use std::collections::BTreeMap;
+
+use projections::usage::reads::Granularity;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::usage::{UsageBucket, UsageSeries};
+use crate::amounts::Money;
 
 use crate::app::AppState;
 use crate::auth::{Admin, TenantCaller};
@@ -40,36 +45,26 @@ struct UsageQuery {
     tag = "analytics",
     params(UsageQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Usage per hour, day or month from the analytics schema", body = crate::schemas::UsageSeries),
+        (status = 200, description = "Usage per hour, day or month from the analytics schema", body = UsageSeries),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
 )]
-async fn usage(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Json<Value>, ApiError> {
-    let view = match q.granularity.as_deref().unwrap_or("day") {
-        "hour" => "usage_hourly",
-        "day" => "usage_daily",
-        "month" => "usage_monthly",
-        _ => return Err(ApiError::validation("granularity", "must be hour, day or month")),
-    };
+async fn usage(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+) -> Result<Json<UsageSeries>, ApiError> {
+    let granularity = q.granularity.as_deref().unwrap_or("day");
+    let granularity = Granularity::parse(granularity).ok_or_else(|| ApiError::validation("granularity", "must be hour, day or month"))?;
     let to = q.to.unwrap_or_else(|| state.now());
     let from = q.from.unwrap_or(to - chrono::Duration::days(30));
     if from >= to {
         return Err(ApiError::validation("from", "must be before to"));
     }
-    let rows: Vec<(String, String, DateTime<Utc>, Decimal, i64)> = sqlx::query_as(&format!(
-        "SELECT metric, kind, bucket, value, facts FROM analytics.{view}
-         WHERE tenant_id = $1 AND bucket >= $2 AND bucket < $3 AND ($4::text IS NULL OR metric = $4) ORDER BY metric, bucket"
-    ))
-    .bind(caller.tenant_id)
-    .bind(from)
-    .bind(to)
-    .bind(q.metric)
-    .fetch_all(state.pool())
-    .await?;
-    let buckets: Vec<Value> =
-        rows.into_iter().map(|(metric, kind, start, value, facts)| json!({"metric": metric, "kind": kind, "start": start, "value": value.normalize(), "facts": facts})).collect();
-    Ok(Json(json!({"granularity": q.granularity.unwrap_or_else(|| "day".into()), "from": from, "to": to, "buckets": buckets})))
+    let rows = state.reads().usage().analytics(caller.tenant_id, q.metric.as_deref(), granularity, from, to).await?;
+    let buckets = rows.into_iter().map(|r| UsageBucket::new(r.metric, r.kind, r.bucket, None, r.value, r.facts)).collect();
+    Ok(Json(UsageSeries::new(granularity.as_str(), from, to, buckets)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -80,8 +75,27 @@ struct RevenueQuery {
     to: Option<DateTime<Utc>>,
 }
 
-/// A revenue row as the view has it.
-type RevenueRow = (DateTime<Utc>, Decimal, Decimal, i64, i64, i64, i64, sqlx::types::Json<Map<String, Value>>);
+/// The platform's revenue in one month (UTC).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RevenueMonth {
+    /// `YYYY-MM`.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}$", example = "2027-01")]
+    month: String,
+    /// Monthly recurring revenue at the month's end.
+    mrr: Money,
+    /// 12 × MRR.
+    arr: Money,
+    /// Paying tenants at the month's end.
+    active_tenants: i64,
+    /// Tenants that started paying in it.
+    new_tenants: i64,
+    /// Tenants whose subscription was cancelled in it.
+    churned_tenants: i64,
+    /// `churned_tenants / paying tenants at the month's start`, 4 decimals.
+    churn_rate: f64,
+    /// MRR by plan code.
+    by_plan: BTreeMap<String, Money>,
+}
 
 /// `GET /v1/admin/analytics/revenue?from&to` (admin): per month (UTC)
 /// `{month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}`;
@@ -92,46 +106,43 @@ type RevenueRow = (DateTime<Utc>, Decimal, Decimal, i64, i64, i64, i64, sqlx::ty
     tag = "analytics",
     params(RevenueQuery),
     responses(
-        (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = Vec<crate::schemas::RevenueMonth>),
+        (status = 200, description = "Per month: {month, mrr, arr, active_tenants, new_tenants, churned_tenants, churn_rate, by_plan}", body = Vec<RevenueMonth>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
     ),
 )]
-async fn revenue(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<RevenueQuery>) -> Result<Json<Vec<Value>>, ApiError> {
+async fn revenue(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<RevenueQuery>,
+) -> Result<Json<Vec<RevenueMonth>>, ApiError> {
     if let (Some(from), Some(to)) = (q.from, q.to) {
         if from >= to {
             return Err(ApiError::validation("from", "must be before to"));
         }
     }
-    let rows: Vec<RevenueRow> = sqlx::query_as(
-        "SELECT month, mrr, arr, active_tenants, new_tenants, churned_tenants, active_at_start, by_plan FROM analytics.revenue_monthly
-         WHERE ($1::timestamptz IS NULL OR month >= date_trunc('month', $1 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AND ($2::timestamptz IS NULL OR month < $2)
-         ORDER BY month",
-    )
-    .bind(q.from)
-    .bind(q.to)
-    .fetch_all(state.pool())
-    .await?;
+    let rows = state.reads().billing().revenue_monthly(q.from, q.to).await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(month, mrr, arr, active, new, churned, at_start, by_plan)| {
-                let churn_rate =
-                    if at_start > 0 { (Decimal::from(churned) / Decimal::from(at_start)).round_dp(4).to_f64().unwrap_or(0.0) } else { 0.0 };
+            .map(|r| {
+                let churn_rate = if r.active_at_start > 0 {
+                    (Decimal::from(r.churned_tenants) / Decimal::from(r.active_at_start)).round_dp(4).to_f64().unwrap_or(0.0)
+                } else {
+                    0.0
+                };
                 // The view writes amounts as text, so no float ever touches them.
                 let amount = |v: &Value| v.as_str().and_then(|s| s.parse::<Decimal>().ok()).unwrap_or_default();
-                let by_plan: Map<String, Value> =
-                    by_plan.0.iter().map(|(plan, v)| (plan.clone(), Value::String(format(amount(v))))).collect();
-                json!({
-                    "month": month.format("%Y-%m").to_string(),
-                    "mrr": format(mrr),
-                    "arr": format(arr),
-                    "active_tenants": active,
-                    "new_tenants": new,
-                    "churned_tenants": churned,
-                    "churn_rate": churn_rate,
-                    "by_plan": by_plan,
-                })
+                RevenueMonth {
+                    month: r.month.format("%Y-%m").to_string(),
+                    mrr: r.mrr.into(),
+                    arr: r.arr.into(),
+                    active_tenants: r.active_tenants,
+                    new_tenants: r.new_tenants,
+                    churned_tenants: r.churned_tenants,
+                    churn_rate,
+                    by_plan: r.by_plan.0.iter().map(|(plan, v)| (plan.clone(), Money(amount(v)))).collect(),
+                }
             })
             .collect(),
     ))

@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 use domain::tenant::{ApiKeyRole, TenantCommand};
 use domain::values::DisplayName;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::TenantCaller;
+use crate::auth::{Manager, TenantCaller};
 use crate::error::ApiError;
 use crate::extract::{path_id, ApiJson};
+use crate::routes::Page;
 
 /// The key routes.
 pub fn router() -> Router<AppState> {
@@ -39,8 +39,11 @@ struct IssueKey {
 }
 
 /// A key as listed (no secret, ever).
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct KeyView {
+pub use projections::tenants::reads::ApiKeyRow as KeyView;
+
+/// A key just issued: as listed, plus its secret (shown this once).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IssuedKey {
     /// Its id.
     id: Uuid,
     /// A name for people.
@@ -54,20 +57,13 @@ pub struct KeyView {
     created_at: DateTime<Utc>,
     /// Revoked, if it was.
     revoked_at: Option<DateTime<Utc>>,
-}
-
-/// A key just issued: as listed, plus its secret (shown this once).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct IssuedKey {
-    id: Uuid,
-    name: String,
-    role: String,
-    key_prefix: String,
-    created_at: DateTime<Utc>,
-    revoked_at: Option<DateTime<Utc>>,
     /// The secret (`slk_` + 64 hex): store it now.
     api_key: String,
+}
+
+/// Key `id` as the read model has it.
+async fn load(state: &AppState, id: Uuid) -> Result<KeyView, ApiError> {
+    state.reads().tenants().api_key(id).await?.ok_or_else(|| ApiError::not_found("API key"))
 }
 
 #[utoipa::path(
@@ -83,10 +79,9 @@ pub struct IssuedKey {
 )]
 async fn issue(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     ApiJson(body): ApiJson<IssueKey>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require_manager()?;
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     let role = ApiKeyRole::parse(&body.role)?;
     let name = DisplayName::parse(body.name.as_deref().unwrap_or(role.as_str()), "name")?;
     let tenant_id = caller.tenant_id;
@@ -99,13 +94,17 @@ async fn issue(
             Ok(key)
         })
         .await?;
-    let view: KeyView = sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1")
-        .bind(key.key_id)
-        .fetch_one(state.pool())
-        .await?;
-    let mut body = serde_json::to_value(view).map_err(ApiError::internal)?;
-    body["api_key"] = json!(key.secret);
-    Ok((StatusCode::CREATED, Json(body)))
+    let view = load(&state, key.key_id).await?;
+    let issued = IssuedKey {
+        id: view.id,
+        name: view.name,
+        role: view.role,
+        key_prefix: view.key_prefix,
+        created_at: view.created_at,
+        revoked_at: view.revoked_at,
+        api_key: key.secret,
+    };
+    Ok((StatusCode::CREATED, Json(issued)))
 }
 
 #[utoipa::path(
@@ -118,13 +117,9 @@ async fn issue(
         crate::openapi::AuthErrors
     ),
 )]
-async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
-    let keys: Vec<KeyView> =
-        sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE tenant_id = $1 ORDER BY id")
-            .bind(caller.tenant_id)
-            .fetch_all(state.pool())
-            .await?;
-    Ok(Json(json!({ "data": keys, "has_more": false, "next_cursor": null })))
+async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Page<KeyView>>, ApiError> {
+    let keys = state.reads().tenants().api_keys(caller.tenant_id).await?;
+    Ok(Json(Page { data: keys, has_more: false, next_cursor: None }))
 }
 
 #[utoipa::path(
@@ -138,8 +133,7 @@ async fn list(State(state): State<AppState>, caller: TenantCaller) -> Result<Jso
         crate::openapi::NotFound
     ),
 )]
-async fn revoke(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
-    caller.require_manager()?;
+async fn revoke(State(state): State<AppState>, Manager(caller): Manager, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
     let key_id = path_id(&id, "API key")?;
     let tenant_id = caller.tenant_id;
     let context = state.context(Some(tenant_id), caller.actor);
@@ -151,11 +145,7 @@ async fn revoke(State(state): State<AppState>, caller: TenantCaller, Path(id): P
             Ok(())
         })
         .await?;
-    let view: KeyView = sqlx::query_as("SELECT id, name, role, key_prefix, created_at, revoked_at FROM rm.api_keys WHERE id = $1")
-        .bind(key_id)
-        .fetch_one(state.pool())
-        .await?;
-    Ok(Json(view))
+    Ok(Json(load(&state, key_id).await?))
 }
 
 /// This module's part of the OpenAPI document.

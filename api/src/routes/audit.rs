@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use projections::audit::{verify as verify_chain, AuditEntry, Verification};
+use projections::audit::reads::AuditFilter;
+use projections::audit::{AuditEntry, Verification};
 use serde::Deserialize;
 
 use super::{page_limit, Page};
@@ -40,7 +41,7 @@ struct AuditQuery {
     tag = "audit",
     params(AuditQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of audit entries with their hash chain", body = crate::schemas::AuditPage),
+        (status = 200, description = "A page of audit entries with their hash chain", body = Page<AuditEntry>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
@@ -51,23 +52,8 @@ async fn list(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
     let limit = page_limit(q.limit)?;
-    let rows: Vec<AuditEntry> = sqlx::query_as(
-        "SELECT position, tenant_id, occurred_at, actor, aggregate_type, aggregate_id, event_type, summary, correlation_id, causation_id,
-                event_digest, prev_hash, hash
-         FROM rm.audit_entries
-         WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::timestamptz IS NULL OR occurred_at >= $2) AND ($3::timestamptz IS NULL OR occurred_at < $3)
-           AND ($4::text IS NULL OR actor = $4) AND ($5::text IS NULL OR aggregate_type = $5) AND position > $6
-         ORDER BY position LIMIT $7",
-    )
-    .bind(caller.tenant_scope())
-    .bind(q.from)
-    .bind(q.to)
-    .bind(q.actor)
-    .bind(q.aggregate_type)
-    .bind(q.cursor.unwrap_or(0))
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
+    let filter = AuditFilter { tenant_id: caller.tenant_scope(), from: q.from, to: q.to, actor: q.actor, aggregate_type: q.aggregate_type };
+    let rows = state.reads().audit().page(filter, q.cursor.unwrap_or(0), limit + 1).await?;
     Ok(Json(Page::from_rows(rows, limit, |e| e.position.to_string())))
 }
 
@@ -78,13 +64,13 @@ async fn list(
     tag = "audit",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "{valid, checked, first_bad_position}", body = crate::schemas::Verification),
+        (status = 200, description = "{valid, checked, first_bad_position}", body = Verification),
         crate::openapi::AuthErrors
     ),
 )]
 async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<Verification>, ApiError> {
     state.settle_all().await;
-    Ok(Json(verify_chain(state.pool(), caller.tenant_scope()).await?))
+    Ok(Json(state.reads().audit().verify(caller.tenant_scope()).await?))
 }
 
 /// This module's part of the OpenAPI document.

@@ -7,9 +7,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commands::bookings::{CustomerDetails, NewBooking};
-use commands::vault::TenantKey;
+use commands::vault::PersonalDataKey;
 use domain::booking::BookingCommand;
 use domain::values::{DisplayName, Email};
+use projections::bookings::reads::{BookingFilter, BookingRow};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -77,33 +78,24 @@ struct BookingView {
     ends_at: DateTime<Utc>,
     seats: i32,
     /// `{name, email}`; both `null` once the tenant's personal data was erased.
-    #[schema(value_type = Object)]
-    customer: serde_json::Value,
+    customer: CustomerView,
     cancel_reason: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct BookingRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    resource_id: Uuid,
-    resource_kind: String,
-    status: String,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
-    seats: i32,
-    customer_name: String,
-    customer_email: String,
-    cancel_reason: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+/// A booking's customer; `null` fields once the tenant's personal data was erased.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+struct CustomerView {
+    /// The customer's name.
+    name: Option<String>,
+    /// The customer's e-mail.
+    email: Option<String>,
 }
 
 impl BookingView {
     /// The view of a row, its customer opened with the tenant's key (`null` once erased).
-    fn open(r: BookingRow, key: &TenantKey) -> Self {
+    fn open(r: BookingRow, key: &PersonalDataKey) -> Self {
         Self {
             id: r.id,
             tenant_id: r.tenant_id,
@@ -113,7 +105,7 @@ impl BookingView {
             starts_at: r.starts_at,
             ends_at: r.ends_at,
             seats: r.seats,
-            customer: serde_json::json!({"name": key.open(&r.customer_name), "email": key.open(&r.customer_email)}),
+            customer: CustomerView { name: key.open(&r.customer_name), email: key.open(&r.customer_email) },
             cancel_reason: r.cancel_reason,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -121,14 +113,8 @@ impl BookingView {
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, resource_id, resource_kind, status, starts_at, ends_at, seats, customer_name, customer_email, cancel_reason, created_at, updated_at";
-
 async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<BookingView, ApiError> {
-    let row: Option<BookingRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM rm.bookings WHERE id = $1 AND tenant_id = $2"))
-        .bind(id)
-        .bind(tenant_id)
-        .fetch_optional(state.pool())
-        .await?;
+    let row = state.reads().bookings().booking(tenant_id, id).await?;
     let row = row.ok_or_else(|| ApiError::not_found("booking"))?;
     Ok(BookingView::open(row, &state.vault().key(tenant_id).await?))
 }
@@ -170,7 +156,8 @@ async fn create(
     };
     let tenant_id = caller.tenant_id;
     let context = state.context(Some(tenant_id), caller.actor);
-    let customer = serde_json::json!({"name": request.customer.name.as_str(), "email": request.customer.email.as_str()});
+    let customer =
+        CustomerView { name: Some(request.customer.name.as_str().to_owned()), email: Some(request.customer.email.as_str().to_owned()) };
     let app = state.clone();
     // Answered on commit, from the event itself: the reads of bookings wait for it (see
     // `consistency`), and nothing else this answer shows is a read model.
@@ -274,7 +261,7 @@ struct Cancel {
     path = "/v1/bookings/{id}/cancel",
     tag = "bookings",
     params(("id" = Uuid, Path, description = "Booking id"), crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
-    request_body = Cancel,
+    request_body = Option<Cancel>,
     responses(
         (status = 200, description = "The cancelled booking", body = BookingView),
         crate::openapi::CommandErrors,
@@ -330,23 +317,8 @@ async fn list(
         }
     }
     let cursor = parse_time_cursor(q.cursor.as_deref())?;
-    let rows: Vec<BookingRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM rm.bookings
-         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR resource_id = $2) AND ($3::timestamptz IS NULL OR ends_at > $3)
-           AND ($4::timestamptz IS NULL OR starts_at < $4) AND ($5::text IS NULL OR status = $5)
-           AND ($6::timestamptz IS NULL OR (starts_at, id) > ($6, $7))
-         ORDER BY starts_at, id LIMIT $8"
-    ))
-    .bind(caller.tenant_id)
-    .bind(q.resource_id)
-    .bind(q.from)
-    .bind(q.to)
-    .bind(q.status)
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
+    let filter = BookingFilter { resource_id: q.resource_id, from: q.from, to: q.to, status: q.status };
+    let rows = state.reads().bookings().list(caller.tenant_id, filter, cursor, limit + 1).await?;
     let page = Page::from_rows(rows, limit, |r| time_cursor(r.starts_at, r.id));
     let key = state.vault().key(caller.tenant_id).await?;
     let data = page.data.into_iter().map(|row| BookingView::open(row, &key)).collect();

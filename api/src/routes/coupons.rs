@@ -8,13 +8,13 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::billing::money::format;
 use domain::coupon::{CouponDuration, CouponTerms, CouponValue};
 use rust_decimal::Decimal;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{page_limit, Page, PageQuery};
+use crate::amounts::Money;
 use crate::app::AppState;
 use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
@@ -78,28 +78,61 @@ fn decimal(value: &Value, field: &str) -> Result<Decimal, ApiError> {
         .map_err(|_| ApiError::validation(field, "must be a number or a decimal string"))
 }
 
-/// The coupon resource.
-pub fn coupon_json(terms: &CouponTerms, redeemed: i64, created_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Value {
-    let (percent_off, amount_off, currency) = match &terms.value {
-        CouponValue::PercentOff(p) => (serde_json::Number::from_str(&p.normalize().to_string()).ok(), None, None),
-        CouponValue::AmountOff { amount, currency } => (None, Some(format(*amount)), Some(currency.clone())),
-    };
-    let exhausted = terms.max_redemptions.is_some_and(|m| redeemed >= i64::from(m));
-    let expired = terms.redeem_by.is_some_and(|by| now > by);
-    json!({
-        "code": terms.code,
-        "percent_off": percent_off,
-        "amount_off": amount_off,
-        "currency": currency,
-        "duration": terms.duration,
-        "duration_in_periods": terms.duration_in_periods,
-        "max_redemptions": terms.max_redemptions,
-        "times_redeemed": redeemed,
-        "redeem_by": terms.redeem_by,
-        "plans": terms.plans,
-        "valid": !exhausted && !expired,
-        "created_at": created_at,
-    })
+/// A coupon.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CouponView {
+    /// Its code.
+    code: String,
+    /// Percent off (one of `percent_off`, `amount_off`).
+    #[schema(value_type = Option<f64>)]
+    percent_off: Option<serde_json::Number>,
+    /// Amount off, in `currency`.
+    amount_off: Option<Money>,
+    /// The currency of `amount_off`.
+    currency: Option<String>,
+    /// `once`, `repeating` or `forever`.
+    #[schema(value_type = String, pattern = "^(once|repeating|forever)$")]
+    duration: CouponDuration,
+    /// Invoices it discounts when `repeating`.
+    duration_in_periods: Option<u32>,
+    /// How many tenants may redeem it.
+    max_redemptions: Option<u32>,
+    /// How many did.
+    times_redeemed: i64,
+    /// Redeemable until.
+    redeem_by: Option<DateTime<Utc>>,
+    /// The plans it applies to (empty: all).
+    plans: Vec<String>,
+    /// Whether it can be redeemed now.
+    valid: bool,
+    /// Created.
+    created_at: Option<DateTime<Utc>>,
+}
+
+impl CouponView {
+    /// The coupon with `terms`, redeemed `redeemed` times, as of `now`.
+    pub fn of(terms: &CouponTerms, redeemed: i64, created_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        let (percent_off, amount_off, currency) = match &terms.value {
+            CouponValue::PercentOff(p) => (serde_json::Number::from_str(&p.normalize().to_string()).ok(), None, None),
+            CouponValue::AmountOff { amount, currency } => (None, Some(Money(*amount)), Some(currency.clone())),
+        };
+        let exhausted = terms.max_redemptions.is_some_and(|m| redeemed >= i64::from(m));
+        let expired = terms.redeem_by.is_some_and(|by| now > by);
+        Self {
+            code: terms.code.clone(),
+            percent_off,
+            amount_off,
+            currency,
+            duration: terms.duration,
+            duration_in_periods: terms.duration_in_periods,
+            max_redemptions: terms.max_redemptions,
+            times_redeemed: redeemed,
+            redeem_by: terms.redeem_by,
+            plans: terms.plans.clone(),
+            valid: !exhausted && !expired,
+            created_at,
+        }
+    }
 }
 
 /// `POST /v1/coupons` (admin): creates a coupon. 201 the coupon; a code in use: 409 `CONFLICT`
@@ -111,7 +144,7 @@ pub fn coupon_json(terms: &CouponTerms, redeemed: i64, created_at: Option<DateTi
     params(crate::openapi::IdempotencyHeader),
     request_body = CreateCoupon,
     responses(
-        (status = 201, description = "The coupon: {code, percent_off, amount_off, currency, duration, duration_in_periods, max_redemptions, times_redeemed, redeem_by, plans, valid, created_at}", body = crate::schemas::CouponView),
+        (status = 201, description = "The coupon: {code, percent_off, amount_off, currency, duration, duration_in_periods, max_redemptions, times_redeemed, redeem_by, plans, valid, created_at}", body = CouponView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -123,7 +156,7 @@ async fn create(
     _: Admin,
     caller: Caller,
     ApiJson(body): ApiJson<CreateCoupon>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CouponView>), ApiError> {
     let value = match (&body.percent_off, &body.amount_off) {
         (Some(p), None) => {
             if body.currency.is_some() {
@@ -152,8 +185,7 @@ async fn create(
         if !is_code(plan) {
             return Err(ApiError::validation("plans", format!("there is no plan \"{}\"", plan.escape_debug())));
         }
-        let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rm.plans WHERE code = $1)").bind(plan).fetch_one(state.pool()).await?;
+        let known = state.reads().catalog().plan_exists(plan).await?;
         if !known {
             return Err(ApiError::validation("plans", format!("there is no plan \"{plan}\"")));
         }
@@ -177,19 +209,8 @@ async fn create(
         })
         .await?;
     let terms = committed.state.terms.as_ref().ok_or_else(|| ApiError::internal("the coupon was not created"))?;
-    Ok((StatusCode::CREATED, Json(coupon_json(terms, 0, committed.state.created_at, state.now()))))
+    Ok((StatusCode::CREATED, Json(CouponView::of(terms, 0, committed.state.created_at, state.now()))))
 }
-
-/// A coupon row with its redemptions.
-#[derive(Debug, sqlx::FromRow)]
-struct CouponRow {
-    terms: sqlx::types::Json<CouponTerms>,
-    redeemed: i64,
-    created_at: DateTime<Utc>,
-}
-
-const COUPON_SELECT: &str = "SELECT c.terms, coalesce(r.redeemed, 0) AS redeemed, c.created_at
-     FROM rm.coupons c LEFT JOIN coupon_redemptions r ON r.code = c.code";
 
 /// `GET /v1/coupons` (admin): every coupon, by code.
 #[utoipa::path(
@@ -198,26 +219,22 @@ const COUPON_SELECT: &str = "SELECT c.terms, coalesce(r.redeemed, 0) AS redeemed
     tag = "coupons",
     params(PageQuery),
     responses(
-        (status = 200, description = "A page of coupons: {data, has_more, next_cursor}", body = crate::schemas::CouponPage),
+        (status = 200, description = "A page of coupons: {data, has_more, next_cursor}", body = Page<CouponView>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
     ),
 )]
-async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Json<Page<Value>>, ApiError> {
+async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Json<Page<CouponView>>, ApiError> {
     let limit = page_limit(q.limit)?;
     if q.cursor.as_deref().is_some_and(|c| !is_code(c)) {
         return Err(ApiError::validation("cursor", "is not a cursor from a previous page"));
     }
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!("{COUPON_SELECT} WHERE ($1::text IS NULL OR c.code > $1) ORDER BY c.code LIMIT $2"))
-        .bind(q.cursor)
-        .bind(limit + 1)
-        .fetch_all(state.pool())
-        .await?;
+    let rows = state.reads().catalog().coupons(q.cursor.as_deref(), limit + 1).await?;
     let page = Page::from_rows(rows, limit, |r| r.terms.code.clone());
     let now = state.now();
     Ok(Json(Page {
-        data: page.data.iter().map(|r| coupon_json(&r.terms, r.redeemed, Some(r.created_at), now)).collect(),
+        data: page.data.iter().map(|r| CouponView::of(&r.terms, r.redeemed, Some(r.created_at), now)).collect(),
         has_more: page.has_more,
         next_cursor: page.next_cursor,
     }))
@@ -230,20 +247,19 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Pag
     tag = "coupons",
     params(("code" = String, Path, description = "The coupon's code")),
     responses(
-        (status = 200, description = "The coupon", body = crate::schemas::CouponView),
+        (status = 200, description = "The coupon", body = CouponView),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         crate::openapi::NotFound
     ),
 )]
-async fn read(State(state): State<AppState>, _: Admin, Path(code): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn read(State(state): State<AppState>, _: Admin, Path(code): Path<String>) -> Result<Json<CouponView>, ApiError> {
     if !is_code(&code) {
         return Err(ApiError::not_found("coupon"));
     }
-    let row: Option<CouponRow> =
-        sqlx::query_as(&format!("{COUPON_SELECT} WHERE c.code = $1")).bind(&code).fetch_optional(state.pool()).await?;
+    let row = state.reads().catalog().coupon(&code).await?;
     let row = row.ok_or_else(|| ApiError::not_found("coupon"))?;
-    Ok(Json(coupon_json(&row.terms, row.redeemed, Some(row.created_at), state.now())))
+    Ok(Json(CouponView::of(&row.terms, row.redeemed, Some(row.created_at), state.now())))
 }
 
 /// This module's part of the OpenAPI document.

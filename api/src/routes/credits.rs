@@ -6,14 +6,14 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::billing::money::format;
-use domain::subscription::{Subscription, SubscriptionCommand, SubscriptionEvent};
+use domain::subscription::{SubscriptionCommand, SubscriptionEvent};
+use projections::billing::reads::InvoiceOwner;
 use rust_decimal::Decimal;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::invoices::{credit_note_json, CreditNoteRow};
+use super::invoices::CreditNoteView;
+use crate::amounts::Money;
 use crate::app::AppState;
 use crate::auth::{Admin, Caller, TenantCaller};
 use crate::error::ApiError;
@@ -58,7 +58,7 @@ struct GrantBody {
     params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
     request_body = GrantBody,
     responses(
-        (status = 201, description = "The grant, and the tenant's balance after it", body = crate::schemas::CreditGrant),
+        (status = 201, description = "The grant, and the tenant's balance after it", body = CreditGrant),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -72,7 +72,7 @@ async fn grant(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<GrantBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreditGrant>), ApiError> {
     let amount = money(&body.amount, "amount")?;
     let tenant_id = state.resolve_tenant(&id).await?;
     let subscription = subscription_of(&state, tenant_id).await?;
@@ -85,34 +85,57 @@ async fn grant(
         _ => None,
     });
     let (amount, reason, expires_at, at) = granted.ok_or_else(|| ApiError::internal("the grant appended no event"))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": grant_id,
-            "amount": format(amount),
-            "reason": reason,
-            "expires_at": expires_at,
-            "created_at": at,
-            "balance": format(committed.state.available_credit(state.now())),
-        })),
-    ))
+    let balance = committed.state.available_credit(state.now());
+    let grant = CreditGrant { id: grant_id, amount: amount.into(), reason, expires_at, created_at: at, balance: balance.into() };
+    Ok((StatusCode::CREATED, Json(grant)))
 }
 
 /// The subscription of `tenant_id`; 404 if the tenant has none.
 async fn subscription_of(state: &AppState, tenant_id: Uuid) -> Result<Uuid, ApiError> {
-    let id: Option<Option<Uuid>> =
-        sqlx::query_scalar("SELECT subscription_id FROM rm.tenants WHERE id = $1").bind(tenant_id).fetch_optional(state.pool()).await?;
-    id.flatten().ok_or_else(|| ApiError::not_found("tenant"))
+    state.reads().tenants().subscription_id(tenant_id).await?.ok_or_else(|| ApiError::not_found("tenant"))
 }
 
-/// A credit ledger entry as the read model has it.
-#[derive(Debug, sqlx::FromRow)]
-struct TransactionRow {
-    amount: Decimal,
+/// A credit grant and the balance after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreditGrant {
+    /// The grant's id.
+    id: Uuid,
+    /// Granted.
+    amount: Money,
+    /// Why.
     reason: String,
-    invoice_id: Option<Uuid>,
+    /// When what is left of it expires.
     expires_at: Option<DateTime<Utc>>,
+    /// When.
     created_at: DateTime<Utc>,
+    /// The tenant's available credit after it.
+    balance: Money,
+}
+
+/// One movement of account credit.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreditTransaction {
+    /// Positive: granted; negative: applied or expired.
+    amount: Money,
+    /// Why.
+    reason: String,
+    /// The invoice it was applied to.
+    invoice_id: Option<Uuid>,
+    /// When a grant expires.
+    expires_at: Option<DateTime<Utc>>,
+    /// When.
+    created_at: DateTime<Utc>,
+}
+
+/// A tenant's account credit.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreditLedger {
+    /// Available now.
+    balance: Money,
+    /// ISO 4217.
+    currency: String,
+    /// Oldest first.
+    transactions: Vec<CreditTransaction>,
 }
 
 /// `GET /v1/credits` (tenant; the admin with `X-Tenant-ID`): `{balance, currency,
@@ -126,35 +149,30 @@ struct TransactionRow {
     tag = "credits",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "{balance, currency, transactions: [{amount, reason, invoice_id, expires_at, created_at}]}", body = crate::schemas::CreditLedger),
+        (status = 200, description = "{balance, currency, transactions: [{amount, reason, invoice_id, expires_at, created_at}]}", body = CreditLedger),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),
 )]
-async fn ledger(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
-    let subscription: Option<sqlx::types::Json<Subscription>> =
-        sqlx::query_scalar("SELECT state FROM rm.subscriptions WHERE tenant_id = $1")
-            .bind(caller.tenant_id)
-            .fetch_optional(state.pool())
-            .await?;
-    let subscription = subscription.ok_or_else(|| ApiError::not_found("subscription"))?.0;
-    let rows: Vec<TransactionRow> = sqlx::query_as(
-        "SELECT amount, reason, invoice_id, expires_at, created_at FROM rm.credit_transactions WHERE tenant_id = $1 ORDER BY position",
-    )
-    .bind(caller.tenant_id)
-    .fetch_all(state.pool())
-    .await?;
-    let transactions: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({"amount": format(r.amount), "reason": r.reason, "invoice_id": r.invoice_id, "expires_at": r.expires_at, "created_at": r.created_at})
+async fn ledger(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<CreditLedger>, ApiError> {
+    let subscription = state.reads().billing().subscription_of(caller.tenant_id).await?;
+    let (_, subscription) = subscription.ok_or_else(|| ApiError::not_found("subscription"))?;
+    let rows = state.reads().billing().credit_transactions(caller.tenant_id).await?;
+    let transactions = rows
+        .into_iter()
+        .map(|r| CreditTransaction {
+            amount: r.amount.into(),
+            reason: r.reason,
+            invoice_id: r.invoice_id,
+            expires_at: r.expires_at,
+            created_at: r.created_at,
         })
         .collect();
-    Ok(Json(json!({
-        "balance": format(subscription.available_credit(state.now())),
-        "currency": subscription.currency,
-        "transactions": transactions,
-    })))
+    Ok(Json(CreditLedger {
+        balance: subscription.available_credit(state.now()).into(),
+        currency: subscription.currency.clone(),
+        transactions,
+    }))
 }
 
 /// A credit note.
@@ -183,7 +201,7 @@ struct CreditNoteBody {
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
     request_body = CreditNoteBody,
     responses(
-        (status = 201, description = "The credit note: {id, number, invoice_id, subtotal, tax, total, reason, created_at}", body = crate::schemas::CreditNote),
+        (status = 201, description = "The credit note: {id, number, invoice_id, subtotal, tax, total, reason, created_at}", body = CreditNoteView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -197,26 +215,23 @@ async fn credit_note(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CreditNoteBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreditNoteView>), ApiError> {
     let invoice_id = path_id(&id, "invoice")?;
     let amount = money(&body.amount, "amount")?;
-    let owner: Option<(Uuid, Uuid)> = sqlx::query_as("SELECT subscription_id, tenant_id FROM rm.invoices WHERE id = $1")
-        .bind(invoice_id)
-        .fetch_optional(state.pool())
-        .await?;
-    let (subscription, tenant_id) = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
+    let owner = state.reads().billing().invoice_owner(invoice_id).await?;
+    let InvoiceOwner { subscription_id: subscription, tenant_id, .. } = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
     let context = state.context(Some(tenant_id), caller.actor());
     let command = SubscriptionCommand::IssueCreditNote { invoice_id, amount, reason: body.reason, at: context.at };
     let committed = state.subscription_command(subscription, command, context).await?;
     let note = committed.events.iter().find_map(|e| match &e.payload {
         SubscriptionEvent::CreditNoteIssued { credit_note_id, number, invoice_id, subtotal, tax, total, reason, created_at, .. } => {
-            Some(CreditNoteRow {
+            Some(CreditNoteView {
                 id: *credit_note_id,
                 number: number.clone(),
                 invoice_id: *invoice_id,
-                subtotal: *subtotal,
-                tax: *tax,
-                total: *total,
+                subtotal: (*subtotal).into(),
+                tax: (*tax).into(),
+                total: (*total).into(),
                 reason: reason.clone(),
                 created_at: *created_at,
             })
@@ -224,7 +239,7 @@ async fn credit_note(
         _ => None,
     });
     let note = note.ok_or_else(|| ApiError::internal("the credit note appended no event"))?;
-    Ok((StatusCode::CREATED, Json(credit_note_json(&note))))
+    Ok((StatusCode::CREATED, Json(note)))
 }
 
 /// This module's part of the OpenAPI document.

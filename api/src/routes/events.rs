@@ -61,9 +61,9 @@ async fn events(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
     // failure later cuts the response short (chunked encoding left unfinished: the client sees
     // an error, never a silently short page).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let pool = state.pool().clone();
+    let log = state.log().clone();
     tokio::spawn(async move {
-        if let Err(e) = write_page(&pool, after, limit, tenant, &tx).await {
+        if let Err(e) = write_page(&log, after, limit, tenant, &tx).await {
             tracing::error!(error = %e, after, "event feed page failed");
             let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
         }
@@ -82,34 +82,26 @@ const CHUNK: usize = 64 * 1024;
 
 /// Reads one page and sends it to `tx` as NDJSON chunks; stops early if the client is gone.
 async fn write_page(
-    pool: &sqlx::PgPool,
+    log: &projections::EventLog,
     after: i64,
     limit: i64,
     tenant: Option<uuid::Uuid>,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut rows = sqlx::query_as::<_, FeedRow>(
-        "SELECT position, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                payload::text, metadata::text, recorded_at
-         FROM events WHERE position > $1 AND ($3::uuid IS NULL OR tenant_id = $3) ORDER BY position LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .bind(tenant)
-    .fetch(pool);
+    let mut rows = log.feed(after, limit, tenant);
     let mut chunk = Vec::with_capacity(CHUNK + 4096);
     while let Some(row) = rows.try_next().await? {
         let line = FeedLine {
-            position: row.0,
-            tenant_id: row.1,
-            aggregate_type: row.2,
-            aggregate_id: row.3,
-            sequence: row.4,
-            event_type: row.5,
-            event_version: row.6,
-            payload: serde_json::value::RawValue::from_string(row.7)?,
-            metadata: serde_json::value::RawValue::from_string(row.8)?,
-            recorded_at: row.9,
+            position: row.position,
+            tenant_id: row.tenant_id,
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            sequence: row.sequence,
+            event_type: row.event_type,
+            event_version: row.event_version,
+            payload: serde_json::value::RawValue::from_string(row.payload)?,
+            metadata: serde_json::value::RawValue::from_string(row.metadata)?,
+            recorded_at: row.recorded_at,
         };
         serde_json::to_writer(&mut chunk, &line)?;
         chunk.push(b'\n');
@@ -125,9 +117,6 @@ async fn write_page(
     }
     Ok(())
 }
-
-/// One row of the feed as read.
-type FeedRow = (i64, Option<uuid::Uuid>, String, String, i64, String, String, String, String, chrono::DateTime<chrono::Utc>);
 
 /// One line of the feed (the fields of `projections::StoredEvent`, in its order).
 #[derive(serde::Serialize)]

@@ -6,11 +6,15 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use projections::reads::ExportTable;
+use serde::Serialize;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
+use super::members::MemberView;
+use super::tenants::TenantView;
 use crate::app::AppState;
-use crate::auth::TenantCaller;
+use crate::auth::Manager;
 use crate::error::ApiError;
 
 /// The export route.
@@ -18,14 +22,41 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/tenant/export", get(export))
 }
 
-/// Every row of `rm.<table>` for `tenant_id` as JSON, in `order`, without `columns_hidden`.
-async fn rows(state: &AppState, table: &str, tenant_id: Uuid, order: &str, hidden: &[&str]) -> Result<Vec<Value>, ApiError> {
-    let hide: String = hidden.iter().map(|c| format!(" - '{c}'")).collect();
-    let rows: Vec<Value> = sqlx::query_scalar(&format!("SELECT to_jsonb(x){hide} FROM rm.{table} x WHERE tenant_id = $1 ORDER BY {order}"))
-        .bind(tenant_id)
-        .fetch_all(state.pool())
-        .await?;
-    Ok(rows)
+/// Everything a tenant owns, as one document (GDPR access and portability). The read models'
+/// rows are exported whole, as objects with their columns, so an export keeps up with the read
+/// models without a change here.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TenantExport {
+    /// When the export was made.
+    exported_at: DateTime<Utc>,
+    /// The tenant.
+    tenant: TenantView,
+    /// Its subscription's row (with the aggregate's `state`), if it has one.
+    #[schema(value_type = Option<Object>)]
+    subscription: Option<Value>,
+    /// Its API keys (without their hashes).
+    #[schema(value_type = Vec<Object>)]
+    api_keys: Vec<Value>,
+    /// Its rooms and events.
+    #[schema(value_type = Vec<Object>)]
+    resources: Vec<Value>,
+    /// Its bookings, each with its `customer: {name, email}` opened (`null` once erased).
+    #[schema(value_type = Vec<Object>)]
+    bookings: Vec<Value>,
+    /// Its members.
+    members: Vec<MemberView>,
+    /// Credit notes against its invoices.
+    #[schema(value_type = Vec<Object>)]
+    credit_notes: Vec<Value>,
+    /// Its usage facts.
+    #[schema(value_type = Vec<Object>)]
+    usage: Vec<Value>,
+    /// Its invoices.
+    #[schema(value_type = Vec<Object>)]
+    invoices: Vec<Value>,
+    /// Its audit trail.
+    #[schema(value_type = Vec<Object>)]
+    audit: Vec<Value>,
 }
 
 /// `GET /v1/tenant/export` (owner or admin key, or the admin naming the tenant): `{exported_at,
@@ -37,46 +68,37 @@ async fn rows(state: &AppState, table: &str, tenant_id: Uuid, order: &str, hidde
     tag = "gdpr",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Everything the tenant owns: {exported_at, tenant, subscription, api_keys, resources, bookings, members, usage, invoices, credit_notes, audit}", body = serde_json::Value),
+        (status = 200, description = "Everything the tenant owns: {exported_at, tenant, subscription, api_keys, resources, bookings, members, usage, invoices, credit_notes, audit}", body = TenantExport),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden
     ),
 )]
-async fn export(State(state): State<AppState>, caller: TenantCaller) -> Result<impl IntoResponse, ApiError> {
-    caller.require_manager()?;
+async fn export(State(state): State<AppState>, Manager(caller): Manager) -> Result<impl IntoResponse, ApiError> {
     let tenant_id = caller.tenant_id;
     let tenant = super::tenants::load(&state, tenant_id).await?;
     let key = state.vault().key(tenant_id).await?;
-    let subscription = rows(&state, "subscriptions", tenant_id, "id", &[]).await?.into_iter().next();
-    let mut bookings = rows(&state, "bookings", tenant_id, "starts_at, id", &["customer_name", "customer_email"]).await?;
-    let customers: Vec<(Uuid, String, String)> =
-        sqlx::query_as("SELECT id, customer_name, customer_email FROM rm.bookings WHERE tenant_id = $1 ORDER BY starts_at, id")
-            .bind(tenant_id)
-            .fetch_all(state.pool())
-            .await?;
+    let reads = state.reads();
+    let rows = |table| reads.tenant_rows(table, tenant_id);
+    let mut bookings = rows(ExportTable::Bookings).await?;
+    let customers = reads.bookings().customers(tenant_id).await?;
     for (booking, (_, name, email)) in bookings.iter_mut().zip(customers) {
         booking["customer"] = json!({"name": key.open(&name), "email": key.open(&email)});
     }
-    let members: Vec<super::members::MemberRow> =
-        sqlx::query_as(&format!("SELECT {} FROM rm.members WHERE tenant_id = $1 ORDER BY invited_at, id", super::members::MEMBER_COLUMNS))
-            .bind(tenant_id)
-            .fetch_all(state.pool())
-            .await?;
-    let members: Vec<super::members::MemberView> = members.into_iter().map(|m| super::members::MemberView::open(m, &key)).collect();
-    let document = json!({
-        "exported_at": state.now(),
-        "tenant": tenant,
-        "subscription": subscription,
-        "api_keys": rows(&state, "api_keys", tenant_id, "created_at, id", &["key_hash"]).await?,
-        "resources": rows(&state, "resources", tenant_id, "created_at, id", &[]).await?,
-        "bookings": bookings,
-        "members": members,
-        "credit_notes": rows(&state, "credit_notes", tenant_id, "created_at, id", &[]).await?,
-        "usage": rows(&state, "usage_records", tenant_id, "occurred_at, idempotency_key", &[]).await?,
-        "invoices": rows(&state, "invoices", tenant_id, "issued_at, id", &[]).await?,
-        "audit": rows(&state, "audit_entries", tenant_id, "position", &[]).await?,
-    });
+    let members = reads.tenants().all_members(tenant_id).await?.into_iter().map(|m| MemberView::open(m, &key)).collect();
     let filename = format!("attachment; filename=\"{}-export.json\"", tenant.code);
+    let document = TenantExport {
+        exported_at: state.now(),
+        tenant,
+        subscription: rows(ExportTable::Subscriptions).await?.into_iter().next(),
+        api_keys: rows(ExportTable::ApiKeys).await?,
+        resources: rows(ExportTable::Resources).await?,
+        bookings,
+        members,
+        credit_notes: rows(ExportTable::CreditNotes).await?,
+        usage: rows(ExportTable::UsageRecords).await?,
+        invoices: rows(ExportTable::Invoices).await?,
+        audit: rows(ExportTable::AuditEntries).await?,
+    };
     Ok(([(header::CONTENT_DISPOSITION, filename)], Json(document)))
 }
 

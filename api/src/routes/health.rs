@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -14,25 +14,58 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/", get(index)).route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
+/// `GET /`: where to start.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Index {
+    /// `saas-ledger`.
+    name: &'static str,
+    /// The server's version.
+    version: &'static str,
+    /// `/docs`.
+    docs: &'static str,
+    /// `/openapi.json`.
+    openapi: &'static str,
+    /// `/healthz`.
+    health: &'static str,
+    /// `/readyz`.
+    ready: &'static str,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`.
+    status: &'static str,
+    /// This instance's id.
+    instance: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    status: &'static str,
+}
+
 /// Where to start: the API's documentation, its OpenAPI document and the health checks.
 #[utoipa::path(
     get,
     path = "/",
     tag = "operations",
     responses(
-        (status = 200, description = "{name, version, docs, openapi, health, ready}: links to start from", body = crate::schemas::Index)
+        (status = 200, description = "{name, version, docs, openapi, health, ready}: links to start from", body = Index)
     ),
     security(()),
 )]
-async fn index() -> Json<Value> {
-    Json(json!({
-        "name": "saas-ledger",
-        "version": env!("CARGO_PKG_VERSION"),
-        "docs": "/docs",
-        "openapi": "/openapi.json",
-        "health": "/healthz",
-        "ready": "/readyz"
-    }))
+async fn index() -> Json<Index> {
+    Json(Index {
+        name: "saas-ledger",
+        version: env!("CARGO_PKG_VERSION"),
+        docs: "/docs",
+        openapi: "/openapi.json",
+        health: "/healthz",
+        ready: "/readyz",
+    })
 }
 
 /// The process is up.
@@ -41,12 +74,12 @@ async fn index() -> Json<Value> {
     path = "/healthz",
     tag = "operations",
     responses(
-        (status = 200, description = "The process is up", body = crate::schemas::Health)
+        (status = 200, description = "The process is up", body = Health)
     ),
     security(()),
 )]
-async fn healthz(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "instance": state.instance()}))
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health { status: "ok", instance: state.instance().to_owned() })
 }
 
 /// The database answers and every migration is applied; 503 otherwise.
@@ -55,14 +88,14 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Database reachable and migrations applied", body = crate::schemas::Ready),
+        (status = 200, description = "Database reachable and migrations applied", body = Ready),
         (status = 503, description = "NOT_READY", body = crate::openapi::ErrorBody)
     ),
     security(()),
 )]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     match commands::db::migrations_applied(state.pool()).await {
-        Ok(true) => Ok(Json(json!({"status": "ready"}))),
+        Ok(true) => Ok(Json(Ready { status: "ready" })),
         Ok(false) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "database migrations are not all applied")),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

@@ -7,13 +7,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::billing::invoice::InvoiceLine;
-use domain::billing::money::format;
-use rust_decimal::Decimal;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use projections::billing::reads::{CreditNoteRow, InvoiceFilter, InvoiceOwner, InvoiceRow};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{page_limit, parse_time_cursor, time_cursor, Page};
+use crate::amounts::{Money, Quantity};
 use crate::app::AppState;
 use crate::auth::{Admin, Caller, TenantCaller};
 use crate::error::ApiError;
@@ -30,93 +29,172 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The columns of [`InvoiceRow`].
-pub const INVOICE_COLUMNS: &str = "id, number, tenant_id, period_start, period_end, currency, status, lines, subtotal, tax, total,
-     credit_applied, amount_due, issued_at, due_at, paid_at, payment_failed_at,
-     (SELECT coalesce(jsonb_agg(jsonb_build_object('id', c.id, 'number', c.number, 'invoice_id', c.invoice_id,
-                 'subtotal', to_char(c.subtotal, 'FM9999999999990.00'), 'tax', to_char(c.tax, 'FM9999999999990.00'),
-                 'total', to_char(c.total, 'FM9999999999990.00'), 'reason', c.reason,
-                 'created_at', to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
-                 ORDER BY c.number), '[]'::jsonb)
-      FROM rm.credit_notes c WHERE c.invoice_id = rm.invoices.id) AS credit_notes";
-
-/// An invoice as the read model has it.
-#[derive(Debug, sqlx::FromRow)]
-pub struct InvoiceRow {
-    id: Uuid,
-    number: String,
-    tenant_id: Uuid,
-    period_start: DateTime<Utc>,
-    period_end: DateTime<Utc>,
-    currency: String,
-    status: String,
-    lines: sqlx::types::Json<Vec<InvoiceLine>>,
-    subtotal: Decimal,
-    tax: Decimal,
-    total: Decimal,
-    credit_applied: Decimal,
-    amount_due: Decimal,
-    issued_at: DateTime<Utc>,
-    due_at: DateTime<Utc>,
-    paid_at: Option<DateTime<Utc>>,
-    payment_failed_at: Option<DateTime<Utc>>,
-    credit_notes: sqlx::types::Json<Vec<CreditNoteRow>>,
+/// An invoice line.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = InvoiceLine)]
+pub struct LineView {
+    /// `plan`, `proration`, `addon`, `overage`, `usage`, `discount` or `credit`.
+    #[schema(value_type = String, pattern = "^(plan|proration|addon|overage|usage|discount|credit)$")]
+    kind: domain::billing::invoice::LineKind,
+    /// For people.
+    description: String,
+    /// Units.
+    quantity: Quantity,
+    /// Price of one unit.
+    unit_price: Money,
+    /// `quantity × unit_price`, rounded half-up to the cent.
+    amount: Money,
 }
 
-/// A credit note as the read model has it.
-#[derive(Debug, Deserialize, sqlx::FromRow)]
-pub struct CreditNoteRow {
+impl From<&InvoiceLine> for LineView {
+    fn from(l: &InvoiceLine) -> Self {
+        Self {
+            kind: l.kind,
+            description: l.description.clone(),
+            quantity: l.quantity.into(),
+            unit_price: l.unit_price.into(),
+            amount: l.amount.into(),
+        }
+    }
+}
+
+/// A credit note.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CreditNote)]
+pub struct CreditNoteView {
+    /// Its id.
     pub id: Uuid,
+    /// `CN-<CODE>-000001`.
     pub number: String,
+    /// The invoice it credits.
     pub invoice_id: Uuid,
-    pub subtotal: Decimal,
-    pub tax: Decimal,
-    pub total: Decimal,
+    /// Before tax.
+    pub subtotal: Money,
+    /// Tax.
+    pub tax: Money,
+    /// With tax.
+    pub total: Money,
+    /// Why.
     pub reason: String,
+    /// When.
     pub created_at: DateTime<Utc>,
 }
 
-/// The credit note resource: money as two-decimal strings.
-pub fn credit_note_json(c: &CreditNoteRow) -> Value {
-    json!({
-        "id": c.id,
-        "number": c.number,
-        "invoice_id": c.invoice_id,
-        "subtotal": format(c.subtotal),
-        "tax": format(c.tax),
-        "total": format(c.total),
-        "reason": c.reason,
-        "created_at": c.created_at,
-    })
+impl From<&CreditNoteRow> for CreditNoteView {
+    fn from(c: &CreditNoteRow) -> Self {
+        Self {
+            id: c.id,
+            number: c.number.clone(),
+            invoice_id: c.invoice_id,
+            subtotal: c.subtotal.into(),
+            tax: c.tax.into(),
+            total: c.total.into(),
+            reason: c.reason.clone(),
+            created_at: c.created_at,
+        }
+    }
 }
 
-/// An invoice line: money as two-decimal strings.
-fn line_json(l: &InvoiceLine) -> Value {
-    json!({"kind": l.kind, "description": l.description, "quantity": l.quantity.normalize(), "unit_price": format(l.unit_price), "amount": format(l.amount)})
+/// An issued invoice.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Invoice)]
+pub struct InvoiceView {
+    /// Its id.
+    id: Uuid,
+    /// `<CODE>-000001`, gap-free per tenant.
+    number: String,
+    /// Whose.
+    tenant_id: Uuid,
+    /// The period it bills.
+    period_start: DateTime<Utc>,
+    /// End of that period.
+    period_end: DateTime<Utc>,
+    /// ISO 4217.
+    currency: String,
+    /// `open`, `paid` or `void`.
+    #[schema(pattern = "^(draft|open|paid|void)$")]
+    status: String,
+    /// The lines.
+    lines: Vec<LineView>,
+    /// Before tax.
+    subtotal: Money,
+    /// `subtotal × tax_rate / 100`, rounded.
+    tax: Money,
+    /// With tax.
+    total: Money,
+    /// Account credit applied.
+    credit_applied: Money,
+    /// What is left to pay.
+    amount_due: Money,
+    /// Credit notes against it.
+    credit_notes: Vec<CreditNoteView>,
+    /// Issued.
+    issued_at: DateTime<Utc>,
+    /// Due.
+    due_at: DateTime<Utc>,
+    /// Paid, if it was.
+    paid_at: Option<DateTime<Utc>>,
+    /// When its last payment failed, if one did.
+    payment_failed_at: Option<DateTime<Utc>>,
 }
 
-/// The invoice resource: money as two-decimal strings.
-pub fn invoice_json(r: InvoiceRow) -> Value {
-    let lines: Vec<Value> = r.lines.0.iter().map(line_json).collect();
-    json!({
-        "id": r.id,
-        "number": r.number,
-        "tenant_id": r.tenant_id,
-        "period_start": r.period_start,
-        "period_end": r.period_end,
-        "currency": r.currency,
-        "status": r.status,
-        "lines": lines,
-        "subtotal": format(r.subtotal),
-        "tax": format(r.tax),
-        "total": format(r.total),
-        "credit_applied": format(r.credit_applied),
-        "amount_due": format(r.amount_due),
-        "credit_notes": r.credit_notes.0.iter().map(credit_note_json).collect::<Vec<_>>(),
-        "issued_at": r.issued_at,
-        "due_at": r.due_at,
-        "paid_at": r.paid_at,
-        "payment_failed_at": r.payment_failed_at,
-    })
+impl From<InvoiceRow> for InvoiceView {
+    fn from(r: InvoiceRow) -> Self {
+        Self {
+            id: r.id,
+            number: r.number,
+            tenant_id: r.tenant_id,
+            period_start: r.period_start,
+            period_end: r.period_end,
+            currency: r.currency,
+            status: r.status,
+            lines: r.lines.0.iter().map(LineView::from).collect(),
+            subtotal: r.subtotal.into(),
+            tax: r.tax.into(),
+            total: r.total.into(),
+            credit_applied: r.credit_applied.into(),
+            amount_due: r.amount_due.into(),
+            credit_notes: r.credit_notes.0.iter().map(CreditNoteView::from).collect(),
+            issued_at: r.issued_at,
+            due_at: r.due_at,
+            paid_at: r.paid_at,
+            payment_failed_at: r.payment_failed_at,
+        }
+    }
+}
+
+/// The invoice the next period start would issue (not stored: no id, no number).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DraftInvoice {
+    /// Whose.
+    tenant_id: Uuid,
+    /// The period it would bill.
+    period_start: DateTime<Utc>,
+    /// End of that period.
+    period_end: DateTime<Utc>,
+    /// ISO 4217.
+    currency: String,
+    /// `draft`.
+    #[schema(pattern = "^draft$")]
+    status: &'static str,
+    /// The lines.
+    lines: Vec<LineView>,
+    /// Before tax.
+    subtotal: Money,
+    /// Tax.
+    tax: Money,
+    /// With tax.
+    total: Money,
+    /// Credit it would apply.
+    credit_applied: Money,
+    /// What would be due.
+    amount_due: Money,
+    /// Always empty.
+    credit_notes: Vec<CreditNoteView>,
+    /// When it would be issued.
+    issued_at: DateTime<Utc>,
+    /// When it would be due.
+    due_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -140,12 +218,16 @@ struct ListQuery {
     tag = "invoices",
     params(ListQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of invoices: {data, has_more, next_cursor}", body = crate::schemas::InvoicePage),
+        (status = 200, description = "A page of invoices: {data, has_more, next_cursor}", body = Page<InvoiceView>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
 )]
-async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<Value>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<InvoiceView>>, ApiError> {
     let limit = page_limit(q.limit)?;
     if let Some(status) = q.status.as_deref() {
         if !["draft", "open", "paid", "void"].contains(&status) {
@@ -153,24 +235,10 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
         }
     }
     let cursor = parse_time_cursor(q.cursor.as_deref())?;
-    let rows: Vec<InvoiceRow> = sqlx::query_as(&format!(
-        "SELECT {INVOICE_COLUMNS} FROM rm.invoices
-         WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR status = $2)
-           AND ($3::timestamptz IS NULL OR issued_at >= $3) AND ($4::timestamptz IS NULL OR issued_at < $4)
-           AND ($5::timestamptz IS NULL OR (issued_at, id) < ($5, $6))
-         ORDER BY issued_at DESC, id DESC LIMIT $7"
-    ))
-    .bind(caller.tenant_scope())
-    .bind(q.status)
-    .bind(q.from)
-    .bind(q.to)
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
+    let filter = InvoiceFilter { tenant_id: caller.tenant_scope(), status: q.status, from: q.from, to: q.to };
+    let rows = state.reads().billing().invoices(filter, cursor, limit + 1).await?;
     let page = Page::from_rows(rows, limit, |r| time_cursor(r.issued_at, r.id));
-    Ok(Json(Page { data: page.data.into_iter().map(invoice_json).collect(), has_more: page.has_more, next_cursor: page.next_cursor }))
+    Ok(Json(Page { data: page.data.into_iter().map(InvoiceView::from).collect(), has_more: page.has_more, next_cursor: page.next_cursor }))
 }
 
 /// `GET /v1/invoices/{id}`: another tenant's invoice is 404.
@@ -180,48 +248,40 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
     tag = "invoices",
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The invoice with its lines", body = crate::schemas::Invoice),
+        (status = 200, description = "The invoice with its lines", body = InvoiceView),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),
 )]
-async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<InvoiceView>, ApiError> {
     let id = path_id(&id, "invoice")?;
     answer(&state, id, caller.tenant_scope()).await
 }
 
 /// Invoice `id` (of tenant `scope`, if given) as the API shows it; 404 if there is none.
-async fn answer(state: &AppState, id: Uuid, scope: Option<Uuid>) -> Result<Json<Value>, ApiError> {
-    let row: Option<InvoiceRow> =
-        sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"))
-            .bind(id)
-            .bind(scope)
-            .fetch_optional(state.pool())
-            .await?;
-    row.map(|r| Json(invoice_json(r))).ok_or_else(|| ApiError::not_found("invoice"))
+async fn answer(state: &AppState, id: Uuid, scope: Option<Uuid>) -> Result<Json<InvoiceView>, ApiError> {
+    let row = state.reads().billing().invoice(id, scope).await?;
+    row.map(|r| Json(r.into())).ok_or_else(|| ApiError::not_found("invoice"))
 }
 
-/// `GET /v1/invoices/upcoming` (tenant): the invoice the next period start (or the trial's
-/// end) would issue if nothing changed — the plan fee in advance, usage so far in arrears, late
-/// usage, a pending plan change, account credit, tax — decided by the billing run's own code on
-/// the subscription as it is now and not stored: `status: "draft"`, no `id` or `number`,
-/// `issued_at` the instant it would be issued. 404 when nothing more will be invoiced.
+/// Invoice `id` as the read model has it (any tenant's).
+pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<InvoiceView, ApiError> {
+    Ok(answer(state, id, None).await?.0)
+}
+
 #[utoipa::path(
     get,
     path = "/v1/invoices/upcoming",
     tag = "invoices",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The draft of the next invoice: {tenant_id, period_start, period_end, currency, status: draft, lines, subtotal, tax, total, issued_at, due_at}", body = crate::schemas::DraftInvoice),
+        (status = 200, description = "The draft of the next invoice: {tenant_id, period_start, period_end, currency, status: draft, lines, subtotal, tax, total, issued_at, due_at}", body = DraftInvoice),
         crate::openapi::AuthErrors,
         (status = 404, description = "NOT_FOUND: no invoice is coming (the subscription is cancelled, or ends at the period end with nothing to bill)", body = crate::openapi::ErrorBody)
     ),
 )]
-async fn upcoming(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
-    let subscription: Option<Uuid> = sqlx::query_scalar("SELECT id FROM rm.subscriptions WHERE tenant_id = $1")
-        .bind(caller.tenant_id)
-        .fetch_optional(state.pool())
-        .await?;
+async fn upcoming(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<DraftInvoice>, ApiError> {
+    let subscription = state.reads().billing().subscription_id_of(caller.tenant_id).await?;
     let nothing = || ApiError::not_found("upcoming invoice");
     let subscription = subscription.ok_or_else(nothing)?;
     let draft = state.accounts().subscriptions().upcoming_invoice(subscription).await?.ok_or_else(nothing)?;
@@ -241,26 +301,24 @@ async fn upcoming(State(state): State<AppState>, caller: TenantCaller) -> Result
     else {
         return Err(nothing());
     };
-    let lines: Vec<Value> = lines.iter().map(line_json).collect();
-    Ok(Json(json!({
-        "tenant_id": caller.tenant_id,
-        "period_start": period_start,
-        "period_end": period_end,
-        "currency": currency,
-        "status": "draft",
-        "lines": lines,
-        "subtotal": format(subtotal),
-        "tax": format(tax),
-        "total": format(total),
-        "credit_applied": format(credit_applied),
-        "amount_due": format(total - credit_applied),
-        "credit_notes": [],
-        "issued_at": issued_at,
-        "due_at": due_at,
-    })))
+    Ok(Json(DraftInvoice {
+        tenant_id: caller.tenant_id,
+        period_start,
+        period_end,
+        currency,
+        status: "draft",
+        lines: lines.iter().map(LineView::from).collect(),
+        subtotal: subtotal.into(),
+        tax: tax.into(),
+        total: total.into(),
+        credit_applied: credit_applied.into(),
+        amount_due: (total - credit_applied).into(),
+        credit_notes: Vec::new(),
+        issued_at,
+        due_at,
+    }))
 }
 
-/// How an invoice was paid outside the payment provider.
 const PAYMENT_METHODS: [&str; 4] = ["bank_transfer", "card", "cash", "other"];
 
 /// A payment made outside the payment provider.
@@ -291,7 +349,7 @@ struct PayBody {
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
     request_body = PayBody,
     responses(
-        (status = 200, description = "The invoice, now paid", body = crate::schemas::Invoice),
+        (status = 200, description = "The invoice, now paid", body = InvoiceView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -304,7 +362,7 @@ async fn pay(
     _: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PayBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InvoiceView>, ApiError> {
     let id = path_id(&id, "invoice")?;
     if !PAYMENT_METHODS.contains(&body.method.as_str()) {
         return Err(ApiError::validation("method", format!("must be one of {}", PAYMENT_METHODS.join(", "))));
@@ -319,12 +377,9 @@ async fn pay(
     if paid_at > now + chrono::Duration::minutes(5) {
         return Err(ApiError::validation("paid_at", "must not be in the future"));
     }
-    let invoice: Option<(Uuid, Uuid, String, Decimal, String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT subscription_id, tenant_id, status, amount_due, currency, issued_at FROM rm.invoices WHERE id = $1")
-            .bind(id)
-            .fetch_optional(state.pool())
-            .await?;
-    let (subscription_id, tenant_id, status, amount_due, currency, issued_at) = invoice.ok_or_else(|| ApiError::not_found("invoice"))?;
+    let invoice = state.reads().billing().invoice_owner(id).await?;
+    let InvoiceOwner { subscription_id, tenant_id, status, amount_due, currency, issued_at } =
+        invoice.ok_or_else(|| ApiError::not_found("invoice"))?;
     if status != "open" {
         return Err(ApiError::new(StatusCode::CONFLICT, "INVALID_STATE_TRANSITION", format!("the invoice is {status}")));
     }
@@ -356,18 +411,17 @@ async fn pay(
     tag = "invoices",
     params(("id" = Uuid, Path, description = "Invoice id"), crate::openapi::IdempotencyHeader),
     responses(
-        (status = 200, description = "The invoice, now void", body = crate::schemas::Invoice),
+        (status = 200, description = "The invoice, now void", body = InvoiceView),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         crate::openapi::NotFound,
         (status = 409, description = "INVALID_STATE_TRANSITION: the invoice is paid or void", body = crate::openapi::ErrorBody)
     ),
 )]
-async fn void(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn void(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<InvoiceView>, ApiError> {
     let id = path_id(&id, "invoice")?;
-    let owner: Option<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT subscription_id, tenant_id FROM rm.invoices WHERE id = $1").bind(id).fetch_optional(state.pool()).await?;
-    let (subscription_id, tenant_id) = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
+    let owner = state.reads().billing().invoice_owner(id).await?;
+    let InvoiceOwner { subscription_id, tenant_id, .. } = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
     let context = state.context(Some(tenant_id), commands::Actor::Admin);
     let command = domain::subscription::SubscriptionCommand::VoidInvoice { invoice_id: id, at: context.at };
     state.subscription_command(subscription_id, command, context).await?;

@@ -5,16 +5,17 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use commands::vault::TenantKey;
+use commands::vault::PersonalDataKey;
 use domain::member::MemberCommand;
 use domain::tenant::ApiKeyRole;
 use domain::values::{DisplayName, Email};
+use projections::tenants::reads::MemberRow;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{page_limit, parse_time_cursor, time_cursor, Page};
 use crate::app::AppState;
-use crate::auth::TenantCaller;
+use crate::auth::{Manager, TenantCaller};
 use crate::error::ApiError;
 use crate::extract::{path_id, ApiJson, ApiQuery, OptionalJson};
 
@@ -43,30 +44,14 @@ pub struct MemberView {
 }
 
 /// The columns of [`MemberRow`].
-pub const MEMBER_COLUMNS: &str = "id, tenant_id, email, name, role, status, invited_at, accepted_at, removed_at";
-
-/// A member row (sealed personal data).
-#[derive(Debug, sqlx::FromRow)]
-pub struct MemberRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    email: String,
-    name: Option<String>,
-    role: String,
-    status: String,
-    invited_at: DateTime<Utc>,
-    accepted_at: Option<DateTime<Utc>>,
-    removed_at: Option<DateTime<Utc>>,
-}
-
 impl MemberView {
     /// The view of a row, opened with the tenant's key.
-    pub fn open(r: MemberRow, key: &TenantKey) -> Self {
+    pub fn open(r: MemberRow, key: &PersonalDataKey) -> Self {
         Self {
             id: r.id,
             tenant_id: r.tenant_id,
             email: key.open(&r.email),
-            name: r.name.and_then(|n| key.open(&n)),
+            name: r.name.and_then(|n| key.open(n.as_str())),
             role: r.role,
             status: r.status,
             invited_at: r.invited_at,
@@ -100,11 +85,7 @@ fn role(input: &str, caller: &TenantCaller) -> Result<ApiKeyRole, ApiError> {
 }
 
 async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<MemberView, ApiError> {
-    let row: Option<MemberRow> = sqlx::query_as(&format!("SELECT {MEMBER_COLUMNS} FROM rm.members WHERE id = $1 AND tenant_id = $2"))
-        .bind(id)
-        .bind(tenant_id)
-        .fetch_optional(state.pool())
-        .await?;
+    let row = state.reads().tenants().member(tenant_id, id).await?;
     let row = row.ok_or_else(|| ApiError::not_found("member"))?;
     Ok(MemberView::open(row, &state.vault().key(tenant_id).await?))
 }
@@ -130,17 +111,15 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<MemberView,
 )]
 async fn invite(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     ApiJson(body): ApiJson<Invite>,
 ) -> Result<(StatusCode, Json<MemberView>), ApiError> {
-    caller.require_manager()?;
     let email = Email::parse(&body.email, "email")?;
     let name = body.name.as_deref().map(|n| DisplayName::parse(n, "name")).transpose()?;
     let role = role(&body.role, &caller)?;
     let tenant_id = caller.tenant_id;
-    let subscription: Option<Option<Uuid>> =
-        sqlx::query_scalar("SELECT subscription_id FROM rm.tenants WHERE id = $1").bind(tenant_id).fetch_optional(state.pool()).await?;
-    let subscription = subscription.flatten().ok_or_else(|| ApiError::not_found("tenant"))?;
+    let subscription = state.reads().tenants().subscription_id(tenant_id).await?;
+    let subscription = subscription.ok_or_else(|| ApiError::not_found("tenant"))?;
     let context = state.context(Some(tenant_id), caller.actor);
     let app = state.clone();
     let id = state
@@ -191,18 +170,7 @@ async fn list(
         }
     }
     let cursor = parse_time_cursor(q.cursor.as_deref())?;
-    let rows: Vec<MemberRow> = sqlx::query_as(&format!(
-        "SELECT {MEMBER_COLUMNS} FROM rm.members
-         WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::timestamptz IS NULL OR (invited_at, id) > ($3, $4))
-         ORDER BY invited_at, id LIMIT $5"
-    ))
-    .bind(caller.tenant_id)
-    .bind(q.status)
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
+    let rows = state.reads().tenants().members(caller.tenant_id, q.status, cursor, limit + 1).await?;
     let page = Page::from_rows(rows, limit, |r| time_cursor(r.invited_at, r.id));
     let key = state.vault().key(caller.tenant_id).await?;
     Ok(Json(Page {
@@ -285,11 +253,10 @@ struct ChangeRole {
 )]
 async fn change_role(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ChangeRole>,
 ) -> Result<Json<MemberView>, ApiError> {
-    caller.require_manager()?;
     let role = role(&body.role, &caller)?;
     execute(state, caller, id, move |at| MemberCommand::ChangeRole { role, at }).await
 }
@@ -303,8 +270,7 @@ async fn change_role(
     params(("id" = Uuid, Path, description = "Member id"), crate::openapi::TenantHeader),
     responses((status = 200, description = "The member, removed", body = MemberView), crate::openapi::CommandErrors),
 )]
-async fn remove(State(state): State<AppState>, caller: TenantCaller, Path(id): Path<String>) -> Result<Json<MemberView>, ApiError> {
-    caller.require_manager()?;
+async fn remove(State(state): State<AppState>, Manager(caller): Manager, Path(id): Path<String>) -> Result<Json<MemberView>, ApiError> {
     execute(state, caller, id, |at| MemberCommand::Remove { at }).await
 }
 

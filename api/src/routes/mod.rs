@@ -13,6 +13,7 @@ pub mod export;
 pub mod health;
 pub mod invoices;
 pub mod members;
+pub mod payments;
 pub mod plans;
 pub mod quota;
 pub mod resources;
@@ -21,7 +22,6 @@ pub mod subscription;
 pub mod tenants;
 pub mod usage;
 pub mod webhook_endpoints;
-pub mod webhooks;
 
 use axum::Router;
 use serde::Serialize;
@@ -44,7 +44,7 @@ pub fn router(state: AppState) -> Router {
         .merge(coupons::router())
         .merge(members::router())
         .merge(usage::router())
-        .merge(webhooks::router())
+        .merge(payments::router())
         .merge(webhook_endpoints::router())
         .merge(resources::router())
         .merge(bookings::router())

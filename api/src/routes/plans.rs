@@ -5,13 +5,16 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use domain::billing::charges::Charge;
-use domain::billing::money::{format, parse_price};
+use domain::billing::money::parse_price;
 use domain::plan::{Plan, PlanCode, PlanLimits, Prices};
 use domain::values::{CurrencyCode, DisplayName};
 use rust_decimal::Decimal;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::amounts::Money;
 use crate::app::AppState;
 use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
@@ -22,21 +25,90 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/plans", get(list).post(publish))
 }
 
-/// A plan as the API shows it (money as two-decimal strings).
-pub fn plan_json(plan: &Plan) -> Value {
-    json!({
-        "code": plan.code,
-        "name": plan.name,
-        "version": plan.version,
-        "monthly_price": format(plan.monthly_price),
-        "yearly_price": format(plan.yearly_price),
-        "currency": plan.currency,
-        "prices": plan.sold_in().into_iter().map(|(currency, p)| (currency, json!({"monthly": format(p.monthly), "yearly": format(p.yearly)}))).collect::<serde_json::Map<String, Value>>(),
-        "limits": plan.limits,
-        "charges": plan.charges,
-        "features": plan.features,
-        "rate_limit_per_minute": plan.rate_limit_per_minute,
-    })
+/// A plan (one version of it), money as two-decimal strings.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlanView {
+    /// Its code.
+    code: String,
+    /// Its name.
+    name: String,
+    /// Its version.
+    version: u32,
+    /// The first currency's monthly price.
+    monthly_price: Money,
+    /// The first currency's yearly price.
+    yearly_price: Money,
+    /// The first currency (ISO 4217).
+    currency: String,
+    /// Prices by currency.
+    prices: BTreeMap<String, PricesView>,
+    /// Limits.
+    limits: LimitsView,
+    /// How the usage of metrics is priced (see the API guide's *Usage charges*).
+    #[schema(value_type = Vec<Object>)]
+    charges: Vec<Charge>,
+    /// Features.
+    features: Vec<String>,
+    /// Requests a key may make per minute.
+    rate_limit_per_minute: u32,
+}
+
+/// A plan's prices in one currency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Prices)]
+pub struct PricesView {
+    /// A month.
+    monthly: Money,
+    /// A year.
+    yearly: Money,
+}
+
+/// A plan's limits; `null`: unlimited.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Limits)]
+pub struct LimitsView {
+    /// Seats.
+    users: Option<u64>,
+    /// Bookings a month.
+    bookings_per_month: Option<u64>,
+    /// Event resources.
+    events: Option<u64>,
+    /// Seats per event.
+    tickets_per_event: Option<u64>,
+    /// Storage, in MB.
+    storage_mb: Option<u64>,
+    /// API calls a month (beyond: overage).
+    api_calls_per_month: Option<u64>,
+}
+
+impl From<&Plan> for PlanView {
+    fn from(plan: &Plan) -> Self {
+        let l = &plan.limits;
+        Self {
+            code: plan.code.as_str().to_owned(),
+            name: plan.name.clone(),
+            version: plan.version,
+            monthly_price: plan.monthly_price.into(),
+            yearly_price: plan.yearly_price.into(),
+            currency: plan.currency.clone(),
+            prices: plan
+                .sold_in()
+                .into_iter()
+                .map(|(currency, p)| (currency, PricesView { monthly: p.monthly.into(), yearly: p.yearly.into() }))
+                .collect(),
+            limits: LimitsView {
+                users: l.users,
+                bookings_per_month: l.bookings_per_month,
+                events: l.events,
+                tickets_per_event: l.tickets_per_event,
+                storage_mb: l.storage_mb,
+                api_calls_per_month: l.api_calls_per_month,
+            },
+            charges: plan.charges.clone(),
+            features: plan.features.clone(),
+            rate_limit_per_minute: plan.rate_limit_per_minute,
+        }
+    }
 }
 
 /// `GET /v1/plans`: the latest version of each plan, cheapest first. Public (no token needed):
@@ -46,17 +118,13 @@ pub fn plan_json(plan: &Plan) -> Value {
     path = "/v1/plans",
     tag = "plans",
     responses(
-        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, prices: {<currency>: {monthly, yearly}}, limits, features, rate_limit_per_minute}]; monthly_price, yearly_price and currency repeat the first currency's", body = Vec<crate::schemas::PlanView>)
+        (status = 200, description = "[{code, name, version, monthly_price, yearly_price, currency, prices: {<currency>: {monthly, yearly}}, limits, features, rate_limit_per_minute}]; monthly_price, yearly_price and currency repeat the first currency's", body = Vec<PlanView>)
     ),
     security(()),
 )]
-async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
-    let plans: Vec<sqlx::types::Json<Plan>> = sqlx::query_scalar(
-        "SELECT definition FROM (SELECT DISTINCT ON (code) * FROM rm.plans ORDER BY code, version DESC) p ORDER BY monthly_price, code",
-    )
-    .fetch_all(state.pool())
-    .await?;
-    Ok(Json(plans.iter().map(|p| plan_json(&p.0)).collect()))
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<PlanView>>, ApiError> {
+    let plans = state.reads().catalog().latest_plans().await?;
+    Ok(Json(plans.iter().map(PlanView::from).collect()))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -132,7 +200,7 @@ struct LimitsBody {
     params(crate::openapi::IdempotencyHeader),
     request_body = PublishPlan,
     responses(
-        (status = 201, description = "The published plan version", body = crate::schemas::PlanView),
+        (status = 201, description = "The published plan version", body = PlanView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
@@ -143,7 +211,7 @@ async fn publish(
     _: Admin,
     caller: Caller,
     ApiJson(body): ApiJson<PublishPlan>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PlanView>), ApiError> {
     let plan = plan_from_body(body)?;
     let context = state.context(None, caller.actor());
     let app = state.clone();
@@ -155,7 +223,7 @@ async fn publish(
             Ok(committed.state.latest.expect("just published"))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(plan_json(&published))))
+    Ok((StatusCode::CREATED, Json(PlanView::from(&published))))
 }
 
 /// A plan from a `POST /v1/plans` body (version 0: the catalog numbers it), checked as the

@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
     tag = "quota",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Every metric: limit, used, remaining, period", body = Vec<crate::schemas::Quota>),
+        (status = 200, description = "Every metric: limit, used, remaining, period", body = Vec<QuotaLine>),
         crate::openapi::AuthErrors
     ),
 )]
@@ -38,8 +38,7 @@ async fn all(State(state): State<AppState>, caller: TenantCaller) -> Result<Json
 async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>, ApiError> {
     let now = state.now();
     let month = domain::booking::month_start(now);
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT max(position) FROM events WHERE tenant_id = $1").bind(caller.tenant_id).fetch_one(state.pool()).await?;
+    let last = state.log().tenant_head(caller.tenant_id).await?;
     if let Some(lines) = state.quotas().get(caller.tenant_id, last.unwrap_or(0), month) {
         crate::consistency::appended(last.unwrap_or(0));
         return Ok(lines);
@@ -52,40 +51,6 @@ async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>,
     Ok(lines)
 }
 
-/// Quota answers by tenant, each kept with the tenant's last position in the log and the
-/// calendar month (UTC) it was read in, and served again while both are unchanged.
-///
-/// Sound because everything a quota answer shows follows from the tenant's own events (its
-/// subscription's plan, limits, add-ons and period; its bookings, resources and members; its
-/// usage facts) and the month (`bookings_per_month` counts the calendar month): with no new
-/// event of the tenant, on any instance (the position is read from the log at every request),
-/// and in the same month, the answer cannot differ. Only answers read with every read model
-/// at or past that position are kept. Each instance keeps its own, at most
-/// [`QuotaCache::CAPACITY`] tenants (then it starts afresh).
-#[derive(Default)]
-pub struct QuotaCache(std::sync::Mutex<std::collections::HashMap<uuid::Uuid, Kept>>);
-
-/// A kept answer: the tenant's last position, the month, the lines.
-type Kept = (i64, chrono::DateTime<chrono::Utc>, Vec<QuotaLine>);
-
-impl QuotaCache {
-    /// The most tenants kept.
-    pub const CAPACITY: usize = 10_000;
-
-    fn get(&self, tenant: uuid::Uuid, position: i64, month: chrono::DateTime<chrono::Utc>) -> Option<Vec<QuotaLine>> {
-        let kept = self.0.lock().expect("not poisoned");
-        kept.get(&tenant).filter(|(at, m, _)| *at == position && *m == month).map(|(_, _, lines)| lines.clone())
-    }
-
-    fn put(&self, tenant: uuid::Uuid, position: i64, month: chrono::DateTime<chrono::Utc>, lines: &[QuotaLine]) {
-        let mut kept = self.0.lock().expect("not poisoned");
-        if kept.len() >= Self::CAPACITY && !kept.contains_key(&tenant) {
-            kept.clear();
-        }
-        kept.insert(tenant, (position, month, lines.to_vec()));
-    }
-}
-
 /// One quota, by its limit name (`bookings_per_month`) or its metric (`bookings`, `api_calls`).
 #[utoipa::path(
     get,
@@ -93,7 +58,7 @@ impl QuotaCache {
     tag = "quota",
     params(("metric" = String, Path, description = "api_calls, storage_bytes, sms, tickets, bookings, events, ..."), crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "One metric: limit, used, remaining, period", body = crate::schemas::Quota),
+        (status = 200, description = "One metric: limit, used, remaining, period", body = QuotaLine),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),

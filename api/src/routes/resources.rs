@@ -4,15 +4,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use domain::resource::{parse_capacity, ResourceKind};
 use domain::values::{DisplayName, TimeZoneName};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{page_limit, Page};
 use crate::app::AppState;
-use crate::auth::TenantCaller;
+use crate::auth::{Manager, TenantCaller};
 use crate::error::ApiError;
 use crate::extract::{path_id, ApiJson, ApiQuery};
 
@@ -44,44 +43,10 @@ struct CreateResource {
 }
 
 /// A room or an event.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ResourceView {
-    /// Its id.
-    id: Uuid,
-    /// Whose.
-    tenant_id: Uuid,
-    /// Its name.
-    name: String,
-    /// `room` or `event`.
-    #[schema(pattern = "^(room|event)$")]
-    kind: String,
-    /// People a booking may hold (a room), or seats (an event).
-    #[schema(minimum = 1)]
-    capacity: i32,
-    /// IANA time zone.
-    #[schema(example = "Europe/Zurich")]
-    timezone: String,
-    /// Created.
-    created_at: DateTime<Utc>,
-}
-
-/// A page of resources (for the OpenAPI document).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct ResourcePage {
-    data: Vec<ResourceView>,
-    has_more: bool,
-    next_cursor: Option<String>,
-}
+pub use projections::bookings::reads::ResourceRow as ResourceView;
 
 async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<ResourceView, ApiError> {
-    let row: Option<ResourceView> = sqlx::query_as(
-        "SELECT id, tenant_id, name, kind, capacity, timezone, created_at FROM rm.resources WHERE id = $1 AND tenant_id = $2",
-    )
-    .bind(id)
-    .bind(tenant_id)
-    .fetch_optional(state.pool())
-    .await?;
+    let row = state.reads().bookings().resource(tenant_id, id).await?;
     row.ok_or_else(|| ApiError::not_found("resource"))
 }
 
@@ -102,18 +67,16 @@ async fn load(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<ResourceVie
 )]
 async fn create(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     ApiJson(body): ApiJson<CreateResource>,
 ) -> Result<(StatusCode, Json<ResourceView>), ApiError> {
-    caller.require_manager()?;
     let name = DisplayName::parse(&body.name, "name")?;
     let kind = ResourceKind::parse(&body.kind)?;
     let capacity = parse_capacity(body.capacity)?;
     let timezone = match body.timezone {
         Some(tz) => TimeZoneName::parse(&tz, "timezone")?,
         None => {
-            let tz: String =
-                sqlx::query_scalar("SELECT timezone FROM rm.tenants WHERE id = $1").bind(caller.tenant_id).fetch_one(state.pool()).await?;
+            let tz = state.reads().tenants().timezone(caller.tenant_id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
             TimeZoneName::parse(&tz, "timezone")?
         }
     };
@@ -148,7 +111,7 @@ struct ListQuery {
     tag = "bookings",
     params(ListQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of resources", body = ResourcePage),
+        (status = 200, description = "A page of resources", body = Page<ResourceView>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
@@ -160,16 +123,7 @@ async fn list(
 ) -> Result<Json<Page<ResourceView>>, ApiError> {
     let limit = page_limit(q.limit)?;
     let kind = q.kind.as_deref().map(ResourceKind::parse).transpose()?;
-    let rows: Vec<ResourceView> = sqlx::query_as(
-        "SELECT id, tenant_id, name, kind, capacity, timezone, created_at FROM rm.resources
-         WHERE tenant_id = $1 AND ($2::text IS NULL OR kind = $2) AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
-    )
-    .bind(caller.tenant_id)
-    .bind(kind.map(|k| k.as_str()))
-    .bind(q.cursor)
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
+    let rows = state.reads().bookings().resources(caller.tenant_id, kind.map(|k| k.as_str()), q.cursor, limit + 1).await?;
     Ok(Json(Page::from_rows(rows, limit, |r| r.id.to_string())))
 }
 

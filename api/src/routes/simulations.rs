@@ -12,8 +12,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::plan::Plan;
-use projections::simulation::{simulate, SimulationInput};
-use serde::Deserialize;
+use projections::simulation::store::SimulationRow;
+use projections::simulation::{simulate, Figures, SimulationInput, SimulationResult};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -64,7 +65,7 @@ pub struct StartSimulation {
     params(crate::openapi::IdempotencyHeader),
     request_body = StartSimulation,
     responses(
-        (status = 202, description = "Started: {id, status: running, progress, from, to, plans, tenants, created_at}; Location names it", body = crate::schemas::SimulationView),
+        (status = 202, description = "Started: {id, status: running, progress, from, to, plans, tenants, created_at}; Location names it", body = SimulationView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
@@ -111,14 +112,7 @@ async fn start(State(state): State<AppState>, _: Admin, ApiJson(body): ApiJson<S
         "tenants": tenants,
     });
     let created_at = state.now();
-    sqlx::query("INSERT INTO simulations (id, status, window_from, window_to, request, created_at) VALUES ($1, 'running', $2, $3, $4, $5)")
-        .bind(id)
-        .bind(body.from)
-        .bind(body.to)
-        .bind(&request)
-        .bind(created_at)
-        .execute(state.pool())
-        .await?;
+    state.simulations().start(id, body.from, body.to, &request, created_at).await?;
     // The answer is the simulation as accepted (`running`), read before it starts: a small one
     // can be done before the answer would otherwise be read.
     let view = load(&state, id).await?.ok_or_else(|| ApiError::internal("the simulation just recorded is gone"))?;
@@ -144,22 +138,16 @@ fn prefixed(mut error: ApiError, prefix: &str) -> ApiError {
 async fn run(state: AppState, id: Uuid, input: SimulationInput) {
     let done = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(AtomicUsize::new(0));
-    let pool = state.pool().clone();
+    let store = state.simulations().clone();
     let heartbeat = {
-        let (pool, done, total) = (pool.clone(), done.clone(), total.clone());
+        let (store, done, total) = (store.clone(), done.clone(), total.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;
                 let (done, total) = (done.load(Ordering::Relaxed), total.load(Ordering::Relaxed));
                 let progress = if total == 0 { 0.0 } else { done as f64 / total as f64 };
-                let _ = sqlx::query(
-                    "UPDATE simulations SET progress = least($2, 0.99), heartbeat_at = now() WHERE id = $1 AND status = 'running'",
-                )
-                .bind(id)
-                .bind(progress)
-                .execute(&pool)
-                .await;
+                let _ = store.heartbeat(id, progress).await;
             }
         })
     };
@@ -170,29 +158,14 @@ async fn run(state: AppState, id: Uuid, input: SimulationInput) {
             total.store(t, Ordering::Relaxed);
         }
     };
-    let outcome = simulate(&pool, &input, &progress).await;
+    let outcome = simulate(state.pool(), &input, &progress).await;
     heartbeat.abort();
     let finished_at = state.now();
     let recorded = match outcome {
-        Ok(result) => {
-            let result = serde_json::to_value(&result).unwrap_or(Value::Null);
-            sqlx::query(
-                "UPDATE simulations SET status = 'done', progress = 1, result = $2, finished_at = $3, heartbeat_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(result)
-            .bind(finished_at)
-            .execute(&pool)
-            .await
-        }
+        Ok(result) => store.finish(id, &result, finished_at).await,
         Err(e) => {
             tracing::warn!(simulation = %id, error = %e, "simulation failed");
-            sqlx::query("UPDATE simulations SET status = 'failed', error = $2, finished_at = $3, heartbeat_at = now() WHERE id = $1")
-                .bind(id)
-                .bind(e.to_string())
-                .bind(finished_at)
-                .execute(&pool)
-                .await
+            store.fail(id, &e.to_string(), finished_at).await
         }
     };
     if let Err(e) = recorded {
@@ -200,64 +173,131 @@ async fn run(state: AppState, id: Uuid, input: SimulationInput) {
     }
 }
 
-/// A simulation's row as the API shows it: a `running` one whose instance stopped reads as
-/// `failed`.
-const SELECT: &str = "SELECT id,
-        CASE WHEN status = 'running' AND heartbeat_at < now() - interval '60 seconds' THEN 'failed' ELSE status END,
-        progress, window_from, window_to, request, created_at, finished_at,
-        CASE WHEN status = 'running' AND heartbeat_at < now() - interval '60 seconds'
-             THEN 'interrupted: the instance running it stopped' ELSE error END";
-
-type Row = (Uuid, String, f64, DateTime<Utc>, DateTime<Utc>, Value, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>);
-
-fn view(row: Row, result: Option<Value>) -> Value {
-    let mut view = summary(row);
-    view["result"] = result.unwrap_or(Value::Null);
-    view
+/// A simulation: what was asked, how far it got, and its result once done.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SimulationView {
+    /// Its id.
+    id: Uuid,
+    /// `running`, `done` or `failed`.
+    #[schema(pattern = "^(running|done|failed)$")]
+    status: String,
+    /// 0 to 1.
+    #[schema(minimum = 0, maximum = 1)]
+    progress: f64,
+    /// The window's start.
+    from: DateTime<Utc>,
+    /// The window's end.
+    to: DateTime<Utc>,
+    /// The candidate plans' codes.
+    plans: Vec<String>,
+    /// The tenants re-billed (`null`: all).
+    tenants: Option<Vec<Uuid>>,
+    /// Asked.
+    created_at: DateTime<Utc>,
+    /// Done or failed.
+    finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    error: Option<String>,
+    /// The result, once done.
+    result: Option<SimulationResult>,
 }
 
-fn summary(row: Row) -> Value {
-    let (id, status, progress, from, to, request, created_at, finished_at, error) = row;
-    json!({
-        "id": id,
-        "status": status,
-        "progress": (progress * 1000.0).round() / 1000.0,
-        "from": from,
-        "to": to,
-        "plans": request.get("plans").cloned().unwrap_or(Value::Array(Vec::new())),
-        "tenants": request.get("tenants").cloned().unwrap_or(Value::Null),
-        "created_at": created_at,
-        "finished_at": finished_at,
-        "error": error,
-    })
+/// A simulation in a list: its result's totals only.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SimulationSummary {
+    /// Its id.
+    id: Uuid,
+    /// `running`, `done` or `failed`.
+    #[schema(pattern = "^(running|done|failed)$")]
+    status: String,
+    /// 0 to 1.
+    #[schema(minimum = 0, maximum = 1)]
+    progress: f64,
+    /// The window's start.
+    from: DateTime<Utc>,
+    /// The window's end.
+    to: DateTime<Utc>,
+    /// The candidate plans' codes.
+    plans: Vec<String>,
+    /// The tenants re-billed (`null`: all).
+    tenants: Option<Vec<Uuid>>,
+    /// Asked.
+    created_at: DateTime<Utc>,
+    /// Done or failed.
+    finished_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    error: Option<String>,
+    /// The result's totals, once done.
+    totals: Option<Figures>,
 }
 
-async fn load(state: &AppState, id: Uuid) -> Result<Option<Value>, ApiError> {
-    let row: Option<(Row, Option<Value>)> = sqlx::query_as::<
-        _,
-        (Uuid, String, f64, DateTime<Utc>, DateTime<Utc>, Value, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>, Option<Value>),
-    >(&format!("{SELECT}, result FROM simulations WHERE id = $1"))
-    .bind(id)
-    .fetch_optional(state.pool())
-    .await?
-    .map(|(a, b, c, d, e, f, g, h, i, result)| ((a, b, c, d, e, f, g, h, i), result));
-    Ok(row.map(|(row, result)| view(row, result)))
+/// What a simulation was asked for: `(plans, tenants)`.
+fn asked(request: &Value) -> (Vec<String>, Option<Vec<Uuid>>) {
+    let plans = request.get("plans").cloned().and_then(|p| serde_json::from_value(p).ok()).unwrap_or_default();
+    let tenants = request.get("tenants").cloned().and_then(|t| serde_json::from_value(t).ok());
+    (plans, tenants)
 }
 
-/// `GET /v1/admin/simulations/{id}`: progress, and the result once `done`.
+/// The progress as answered: three places.
+fn rounded(progress: f64) -> f64 {
+    (progress * 1000.0).round() / 1000.0
+}
+
+impl From<SimulationRow<SimulationResult>> for SimulationView {
+    fn from(r: SimulationRow<SimulationResult>) -> Self {
+        let (plans, tenants) = asked(&r.request);
+        Self {
+            id: r.id,
+            status: r.status,
+            progress: rounded(r.progress),
+            from: r.window_from,
+            to: r.window_to,
+            plans,
+            tenants,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            error: r.error,
+            result: r.result.map(|r| r.0),
+        }
+    }
+}
+
+impl From<SimulationRow<Figures>> for SimulationSummary {
+    fn from(r: SimulationRow<Figures>) -> Self {
+        let (plans, tenants) = asked(&r.request);
+        Self {
+            id: r.id,
+            status: r.status,
+            progress: rounded(r.progress),
+            from: r.window_from,
+            to: r.window_to,
+            plans,
+            tenants,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            error: r.error,
+            totals: r.result.map(|r| r.0),
+        }
+    }
+}
+
+async fn load(state: &AppState, id: Uuid) -> Result<Option<SimulationView>, ApiError> {
+    Ok(state.simulations().find(id).await?.map(SimulationView::from))
+}
+
 #[utoipa::path(
     get,
     path = "/v1/admin/simulations/{id}",
     tag = "admin",
     params(("id" = Uuid, Path, description = "The simulation")),
     responses(
-        (status = 200, description = "{id, status: running|done|failed, progress, from, to, plans, tenants, created_at, finished_at, error, result: {totals, by_month, by_plan, by_tenant, over_limit, ...} (null until done)}", body = crate::schemas::SimulationView),
+        (status = 200, description = "{id, status: running|done|failed, progress, from, to, plans, tenants, created_at, finished_at, error, result: {totals, by_month, by_plan, by_tenant, over_limit, ...} (null until done)}", body = SimulationView),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         crate::openapi::NotFound
     ),
 )]
-async fn read(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn read(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<SimulationView>, ApiError> {
     let id: Uuid = id.parse().map_err(|_| ApiError::not_found("simulation"))?;
     load(&state, id).await?.map(Json).ok_or_else(|| ApiError::not_found("simulation"))
 }
@@ -270,44 +310,28 @@ async fn read(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -
     tag = "admin",
     params(PageQuery),
     responses(
-        (status = 200, description = "A page of simulations, newest first; each with its result's `totals` (null until done)", body = crate::schemas::SimulationPage),
+        (status = 200, description = "A page of simulations, newest first; each with its result's `totals` (null until done)", body = Page<SimulationSummary>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
     ),
 )]
-async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<PageQuery>) -> Result<Json<Page<Value>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<SimulationSummary>>, ApiError> {
     let limit = page_limit(q.limit)?;
     let cursor = parse_time_cursor(q.cursor.as_deref())?;
-    type ListRow =
-        (Uuid, String, f64, DateTime<Utc>, DateTime<Utc>, Value, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>, Option<Value>);
-    let rows: Vec<ListRow> = sqlx::query_as(&format!(
-        "{SELECT}, result -> 'totals' FROM simulations
-         WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1, $2))
-         ORDER BY created_at DESC, id DESC LIMIT $3"
-    ))
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
-    let page = Page::from_rows(rows, limit, |r| time_cursor(r.6, r.0));
+    let rows = state.simulations().list(cursor, limit + 1).await?;
+    let page = Page::from_rows(rows, limit, |r| time_cursor(r.created_at, r.id));
     Ok(Json(Page {
-        data: page
-            .data
-            .into_iter()
-            .map(|(a, b, c, d, e, f, g, h, i, totals)| {
-                let mut item = summary((a, b, c, d, e, f, g, h, i));
-                item["totals"] = totals.unwrap_or(Value::Null);
-                item
-            })
-            .collect(),
+        data: page.data.into_iter().map(SimulationSummary::from).collect(),
         has_more: page.has_more,
         next_cursor: page.next_cursor,
     }))
 }
 
-/// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(start, read, list), components(schemas(StartSimulation)))]
 pub struct Docs;

@@ -3,16 +3,16 @@
 use axum::extract::State;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use domain::billing::money::format;
+use chrono::{DateTime, Utc};
 use domain::plan::{BillingPeriod, PlanCode};
 use domain::subscription::{Addons, PlanTerms, Subscription, SubscriptionCommand};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::invoices::{invoice_json, InvoiceRow, INVOICE_COLUMNS};
+use super::invoices::InvoiceView;
+use crate::amounts::Money;
 use crate::app::AppState;
-use crate::auth::TenantCaller;
+use crate::auth::{Manager, TenantCaller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, OptionalJson};
 
@@ -27,42 +27,137 @@ pub fn router() -> Router<AppState> {
         .route("/v1/subscription/coupon", post(redeem_coupon).delete(remove_coupon))
 }
 
-fn view(id: Uuid, s: &Subscription) -> Value {
-    let plan = s.plan.as_ref();
-    let period = s.current_period();
-    json!({
-        "id": id,
-        "tenant_id": s.tenant_id,
-        "plan": plan.map(|p| p.code.as_str()),
-        "plan_version": plan.map(|p| p.version),
-        "billing_period": s.billing_period.map(|p| p.as_str()),
-        "status": s.status.as_str(),
-        "trial_ends_at": s.trial_ends_at,
-        "current_period_start": period.map(|p| p.start),
-        "current_period_end": period.map(|p| p.end),
-        "cancel_at_period_end": s.cancel_at_period_end,
-        "cancelled_at": s.cancelled_at,
-        "addons": { "extra_users": s.addons.extra_users, "extra_storage_gb": s.addons.extra_storage_gb, "auto_add_seats": s.addons.auto_add_seats },
-        "pending_change": s.pending_change.as_ref().map(|c| json!({
-            "plan": c.plan.code, "plan_version": c.plan.version, "billing_period": c.billing_period.as_str(), "effective_at": c.effective_at,
-        })),
-        "credit_balance": format(s.credit_balance),
-        "discount": s.discount.as_ref().map(|d| json!({
-            "coupon": d.coupon.code,
-            "description": d.coupon.describe(),
-            "duration": d.coupon.duration,
-            "invoices_left": d.invoices_left,
-            "ends_at_period": s.discount_ends_at_period(),
-            "applied_at": d.applied_at,
-        })),
-        "past_due_since": s.past_due_since,
-    })
+/// A tenant's subscription.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = SubscriptionView)]
+pub struct SubscriptionView {
+    /// Its id.
+    id: Uuid,
+    /// Whose.
+    tenant_id: Uuid,
+    /// The plan's code.
+    plan: Option<String>,
+    /// The plan's version it is on.
+    plan_version: Option<u32>,
+    /// `monthly` or `yearly`.
+    billing_period: Option<&'static str>,
+    /// `trialing`, `active`, `past_due`, `suspended` or `cancelled`.
+    #[schema(example = "active")]
+    status: &'static str,
+    /// When the trial ends (or ended).
+    trial_ends_at: Option<DateTime<Utc>>,
+    /// The current period.
+    current_period_start: Option<DateTime<Utc>>,
+    /// End of the current period.
+    current_period_end: Option<DateTime<Utc>>,
+    /// Whether it ends with the current period.
+    cancel_at_period_end: bool,
+    /// When it was cancelled.
+    cancelled_at: Option<DateTime<Utc>>,
+    /// Add-ons.
+    addons: AddonsView,
+    /// A change that takes effect at the period's end.
+    pending_change: Option<PendingChange>,
+    /// Account credit.
+    credit_balance: Money,
+    /// The coupon's discount, while it lasts.
+    discount: Option<Discount>,
+    /// Since when a payment is overdue.
+    past_due_since: Option<DateTime<Utc>>,
+    /// In a command's answer only: the invoice the command issued at once (an upgrade's
+    /// prorated invoice), when it issued one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invoice: Option<InvoiceView>,
+}
+
+/// A subscription's add-ons.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Addons)]
+pub struct AddonsView {
+    /// Seats beyond the plan's users.
+    extra_users: u32,
+    /// Storage beyond the plan's, in GB.
+    extra_storage_gb: u32,
+    /// Whether an invitation beyond the seats adds one.
+    auto_add_seats: bool,
+}
+
+/// A plan change waiting for the period's end.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PendingChange {
+    /// The plan.
+    plan: String,
+    /// Its version.
+    plan_version: u32,
+    /// `monthly` or `yearly`.
+    billing_period: &'static str,
+    /// When it applies.
+    effective_at: DateTime<Utc>,
+}
+
+/// A redeemed coupon's discount.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Discount {
+    /// The coupon's code.
+    coupon: String,
+    /// For people (`20 % off`).
+    description: String,
+    /// `once`, `repeating` or `forever`.
+    #[schema(value_type = String, pattern = "^(once|repeating|forever)$")]
+    duration: domain::coupon::CouponDuration,
+    /// Invoices it still applies to (`null`: forever).
+    invoices_left: Option<u32>,
+    /// The start of the last period it discounts (`null`: forever).
+    ends_at_period: Option<DateTime<Utc>>,
+    /// When it was redeemed.
+    applied_at: DateTime<Utc>,
+}
+
+impl SubscriptionView {
+    /// Subscription `id` of tenant `tenant_id` as its state has it.
+    pub fn of(id: Uuid, tenant_id: Uuid, s: &Subscription) -> Self {
+        let plan = s.plan.as_ref();
+        let period = s.current_period();
+        Self {
+            id,
+            tenant_id,
+            plan: plan.map(|p| p.code.as_str().to_owned()),
+            plan_version: plan.map(|p| p.version),
+            billing_period: s.billing_period.map(|p| p.as_str()),
+            status: s.status.as_str(),
+            trial_ends_at: s.trial_ends_at,
+            current_period_start: period.map(|p| p.start),
+            current_period_end: period.map(|p| p.end),
+            cancel_at_period_end: s.cancel_at_period_end,
+            cancelled_at: s.cancelled_at,
+            addons: AddonsView {
+                extra_users: s.addons.extra_users,
+                extra_storage_gb: s.addons.extra_storage_gb,
+                auto_add_seats: s.addons.auto_add_seats,
+            },
+            pending_change: s.pending_change.as_ref().map(|c| PendingChange {
+                plan: c.plan.code.as_str().to_owned(),
+                plan_version: c.plan.version,
+                billing_period: c.billing_period.as_str(),
+                effective_at: c.effective_at,
+            }),
+            credit_balance: s.credit_balance.into(),
+            discount: s.discount.as_ref().map(|d| Discount {
+                coupon: d.coupon.code.as_str().to_owned(),
+                description: d.coupon.describe(),
+                duration: d.coupon.duration,
+                invoices_left: d.invoices_left,
+                ends_at_period: s.discount_ends_at_period(),
+                applied_at: d.applied_at,
+            }),
+            past_due_since: s.past_due_since,
+            invoice: None,
+        }
+    }
 }
 
 async fn subscription_of(state: &AppState, tenant_id: Uuid) -> Result<(Uuid, Subscription), ApiError> {
-    let row: Option<(Uuid, sqlx::types::Json<Subscription>)> =
-        sqlx::query_as("SELECT id, state FROM rm.subscriptions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(state.pool()).await?;
-    row.map(|(id, s)| (id, s.0)).ok_or_else(|| ApiError::not_found("subscription"))
+    state.reads().billing().subscription_of(tenant_id).await?.ok_or_else(|| ApiError::not_found("subscription"))
 }
 
 /// `GET /v1/subscription`.
@@ -72,24 +167,24 @@ async fn subscription_of(state: &AppState, tenant_id: Uuid) -> Result<(Uuid, Sub
     tag = "subscription",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "{plan, plan_version, billing_period, status, trial_ends_at, current_period_start, current_period_end, cancel_at_period_end, addons}", body = crate::schemas::SubscriptionView),
+        (status = 200, description = "{plan, plan_version, billing_period, status, trial_ends_at, current_period_start, current_period_end, cancel_at_period_end, addons}", body = SubscriptionView),
         crate::openapi::AuthErrors,
         crate::openapi::NotFound
     ),
 )]
-async fn read(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
+async fn read(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<SubscriptionView>, ApiError> {
     let (id, subscription) = subscription_of(&state, caller.tenant_id).await?;
-    Ok(Json(view(id, &subscription)))
+    Ok(Json(SubscriptionView::of(id, caller.tenant_id, &subscription)))
 }
 
-/// Runs `command` on the caller's subscription, waits for the read models and answers with
-/// the subscription, plus the invoice the command issued, if any.
+/// Runs `command` on the caller's subscription (an owner or admin key's: see [`Manager`]),
+/// waits for the read models and answers with the subscription, plus the invoice the command
+/// issued, if any.
 async fn run(
     state: AppState,
     caller: TenantCaller,
     command: impl FnOnce(chrono::DateTime<chrono::Utc>) -> SubscriptionCommand,
-) -> Result<Json<Value>, ApiError> {
-    caller.require_manager()?;
+) -> Result<Json<SubscriptionView>, ApiError> {
     let (id, _) = subscription_of(&state, caller.tenant_id).await?;
     let context = state.context(Some(caller.tenant_id), caller.actor);
     let command = command(context.at);
@@ -101,17 +196,13 @@ async fn run(
             Ok(committed)
         })
         .await?;
-    let mut body = view(id, &committed.state);
+    let mut body = SubscriptionView::of(id, caller.tenant_id, &committed.state);
     let issued = committed.events.iter().find_map(|e| match &e.payload {
         domain::subscription::SubscriptionEvent::InvoiceIssued { invoice_id, .. } => Some(*invoice_id),
         _ => None,
     });
     if let Some(invoice_id) = issued {
-        let row: InvoiceRow = sqlx::query_as(&format!("SELECT {INVOICE_COLUMNS} FROM rm.invoices WHERE id = $1"))
-            .bind(invoice_id)
-            .fetch_one(state.pool())
-            .await?;
-        body["invoice"] = invoice_json(row);
+        body.invoice = Some(super::invoices::load(&state, invoice_id).await?);
     }
     Ok(Json(body))
 }
@@ -140,7 +231,7 @@ struct RedeemCoupon {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = RedeemCoupon,
     responses(
-        (status = 200, description = "The subscription with its discount", body = crate::schemas::SubscriptionView),
+        (status = 200, description = "The subscription with its discount", body = SubscriptionView),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -150,10 +241,9 @@ struct RedeemCoupon {
 )]
 async fn redeem_coupon(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     ApiJson(body): ApiJson<RedeemCoupon>,
-) -> Result<Json<Value>, ApiError> {
-    caller.require_manager()?;
+) -> Result<Json<SubscriptionView>, ApiError> {
     let code = body.code.trim();
     if code.is_empty() {
         return Err(ApiError::validation("code", "must be a coupon code"));
@@ -181,14 +271,14 @@ async fn redeem_coupon(
     tag = "subscription",
     params(crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The subscription, without discount", body = crate::schemas::SubscriptionView),
+        (status = 200, description = "The subscription, without discount", body = SubscriptionView),
         crate::openapi::AuthErrors,
         crate::openapi::Forbidden,
         crate::openapi::NotFound,
         (status = 409, description = "CONFLICT: no coupon is active", body = crate::openapi::ErrorBody)
     ),
 )]
-async fn remove_coupon(State(state): State<AppState>, caller: TenantCaller) -> Result<Json<Value>, ApiError> {
+async fn remove_coupon(State(state): State<AppState>, Manager(caller): Manager) -> Result<Json<SubscriptionView>, ApiError> {
     run(state, caller, |at| SubscriptionCommand::RemoveCoupon { at }).await
 }
 
@@ -216,15 +306,15 @@ struct ChangePlan {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = ChangePlan,
     responses(
-        (status = 200, description = "The subscription after the change", body = crate::schemas::SubscriptionView),
+        (status = 200, description = "The subscription after the change", body = SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]
 async fn change_plan(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     ApiJson(body): ApiJson<ChangePlan>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubscriptionView>, ApiError> {
     let code = PlanCode::parse(&body.plan)?;
     let billing_period = body.billing_period.as_deref().map(BillingPeriod::parse).transpose()?;
     let plan = state
@@ -233,8 +323,7 @@ async fn change_plan(
         .latest(&code)
         .await?
         .ok_or_else(|| ApiError::validation("plan", format!("no plan \"{code}\" in the catalog")))?;
-    let currency: Option<String> =
-        sqlx::query_scalar("SELECT currency FROM rm.tenants WHERE id = $1").bind(caller.tenant_id).fetch_optional(state.pool()).await?;
+    let currency = state.reads().tenants().currency(caller.tenant_id).await?;
     let currency = currency.ok_or_else(|| ApiError::not_found("tenant"))?;
     let terms = PlanTerms::in_currency(&plan, &currency)?;
     run(state, caller, move |at| SubscriptionCommand::ChangePlan { plan: terms, billing_period, immediately: body.immediately, at }).await
@@ -259,17 +348,17 @@ impl Default for Cancel {
     path = "/v1/subscription/cancel",
     tag = "subscription",
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
-    request_body = Cancel,
+    request_body = Option<Cancel>,
     responses(
-        (status = 200, description = "The subscription after the cancellation", body = crate::schemas::SubscriptionView),
+        (status = 200, description = "The subscription after the cancellation", body = SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]
 async fn cancel(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     OptionalJson(body): OptionalJson<Cancel>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubscriptionView>, ApiError> {
     let at_period_end = body.at_period_end.unwrap_or(true);
     run(state, caller, move |at| SubscriptionCommand::Cancel { at_period_end, at }).await
 }
@@ -285,15 +374,15 @@ pub(crate) struct Empty {}
     tag = "subscription",
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     responses(
-        (status = 200, description = "The subscription, its pending cancellation withdrawn", body = crate::schemas::SubscriptionView),
+        (status = 200, description = "The subscription, its pending cancellation withdrawn", body = SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]
 async fn resume(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     OptionalJson(_empty): OptionalJson<Empty>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubscriptionView>, ApiError> {
     run(state, caller, |at| SubscriptionCommand::Resume { at }).await
 }
 
@@ -320,15 +409,15 @@ struct AddonsBody {
     params(crate::openapi::TenantHeader),
     request_body = AddonsBody,
     responses(
-        (status = 200, description = "The subscription with its new add-ons", body = crate::schemas::SubscriptionView),
+        (status = 200, description = "The subscription with its new add-ons", body = SubscriptionView),
         crate::openapi::CommandErrors
     ),
 )]
 async fn set_addons(
     State(state): State<AppState>,
-    caller: TenantCaller,
+    Manager(caller): Manager,
     ApiJson(body): ApiJson<AddonsBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubscriptionView>, ApiError> {
     let addons = Addons {
         extra_users: body.extra_users.unwrap_or(0),
         extra_storage_gb: body.extra_storage_gb.unwrap_or(0),

@@ -8,16 +8,16 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commands::tenants::SignUp;
-use commands::vault::TenantKey;
+use commands::vault::PersonalDataKey;
 use commands::Actor;
 use domain::plan::{BillingPeriod, PlanCode};
 use domain::tenant::{Branding, SuspensionSource, TenantCommand, DEFAULT_TRIAL_DAYS};
 use domain::values::{
     BusinessType, CurrencyCode, DisplayName, DomainName, Email, HexColor, HttpsUrl, Locale, TaxRate, TenantCode, TimeZoneName,
 };
-use rust_decimal::Decimal;
+use projections::tenants::reads::{TenantFilter, TenantRow};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::{page_limit, Page};
@@ -128,34 +128,6 @@ impl CreateTenant {
     }
 }
 
-/// A tenant as the read model has it.
-#[derive(Debug, sqlx::FromRow)]
-struct TenantRow {
-    id: Uuid,
-    code: String,
-    name: String,
-    business_type: String,
-    timezone: String,
-    currency: String,
-    locale: String,
-    billing_email: String,
-    plan: String,
-    plan_version: i32,
-    billing_period: String,
-    trial_days: i32,
-    tax_rate: Decimal,
-    subscription_id: Uuid,
-    status: String,
-    status_reason: Option<String>,
-    primary_color: Option<String>,
-    secondary_color: Option<String>,
-    logo_url: Option<String>,
-    custom_domain: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    net_terms_days: i32,
-}
-
 /// The tenant resource.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TenantView {
@@ -178,15 +150,45 @@ pub(crate) struct TenantView {
     subscription_id: Uuid,
     status: String,
     status_reason: Option<String>,
-    #[schema(value_type = Object)]
-    branding: Value,
+    branding: BrandingView,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
+/// A tenant's branding; absent parts are `null`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BrandingView {
+    /// `#RRGGBB`.
+    primary_color: Option<String>,
+    /// `#RRGGBB`.
+    secondary_color: Option<String>,
+    /// An `https://` URL.
+    logo_url: Option<String>,
+    /// The tenant's own domain.
+    custom_domain: Option<String>,
+}
+
+/// What `POST /v1/tenants` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SignedUp {
+    /// The tenant's id.
+    id: Uuid,
+    /// Its code.
+    code: String,
+    /// The owner API key (`slk_...`): shown this once.
+    api_key: String,
+    /// The key's id.
+    api_key_id: Uuid,
+    /// The subscription's id.
+    subscription_id: Uuid,
+    /// The tenant's status.
+    #[schema(example = "active")]
+    status: String,
+}
+
 impl TenantView {
     /// The view of a row, its personal data opened with the tenant's key.
-    fn open(r: TenantRow, key: &TenantKey) -> Self {
+    fn open(r: TenantRow, key: &PersonalDataKey) -> Self {
         Self {
             id: r.id,
             code: r.code,
@@ -205,25 +207,20 @@ impl TenantView {
             subscription_id: r.subscription_id,
             status: r.status,
             status_reason: r.status_reason,
-            branding: json!({
-                "primary_color": r.primary_color,
-                "secondary_color": r.secondary_color,
-                "logo_url": r.logo_url,
-                "custom_domain": r.custom_domain,
-            }),
+            branding: BrandingView {
+                primary_color: r.primary_color,
+                secondary_color: r.secondary_color,
+                logo_url: r.logo_url,
+                custom_domain: r.custom_domain,
+            },
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
     }
 }
 
-const TENANT_COLUMNS: &str = "id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version, billing_period,
-    trial_days, tax_rate, subscription_id, status, status_reason, primary_color, secondary_color, logo_url, custom_domain, created_at, updated_at,
-    coalesce((SELECT (s.state->>'net_terms_days')::int FROM rm.subscriptions s WHERE s.id = subscription_id), 0) AS net_terms_days";
-
 pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiError> {
-    let row: Option<TenantRow> =
-        sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM rm.tenants WHERE id = $1")).bind(id).fetch_optional(state.pool()).await?;
+    let row = state.reads().tenants().find(id).await?;
     let row = row.ok_or_else(|| ApiError::not_found("tenant"))?;
     Ok(TenantView::open(row, &state.vault().key(id).await?))
 }
@@ -235,7 +232,7 @@ pub(crate) async fn load(state: &AppState, id: Uuid) -> Result<TenantView, ApiEr
     params(crate::openapi::IdempotencyHeader),
     request_body = CreateTenant,
     responses(
-        (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = crate::schemas::SignedUp),
+        (status = 201, description = "The tenant, its one-time owner API key and its subscription", body = SignedUp),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -265,17 +262,17 @@ async fn create(
             let id = tenant.id.expect("a created tenant has an id");
             let subscription_id = tenant.subscription_id.expect("a created tenant has a subscription");
             app.settle(&subscription_id.to_string(), &signed_up.subscription).await;
-            Ok(json!({
-                "id": id,
-                "code": tenant.code,
-                "api_key": signed_up.key.secret,
-                "api_key_id": signed_up.key.key_id,
-                "subscription_id": subscription_id,
-                "status": tenant.status.as_str(),
-            }))
+            Ok(SignedUp {
+                id,
+                code: tenant.code.clone().expect("a created tenant has a code"),
+                api_key: signed_up.key.secret,
+                api_key_id: signed_up.key.key_id,
+                subscription_id,
+                status: tenant.status.as_str().to_owned(),
+            })
         })
         .await?;
-    let location = format!("/v1/tenants/{}", created["id"].as_str().unwrap_or_default());
+    let location = format!("/v1/tenants/{}", created.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)))
 }
 
@@ -316,17 +313,7 @@ async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<Lis
             return Err(ApiError::validation("status", "must be active, suspended, cancelled or erased"));
         }
     }
-    let rows: Vec<TenantRow> = sqlx::query_as(&format!(
-        "SELECT {TENANT_COLUMNS} FROM rm.tenants
-         WHERE ($1::uuid IS NULL OR id > $1) AND ($2::text IS NULL OR status = $2) AND ($4::text IS NULL OR code = $4)
-         ORDER BY id LIMIT $3"
-    ))
-    .bind(after)
-    .bind(q.status)
-    .bind(limit + 1)
-    .bind(q.code)
-    .fetch_all(state.pool())
-    .await?;
+    let rows = state.reads().tenants().list(after, TenantFilter { status: q.status, code: q.code }, limit + 1).await?;
     let mut views = Vec::with_capacity(rows.len());
     for row in rows {
         let key = state.vault().key(row.id).await?;
@@ -439,8 +426,7 @@ async fn update(
 ) -> Result<Json<TenantView>, ApiError> {
     let net_terms_days = net_terms(body.net_terms_days)?;
     let id = state.resolve_tenant(&id).await?;
-    let subscription: Option<Uuid> =
-        sqlx::query_scalar("SELECT subscription_id FROM rm.tenants WHERE id = $1").bind(id).fetch_optional(state.pool()).await?;
+    let subscription = state.reads().tenants().subscription_id(id).await?;
     let subscription = subscription.ok_or_else(|| ApiError::not_found("tenant"))?;
     let context = state.context(Some(id), caller.actor());
     let command = domain::subscription::SubscriptionCommand::SetNetTerms { net_terms_days, at: context.at };
@@ -453,7 +439,7 @@ async fn update(
     path = "/v1/tenants/{id}/suspend",
     tag = "tenants",
     params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
-    request_body = Reason,
+    request_body = Option<Reason>,
     responses(
         (status = 200, description = "The suspended tenant", body = TenantView),
         crate::openapi::AuthErrors,
@@ -479,7 +465,7 @@ async fn suspend(
     path = "/v1/tenants/{id}/reactivate",
     tag = "tenants",
     params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
-    request_body = Reason,
+    request_body = Option<Reason>,
     responses(
         (status = 200, description = "The reactivated tenant", body = TenantView),
         crate::openapi::AuthErrors,
@@ -504,7 +490,7 @@ async fn reactivate(
     path = "/v1/tenants/{id}/cancel",
     tag = "tenants",
     params(("id" = String, Path, description = "Tenant id, or its code (acme-clinic)"), crate::openapi::IdempotencyHeader),
-    request_body = Reason,
+    request_body = Option<Reason>,
     responses(
         (status = 200, description = "The cancelled tenant", body = TenantView),
         crate::openapi::AuthErrors,
@@ -610,6 +596,6 @@ async fn erase(State(state): State<AppState>, _: Admin, caller: Caller, Path(id)
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(create, list, read, update, suspend, reactivate, cancel, erase, read_own, update_branding),
-    components(schemas(UpdateTenant))
+    components(schemas(UpdateTenant, SignedUp, BrandingView))
 )]
 pub struct Docs;

@@ -6,14 +6,17 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::usage::{parse_idempotency_key, parse_quantity, MetricName, RecordUsage};
+use projections::usage::reads::Granularity;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use crate::amounts::Quantity;
 use crate::app::AppState;
 use crate::auth::{TenantCaller, UsageCaller};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery};
+use crate::openapi::ErrorDetail;
 
 /// The usage routes.
 pub fn router() -> Router<AppState> {
@@ -47,11 +50,7 @@ struct UsageBody {
 /// When a cancelled tenant's subscription ended: only usage that occurred before then is
 /// still accepted (late facts of its last periods, billed on a final invoice).
 async fn cancelled_at(state: &AppState, tenant_id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, ApiError> {
-    Ok(sqlx::query_scalar::<_, Option<DateTime<Utc>>>("SELECT cancelled_at FROM rm.subscriptions WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .fetch_optional(state.pool())
-        .await?
-        .flatten())
+    Ok(state.reads().billing().cancelled_at(tenant_id).await?.flatten())
 }
 
 /// Refuses a cancelled tenant's fact unless it occurred before the cancellation.
@@ -73,12 +72,7 @@ async fn plan_metrics(state: &AppState, tenant_id: uuid::Uuid, names: &[&str]) -
     if names.iter().all(|m| MetricName::is_built_in(m)) {
         return Ok(Vec::new());
     }
-    let metrics: Option<sqlx::types::Json<Vec<String>>> =
-        sqlx::query_scalar("SELECT jsonb_path_query_array(state, '$.plan.charges[*].metric') FROM rm.subscriptions WHERE tenant_id = $1")
-            .bind(tenant_id)
-            .fetch_optional(state.pool())
-            .await?;
-    Ok(metrics.map(|m| m.0).unwrap_or_default())
+    Ok(state.reads().billing().charged_metrics(tenant_id).await?)
 }
 
 impl UsageBody {
@@ -106,7 +100,7 @@ impl UsageBody {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
-        (status = 202, description = "{accepted: true, duplicate}: a repeated idempotency_key is counted once", body = crate::schemas::UsageAccepted),
+        (status = 202, description = "{accepted: true, duplicate}: a repeated idempotency_key is counted once", body = UsageAccepted),
         crate::openapi::CommandErrors,
         (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
     ),
@@ -115,7 +109,7 @@ async fn record(
     State(state): State<AppState>,
     UsageCaller { caller, cancelled }: UsageCaller,
     ApiJson(body): ApiJson<UsageBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<UsageAccepted>), ApiError> {
     let known = plan_metrics(&state, caller.tenant_id, &[body.metric.as_str()]).await?;
     let mut fact = body.parse(&caller, state.now(), &known)?;
     if cancelled {
@@ -130,7 +124,7 @@ async fn record(
             Ok(recorded.duplicate)
         })
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true, "duplicate": duplicate }))))
+    Ok((StatusCode::ACCEPTED, Json(UsageAccepted { accepted: true, duplicate })))
 }
 
 /// One accepted fact of a batch.
@@ -223,12 +217,68 @@ async fn record_batch(
             }
             Err(e) => {
                 refused += 1;
-                let error = json!({"code": e.code, "message": e.message, "details": e.details});
+                let error = ErrorDetail { code: e.code, message: e.message, details: Value::Object(e.details) };
                 RecordResult { index, accepted: false, duplicate: None, error: Some(error) }
             }
         })
         .collect();
     Ok((StatusCode::ACCEPTED, Json(BatchAnswer { accepted, duplicates, refused, results })))
+}
+
+/// What `POST /v1/usage` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageAccepted {
+    /// Always `true`.
+    accepted: bool,
+    /// Whether the idempotency key was recorded before (then nothing was counted now).
+    duplicate: bool,
+}
+
+/// One bucket of usage.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageBucket {
+    /// The metric.
+    metric: String,
+    /// `counter` (summed) or `gauge` (the latest value).
+    #[schema(pattern = "^(counter|gauge)$")]
+    kind: String,
+    /// Start of the bucket.
+    start: DateTime<Utc>,
+    /// End of the bucket (the series route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<DateTime<Utc>>,
+    /// The sum of a counter's facts, or a gauge's latest value.
+    value: Quantity,
+    /// How many facts.
+    facts: i64,
+}
+
+/// Usage per hour, day or month.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageSeries {
+    /// `hour`, `day` or `month`.
+    #[schema(pattern = "^(hour|day|month)$")]
+    granularity: String,
+    /// From (inclusive).
+    from: DateTime<Utc>,
+    /// To (exclusive).
+    to: DateTime<Utc>,
+    /// Buckets by metric, then time.
+    buckets: Vec<UsageBucket>,
+}
+
+impl UsageSeries {
+    /// A series of `granularity` over `[from, to)`.
+    pub fn new(granularity: &str, from: DateTime<Utc>, to: DateTime<Utc>, buckets: Vec<UsageBucket>) -> Self {
+        Self { granularity: granularity.to_owned(), from, to, buckets }
+    }
+}
+
+impl UsageBucket {
+    /// A bucket of `metric` of `kind` from `start` (to `end`, when given).
+    pub fn new(metric: String, kind: String, start: DateTime<Utc>, end: Option<DateTime<Utc>>, value: Decimal, facts: i64) -> Self {
+        Self { metric, kind, start, end, value: value.into(), facts }
+    }
 }
 
 /// The answer to a batch (serialised as it is, without an intermediate JSON tree).
@@ -257,7 +307,7 @@ pub struct RecordResult {
     /// When refused: why, in the contract's error shape (`{code, message, details}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::openapi::ErrorDetail>)]
-    error: Option<Value>,
+    error: Option<ErrorDetail>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -280,50 +330,39 @@ struct SeriesQuery {
     tag = "usage",
     params(SeriesQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "Usage per hour, day or month", body = crate::schemas::UsageSeries),
+        (status = 200, description = "Usage per hour, day or month", body = UsageSeries),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid
     ),
 )]
-async fn series(State(state): State<AppState>, caller: TenantCaller, ApiQuery(q): ApiQuery<SeriesQuery>) -> Result<Json<Value>, ApiError> {
+async fn series(
+    State(state): State<AppState>,
+    caller: TenantCaller,
+    ApiQuery(q): ApiQuery<SeriesQuery>,
+) -> Result<Json<UsageSeries>, ApiError> {
     let granularity = q.granularity.as_deref().unwrap_or("day");
-    if !["hour", "day", "month"].contains(&granularity) {
-        return Err(ApiError::validation("granularity", "must be hour, day or month"));
-    }
+    let granularity = Granularity::parse(granularity).ok_or_else(|| ApiError::validation("granularity", "must be hour, day or month"))?;
     let metric = q.metric.as_deref().map(MetricName::parse).transpose()?;
     let to = q.to.unwrap_or_else(|| state.now());
     let from = q.from.unwrap_or(to - chrono::Duration::days(30));
     if from >= to {
         return Err(ApiError::validation("from", "must be before to"));
     }
-    let rows: Vec<(String, String, DateTime<Utc>, Decimal, i64, i64)> = sqlx::query_as(
-        "SELECT metric, kind, date_trunc($4, hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
-                sum(total), sum(facts)::bigint,
-                (array_agg(last_value ORDER BY last_at DESC))[1]
-         FROM rm.usage_hourly
-         WHERE tenant_id = $1 AND ($2::text IS NULL OR metric = $2) AND hour >= date_trunc('hour', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND hour < $5
-         GROUP BY metric, kind, bucket ORDER BY metric, bucket",
-    )
-    .bind(caller.tenant_id)
-    .bind(metric.as_ref().map(|m| m.as_str()))
-    .bind(from)
-    .bind(granularity)
-    .bind(to)
-    .fetch_all(state.pool())
-    .await?;
+    let rows = state.reads().usage().series(caller.tenant_id, metric.as_ref().map(|m| m.as_str()), granularity, from, to).await?;
     let step = |start: DateTime<Utc>| match granularity {
-        "hour" => start + chrono::Duration::hours(1),
-        "day" => start + chrono::Duration::days(1),
-        _ => domain::billing::period::add_months(start, 1),
+        Granularity::Hour => start + chrono::Duration::hours(1),
+        Granularity::Day => start + chrono::Duration::days(1),
+        Granularity::Month => domain::billing::period::add_months(start, 1),
     };
-    let buckets: Vec<Value> = rows
+    let buckets = rows
         .into_iter()
-        .map(|(metric, kind, start, total, facts, last)| {
-            let value = if kind == "gauge" { Decimal::from(last) } else { total };
-            json!({"metric": metric, "kind": kind, "start": start, "end": step(start), "value": value.normalize(), "facts": facts})
+        .map(|r| {
+            let value = if r.kind == "gauge" { Decimal::from(r.last) } else { r.total };
+            let end = step(r.bucket);
+            UsageBucket::new(r.metric, r.kind, r.bucket, Some(end), value, r.facts)
         })
         .collect();
-    Ok(Json(json!({"granularity": granularity, "from": from, "to": to, "buckets": buckets})))
+    Ok(Json(UsageSeries::new(granularity.as_str(), from, to, buckets)))
 }
 
 /// This module's part of the OpenAPI document.

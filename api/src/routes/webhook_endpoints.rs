@@ -8,11 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use domain::tenant::ApiKeyRole;
+use projections::webhooks::endpoints::{EndpointChange, NewEndpoint, StoredDelivery};
 use projections::webhooks::{self, EVENT_TYPES};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -35,7 +34,7 @@ pub fn router() -> Router<AppState> {
 fn scope(caller: &Caller) -> Result<Option<Uuid>, ApiError> {
     match caller {
         Caller::Admin { acting_for } => Ok(*acting_for),
-        Caller::Tenant(key) => match key.role.0 {
+        Caller::Tenant(key) => match key.role {
             ApiKeyRole::Owner | ApiKeyRole::Admin => Ok(Some(key.tenant_id)),
             role => {
                 Err(ApiError::forbidden(format!("a {} key may not manage webhook endpoints; use an owner or admin key", role.as_str())))
@@ -97,59 +96,11 @@ pub enum EndpointStatus {
     Disabled,
 }
 
-/// A webhook endpoint (never its secret, except in the answer that created it).
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Endpoint {
-    /// Its id.
-    id: Uuid,
-    /// The tenant whose events it gets; `null` for the platform's (every tenant's).
-    tenant_id: Option<Uuid>,
-    /// Where deliveries go.
-    url: String,
-    /// What it receives.
-    event_types: Vec<String>,
-    /// A note.
-    description: Option<String>,
-    /// `enabled` or `disabled`.
-    status: String,
-    /// Since when every attempt has failed (`null` when the last one succeeded).
-    failing_since: Option<DateTime<Utc>>,
-    /// Created.
-    created_at: DateTime<Utc>,
-    /// Last changed.
-    updated_at: DateTime<Utc>,
-    /// The signing secret (`whsec_` + base64): in the creation's answer only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[sqlx(skip)]
-    secret: Option<String>,
-}
+/// A registered endpoint (its secret only in the answer that created it).
+pub use projections::webhooks::endpoints::EndpointRow as Endpoint;
 
-const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, event_types, description, status, failing_since, created_at, updated_at";
-
-/// One delivery of one event to one endpoint.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Delivery {
-    /// Its id.
-    id: Uuid,
-    /// The event's `webhook-id` (the same on every attempt).
-    event_id: String,
-    /// The public event type.
-    event_type: String,
-    /// Attempts so far.
-    attempts: i32,
-    /// `pending`, `succeeded` or `failed`.
-    status: String,
-    /// The last attempt's HTTP status, if it got an answer.
-    last_response_status: Option<i32>,
-    /// Why the last attempt failed.
-    last_error: Option<String>,
-    /// When the next attempt is due (pending deliveries).
-    next_attempt_at: Option<DateTime<Utc>>,
-    /// Created.
-    created_at: DateTime<Utc>,
-}
-
-const DELIVERY_COLUMNS: &str = "id, event_id, event_type, attempts, status, last_response_status, last_error, next_attempt_at, created_at";
+/// One event's delivery to an endpoint.
+pub use projections::webhooks::endpoints::DeliveryRow as Delivery;
 
 fn event_types(types: Vec<EventType>) -> Result<Vec<String>, ApiError> {
     if types.is_empty() || types.len() > 32 {
@@ -189,10 +140,7 @@ async fn checked_url(state: &AppState, url: &str) -> Result<(), ApiError> {
 async fn endpoint_in_scope(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Endpoint, ApiError> {
     let scope = scope(caller)?;
     let id = path_id(raw_id, "webhook endpoint")?;
-    let endpoint: Option<Endpoint> = sqlx::query_as(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(state.pool())
-        .await?;
+    let endpoint = state.endpoints().find(id).await?;
     match endpoint {
         Some(e) if scope.is_none() && caller.is_admin() || e.tenant_id == scope && scope.is_some() => Ok(e),
         _ => Err(ApiError::not_found("webhook endpoint")),
@@ -223,23 +171,8 @@ async fn create(
     checked_url(&state, &body.url).await?;
     let (id, secret, now) = (Uuid::now_v7(), webhooks::new_secret(), state.now());
     let sealed = state.sealer().seal(id, &secret);
-    let mut tx = state.pool().begin().await?;
-    let after = webhooks::create_endpoint_position(&mut tx).await?;
-    let mut endpoint: Endpoint = sqlx::query_as(&format!(
-        "INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, description, status, secret_sealed, created_after, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'enabled', $6, $7, $8, $8) RETURNING {ENDPOINT_COLUMNS}"
-    ))
-    .bind(id)
-    .bind(tenant_id)
-    .bind(&body.url)
-    .bind(&types)
-    .bind(&description)
-    .bind(&sealed)
-    .bind(after)
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let new = NewEndpoint { id, tenant_id, url: body.url, event_types: types, description, secret_sealed: sealed, created_at: now };
+    let mut endpoint = state.endpoints().create(new).await?;
     endpoint.secret = Some(secret);
     Ok((StatusCode::CREATED, Json(endpoint)))
 }
@@ -250,7 +183,7 @@ async fn create(
     tag = "webhooks",
     params(PageQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "A page of the caller's endpoints (the platform's for the admin naming no tenant), oldest first: {data, has_more, next_cursor}", body = EndpointPage),
+        (status = 200, description = "A page of the caller's endpoints (the platform's for the admin naming no tenant), oldest first: {data, has_more, next_cursor}", body = Page<Endpoint>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden
@@ -260,36 +193,8 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQue
     let tenant_id = scope(&caller)?;
     let limit = page_limit(q.limit)?;
     let cursor = parse_time_cursor(q.cursor.as_deref())?;
-    let rows: Vec<Endpoint> = sqlx::query_as(&format!(
-        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
-         WHERE tenant_id IS NOT DISTINCT FROM $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
-         ORDER BY created_at, id LIMIT $4"
-    ))
-    .bind(tenant_id)
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
+    let rows = state.endpoints().list(tenant_id, cursor, limit + 1).await?;
     Ok(Json(Page::from_rows(rows, limit, |e| time_cursor(e.created_at, e.id))))
-}
-
-/// A page of endpoints (for the OpenAPI document).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct EndpointPage {
-    data: Vec<Endpoint>,
-    has_more: bool,
-    next_cursor: Option<String>,
-}
-
-/// A page of deliveries (for the OpenAPI document).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct DeliveryPage {
-    data: Vec<Delivery>,
-    has_more: bool,
-    next_cursor: Option<String>,
 }
 
 #[utoipa::path(
@@ -338,20 +243,8 @@ async fn change(
         EndpointStatus::Enabled => "enabled",
         EndpointStatus::Disabled => "disabled",
     });
-    let changed: Endpoint = sqlx::query_as(&format!(
-        "UPDATE webhook_endpoints SET url = coalesce($2, url), event_types = coalesce($3, event_types),
-                description = coalesce($4, description), status = coalesce($5, status),
-                failing_since = CASE WHEN $5 = 'enabled' THEN NULL ELSE failing_since END, updated_at = $6
-         WHERE id = $1 RETURNING {ENDPOINT_COLUMNS}"
-    ))
-    .bind(endpoint.id)
-    .bind(&body.url)
-    .bind(&types)
-    .bind(&description)
-    .bind(status)
-    .bind(state.now())
-    .fetch_one(state.pool())
-    .await?;
+    let change = EndpointChange { url: body.url, event_types: types, description, status };
+    let changed = state.endpoints().change(endpoint.id, change, state.now()).await?;
     Ok(Json(changed))
 }
 
@@ -378,7 +271,7 @@ pub struct Deleted {
 )]
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Deleted>, ApiError> {
     let endpoint = endpoint_in_scope(&state, &caller, &id).await?;
-    sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1").bind(endpoint.id).execute(state.pool()).await?;
+    state.endpoints().delete(endpoint.id).await?;
     Ok(Json(Deleted { id: endpoint.id, deleted: true }))
 }
 
@@ -401,7 +294,7 @@ struct DeliveriesQuery {
     tag = "webhooks",
     params(("id" = Uuid, Path, description = "Endpoint id"), DeliveriesQuery, crate::openapi::TenantHeader),
     responses(
-        (status = 200, description = "The endpoint's deliveries, newest first: {data, has_more, next_cursor}", body = DeliveryPage),
+        (status = 200, description = "The endpoint's deliveries, newest first: {data, has_more, next_cursor}", body = Page<Delivery>),
         crate::openapi::AuthErrors,
         crate::openapi::Invalid,
         crate::openapi::Forbidden,
@@ -420,18 +313,7 @@ async fn deliveries(
         return Err(ApiError::validation("status", "must be pending, succeeded or failed"));
     }
     let cursor = parse_time_cursor(q.cursor.as_deref())?;
-    let rows: Vec<Delivery> = sqlx::query_as(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
-         WHERE endpoint_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-         ORDER BY created_at DESC, id DESC LIMIT $5"
-    ))
-    .bind(endpoint.id)
-    .bind(&q.status)
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(state.pool())
-    .await?;
+    let rows = state.endpoints().deliveries(endpoint.id, q.status.as_deref(), cursor, limit + 1).await?;
     Ok(Json(Page::from_rows(rows, limit, |d| time_cursor(d.created_at, d.id))))
 }
 
@@ -454,15 +336,8 @@ async fn retry(
 ) -> Result<Json<Delivery>, ApiError> {
     let endpoint = endpoint_in_scope(&state, &caller, &id).await?;
     let delivery_id = path_id(&delivery_id, "delivery")?;
-    let row: Option<(String, String, String)> = sqlx::query_as(
-        "SELECT d.event_id, d.body, w.secret_sealed FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id
-         WHERE d.id = $1 AND d.endpoint_id = $2",
-    )
-    .bind(delivery_id)
-    .bind(endpoint.id)
-    .fetch_optional(state.pool())
-    .await?;
-    let (event_id, body, sealed) = row.ok_or_else(|| ApiError::not_found("delivery"))?;
+    let stored = state.endpoints().stored_delivery(endpoint.id, delivery_id).await?;
+    let StoredDelivery { event_id, body, secret_sealed: sealed } = stored.ok_or_else(|| ApiError::not_found("delivery"))?;
     let secret = state
         .sealer()
         .open(endpoint.id, &sealed)
@@ -474,58 +349,17 @@ async fn retry(
     // fails now is retried on the schedule.
     tokio::spawn(async move {
         let attempt = webhooks::send(&url, &secret, &event_id, &body, app.webhook_allow()).await;
-        webhooks::record(app.pool(), delivery_id, endpoint.id, &attempt, now).await
+        app.endpoints().record(delivery_id, endpoint.id, &attempt, now).await
     })
     .await
     .map_err(ApiError::internal)??;
-    let delivery: Delivery = sqlx::query_as(&format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"))
-        .bind(delivery_id)
-        .fetch_one(state.pool())
-        .await?;
+    let delivery = state.endpoints().delivery(delivery_id).await?.ok_or_else(|| ApiError::not_found("delivery"))?;
     Ok(Json(delivery))
 }
 
-/// Opens the sealed personal fields (`pii1:...`) of a delivery's body with its tenant's key,
-/// right before the dispatcher sends it: receivers get the customer's name and e-mail, the
-/// database keeps only sealed text, and once the tenant is erased the fields go out as `null`.
-pub fn personal_data_opener(pool: sqlx::PgPool) -> projections::webhooks::Opener {
-    let vault = std::sync::Arc::new(commands::vault::Vault::new(pool));
-    std::sync::Arc::new(move |body: String| {
-        let vault = vault.clone();
-        Box::pin(async move {
-            let Ok(mut value) = serde_json::from_str::<Value>(&body) else { return body };
-            let Some(tenant) = value.get("tenant_id").and_then(Value::as_str).and_then(|t| t.parse::<Uuid>().ok()) else { return body };
-            let Ok(key) = vault.key(tenant).await else { return body };
-            fn open(value: &mut Value, key: &commands::vault::TenantKey) {
-                match value {
-                    Value::String(text) if commands::vault::is_sealed(text) => {
-                        *value = key.open(text).map_or(Value::Null, Value::String);
-                    }
-                    Value::Array(items) => items.iter_mut().for_each(|v| open(v, key)),
-                    Value::Object(fields) => fields.values_mut().for_each(|v| open(v, key)),
-                    _ => {}
-                }
-            }
-            open(&mut value, &key);
-            value.to_string()
-        })
-    })
-}
-
-/// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(create, list, show, change, remove, deliveries, retry),
-    components(schemas(
-        CreateEndpoint,
-        ChangeEndpoint,
-        EventType,
-        EndpointStatus,
-        Endpoint,
-        EndpointPage,
-        Delivery,
-        DeliveryPage,
-        Deleted
-    ))
+    components(schemas(CreateEndpoint, ChangeEndpoint, EventType, EndpointStatus, Endpoint, Delivery, Deleted))
 )]
 pub struct Docs;

@@ -137,3 +137,55 @@ async fn a_revoked_key_stops_working_as_soon_as_delete_answers() {
     app.get("/v1/tenant", &member).await.expect_error(401, "UNAUTHENTICATED");
     app.delete(&format!("/v1/api-keys/{member_id}"), &tenant.key).await.expect_error(404, "NOT_FOUND");
 }
+
+/// Authorization before validation: every write operation of the served spec, called with a
+/// `readonly` key and a body that is empty, not JSON, or of the wrong shape (and with ids that
+/// name nothing), is 403 — the key may not make the request, whatever it carries — and
+/// nothing is appended. The same holds for a `member` key on every write of the tenant routes
+/// that need an owner or admin key, checked on two of them.
+#[tokio::test]
+async fn a_readonly_key_is_refused_every_write_whatever_the_body() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant("readonly-writes").await;
+    let readonly = app.issue_key(&tenant.key, "readonly").await;
+    let member = app.issue_key(&tenant.key, "member").await;
+    let spec: serde_json::Value = app.request(Method::GET, "/openapi.json", None).send().await.unwrap().json().await.unwrap();
+    let before = app.all_events().await.len();
+    let bodies: [(&str, Option<&str>); 4] =
+        [("none", None), ("empty object", Some("{}")), ("not JSON", Some("{\"unterminated")), ("wrong shape", Some("[1, 2, 3]"))];
+    let mut checked = 0;
+    for (path, operations) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            if !["post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            // Public operations (`security: [{}]`, the signed payment webhook) take no bearer token.
+            let public = operation["security"].as_array().is_some_and(|s| s.iter().all(|r| r.as_object().is_some_and(|o| o.is_empty())));
+            if public {
+                continue;
+            }
+            let concrete = path
+                .replace("{id}", &uuid::Uuid::now_v7().to_string())
+                .replace("{delivery_id}", &uuid::Uuid::now_v7().to_string())
+                .replace("{name}", "not-a-projection")
+                .replace("{code}", "NO-SUCH-COUPON");
+            for (what, body) in bodies {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let mut request = app.request(method.clone(), &concrete, Some(&readonly));
+                if let Some(body) = body {
+                    request = request.header("content-type", "application/json").body(body.to_owned());
+                }
+                let reply = app.send(request).await;
+                assert_eq!(reply.status, 403, "{method} {path} with a readonly key and {what} body: {}", reply.body);
+                assert_eq!(reply.code(), "FORBIDDEN", "{method} {path} ({what}): {}", reply.body);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 4 * 35, "only {checked} write calls were checked: the spec lists fewer write operations than it should");
+    for path in ["/v1/api-keys", "/v1/members"] {
+        let reply = app.send(app.request(Method::POST, path, Some(&member)).header("content-type", "application/json").body("{}")).await;
+        assert_eq!(reply.status, 403, "POST {path} with a member key and an invalid body: {}", reply.body);
+    }
+    assert_eq!(app.all_events().await.len(), before, "a refused request appended events");
+}

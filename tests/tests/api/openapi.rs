@@ -9,7 +9,7 @@ use reqwest::Method;
 /// `.route("<path>", get(..).post(..))` call in `api/src`.
 fn routed() -> BTreeSet<(String, String)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src");
-    let mut files = vec![root.join("app.rs"), root.join("openapi.rs")];
+    let mut files = vec![root.join("app/middleware.rs"), root.join("openapi.rs")];
     files.extend(std::fs::read_dir(root.join("routes")).unwrap().map(|e| e.unwrap().path()));
     let mut routes = BTreeSet::new();
     for file in files {

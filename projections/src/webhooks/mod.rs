@@ -39,6 +39,8 @@ use uuid::Uuid;
 use crate::leader;
 use crate::log::StoredEvent;
 
+pub mod endpoints;
+
 /// Every public event type an endpoint may subscribe to.
 pub const EVENT_TYPES: [&str; 19] = [
     "tenant.created",

@@ -15,13 +15,25 @@ use commands::Actor;
 use domain::billing::money::parse_price;
 use domain::subscription::PaymentOutcome;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use projections::billing::reads::InvoiceOwner;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+
+/// The payment provider's notification, as processed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentReceived {
+    /// Always `true`.
+    received: bool,
+    /// The notification's id.
+    id: String,
+    /// Whether it was processed before (nothing was done now).
+    duplicate: bool,
+}
 
 /// How far a signature's timestamp may be from now.
 pub const TOLERANCE_SECONDS: i64 = 300;
@@ -82,7 +94,7 @@ struct Notification {
     params(("Payment-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">; 300 s tolerance")),
     request_body = Notification,
     responses(
-        (status = 200, description = "Processed (or already processed: exactly once by id)", body = crate::schemas::PaymentReceived),
+        (status = 200, description = "Processed (or already processed: exactly once by id)", body = PaymentReceived),
         crate::openapi::Invalid,
         (status = 401, description = "UNAUTHENTICATED: bad or stale signature", body = crate::openapi::ErrorBody),
         crate::openapi::NotFound,
@@ -90,7 +102,7 @@ struct Notification {
     ),
     security(()),
 )]
-async fn payments(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn payments(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<PaymentReceived>), ApiError> {
     let secret = state.config().webhook_secret.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -124,11 +136,8 @@ async fn payments(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         "payment.failed" => PaymentOutcome::Failed,
         _ => return Err(ApiError::validation("type", "must be payment.succeeded or payment.failed")),
     };
-    let owner: Option<(Uuid, Uuid)> = sqlx::query_as("SELECT subscription_id, tenant_id FROM rm.invoices WHERE id = $1")
-        .bind(note.invoice_id)
-        .fetch_optional(state.pool())
-        .await?;
-    let (subscription_id, tenant_id) = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
+    let owner = state.reads().billing().invoice_owner(note.invoice_id).await?;
+    let InvoiceOwner { subscription_id, tenant_id, .. } = owner.ok_or_else(|| ApiError::not_found("invoice"))?;
     let context = state.context(Some(tenant_id), Actor::System("payments"));
     let app = state.clone();
     let payment_id = note.id.clone();
@@ -140,7 +149,7 @@ async fn payments(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             Ok(committed.events.is_empty())
         })
         .await?;
-    Ok((StatusCode::OK, Json(json!({ "received": true, "id": note.id, "duplicate": duplicate }))))
+    Ok((StatusCode::OK, Json(PaymentReceived { received: true, id: note.id, duplicate })))
 }
 
 #[cfg(test)]
