@@ -115,7 +115,7 @@ pub fn document() -> &'static Document {
         }
         unique_operation_ids(&mut doc);
         header_errors(&mut doc);
-        doc
+        named_pages(doc)
     })
 }
 
@@ -138,6 +138,30 @@ fn unique_operation_ids(doc: &mut Document) {
             }
         }
     }
+}
+
+/// The names the pages of lists have always had in the document, and so in generated clients
+/// (`InvoicePage`): utoipa names an instance of the generic [`crate::routes::Page`] after its
+/// item (`Page_Invoice`). Pages not listed keep utoipa's name (as they always had).
+const PAGE_NAMES: [(&str, &str); 7] = [
+    ("Page_AuditEntry", "AuditPage"),
+    ("Page_CouponView", "CouponPage"),
+    ("Page_Delivery", "DeliveryPage"),
+    ("Page_Endpoint", "EndpointPage"),
+    ("Page_Invoice", "InvoicePage"),
+    ("Page_ResourceView", "ResourcePage"),
+    ("Page_SimulationSummary", "SimulationPage"),
+];
+
+/// Renames the pages in [`PAGE_NAMES`] and every reference to them.
+fn named_pages(doc: Document) -> Document {
+    let mut text = serde_json::to_string(&doc).expect("the document serialises");
+    for (generated, name) in PAGE_NAMES {
+        text = text
+            .replace(&format!("\"{generated}\""), &format!("\"{name}\""))
+            .replace(&format!("\"#/components/schemas/{generated}\""), &format!("\"#/components/schemas/{name}\""));
+    }
+    serde_json::from_str(&text).expect("the renamed document reads back")
 }
 
 /// A POST that takes `Idempotency-Key` can answer 400 (a malformed key) and 409 (the key reused

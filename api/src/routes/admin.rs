@@ -88,6 +88,7 @@ pub struct RebuildRun {
 
 /// The test clock.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Clock)]
 pub struct ClockView {
     /// The server's time now.
     now: DateTime<Utc>,
