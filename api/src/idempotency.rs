@@ -21,9 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use rand::RngCore;
+use domain::sealing::SealingKey;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -135,7 +133,7 @@ fn fingerprint(parts: &axum::http::request::Parts, body: &Bytes) -> String {
 /// What is derived from the client's key: the lookup (stored) and the sealing key (not).
 struct Secret {
     lookup: String,
-    cipher: XChaCha20Poly1305,
+    key: SealingKey,
 }
 
 impl Secret {
@@ -149,24 +147,15 @@ impl Secret {
             hash.update(key);
             hash.finalize()
         };
-        let cipher = XChaCha20Poly1305::new_from_slice(&digest("seal")).expect("a 32-byte key");
-        Self { lookup: hex::encode(digest("lookup")), cipher }
+        Self { lookup: hex::encode(digest("lookup")), key: SealingKey::new(&digest("seal").into()) }
     }
 
     fn seal(&self, body: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let mut sealed = nonce.to_vec();
-        sealed.extend(self.cipher.encrypt(XNonce::from_slice(&nonce), body).expect("sealing an in-memory buffer cannot fail"));
-        sealed
+        self.key.seal(rand::random(), b"", body)
     }
 
     fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < 24 {
-            return None;
-        }
-        let (nonce, body) = sealed.split_at(24);
-        self.cipher.decrypt(XNonce::from_slice(nonce), body).ok()
+        self.key.open(b"", sealed)
     }
 }
 

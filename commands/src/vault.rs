@@ -11,17 +11,13 @@
 //! Sealed text looks like `pii1:<base64url(nonce ‖ ciphertext)>`. Text without the prefix is
 //! legacy clear text written before sealing existed and is returned as is.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use domain::sealing::SealingKey;
 use domain::values::Sealed;
 use rand::RngCore;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 const PREFIX: &str = "pii1:";
-const NONCE_LEN: usize = 24;
 
 /// Why a value could not be sealed.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +34,7 @@ pub enum VaultError {
 #[derive(Clone)]
 pub struct PersonalDataKey {
     tenant_id: Uuid,
-    cipher: Option<XChaCha20Poly1305>,
+    cipher: Option<SealingKey>,
     /// A key for digests, derived from the tenant's key (gone with it).
     digest_key: Option<[u8; 32]>,
 }
@@ -73,30 +69,16 @@ impl PersonalDataKey {
     /// Seals `clear` (fails for an erased tenant).
     pub fn seal(&self, clear: &str) -> Result<Sealed, VaultError> {
         let cipher = self.cipher.as_ref().ok_or(VaultError::Erased)?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: clear.as_bytes(), aad: self.tenant_id.as_bytes() })
-            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-        let mut bytes = nonce.to_vec();
-        bytes.extend_from_slice(&sealed);
-        Ok(Sealed::from_stored(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))))
+        Ok(Sealed::from_stored(cipher.seal_text(PREFIX, rand::random(), self.tenant_id.as_bytes(), clear)))
     }
 
     /// Opens a stored value: the clear text, or `None` when the key is erased or the value
     /// does not open (tampered, or another tenant's).
     pub fn open(&self, stored: &str) -> Option<String> {
-        let Some(encoded) = stored.strip_prefix(PREFIX) else {
+        if !is_sealed(stored) {
             return Some(stored.to_owned());
-        };
-        let cipher = self.cipher.as_ref()?;
-        let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
-        if bytes.len() < NONCE_LEN {
-            return None;
         }
-        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
-        let clear = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: self.tenant_id.as_bytes() }).ok()?;
-        String::from_utf8(clear).ok()
+        self.cipher.as_ref()?.open_text(PREFIX, self.tenant_id.as_bytes(), stored)
     }
 }
 
@@ -146,7 +128,7 @@ impl Vault {
     pub async fn key_for_writing_from(&self, tenant_id: Uuid, existing: Option<Option<Vec<u8>>>) -> Result<PersonalDataKey, VaultError> {
         match existing {
             Some(Some(key)) if key.len() == 32 => {
-                let cipher = XChaCha20Poly1305::new_from_slice(&key).expect("a 32-byte key");
+                let cipher = SealingKey::from_slice(&key).expect("a 32-byte key");
                 return Ok(PersonalDataKey { tenant_id, cipher: Some(cipher), digest_key: Some(digest_key(&key)) });
             }
             Some(_) => return Err(VaultError::Erased),
@@ -175,7 +157,7 @@ impl Vault {
             .fetch_optional(&self.pool)
             .await?;
         let key = key.flatten().filter(|k| k.len() == 32);
-        let cipher = key.as_ref().map(|k| XChaCha20Poly1305::new_from_slice(k).expect("a 32-byte key"));
+        let cipher = key.as_ref().map(|k| SealingKey::from_slice(k).expect("a 32-byte key"));
         Ok(PersonalDataKey { tenant_id, cipher, digest_key: key.as_deref().map(digest_key) })
     }
 
@@ -213,11 +195,7 @@ mod tests {
     use super::*;
 
     fn key(tenant_id: Uuid) -> PersonalDataKey {
-        PersonalDataKey {
-            tenant_id,
-            cipher: Some(XChaCha20Poly1305::new_from_slice(&[7u8; 32]).unwrap()),
-            digest_key: Some(digest_key(&[7u8; 32])),
-        }
+        PersonalDataKey { tenant_id, cipher: Some(SealingKey::from_slice(&[7u8; 32]).unwrap()), digest_key: Some(digest_key(&[7u8; 32])) }
     }
 
     #[test]

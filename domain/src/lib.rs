@@ -12,6 +12,7 @@ pub mod error;
 pub mod member;
 pub mod plan;
 pub mod resource;
+pub mod sealing;
 pub mod subscription;
 pub mod tenant;
 pub mod upcasting;

@@ -24,11 +24,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Utc};
+use domain::sealing::SealingKey;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde_json::{json, Value};
@@ -264,17 +263,11 @@ pub async fn check_target(url: &str, allow: &AllowList) -> Result<Target, String
     Ok(Target { url: parsed, host: bare, addresses })
 }
 
-/// Seals endpoint secrets with the server's key (XChaCha20-Poly1305, the endpoint id as
+/// Seals endpoint secrets with the server's key (see `domain::sealing`; the endpoint id as
 /// associated data): the database holds only sealed secrets.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Sealer {
-    cipher: XChaCha20Poly1305,
-}
-
-impl std::fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sealer(..)")
-    }
+    key: SealingKey,
 }
 
 const SEALED_PREFIX: &str = "wsk1:";
@@ -282,31 +275,17 @@ const SEALED_PREFIX: &str = "wsk1:";
 impl Sealer {
     /// A sealer with `key`.
     pub fn new(key: &[u8; 32]) -> Self {
-        Self { cipher: XChaCha20Poly1305::new(key.into()) }
+        Self { key: SealingKey::new(key) }
     }
 
     /// Seals `secret` for endpoint `id`.
     pub fn seal(&self, id: Uuid, secret: &str) -> String {
-        let mut nonce = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = self
-            .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret.as_bytes(), aad: id.as_bytes() })
-            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-        let mut bytes = nonce.to_vec();
-        bytes.extend(sealed);
-        format!("{SEALED_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+        self.key.seal_text(SEALED_PREFIX, rand::random(), id.as_bytes(), secret)
     }
 
     /// Opens what [`Self::seal`] sealed for endpoint `id` (`None`: another key, or not ours).
     pub fn open(&self, id: Uuid, sealed: &str) -> Option<String> {
-        let bytes = URL_SAFE_NO_PAD.decode(sealed.strip_prefix(SEALED_PREFIX)?).ok()?;
-        if bytes.len() < 24 {
-            return None;
-        }
-        let (nonce, ciphertext) = bytes.split_at(24);
-        let clear = self.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: id.as_bytes() }).ok()?;
-        String::from_utf8(clear).ok()
+        self.key.open_text(SEALED_PREFIX, id.as_bytes(), sealed)
     }
 }
 
