@@ -3,8 +3,9 @@
 //! of its limit in its period is recorded once (`projections::webhooks::record_threshold`) and
 //! delivered to the endpoints listening. Only tenants with events since the last round and with
 //! an endpoint that listens (theirs or the platform's) are read. One instance at a time (leader
-//! of `webhooks:quota`); its checkpoint is `webhooks:quota` in `relay_checkpoints`.
+//! of `webhooks:quota`); its checkpoint is `webhooks:quota` (see `projections::checkpoint`).
 
+use projections::checkpoint::Checkpoint;
 use std::time::Duration;
 
 use projections::webhooks::{quota_candidates, record_threshold, Threshold};
@@ -47,9 +48,8 @@ pub fn reached(used: u64, limit: u64) -> impl Iterator<Item = u32> {
 async fn round(state: &AppState) -> Result<(), sqlx::Error> {
     let pool = state.pool();
     loop {
-        let after: i64 = sqlx::query_scalar("SELECT coalesce((SELECT position FROM relay_checkpoints WHERE name = 'webhooks:quota'), 0)")
-            .fetch_one(pool)
-            .await?;
+        let checkpoint = Checkpoint::fixed("webhooks:quota");
+        let after = checkpoint.read(pool).await?;
         let (tenants, upto) = quota_candidates(pool, after, WINDOW).await?;
         if upto <= after {
             return Ok(());
@@ -66,13 +66,7 @@ async fn round(state: &AppState) -> Result<(), sqlx::Error> {
                 }
             }
         }
-        sqlx::query(
-            "INSERT INTO relay_checkpoints (name, position, updated_at) VALUES ('webhooks:quota', $1, now())
-             ON CONFLICT (name) DO UPDATE SET position = $1, updated_at = now()",
-        )
-        .bind(upto)
-        .execute(pool)
-        .await?;
+        checkpoint.save(pool, upto).await?;
     }
 }
 

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod billing;
 pub mod bookings;
 pub mod catalog;
+pub mod checkpoint;
 pub mod leader;
 pub mod log;
 pub mod reads;

@@ -16,6 +16,7 @@ use async_nats::jetstream::{self, context::Publish};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::Checkpoint;
 use crate::leader;
 use crate::log::{self, StoredEvent};
 
@@ -88,10 +89,7 @@ impl Relay {
 
     /// The position up to which everything was published and acknowledged.
     pub async fn checkpoint(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT coalesce((SELECT position FROM relay_checkpoints WHERE name = $1), 0)")
-            .bind(&self.config.stream)
-            .fetch_one(&self.pool)
-            .await
+        Checkpoint::new(&self.config.stream).read(&self.pool).await
     }
 
     /// Relays while this instance leads, until `shutdown`; a failed round is retried.
@@ -156,14 +154,7 @@ impl Relay {
                     return Err(RelayError::Crashed(published));
                 }
             }
-            sqlx::query(
-                "INSERT INTO relay_checkpoints (name, position, updated_at) VALUES ($1, $2, now())
-                 ON CONFLICT (name) DO UPDATE SET position = $2, updated_at = now()",
-            )
-            .bind(&self.config.stream)
-            .bind(last)
-            .execute(&self.pool)
-            .await?;
+            Checkpoint::new(&self.config.stream).save(&self.pool, last).await?;
             if stop.is_cancelled() {
                 return Ok(());
             }

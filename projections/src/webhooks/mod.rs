@@ -4,7 +4,7 @@
 //!
 //! Two loops, run by one instance at a time (leader of `webhooks`):
 //! - **fan-out**: follows the global log from its checkpoint (`webhooks` in
-//!   `relay_checkpoints`) and, in the checkpoint's transaction, creates one delivery per event
+//!   `follower_checkpoints`, see [`crate::checkpoint`]) and, in the checkpoint's transaction, creates one delivery per event
 //!   and matching enabled endpoint: each event is fanned out exactly once however the process
 //!   dies. Without any enabled endpoint it moves the checkpoint to the head without reading
 //!   events (endpoints are created under the head's lock, see [`create_endpoint_position`]).
@@ -35,6 +35,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::checkpoint::Checkpoint;
 use crate::leader;
 use crate::log::StoredEvent;
 
@@ -157,6 +158,9 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const IN_FLIGHT: usize = 32;
 /// Positions fanned out per transaction.
 const FAN_OUT_BATCH: i64 = 5_000;
+
+/// The fan-out's checkpoint (the derived deliveries and quota alerts are ordered after it).
+const FAN_OUT: Checkpoint = Checkpoint::fixed("webhooks");
 
 /// The server's clock (the test clock when enabled).
 pub type Now = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -529,7 +533,7 @@ pub async fn record_threshold(pool: &PgPool, reached: &Threshold, now: DateTime<
         sqlx::query(
             "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, position, body, status, next_attempt_at, created_at, updated_at)
              SELECT gen_random_uuid(), w.id, $2, 'quota.threshold_reached',
-                    coalesce((SELECT position FROM relay_checkpoints WHERE name = 'webhooks'), 0), $3, 'pending', $4, $4, $4
+                    coalesce((SELECT position FROM follower_checkpoints WHERE name = 'webhooks'), 0), $3, 'pending', $4, $4, $4
              FROM webhook_endpoints w
              WHERE w.status = 'enabled' AND (w.tenant_id IS NULL OR w.tenant_id = $1)
                AND ('*' = ANY (w.event_types) OR 'quota.threshold_reached' = ANY (w.event_types))
@@ -672,10 +676,9 @@ impl Webhooks {
     pub async fn fan_out(&self) -> Result<(), sqlx::Error> {
         loop {
             let mut tx = self.pool.begin().await?;
-            let (after, head, endpoints): (i64, i64, bool) = sqlx::query_as(
-                "SELECT coalesce((SELECT position FROM relay_checkpoints WHERE name = 'webhooks'), 0),
-                        (SELECT position FROM event_log_head),
-                        EXISTS (SELECT 1 FROM webhook_endpoints WHERE status = 'enabled')",
+            let after = FAN_OUT.read(&mut *tx).await?;
+            let (head, endpoints): (i64, bool) = sqlx::query_as(
+                "SELECT (SELECT position FROM event_log_head), EXISTS (SELECT 1 FROM webhook_endpoints WHERE status = 'enabled')",
             )
             .fetch_one(&mut *tx)
             .await?;
@@ -725,13 +728,7 @@ impl Webhooks {
             } else {
                 head
             };
-            sqlx::query(
-                "INSERT INTO relay_checkpoints (name, position, updated_at) VALUES ('webhooks', $1, now())
-                 ON CONFLICT (name) DO UPDATE SET position = $1, updated_at = now()",
-            )
-            .bind(upto)
-            .execute(&mut *tx)
-            .await?;
+            FAN_OUT.save(&mut *tx, upto).await?;
             tx.commit().await?;
         }
     }
@@ -744,7 +741,7 @@ impl Webhooks {
         sqlx::query(
             "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, position, body, status, next_attempt_at, created_at, updated_at)
              SELECT gen_random_uuid(), w.id, t.event_id, 'subscription.trial_will_end',
-                    coalesce((SELECT position FROM relay_checkpoints WHERE name = 'webhooks'), 0),
+                    coalesce((SELECT position FROM follower_checkpoints WHERE name = 'webhooks'), 0),
                     json_build_object('id', t.event_id, 'type', 'subscription.trial_will_end',
                                       'created_at', to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
                                       'tenant_id', t.tenant_id,
