@@ -1,4 +1,7 @@
-//! Command-line work that is worth testing on its own: `saas-ledger replay`.
+//! The work behind the command line's subcommands that is worth testing on its own: `replay`
+//! (a tenant's history in global order, NDJSON or a table) and `simulate` (reading the
+//! candidate plans, naming the tenants, printing the result as tables). Argument parsing and
+//! the other subcommands (`serve`, `migrate`, `projections`, `admin-token`) are in `main.rs`.
 
 use std::io::Write;
 

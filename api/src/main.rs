@@ -10,17 +10,17 @@ use api::{Application, Config};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc rather than glibc's malloc: under batch appends glibc spent ~8 % of the machine's CPU
-/// freeing and consolidating small blocks (a 1,000-fact batch: 0.31 -> 0.35 of raw INSERTs, same
-/// peak RSS). The benchmark declares the same allocator, since it runs the server in its own process.
+/// jemalloc rather than glibc's malloc: under batch appends glibc spent a noticeable share of the
+/// machine's CPU freeing and consolidating small blocks (bench/results/design-measurements.md).
+/// The benchmark declares the same allocator, since it runs the server in its own process.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the environment still
 /// overrides them): two arenas rather than four per CPU, and freed pages given back to the OS
 /// after 1 s rather than 10 s. With eight arenas, memory freed in one arena (a projector's
-/// batch chained on a blocking thread, say) was kept for ten seconds while the others grew:
-/// the benchmark's peak RSS went from 148-171 MiB to 121 MiB, its throughput unchanged.
+/// batch chained on a blocking thread, say) was kept for ten seconds while the others grew,
+/// and the peak RSS with it (bench/results/design-measurements.md).
 #[allow(non_upper_case_globals, unsafe_code)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"narenas:2,dirty_decay_ms:1000\0";

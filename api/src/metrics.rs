@@ -47,8 +47,7 @@ pub fn handle() -> &'static PrometheusHandle {
         }
         register();
         // Histogram samples wait in a queue until an upkeep folds them into their buckets; left
-        // to scrapes alone, a process nobody scrapes kept every sample of every request (the
-        // benchmark saw tens of MiB between two reads of /metrics).
+        // to scrapes alone, a process nobody scrapes kept every sample of every request.
         let upkeep = handle.clone();
         let spawned = std::thread::Builder::new().name("metrics-upkeep".to_owned()).spawn(move || loop {
             std::thread::sleep(UPKEEP);

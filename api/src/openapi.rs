@@ -153,7 +153,8 @@ const PAGE_NAMES: [(&str, &str); 7] = [
     ("Page_SimulationSummary", "SimulationPage"),
 ];
 
-/// Renames the pages in [`PAGE_NAMES`] and every reference to them.
+/// Renames the pages in [`PAGE_NAMES`] and every reference to them, and lets the replayed
+/// aggregate's state be any of the aggregates' states (see [`untagged_as_any_of`]).
 fn named_pages(doc: Document) -> Document {
     let mut text = serde_json::to_string(&doc).expect("the document serialises");
     for (generated, name) in PAGE_NAMES {
@@ -161,7 +162,21 @@ fn named_pages(doc: Document) -> Document {
             .replace(&format!("\"{generated}\""), &format!("\"{name}\""))
             .replace(&format!("\"#/components/schemas/{generated}\""), &format!("\"#/components/schemas/{name}\""));
     }
-    serde_json::from_str(&text).expect("the renamed document reads back")
+    let mut value: serde_json::Value = serde_json::from_str(&text).expect("the document reads back");
+    untagged_as_any_of(&mut value, "AggregateState");
+    serde_json::from_value(value).expect("the renamed document reads back")
+}
+
+/// utoipa writes an untagged enum as `oneOf`, which JSON Schema reads as "exactly one": the
+/// aggregates' states overlap (few of their fields are required, so a tenant's state also
+/// validates as another aggregate's), so a real answer would match several and be refused;
+/// `anyOf` says what the answer is: one of these states, `aggregate_type` beside it naming it.
+fn untagged_as_any_of(doc: &mut serde_json::Value, schema: &str) {
+    if let Some(object) = doc["components"]["schemas"][schema].as_object_mut() {
+        if let Some(variants) = object.remove("oneOf") {
+            object.insert("anyOf".to_owned(), variants);
+        }
+    }
 }
 
 /// A POST that takes `Idempotency-Key` can answer 400 (a malformed key) and 409 (the key reused

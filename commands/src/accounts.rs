@@ -16,7 +16,7 @@ use domain::tenant::{SuspensionSource, Tenant, TenantCommand, TenantError};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::plans::Plans;
+use crate::catalog::Catalog;
 use crate::subscriptions::Subscriptions;
 use crate::tenants::{IssuedKey, SignUp, Tenants};
 use crate::{CommandContext, CommandError, Committed};
@@ -24,7 +24,7 @@ use crate::{CommandContext, CommandError, Committed};
 /// The cross-aggregate service.
 pub struct Accounts {
     pub(crate) pool: PgPool,
-    plans: Arc<Plans>,
+    catalog: Arc<Catalog>,
     tenants: Arc<Tenants>,
     pub(crate) subscriptions: Arc<Subscriptions>,
 }
@@ -42,8 +42,8 @@ pub struct SignedUp {
 
 impl Accounts {
     /// The service over the three aggregate services.
-    pub fn new(pool: PgPool, plans: Arc<Plans>, tenants: Arc<Tenants>, subscriptions: Arc<Subscriptions>) -> Self {
-        Self { pool, plans, tenants, subscriptions }
+    pub fn new(pool: PgPool, catalog: Arc<Catalog>, tenants: Arc<Tenants>, subscriptions: Arc<Subscriptions>) -> Self {
+        Self { pool, catalog, tenants, subscriptions }
     }
 
     /// The subscriptions' command service.
@@ -52,8 +52,8 @@ impl Accounts {
     }
 
     /// The catalog.
-    pub fn plans(&self) -> &Plans {
-        &self.plans
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// Signs a tenant up on the latest version of `plan` and opens its subscription.

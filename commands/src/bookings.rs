@@ -15,20 +15,27 @@ use std::sync::Mutex;
 use crate::vault::{PersonalDataKey, Vault};
 use crate::{quota, AggregateStore, CommandContext, CommandError, Committed};
 
-/// What a booking needs to know besides the request, as `booking_context` reads it: the
-/// resource's kind and capacity, the subscription's plan limits and add-ons, whether the tenant
-/// has a personal-data key row, the key, the version of the tenant's context stamp, and whether
-/// the read models it came from reflect every change that stamp counts.
-type ContextRow = (
-    String,
-    i32,
-    Option<sqlx::types::Json<domain::plan::PlanLimits>>,
-    Option<sqlx::types::Json<domain::subscription::Addons>>,
-    bool,
-    Option<Vec<u8>>,
-    i64,
-    bool,
-);
+/// What a booking needs to know besides the request, as the SQL function `booking_context`
+/// reads it in one statement.
+#[derive(sqlx::FromRow)]
+struct ContextRow {
+    /// The resource's kind (`room` or `event`).
+    kind: String,
+    /// The resource's capacity.
+    capacity: i32,
+    /// The subscription's plan limits.
+    limits: Option<sqlx::types::Json<domain::plan::PlanLimits>>,
+    /// The subscription's add-ons.
+    addons: Option<sqlx::types::Json<domain::subscription::Addons>>,
+    /// Whether the tenant has a row in `personal_data_keys` (made, or shredded).
+    has_key_row: bool,
+    /// The tenant's personal-data key, unless it was shredded.
+    key: Option<Vec<u8>>,
+    /// The version of the tenant's context stamp.
+    version: i64,
+    /// Whether the read models it came from reflect every change that stamp counts.
+    settled: bool,
+}
 
 /// A booking's context, ready to decide on.
 #[derive(Clone)]
@@ -192,7 +199,7 @@ impl Bookings {
                 .await
                 .map_err(internal)?;
         // Another tenant's resource is, for this tenant, no resource at all.
-        let (kind, capacity, limits, addons, has_key_row, key, version, settled) =
+        let ContextRow { kind, capacity, limits, addons, has_key_row, key, version, settled } =
             row.ok_or(CommandError::Domain(BookingError::ResourceNotFound))?;
         let kind = ResourceKind::parse(&kind).map_err(|e| CommandError::Internal(e.to_string()))?;
         let limits = quota::limits_from(limits.map(|l| l.0), addons.map(|a| a.0));

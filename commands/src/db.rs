@@ -35,9 +35,8 @@ pub async fn connect_as(url: &str, max_connections: u32, application_name: &str)
     }
     // A connection is pinged before use only if it sat idle for a while (Postgres may have
     // restarted meanwhile), not before every acquire as sqlx does by default: that was one more
-    // round trip for every statement, as many as the statements themselves on the hot paths.
-    // Measured on the smoke benchmark: `POST /v1/usage` at 8 clients 0.45–0.53 → 0.59 of raw
-    // INSERTs, quota reads at 32 clients ~3,000–3,400 → 4,581 req/s (p99 15 ms).
+    // round trip for every statement, as many as the statements themselves on the hot paths
+    // (measured: bench/results/design-measurements.md).
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

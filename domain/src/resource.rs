@@ -13,6 +13,7 @@ use crate::{Rejection, RejectionKind, ValidationError};
 
 /// What a resource is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::ResourceKind))]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceKind {
     /// Booked by time slot; two confirmed bookings never overlap.
@@ -53,6 +54,7 @@ pub fn parse_capacity(capacity: i64) -> Result<u32, ValidationError> {
 
 /// A resource's state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Resource))]
 pub struct Resource {
     /// Whether it exists.
     pub created: bool,

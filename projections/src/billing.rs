@@ -1,4 +1,8 @@
-//! The `billing` projection: subscriptions (`rm.subscriptions`) and invoices (`rm.invoices`).
+//! The `billing` projection: subscriptions (`rm.subscriptions`), invoices (`rm.invoices`) with
+//! their credit notes (`rm.credit_notes`), the credit ledger (`rm.credit_transactions`), and the
+//! tables revenue analytics read (`rm.subscription_spans`, `rm.revenue_changes`,
+//! `rm.subscription_changes`, and the view `analytics.revenue_monthly`). Its queries are in
+//! [`reads`].
 //!
 //! A subscription row holds the domain aggregate's own state, folded with the domain's own
 //! `apply`, plus the columns queries need (status, periods, the next instant the billing run

@@ -10,7 +10,6 @@ use domain::subscription::Subscription;
 use domain::tenant::Tenant;
 use domain::usage::{UsageBatch, UsageFact};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -39,9 +38,29 @@ pub struct Replayed {
     pub version: i64,
     /// When the last applied event occurred.
     pub last_event_at: Option<DateTime<Utc>>,
-    /// The state, as the aggregate serialises it (its fields depend on `aggregate_type`).
-    #[schema(value_type = Object)]
-    pub state: Value,
+    /// The state, as the aggregate of `aggregate_type` serialises it.
+    pub state: AggregateState,
+}
+
+/// A replayed aggregate's state: one of the aggregates' own states, serialised as the
+/// aggregate serialises it (untagged: `aggregate_type` says which).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum AggregateState {
+    /// A tenant.
+    Tenant(Tenant),
+    /// A subscription.
+    Subscription(Box<Subscription>),
+    /// A plan's versions.
+    Plan(PlanVersions),
+    /// A usage fact recorded on its own.
+    Usage(UsageFact),
+    /// A batch of usage facts.
+    UsageBatch(UsageBatch),
+    /// A room or an event.
+    Resource(Resource),
+    /// A booking.
+    Booking(Booking),
 }
 
 /// Why a replay failed.
@@ -66,28 +85,28 @@ pub enum ReplayError {
 /// The aggregate types that can be replayed.
 pub const TYPES: [&str; 7] = ["Tenant", "Subscription", "Plan", "Usage", "UsageBatch", "Resource", "Booking"];
 
-fn fold<A: Aggregate>(events: &[StoredEvent]) -> Result<Value, ReplayError> {
+fn fold<A: Aggregate>(events: &[StoredEvent]) -> Result<A, ReplayError> {
     let mut state = A::default();
     for event in events.iter().map(StoredEvent::upcast) {
         let payload: A::Event =
             serde_json::from_value(event.payload).map_err(|source| ReplayError::Payload { position: event.position, source })?;
         state.apply(payload);
     }
-    serde_json::to_value(&state).map_err(|source| ReplayError::Payload { position: 0, source })
+    Ok(state)
 }
 
 /// Folds `events` (one aggregate's, in sequence order) with the aggregate of `aggregate_type`.
-pub fn fold_events(aggregate_type: &str, events: &[StoredEvent]) -> Result<Value, ReplayError> {
-    match aggregate_type {
-        "Tenant" => fold::<Tenant>(events),
-        "Subscription" => fold::<Subscription>(events),
-        "Plan" => fold::<PlanVersions>(events),
-        "Usage" => fold::<UsageFact>(events),
-        "UsageBatch" => fold::<UsageBatch>(events),
-        "Resource" => fold::<Resource>(events),
-        "Booking" => fold::<Booking>(events),
-        other => Err(ReplayError::UnknownType(other.to_owned())),
-    }
+pub fn fold_events(aggregate_type: &str, events: &[StoredEvent]) -> Result<AggregateState, ReplayError> {
+    Ok(match aggregate_type {
+        "Tenant" => AggregateState::Tenant(fold(events)?),
+        "Subscription" => AggregateState::Subscription(Box::new(fold(events)?)),
+        "Plan" => AggregateState::Plan(fold(events)?),
+        "Usage" => AggregateState::Usage(fold(events)?),
+        "UsageBatch" => AggregateState::UsageBatch(fold(events)?),
+        "Resource" => AggregateState::Resource(fold(events)?),
+        "Booking" => AggregateState::Booking(fold(events)?),
+        other => return Err(ReplayError::UnknownType(other.to_owned())),
+    })
 }
 
 /// Replays aggregate `aggregate_type`/`aggregate_id` until `until`; only `tenant`'s when given.

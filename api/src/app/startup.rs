@@ -10,9 +10,9 @@ use axum::Router;
 use commands::accounts::Accounts;
 use commands::appender::Appender;
 use commands::bookings::Bookings;
+use commands::catalog::Catalog;
 use commands::clock::{Clock, ManualClock, SystemClock};
 use commands::members::Members;
-use commands::plans::Plans;
 use commands::store::CommitHook;
 use commands::subscriptions::{PgUsageMeter, Subscriptions};
 use commands::tenants::Tenants;
@@ -77,7 +77,7 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), domain::upcasting::upcasters(), on_commit.clone()),
             vault.clone(),
         ));
-        let plans = Arc::new(Plans::new(
+        let plans = Arc::new(Catalog::new(
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
         ));
@@ -145,7 +145,7 @@ impl Application {
             sealer,
         }));
         let seed = state.context(None, Actor::System("catalog"));
-        state.accounts().plans().seed_defaults(&seed).await.map_err(|e| e.to_string())?;
+        state.accounts().catalog().seed_defaults(&seed).await.map_err(|e| e.to_string())?;
         state.settle_all().await;
         let mut background = background;
         let billing = state.clone();

@@ -203,7 +203,7 @@ async fn create(
     let app = state.clone();
     let committed = state
         .detach(async move {
-            let committed = app.accounts().plans().create_coupon(terms, &context).await?;
+            let committed = app.accounts().catalog().create_coupon(terms, &context).await?;
             app.settle_all().await;
             Ok(committed)
         })

@@ -218,7 +218,7 @@ async fn publish(
     let published = state
         .detach(async move {
             let code = plan.code.to_string();
-            let committed = app.accounts().plans().publish(plan, &context).await?;
+            let committed = app.accounts().catalog().publish(plan, &context).await?;
             app.settle(&code, &committed).await;
             Ok(committed.state.latest.expect("just published"))
         })

@@ -249,7 +249,7 @@ async fn redeem_coupon(
         return Err(ApiError::validation("code", "must be a coupon code"));
     }
     // A code of another form names no coupon.
-    let coupon = if super::coupons::is_code(code) { state.accounts().plans().coupon(code).await.map_err(ApiError::from)? } else { None };
+    let coupon = if super::coupons::is_code(code) { state.accounts().catalog().coupon(code).await.map_err(ApiError::from)? } else { None };
     let Some(coupon) = coupon else {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -319,7 +319,7 @@ async fn change_plan(
     let billing_period = body.billing_period.as_deref().map(BillingPeriod::parse).transpose()?;
     let plan = state
         .accounts()
-        .plans()
+        .catalog()
         .latest(&code)
         .await?
         .ok_or_else(|| ApiError::validation("plan", format!("no plan \"{code}\" in the catalog")))?;

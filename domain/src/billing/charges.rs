@@ -12,6 +12,7 @@ use crate::ValidationError;
 /// One tier: the units up to `up_to` (inclusive; `None` on the last tier) after the previous
 /// tier's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Tier))]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// The last unit of the tier (counted from the first billable unit); `None`: no end.
@@ -25,6 +26,7 @@ pub struct Tier {
 
 /// How the billable units are priced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Model))]
 #[serde(tag = "model", rename_all = "snake_case")]
 pub enum Model {
     /// `units × unit_price`.
@@ -53,6 +55,7 @@ pub enum Model {
 
 /// A plan's price for one metric's usage of a period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Charge))]
 pub struct Charge {
     /// The metric priced.
     pub metric: String,

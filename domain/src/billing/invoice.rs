@@ -9,6 +9,7 @@ use crate::values::TaxRate;
 
 /// What an invoice line is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::LineKind))]
 #[serde(rename_all = "lowercase")]
 pub enum LineKind {
     /// The plan fee for a period, in advance.
@@ -30,6 +31,7 @@ pub enum LineKind {
 
 /// One line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::InvoiceLine))]
 pub struct InvoiceLine {
     /// What for.
     pub kind: LineKind,
@@ -58,6 +60,7 @@ impl InvoiceLine {
 
 /// The money of an invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Totals))]
 pub struct Totals {
     /// The exact sum of the lines.
     pub subtotal: Decimal,

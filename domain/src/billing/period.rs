@@ -10,6 +10,7 @@ use crate::plan::BillingPeriod;
 
 /// A half-open interval `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Period))]
 pub struct Period {
     /// First instant.
     pub start: DateTime<Utc>,

@@ -24,6 +24,7 @@ pub const MAX_EVENT_DAYS: i64 = 31;
 
 /// The booked resource, as the booking needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::BookedResource))]
 pub struct BookedResource {
     /// Its id.
     pub id: Uuid,
@@ -35,6 +36,7 @@ pub struct BookedResource {
 
 /// Who booked: personal data, sealed with the tenant's key before it reaches the domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Customer))]
 pub struct Customer {
     /// Name (sealed).
     pub name: Sealed,
@@ -232,6 +234,7 @@ impl Rejection for BookingError {
 
 /// Where a booking is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::BookingStatus))]
 #[serde(rename_all = "lowercase")]
 pub enum BookingStatus {
     /// Not created.
@@ -245,6 +248,7 @@ pub enum BookingStatus {
 
 /// A booking's state.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Booking))]
 pub struct Booking {
     /// Status.
     pub status: BookingStatus,

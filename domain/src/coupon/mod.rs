@@ -14,6 +14,7 @@ use crate::{Rejection, RejectionKind, ValidationError};
 
 /// How long a coupon's discount lasts once redeemed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::CouponDuration))]
 #[serde(rename_all = "snake_case")]
 pub enum CouponDuration {
     /// The next invoice.
@@ -26,6 +27,7 @@ pub enum CouponDuration {
 
 /// What a coupon takes off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::CouponValue))]
 #[serde(rename_all = "snake_case")]
 pub enum CouponValue {
     /// A percentage (0 < p ≤ 100, at most two decimals) of the invoice's other lines.
@@ -41,6 +43,7 @@ pub enum CouponValue {
 
 /// A coupon's terms, as created and as a subscription redeemed them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::CouponTerms))]
 pub struct CouponTerms {
     /// Its code (`[A-Za-z0-9_-]{3,50}`, unique).
     pub code: String,
@@ -151,6 +154,7 @@ impl CouponTerms {
 
 /// The Coupon aggregate: its terms once created.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Coupon))]
 pub struct Coupon {
     /// The terms.
     pub terms: Option<CouponTerms>,

@@ -19,6 +19,7 @@ use crate::{Rejection, RejectionKind};
 
 /// Where a member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::MemberStatus))]
 #[serde(rename_all = "snake_case")]
 pub enum MemberStatus {
     /// Not invited yet.
@@ -46,6 +47,7 @@ impl MemberStatus {
 
 /// The Member aggregate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Member))]
 pub struct Member {
     /// Its tenant.
     pub tenant_id: Option<Uuid>,

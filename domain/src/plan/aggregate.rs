@@ -12,6 +12,7 @@ use crate::{Rejection, RejectionKind};
 
 /// One plan code's published versions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::PlanVersions))]
 pub struct PlanVersions {
     /// The latest version, if any.
     pub latest: Option<Plan>,

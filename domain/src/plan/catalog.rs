@@ -24,6 +24,7 @@ impl PlanCode {
 
 /// A plan's limits; `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::PlanLimits))]
 pub struct PlanLimits {
     /// Users (seats) of the tenant.
     pub users: Option<u64>,
@@ -41,6 +42,7 @@ pub struct PlanLimits {
 
 /// A plan's prices in one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Prices))]
 pub struct Prices {
     /// Per month.
     pub monthly: Decimal,
@@ -66,6 +68,7 @@ impl Plan {
 
 /// One version of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Plan))]
 pub struct Plan {
     /// The plan's code.
     pub code: PlanCode,

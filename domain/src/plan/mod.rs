@@ -13,6 +13,7 @@ use crate::ValidationError;
 
 /// How often a subscription is billed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::BillingPeriod))]
 #[serde(rename_all = "lowercase")]
 pub enum BillingPeriod {
     /// Every month on the anchor day.

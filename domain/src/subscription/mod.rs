@@ -56,6 +56,7 @@ pub const LATE_USAGE_DAYS: i64 = crate::usage::LATE_USAGE_DAYS;
 /// A plan version's terms as a subscription signed up to them: later catalog versions never
 /// change what an existing subscriber pays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::PlanTerms))]
 pub struct PlanTerms {
     /// Plan code.
     pub code: PlanCode,
@@ -112,6 +113,7 @@ impl PlanTerms {
 
 /// Paid extras on top of the plan, billed in advance with each period.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Addons))]
 pub struct Addons {
     /// Users beyond the plan's.
     pub extra_users: u32,
@@ -135,6 +137,7 @@ pub struct BillableUsage {
 /// One metric's usage of a period as billed: how much was counted, what was included, and
 /// what it cost. Late facts are billed as the difference to these figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::MeteredCharge))]
 pub struct MeteredCharge {
     /// The plan's charge that priced it (`None`: the built-in API-call overage and SMS price).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +155,7 @@ pub struct MeteredCharge {
 
 /// A billed period whose usage can still change (see [`LATE_USAGE_DAYS`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::BilledUsage))]
 pub struct BilledUsage {
     /// The period's end.
     pub period_end: DateTime<Utc>,
@@ -164,6 +168,7 @@ pub struct BilledUsage {
 /// A grant of account credit (an admin's, or time carried from a downgrade, or a credit note
 /// on a paid invoice): what is left of it, and until when it counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::CreditGrant))]
 pub struct CreditGrant {
     /// Its id.
     pub id: Uuid,
@@ -175,6 +180,7 @@ pub struct CreditGrant {
 
 /// What the subscription remembers of an invoice it issued, for credit notes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::InvoiceBook))]
 pub struct InvoiceBook {
     /// The invoice's subtotal.
     pub subtotal: Decimal,
@@ -184,6 +190,7 @@ pub struct InvoiceBook {
 
 /// A redeemed coupon's discount, while it lasts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::ActiveDiscount))]
 pub struct ActiveDiscount {
     /// The coupon as redeemed.
     pub coupon: crate::coupon::CouponTerms,
@@ -213,6 +220,7 @@ pub type SubscriptionServices = Arc<dyn UsageMeter>;
 
 /// Where a subscription is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::SubscriptionStatus))]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
     /// Not started.
@@ -246,6 +254,7 @@ impl SubscriptionStatus {
 
 /// A plan change waiting for the period end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::PendingChange))]
 pub struct PendingChange {
     /// The plan to switch to.
     pub plan: PlanTerms,
@@ -257,6 +266,7 @@ pub struct PendingChange {
 
 /// The Subscription aggregate's state.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Subscription))]
 pub struct Subscription {
     /// Its id.
     pub id: Option<Uuid>,

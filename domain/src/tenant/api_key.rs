@@ -4,6 +4,7 @@ use crate::ValidationError;
 
 /// What a tenant API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::ApiKeyRole))]
 #[serde(rename_all = "lowercase")]
 pub enum ApiKeyRole {
     /// Everything, including issuing owner keys.

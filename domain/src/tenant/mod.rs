@@ -34,6 +34,7 @@ pub const DEFAULT_TRIAL_DAYS: u32 = 14;
 
 /// Where a tenant is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::TenantStatus))]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
     /// Not created yet (the state of an empty stream).
@@ -64,6 +65,7 @@ impl TenantStatus {
 
 /// Who suspended a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::SuspensionSource))]
 #[serde(rename_all = "snake_case")]
 pub enum SuspensionSource {
     /// The platform admin.
@@ -75,6 +77,7 @@ pub enum SuspensionSource {
 
 /// What the aggregate remembers of an API key: enough to refuse a second revocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::KeyState))]
 pub struct KeyState {
     /// The key's role.
     pub role: ApiKeyRole,
@@ -84,6 +87,7 @@ pub struct KeyState {
 
 /// The Tenant aggregate's state, folded from its events.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Tenant))]
 pub struct Tenant {
     /// The tenant's id (the aggregate id), once created.
     pub id: Option<Uuid>,

@@ -67,6 +67,7 @@ impl MetricName {
 
 /// How a metric's facts combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::MetricKind))]
 #[serde(rename_all = "lowercase")]
 pub enum MetricKind {
     /// Facts add up (`api_calls`, `sms`).
@@ -101,6 +102,7 @@ pub fn usage_id(tenant_id: Uuid, idempotency_key: &str) -> String {
 
 /// One usage fact's state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::UsageFact))]
 pub struct UsageFact {
     /// Whether it was recorded.
     pub recorded: bool,
@@ -260,6 +262,7 @@ pub const MAX_BATCH_FACTS: usize = 1000;
 /// whose keys were recorded before (answered as duplicates) and decides again if it lost a
 /// race for a key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::UsageBatch))]
 pub struct UsageBatch {
     /// How many facts it recorded (0: not recorded yet).
     pub facts: usize,
@@ -279,6 +282,7 @@ pub struct RecordUsageBatch {
 
 /// One fact of a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::BatchFact))]
 pub struct BatchFact {
     /// Which metric.
     pub metric: MetricName,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// erasure (destroying the key) makes every copy unreadable. The domain never needs the clear
 /// text: it only carries the value from command to event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Sealed))]
 #[serde(transparent)]
 pub struct Sealed(String);
 

@@ -5,6 +5,7 @@ use crate::ValidationError;
 
 /// A tax rate in percent (`"8.1"` means 8.1 %), between 0 and 100 with at most four decimals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::TaxRate))]
 #[serde(transparent)]
 pub struct TaxRate(Decimal);
 

@@ -6,11 +6,22 @@ use e2e::{spawn_app, ADMIN_TOKEN};
 use reqwest::Method;
 
 /// Every `(METHOD, path)` the server routes, read from the routers' source: each
-/// `.route("<path>", get(..).post(..))` call in `api/src`.
+/// `.route("<path>", get(..).post(..))` call in `api/src` (the routes' modules, the app's
+/// middleware and the OpenAPI module).
 fn routed() -> BTreeSet<(String, String)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src");
     let mut files = vec![root.join("app/middleware.rs"), root.join("openapi.rs")];
-    files.extend(std::fs::read_dir(root.join("routes")).unwrap().map(|e| e.unwrap().path()));
+    let mut dirs = vec![root.join("routes")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
     let mut routes = BTreeSet::new();
     for file in files {
         let source = std::fs::read_to_string(&file).unwrap();
@@ -396,6 +407,24 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
     assert_eq!(simulation.body["status"], "done", "{}", simulation.body);
     check_against_spec(&spec, "get", "/v1/admin/simulations/{id}", &simulation);
     check_against_spec(&spec, "get", "/v1/admin/simulations", &app.get("/v1/admin/simulations", ADMIN_TOKEN).await);
+
+    // Every aggregate's replayed state (one of the aggregates' own schemas), and the export.
+    let tenant_id = signed_up.body["id"].as_str().unwrap().to_owned();
+    let subscription_id = signed_up.body["subscription_id"].as_str().unwrap().to_owned();
+    let booking_id = booking.body["id"].as_str().unwrap().to_owned();
+    for (kind, id) in [
+        ("Tenant", tenant_id.clone()),
+        ("Subscription", subscription_id),
+        ("Plan", "starter".to_owned()),
+        ("Resource", room.clone()),
+        ("Booking", booking_id),
+        ("Usage", format!("{tenant_id}:typed-1")),
+    ] {
+        let replayed = app.get(&format!("/v1/aggregates/{kind}/{id}"), ADMIN_TOKEN).await;
+        assert_eq!(replayed.status, 200, "{kind} {id}: {}", replayed.body);
+        check_against_spec(&spec, "get", "/v1/aggregates/{aggregate_type}/{id}", &replayed);
+    }
+    check_against_spec(&spec, "get", "/v1/tenant/export", &app.get("/v1/tenant/export", &key).await);
 
     // Usage over time, analytics, health.
     check_against_spec(&spec, "get", "/v1/usage", &app.get("/v1/usage?granularity=hour", &key).await);

@@ -1,4 +1,6 @@
-//! The catalog: seeding the default plans, publishing versions, reading the latest; coupons.
+//! The catalog: what the platform sells, as the `catalog` projection shows it: plans (each
+//! plan's stream is its versions, `domain::plan::PlanVersions`: seeding the defaults,
+//! publishing the next version, reading the latest) and coupons (one stream per code).
 
 use domain::coupon::{Coupon, CouponCommand, CouponError, CouponTerms};
 use domain::plan::{default_catalog, Plan, PlanCode, PlanCommand, PlanError, PlanVersions};
@@ -6,12 +8,12 @@ use domain::plan::{default_catalog, Plan, PlanCode, PlanCommand, PlanError, Plan
 use crate::{AggregateStore, CommandContext, CommandError, Committed};
 
 /// The catalog service.
-pub struct Plans {
+pub struct Catalog {
     store: AggregateStore<PlanVersions>,
     coupons: AggregateStore<Coupon>,
 }
 
-impl Plans {
+impl Catalog {
     /// Wraps the catalog's stores.
     pub fn new(store: AggregateStore<PlanVersions>, coupons: AggregateStore<Coupon>) -> Self {
         Self { store, coupons }

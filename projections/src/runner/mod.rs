@@ -12,6 +12,11 @@
 //! (`last_error`); it is retried with back-off, and resumes when the cause is fixed. Nothing is
 //! ever skipped.
 
+mod projection;
+mod waiting;
+
+pub use projection::{Projection, ProjectionError, RunInfo};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,139 +64,6 @@ const BATCH: i64 = 2_000;
 /// The same for a projection that reads only some aggregate types (most positions of its
 /// range are not read at all).
 const FILTERED_BATCH: i64 = 5_000;
-
-/// A read model built from the log.
-#[async_trait]
-pub trait Projection: Send + Sync + 'static {
-    /// Stable name (`tenants`); also the prefix of its schemas.
-    fn name(&self) -> &'static str;
-    /// Bump whenever the tables or the logic change: the new version is rebuilt beside the
-    /// old one and swapped in when it has caught up.
-    fn version(&self) -> i32;
-    /// The tables it owns, each exposed as the view `rm.<table>`.
-    fn tables(&self) -> &'static [&'static str];
-    /// Creates its (empty) tables in `schema`.
-    async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error>;
-    /// Extra views the projection exposes in the `analytics` schema, as `(name, SELECT ...)`
-    /// with `{schema}` standing for the live run's schema; swapped with its tables.
-    fn analytics_views(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
-    }
-    /// Whether the projection wants events exactly as stored rather than upcast to their
-    /// current version (only the audit chain, which hashes what is stored).
-    fn reads_stored_events(&self) -> bool {
-        false
-    }
-    /// The aggregate types whose events it applies (`None`: every event). The others are
-    /// not even read: the checkpoint moves over them.
-    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        None
-    }
-    /// Applies one event to the tables in `schema`. Called in global order, exactly once per
-    /// event, inside the transaction that also moves the checkpoint. Takes time from the
-    /// event, never from a clock, so that a rebuild gives the same answer.
-    async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError>;
-    /// Applies consecutive events, as [`Projection::apply`] would one by one. Projections with
-    /// many writes per event override it with multi-row statements. If it fails, the runner
-    /// rolls the batch back and applies the events one by one to find the failing one.
-    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        for event in events {
-            self.apply(conn, schema, event).await?;
-        }
-        Ok(())
-    }
-    /// How many positions one batch of this projection covers at most, if not the runner's
-    /// default (2,000; 5,000 for a projection of some aggregate types).
-    fn batch_span(&self) -> Option<i64> {
-        None
-    }
-    /// Indexes that reads need and applying does not (`CREATE [UNIQUE] INDEX IF NOT EXISTS ..`,
-    /// `{schema}` standing for the run's schema). A run fills its tables without them and
-    /// creates them once it has caught up, just before it is swapped in: a table loaded first
-    /// and indexed after is indexed by one sort, not by one b-tree insert per row.
-    fn deferred_indexes(&self) -> Vec<String> {
-        Vec::new()
-    }
-    /// Applies every event at positions `after < position <= upto` (of its aggregate types) in
-    /// one go, in the batch's transaction on `conn`. By default the events are read here (only
-    /// its aggregate types, upcast unless it reads stored events) and handed to
-    /// [`Projection::apply_batch`]; a projection that reads the log better itself (in SQL, or
-    /// only the columns it needs) overrides it, and may use `log` to read events outside the
-    /// transaction (such as the next range, ahead of time). If it fails, the runner rolls the
-    /// batch back and applies the events one by one ([`Projection::apply`]) to find the
-    /// failing one.
-    async fn apply_range(
-        &self,
-        conn: &mut PgConnection,
-        schema: &str,
-        after: i64,
-        upto: i64,
-        _log: &PgPool,
-    ) -> Result<(), ProjectionError> {
-        let events = log::read_range(&mut *conn, after, upto, self.aggregate_types()).await?;
-        if events.is_empty() {
-            // Nothing of its types in the range: only the checkpoint moves.
-            return Ok(());
-        }
-        if self.reads_stored_events() {
-            self.apply_batch(conn, schema, &events).await
-        } else {
-            let events: Vec<StoredEvent> = events.into_iter().map(StoredEvent::into_upcast).collect();
-            self.apply_batch(conn, schema, &events).await
-        }
-    }
-}
-
-/// Why a projection could not apply an event.
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectionError {
-    /// The database refused a write.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// The payload does not have the shape the projection expects.
-    #[error("cannot read {event_type} payload: {source}")]
-    Payload {
-        /// The event type.
-        event_type: String,
-        /// The decoding error.
-        source: serde_json::Error,
-    },
-}
-
-impl ProjectionError {
-    /// A payload decoding error for `event`.
-    pub fn payload(event: &StoredEvent, source: serde_json::Error) -> Self {
-        Self::Payload { event_type: event.event_type.clone(), source }
-    }
-}
-
-/// One run of a projection, as the status endpoint shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-#[schema(as = ProjectionRun)]
-pub struct RunInfo {
-    /// Projection name.
-    pub name: String,
-    /// Projection version the run builds.
-    pub version: i32,
-    /// Run number within the projection.
-    pub generation: i32,
-    /// `building` (catching up beside the live run), `live` (serving reads) or `retired`.
-    #[schema(pattern = "^(building|live|retired)$")]
-    pub status: String,
-    /// The last position applied.
-    pub position: i64,
-    /// The log's head when asked.
-    pub head: i64,
-    /// `head - position`.
-    pub lag: i64,
-    /// Why the run is stuck, if it is.
-    pub last_error: Option<String>,
-    /// The position it is stuck at.
-    pub last_error_position: Option<i64>,
-    /// The instance (its `application_name`) that runs this projection now, if any.
-    #[sqlx(default)]
-    pub leader: Option<String>,
-}
 
 /// Applies `event` to `projection`, upcast unless the projection reads stored events.
 async fn apply(projection: &dyn Projection, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
@@ -645,12 +517,6 @@ impl Projections {
         Ok(())
     }
 
-    /// The lowest position that every live projection of this process is known to have
-    /// applied (from the projector loops here; 0 for those led by another instance).
-    pub fn applied(&self) -> i64 {
-        self.live.values().map(|live| *live.borrow()).min().unwrap_or(0)
-    }
-
     /// Whether a live run of a projection that reads only some aggregate types can skip this
     /// round: nothing of its types was appended after its checkpoint. It then tells this
     /// process's waiters it is at the head (its model already holds everything up to there)
@@ -704,81 +570,5 @@ impl Projections {
         self.quiet.lock().expect("not poisoned").insert(run.name, (run.generation, head));
         self.publish(run.name, "live", head);
         Ok(true)
-    }
-
-    /// Waits until every live projection has applied `position` (read-your-writes), at most
-    /// `timeout`; returns whether it got there.
-    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        for live in self.live.values() {
-            let mut rx = live.subscribe();
-            loop {
-                if *rx.borrow_and_update() >= position {
-                    break;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return self.live_positions_reached(position).await;
-                }
-                // Another process may be running this projection: look at the table too.
-                let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), rx.changed()).await;
-                if *rx.borrow() < position && self.live_positions_reached(position).await {
-                    return true;
-                }
-            }
-        }
-        true
-    }
-
-    /// Whether every live run, as stored (possibly by another process), holds `position`: its
-    /// checkpoint is there, or (a projection that reads only some aggregate types and moves
-    /// its checkpoint over the others' events in bulk) nothing of its types lies in between.
-    async fn live_positions_reached(&self, position: i64) -> bool {
-        let runs: Result<Vec<(String, i64)>, _> =
-            sqlx::query_as("SELECT name, position FROM projection_runs WHERE status = 'live'").fetch_all(&self.pool).await;
-        let Ok(runs) = runs else { return false };
-        for (name, at) in runs {
-            if at >= position {
-                continue;
-            }
-            let Some(types) = self.projection(&name).and_then(|p| p.aggregate_types()) else {
-                return false;
-            };
-            let pending: Result<bool, _> = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE position > $1 AND position <= $2 AND (aggregate_type = ANY($3)) IS TRUE)",
-            )
-            .bind(at)
-            .bind(position)
-            .bind(types)
-            .fetch_one(&self.pool)
-            .await;
-            if !matches!(pending, Ok(false)) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Numbers everything committed so far and returns the head position.
-    pub async fn drain_and_head(&self) -> Result<i64, sqlx::Error> {
-        self.sequencer.drain().await?;
-        log::head(&self.pool).await
-    }
-
-    /// Every run that is not retired, with its position and lag.
-    pub async fn status(&self) -> Result<Vec<RunInfo>, sqlx::Error> {
-        let runs: Vec<RunInfo> = sqlx::query_as(
-            "SELECT r.name, r.version, r.generation, r.status, r.position, h.position AS head, h.position - r.position AS lag,
-                    r.last_error, r.last_error_position
-             FROM projection_runs r CROSS JOIN event_log_head h
-             WHERE r.status <> 'retired' ORDER BY r.name, r.generation",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut runs = runs;
-        for run in &mut runs {
-            run.leader = leader::holder(&self.pool, &format!("projection:{}", run.name)).await?;
-        }
-        Ok(runs)
     }
 }
