@@ -184,19 +184,35 @@ impl EventLog {
     }
 }
 
-/// An event with its payload and metadata as the JSON text stored (see [`EventLog::feed`]).
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// An event exactly as stored: its payload and metadata as Postgres's text of the stored
+/// `jsonb` (keys in `jsonb`'s own order), never upcast. The event feed writes it out without
+/// parsing it ([`EventLog::feed`]); the audit chain hashes it (`crate::audit`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RawEvent {
+    /// Global position.
     pub position: i64,
+    /// The tenant it belongs to (`None` for platform events).
     pub tenant_id: Option<Uuid>,
+    /// `Tenant`, `Subscription`, ...
     pub aggregate_type: String,
+    /// The aggregate's id.
     pub aggregate_id: String,
+    /// Position within the aggregate's stream.
     pub sequence: i64,
+    /// `TenantCreated`, ...
     pub event_type: String,
+    /// The payload's schema version.
     pub event_version: String,
+    /// The payload's JSON text.
     pub payload: String,
+    /// The metadata's JSON text.
     pub metadata: String,
+    /// When the database stored it.
     pub recorded_at: DateTime<Utc>,
+    /// The event's digest when Postgres computed it (the audit's reads of a large payload):
+    /// then `payload` holds only what a summary reads.
+    #[sqlx(default)]
+    pub digest: Option<String>,
 }
 
 /// [`EventLog::read_after`] on any connection (projectors read inside their transaction).

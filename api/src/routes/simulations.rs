@@ -176,28 +176,8 @@ async fn run(state: AppState, id: Uuid, input: SimulationInput) {
 /// A simulation: what was asked, how far it got, and its result once done.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SimulationView {
-    /// Its id.
-    id: Uuid,
-    /// `running`, `done` or `failed`.
-    #[schema(pattern = "^(running|done|failed)$")]
-    status: String,
-    /// 0 to 1.
-    #[schema(minimum = 0, maximum = 1)]
-    progress: f64,
-    /// The window's start.
-    from: DateTime<Utc>,
-    /// The window's end.
-    to: DateTime<Utc>,
-    /// The candidate plans' codes.
-    plans: Vec<String>,
-    /// The tenants re-billed (`null`: all).
-    tenants: Option<Vec<Uuid>>,
-    /// Asked.
-    created_at: DateTime<Utc>,
-    /// Done or failed.
-    finished_at: Option<DateTime<Utc>>,
-    /// Why it failed.
-    error: Option<String>,
+    #[serde(flatten)]
+    head: SimulationHead,
     /// The result, once done.
     result: Option<SimulationResult>,
 }
@@ -205,6 +185,15 @@ pub struct SimulationView {
 /// A simulation in a list: its result's totals only.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SimulationSummary {
+    #[serde(flatten)]
+    head: SimulationHead,
+    /// The result's totals, once done.
+    totals: Option<Figures>,
+}
+
+/// What every answer about a simulation says: what was asked and how far it got.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SimulationHead {
     /// Its id.
     id: Uuid,
     /// `running`, `done` or `failed`.
@@ -227,57 +216,40 @@ pub struct SimulationSummary {
     finished_at: Option<DateTime<Utc>>,
     /// Why it failed.
     error: Option<String>,
-    /// The result's totals, once done.
-    totals: Option<Figures>,
 }
 
-/// What a simulation was asked for: `(plans, tenants)`.
-fn asked(request: &Value) -> (Vec<String>, Option<Vec<Uuid>>) {
-    let plans = request.get("plans").cloned().and_then(|p| serde_json::from_value(p).ok()).unwrap_or_default();
-    let tenants = request.get("tenants").cloned().and_then(|t| serde_json::from_value(t).ok());
-    (plans, tenants)
-}
-
-/// The progress as answered: three places.
-fn rounded(progress: f64) -> f64 {
-    (progress * 1000.0).round() / 1000.0
+impl SimulationHead {
+    /// What `row` says of the simulation (its progress to three places), and its result.
+    fn of<T>(row: SimulationRow<T>) -> (Self, Option<T>) {
+        let plans = row.request.get("plans").cloned().and_then(|p| serde_json::from_value(p).ok()).unwrap_or_default();
+        let tenants = row.request.get("tenants").cloned().and_then(|t| serde_json::from_value(t).ok());
+        let head = Self {
+            id: row.id,
+            status: row.status,
+            progress: (row.progress * 1000.0).round() / 1000.0,
+            from: row.window_from,
+            to: row.window_to,
+            plans,
+            tenants,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+            error: row.error,
+        };
+        (head, row.result.map(|r| r.0))
+    }
 }
 
 impl From<SimulationRow<SimulationResult>> for SimulationView {
-    fn from(r: SimulationRow<SimulationResult>) -> Self {
-        let (plans, tenants) = asked(&r.request);
-        Self {
-            id: r.id,
-            status: r.status,
-            progress: rounded(r.progress),
-            from: r.window_from,
-            to: r.window_to,
-            plans,
-            tenants,
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            error: r.error,
-            result: r.result.map(|r| r.0),
-        }
+    fn from(row: SimulationRow<SimulationResult>) -> Self {
+        let (head, result) = SimulationHead::of(row);
+        Self { head, result }
     }
 }
 
 impl From<SimulationRow<Figures>> for SimulationSummary {
-    fn from(r: SimulationRow<Figures>) -> Self {
-        let (plans, tenants) = asked(&r.request);
-        Self {
-            id: r.id,
-            status: r.status,
-            progress: rounded(r.progress),
-            from: r.window_from,
-            to: r.window_to,
-            plans,
-            tenants,
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            error: r.error,
-            totals: r.result.map(|r| r.0),
-        }
+    fn from(row: SimulationRow<Figures>) -> Self {
+        let (head, totals) = SimulationHead::of(row);
+        Self { head, totals }
     }
 }
 

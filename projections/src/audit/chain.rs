@@ -4,41 +4,13 @@
 
 use super::summary::{text, Meta};
 use super::*;
+pub use crate::log::RawEvent;
 
 /// The chain's start: the `prev_hash` of a tenant's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The chain key of platform events (no tenant).
 pub const PLATFORM: Uuid = Uuid::nil();
-
-/// An event exactly as stored, as the audit chain reads it: its payload and metadata as
-/// Postgres's text of the stored `jsonb` (keys in `jsonb`'s own order), never upcast.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct RawEvent {
-    /// Global position.
-    pub position: i64,
-    /// The tenant it belongs to (`None` for platform events).
-    pub tenant_id: Option<Uuid>,
-    /// `Tenant`, `Subscription`, ...
-    pub aggregate_type: String,
-    /// The aggregate's id.
-    pub aggregate_id: String,
-    /// Position within the aggregate's stream.
-    pub sequence: i64,
-    /// `TenantCreated`, ...
-    pub event_type: String,
-    /// The payload's schema version.
-    pub event_version: String,
-    /// The payload's JSON text.
-    pub payload: String,
-    /// The metadata's JSON text.
-    pub metadata: String,
-    /// When the database stored it.
-    pub recorded_at: DateTime<Utc>,
-    /// The event's digest when Postgres computed it (a large payload, see [`RAW_COLUMNS`]):
-    /// then `payload` holds only what a summary reads.
-    pub digest: Option<String>,
-}
 
 /// An event as the audit reads it. A payload stored larger than 4,096 bytes (`pg_column_size`; a
 /// usage batch of 1,000 facts is ~200 KB of text) does not leave Postgres: its digest is
