@@ -150,6 +150,18 @@ impl Caller {
     }
 }
 
+/// Why a token that is neither the admin's nor an active key's is refused, as precisely as its
+/// form tells: an admin token (`sla_`) that is not the current one was most likely rotated.
+fn unknown_token(token: &str) -> &'static str {
+    if token.starts_with("sla_") {
+        "not the current admin token (it may have been replaced by `saas-ledger admin-token rotate`)"
+    } else if token.starts_with(commands::api_keys::KEY_PREFIX) {
+        "unknown or revoked API key"
+    } else {
+        "neither the admin token nor an API key (keys start with slk_, admin tokens with sla_)"
+    }
+}
+
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| ApiError::unauthenticated("send Authorization: Bearer <token>"))?;
     let value = value.to_str().map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
@@ -194,7 +206,7 @@ impl FromRequestParts<AppState> for Caller {
             let key = state
                 .key_by_hash(&commands::api_keys::hash(token))
                 .await?
-                .ok_or_else(|| ApiError::unauthenticated("unknown or revoked API key"))?;
+                .ok_or_else(|| ApiError::unauthenticated(unknown_token(token)))?;
             if named.is_some_and(|id| id != key.tenant_id) {
                 return Err(ApiError::forbidden("X-Tenant-ID names another tenant than the API key's"));
             }

@@ -68,6 +68,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no such {what}"))
     }
 
+    /// 413 `PAYLOAD_TOO_LARGE`, naming the limit (`SAAS_LEDGER_MAX_BODY_BYTES`).
+    pub fn too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body is larger than this server's limit of {limit_bytes} bytes; send less (usage in batches of at most 1,000 records)"),
+        )
+        .with("limit_bytes", limit_bytes)
+    }
+
     /// 500 `INTERNAL`: logs `cause` and tells the client only the request id.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

@@ -80,6 +80,11 @@ pub struct QuotaLine {
     pub period_end: Option<DateTime<Utc>>,
 }
 
+/// The quotas a metric may be asked for by, as a sentence for a refusal: each limit's name with
+/// the other names it answers to.
+pub const QUOTA_NAMES: &str =
+    "api_calls_per_month (or api_calls), bookings_per_month (or bookings), events, users, storage_mb (or storage, storage_bytes)";
+
 /// The names a metric may be asked for by, mapped to its canonical name.
 pub fn canonical_metric(name: &str) -> Option<&'static str> {
     Some(match name {

@@ -3,7 +3,7 @@
 //! request timeout, panics as 500 `INTERNAL`, metrics, rate limits, idempotency and
 //! read-your-writes.
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -54,8 +54,9 @@ async fn refuse_nul(request: Request, next: Next) -> Response {
 }
 
 /// Makes every error response, whoever produced it (router, body limit, timeout, panic),
-/// carry the contract's JSON error body, and scopes the request id for handlers.
-async fn contract_errors(request: Request, next: Next) -> Response {
+/// carry the contract's JSON error body, and scopes the request id for handlers. A body too
+/// large, whichever layer measured it, is answered naming the limit.
+async fn contract_errors(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     REQUEST_ID
         .scope(request_id, async move {
@@ -66,6 +67,9 @@ async fn contract_errors(request: Request, next: Next) -> Response {
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html"));
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                return ApiError::too_large(state.config().max_body_bytes).into_response();
+            }
             if status.as_u16() < 400 || ours {
                 return response;
             }
@@ -86,14 +90,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn_with_state(state.clone(), crate::consistency::layer))
         .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
-        .layer(middleware::from_fn_with_state(state, crate::rate_limit::layer))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::rate_limit::layer))
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
         .layer(CatchPanicLayer::custom(|_| ApiError::internal("a handler panicked").into_response()))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(middleware::from_fn(refuse_nul))
-        .layer(middleware::from_fn(contract_errors))
+        .layer(middleware::from_fn_with_state(state, contract_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)

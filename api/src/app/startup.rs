@@ -103,6 +103,9 @@ impl Application {
         );
 
         let manual_clock = config.test_clock.then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
+        if config.test_clock {
+            tracing::warn!("the test clock is on (SAAS_LEDGER_TEST_CLOCK=1): PUT /v1/admin/clock moves this server's time forward");
+        }
         let clock: Arc<dyn Clock> = match &manual_clock {
             Some(manual) => manual.clone(),
             None => Arc::new(SystemClock),

@@ -106,7 +106,14 @@ struct ClockBody {
 }
 
 fn manual_clock(state: &AppState) -> Result<&commands::clock::ManualClock, ApiError> {
-    state.manual_clock().ok_or_else(|| ApiError::for_status(StatusCode::NOT_FOUND))
+    state.manual_clock().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "this server has no test clock: start it with SAAS_LEDGER_TEST_CLOCK=1 to move its clock by hand",
+        )
+        .with("setting", "SAAS_LEDGER_TEST_CLOCK")
+    })
 }
 
 /// `PUT /v1/admin/clock {now}` (only with `SAAS_LEDGER_TEST_CLOCK=1`): moves the server's

@@ -6,7 +6,7 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use commands::quota::{canonical_metric, report_at, QuotaLine};
+use commands::quota::{canonical_metric, report_at, QuotaLine, QUOTA_NAMES};
 
 use crate::app::AppState;
 use crate::auth::TenantCaller;
@@ -64,9 +64,16 @@ async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>,
     ),
 )]
 async fn one(State(state): State<AppState>, caller: TenantCaller, Path(metric): Path<String>) -> Result<Json<QuotaLine>, ApiError> {
-    let metric = canonical_metric(&metric).ok_or_else(|| ApiError::not_found("quota metric"))?;
+    let unknown = || {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no quota \"{}\": the quotas are {QUOTA_NAMES}", metric.escape_debug()),
+        )
+    };
+    let metric = canonical_metric(&metric).ok_or_else(unknown)?;
     let lines = read(&state, &caller).await?;
-    lines.into_iter().find(|l| l.metric == metric).map(Json).ok_or_else(|| ApiError::not_found("quota metric"))
+    lines.into_iter().find(|l| l.metric == metric).map(Json).ok_or_else(unknown)
 }
 
 /// This module's part of the OpenAPI document.

@@ -36,8 +36,8 @@ struct UsageBody {
     #[schema(pattern = "^[a-z][a-z0-9_]{0,63}$", example = "api_calls")]
     metric: String,
     /// Whole units, 0 to 10^15.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    quantity: i64,
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    quantity: serde_json::Number,
     /// The fact's identity: a key recorded before is answered as a duplicate and counted once.
     #[schema(pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, example = "req-2027-01-05-0001")]
     idempotency_key: String,
@@ -75,12 +75,23 @@ async fn plan_metrics(state: &AppState, tenant_id: uuid::Uuid, names: &[&str]) -
     Ok(state.reads().billing().charged_metrics(tenant_id).await?)
 }
 
+/// A quantity as sent: a whole number in range, else a refusal that says so (not serde's
+/// "invalid type: floating point").
+fn whole_quantity(sent: &serde_json::Number) -> Result<i64, ApiError> {
+    match sent.as_i64() {
+        Some(quantity) => Ok(parse_quantity(quantity)?),
+        None => {
+            Err(ApiError::validation("quantity", format!("must be a whole number from 0 to {}, not {sent}", domain::usage::MAX_QUANTITY)))
+        }
+    }
+}
+
 impl UsageBody {
     fn parse(self, caller: &TenantCaller, now: DateTime<Utc>, plan_metrics: &[String]) -> Result<RecordUsage, ApiError> {
         Ok(RecordUsage {
             tenant_id: caller.tenant_id,
             metric: MetricName::known(&self.metric, plan_metrics)?,
-            quantity: parse_quantity(self.quantity)?,
+            quantity: whole_quantity(&self.quantity)?,
             idempotency_key: parse_idempotency_key(&self.idempotency_key)?,
             occurred_at: self.occurred_at.unwrap_or(now),
             at: now,

@@ -39,7 +39,12 @@ impl MetricName {
     pub fn known(input: &str, plan_metrics: &[String]) -> Result<Self, ValidationError> {
         let metric = Self::parse(input)?;
         if !BUILT_IN_METRICS.contains(&metric.as_str()) && !plan_metrics.iter().any(|m| m == input) {
-            let names: Vec<String> = BUILT_IN_METRICS.iter().map(|m| (*m).to_owned()).chain(plan_metrics.iter().cloned()).collect();
+            let mut names: Vec<String> = BUILT_IN_METRICS.iter().map(|m| (*m).to_owned()).collect();
+            for metric in plan_metrics {
+                if !names.contains(metric) {
+                    names.push(metric.clone());
+                }
+            }
             return Err(ValidationError::new(
                 "metric",
                 format!(
@@ -412,6 +417,10 @@ mod tests {
         let refused = MetricName::known("emails", &["exports".to_owned()]).unwrap_err();
         assert_eq!(refused.field, "metric");
         assert!(refused.message.contains("\"emails\"") && refused.message.contains("\"api_calls\""), "{}", refused.message);
+        // A plan that prices a built-in metric lists it once.
+        let refused = MetricName::known("emails", &["api_calls".to_owned(), "exports".to_owned()]).unwrap_err();
+        assert_eq!(refused.message.matches("\"api_calls\"").count(), 1, "{}", refused.message);
+        assert!(refused.message.ends_with("\"tickets\", \"exports\""), "{}", refused.message);
     }
 
     #[test]

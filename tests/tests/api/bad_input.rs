@@ -113,3 +113,47 @@ async fn the_test_clock_is_absent_unless_enabled_and_only_moves_forward() {
     let own = clocked.get("/v1/tenant", &tenant.key).await;
     assert_eq!(own.expect(200)["created_at"], "2030-01-01T00:00:00Z");
 }
+
+/// Refusals that teach: each names what was wrong and what would be right.
+#[tokio::test]
+async fn refusals_say_what_would_be_right() {
+    let app = e2e::spawn_app_with(|c| c.max_body_bytes = 64 * 1024).await;
+    let tenant = app.create_tenant("teaching-clinic").await;
+
+    // A fractional quantity: the range, and the value sent, not serde's wording.
+    let reply = app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 1.5, "idempotency_key": "frac"})).await;
+    reply.expect_error(400, "VALIDATION_FAILED");
+    assert_eq!(reply.body["error"]["details"]["field"], "quantity", "{}", reply.body);
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("whole number") && message.contains("1.5") && !message.contains("invalid type"), "{message}");
+
+    // An unknown metric: every metric the tenant may record, each once.
+    let reply = app.post("/v1/usage", &tenant.key, json!({"metric": "emails", "quantity": 1, "idempotency_key": "unknown"})).await;
+    reply.expect_error(400, "VALIDATION_FAILED");
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert_eq!(message.matches("\"api_calls\"").count(), 1, "{message}");
+
+    // An unknown quota: the quotas there are.
+    let reply = app.get("/v1/quota/foo", &tenant.key).await;
+    reply.expect_error(404, "NOT_FOUND");
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"foo\"") && message.contains("api_calls_per_month") && message.contains("users"), "{message}");
+
+    // The test clock on a server without it: the setting that turns it on.
+    let reply = app.put("/v1/admin/clock", ADMIN_TOKEN, json!({"now": "2030-01-01T00:00:00Z"})).await;
+    reply.expect_error(404, "NOT_FOUND");
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("SAAS_LEDGER_TEST_CLOCK=1"), "{}", reply.body);
+    assert_eq!(reply.body["error"]["details"]["setting"], "SAAS_LEDGER_TEST_CLOCK", "{}", reply.body);
+
+    // A body over the limit: the limit.
+    let big = json!({"records": [{"metric": "api_calls", "quantity": 1, "idempotency_key": "x".repeat(70 * 1024)}]});
+    let reply = app.post("/v1/usage/batch", &tenant.key, big).await;
+    reply.expect_error(413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(reply.body["error"]["details"]["limit_bytes"], 64 * 1024, "{}", reply.body);
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("65536 bytes"), "{}", reply.body);
+
+    // An admin token that is not the current one (rotated): said so, not "unknown API key".
+    let reply = app.get("/v1/tenants", &format!("sla_{}", "0".repeat(64))).await;
+    reply.expect_error(401, "UNAUTHENTICATED");
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("admin-token rotate"), "{}", reply.body);
+}
