@@ -133,8 +133,10 @@ enum ReplayFormat {
     Table,
 }
 
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+/// Logs to stderr, filtered by `RUST_LOG`; without it, `default` (the server logs what it does,
+/// commands that draw a progress bar only warnings, so no line breaks into the bar).
+fn init_logging(json: bool, default: &str) {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -285,7 +287,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    let progress_bar =
+        matches!(cli.command, Command::Projections { command: ProjectionsCommand::Rebuild { .. }, .. } | Command::Simulate { .. });
+    init_logging(cli.log_json, if progress_bar { "warn" } else { "info,sqlx=warn,tower_http=info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

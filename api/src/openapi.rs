@@ -115,6 +115,7 @@ pub fn document() -> &'static Document {
         }
         unique_operation_ids(&mut doc);
         header_errors(&mut doc);
+        plain_summaries(&mut doc);
         named_pages(doc)
     })
 }
@@ -135,6 +136,19 @@ fn unique_operation_ids(doc: &mut Document) {
             let id = op.operation_id.clone().unwrap_or_default();
             if seen.get(&id).is_some_and(|n| *n > 1) {
                 op.operation_id = Some(format!("{id}_{resource}"));
+            }
+        }
+    }
+}
+
+/// An operation's summary is its doc comment's first line, which names routes and fields in
+/// Markdown code spans; Swagger UI shows summaries as plain text (backticks and all), so they
+/// lose the backticks there (descriptions keep their Markdown).
+fn plain_summaries(doc: &mut Document) {
+    for item in doc.paths.paths.values_mut() {
+        for op in operations_mut(item) {
+            if let Some(summary) = op.summary.as_mut() {
+                *summary = summary.replace('`', "");
             }
         }
     }

@@ -117,6 +117,7 @@ async fn an_admin_suspends_a_tenant_opens_an_invoice_and_rebuilds_a_projection_i
     browser.client.goto(&format!("{}/console/tenants?q=Tenant+console-cl", app.address)).await.unwrap();
     let found = text_of(&browser, "main table").await;
     assert!(found.contains("console-clinic") && !found.contains("console-school"), "{found}");
+    assert!(found.contains("1 tenant on this page"), "one tenant, in the singular: {found}");
     shot(&browser, "02-tenants").await;
     browser.client.find(Locator::LinkText("console-clinic")).await.unwrap().click().await.unwrap();
     until_title(&browser, "Tenant console-clinic").await;

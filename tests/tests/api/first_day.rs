@@ -133,3 +133,32 @@ async fn a_generated_admin_token_survives_restarts_and_a_rotation_ends_it_everyw
     // A configured token (SAAS_LEDGER_ADMIN_TOKEN) is not the stored one's business.
     assert_eq!(status(app.address.clone(), e2e::ADMIN_TOKEN.to_owned()).await, 200);
 }
+
+/// Every instant the server makes has one precision, the microsecond, whether an answer reads
+/// it from an aggregate's state (the subscription) or from a read model (invoices), and the
+/// test clock keeps to it when moved to an instant with nanoseconds.
+#[tokio::test]
+async fn instants_are_answered_to_the_microsecond_everywhere() {
+    let app = e2e::spawn_app_with(|c| c.test_clock = true).await;
+    let tenant = app.create_tenant_on("precise-clinic", "starter").await;
+    let moved = app.put("/v1/admin/clock", e2e::ADMIN_TOKEN, serde_json::json!({"now": "2031-05-06T07:08:09.123456789Z"})).await;
+    assert_eq!(moved.expect(200)["now"], "2031-05-06T07:08:09.123456Z");
+    let answers = [app.get("/v1/subscription", &tenant.key).await, app.get("/v1/invoices", &tenant.key).await];
+    let mut instants = Vec::new();
+    fn collect(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() && s.contains('T') => out.push(s.clone()),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            serde_json::Value::Object(fields) => fields.values().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    for answer in &answers {
+        collect(answer.expect(200), &mut instants);
+    }
+    assert!(instants.len() >= 6, "the subscription and the invoice carry instants: {instants:?}");
+    for at in &instants {
+        let fraction = at.split('.').nth(1).map_or(0, |f| f.trim_end_matches('Z').len());
+        assert!(fraction <= 6, "{at} has more than microseconds");
+    }
+}

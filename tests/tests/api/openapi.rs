@@ -500,3 +500,21 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
     let caught = std::panic::catch_unwind(|| check_against_spec(&spec, "post", "/v1/usage", &broken));
     assert!(caught.is_err(), "a wrong type passed the check");
 }
+
+/// Swagger UI shows an operation's summary as plain text: no Markdown code spans in them
+/// (descriptions keep theirs).
+#[tokio::test]
+async fn summaries_are_plain_text_for_swagger_ui() {
+    let app = spawn_app().await;
+    let spec: serde_json::Value = app.request(Method::GET, "/openapi.json", None).send().await.unwrap().json().await.unwrap();
+    let mut summaries = 0;
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            if let Some(summary) = operation["summary"].as_str() {
+                summaries += 1;
+                assert!(!summary.contains('`'), "{method} {path}: {summary}");
+            }
+        }
+    }
+    assert!(summaries > 40, "only {summaries} operations have a summary");
+}

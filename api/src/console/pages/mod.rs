@@ -27,10 +27,17 @@ use super::{charts, error_page, layout, Console};
 use crate::error::ApiError;
 
 /// A JSON value as text for a cell: strings bare, `null` as an en dash.
+/// Yes and no for booleans; instants to the second in UTC (`2027-01-07 01:53:48 UTC`), which
+/// fit their card where RFC 3339 with its fraction did not.
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "–".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::Bool(true) => "yes".to_owned(),
+        Value::Bool(false) => "no".to_owned(),
+        Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(at) if s.contains('T') => at.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            _ => s.clone(),
+        },
         other => other.to_string(),
     }
 }

@@ -56,7 +56,7 @@ pub async fn tenants(console: Console, Query(query): Query<TenantsQuery>) -> Res
                         button type="submit" { "Search" }
                     }
                     table {
-                        caption { (rows.len()) " tenants on this page" }
+                        caption { (rows.len()) @if rows.len() == 1 { " tenant" } @else { " tenants" } " on this page" }
                         thead { tr { th scope="col" { "Code" } th scope="col" { "Name" } th scope="col" { "Plan" } th scope="col" { "Status" } th scope="col" { "Created" } } }
                         tbody {
                             @for t in &rows {
