@@ -162,3 +162,85 @@ async fn instants_are_answered_to_the_microsecond_everywhere() {
         assert!(fraction <= 6, "{at} has more than microseconds");
     }
 }
+
+/// The README's tour, run as written: its shell blocks are this test's input (so they cannot
+/// drift from what the server does), run one command at a time with `bash` and `curl` against a
+/// server with the test clock, the admin token for `<admin token>` and the sign-up's key for
+/// `slk_...`. Each answer the README announces with a status (`… and 201`) must come with
+/// that status, and the clock step must renew the subscription on whatever date it runs.
+#[tokio::test]
+async fn the_readme_tour_runs_as_written() {
+    let app = e2e::spawn_app_with(|c| c.test_clock = true).await;
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let tour = readme.split("## A five-minute tour").nth(1).expect("the README has its tour").split("\n## ").next().unwrap();
+    // The commands (continuation lines joined) and what the README says each answers.
+    let mut steps: Vec<(String, Option<String>)> = Vec::new();
+    for block in tour.split("```sh\n").skip(1).map(|b| b.split("```").next().unwrap()) {
+        let mut command = String::new();
+        for line in block.lines() {
+            if let Some(expected) = line.trim_start().strip_prefix("# →") {
+                if let Some(last) = steps.last_mut() {
+                    last.1.get_or_insert_with(String::new).push_str(expected);
+                }
+                continue;
+            }
+            if line.trim_start().starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            command.push_str(line.trim_end_matches('\\'));
+            command.push(' ');
+            if !line.ends_with('\\') {
+                steps.push((std::mem::take(&mut command), None));
+            }
+        }
+    }
+    assert!(steps.len() >= 7, "the tour has its commands: {steps:?}");
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut key_from: Option<String> = None;
+    let mut outputs = Vec::new();
+    for (command, expected) in &steps {
+        let command = command.replace("localhost:8080", &host);
+        if command.starts_with("export T=") {
+            env.push(("T".to_owned(), e2e::ADMIN_TOKEN.to_owned()));
+            continue;
+        }
+        if command.starts_with("export K=") {
+            let signed_up = key_from.clone().expect("the sign-up answered before the key is used");
+            let body: serde_json::Value = serde_json::from_str(signed_up.lines().next().unwrap()).unwrap();
+            env.push(("K".to_owned(), body["api_key"].as_str().unwrap().to_owned()));
+            continue;
+        }
+        let script = format!(
+            "set -euo pipefail\n{}\n{command}",
+            env.iter().map(|(k, v)| format!("export {k}='{v}'")).collect::<Vec<_>>().join("\n")
+        );
+        let output = bash(script.clone()).await;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{command}\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        if let Some(status) = expected.as_deref().and_then(|e| e.trim().rsplit_once(" and ")).map(|(_, s)| s.trim()) {
+            assert_eq!(stdout.trim_end().lines().last(), Some(status), "{command}\n{stdout}");
+        }
+        if command.contains("/v1/tenants") {
+            key_from = Some(stdout.clone());
+        }
+        if command.starts_with("END=") {
+            // An assignment: keep it for the commands after it.
+            let value = bash(format!("{script}\necho \"$END\"")).await;
+            env.push(("END".to_owned(), String::from_utf8_lossy(&value.stdout).trim().to_owned()));
+        }
+        outputs.push((command, stdout));
+    }
+    let moved = outputs.iter().find(|(c, _)| c.contains("/v1/admin/clock")).expect("the tour moves the clock");
+    let answer: serde_json::Value = serde_json::from_str(moved.1.trim()).unwrap();
+    assert_eq!(answer["billing"]["invoices_issued"], 1, "the renewal's invoice, on any date: {answer}");
+    let quota = outputs.iter().find(|(c, _)| c.contains("/v1/quota/api_calls")).expect("the tour reads a quota");
+    assert!(quota.1.contains("\"used\":1200"), "{}", quota.1);
+}
+
+/// Runs `script` with bash, off the test's runtime (the server under test runs on it).
+async fn bash(script: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || std::process::Command::new("bash").arg("-c").arg(script).output().expect("bash runs"))
+        .await
+        .expect("the shell returns")
+}
