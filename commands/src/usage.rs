@@ -54,7 +54,7 @@ impl Usage {
             Ok(committed) => Ok(Recorded { duplicate: committed.events.is_empty(), committed }),
             Err(CommandError::Store(refusal)) if refusal.code == USAGE_KEY_RECORDED => Ok(Recorded {
                 duplicate: true,
-                committed: Committed { state: UsageFact { recorded: true }, events: Vec::new(), position: None },
+                committed: Committed { state: UsageFact { recorded: true, fact: None }, events: Vec::new(), position: None },
             }),
             Err(e) => Err(e),
         }

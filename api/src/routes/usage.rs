@@ -94,6 +94,7 @@ impl UsageBody {
             quantity: whole_quantity(&self.quantity)?,
             idempotency_key: parse_idempotency_key(&self.idempotency_key)?,
             occurred_at: self.occurred_at.unwrap_or(now),
+            occurred_at_stated: self.occurred_at.is_some(),
             at: now,
         })
     }
@@ -111,8 +112,9 @@ impl UsageBody {
     params(crate::openapi::TenantHeader, crate::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
-        (status = 202, description = "{accepted: true, duplicate}: a repeated idempotency_key is counted once", body = UsageAccepted),
+        (status = 202, description = "{accepted: true, duplicate}: the same fact sent again under its idempotency_key is counted once", body = UsageAccepted),
         crate::openapi::CommandErrors,
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED: the idempotency_key was recorded with another metric, quantity or stated occurred_at (details.recorded says which fact); IDEMPOTENCY_KEY_IN_USE", body = crate::openapi::ErrorBody),
         (status = 429, description = "QUOTA_EXCEEDED (details: metric, limit, used), RATE_LIMITED; RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After)", body = crate::openapi::ErrorBody)
     ),
 )]

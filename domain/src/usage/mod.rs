@@ -111,6 +111,22 @@ pub fn usage_id(tenant_id: Uuid, idempotency_key: &str) -> String {
 pub struct UsageFact {
     /// Whether it was recorded.
     pub recorded: bool,
+    /// What was recorded under the key, to tell a resend (answered as a duplicate) from a
+    /// reuse of the key for another fact (refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fact: Option<RecordedFact>,
+}
+
+/// What a usage fact recorded: the parts a resend must repeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::RecordedFact))]
+pub struct RecordedFact {
+    /// Which metric.
+    pub metric: MetricName,
+    /// How much.
+    pub quantity: i64,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
 }
 
 /// Record a fact.
@@ -126,6 +142,9 @@ pub struct RecordUsage {
     pub idempotency_key: String,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
+    /// Whether the client stated `occurred_at` (otherwise it is when the fact was received,
+    /// which a resend cannot repeat).
+    pub occurred_at_stated: bool,
     /// When it was received.
     pub at: DateTime<Utc>,
 }
@@ -168,18 +187,40 @@ pub enum UsageError {
     /// Bad input.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// The idempotency key was recorded with another metric, quantity or `occurred_at`: a
+    /// client bug (two facts under one key), never answered as a duplicate.
+    #[error("idempotency_key \"{key}\" was recorded with another fact ({} {} at {}); a correction is not a resend", .recorded.metric, .recorded.quantity, .recorded.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// What it was recorded with.
+        recorded: RecordedFact,
+    },
 }
 
 impl Rejection for UsageError {
     fn kind(&self) -> RejectionKind {
-        RejectionKind::Validation
+        match self {
+            Self::Invalid(_) => RejectionKind::Validation,
+            Self::KeyReused { .. } => RejectionKind::Conflict,
+        }
     }
     fn code(&self) -> &str {
-        "VALIDATION_FAILED"
+        match self {
+            Self::Invalid(_) => "VALIDATION_FAILED",
+            Self::KeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
+        }
     }
     fn details(&self) -> serde_json::Map<String, serde_json::Value> {
-        let Self::Invalid(e) = self;
-        e.details()
+        match self {
+            Self::Invalid(e) => e.details(),
+            Self::KeyReused { recorded, .. } => {
+                let mut details = serde_json::Map::new();
+                details.insert("field".to_owned(), "idempotency_key".into());
+                details.insert("recorded".to_owned(), serde_json::to_value(recorded).unwrap_or_default());
+                details
+            }
+        }
     }
 }
 
@@ -205,7 +246,12 @@ impl Aggregate for UsageFact {
 
     async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
         if self.recorded {
-            return Ok(());
+            return match &self.fact {
+                Some(recorded) if !command.repeats(recorded) => {
+                    Err(UsageError::KeyReused { key: command.idempotency_key, recorded: recorded.clone() })
+                }
+                _ => Ok(()),
+            };
         }
         let fact = command.decide()?;
         let event = UsageEvent::UsageRecorded {
@@ -221,12 +267,22 @@ impl Aggregate for UsageFact {
         Ok(())
     }
 
-    fn apply(&mut self, _: Self::Event) {
+    fn apply(&mut self, event: Self::Event) {
+        let UsageEvent::UsageRecorded { metric, quantity, occurred_at, .. } = event;
         self.recorded = true;
+        self.fact = Some(RecordedFact { metric, quantity, occurred_at });
     }
 }
 
 impl RecordUsage {
+    /// Whether this command sends again what `recorded` holds: the same metric and quantity,
+    /// and the same `occurred_at` when the command states one.
+    pub fn repeats(&self, recorded: &RecordedFact) -> bool {
+        self.metric == recorded.metric
+            && self.quantity == recorded.quantity
+            && (!self.occurred_at_stated || self.occurred_at == recorded.occurred_at)
+    }
+
     /// The fact this command records, or why it is refused: `occurred_at` at most
     /// [`MAX_FUTURE_SKEW_SECONDS`] ahead of and [`LATE_USAGE_DAYS`] behind the time it is
     /// received, the quantity within [`MAX_QUANTITY`]. The same rules for a fact recorded on
@@ -371,6 +427,7 @@ mod tests {
             quantity,
             idempotency_key: "k1".into(),
             occurred_at,
+            occurred_at_stated: true,
             at,
         }
     }
@@ -381,6 +438,26 @@ mod tests {
         let events = TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(5, at)).inspect_result().unwrap();
         assert!(matches!(&events[..], [UsageEvent::UsageRecorded { quantity: 5, kind: MetricKind::Counter, .. }]));
         TestFramework::<UsageFact>::with(()).given(events).when(record(5, at)).then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_key_sent_again_with_another_fact_is_refused_and_one_without_its_instant_is_a_resend() {
+        let at = Utc.with_ymd_and_hms(2027, 1, 1, 11, 0, 0).unwrap();
+        let recorded = TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(5, at)).inspect_result().unwrap();
+        let reused = |command: RecordUsage| TestFramework::<UsageFact>::with(()).given(recorded.clone()).when(command).inspect_result();
+        for other in [
+            record(6, at),
+            record(5, at + chrono::Duration::seconds(1)),
+            RecordUsage { metric: MetricName::parse("sms").unwrap(), ..record(5, at) },
+        ] {
+            let refused = reused(other).unwrap_err();
+            assert_eq!((refused.kind(), refused.code()), (RejectionKind::Conflict, "IDEMPOTENCY_KEY_REUSED"), "{refused}");
+            assert_eq!(refused.details()["recorded"]["quantity"], 5);
+        }
+        // Without `occurred_at` the server dates a fact when it arrives: a resend of the same
+        // metric and quantity is the same fact, whenever it comes.
+        let unstated = RecordUsage { occurred_at_stated: false, ..record(5, at + chrono::Duration::minutes(3)) };
+        assert_eq!(reused(unstated).unwrap(), vec![]);
     }
 
     #[test]
@@ -457,6 +534,7 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0).unwrap();
         let field = |r: RecordUsage| match r.decide() {
             Err(UsageError::Invalid(e)) => e.field,
+            Err(other) => panic!("deciding a fact alone never compares it with another: {other}"),
             Ok(_) => "accepted".to_owned(),
         };
         assert_eq!(field(record(-1, at)), "quantity");

@@ -211,3 +211,32 @@ async fn a_kept_quota_answer_is_served_only_for_the_same_last_event_and_month() 
     app.set_clock("2031-04-01T00:30:00Z").await;
     assert_eq!(app.get("/v1/quota/bookings_per_month", &tenant.key).await.expect(200)["used"], 0, "a new month counts afresh");
 }
+
+/// A usage fact's key sent again with the same fact is a duplicate; with another metric,
+/// quantity or stated `occurred_at`, it is 409 `IDEMPOTENCY_KEY_REUSED` naming what was
+/// recorded, and nothing more is counted.
+#[tokio::test]
+async fn a_key_resent_with_another_fact_is_a_conflict_not_a_duplicate() {
+    let app = spawn_app_with(|_| {}).await;
+    let tenant = app.create_tenant("resending-clinic").await;
+    // Within the tenant's first period, which began at its sign-up.
+    let now = chrono::Utc::now();
+    let occurred = (now + chrono::Duration::seconds(1)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let later = (now + chrono::Duration::seconds(2)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let fact = serde_json::json!({"metric": "api_calls", "quantity": 5, "idempotency_key": "req-1", "occurred_at": occurred});
+    let first = app.post("/v1/usage", &tenant.key, fact.clone()).await;
+    assert_eq!(first.expect(202)["duplicate"], false);
+    let again = app.post("/v1/usage", &tenant.key, fact.clone()).await;
+    assert_eq!(again.expect(202)["duplicate"], true, "the same fact again");
+    for (field, value) in
+        [("quantity", serde_json::json!(7)), ("metric", serde_json::json!("sms")), ("occurred_at", serde_json::json!(later))]
+    {
+        let mut other = fact.clone();
+        other[field] = value;
+        let reply = app.post("/v1/usage", &tenant.key, other).await;
+        reply.expect_error(409, "IDEMPOTENCY_KEY_REUSED");
+        assert_eq!(reply.body["error"]["details"]["recorded"]["quantity"], 5, "{field}: {}", reply.body);
+    }
+    let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
+    assert_eq!(quota.expect(200)["used"], 5, "counted once: {}", quota.body);
+}
