@@ -88,6 +88,8 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// Whether `PUT /v1/admin/clock` is enabled (`SAAS_LEDGER_TEST_CLOCK=1`).
     pub test_clock: bool,
+    /// Where the test clock starts (`None`: now); `saas-ledger demo` starts it a year ago.
+    pub test_clock_start: Option<chrono::DateTime<chrono::Utc>>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Request time limit.
@@ -122,6 +124,7 @@ impl Config {
             admin_token: env("SAAS_LEDGER_ADMIN_TOKEN"),
             webhook_secret: env("SAAS_LEDGER_WEBHOOK_SECRET"),
             test_clock: env("SAAS_LEDGER_TEST_CLOCK").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            test_clock_start: None,
             max_body_bytes: args.max_body_bytes,
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             billing_interval: Duration::from_secs(args.billing_interval_secs.max(1)),
@@ -148,6 +151,7 @@ impl Config {
             admin_token: None,
             webhook_secret: None,
             test_clock: false,
+            test_clock_start: None,
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             billing_interval: Duration::from_secs(60),

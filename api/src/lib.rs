@@ -12,6 +12,7 @@ pub mod config;
 pub mod consistency;
 pub mod console;
 pub mod console_sessions;
+pub mod demo;
 pub mod error;
 pub mod extract;
 pub mod idempotency;

@@ -86,6 +86,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fill an empty database with a year of believable history through the real commands (on
+    /// a test clock started a year ago), so that the console, the analytics and the simulations
+    /// have something to show. Refuses a database that has tenants.
+    Demo {
+        /// Database settings.
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The seed of the choices (same seed, same history).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Tenants signed up over the year.
+        #[arg(long, default_value_t = 200)]
+        tenants: usize,
+    },
     /// The platform admin's credential (when `SAAS_LEDGER_ADMIN_TOKEN` is not set).
     AdminToken {
         /// Database settings.
@@ -179,6 +193,34 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
             tracing::info!(address = %app.local_addr(), "saas-ledger is listening");
             app.run_until(shutdown_signal()).await?;
+        }
+        Command::Demo { database, seed, tenants } => {
+            let mut config = Config::for_database(&database.database_url);
+            config.test_clock = true;
+            config.test_clock_start = Some(chrono::Utc::now() - chrono::Duration::days(365));
+            // The demo runs billing itself, month by month.
+            config.billing_interval = std::time::Duration::from_secs(24 * 3600);
+            let app = Application::build(config).await?;
+            if let Some(token) = app.generated_admin_token() {
+                println!("The platform admin token, generated now (shown this once): {token}");
+            }
+            let started = std::time::Instant::now();
+            let report = api::demo::run(app.state(), api::demo::DemoOptions { seed, tenants })
+                .await
+                .map_err(|e| format!("{}: {}", e.code, e.message))?;
+            println!(
+                "A year of history in {:.0} s: {} tenants, {} invoices issued ({} paid by hand), {} usage facts, {} bookings, {} plan changes, {} cancellations; {} requests refused by the rules",
+                started.elapsed().as_secs_f64(),
+                report.tenants,
+                report.invoices_issued,
+                report.invoices_paid,
+                report.usage_facts,
+                report.bookings,
+                report.plan_changes,
+                report.cancellations,
+                report.refused
+            );
+            app.run_until(std::future::ready(())).await?;
         }
         Command::AdminToken { database, command: AdminTokenCommand::Rotate } => {
             let pool = commands::db::connect(&database.database_url, 1).await?;
@@ -287,9 +329,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let progress_bar =
-        matches!(cli.command, Command::Projections { command: ProjectionsCommand::Rebuild { .. }, .. } | Command::Simulate { .. });
-    init_logging(cli.log_json, if progress_bar { "warn" } else { "info,sqlx=warn,tower_http=info" });
+    let quiet = matches!(
+        cli.command,
+        Command::Projections { command: ProjectionsCommand::Rebuild { .. }, .. } | Command::Simulate { .. } | Command::Demo { .. }
+    );
+    init_logging(cli.log_json, if quiet { "warn" } else { "info,sqlx=warn,tower_http=info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

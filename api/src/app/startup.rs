@@ -102,7 +102,7 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit),
         );
 
-        let manual_clock = config.test_clock.then(|| Arc::new(ManualClock::new(chrono::Utc::now())));
+        let manual_clock = config.test_clock.then(|| Arc::new(ManualClock::new(config.test_clock_start.unwrap_or_else(chrono::Utc::now))));
         if config.test_clock {
             tracing::warn!("the test clock is on (SAAS_LEDGER_TEST_CLOCK=1): PUT /v1/admin/clock moves this server's time forward");
         }

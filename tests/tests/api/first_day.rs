@@ -244,3 +244,49 @@ async fn bash(script: String) -> std::process::Output {
         .await
         .expect("the shell returns")
 }
+
+/// `saas-ledger demo` (issue 35): a year of history through the real routes, on a test clock
+/// started a year ago, that the analytics show month by month; one seed makes one history; a
+/// database with tenants is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_fills_a_year_the_same_way_for_one_seed_and_refuses_a_used_database() {
+    let start = chrono::Utc::now() - chrono::Duration::days(365);
+    let config = move |c: &mut api::Config| {
+        c.test_clock = true;
+        c.test_clock_start = Some(start);
+        c.billing_interval = std::time::Duration::from_secs(24 * 3600);
+    };
+    let options = api::demo::DemoOptions { seed: 11, tenants: 12 };
+    let app = e2e::spawn_app_with(config).await;
+    let report = api::demo::run(&app.state, options).await.expect("the demo runs");
+    assert_eq!(report.tenants, 12, "{report:?}");
+    assert!(report.invoices_issued >= 40 && report.invoices_paid >= 40 && report.usage_facts >= 100, "{report:?}");
+    let revenue = app.get("/v1/admin/analytics/revenue", e2e::ADMIN_TOKEN).await;
+    let paying_months =
+        revenue.expect(200).as_array().unwrap().iter().filter(|m| m["mrr"].as_str().is_some_and(|mrr| mrr != "0.00")).count();
+    assert!(paying_months >= 11, "a year of revenue to chart: {}", revenue.body);
+    let again = api::demo::run(&app.state, options).await.expect_err("a database with tenants is refused");
+    assert_eq!(again.status, 409);
+
+    let twin = e2e::spawn_app_with(config).await;
+    assert_eq!(api::demo::run(&twin.state, options).await.unwrap(), report, "the same seed, the same history");
+    let codes = |app: &e2e::TestApp| {
+        let app_address = app.address.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let page: serde_json::Value = client
+                .get(format!("{app_address}/v1/tenants?limit=100"))
+                .bearer_auth(e2e::ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let mut codes: Vec<String> = page["data"].as_array().unwrap().iter().map(|t| t["code"].as_str().unwrap().to_owned()).collect();
+            codes.sort();
+            codes
+        }
+    };
+    assert_eq!(codes(&app).await, codes(&twin).await);
+}
