@@ -272,3 +272,31 @@ async fn a_tenant_key_sees_its_own_tenant_only_even_by_editing_urls() {
     assert_eq!(after.status(), 303);
     browser.client.clone().close().await.unwrap();
 }
+
+/// `saas-ledger demo` fills the console (issue 35): after a demo year the overview charts a
+/// year of months. Its screenshot is `target/console-screenshots/demo-overview.png` (the one in
+/// `docs/` was taken so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_year_fills_the_overview() {
+    let start = chrono::Utc::now() - chrono::Duration::days(365);
+    let app = spawn_app_with(move |c| {
+        c.test_clock = true;
+        c.test_clock_start = Some(start);
+        c.billing_interval = Duration::from_secs(24 * 3600);
+    })
+    .await;
+    api::demo::run(&app.state, api::demo::DemoOptions { seed: 7, tenants: 40 }).await.expect("the demo runs");
+    let browser = browser().await;
+    sign_in(&browser, &app, ADMIN_TOKEN).await;
+    until_title(&browser, "Overview").await;
+    let overview = browser.client.source().await.unwrap();
+    let months: std::collections::BTreeSet<String> = (0..12)
+        .map(|m| (start + chrono::Duration::days(m * 365 / 12 + 15)).format("%Y-%m").to_string())
+        .filter(|m| overview.contains(m.as_str()))
+        .collect();
+    // The axes label every other month: the labels span the year.
+    let (first, last) = (months.first().expect("month labels").clone(), months.last().unwrap().clone());
+    let span = |m: &str| m[..4].parse::<i32>().unwrap() * 12 + m[5..].parse::<i32>().unwrap();
+    assert!(months.len() >= 5 && span(&last) - span(&first) >= 9, "a year of months charted: {months:?}");
+    shot(&browser, "demo-overview").await;
+}
