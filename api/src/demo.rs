@@ -46,6 +46,8 @@ pub struct DemoReport {
     pub usage_facts: usize,
     /// Bookings confirmed.
     pub bookings: usize,
+    /// Credit notes issued against paid invoices (goodwill after a complaint).
+    pub credit_notes: usize,
     /// Plan changes.
     pub plan_changes: usize,
     /// Subscriptions cancelled.
@@ -200,10 +202,24 @@ pub async fn run(state: &AppState, options: DemoOptions) -> Result<DemoReport, A
         let open = call(state, Method::GET, "/v1/invoices?status=open&limit=100", None, None).await?;
         for invoice in open["data"].as_array().into_iter().flatten() {
             if rng.gen_ratio(9, 10) {
-                let path = format!("/v1/invoices/{}/pay", invoice["id"].as_str().unwrap_or_default());
-                let paid = call(state, Method::POST, &path, None, Some(json!({"method": "bank_transfer", "reference": "demo"}))).await;
+                let id = invoice["id"].as_str().unwrap_or_default();
+                let paid = call(
+                    state,
+                    Method::POST,
+                    &format!("/v1/invoices/{id}/pay"),
+                    None,
+                    Some(json!({"method": "bank_transfer", "reference": "demo"})),
+                )
+                .await;
                 if refusable(&mut report, paid)?.is_some() {
                     report.invoices_paid += 1;
+                    if rng.gen_ratio(1, 25) {
+                        let note = json!({"amount": "5.00", "reason": "Goodwill after a support ticket"});
+                        let noted = call(state, Method::POST, &format!("/v1/invoices/{id}/credit-notes"), None, Some(note)).await;
+                        if refusable(&mut report, noted)?.is_some() {
+                            report.credit_notes += 1;
+                        }
+                    }
                 }
             }
         }

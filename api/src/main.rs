@@ -209,11 +209,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 .await
                 .map_err(|e| format!("{}: {}", e.code, e.message))?;
             println!(
-                "A year of history in {:.0} s: {} tenants, {} invoices issued ({} paid by hand), {} usage facts, {} bookings, {} plan changes, {} cancellations; {} requests refused by the rules",
+                "A year of history in {:.0} s: {} tenants, {} invoices issued ({} paid by hand, {} credit notes), {} usage facts, {} bookings, {} plan changes, {} cancellations; {} requests refused by the rules",
                 started.elapsed().as_secs_f64(),
                 report.tenants,
                 report.invoices_issued,
                 report.invoices_paid,
+                report.credit_notes,
                 report.usage_facts,
                 report.bookings,
                 report.plan_changes,

@@ -261,6 +261,7 @@ async fn the_demo_fills_a_year_the_same_way_for_one_seed_and_refuses_a_used_data
     let report = api::demo::run(&app.state, options).await.expect("the demo runs");
     assert_eq!(report.tenants, 12, "{report:?}");
     assert!(report.invoices_issued >= 40 && report.invoices_paid >= 40 && report.usage_facts >= 100, "{report:?}");
+    assert!(report.credit_notes >= 1 && report.bookings >= 1, "credit notes and bookings too: {report:?}");
     let revenue = app.get("/v1/admin/analytics/revenue", e2e::ADMIN_TOKEN).await;
     let paying_months =
         revenue.expect(200).as_array().unwrap().iter().filter(|m| m["mrr"].as_str().is_some_and(|mrr| mrr != "0.00")).count();
