@@ -299,7 +299,7 @@ async fn write(pool: &PgPool, connection: &mut Option<Held>, columns: &Columns) 
         None => connection.insert((pool.acquire().await?, Instant::now())),
     };
     let rows = sqlx::query_as(
-        "SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        "SELECT grp, last_position, err_state, err_message, err_detail FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&columns.aggregate_type)
     .bind(&columns.aggregate_id)
@@ -311,6 +311,7 @@ async fn write(pool: &PgPool, connection: &mut Option<Held>, columns: &Columns) 
     .bind(&columns.group)
     .bind(&columns.claim)
     .bind(&columns.claim_group)
+    .bind(&columns.claim_owner)
     .bind(&columns.guard_tenant)
     .bind(&columns.guard_version)
     .bind(&columns.guard_group)
@@ -342,6 +343,8 @@ struct Columns {
     group: Vec<i32>,
     claim: Vec<String>,
     claim_group: Vec<i32>,
+    /// The aggregate id of the event making each claim (the batch that recorded the fact).
+    claim_owner: Vec<String>,
     guard_tenant: Vec<uuid::Uuid>,
     guard_version: Vec<i64>,
     guard_group: Vec<i32>,
@@ -350,7 +353,6 @@ struct Columns {
 impl Columns {
     fn push(&mut self, event: NewEvent, group: i32) {
         self.aggregate_type.push(event.aggregate_type);
-        self.aggregate_id.push(event.aggregate_id);
         self.sequence.push(event.sequence);
         self.event_type.push(event.event_type);
         self.event_version.push(event.event_version);
@@ -358,7 +360,9 @@ impl Columns {
         self.metadata.push(sqlx::types::Json(event.metadata));
         self.group.push(group);
         self.claim_group.extend(std::iter::repeat_n(group, event.claims.len()));
+        self.claim_owner.extend(std::iter::repeat_n(&event.aggregate_id, event.claims.len()).cloned());
         self.claim.extend(event.claims);
+        self.aggregate_id.push(event.aggregate_id);
         if let Some((tenant, version)) = event.guard {
             self.guard_tenant.push(tenant);
             self.guard_version.push(version);

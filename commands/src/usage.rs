@@ -1,8 +1,10 @@
 //! Recording usage facts: one aggregate each (see `domain::usage`), or one per batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use domain::usage::{usage_id, BatchFact, RecordUsage, RecordUsageBatch, UsageBatch, UsageError, UsageFact};
+use domain::usage::{
+    usage_id, BatchFact, RecordUsage, RecordUsageBatch, RecordedFact, UsageBatch, UsageBatchEvent, UsageError, UsageEvent, UsageFact,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -47,32 +49,45 @@ impl Usage {
         Self { store, batches, pool }
     }
 
-    /// Records `fact` unless its idempotency key was recorded before (on its own or in a batch).
+    /// Records `fact` unless its idempotency key was recorded before (on its own or in a batch):
+    /// sent again with the same fact it is a duplicate, with another fact
+    /// [`UsageError::KeyReused`] (the fact's own stream decides that itself; a key a batch
+    /// recorded is looked up in that batch).
     pub async fn record(&self, fact: RecordUsage, context: &CommandContext) -> Result<Recorded, CommandError<UsageError>> {
         let id = usage_id(fact.tenant_id, &fact.idempotency_key);
+        let sent = fact.clone();
         match self.store.execute_new(&id, fact, context).await {
             Ok(committed) => Ok(Recorded { duplicate: committed.events.is_empty(), committed }),
-            Err(CommandError::Store(refusal)) if refusal.code == USAGE_KEY_RECORDED => Ok(Recorded {
-                duplicate: true,
-                committed: Committed { state: UsageFact { recorded: true, fact: None }, events: Vec::new(), position: None },
-            }),
+            Err(CommandError::Store(refusal)) if refusal.code == USAGE_KEY_RECORDED => {
+                let mut known = recorded_facts(&self.pool, &[id.as_str()]).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+                let recorded = known.remove(&id).flatten();
+                if let Some(recorded) = recorded.filter(|recorded| !sent.repeats(recorded)) {
+                    return Err(CommandError::Domain(UsageError::KeyReused { key: sent.idempotency_key, recorded }));
+                }
+                Ok(Recorded {
+                    duplicate: true,
+                    committed: Committed { state: UsageFact { recorded: true, fact: None }, events: Vec::new(), position: None },
+                })
+            }
             Err(e) => Err(e),
         }
     }
 
     /// Records many facts of one tenant as one `UsageBatchRecorded` event: each fact is
     /// decided on its own ([`RecordUsage::decide`]: a refused one is that fact's answer alone;
-    /// repeats of a key within the batch are duplicates), and the rest are appended together
+    /// a key repeated within the batch is a duplicate of its first record, or
+    /// [`UsageError::KeyReused`] if it states another fact), and the rest are appended together
     /// with their keys claimed. If the store refuses that because a key was recorded before
-    /// (a retried batch, a race with another request), the keys are looked up in one statement,
-    /// those recorded before are answered as duplicates, and what is still new is appended.
-    /// Each outcome in order.
+    /// (a retried batch, a race with another request), the keys' facts are looked up, those
+    /// recorded before are answered as duplicates (or `KeyReused`, as above), and what is
+    /// still new is appended. Each outcome in order.
     pub async fn record_batch(&self, facts: Vec<RecordUsage>, context: &CommandContext) -> BatchRecorded {
         let mut outcomes: Vec<Option<Result<bool, CommandError<UsageError>>>> = Vec::with_capacity(facts.len());
         let Some((tenant_id, at)) = facts.first().map(|f| (f.tenant_id, f.at)) else {
             return BatchRecorded { outcomes: Vec::new(), position: None };
         };
-        let mut seen = HashSet::with_capacity(facts.len());
+        // The index of each key's first record in the batch.
+        let mut seen: HashMap<String, usize> = HashMap::with_capacity(facts.len());
         // (index, fact, id) of the facts still to record.
         let mut pending: Vec<(usize, BatchFact, String)> = Vec::with_capacity(facts.len());
         for (index, fact) in facts.iter().enumerate() {
@@ -83,11 +98,13 @@ impl Usage {
             match fact.decide() {
                 Ok(decided) => {
                     let id = usage_id(tenant_id, &fact.idempotency_key);
-                    if seen.insert(id.clone()) {
-                        pending.push((index, decided, id));
-                        outcomes.push(None);
-                    } else {
-                        outcomes.push(Some(Ok(true)));
+                    match seen.get(&id) {
+                        None => {
+                            seen.insert(id.clone(), index);
+                            pending.push((index, decided, id));
+                            outcomes.push(None);
+                        }
+                        Some(&first) => outcomes.push(Some(resent(fact, &recorded(&facts[first])))),
                     }
                 }
                 Err(e) => outcomes.push(Some(Err(CommandError::Domain(e)))),
@@ -99,7 +116,7 @@ impl Usage {
             // recorded before); only after a refusal are the keys looked up.
             if attempt > 1 {
                 let ids: Vec<&str> = pending.iter().map(|(_, _, id)| id.as_str()).collect();
-                let before = match recorded_before(&self.pool, &ids).await {
+                let before = match recorded_facts(&self.pool, &ids).await {
                     Ok(before) => before,
                     Err(e) => {
                         for (index, _, _) in pending.drain(..) {
@@ -108,12 +125,16 @@ impl Usage {
                         break;
                     }
                 };
-                pending.retain(|(index, _, id)| {
-                    let new = !before.contains(id);
-                    if !new {
-                        outcomes[*index] = Some(Ok(true));
+                pending.retain(|(index, _, id)| match before.get(id) {
+                    None => true,
+                    Some(known) => {
+                        outcomes[*index] = Some(match known {
+                            Some(known) => resent(&facts[*index], known),
+                            // Claimed before its batch was remembered (migration 0019).
+                            None => Ok(true),
+                        });
+                        false
                     }
-                    new
                 });
             }
             if pending.is_empty() {
@@ -144,20 +165,70 @@ impl Usage {
     }
 }
 
-/// Which of `ids` were recorded before: claimed by a batch, or a fact's own stream (one
-/// primary-key probe each; `LATERAL .. LIMIT 1` keeps the planner from a join over the log).
-async fn recorded_before(pool: &PgPool, ids: &[&str]) -> Result<HashSet<String>, sqlx::Error> {
-    let found: Vec<String> = sqlx::query_scalar(
-        "SELECT k.id FROM usage_keys k WHERE k.id = ANY($1)
+/// The answer to `fact` sent again under a key that recorded `known`: a duplicate if it repeats
+/// it, else [`UsageError::KeyReused`].
+fn resent(fact: &RecordUsage, known: &RecordedFact) -> Result<bool, CommandError<UsageError>> {
+    if fact.repeats(known) {
+        Ok(true)
+    } else {
+        Err(CommandError::Domain(UsageError::KeyReused { key: fact.idempotency_key.clone(), recorded: known.clone() }))
+    }
+}
+
+/// What `fact` records.
+fn recorded(fact: &RecordUsage) -> RecordedFact {
+    RecordedFact { metric: fact.metric.clone(), quantity: fact.quantity, occurred_at: fact.occurred_at }
+}
+
+/// Which of `ids` were recorded before, each with its fact: a fact's own stream (its first
+/// event), or a batch's claim (the fact in that batch's event; `None` for a key claimed before
+/// batches were remembered). One primary-key probe per id (`LATERAL .. LIMIT 1` keeps the
+/// planner from a join over the log), then one statement for the batches they name.
+async fn recorded_facts(pool: &PgPool, ids: &[&str]) -> Result<HashMap<String, Option<RecordedFact>>, sqlx::Error> {
+    let rows: Vec<(String, Option<String>, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT k.id, k.batch, NULL::jsonb FROM usage_keys k WHERE k.id = ANY($1)
          UNION ALL
-         SELECT hit.aggregate_id FROM unnest($1::text[]) AS c(id)
-         CROSS JOIN LATERAL (SELECT e.aggregate_id FROM events e
+         SELECT hit.aggregate_id, NULL, hit.payload FROM unnest($1::text[]) AS c(id)
+         CROSS JOIN LATERAL (SELECT e.aggregate_id, e.payload FROM events e
                              WHERE e.aggregate_type = 'Usage' AND e.aggregate_id = c.id AND e.sequence = 1 LIMIT 1) AS hit",
     )
     .bind(ids)
     .fetch_all(pool)
     .await?;
-    Ok(found.into_iter().collect())
+    let batches: Vec<String> = rows.iter().filter_map(|(_, batch, _)| batch.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let mut in_batches: HashMap<String, RecordedFact> = HashMap::new();
+    if !batches.is_empty() {
+        let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT e.payload FROM events e WHERE e.aggregate_type = 'UsageBatch' AND e.aggregate_id = ANY($1) AND e.sequence = 1",
+        )
+        .bind(&batches)
+        .fetch_all(pool)
+        .await?;
+        for payload in payloads {
+            let UsageBatchEvent::UsageBatchRecorded { tenant_id, facts, .. } =
+                serde_json::from_value(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            for fact in facts {
+                in_batches.insert(
+                    usage_id(tenant_id, &fact.idempotency_key),
+                    RecordedFact { metric: fact.metric, quantity: fact.quantity, occurred_at: fact.occurred_at },
+                );
+            }
+        }
+    }
+    let mut found = HashMap::with_capacity(rows.len());
+    for (id, batch, payload) in rows {
+        let fact = match (batch, payload) {
+            (_, Some(payload)) => {
+                let UsageEvent::UsageRecorded { metric, quantity, occurred_at, .. } =
+                    serde_json::from_value(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                Some(RecordedFact { metric, quantity, occurred_at })
+            }
+            (Some(_), None) => in_batches.get(&id).cloned(),
+            (None, None) => None,
+        };
+        found.insert(id, fact);
+    }
+    Ok(found)
 }
 
 /// The same failure for each fact of a batch.

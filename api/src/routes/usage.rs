@@ -38,7 +38,9 @@ struct UsageBody {
     /// Whole units, 0 to 10^15.
     #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     quantity: serde_json::Number,
-    /// The fact's identity: a key recorded before is answered as a duplicate and counted once.
+    /// The fact's identity: a key recorded before with the same fact is answered as a duplicate
+    /// and counted once; with another metric, quantity or `occurred_at`, it is refused (409
+    /// `IDEMPOTENCY_KEY_REUSED`).
     #[schema(pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255, example = "req-2027-01-05-0001")]
     idempotency_key: String,
     /// When it happened (RFC 3339; default: now). At most 5 minutes ahead of the server's
@@ -100,8 +102,8 @@ impl UsageBody {
     }
 }
 
-/// `POST /v1/usage` → 202 `{accepted: true, duplicate}`. A key recorded before is accepted
-/// again as a duplicate and counted once. `occurred_at` may lie up to 35 days back (late usage
+/// `POST /v1/usage` → 202 `{accepted: true, duplicate}`. A key recorded before with the same
+/// fact is accepted again as a duplicate and counted once (with another fact: 409). `occurred_at` may lie up to 35 days back (late usage
 /// is billed on the next invoice); a cancelled tenant may still record usage that occurred
 /// before its cancellation (billed on a final invoice), anything later is 403
 /// `TENANT_CANCELLED`.

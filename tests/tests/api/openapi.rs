@@ -337,12 +337,13 @@ async fn answers_hold_to_the_schemas_the_document_gives_them() {
     check_against_spec(&spec, "get", "/v1/resources/{id}", &app.get(&format!("/v1/resources/{room}"), &key).await);
     let records = serde_json::json!({"records": [
         {"metric": "api_calls", "quantity": 1, "idempotency_key": "typed-b1"},
-        {"metric": "api_calls", "quantity": 1, "idempotency_key": "typed-1"},
-        {"metric": "nonsense metric", "quantity": 1, "idempotency_key": "typed-b2"}
+        {"metric": "api_calls", "quantity": 3, "idempotency_key": "typed-1"},
+        {"metric": "nonsense metric", "quantity": 1, "idempotency_key": "typed-b2"},
+        {"metric": "api_calls", "quantity": 4, "idempotency_key": "typed-1"}
     ]});
     let batch = app.post("/v1/usage/batch", &key, records).await;
     check_against_spec(&spec, "post", "/v1/usage/batch", &batch);
-    assert_eq!((batch.body["accepted"].as_i64(), batch.body["refused"].as_i64()), (Some(2), Some(1)), "{}", batch.body);
+    assert_eq!((batch.body["accepted"].as_i64(), batch.body["refused"].as_i64()), (Some(2), Some(2)), "{}", batch.body);
     let booking = app.book(&key, &room, "2031-02-03T09:00:00Z", "2031-02-03T10:00:00Z", 1).await;
     check_against_spec(&spec, "post", "/v1/bookings", &booking);
 

@@ -41,27 +41,30 @@ async fn batches_accept_or_refuse_each_record_on_its_own() {
     let records = json!({"records": [
         {"metric": "sms", "quantity": 2, "idempotency_key": "b-1"},
         {"metric": "sms", "quantity": -5, "idempotency_key": "b-2"},
-        {"metric": "sms", "quantity": 3, "idempotency_key": "b-1"},
+        {"metric": "sms", "quantity": 2, "idempotency_key": "b-1"},
         {"metric": "Bad Metric", "quantity": 1, "idempotency_key": "b-3"},
         {"metric": "sms", "quantity": 1, "idempotency_key": "b-4", "occurred_at": "2027-03-11T12:00:00Z"},
         {"metric": "sms", "quantity": 1e20, "idempotency_key": "b-5"},
-        {"metric": "storage_bytes", "quantity": 2097152, "idempotency_key": "b-6"}
+        {"metric": "storage_bytes", "quantity": 2097152, "idempotency_key": "b-6"},
+        {"metric": "sms", "quantity": 3, "idempotency_key": "b-1"}
     ]});
     let reply = app.post("/v1/usage/batch", &tenant.key, records.clone()).await;
     let body = reply.expect(202).clone();
-    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64(), body["refused"].as_u64()), (Some(3), Some(1), Some(4)));
+    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64(), body["refused"].as_u64()), (Some(3), Some(1), Some(5)));
     // The same batch again (a client's retry): every valid fact is now a duplicate, decided
     // again against its existing stream; the invalid ones are refused as before.
     let retried = app.post("/v1/usage/batch", &tenant.key, records).await.expect(202).clone();
     assert_eq!(
         (retried["accepted"].as_u64(), retried["duplicates"].as_u64(), retried["refused"].as_u64()),
-        (Some(3), Some(3), Some(4)),
+        (Some(3), Some(3), Some(5)),
         "{retried}"
     );
     let results = body["results"].as_array().unwrap();
     assert_eq!(results[1]["error"]["details"]["field"], "quantity");
     assert_eq!(results[4]["error"]["details"]["field"], "occurred_at");
     assert_eq!(results[2]["duplicate"], true);
+    assert_eq!(results[7]["error"]["code"], "IDEMPOTENCY_KEY_REUSED", "b-1 again with another quantity");
+    assert_eq!(retried["results"][7]["error"]["code"], "IDEMPOTENCY_KEY_REUSED");
 
     let too_many: Vec<Value> = (0..1001).map(|i| json!({"metric": "sms", "quantity": 1, "idempotency_key": format!("x{i}")})).collect();
     app.post("/v1/usage/batch", &tenant.key, json!({"records": too_many})).await.expect_error(400, "VALIDATION_FAILED");
@@ -239,4 +242,63 @@ async fn a_key_resent_with_another_fact_is_a_conflict_not_a_duplicate() {
     }
     let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
     assert_eq!(quota.expect(200)["used"], 5, "counted once: {}", quota.body);
+}
+
+/// The same rule whichever way a key came in: a key a batch recorded, sent again on its own or
+/// in another batch with another fact, is a conflict; with the same fact, a duplicate. Within
+/// one batch too. Nothing of a refused record is counted.
+#[tokio::test]
+async fn a_key_a_batch_recorded_resent_with_another_fact_is_a_conflict_every_way() {
+    let app = spawn_app_with(|_| {}).await;
+    let tenant = app.create_tenant("batching-clinic").await;
+    let occurred = (chrono::Utc::now() + chrono::Duration::seconds(1)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let fact = |key: &str, quantity: i64| serde_json::json!({"metric": "api_calls", "quantity": quantity, "idempotency_key": key, "occurred_at": occurred});
+    let batch = |records: Vec<serde_json::Value>| serde_json::json!({ "records": records });
+    let outcome = |body: &serde_json::Value, index: usize| {
+        let result = &body["results"][index];
+        match result["error"]["code"].as_str() {
+            Some(code) => code.to_owned(),
+            None => format!("duplicate={}", result["duplicate"]),
+        }
+    };
+
+    // A first batch: b-1 and b-2 recorded; b-1 again in it with another quantity is refused,
+    // b-2 again with the same fact is a duplicate.
+    let first = app.post("/v1/usage/batch", &tenant.key, batch(vec![fact("b-1", 5), fact("b-2", 3), fact("b-1", 6), fact("b-2", 3)])).await;
+    let body = first.expect(202).clone();
+    let outcomes: Vec<String> = (0..4).map(|i| outcome(&body, i)).collect();
+    assert_eq!(outcomes, ["duplicate=false", "duplicate=false", "IDEMPOTENCY_KEY_REUSED", "duplicate=true"], "{body}");
+    assert_eq!(body["results"][2]["error"]["details"]["recorded"]["quantity"], 5, "{body}");
+
+    // On its own: the batch's fact again is a duplicate, another fact a conflict naming it.
+    let again = app.post("/v1/usage", &tenant.key, fact("b-1", 5)).await;
+    assert_eq!(again.expect(202)["duplicate"], true, "{}", again.body);
+    let other = app.post("/v1/usage", &tenant.key, fact("b-2", 4)).await;
+    other.expect_error(409, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(other.body["error"]["details"]["recorded"]["quantity"], 3, "{}", other.body);
+    // Without `occurred_at`, a resend cannot repeat the instant: the metric and quantity decide.
+    let unstated =
+        app.post("/v1/usage", &tenant.key, serde_json::json!({"metric": "api_calls", "quantity": 5, "idempotency_key": "b-1"})).await;
+    assert_eq!(unstated.expect(202)["duplicate"], true, "{}", unstated.body);
+
+    // A fact recorded on its own, then batches resending it and b-1/b-2 with and without changes.
+    app.post("/v1/usage", &tenant.key, fact("s-1", 10)).await.expect(202);
+    let second = app
+        .post(
+            "/v1/usage/batch",
+            &tenant.key,
+            batch(vec![fact("b-1", 5), fact("b-2", 30), fact("s-1", 10), fact("s-1", 11), fact("n-1", 1)]),
+        )
+        .await;
+    let body = second.expect(202).clone();
+    let outcomes: Vec<String> = (0..5).map(|i| outcome(&body, i)).collect();
+    assert_eq!(
+        outcomes,
+        ["duplicate=true", "IDEMPOTENCY_KEY_REUSED", "duplicate=true", "IDEMPOTENCY_KEY_REUSED", "duplicate=false"],
+        "{body}"
+    );
+    assert_eq!(body["results"][3]["error"]["details"]["recorded"]["quantity"], 10, "{body}");
+
+    let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
+    assert_eq!(quota.expect(200)["used"], 5 + 3 + 10 + 1, "each key counted once, with its first fact: {}", quota.body);
 }
