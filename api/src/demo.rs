@@ -6,7 +6,8 @@
 //! both currencies, trials, yearly subscribers, seats, coupons, usage (some of it over the
 //! allowance, some of it late), rooms and bookings, upgrades and downgrades, payments (most
 //! invoices paid, some left to dunning), credit notes and a churn curve; each month ends with
-//! the billing run the clock's move triggers. Choices are drawn from a generator seeded with
+//! the billing run the clock's move triggers. With `--webhook-url`, the platform and every tenth
+//! tenant register webhook endpoints there (deliveries follow as on any server). Choices are drawn from a generator seeded with
 //! `--seed`, so two runs with one seed make the same history (instants aside: the year ends
 //! now). A database that already has tenants is refused.
 
@@ -25,12 +26,15 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// What to make.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// The generator's seed.
     pub seed: u64,
     /// Tenants signed up over the year.
     pub tenants: usize,
+    /// Where webhook endpoints point (none without it: a demo must not send events to a
+    /// receiver nobody named).
+    pub webhook_url: Option<String>,
 }
 
 /// What was made.
@@ -52,6 +56,8 @@ pub struct DemoReport {
     pub plan_changes: usize,
     /// Subscriptions cancelled.
     pub cancellations: usize,
+    /// Webhook endpoints registered (the platform's and some tenants').
+    pub webhook_endpoints: usize,
     /// Requests the API refused as the rules say (a seat or quota over the plan's limit, ...).
     pub refused: usize,
 }
@@ -79,6 +85,11 @@ pub async fn run(state: &AppState, options: DemoOptions) -> Result<DemoReport, A
     let mut report = DemoReport::default();
     let mut tenants: Vec<DemoTenant> = Vec::new();
     let start = clock.now();
+    if let Some(url) = &options.webhook_url {
+        let endpoint = json!({"url": url, "event_types": ["*"], "description": "Demo: every tenant's events"});
+        call(state, Method::POST, "/v1/webhook-endpoints", None, Some(endpoint)).await?;
+        report.webhook_endpoints += 1;
+    }
     call(
         state,
         Method::POST,
@@ -115,6 +126,12 @@ pub async fn run(state: &AppState, options: DemoOptions) -> Result<DemoReport, A
                 created["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| ApiError::internal("a sign-up without an id"))?;
             report.tenants += 1;
             let mut tenant = DemoTenant { id, plan, room: None, cancelled: false };
+            if let Some(url) = options.webhook_url.as_ref().filter(|_| n % 10 == 0) {
+                let endpoint = json!({"url": url, "event_types": ["invoice.issued", "invoice.paid", "invoice.payment_reminder"],
+                                      "description": "Demo: the tenant's accounting system"});
+                call(state, Method::POST, "/v1/webhook-endpoints", Some(id), Some(endpoint)).await?;
+                report.webhook_endpoints += 1;
+            }
             if rng.gen_ratio(1, 6) {
                 refusable(
                     &mut report,

@@ -99,6 +99,11 @@ enum Command {
         /// Tenants signed up over the year.
         #[arg(long, default_value_t = 200)]
         tenants: usize,
+        /// Register webhook endpoints at this URL (the platform's, for every event, and every
+        /// tenth tenant's, for its invoices); its `host:port` is allowed even on a private
+        /// address or over `http://`. None without it.
+        #[arg(long)]
+        webhook_url: Option<String>,
     },
     /// The platform admin's credential (when `SAAS_LEDGER_ADMIN_TOKEN` is not set).
     AdminToken {
@@ -194,22 +199,28 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tracing::info!(address = %app.local_addr(), "saas-ledger is listening");
             app.run_until(shutdown_signal()).await?;
         }
-        Command::Demo { database, seed, tenants } => {
+        Command::Demo { database, seed, tenants, webhook_url } => {
             let mut config = Config::for_database(&database.database_url);
             config.test_clock = true;
             config.test_clock_start = Some(chrono::Utc::now() - chrono::Duration::days(365));
             // The demo runs billing itself, month by month.
             config.billing_interval = std::time::Duration::from_secs(24 * 3600);
+            if let Some(url) = &webhook_url {
+                let uri: axum::http::Uri = url.parse().map_err(|e| format!("--webhook-url {url}: {e}"))?;
+                let host = uri.host().ok_or_else(|| format!("--webhook-url {url}: no host"))?;
+                let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 });
+                config.webhook_allow_hosts = projections::webhooks::AllowList::parse(&format!("{host}:{port}"));
+            }
             let app = Application::build(config).await?;
             if let Some(token) = app.generated_admin_token() {
                 println!("The platform admin token, generated now (shown this once): {token}");
             }
             let started = std::time::Instant::now();
-            let report = api::demo::run(app.state(), api::demo::DemoOptions { seed, tenants })
+            let report = api::demo::run(app.state(), api::demo::DemoOptions { seed, tenants, webhook_url })
                 .await
                 .map_err(|e| format!("{}: {}", e.code, e.message))?;
             println!(
-                "A year of history in {:.0} s: {} tenants, {} invoices issued ({} paid by hand, {} credit notes), {} usage facts, {} bookings, {} plan changes, {} cancellations; {} requests refused by the rules",
+                "A year of history in {:.0} s: {} tenants, {} invoices issued ({} paid by hand, {} credit notes), {} usage facts, {} bookings, {} plan changes, {} cancellations, {} webhook endpoints; {} requests refused by the rules",
                 started.elapsed().as_secs_f64(),
                 report.tenants,
                 report.invoices_issued,
@@ -219,6 +230,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 report.bookings,
                 report.plan_changes,
                 report.cancellations,
+                report.webhook_endpoints,
                 report.refused
             );
             app.run_until(std::future::ready(())).await?;

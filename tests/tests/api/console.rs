@@ -285,7 +285,7 @@ async fn a_demo_year_fills_the_overview() {
         c.billing_interval = Duration::from_secs(24 * 3600);
     })
     .await;
-    api::demo::run(&app.state, api::demo::DemoOptions { seed: 7, tenants: 40 }).await.expect("the demo runs");
+    api::demo::run(&app.state, api::demo::DemoOptions { seed: 7, tenants: 40, webhook_url: None }).await.expect("the demo runs");
     let browser = browser().await;
     sign_in(&browser, &app, ADMIN_TOKEN).await;
     until_title(&browser, "Overview").await;

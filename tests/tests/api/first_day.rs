@@ -250,23 +250,47 @@ async fn bash(script: String) -> std::process::Output {
 /// database with tenants is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_fills_a_year_the_same_way_for_one_seed_and_refuses_a_used_database() {
+    // A receiver for the demo's webhook endpoints: counts what it is sent.
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let counter = received.clone();
+    let router = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(axum::http::StatusCode::NO_CONTENT)
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
     let start = chrono::Utc::now() - chrono::Duration::days(365);
+    let allow = receiver.to_string();
     let config = move |c: &mut api::Config| {
         c.test_clock = true;
         c.test_clock_start = Some(start);
         c.billing_interval = std::time::Duration::from_secs(24 * 3600);
+        c.webhook_allow_hosts = projections::webhooks::AllowList::parse(&allow);
     };
-    let options = api::demo::DemoOptions { seed: 11, tenants: 12 };
-    let app = e2e::spawn_app_with(config).await;
-    let report = api::demo::run(&app.state, options).await.expect("the demo runs");
+    let options = api::demo::DemoOptions { seed: 11, tenants: 12, webhook_url: Some(format!("http://{receiver}/hooks")) };
+    let app = e2e::spawn_app_with(config.clone()).await;
+    let report = api::demo::run(&app.state, options.clone()).await.expect("the demo runs");
     assert_eq!(report.tenants, 12, "{report:?}");
+    assert_eq!(report.webhook_endpoints, 1 + 2, "the platform's and every tenth tenant's: {report:?}");
+    let endpoints = app.get("/v1/webhook-endpoints", e2e::ADMIN_TOKEN).await;
+    assert_eq!(endpoints.expect(200)["data"].as_array().map(Vec::len), Some(1), "the platform's own: {}", endpoints.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while received.load(std::sync::atomic::Ordering::SeqCst) < 20 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(received.load(std::sync::atomic::Ordering::SeqCst) >= 20, "the endpoints are delivered to");
     assert!(report.invoices_issued >= 40 && report.invoices_paid >= 40 && report.usage_facts >= 100, "{report:?}");
     assert!(report.credit_notes >= 1 && report.bookings >= 1, "credit notes and bookings too: {report:?}");
     let revenue = app.get("/v1/admin/analytics/revenue", e2e::ADMIN_TOKEN).await;
     let paying_months =
         revenue.expect(200).as_array().unwrap().iter().filter(|m| m["mrr"].as_str().is_some_and(|mrr| mrr != "0.00")).count();
     assert!(paying_months >= 11, "a year of revenue to chart: {}", revenue.body);
-    let again = api::demo::run(&app.state, options).await.expect_err("a database with tenants is refused");
+    let again = api::demo::run(&app.state, options.clone()).await.expect_err("a database with tenants is refused");
     assert_eq!(again.status, 409);
 
     let twin = e2e::spawn_app_with(config).await;
