@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// How often the billing cycle runs by itself, in seconds.
     #[arg(long, env = "SAAS_LEDGER_BILLING_INTERVAL_SECS", default_value_t = 60)]
     pub billing_interval_secs: u64,
+    /// Subscriptions a billing run advances at once (their commands share the group-commit
+    /// writer's appends); 1 runs them one after another.
+    #[arg(long, env = "SAAS_LEDGER_BILLING_CONCURRENCY", default_value_t = 16)]
+    pub billing_concurrency: usize,
     /// Connections that write appends (group commit: concurrent commands share a statement).
     #[arg(long, env = "SAAS_LEDGER_APPEND_WRITERS", default_value_t = 2)]
     pub append_writers: usize,
@@ -96,6 +100,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How often the server runs the billing cycle by itself.
     pub billing_interval: Duration,
+    /// Subscriptions a billing run advances at once.
+    pub billing_concurrency: usize,
     /// The event relay to NATS JetStream, if configured.
     pub relay: Option<projections::relay::RelayConfig>,
     /// Connections that write appends.
@@ -128,6 +134,7 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             billing_interval: Duration::from_secs(args.billing_interval_secs.max(1)),
+            billing_concurrency: args.billing_concurrency.clamp(1, 256),
             append_writers: args.append_writers.clamp(1, 8),
             auth_cache: Duration::from_millis(args.auth_cache_ms.min(60_000)),
             rate_limit_instances: args.rate_limit_instances.max(1),
@@ -155,6 +162,7 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             billing_interval: Duration::from_secs(60),
+            billing_concurrency: 16,
             relay: None,
             append_writers: 2,
             auth_cache: Duration::from_secs(1),

@@ -27,6 +27,8 @@ pub struct Accounts {
     catalog: Arc<Catalog>,
     tenants: Arc<Tenants>,
     pub(crate) subscriptions: Arc<Subscriptions>,
+    /// Subscriptions a billing run advances at once.
+    pub(crate) billing_concurrency: usize,
 }
 
 /// The result of a sign-up.
@@ -43,7 +45,13 @@ pub struct SignedUp {
 impl Accounts {
     /// The service over the three aggregate services.
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, tenants: Arc<Tenants>, subscriptions: Arc<Subscriptions>) -> Self {
-        Self { pool, catalog, tenants, subscriptions }
+        Self { pool, catalog, tenants, subscriptions, billing_concurrency: 16 }
+    }
+
+    /// Advances `n` (at least 1) subscriptions at once in a billing run.
+    pub fn with_billing_concurrency(mut self, n: usize) -> Self {
+        self.billing_concurrency = n.max(1);
+        self
     }
 
     /// The subscriptions' command service.

@@ -89,7 +89,8 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             subscriptions.clone(),
         );
-        let accounts = Accounts::new(pool.clone(), plans, tenants.clone(), subscriptions);
+        let accounts =
+            Accounts::new(pool.clone(), plans, tenants.clone(), subscriptions).with_billing_concurrency(config.billing_concurrency);
         let usage = Usage::new(
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),

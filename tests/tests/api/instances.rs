@@ -42,6 +42,10 @@ async fn serve_child() {
     config.bind = std::env::var("SL_CHILD_BIND").unwrap();
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.db_max_connections = 12;
+    if std::env::var("SL_CHILD_TEST_CLOCK").is_ok_and(|v| v == "1") {
+        config.test_clock = true;
+        config.billing_interval = Duration::from_secs(24 * 3600);
+    }
     let app = api::Application::build(config).await.expect("the server starts");
     app.run_until(std::future::pending()).await.unwrap();
 }
@@ -51,8 +55,15 @@ fn free_port() -> u16 {
 }
 
 pub(crate) async fn start(database_url: &str, client: &reqwest::Client) -> Instance {
+    start_with(database_url, client, &[]).await
+}
+
+/// [`start`] with more environment for the child: `SL_CHILD_TEST_CLOCK=1` runs it on the test
+/// clock (without billing by itself: the clock's moves and `POST /v1/admin/billing/run` bill).
+pub(crate) async fn start_with(database_url: &str, client: &reqwest::Client, env: &[(&str, &str)]) -> Instance {
     let port = free_port();
     let child = server_command()
+        .envs(env.iter().copied())
         .env("SL_CHILD_DATABASE_URL", database_url)
         .env("SL_CHILD_BIND", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())

@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod batches;
 mod billing;
+mod billing_day;
 mod bookings;
 mod client;
 mod consistency;
