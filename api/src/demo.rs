@@ -126,7 +126,7 @@ pub async fn run(state: &AppState, options: DemoOptions) -> Result<DemoReport, A
                 created["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| ApiError::internal("a sign-up without an id"))?;
             report.tenants += 1;
             let mut tenant = DemoTenant { id, plan, room: None, cancelled: false };
-            if let Some(url) = options.webhook_url.as_ref().filter(|_| n % 10 == 0) {
+            if let Some(url) = options.webhook_url.as_ref().filter(|_| n.is_multiple_of(10)) {
                 let endpoint = json!({"url": url, "event_types": ["invoice.issued", "invoice.paid", "invoice.payment_reminder"],
                                       "description": "Demo: the tenant's accounting system"});
                 call(state, Method::POST, "/v1/webhook-endpoints", Some(id), Some(endpoint)).await?;
