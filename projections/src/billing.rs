@@ -21,6 +21,9 @@ use crate::log::StoredEvent;
 use crate::runner::{Projection, ProjectionError};
 
 pub mod reads;
+mod writes;
+
+use writes::{InvoiceRow, Ordered, SubscriptionRow, Writes};
 
 /// What a subscription pays per month while paying (active or past due): `(plan, period,
 /// monthly value)`, or `None`.
@@ -43,51 +46,6 @@ fn paying(s: &Subscription) -> Option<(String, &'static str, rust_decimal::Decim
 fn month_of(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
     use chrono::{Datelike, TimeZone};
     chrono::Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0).single().unwrap_or(at)
-}
-
-/// Adds a change of `plan`'s MRR and paying count to `month`'s rollup: a subscription that
-/// starts paying at an instant counts from the end of that instant's month on, one that stops
-/// no longer counts at the end of its month (a month's figures are at its end).
-async fn revenue_change(
-    conn: &mut PgConnection,
-    schema: &str,
-    month: chrono::DateTime<chrono::Utc>,
-    plan: &str,
-    mrr: rust_decimal::Decimal,
-    paying: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.revenue_changes AS r VALUES ($1, $2, $3, $4)
-         ON CONFLICT (month, plan) DO UPDATE SET mrr = r.mrr + EXCLUDED.mrr, paying = r.paying + EXCLUDED.paying"
-    ))
-    .bind(month)
-    .bind(plan)
-    .bind(mrr)
-    .bind(paying)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Adds `change` to `month`'s count of sign-ups or cancellations (`column`).
-async fn count_change(
-    conn: &mut PgConnection,
-    schema: &str,
-    month: chrono::DateTime<chrono::Utc>,
-    column: &str,
-    change: i64,
-) -> Result<(), sqlx::Error> {
-    let (started, cancelled) = if column == "started" { (change, 0) } else { (0, change) };
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.subscription_changes AS c VALUES ($1, $2, $3)
-         ON CONFLICT (month) DO UPDATE SET started = c.started + EXCLUDED.started, cancelled = c.cancelled + EXCLUDED.cancelled"
-    ))
-    .bind(month)
-    .bind(started)
-    .bind(cancelled)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// A credit ledger entry: `(amount, reason, invoice, expires_at, created_at)`.
@@ -303,24 +261,18 @@ impl Projection for BillingProjection {
     }
 
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
-        if event.aggregate_type != "Subscription" {
-            return Ok(());
-        }
-        let id = subscription_id(event)?;
-        let previous: Option<Json<Subscription>> = sqlx::query_scalar(&format!("SELECT state FROM {schema}.subscriptions WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let mut state = previous.map(|Json(s)| s).unwrap_or_default();
-        fold(conn, schema, event, id, &mut state).await?;
-        write_state(conn, schema, id, &state, event).await
+        self.apply_batch(conn, schema, std::slice::from_ref(event)).await
     }
 
-    /// As one by one, with each subscription's state read once and written once per batch (a
-    /// subscription's state is its whole history's fold: reading and writing it per event made
-    /// the projection the slowest by far on subscription-heavy logs).
+    /// Each subscription's state read once and written once per batch (a subscription's state
+    /// is its whole history's fold: reading and writing it per event made the projection the
+    /// slowest by far on subscription-heavy logs), and everything else the batch writes
+    /// gathered into a few statements ([`writes`]). One event is a batch of one.
     async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
         let events: Vec<&StoredEvent> = events.iter().filter(|e| e.aggregate_type == "Subscription").collect();
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut ids = Vec::with_capacity(events.len());
         for event in &events {
             ids.push(subscription_id(event)?);
@@ -335,14 +287,21 @@ impl Projection for BillingProjection {
                 .await?;
         let mut states: std::collections::HashMap<Uuid, Subscription> = rows.into_iter().map(|(id, Json(s))| (id, s)).collect();
         let mut last: std::collections::HashMap<Uuid, &StoredEvent> = std::collections::HashMap::new();
+        let mut writes = Writes::default();
         for (event, id) in events.iter().zip(ids) {
             let state = states.entry(id).or_default();
-            fold(conn, schema, event, id, state).await?;
+            fold(&mut writes, event, id, state)?;
             last.insert(id, event);
         }
-        for (id, event) in last {
-            write_state(conn, schema, id, &states[&id], event).await?;
+        let mut subscriptions = Vec::with_capacity(last.len());
+        for id in distinct {
+            let (state, event) = (&states[&id], last[&id]);
+            if state.plan.is_none() {
+                return Err(ProjectionError::payload(event, serde::de::Error::custom("subscription event before its start")));
+            }
+            subscriptions.push(SubscriptionRow { id, state, updated_at: event.occurred_at() });
         }
+        writes.write(conn, schema, &subscriptions).await?;
         Ok(())
     }
 }
@@ -352,15 +311,10 @@ fn subscription_id(event: &StoredEvent) -> Result<Uuid, ProjectionError> {
     event.aggregate_id.parse().map_err(|_| ProjectionError::payload(event, serde::de::Error::custom("aggregate id is not a uuid")))
 }
 
-/// Applies `event` to subscription `id`'s `state` and writes what it changes besides the
-/// subscription row: invoices, credit notes and credit, revenue and count changes, spans.
-async fn fold(
-    conn: &mut PgConnection,
-    schema: &str,
-    event: &StoredEvent,
-    id: Uuid,
-    state: &mut Subscription,
-) -> Result<(), ProjectionError> {
+/// Applies `event` to subscription `id`'s `state` and gathers in `writes` what it changes
+/// besides the subscription row: invoices, credit notes and credit, revenue and count changes,
+/// spans.
+fn fold(writes: &mut Writes, event: &StoredEvent, id: Uuid, state: &mut Subscription) -> Result<(), ProjectionError> {
     let subscription_event: SubscriptionEvent =
         serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
     match &subscription_event {
@@ -378,32 +332,26 @@ async fn fold(
             issued_at,
             due_at,
             paid_at,
-        } => {
-            sqlx::query(&format!(
-                "INSERT INTO {schema}.invoices (id, number, tenant_id, subscription_id, period_start, period_end, currency, status, lines,
-                         subtotal, tax, total, issued_at, due_at, paid_at, credit_applied, amount_due)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-            ))
-            .bind(invoice_id)
-            .bind(number)
-            .bind(state.tenant_id)
-            .bind(id)
-            .bind(period_start)
-            .bind(period_end)
-            .bind(currency)
-            .bind(if paid_at.is_some() { "paid" } else { "open" })
-            .bind(Json(lines))
-            .bind(subtotal)
-            .bind(tax)
-            .bind(total)
-            .bind(issued_at)
-            .bind(due_at)
-            .bind(paid_at)
-            .bind(credit_applied)
-            .bind(total - credit_applied)
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => writes.issue(InvoiceRow {
+            id: *invoice_id,
+            number: number.clone(),
+            tenant_id: state.tenant_id,
+            subscription_id: id,
+            period_start: *period_start,
+            period_end: *period_end,
+            currency: currency.clone(),
+            status: if paid_at.is_some() { "paid" } else { "open" },
+            lines: serde_json::to_value(lines).map_err(|e| ProjectionError::payload(event, serde::de::Error::custom(e)))?,
+            subtotal: *subtotal,
+            tax: *tax,
+            total: *total,
+            credit_applied: *credit_applied,
+            amount_due: total - credit_applied,
+            issued_at: *issued_at,
+            due_at: *due_at,
+            paid_at: *paid_at,
+            payment_failed_at: None,
+        }),
         SubscriptionEvent::CreditNoteIssued {
             credit_note_id,
             number,
@@ -416,67 +364,26 @@ async fn fold(
             created_at,
             ..
         } => {
-            sqlx::query(&format!(
-                "INSERT INTO {schema}.credit_notes (id, number, invoice_id, tenant_id, subtotal, tax, total, reason, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            ))
-            .bind(credit_note_id)
-            .bind(number)
-            .bind(invoice_id)
-            .bind(state.tenant_id)
-            .bind(subtotal)
-            .bind(tax)
-            .bind(total)
-            .bind(reason)
-            .bind(created_at)
-            .execute(&mut *conn)
-            .await?;
-            // What the note settles is no longer due; an invoice with nothing left due is paid.
-            sqlx::query(&format!(
-                "UPDATE {schema}.invoices SET amount_due = amount_due - $2,
-                         status = CASE WHEN status = 'open' AND amount_due - $2 <= 0 THEN 'paid' ELSE status END,
-                         paid_at = CASE WHEN status = 'open' AND amount_due - $2 <= 0 THEN $3 ELSE paid_at END
-                     WHERE id = $1"
-            ))
-            .bind(invoice_id)
-            .bind(applied_to_invoice)
-            .bind(created_at)
-            .execute(&mut *conn)
-            .await?;
+            writes.ordered(Ordered::CreditNote {
+                id: *credit_note_id,
+                number: number.clone(),
+                invoice_id: *invoice_id,
+                tenant_id: state.tenant_id,
+                subtotal: *subtotal,
+                tax: *tax,
+                total: *total,
+                reason: reason.clone(),
+                created_at: *created_at,
+            });
+            writes.credited(*invoice_id, *applied_to_invoice, *created_at);
         }
-        SubscriptionEvent::PaymentSucceeded { invoice_id, paid_at, .. } => {
-            sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'paid', paid_at = $2, amount_due = 0 WHERE id = $1"))
-                .bind(invoice_id)
-                .bind(paid_at)
-                .execute(&mut *conn)
-                .await?;
-        }
-        SubscriptionEvent::InvoiceVoided { invoice_id, .. } => {
-            sqlx::query(&format!("UPDATE {schema}.invoices SET status = 'void', amount_due = 0 WHERE id = $1"))
-                .bind(invoice_id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        SubscriptionEvent::PaymentFailed { invoice_id, failed_at, .. } => {
-            sqlx::query(&format!("UPDATE {schema}.invoices SET payment_failed_at = $2 WHERE id = $1"))
-                .bind(invoice_id)
-                .bind(failed_at)
-                .execute(&mut *conn)
-                .await?;
-        }
+        SubscriptionEvent::PaymentSucceeded { invoice_id, paid_at, .. } => writes.paid(*invoice_id, *paid_at),
+        SubscriptionEvent::InvoiceVoided { invoice_id, .. } => writes.voided(*invoice_id),
+        SubscriptionEvent::PaymentFailed { invoice_id, failed_at, .. } => writes.payment_failed(*invoice_id, *failed_at),
         _ => {}
     }
     for (index, (amount, reason, invoice_id, expires_at, at)) in credit_transactions(&subscription_event).into_iter().enumerate() {
-        sqlx::query(&format!("INSERT INTO {schema}.credit_transactions VALUES ($1, $2, $3, $4, $5, $6, $7)"))
-            .bind(state.tenant_id)
-            .bind(event.position * 4 + index as i64)
-            .bind(amount)
-            .bind(reason)
-            .bind(invoice_id)
-            .bind(expires_at)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+        writes.credit((state.tenant_id, event.position * 4 + index as i64, amount, reason, invoice_id, expires_at, at));
     }
     let paying_before = paying(state);
     let (started_before, cancelled_before) = (state.started_at, state.cancelled_at);
@@ -485,88 +392,30 @@ async fn fold(
     let at = subscription_event.effective_at().unwrap_or_else(|| event.occurred_at());
     state.apply(subscription_event);
     let paying_after = paying(state);
-    for (before, after, column) in [(started_before, state.started_at, "started"), (cancelled_before, state.cancelled_at, "cancelled")] {
+    for (before, after, started) in [(started_before, state.started_at, true), (cancelled_before, state.cancelled_at, false)] {
         if before != after {
             for (at, change) in [(before, -1i64), (after, 1)] {
                 if let Some(at) = at {
-                    count_change(conn, schema, month_of(at), column, change).await?;
+                    let (s, c) = if started { (change, 0) } else { (0, change) };
+                    writes.count(month_of(at), s, c);
                 }
             }
         }
     }
     if paying_before != paying_after {
         if let Some((plan, _, value)) = &paying_before {
-            revenue_change(conn, schema, month_of(at), plan, -*value, -1).await?;
+            writes.revenue(month_of(at), plan, -*value, -1);
         }
         if let Some((plan, _, value)) = &paying_after {
-            revenue_change(conn, schema, month_of(at), plan, *value, 1).await?;
+            writes.revenue(month_of(at), plan, *value, 1);
         }
-        sqlx::query(&format!("UPDATE {schema}.subscription_spans SET to_at = $2 WHERE subscription_id = $1 AND to_at IS NULL"))
-            .bind(id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+        writes.ordered(Ordered::SpanClosed { subscription_id: id, at });
         if let Some((plan, period, value)) = paying_after {
-            sqlx::query(&format!(
-                "INSERT INTO {schema}.subscription_spans VALUES ($1, $2, $3, $4, $5, $6, NULL)
-                     ON CONFLICT (subscription_id, from_at) DO UPDATE SET plan = EXCLUDED.plan, billing_period = EXCLUDED.billing_period,
-                         monthly_value = EXCLUDED.monthly_value, to_at = NULL"
-            ))
-            .bind(id)
-            .bind(state.tenant_id)
-            .bind(plan)
-            .bind(period)
-            .bind(value)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            writes.ordered(Ordered::SpanOpened { subscription_id: id, tenant_id: state.tenant_id, plan, period, value, at });
         }
     }
     if state.plan.is_none() {
         return Err(ProjectionError::payload(event, serde::de::Error::custom("subscription event before its start")));
     }
-    Ok(())
-}
-
-/// Writes subscription `id`'s row from its `state` after `event`, its latest event.
-async fn write_state(
-    conn: &mut PgConnection,
-    schema: &str,
-    id: Uuid,
-    state: &Subscription,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
-    let plan = state
-        .plan
-        .as_ref()
-        .ok_or_else(|| ProjectionError::payload(event, serde::de::Error::custom("subscription event before its start")))?;
-    let period = state.current_period();
-    sqlx::query(&format!(
-            "INSERT INTO {schema}.subscriptions (id, tenant_id, status, plan, plan_version, billing_period, trial_ends_at, current_period_start,
-                 current_period_end, cancel_at_period_end, next_due_at, state, updated_at, started_at, cancelled_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, plan = EXCLUDED.plan, plan_version = EXCLUDED.plan_version,
-                 billing_period = EXCLUDED.billing_period, trial_ends_at = EXCLUDED.trial_ends_at,
-                 current_period_start = EXCLUDED.current_period_start, current_period_end = EXCLUDED.current_period_end,
-                 cancel_at_period_end = EXCLUDED.cancel_at_period_end, next_due_at = EXCLUDED.next_due_at, state = EXCLUDED.state,
-                 updated_at = EXCLUDED.updated_at, cancelled_at = EXCLUDED.cancelled_at"
-        ))
-        .bind(id)
-        .bind(state.tenant_id)
-        .bind(state.status.as_str())
-        .bind(plan.code.as_str())
-        .bind(plan.version as i32)
-        .bind(state.billing_period.map(|p| p.as_str()))
-        .bind(state.trial_ends_at)
-        .bind(period.map(|p| p.start))
-        .bind(period.map(|p| p.end))
-        .bind(state.cancel_at_period_end)
-        .bind(state.next_due_at())
-        .bind(Json(&state))
-        .bind(event.occurred_at())
-        .bind(state.started_at)
-        .bind(state.cancelled_at)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }

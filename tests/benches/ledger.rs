@@ -31,6 +31,10 @@
 //!    tenants × 12 months of billing history made by the domain itself (on a second server and
 //!    database of its own), with the real catalog (identity, checked) and with a new starter price.
 //!    `BENCH_ONLY=simulation` runs this phase alone; `BENCH_SIM_TENANTS=0` skips it.
+//! 9. a billing day (`ledger/billing_day.rs`): `BENCH_BILLING_TENANTS` (default `1000,10000`)
+//!    subscriptions renewing at one instant, billed `BENCH_BILLING_CONCURRENCY` (default `1,16`) at
+//!    once, and `BENCH_SIGNUPS` (default 800) sign-ups at 8 clients, each next to raw INSERTs.
+//!    `BENCH_ONLY=billing` runs this phase alone; `BENCH_BILLING_TENANTS=0` skips it.
 //!
 //! For quick comparisons: `BENCH_ONLY=commands` runs phases 1 and 2 alone and only prints them,
 //! and `BENCH_COMMANDS` (default `usage,bookings,batch`) picks the command phases.
@@ -62,6 +66,9 @@ const ADMIN: &str = e2e::ADMIN_TOKEN;
 #[path = "ledger/simulation.rs"]
 mod simulation;
 
+#[path = "ledger/billing_day.rs"]
+mod billing_day;
+
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -73,6 +80,11 @@ fn main() {
         Err(_) if env("BENCH_ONLY", "") == "simulation" => runtime.block_on(async {
             let mut out = String::new();
             simulation_phase(&mut out).await;
+        }),
+        Err(_) if env("BENCH_ONLY", "") == "billing" => runtime.block_on(async {
+            let mut out = String::new();
+            billing_day::phase(&mut out).await;
+            println!("{out}");
         }),
         Err(_) => runtime.block_on(run()),
     }
@@ -86,6 +98,14 @@ async fn serve(url: String) {
     config.request_timeout = Duration::from_secs(300);
     if let Ok(writers) = std::env::var("BENCH_APPEND_WRITERS") {
         config.append_writers = writers.parse().expect("BENCH_APPEND_WRITERS");
+    }
+    if std::env::var("SL_BENCH_TEST_CLOCK").is_ok_and(|v| v == "1") {
+        config.test_clock = true;
+        config.billing_interval = Duration::from_secs(24 * 3600);
+        config.request_timeout = Duration::from_secs(3600);
+    }
+    if let Ok(n) = std::env::var("SL_BENCH_BILLING_CONCURRENCY") {
+        config.billing_concurrency = n.parse().expect("SL_BENCH_BILLING_CONCURRENCY");
     }
     let app = api::Application::build(config).await.expect("the server starts");
     println!("listening http://{}", app.local_addr());
@@ -107,7 +127,13 @@ struct Server {
 
 impl Server {
     fn start(url: &str) -> Self {
+        Self::start_with(url, &[])
+    }
+
+    /// [`Self::start`] with more environment for the server (`SL_BENCH_TEST_CLOCK`, ...).
+    fn start_with(url: &str, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(std::env::current_exe().expect("this executable"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("SL_BENCH_SERVE", url)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -947,6 +973,7 @@ async fn run() {
 
     // 8. Price simulation, on its own server and database.
     simulation_phase(&mut out).await;
+    billing_day::phase(&mut out).await;
 
     // 6. Memory.
     let rss = server.peak_rss_mib();

@@ -35,7 +35,7 @@ struct Row {
 
 /// The facts a seeded tenant has recorded: all of a period's facts are recorded well before the
 /// billing run that closes it, so the meter simply counts the period's facts.
-struct Meter(Vec<(&'static str, i64, DateTime<Utc>)>);
+pub(super) struct Meter(pub(super) Vec<(&'static str, i64, DateTime<Utc>)>);
 
 impl UsageMeter for Meter {
     fn billable_usage(&self, _tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
@@ -57,7 +57,7 @@ impl UsageMeter for Meter {
     }
 }
 
-fn metadata(tenant: Uuid, command: Option<&str>, at: DateTime<Utc>) -> String {
+pub(super) fn metadata(tenant: Uuid, command: Option<&str>, at: DateTime<Utc>) -> String {
     let mut m = json!({"tenant_id": tenant, "actor": "system:bench", "correlation_id": "bench-sim", "causation_id": "bench-sim",
                        "occurred_at": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)});
     if let Some(command) = command {

@@ -1,0 +1,215 @@
+//! Phase 9 (issue 31): a billing day. `BENCH_BILLING_TENANTS` (default `1000,10000`) subscriptions
+//! renewing at one instant, each count on a fresh database and server (test clock), once per
+//! `BENCH_BILLING_CONCURRENCY` (default `1,16`: one after another as before, and the server's
+//! default); the renewals/s next to `pgbench` single-row INSERTs of an event-sized row at 8 clients
+//! in the same database right after. Then sign-ups at 8 clients through `POST /v1/tenants`, next
+//! to the same raw rate.
+//!
+//! The subscriptions are made by the domain itself (a start on the starter plan, its first invoice
+//! paid) and appended in SQL as the server's writer numbers events; the server projects them, the
+//! clock's move (`PUT /v1/admin/clock`) runs the billing run and answers its report.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use domain::plan::BillingPeriod;
+use domain::subscription::{PaymentOutcome, PlanTerms, StartSubscription, Subscription, SubscriptionCommand as C, SubscriptionEvent};
+use futures::StreamExt;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::simulation::{metadata, Meter};
+use super::{env, pgbench, section, settled, Http, Server, ADMIN, EVENT_ROW};
+
+/// Appends `n` subscriptions started at `start` (starter, monthly, no trial), each first
+/// invoice paid an hour later. Returns the events appended.
+async fn seed(pool: &PgPool, n: usize, start: DateTime<Utc>) -> usize {
+    let plan = PlanTerms::of(&domain::plan::default_catalog()[0]);
+    let meter: <Subscription as Aggregate>::Services = std::sync::Arc::new(Meter(Vec::new()));
+    let mut rows: Vec<(String, i64, String, String, String)> = Vec::new();
+    for g in 0..n {
+        let (tenant, subscription) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut state = Subscription::default();
+        let mut commands = vec![(
+            start,
+            C::Start(Box::new(StartSubscription {
+                subscription_id: subscription,
+                tenant_id: tenant,
+                tenant_code: format!("day-{g}"),
+                currency: "EUR".into(),
+                tax_rate: domain::values::TaxRate::parse("8.1").expect("a rate"),
+                plan: plan.clone(),
+                billing_period: BillingPeriod::Monthly,
+                trial_days: 0,
+                net_terms_days: 0,
+                at: start,
+            })),
+        )];
+        let mut sequence = 0i64;
+        while let Some((at, command)) = commands.pop() {
+            let name = command.name();
+            let sink = EventSink::default();
+            state.handle(command, &meter, &sink).await.unwrap_or_else(|e| panic!("seeding day-{g}: {name}: {e}"));
+            let meta = metadata(tenant, Some(name), at);
+            for event in sink.collect().await {
+                if let SubscriptionEvent::InvoiceIssued { invoice_id, paid_at: None, .. } = &event {
+                    let amount = state.unpaid.get(invoice_id).copied().unwrap_or_default();
+                    let paid = at + chrono::Duration::hours(1);
+                    commands.push((
+                        paid,
+                        C::RecordPayment {
+                            payment_id: format!("pay-{invoice_id}"),
+                            invoice_id: *invoice_id,
+                            outcome: PaymentOutcome::Succeeded { amount, currency: "EUR".into(), offline: None },
+                            at: paid,
+                        },
+                    ));
+                }
+                sequence += 1;
+                rows.push((
+                    subscription.to_string(),
+                    sequence,
+                    event.event_type(),
+                    serde_json::to_string(&event).expect("an event"),
+                    meta.clone(),
+                ));
+            }
+        }
+    }
+    for chunk in rows.chunks(20_000) {
+        let mut tx = pool.begin().await.expect("a transaction");
+        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head FOR UPDATE").fetch_one(&mut *tx).await.expect("the head");
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, position)
+             SELECT 'Subscription', a, s, t, '1.0', p::jsonb, m::jsonb, $6 + n
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(a, s, t, p, m, n)",
+        )
+        .bind(chunk.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.4.clone()).collect::<Vec<_>>())
+        .bind(head)
+        .execute(&mut *tx)
+        .await
+        .expect("the seeded subscriptions");
+        sqlx::query("UPDATE event_log_head SET position = $1").bind(head + chunk.len() as i64).execute(&mut *tx).await.expect("the head");
+        tx.commit().await.expect("the seed commits");
+    }
+    rows.len()
+}
+
+/// A fresh database and a server on the test clock with `concurrency`.
+async fn fresh(concurrency: usize) -> (String, String, Server, PgPool) {
+    let db = format!("sl_bench_day_{}", Uuid::new_v4().simple());
+    let url = format!("{}/{db}?sslmode={}", e2e::server_url(), env("BENCH_SSLMODE", "disable"));
+    let server =
+        Server::start_with(&url, &[("SL_BENCH_TEST_CLOCK", "1".to_owned()), ("SL_BENCH_BILLING_CONCURRENCY", concurrency.to_string())]);
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.expect("the bench database");
+    sqlx::query("CREATE TABLE bench_events (LIKE events INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY INCLUDING INDEXES)")
+        .execute(&pool)
+        .await
+        .expect("the raw table");
+    (db, url, server, pool)
+}
+
+async fn drop_database(db: &str) {
+    if std::env::var_os("BENCH_KEEP_DB").is_some() {
+        return;
+    }
+    if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
+    }
+}
+
+pub async fn phase(out: &mut String) {
+    let counts: Vec<usize> = env("BENCH_BILLING_TENANTS", "1000,10000")
+        .split(',')
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| c.trim().parse().expect("BENCH_BILLING_TENANTS"))
+        .collect();
+    if counts.is_empty() || counts == [0] {
+        return;
+    }
+    let concurrencies: Vec<usize> =
+        env("BENCH_BILLING_CONCURRENCY", "1,16").split(',').map(|c| c.trim().parse().expect("BENCH_BILLING_CONCURRENCY")).collect();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).timeout(Duration::from_secs(3600)).build().expect("a client");
+    let mut rows = Vec::new();
+    for &n in &counts {
+        for &concurrency in &concurrencies {
+            if concurrency == 1 && n > 10_000 {
+                continue; // hours, and the point is made at 10,000
+            }
+            let (db, url, server, pool) = fresh(concurrency).await;
+            let http = Http { client: client.clone(), base: server.address.clone() };
+            let (_, clock) = http.get("/v1/admin/clock", ADMIN).await;
+            let now: DateTime<Utc> = clock["now"].as_str().expect("the test clock").parse().expect("an instant");
+            let start = now - chrono::Duration::days(20);
+            let seeding = Instant::now();
+            let events = seed(&pool, n, start).await;
+            settled(&pool).await;
+            let seeded = seeding.elapsed();
+            sqlx::query("VACUUM ANALYZE").execute(&pool).await.expect("vacuum");
+            let renewal = start.checked_add_months(chrono::Months::new(1)).expect("a month") + chrono::Duration::minutes(1);
+            let started = Instant::now();
+            let (status, reply) = http.send(reqwest::Method::PUT, "/v1/admin/clock", ADMIN, Some(&json!({"now": renewal}))).await;
+            let took = started.elapsed().as_secs_f64();
+            assert_eq!(status, 200, "{reply}");
+            let issued = reply["billing"]["invoices_issued"].as_u64().unwrap_or(0) as usize;
+            assert_eq!(issued, n, "every subscription renewed once: {reply}");
+            let raw = pgbench(&url, EVENT_ROW, 8, 5);
+            let rate = n as f64 / took;
+            rows.push(format!(
+                "| {n} renewing at one instant, {concurrency} at once | {events} events seeded, projected in {:.1} s | {took:.1} s | **{rate:.0}/s** | {raw:.0} tps | **{:.3}** | {:.2} ms |",
+                seeded.as_secs_f64(),
+                rate / raw,
+                took * 1000.0 / n as f64
+            ));
+            eprintln!("{}", rows.last().expect("a row"));
+            drop(server);
+            pool.close().await;
+            drop_database(&db).await;
+        }
+    }
+    // Sign-ups at 8 clients.
+    let (db, url, server, pool) = fresh(16).await;
+    let http = Http { client: client.clone(), base: server.address.clone() };
+    let signups: usize = env("BENCH_SIGNUPS", "800").parse().expect("BENCH_SIGNUPS");
+    let started = Instant::now();
+    let created = futures::stream::iter(0..signups)
+        .map(|i| {
+            let http = http.clone();
+            async move {
+                let body = json!({"code": format!("sign-{i}"), "name": format!("Sign-up {i}"), "business_type": "clinic", "currency": "EUR",
+                                  "billing_email": format!("billing@sign-{i}.example"), "plan": "starter", "billing_period": "monthly",
+                                  "trial_days": 14, "tax_rate": "8.1"});
+                http.post("/v1/tenants", ADMIN, &body).await.0 == 201
+            }
+        })
+        .buffer_unordered(8)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(created, signups, "every sign-up answered 201");
+    let raw = pgbench(&url, EVENT_ROW, 8, 5);
+    let rate = signups as f64 / took;
+    rows.push(format!(
+        "| {signups} sign-ups (`POST /v1/tenants`), 8 clients | | {took:.1} s | **{rate:.0}/s** | {raw:.0} tps | **{:.3}** | {:.2} ms |",
+        rate / raw,
+        took * 1000.0 * 8.0 / signups as f64
+    ));
+    eprintln!("{}", rows.last().expect("a row"));
+    drop(server);
+    pool.close().await;
+    drop_database(&db).await;
+    section(
+        out,
+        "A billing day (issue 31: renewals/s ≥ 0.3× raw single-row INSERTs at 8 clients; sign-ups ≥ 0.1×)",
+        "| what | seeded | time | rate | raw INSERT, 8 clients | ratio | per item |",
+        &rows,
+    );
+}
