@@ -41,7 +41,7 @@ pub struct ServeArgs {
     pub billing_interval_secs: u64,
     /// Subscriptions a billing run advances at once (their commands share the group-commit
     /// writer's appends); 1 runs them one after another.
-    #[arg(long, env = "SAAS_LEDGER_BILLING_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "SAAS_LEDGER_BILLING_CONCURRENCY", default_value_t = 64)]
     pub billing_concurrency: usize,
     /// Connections that write appends (group commit: concurrent commands share a statement).
     #[arg(long, env = "SAAS_LEDGER_APPEND_WRITERS", default_value_t = 2)]
@@ -162,7 +162,7 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             billing_interval: Duration::from_secs(60),
-            billing_concurrency: 16,
+            billing_concurrency: 64,
             relay: None,
             append_writers: 2,
             auth_cache: Duration::from_secs(1),

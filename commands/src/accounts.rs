@@ -45,7 +45,7 @@ pub struct SignedUp {
 impl Accounts {
     /// The service over the three aggregate services.
     pub fn new(pool: PgPool, catalog: Arc<Catalog>, tenants: Arc<Tenants>, subscriptions: Arc<Subscriptions>) -> Self {
-        Self { pool, catalog, tenants, subscriptions, billing_concurrency: 16 }
+        Self { pool, catalog, tenants, subscriptions, billing_concurrency: 64 }
     }
 
     /// Advances `n` (at least 1) subscriptions at once in a billing run.

@@ -119,10 +119,16 @@ impl Accounts {
                     Ok(committed) if !committed.events.is_empty() => {
                         outcome.changed = true;
                         outcome.invoices = committed.events.iter().filter(|e| e.payload.event_type_is("InvoiceIssued")).count();
-                        match self.sync_tenant(&committed.state, &context).await {
-                            Ok(Some(_)) => outcome.tenant_updated = true,
-                            Ok(None) => {}
-                            Err(e) => outcome.failure = Some(format!("tenant {tenant_id}: {e}")),
+                        // Only a subscription suspended, reactivated or cancelled moves its tenant
+                        // (a renewal does not: loading the tenant for nothing was a statement per
+                        // renewal). One that stopped before its tenant followed is found by the
+                        // repair below.
+                        if committed.events.iter().any(|e| MOVES_TENANT.iter().any(|t| e.payload.event_type_is(t))) {
+                            match self.sync_tenant(&committed.state, &context).await {
+                                Ok(Some(_)) => outcome.tenant_updated = true,
+                                Ok(None) => {}
+                                Err(e) => outcome.failure = Some(format!("tenant {tenant_id}: {e}")),
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -205,6 +211,9 @@ impl Accounts {
         }
     }
 }
+
+/// The subscription events after which its tenant's status may have to follow.
+const MOVES_TENANT: [&str; 3] = ["SubscriptionSuspended", "SubscriptionReactivated", "SubscriptionCancelled"];
 
 /// What advancing one subscription did.
 #[derive(Default)]

@@ -32,7 +32,7 @@
 //!    database of its own), with the real catalog (identity, checked) and with a new starter price.
 //!    `BENCH_ONLY=simulation` runs this phase alone; `BENCH_SIM_TENANTS=0` skips it.
 //! 9. a billing day (`ledger/billing_day.rs`): `BENCH_BILLING_TENANTS` (default `1000,10000`)
-//!    subscriptions renewing at one instant, billed `BENCH_BILLING_CONCURRENCY` (default `1,16`) at
+//!    subscriptions renewing at one instant, billed `BENCH_BILLING_CONCURRENCY` (default `1,64`) at
 //!    once, and `BENCH_SIGNUPS` (default 800) sign-ups at 8 clients, each next to raw INSERTs.
 //!    `BENCH_ONLY=billing` runs this phase alone; `BENCH_BILLING_TENANTS=0` skips it.
 //!

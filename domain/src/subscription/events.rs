@@ -365,6 +365,11 @@ fn use_credit(s: &mut Subscription, mut amount: Decimal, at: DateTime<Utc>) {
     s.credit_balance = s.credits.iter().map(|g| g.remaining).sum();
 }
 
+/// The event types that change what a booking of the tenant is decided on (the plan's limits,
+/// the add-ons): the booking context stamp (migration 0020) moves for these alone. A new event
+/// that changes `plan` or `addons` in [`apply`] belongs here and in that migration's trigger.
+pub const BOOKING_CONTEXT_EVENTS: [&str; 3] = ["SubscriptionStarted", "PlanChanged", "AddonsChanged"];
+
 pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
     use SubscriptionEvent as E;
     match event {

@@ -20,7 +20,7 @@ pub mod simulation;
 
 pub use commands::{PaymentOutcome, StartSubscription, SubscriptionCommand};
 pub use error::SubscriptionError;
-pub use events::SubscriptionEvent;
+pub use events::{SubscriptionEvent, BOOKING_CONTEXT_EVENTS};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -1023,3 +1023,72 @@ fn an_added_seat_is_prorated_on_the_next_invoice_and_billed_in_full_after() {
     let trial = history(no_usage, vec![start(14, at(2027, 1, 1)), SubscriptionCommand::AddSeat { at: at(2027, 1, 5) }]);
     assert!(matches!(trial.last(), Some(SubscriptionEvent::SeatAdded { charge: None, extra_users: 1, .. })));
 }
+
+/// Only the booking context's events change a subscription's plan or add-ons: the store's
+/// stamp trigger (migration 0020) counts on it. A history through upgrades, a scheduled
+/// downgrade, add-ons, credit, a credit note, a failed payment, suspension, reactivation and
+/// cancellation.
+#[test]
+fn only_the_booking_context_events_change_the_plan_or_the_add_ons() {
+    let first = invoice_id(id(), 1);
+    let change = |code: &str, immediately: bool, when: DateTime<Utc>| SubscriptionCommand::ChangePlan {
+        plan: terms(code),
+        billing_period: None,
+        immediately,
+        at: when,
+    };
+    let failed = SubscriptionCommand::RecordPayment {
+        payment_id: "f".into(),
+        invoice_id: first,
+        outcome: PaymentOutcome::Failed,
+        at: at(2027, 1, 2),
+    };
+    let commands = vec![
+        start(0, at(2027, 1, 1)),
+        failed,
+        SubscriptionCommand::AdvanceTo { as_of: at(2027, 1, 20) },
+        credit_note(first, "29.00", at(2027, 1, 21)),
+        change("professional", true, at(2027, 1, 22)),
+        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 2, ..Default::default() }, at: at(2027, 1, 23) },
+        grant("5.00", None, at(2027, 1, 24)),
+        change("starter", false, at(2027, 1, 25)),
+        SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 2) },
+        SubscriptionCommand::Cancel { at_period_end: true, at: at(2027, 3, 3) },
+        SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 2) },
+    ];
+    let mut events = Vec::new();
+    for command in commands {
+        match run(no_usage(), events.clone(), command) {
+            Ok(new) => events.extend(new),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut state = Subscription::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for event in events {
+        let name = cqrs_es::DomainEvent::event_type(&event);
+        let before = (serde_json::to_value(&state.plan).unwrap(), serde_json::to_value(&state.addons).unwrap());
+        cqrs_es::Aggregate::apply(&mut state, event);
+        let after = (serde_json::to_value(&state.plan).unwrap(), serde_json::to_value(&state.addons).unwrap());
+        if !BOOKING_CONTEXT_EVENTS.contains(&name.as_str()) {
+            assert_eq!(before, after, "{name} changed the plan or the add-ons");
+        }
+        seen.insert(name);
+    }
+    for expected in [
+        "PaymentFailed",
+        "SubscriptionSuspended",
+        "CreditNoteIssued",
+        "SubscriptionReactivated",
+        "PlanChanged",
+        "AddonsChanged",
+        "CreditGranted",
+        "PlanChangeScheduled",
+        "PeriodStarted",
+        "InvoiceIssued",
+        "CancellationScheduled",
+        "SubscriptionCancelled",
+    ] {
+        assert!(seen.contains(expected), "the history has a {expected}: {seen:?}");
+    }
+}

@@ -1,6 +1,6 @@
 //! Phase 9 (issue 31): a billing day. `BENCH_BILLING_TENANTS` (default `1000,10000`) subscriptions
 //! renewing at one instant, each count on a fresh database and server (test clock), once per
-//! `BENCH_BILLING_CONCURRENCY` (default `1,16`: one after another as before, and the server's
+//! `BENCH_BILLING_CONCURRENCY` (default `1,64`: one after another as before, and the server's
 //! default); the renewals/s next to `pgbench` single-row INSERTs of an event-sized row at 8 clients
 //! in the same database right after. Then sign-ups at 8 clients through `POST /v1/tenants`, next
 //! to the same raw rate.
@@ -135,7 +135,7 @@ pub async fn phase(out: &mut String) {
         return;
     }
     let concurrencies: Vec<usize> =
-        env("BENCH_BILLING_CONCURRENCY", "1,16").split(',').map(|c| c.trim().parse().expect("BENCH_BILLING_CONCURRENCY")).collect();
+        env("BENCH_BILLING_CONCURRENCY", "1,64").split(',').map(|c| c.trim().parse().expect("BENCH_BILLING_CONCURRENCY")).collect();
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).timeout(Duration::from_secs(3600)).build().expect("a client");
     let mut rows = Vec::new();
     for &n in &counts {
@@ -175,7 +175,7 @@ pub async fn phase(out: &mut String) {
         }
     }
     // Sign-ups at 8 clients.
-    let (db, url, server, pool) = fresh(16).await;
+    let (db, url, server, pool) = fresh(64).await;
     let http = Http { client: client.clone(), base: server.address.clone() };
     let signups: usize = env("BENCH_SIGNUPS", "800").parse().expect("BENCH_SIGNUPS");
     let started = Instant::now();
