@@ -1067,9 +1067,9 @@ fn only_the_booking_context_events_change_the_plan_or_the_add_ons() {
     let mut seen = std::collections::BTreeSet::new();
     for event in events {
         let name = cqrs_es::DomainEvent::event_type(&event);
-        let before = (serde_json::to_value(&state.plan).unwrap(), serde_json::to_value(&state.addons).unwrap());
+        let before = (serde_json::to_value(&state.plan).unwrap(), serde_json::to_value(state.addons).unwrap());
         cqrs_es::Aggregate::apply(&mut state, event);
-        let after = (serde_json::to_value(&state.plan).unwrap(), serde_json::to_value(&state.addons).unwrap());
+        let after = (serde_json::to_value(&state.plan).unwrap(), serde_json::to_value(state.addons).unwrap());
         if !BOOKING_CONTEXT_EVENTS.contains(&name.as_str()) {
             assert_eq!(before, after, "{name} changed the plan or the add-ons");
         }
