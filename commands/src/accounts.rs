@@ -85,7 +85,7 @@ impl Accounts {
         };
         let subscription = self
             .subscriptions
-            .execute(subscription_id, SubscriptionCommand::Start(Box::new(start)), &context.for_tenant(tenant_id))
+            .execute_new(subscription_id, SubscriptionCommand::Start(Box::new(start)), &context.for_tenant(tenant_id))
             .await
             .map_err(|e| e.map_domain(|e| TenantError::Invalid(domain::ValidationError::new("subscription", e.to_string()))))?;
         Ok(SignedUp { key, tenant, subscription })

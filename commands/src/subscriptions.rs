@@ -91,6 +91,18 @@ impl Subscriptions {
         self.store.execute(&id.to_string(), command, &context).await
     }
 
+    /// [`Self::execute`] on a subscription believed new (a sign-up's, its id just made): no
+    /// load first; if the stream exists after all, the store decides again on its real state.
+    pub async fn execute_new(
+        &self,
+        id: Uuid,
+        command: SubscriptionCommand,
+        context: &CommandContext,
+    ) -> Result<Committed<Subscription>, CommandError<SubscriptionError>> {
+        let context = CommandContext { command: Some(command.name()), ..context.clone() };
+        self.store.execute_new(&id.to_string(), command, &context).await
+    }
+
     /// The subscription's current state.
     pub async fn load(&self, id: Uuid) -> Result<Option<Subscription>, CommandError<SubscriptionError>> {
         Ok(self.store.load(&id.to_string()).await?.map(|(state, _)| state))

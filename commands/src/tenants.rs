@@ -73,7 +73,7 @@ impl Tenants {
     ) -> Result<(IssuedKey, Committed<Tenant>), CommandError<TenantError>> {
         let tenant_id = Uuid::now_v7();
         let (owner_key, issued) = new_key("owner", ApiKeyRole::Owner, None, context);
-        let key = self.vault.key_for_writing(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let key = self.vault.key_for_new_tenant(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
         let billing_email = key.seal(sign_up.billing_email.as_str()).map_err(|e| CommandError::Internal(e.to_string()))?;
         let new = NewTenant {
             tenant_id,
@@ -94,7 +94,8 @@ impl Tenants {
             at: context.at,
         };
         let context = context.for_tenant(tenant_id);
-        let committed = self.store.execute(&tenant_id.to_string(), TenantCommand::Create(Box::new(new)), &context).await?;
+        // A new id: appended without loading first (the store decides again if it exists).
+        let committed = self.store.execute_new(&tenant_id.to_string(), TenantCommand::Create(Box::new(new)), &context).await?;
         Ok((issued, committed))
     }
 

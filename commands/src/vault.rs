@@ -123,6 +123,27 @@ impl Vault {
         self.key_for_writing_from(tenant_id, existing).await
     }
 
+    /// [`Self::key_for_writing`] for a tenant whose id was just made (a sign-up): the key is
+    /// made and stored in one statement; should the id have a row after all, it is read.
+    pub async fn key_for_new_tenant(&self, tenant_id: Uuid) -> Result<PersonalDataKey, VaultError> {
+        let mut fresh = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut fresh);
+        let stored: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO personal_data_keys (tenant_id, key) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING RETURNING tenant_id",
+        )
+        .bind(tenant_id)
+        .bind(&fresh[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        match stored {
+            Some(_) => {
+                let cipher = SealingKey::from_slice(&fresh).expect("a 32-byte key");
+                Ok(PersonalDataKey { tenant_id, cipher: Some(cipher), digest_key: Some(digest_key(&fresh)) })
+            }
+            None => self.key_for_writing(tenant_id).await,
+        }
+    }
+
     /// [`Self::key_for_writing`], given the tenant's row of `personal_data_keys` as a caller
     /// already read it in a statement of its own (`None`: no row; `Some(None)`: erased).
     pub async fn key_for_writing_from(&self, tenant_id: Uuid, existing: Option<Option<Vec<u8>>>) -> Result<PersonalDataKey, VaultError> {

@@ -189,9 +189,22 @@ impl AppState {
     /// reads show. A read model that is stuck does not fail the command (it did commit): the
     /// wait gives up after a while and says so in the log.
     pub async fn settle<A: Aggregate>(&self, aggregate_id: &str, committed: &Committed<A>) {
+        self.settle_in(aggregate_id, committed, None).await
+    }
+
+    /// [`Self::settle`] for the read models named `only`: those the caller's next commands
+    /// decide on (every read waits for the rest by itself, see [`crate::consistency`]).
+    pub async fn settle_for<A: Aggregate>(&self, aggregate_id: &str, committed: &Committed<A>, only: &[&str]) {
+        self.settle_in(aggregate_id, committed, Some(only)).await
+    }
+
+    async fn settle_in<A: Aggregate>(&self, aggregate_id: &str, committed: &Committed<A>, only: Option<&[&str]>) {
         if let Some(position) = committed.position {
             let started = std::time::Instant::now();
-            let settled = self.0.projections.wait_for(position, SETTLE_TIMEOUT).await;
+            let settled = match only {
+                None => self.0.projections.wait_for(position, SETTLE_TIMEOUT).await,
+                Some(only) => self.0.projections.wait_for_some(position, only, SETTLE_TIMEOUT).await,
+            };
             metrics::histogram!("saas_ledger_settle_duration_seconds").record(started.elapsed().as_secs_f64());
             if !settled {
                 tracing::warn!(aggregate_type = A::TYPE, aggregate_id, position, "read models did not catch up with a command in time");

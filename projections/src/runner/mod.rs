@@ -104,13 +104,24 @@ pub struct Projections {
     /// Per projection: the live run's generation, and the position up to which it was found
     /// to have nothing to apply (see [`Projections::nothing_to_apply`]).
     quiet: std::sync::Mutex<HashMap<&'static str, (i32, i64)>>,
+    /// Per projection: the callers waiting for it to reach a position right now
+    /// ([`Projections::wait_for`]; while there are any, its rounds are not paced: someone's
+    /// answer waits on them), and a signal for a paced projector to start its round at once.
+    waiters: HashMap<&'static str, (std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
 }
 
 impl Projections {
     /// The given projections over `pool`, fed by `sequencer`.
     pub fn new(pool: PgPool, sequencer: Arc<Sequencer>, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
         let live = projections.iter().map(|p| (p.name(), watch::Sender::new(0))).collect();
-        Arc::new(Self { pool, sequencer, projections, live, quiet: Default::default() })
+        Arc::new(Self {
+            pool,
+            sequencer,
+            live,
+            quiet: Default::default(),
+            waiters: projections.iter().map(|p| (p.name(), Default::default())).collect(),
+            projections,
+        })
     }
 
     fn projection(&self, name: &str) -> Option<&Arc<dyn Projection>> {
@@ -470,12 +481,19 @@ impl Projections {
             // Under a stream of appends, rounds start at least PACE apart, so that each applies
             // what a few group commits wrote in one transaction instead of one per commit (on a
             // small machine Postgres is bound by the number of statements). After a quiet
-            // spell the first round starts at once.
+            // spell the first round starts at once, and so does every round while a caller
+            // waits for a position (a command settling, a read of one's own writes): their
+            // answers wait on it, and the work done meanwhile still makes the round's batch.
             let since = round.elapsed();
             if since < PACE {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(PACE - since) => {}
+                let (waiting, arrived) = &self.waiters[name];
+                let arrived = arrived.notified();
+                if waiting.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(PACE - since) => {}
+                        () = arrived => {}
+                    }
                 }
             }
         }

@@ -13,8 +13,23 @@ impl Projections {
     /// Waits until every live projection has applied `position` (read-your-writes), at most
     /// `timeout`; returns whether it got there.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
+        self.wait(position, None, timeout).await
+    }
+
+    /// [`Self::wait_for`] for the projections named `only` (what a command's next steps read,
+    /// when every read of them waits for the rest by itself).
+    pub async fn wait_for_some(&self, position: i64, only: &[&str], timeout: Duration) -> bool {
+        self.wait(position, Some(only), timeout).await
+    }
+
+    async fn wait(&self, position: i64, only: Option<&[&str]>, timeout: Duration) -> bool {
+        let chosen = |name: &str| only.is_none_or(|only| only.contains(&name));
+        if self.live.iter().filter(|(name, _)| chosen(name)).all(|(_, live)| *live.borrow() >= position) {
+            return true;
+        }
+        let _waiting = Waiting::start(self, only);
         let deadline = Instant::now() + timeout;
-        for live in self.live.values() {
+        for (_, live) in self.live.iter().filter(|(name, _)| chosen(name)) {
             let mut rx = live.subscribe();
             loop {
                 if *rx.borrow_and_update() >= position {
@@ -22,11 +37,11 @@ impl Projections {
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return self.live_positions_reached(position).await;
+                    return self.live_positions_reached(position, only).await;
                 }
                 // Another process may be running this projection: look at the table too.
                 let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), rx.changed()).await;
-                if *rx.borrow() < position && self.live_positions_reached(position).await {
+                if *rx.borrow() < position && self.live_positions_reached(position, only).await {
                     return true;
                 }
             }
@@ -34,15 +49,16 @@ impl Projections {
         true
     }
 
-    /// Whether every live run, as stored (possibly by another process), holds `position`: its
-    /// checkpoint is there, or (a projection that reads only some aggregate types and moves
-    /// its checkpoint over the others' events in bulk) nothing of its types lies in between.
-    pub(super) async fn live_positions_reached(&self, position: i64) -> bool {
+    /// Whether every live run (of `only`, if given), as stored (possibly by another process),
+    /// holds `position`: its checkpoint is there, or (a projection that reads only some
+    /// aggregate types and moves its checkpoint over the others' events in bulk) nothing of its
+    /// types lies in between.
+    pub(super) async fn live_positions_reached(&self, position: i64, only: Option<&[&str]>) -> bool {
         let runs: Result<Vec<(String, i64)>, _> =
             sqlx::query_as("SELECT name, position FROM projection_runs WHERE status = 'live'").fetch_all(&self.pool).await;
         let Ok(runs) = runs else { return false };
         for (name, at) in runs {
-            if at >= position {
+            if at >= position || only.is_some_and(|only| !only.contains(&name.as_str())) {
                 continue;
             }
             let Some(types) = self.projection(&name).and_then(|p| p.aggregate_types()) else {
@@ -84,5 +100,30 @@ impl Projections {
             run.leader = leader::holder(&self.pool, &format!("projection:{}", run.name)).await?;
         }
         Ok(runs)
+    }
+}
+
+/// A caller waiting in [`Projections::wait_for`], counted for the projections it waits on
+/// while it waits (see `follow`'s pace).
+struct Waiting<'a>(&'a Projections, Vec<&'static str>);
+
+impl<'a> Waiting<'a> {
+    fn start(projections: &'a Projections, only: Option<&[&str]>) -> Self {
+        let names: Vec<&'static str> =
+            projections.waiters.keys().copied().filter(|name| only.is_none_or(|only| only.contains(name))).collect();
+        for name in &names {
+            let (waiting, arrived) = &projections.waiters[name];
+            waiting.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            arrived.notify_waiters();
+        }
+        Self(projections, names)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            self.0.waiters[name].0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }

@@ -168,7 +168,10 @@ async fn create(
             let tenant = &signed_up.tenant.state;
             let id = tenant.id.expect("a created tenant has an id");
             let subscription_id = tenant.subscription_id.expect("a created tenant has a subscription");
-            app.settle(&subscription_id.to_string(), &signed_up.subscription).await;
+            // The new key authenticates (`tenants`), and the tenant's first commands decide on
+            // its subscription (`billing`: quota, booking limits) as soon as this answers; its
+            // reads wait for every other read model by themselves.
+            app.settle_for(&subscription_id.to_string(), &signed_up.subscription, &["tenants", "billing"]).await;
             Ok(SignedUp {
                 id,
                 code: tenant.code.clone().expect("a created tenant has a code"),
