@@ -5,7 +5,10 @@
 //! in the same database right after. Then sign-ups at 8 clients through `POST /v1/tenants`, next
 //! to the same raw rate.
 //!
-//! The subscriptions are made by the domain itself (a start on the starter plan, its first invoice
+//! Then `BENCH_HISTORY_TENANTS` (default 2,000) renewing with 36 renewals of history against as
+//! many with 1 (the cost of a subscription command as its stream grows).
+//!
+//! The subscriptions are made by the domain itself (a start on the starter plan, each invoice
 //! paid) and appended in SQL as the server's writer numbers events; the server projects them, the
 //! clock's move (`PUT /v1/admin/clock`) runs the billing run and answers its report.
 
@@ -24,16 +27,19 @@ use uuid::Uuid;
 use super::simulation::{metadata, Meter};
 use super::{env, pgbench, section, settled, Http, Server, ADMIN, EVENT_ROW};
 
-/// Appends `n` subscriptions started at `start` (starter, monthly, no trial), each first
-/// invoice paid an hour later. Returns the events appended.
-async fn seed(pool: &PgPool, n: usize, start: DateTime<Utc>) -> usize {
+/// Appends `n` subscriptions started `months` months before `renewing` minus a month
+/// (starter, monthly, no trial) and renewed by the domain every month since, each invoice paid an
+/// hour after it was issued: their next renewal is at `renewing`. Returns the events appended.
+async fn seed(pool: &PgPool, n: usize, renewing: DateTime<Utc>, months: u32) -> usize {
+    let start = renewing.checked_sub_months(chrono::Months::new(months + 1)).expect("a month");
     let plan = PlanTerms::of(&domain::plan::default_catalog()[0]);
     let meter: <Subscription as Aggregate>::Services = std::sync::Arc::new(Meter(Vec::new()));
     let mut rows: Vec<(String, i64, String, String, String)> = Vec::new();
     for g in 0..n {
         let (tenant, subscription) = (Uuid::new_v4(), Uuid::new_v4());
         let mut state = Subscription::default();
-        let mut commands = vec![(
+        let mut commands: std::collections::VecDeque<(DateTime<Utc>, C)> = std::collections::VecDeque::new();
+        commands.push_back((
             start,
             C::Start(Box::new(StartSubscription {
                 subscription_id: subscription,
@@ -47,9 +53,13 @@ async fn seed(pool: &PgPool, n: usize, start: DateTime<Utc>) -> usize {
                 net_terms_days: 0,
                 at: start,
             })),
-        )];
+        ));
+        for m in 1..=months {
+            let as_of = start.checked_add_months(chrono::Months::new(m)).expect("a month");
+            commands.push_back((as_of, C::AdvanceTo { as_of }));
+        }
         let mut sequence = 0i64;
-        while let Some((at, command)) = commands.pop() {
+        while let Some((at, command)) = commands.pop_front() {
             let name = command.name();
             let sink = EventSink::default();
             state.handle(command, &meter, &sink).await.unwrap_or_else(|e| panic!("seeding day-{g}: {name}: {e}"));
@@ -58,7 +68,7 @@ async fn seed(pool: &PgPool, n: usize, start: DateTime<Utc>) -> usize {
                 if let SubscriptionEvent::InvoiceIssued { invoice_id, paid_at: None, .. } = &event {
                     let amount = state.unpaid.get(invoice_id).copied().unwrap_or_default();
                     let paid = at + chrono::Duration::hours(1);
-                    commands.push((
+                    commands.push_front((
                         paid,
                         C::RecordPayment {
                             payment_id: format!("pay-{invoice_id}"),
@@ -147,13 +157,13 @@ pub async fn phase(out: &mut String) {
             let http = Http { client: client.clone(), base: server.address.clone() };
             let (_, clock) = http.get("/v1/admin/clock", ADMIN).await;
             let now: DateTime<Utc> = clock["now"].as_str().expect("the test clock").parse().expect("an instant");
-            let start = now - chrono::Duration::days(20);
+            let renewal = now + chrono::Duration::days(10);
             let seeding = Instant::now();
-            let events = seed(&pool, n, start).await;
+            let events = seed(&pool, n, renewal, 0).await;
             settled(&pool).await;
             let seeded = seeding.elapsed();
             sqlx::query("VACUUM ANALYZE").execute(&pool).await.expect("vacuum");
-            let renewal = start.checked_add_months(chrono::Months::new(1)).expect("a month") + chrono::Duration::minutes(1);
+            let renewal = renewal + chrono::Duration::minutes(1);
             let started = Instant::now();
             let (status, reply) = http.send(reqwest::Method::PUT, "/v1/admin/clock", ADMIN, Some(&json!({"now": renewal}))).await;
             let took = started.elapsed().as_secs_f64();
@@ -173,6 +183,39 @@ pub async fn phase(out: &mut String) {
             pool.close().await;
             drop_database(&db).await;
         }
+    }
+    // The cost of a renewal with a long history: subscriptions with 36 renewals behind them
+    // against ones with 1, the same count, the server's default concurrency.
+    let deep: usize = env("BENCH_HISTORY_TENANTS", "2000").parse().expect("BENCH_HISTORY_TENANTS");
+    let mut per_renewal = Vec::new();
+    for months in if deep > 0 { vec![1u32, 36] } else { Vec::new() } {
+        let (db, _url, server, pool) = fresh(64).await;
+        let http = Http { client: client.clone(), base: server.address.clone() };
+        let (_, clock) = http.get("/v1/admin/clock", ADMIN).await;
+        let now: DateTime<Utc> = clock["now"].as_str().expect("the test clock").parse().expect("an instant");
+        let renewal = now + chrono::Duration::days(10);
+        let events = seed(&pool, deep, renewal, months).await;
+        settled(&pool).await;
+        sqlx::query("VACUUM ANALYZE").execute(&pool).await.expect("vacuum");
+        let started = Instant::now();
+        let body = json!({"now": renewal + chrono::Duration::minutes(1)});
+        let (status, reply) = http.send(reqwest::Method::PUT, "/v1/admin/clock", ADMIN, Some(&body)).await;
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["billing"]["invoices_issued"].as_u64(), Some(deep as u64), "{reply}");
+        per_renewal.push(took * 1000.0 / deep as f64);
+        rows.push(format!(
+            "| {deep} renewing with {months} renewal(s) of history, 64 at once | {events} events | {took:.1} s | **{:.0}/s** | | | {:.2} ms |",
+            deep as f64 / took,
+            per_renewal.last().expect("a figure")
+        ));
+        eprintln!("{}", rows.last().expect("a row"));
+        drop(server);
+        pool.close().await;
+        drop_database(&db).await;
+    }
+    if let [one, deep] = per_renewal[..] {
+        rows.push(format!("| time per renewal, 36 renewals of history vs 1 | | | | | **{:.2}** | |", deep / one));
     }
     // Sign-ups at 8 clients.
     let (db, url, server, pool) = fresh(64).await;
