@@ -220,7 +220,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 .await
                 .map_err(|e| format!("{}: {}", e.code, e.message))?;
             println!(
-                "A year of history in {:.0} s: {} tenants, {} invoices issued ({} paid by hand, {} credit notes), {} usage facts, {} bookings, {} plan changes, {} cancellations, {} webhook endpoints; {} requests refused by the rules",
+                "A year of history in {:.0} s: {} tenants, {} invoices issued by the billing runs (besides those of sign-ups; {} paid by hand, {} credit notes), {} usage facts, {} bookings, {} plan changes, {} cancellations, {} webhook endpoints; {} requests refused by the rules",
                 started.elapsed().as_secs_f64(),
                 report.tenants,
                 report.invoices_issued,
