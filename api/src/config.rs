@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// writer's appends); 1 runs them one after another.
     #[arg(long, env = "SAAS_LEDGER_BILLING_CONCURRENCY", default_value_t = 64)]
     pub billing_concurrency: usize,
+    /// A subscription is snapshotted when a command has replayed and appended this many of its
+    /// events since its last snapshot (a command's cost stays flat as the stream grows); 0 turns
+    /// snapshots off (every command replays the whole stream).
+    #[arg(long, env = "SAAS_LEDGER_SNAPSHOT_EVERY", default_value_t = commands::snapshots::DEFAULT_EVERY)]
+    pub snapshot_every: usize,
     /// Connections that write appends (group commit: concurrent commands share a statement).
     #[arg(long, env = "SAAS_LEDGER_APPEND_WRITERS", default_value_t = 2)]
     pub append_writers: usize,
@@ -102,6 +107,9 @@ pub struct Config {
     pub billing_interval: Duration,
     /// Subscriptions a billing run advances at once.
     pub billing_concurrency: usize,
+    /// Events replayed and appended since a subscription's last snapshot that make a new one
+    /// (0: no snapshots).
+    pub snapshot_every: usize,
     /// The event relay to NATS JetStream, if configured.
     pub relay: Option<projections::relay::RelayConfig>,
     /// Connections that write appends.
@@ -135,6 +143,7 @@ impl Config {
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             billing_interval: Duration::from_secs(args.billing_interval_secs.max(1)),
             billing_concurrency: args.billing_concurrency.clamp(1, 256),
+            snapshot_every: args.snapshot_every,
             append_writers: args.append_writers.clamp(1, 8),
             auth_cache: Duration::from_millis(args.auth_cache_ms.min(60_000)),
             rate_limit_instances: args.rate_limit_instances.max(1),
@@ -163,6 +172,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             billing_interval: Duration::from_secs(60),
             billing_concurrency: 64,
+            snapshot_every: commands::snapshots::DEFAULT_EVERY,
             relay: None,
             append_writers: 2,
             auth_cache: Duration::from_secs(1),

@@ -90,8 +90,15 @@ fn register() {
     describe_histogram!("saas_ledger_projection_batch_seconds", Unit::Seconds, "Time of one projector batch, by projection");
     describe_histogram!("saas_ledger_projection_batch_positions", "Positions one projector batch covers, by projection");
     describe_counter!("saas_ledger_audit_chained_ahead_events_total", "Audit entries chained ahead of their batch (catch-up, rebuilds)");
+    describe_counter!(
+        "saas_ledger_snapshots_total",
+        "Snapshots of aggregate state written or dropped (a full queue, a failed write), by aggregate"
+    );
     metrics::counter!("saas_ledger_rate_limited_total").increment(0);
     metrics::counter!("saas_ledger_audit_chained_ahead_events_total").increment(0);
+    for outcome in ["written", "dropped"] {
+        metrics::counter!("saas_ledger_snapshots_total", "aggregate" => "Subscription", "outcome" => outcome).increment(0);
+    }
     for name in [
         "saas_ledger_settle_duration_seconds",
         "saas_ledger_append_flush_seconds",

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
+use crate::store::{append_together, Together};
 use crate::subscriptions::Subscriptions;
 use crate::tenants::{IssuedKey, SignUp, Tenants};
 use crate::{CommandContext, CommandError, Committed};
@@ -64,31 +65,58 @@ impl Accounts {
         &self.catalog
     }
 
-    /// Signs a tenant up on the latest version of `plan` and opens its subscription.
+    /// Signs a tenant up on the latest version of `plan` and opens its subscription: the
+    /// tenant's and the subscription's first events in one append (one statement and commit,
+    /// all or nothing). Should either stream exist after all (it never does: the ids are new),
+    /// the two are appended one after the other, each decided on its real state.
     pub async fn sign_up(&self, sign_up: SignUp, plan: &Plan, context: &CommandContext) -> Result<SignedUp, CommandError<TenantError>> {
+        let started = std::time::Instant::now();
         // A plan not sold in the tenant's currency is refused before anything is recorded.
         let terms = PlanTerms::in_currency(plan, sign_up.currency.as_str()).map_err(|e| CommandError::Domain(TenantError::Invalid(e)))?;
-        let (key, tenant) = self.tenants.sign_up(sign_up.clone(), plan, context).await?;
-        let state = &tenant.state;
-        let (tenant_id, subscription_id) = (state.id.expect("created"), state.subscription_id.expect("created"));
-        let start = StartSubscription {
-            subscription_id,
-            tenant_id,
-            tenant_code: sign_up.code.to_string(),
-            currency: sign_up.currency.to_string(),
-            tax_rate: sign_up.tax_rate,
-            plan: terms,
-            billing_period: sign_up.billing_period,
-            trial_days: sign_up.trial_days,
-            net_terms_days: sign_up.net_terms_days,
-            at: context.at,
+        let prepared = self.tenants.prepare_sign_up(sign_up.clone(), plan, context).await?;
+        let (tenant_id, subscription_id) = (prepared.tenant_id, prepared.subscription_id);
+        let start = || {
+            SubscriptionCommand::Start(Box::new(StartSubscription {
+                subscription_id,
+                tenant_id,
+                tenant_code: sign_up.code.to_string(),
+                currency: sign_up.currency.to_string(),
+                tax_rate: sign_up.tax_rate,
+                plan: terms.clone(),
+                billing_period: sign_up.billing_period,
+                trial_days: sign_up.trial_days,
+                net_terms_days: sign_up.net_terms_days,
+                at: context.at,
+            }))
         };
+        let as_tenant_error = |e: CommandError<SubscriptionError>| {
+            e.map_domain(|e| TenantError::Invalid(domain::ValidationError::new("subscription", e.to_string())))
+        };
+        let tenant = self.tenants.decide(&prepared).await?;
+        let subscription_context = context.for_tenant(tenant_id);
         let subscription = self
             .subscriptions
-            .execute_new(subscription_id, SubscriptionCommand::Start(Box::new(start)), &context.for_tenant(tenant_id))
+            .decide_new(subscription_id, start(), &subscription_context)
             .await
-            .map_err(|e| e.map_domain(|e| TenantError::Invalid(domain::ValidationError::new("subscription", e.to_string()))))?;
-        Ok(SignedUp { key, tenant, subscription })
+            .map_err(as_tenant_error)?
+            .ok_or_else(|| CommandError::Internal("a subscription's start appended nothing".into()))?;
+        let mut rows = tenant.rows().to_vec();
+        rows.extend_from_slice(subscription.rows());
+        let opened = subscription.len() as i64;
+        match append_together::<TenantError>(self.tenants.store().appender(), rows).await? {
+            Together::At(position) => Ok(SignedUp {
+                key: prepared.issued,
+                tenant: self.tenants.store().committed(tenant, position - opened, started),
+                subscription: self.subscriptions.store().committed(subscription, position, started),
+            }),
+            Together::Refused(refusal) => Err(refusal),
+            Together::Conflict => {
+                let tenant = self.tenants.commit_alone(&prepared).await?;
+                let subscription =
+                    self.subscriptions.execute_new(subscription_id, start(), &subscription_context).await.map_err(as_tenant_error)?;
+                Ok(SignedUp { key: prepared.issued, tenant, subscription })
+            }
+        }
     }
 
     /// Runs a subscription command for `tenant_id`'s subscription, then brings the tenant's

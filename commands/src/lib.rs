@@ -1,5 +1,5 @@
 //! saas-ledger's write side. Aggregates from `domain` are wired to the Postgres event store
-//! (cqrs-es + postgres-es, plain event store, no snapshots), every command is stamped with
+//! (cqrs-es + postgres-es, plain event store; snapshots of our own, [`snapshots`]), every command is stamped with
 //! who/why/when metadata, and database-enforced rules come back as typed refusals.
 #![forbid(unsafe_code)]
 
@@ -15,6 +15,7 @@ pub mod error;
 pub mod members;
 pub mod metadata;
 pub mod quota;
+pub mod snapshots;
 pub mod store;
 pub mod subscriptions;
 pub mod tenants;

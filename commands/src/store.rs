@@ -23,6 +23,7 @@ use rand::Rng;
 use sqlx::PgPool;
 
 use crate::appender::{Appended, Appender, NewEvent};
+use crate::snapshots::{self, SnapshotPolicy, Snapshots};
 use crate::{CommandContext, CommandError, StoreRejection};
 
 /// How often a command is re-run after losing an optimistic-concurrency race.
@@ -56,6 +57,38 @@ pub struct AggregateStore<A: Aggregate> {
     services: A::Services,
     on_commit: CommitHook,
     appender: Appender,
+    snapshots: Option<Snapshotting<A>>,
+}
+
+/// An aggregate type's snapshots: the writer, when and under which version, what of a state
+/// they keep, which commands need the whole stream instead, and a second copy of the upcasters
+/// (the first belongs to the plain store).
+struct Snapshotting<A: Aggregate> {
+    pool: PgPool,
+    writer: Snapshots,
+    policy: SnapshotPolicy,
+    compact: fn(&A) -> A,
+    needs_history: fn(&A::Command) -> bool,
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+}
+
+/// How an aggregate type is snapshotted ([`AggregateStore::with_snapshots`]).
+pub struct SnapshotRules<A: Aggregate> {
+    /// When and under which state version.
+    pub policy: SnapshotPolicy,
+    /// What a snapshot keeps of a state (all of it: `Clone::clone`).
+    pub compact: fn(&A) -> A,
+    /// The commands that decide on more than [`Self::compact`] keeps: loaded from the whole
+    /// stream.
+    pub needs_history: fn(&A::Command) -> bool,
+}
+
+/// An aggregate as a command finds it.
+struct Found<A> {
+    state: A,
+    sequence: usize,
+    /// Events applied since the last snapshot (all of them without one).
+    replayed: usize,
 }
 
 impl<A> AggregateStore<A>
@@ -74,7 +107,40 @@ where
     ) -> Self {
         let repo = PostgresEventRepository::new(pool);
         let store = PersistedEventStore::new_event_store(repo).with_upcasters(upcasters);
-        Self { store, services, on_commit, appender }
+        Self { store, services, on_commit, appender, snapshots: None }
+    }
+
+    /// Loads this aggregate type through its snapshots and offers `writer` a new one under
+    /// `rules` (see [`crate::snapshots`]). `upcasters` are the same as [`Self::new`]'s.
+    pub fn with_snapshots(
+        mut self,
+        pool: PgPool,
+        writer: Snapshots,
+        rules: SnapshotRules<A>,
+        upcasters: Vec<Box<dyn EventUpcaster>>,
+    ) -> Self {
+        let SnapshotRules { policy, compact, needs_history } = rules;
+        self.snapshots = Some(Snapshotting { pool, writer, policy, compact, needs_history, upcasters });
+        self
+    }
+
+    /// Whether `command` is decided on the state replayed from the whole stream.
+    fn needs_history(&self, command: &A::Command) -> bool {
+        self.snapshots.as_ref().is_some_and(|s| (s.needs_history)(command))
+    }
+
+    /// The aggregate's state and last sequence: through its snapshot when it has one, unless
+    /// `whole` (then replayed from the whole stream).
+    async fn find(&self, aggregate_id: &str, whole: bool) -> Result<Found<A>, CommandError<A::Error>> {
+        if let Some(snapshotting) = self.snapshots.as_ref().filter(|_| !whole) {
+            match snapshots::load::<A>(&snapshotting.pool, aggregate_id, snapshotting.policy.version, &snapshotting.upcasters).await {
+                Ok(Some(loaded)) => return Ok(Found { state: loaded.state, sequence: loaded.sequence, replayed: loaded.replayed }),
+                Ok(None) => {} // an unreadable snapshot: replay the whole stream below
+                Err(error) => return Err(CommandError::Internal(error.to_string())),
+            }
+        }
+        let loaded = self.store.load_aggregate(aggregate_id).await.map_err(Self::error)?;
+        Ok(Found { state: loaded.aggregate, sequence: loaded.current_sequence, replayed: loaded.current_sequence })
     }
 
     /// Runs `command` on aggregate `aggregate_id` and appends its events with `context`'s
@@ -169,11 +235,10 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut aggregate, current_sequence) = if assume_new {
-                (A::default(), 0)
+            let Found { state: mut aggregate, sequence: current_sequence, replayed } = if assume_new {
+                Found { state: A::default(), sequence: 0, replayed: 0 }
             } else {
-                let loaded = self.store.load_aggregate(aggregate_id).await.map_err(Self::error)?;
-                (loaded.aggregate, loaded.current_sequence)
+                self.find(aggregate_id, self.needs_history(&command)).await?
             };
             let sink = EventSink::default();
             aggregate.handle(command.clone(), &self.services, &sink).await.map_err(CommandError::Domain)?;
@@ -199,6 +264,13 @@ where
                 Appended::At(position) => {
                     let types: Vec<String> = events.iter().map(|e| e.payload.event_type()).collect();
                     (self.on_commit)(position, &types);
+                    if let Some(snapshotting) = &self.snapshots {
+                        if snapshotting.policy.due(replayed, events.len()) {
+                            let sequence = current_sequence + events.len();
+                            let kept = (snapshotting.compact)(&aggregate);
+                            snapshotting.writer.offer(aggregate_id, sequence, snapshotting.policy.version, &kept);
+                        }
+                    }
                     return Ok(Committed { state: aggregate, events, position: Some(position) });
                 }
                 Appended::Conflict if assume_new => {
@@ -216,17 +288,72 @@ where
         }
     }
 
-    /// The aggregate's current state and last sequence, or `None` if it has no events.
+    /// Decides `command` on the new stream `aggregate_id` (its empty state) without appending:
+    /// the caller appends it together with other new streams' first events in one group (one
+    /// statement, all or nothing; see [`append_together`]). `Ok(None)` if the command appends
+    /// nothing.
+    pub async fn decide_new(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<Option<Decided<A>>, CommandError<A::Error>> {
+        let mut state = A::default();
+        let sink = EventSink::default();
+        state.handle(command, &self.services, &sink).await.map_err(CommandError::Domain)?;
+        let metadata = context.to_metadata();
+        let events: Vec<EventEnvelope<A>> = sink
+            .collect()
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| EventEnvelope {
+                aggregate_id: aggregate_id.to_owned(),
+                sequence: i + 1,
+                payload,
+                metadata: metadata.clone(),
+            })
+            .collect();
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let rows = events.iter().map(new_event).collect::<Result<Vec<_>, _>>().map_err(|e| CommandError::Internal(e.to_string()))?;
+        Ok(Some(Decided { state, events, rows }))
+    }
+
+    /// A decided command as committed at `position` (the position of its own last event):
+    /// reports the commit and counts it as [`Self::execute`] does.
+    pub fn committed(&self, decided: Decided<A>, position: i64, started: std::time::Instant) -> Committed<A> {
+        let types: Vec<String> = decided.events.iter().map(|e| e.payload.event_type()).collect();
+        (self.on_commit)(position, &types);
+        metrics::counter!("saas_ledger_events_appended_total", "aggregate" => A::TYPE).increment(decided.events.len() as u64);
+        metrics::counter!("saas_ledger_commands_total", "aggregate" => A::TYPE, "outcome" => "committed").increment(1);
+        metrics::histogram!("saas_ledger_command_duration_seconds", "aggregate" => A::TYPE).record(started.elapsed().as_secs_f64());
+        Committed { state: decided.state, events: decided.events, position: Some(position) }
+    }
+
+    /// The group-commit writer this store appends through.
+    pub fn appender(&self) -> &Appender {
+        &self.appender
+    }
+
+    /// The aggregate's current state and last sequence, or `None` if it has no events. Loaded
+    /// through its snapshot, so what a snapshot leaves out may be partial (a subscription's
+    /// invoice books): what commands that do not need it see.
     pub async fn load(&self, aggregate_id: &str) -> Result<Option<(A, usize)>, CommandError<A::Error>> {
-        let loaded = self.store.load_aggregate(aggregate_id).await.map_err(Self::error)?;
-        Ok((loaded.current_sequence > 0).then_some((loaded.aggregate, loaded.current_sequence)))
+        let found = self.find(aggregate_id, false).await?;
+        Ok((found.sequence > 0).then_some((found.state, found.sequence)))
     }
 
     /// What `command` would append to aggregate `aggregate_id` now, decided on its current
     /// state by the same domain code, without appending anything (previews). `None` if the
     /// aggregate does not exist.
     pub async fn dry_run(&self, aggregate_id: &str, command: A::Command) -> Result<Option<(A, Vec<A::Event>)>, CommandError<A::Error>> {
-        let Some((mut state, _)) = self.load(aggregate_id).await? else { return Ok(None) };
+        let found = self.find(aggregate_id, self.needs_history(&command)).await?;
+        if found.sequence == 0 {
+            return Ok(None);
+        }
+        let mut state = found.state;
         let sink = cqrs_es::event_sink::EventSink::default();
         state.handle(command, &self.services, &sink).await.map_err(CommandError::Domain)?;
         Ok(Some((state, sink.collect().await)))
@@ -239,6 +366,52 @@ where
 
     fn error(error: AggregateError<A::Error>) -> CommandError<A::Error> {
         CommandError::from_aggregate(error, A::TYPE)
+    }
+}
+
+/// A command decided on a new stream, not yet appended ([`AggregateStore::decide_new`]).
+#[derive(Debug)]
+pub struct Decided<A: Aggregate> {
+    state: A,
+    events: Vec<EventEnvelope<A>>,
+    rows: Vec<NewEvent>,
+}
+
+impl<A: Aggregate> Decided<A> {
+    /// How many events it appends.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether it appends nothing (never: [`AggregateStore::decide_new`] answers `None` then).
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Its rows, to append.
+    pub fn rows(&self) -> &[NewEvent] {
+        &self.rows
+    }
+}
+
+/// What became of commands appended together ([`append_together`]).
+#[derive(Debug)]
+pub enum Together<E: std::error::Error> {
+    /// All written; the position of the group's last event.
+    At(i64),
+    /// One of the streams exists after all: nothing written (decide them again one by one).
+    Conflict,
+    /// Refused as a whole (a trigger's rule), as the first command's error type.
+    Refused(CommandError<E>),
+}
+
+/// Appends the rows of commands decided on new streams as one group: one statement, one commit,
+/// all or nothing.
+pub async fn append_together<E: std::error::Error>(appender: &Appender, rows: Vec<NewEvent>) -> Result<Together<E>, CommandError<E>> {
+    match appender.append(rows).await.map_err(|e| CommandError::Internal(e.to_string()))? {
+        Appended::At(position) => Ok(Together::At(position)),
+        Appended::Conflict => Ok(Together::Conflict),
+        Appended::Refused { state, message, detail } => Ok(Together::Refused(refusal(&state, &message, detail.as_deref()))),
     }
 }
 

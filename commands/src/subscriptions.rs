@@ -10,6 +10,7 @@ use domain::subscription::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::store::Decided;
 use crate::{AggregateStore, CommandContext, CommandError, Committed};
 
 /// Reads a tenant's billable usage in a period from the usage read model (`rm.usage_records`,
@@ -101,6 +102,23 @@ impl Subscriptions {
     ) -> Result<Committed<Subscription>, CommandError<SubscriptionError>> {
         let context = CommandContext { command: Some(command.name()), ..context.clone() };
         self.store.execute_new(&id.to_string(), command, &context).await
+    }
+
+    /// Decides `command` on the new subscription `id` without appending it (a sign-up appends
+    /// it together with its tenant's first events).
+    pub async fn decide_new(
+        &self,
+        id: Uuid,
+        command: SubscriptionCommand,
+        context: &CommandContext,
+    ) -> Result<Option<Decided<Subscription>>, CommandError<SubscriptionError>> {
+        let context = CommandContext { command: Some(command.name()), ..context.clone() };
+        self.store.decide_new(&id.to_string(), command, &context).await
+    }
+
+    /// The Subscription aggregate's store.
+    pub fn store(&self) -> &AggregateStore<Subscription> {
+        &self.store
     }
 
     /// The subscription's current state.

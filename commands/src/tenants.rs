@@ -5,6 +5,7 @@ use domain::tenant::{ApiKeyRole, NewApiKey, NewTenant, Tenant, TenantCommand, Te
 use domain::values::{BusinessType, CurrencyCode, DisplayName, Email, Locale, TaxRate, TenantCode, TimeZoneName};
 use uuid::Uuid;
 
+use crate::store::Decided;
 use crate::vault::Vault;
 use crate::{api_keys, AggregateStore, CommandContext, CommandError, Committed};
 
@@ -46,6 +47,19 @@ pub struct IssuedKey {
     pub secret: String,
 }
 
+/// A sign-up ready to append ([`Tenants::prepare_sign_up`]).
+#[derive(Debug)]
+pub struct NewSignUp {
+    /// The owner key, shown once.
+    pub issued: IssuedKey,
+    /// The new tenant's id.
+    pub tenant_id: Uuid,
+    /// Its subscription's id.
+    pub subscription_id: Uuid,
+    command: TenantCommand,
+    context: CommandContext,
+}
+
 /// The tenant command service.
 pub struct Tenants {
     store: AggregateStore<Tenant>,
@@ -63,15 +77,19 @@ impl Tenants {
         &self.vault
     }
 
-    /// Signs a tenant up on `plan` and issues its owner key. The code's uniqueness is enforced by the
-    /// event store in the same transaction (a taken code is a `StoreRejection` 409).
-    pub async fn sign_up(
+    /// Prepares signing a tenant up on `plan` with its owner key: its ids, its personal-data
+    /// key (created now, so it exists before anything sealed with it is durable) and its `Create`
+    /// command. [`Self::decide`] decides it for an append together with its subscription's first
+    /// events; [`Self::commit_alone`] appends it on its own. The code's uniqueness is enforced by
+    /// the event store in the append's transaction (a taken code is a `StoreRejection` 409).
+    pub async fn prepare_sign_up(
         &self,
         sign_up: SignUp,
         plan: &Plan,
         context: &CommandContext,
-    ) -> Result<(IssuedKey, Committed<Tenant>), CommandError<TenantError>> {
+    ) -> Result<NewSignUp, CommandError<TenantError>> {
         let tenant_id = Uuid::now_v7();
+        let subscription_id = Uuid::now_v7();
         let (owner_key, issued) = new_key("owner", ApiKeyRole::Owner, None, context);
         let key = self.vault.key_for_new_tenant(tenant_id).await.map_err(|e| CommandError::Internal(e.to_string()))?;
         let billing_email = key.seal(sign_up.billing_email.as_str()).map_err(|e| CommandError::Internal(e.to_string()))?;
@@ -89,14 +107,36 @@ impl Tenants {
             billing_period: sign_up.billing_period,
             trial_days: sign_up.trial_days,
             tax_rate: sign_up.tax_rate,
-            subscription_id: Uuid::now_v7(),
+            subscription_id,
             owner_key,
             at: context.at,
         };
-        let context = context.for_tenant(tenant_id);
-        // A new id: appended without loading first (the store decides again if it exists).
-        let committed = self.store.execute_new(&tenant_id.to_string(), TenantCommand::Create(Box::new(new)), &context).await?;
-        Ok((issued, committed))
+        Ok(NewSignUp {
+            issued,
+            tenant_id,
+            subscription_id,
+            command: TenantCommand::Create(Box::new(new)),
+            context: context.for_tenant(tenant_id),
+        })
+    }
+
+    /// Decides a prepared sign-up on the new tenant's empty stream, without appending it.
+    pub async fn decide(&self, sign_up: &NewSignUp) -> Result<Decided<Tenant>, CommandError<TenantError>> {
+        self.store
+            .decide_new(&sign_up.tenant_id.to_string(), sign_up.command.clone(), &sign_up.context)
+            .await?
+            .ok_or_else(|| CommandError::Internal("a sign-up appended nothing".into()))
+    }
+
+    /// Appends a prepared sign-up on its own (a new id: without loading first; the store decides
+    /// again if it exists).
+    pub async fn commit_alone(&self, sign_up: &NewSignUp) -> Result<Committed<Tenant>, CommandError<TenantError>> {
+        self.store.execute_new(&sign_up.tenant_id.to_string(), sign_up.command.clone(), &sign_up.context).await
+    }
+
+    /// The Tenant aggregate's store.
+    pub fn store(&self) -> &AggregateStore<Tenant> {
+        &self.store
     }
 
     /// Issues another key for `tenant_id`; `issued_by` is the caller's role (`None`: admin).

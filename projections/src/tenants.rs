@@ -58,6 +58,157 @@ async fn apply_member(conn: &mut PgConnection, schema: &str, event: &StoredEvent
     Ok(())
 }
 
+/// A new tenant's row or a new key's, gathered for one multi-row insert.
+#[derive(Default)]
+struct Inserts {
+    tenants: Vec<(Uuid, TenantEvent, i64)>,
+    keys: Vec<(Uuid, TenantEvent)>,
+}
+
+impl Inserts {
+    /// Takes `event` if it only inserts a row (a sign-up's `TenantCreated`, an `ApiKeyIssued`).
+    fn take(&mut self, event: &StoredEvent) -> Result<bool, ProjectionError> {
+        if event.aggregate_type != "Tenant" || !matches!(event.event_type.as_str(), "TenantCreated" | "ApiKeyIssued") {
+            return Ok(false);
+        }
+        let tenant_event: TenantEvent = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+        let tenant_id: Uuid = event
+            .aggregate_id
+            .parse()
+            .map_err(|_| ProjectionError::payload(event, serde::de::Error::custom("aggregate id is not a uuid")))?;
+        match tenant_event {
+            TenantEvent::TenantCreated { .. } => self.tenants.push((tenant_id, tenant_event, event.sequence)),
+            TenantEvent::ApiKeyIssued { .. } => self.keys.push((tenant_id, tenant_event)),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Writes what was taken: one statement per table.
+    async fn flush(&mut self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        if !self.tenants.is_empty() {
+            let mut columns = TenantColumns::default();
+            for (id, event, version) in self.tenants.drain(..) {
+                let TenantEvent::TenantCreated {
+                    code,
+                    name,
+                    business_type,
+                    timezone,
+                    currency,
+                    locale,
+                    billing_email,
+                    plan,
+                    plan_version,
+                    billing_period,
+                    trial_days,
+                    tax_rate,
+                    subscription_id,
+                    created_at,
+                    ..
+                } = event
+                else {
+                    unreachable!("only TenantCreated is taken as a tenant")
+                };
+                columns.id.push(id);
+                columns.code.push(code.as_str().to_owned());
+                columns.name.push(name.as_str().to_owned());
+                columns.business_type.push(business_type.as_str().to_owned());
+                columns.timezone.push(timezone.as_str().to_owned());
+                columns.currency.push(currency.as_str().to_owned());
+                columns.locale.push(locale.as_str().to_owned());
+                columns.billing_email.push(billing_email.as_str().to_owned());
+                columns.plan.push(plan.as_str().to_owned());
+                columns.plan_version.push(plan_version as i32);
+                columns.billing_period.push(billing_period.as_str().to_owned());
+                columns.trial_days.push(trial_days as i32);
+                columns.tax_rate.push(tax_rate.percent());
+                columns.subscription_id.push(subscription_id);
+                columns.created_at.push(created_at);
+                columns.version.push(version);
+            }
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.tenants (id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version,
+                     billing_period, trial_days, tax_rate, subscription_id, status, created_at, updated_at, version)
+                 SELECT id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version,
+                        billing_period, trial_days, tax_rate, subscription_id, 'active', created_at, created_at, version
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                             $10::int[], $11::text[], $12::int[], $13::numeric[], $14::uuid[], $15::timestamptz[], $16::bigint[])
+                      AS u(id, code, name, business_type, timezone, currency, locale, billing_email, plan, plan_version,
+                           billing_period, trial_days, tax_rate, subscription_id, created_at, version)"
+            ))
+            .bind(columns.id)
+            .bind(columns.code)
+            .bind(columns.name)
+            .bind(columns.business_type)
+            .bind(columns.timezone)
+            .bind(columns.currency)
+            .bind(columns.locale)
+            .bind(columns.billing_email)
+            .bind(columns.plan)
+            .bind(columns.plan_version)
+            .bind(columns.billing_period)
+            .bind(columns.trial_days)
+            .bind(columns.tax_rate)
+            .bind(columns.subscription_id)
+            .bind(columns.created_at)
+            .bind(columns.version)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.keys.is_empty() {
+            let (mut ids, mut tenants, mut names, mut roles, mut hashes, mut prefixes, mut issued) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (tenant_id, event) in self.keys.drain(..) {
+                let TenantEvent::ApiKeyIssued { key_id, name, role, key_hash, key_prefix, issued_at } = event else {
+                    unreachable!("only ApiKeyIssued is taken as a key")
+                };
+                ids.push(key_id);
+                tenants.push(tenant_id);
+                names.push(name.as_str().to_owned());
+                roles.push(role.as_str().to_owned());
+                hashes.push(key_hash);
+                prefixes.push(key_prefix);
+                issued.push(issued_at);
+            }
+            sqlx::query(&format!(
+                "INSERT INTO {schema}.api_keys (id, tenant_id, name, role, key_hash, key_prefix, created_at)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])"
+            ))
+            .bind(ids)
+            .bind(tenants)
+            .bind(names)
+            .bind(roles)
+            .bind(hashes)
+            .bind(prefixes)
+            .bind(issued)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `tenants` columns for one multi-row insert.
+#[derive(Default)]
+struct TenantColumns {
+    id: Vec<Uuid>,
+    code: Vec<String>,
+    name: Vec<String>,
+    business_type: Vec<String>,
+    timezone: Vec<String>,
+    currency: Vec<String>,
+    locale: Vec<String>,
+    billing_email: Vec<String>,
+    plan: Vec<String>,
+    plan_version: Vec<i32>,
+    billing_period: Vec<String>,
+    trial_days: Vec<i32>,
+    tax_rate: Vec<rust_decimal::Decimal>,
+    subscription_id: Vec<Uuid>,
+    created_at: Vec<chrono::DateTime<chrono::Utc>>,
+    version: Vec<i64>,
+}
+
 /// Builds `tenants` and `api_keys`.
 #[derive(Debug, Clone, Copy)]
 pub struct TenantsProjection;
@@ -137,6 +288,20 @@ impl Projection for TenantsProjection {
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
         Ok(())
+    }
+
+    /// Sign-ups and new keys (rows inserted, nothing updated) in one multi-row insert per table
+    /// for each run of them; any other event is applied on its own, in order, after the rows
+    /// gathered before it are written.
+    async fn apply_batch(&self, conn: &mut PgConnection, schema: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        let mut inserts = Inserts::default();
+        for event in events {
+            if !inserts.take(event)? {
+                inserts.flush(conn, schema).await?;
+                self.apply(conn, schema, event).await?;
+            }
+        }
+        inserts.flush(conn, schema).await
     }
 
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {

@@ -69,6 +69,9 @@ mod simulation;
 #[path = "ledger/billing_day.rs"]
 mod billing_day;
 
+#[path = "ledger/wrk.rs"]
+mod wrk;
+
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -103,6 +106,9 @@ async fn serve(url: String) {
         config.test_clock = true;
         config.billing_interval = Duration::from_secs(24 * 3600);
         config.request_timeout = Duration::from_secs(3600);
+    }
+    if let Ok(n) = std::env::var("BENCH_SNAPSHOT_EVERY") {
+        config.snapshot_every = n.parse().expect("BENCH_SNAPSHOT_EVERY");
     }
     if let Ok(n) = std::env::var("SL_BENCH_BILLING_CONCURRENCY") {
         config.billing_concurrency = n.parse().expect("SL_BENCH_BILLING_CONCURRENCY");
@@ -629,7 +635,7 @@ async fn run() {
     let run = uuid::Uuid::now_v7().simple().to_string();
 
     // 1. Commands (`BENCH_COMMANDS`: which of usage, bookings and batch; all by default).
-    let commands = env("BENCH_COMMANDS", "usage,bookings,batch");
+    let commands = env("BENCH_COMMANDS", "usage,wrk,bookings,batch");
     let runs = |name: &str| commands.split(',').any(|c| c.trim() == name);
     let mut rows = Vec::new();
     // Warm-up, not measured: the server's pool opens its connections and each connection
@@ -658,6 +664,19 @@ async fn run() {
         eprintln!("{}", rows.last().expect("a row"));
     }
     let metrics_after = http.metrics().await;
+    // The same by an external load generator (issue 31), when `wrk` is installed.
+    if runs("wrk") && wrk::available() {
+        let keys: Vec<String> = tenants.iter().map(|t| t.key.clone()).collect();
+        for &c in &clients {
+            let (per_second, failed, tps) = wrk::usage(&server.address, &url, &keys, &run, c, secs);
+            rows.push(format!(
+                "| `POST /v1/usage` by `wrk -t2 -c{c}`, {c} clients | {per_second:.0} req/s | | | {tps:.0} tps ({} clients) | **{:.2}** | {failed} |",
+                c.min(PGBENCH_MAX_CLIENTS),
+                per_second / tps
+            ));
+            eprintln!("{}", rows.last().expect("a row"));
+        }
+    }
     for &c in clients.iter().filter(|_| runs("bookings")) {
         let (http2, tenants2) = (http.clone(), tenants.clone());
         let base = c as i64 * 1_000_000;

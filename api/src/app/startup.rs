@@ -13,12 +13,14 @@ use commands::bookings::Bookings;
 use commands::catalog::Catalog;
 use commands::clock::{Clock, ManualClock, SystemClock};
 use commands::members::Members;
-use commands::store::CommitHook;
+use commands::snapshots::{SnapshotPolicy, Snapshots};
+use commands::store::{CommitHook, SnapshotRules};
 use commands::subscriptions::{PgUsageMeter, Subscriptions};
 use commands::tenants::Tenants;
 use commands::usage::Usage;
 use commands::vault::Vault;
 use commands::{db, Actor, AggregateStore};
+use domain::subscription::{Subscription, SubscriptionCommand};
 use projections::simulation::store::Simulations;
 use projections::webhooks::endpoints::Endpoints;
 use projections::{EventLog, Projections, ReadModels, Sequencer};
@@ -82,8 +84,16 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
         ));
         let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
-        let subscriptions =
-            Arc::new(Subscriptions::new(AggregateStore::new(pool.clone(), appender.clone(), meter, Vec::new(), on_commit.clone())));
+        let mut subscription_store = AggregateStore::new(pool.clone(), appender.clone(), meter, Vec::new(), on_commit.clone());
+        if config.snapshot_every > 0 {
+            let rules = SnapshotRules {
+                policy: SnapshotPolicy { every: config.snapshot_every, version: domain::subscription::STATE_VERSION },
+                compact: Subscription::compact,
+                needs_history: SubscriptionCommand::decides_on_history,
+            };
+            subscription_store = subscription_store.with_snapshots(pool.clone(), Snapshots::start(pool.clone()), rules, Vec::new());
+        }
+        let subscriptions = Arc::new(Subscriptions::new(subscription_store));
         let members = Members::new(
             vault.clone(),
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),

@@ -140,6 +140,13 @@ impl SubscriptionCommand {
             Self::RecordPayment { .. } => "record_payment",
         }
     }
+
+    /// Whether the command decides on the subscription's whole history (the books of every
+    /// invoice issued: a credit note's limit), which a [compact](super::Subscription::compact)
+    /// state leaves out: such a command is decided on the state replayed from the whole stream.
+    pub fn decides_on_history(&self) -> bool {
+        matches!(self, Self::IssueCreditNote { .. })
+    }
 }
 
 /// A payment notification's outcome.

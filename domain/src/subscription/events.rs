@@ -466,6 +466,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
                     // Settled by the credit note.
                     s.unpaid.remove(&invoice_id);
                     s.failed.remove(&invoice_id);
+                    s.payments_pending.remove(&invoice_id);
                 }
             }
             if credited_to_balance > Decimal::ZERO {
@@ -496,7 +497,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
         }
         E::AddonsChanged { addons, .. } => s.addons = addons,
         E::PaymentFailed { payment_id, invoice_id, failed_at } => {
-            s.payments_seen.insert(payment_id);
+            s.payments_pending.entry(invoice_id).or_default().insert(payment_id);
             s.failed.insert(invoice_id);
             if matches!(s.status, SubscriptionStatus::Active | SubscriptionStatus::Trialing) {
                 s.status = SubscriptionStatus::PastDue;
@@ -504,10 +505,10 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
                 s.reminded_day = 0;
             }
         }
-        E::PaymentSucceeded { payment_id, invoice_id, .. } => {
-            s.payments_seen.insert(payment_id);
+        E::PaymentSucceeded { invoice_id, .. } => {
             s.unpaid.remove(&invoice_id);
             s.failed.remove(&invoice_id);
+            s.payments_pending.remove(&invoice_id);
         }
         E::SubscriptionSuspended { .. } => s.status = SubscriptionStatus::Suspended,
         E::SubscriptionReactivated { .. } => {
@@ -519,6 +520,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
         E::InvoiceVoided { invoice_id, .. } => {
             s.unpaid.remove(&invoice_id);
             s.failed.remove(&invoice_id);
+            s.payments_pending.remove(&invoice_id);
             s.voided.insert(invoice_id);
         }
         E::PaymentReminder { grace_day, .. } => s.reminded_day = grace_day,

@@ -264,6 +264,12 @@ pub struct PendingChange {
     pub effective_at: DateTime<Utc>,
 }
 
+/// The version of what [`Subscription`]'s state means, for snapshots of it
+/// (`commands::snapshots`): bump it whenever `apply` would now give another state for the same
+/// events (a fix in an event's effect, a field derived from old events), so that states taken by
+/// the old code are ignored and rebuilt from the log.
+pub const STATE_VERSION: i32 = 1;
+
 /// The Subscription aggregate's state.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Subscription))]
@@ -306,15 +312,21 @@ pub struct Subscription {
     pub failed: BTreeSet<Uuid>,
     /// Since when a payment has been overdue.
     pub past_due_since: Option<DateTime<Utc>>,
-    /// Payment notifications already processed (by provider id).
-    pub payments_seen: BTreeSet<String>,
+    /// Payment notifications already processed (by provider id) for the invoices still unpaid
+    /// (a notification for an invoice no longer unpaid changes nothing anyway), so this stays
+    /// as small as `unpaid`.
+    #[serde(default)]
+    pub payments_pending: BTreeMap<Uuid, BTreeSet<String>>,
     /// Account credit to apply to the next invoices: the sum of `credits` (expired grants still
     /// count here until the billing run records their expiry; see [`Subscription::available_credit`]).
     pub credit_balance: Decimal,
     /// The grants that make up the credit balance.
     #[serde(default)]
     pub credits: Vec<CreditGrant>,
-    /// The invoices issued, for credit notes.
+    /// The invoices issued, for credit notes: the one part of the state that grows with every
+    /// period. Complete only in a state loaded for a command that
+    /// [decides on history](SubscriptionCommand::decides_on_history); a [compact](Self::compact)
+    /// state has none, and a state folded on a compact one only the invoices issued since.
     #[serde(default)]
     pub invoice_books: BTreeMap<Uuid, InvoiceBook>,
     /// Credit notes issued so far (the next number is this + 1).
@@ -357,6 +369,15 @@ impl Subscription {
     /// renewal, grace expiry), if ever.
     pub fn next_due_at(&self) -> Option<DateTime<Utc>> {
         rules::next_due(self).map(|(at, _)| at)
+    }
+
+    /// The state without the part that grows with every period: the books of issued invoices,
+    /// which only a credit note decides on ([`SubscriptionCommand::decides_on_history`]). What
+    /// snapshots and read models keep (`rm.subscriptions`), so that they stay the same size
+    /// however long the subscription lives; every other command decides the same on it as on
+    /// the full state.
+    pub fn compact(&self) -> Self {
+        Self { invoice_books: BTreeMap::new(), ..self.clone() }
     }
 
     /// The seats the plan and the add-ons allow (`None`: unlimited).

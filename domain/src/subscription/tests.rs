@@ -1092,3 +1092,91 @@ fn only_the_booking_context_events_change_the_plan_or_the_add_ons() {
         assert!(seen.contains(expected), "the history has a {expected}: {seen:?}");
     }
 }
+
+/// Every command decides the same on a compact state (what snapshots keep) as on the full
+/// state, except those that say they decide on history; and the flag is needed: a credit note
+/// for an invoice issued before the compact state is refused on it.
+#[test]
+fn only_commands_deciding_on_history_need_more_than_the_compact_state() {
+    use crate::coupon::{CouponDuration, CouponValue};
+    let pay = |n: u32, amount: &str, on: DateTime<Utc>| SubscriptionCommand::RecordPayment {
+        payment_id: format!("p{n}"),
+        invoice_id: invoice_id(id(), n),
+        outcome: PaymentOutcome::Succeeded { amount: amount.parse().unwrap(), currency: "EUR".into(), offline: None },
+        at: on,
+    };
+    let events = history(
+        no_usage,
+        vec![
+            start(0, at(2027, 1, 1)),
+            pay(1, "31.90", at(2027, 1, 2)),
+            SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 1) },
+            pay(2, "31.90", at(2027, 2, 2)),
+            SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 1) },
+            SubscriptionCommand::RecordPayment {
+                payment_id: "f3".into(),
+                invoice_id: invoice_id(id(), 3),
+                outcome: PaymentOutcome::Failed,
+                at: at(2027, 3, 2),
+            },
+        ],
+    );
+    let full = state_of(&events);
+    assert_eq!(full.invoice_books.len(), 3);
+    let compact = full.compact();
+    assert!(compact.invoice_books.is_empty() && compact.payments_pending.len() == 1, "{compact:?}");
+    let when = at(2027, 3, 5);
+    let commands = vec![
+        start(0, when),
+        SubscriptionCommand::ChangePlan { plan: terms("professional"), billing_period: None, immediately: true, at: when },
+        SubscriptionCommand::Cancel { at_period_end: true, at: when },
+        SubscriptionCommand::Resume { at: when },
+        SubscriptionCommand::SetAddons { addons: Addons { extra_users: 2, ..Addons::default() }, at: when },
+        SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 1) },
+        SubscriptionCommand::VoidInvoice { invoice_id: invoice_id(id(), 3), at: when },
+        SubscriptionCommand::SetNetTerms { net_terms_days: 14, at: when },
+        SubscriptionCommand::GrantCredit {
+            grant_id: Uuid::from_u128(9),
+            amount: Decimal::from(5),
+            reason: "Goodwill".into(),
+            expires_at: None,
+            at: when,
+        },
+        SubscriptionCommand::IssueCreditNote {
+            invoice_id: invoice_id(id(), 1),
+            amount: Decimal::from(5),
+            reason: "Refund".into(),
+            at: when,
+        },
+        SubscriptionCommand::AddSeat { at: when },
+        SubscriptionCommand::ApplyCoupon {
+            coupon: coupon("TEN", CouponValue::PercentOff(Decimal::from(10)), CouponDuration::Once, None),
+            at: when,
+        },
+        SubscriptionCommand::RemoveCoupon { at: when },
+        SubscriptionCommand::RecordPayment {
+            payment_id: "f3".into(),
+            invoice_id: invoice_id(id(), 3),
+            outcome: PaymentOutcome::Failed,
+            at: when,
+        },
+        pay(3, "31.90", when),
+        pay(2, "31.90", when),
+    ];
+    let names: std::collections::BTreeSet<&str> = commands.iter().map(SubscriptionCommand::name).collect();
+    assert_eq!(names.len(), 14, "one of every command: {names:?}");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for command in commands {
+        let on_full = run(no_usage(), events.clone(), command.clone());
+        let mut on_compact = compact.clone();
+        let sink = cqrs_es::event_sink::EventSink::default();
+        let meter: SubscriptionServices = Arc::new(FixedUsage(BillableUsage::default()));
+        let decided = runtime.block_on(cqrs_es::Aggregate::handle(&mut on_compact, command.clone(), &meter, &sink));
+        let on_compact = decided.map(|()| runtime.block_on(sink.collect()));
+        if command.decides_on_history() {
+            assert_ne!(format!("{on_full:?}"), format!("{on_compact:?}"), "{}: the flag is needed", command.name());
+        } else {
+            assert_eq!(format!("{on_full:?}"), format!("{on_compact:?}"), "{} decides otherwise on a compact state", command.name());
+        }
+    }
+}

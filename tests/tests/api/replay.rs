@@ -41,14 +41,16 @@ async fn as_of_and_version_answers_follow_a_scripted_history() {
     assert_eq!(tenant_at("").await["state"]["status"], "suspended");
 
     // Replaying now through the domain gives exactly what the write side loads and what the
-    // read model folded.
+    // read model folded (which keeps it compact: without the invoice books and payment ids).
     let now = subscription("").await;
+    let full: domain::subscription::Subscription = serde_json::from_value(now["state"].clone()).unwrap();
+    assert!(!full.invoice_books.is_empty(), "{}", now["state"]);
     let projected: sqlx::types::Json<Value> = sqlx::query_scalar("SELECT to_jsonb(state) FROM rm.subscriptions WHERE id = $1::uuid")
         .bind(&sub)
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(now["state"], projected.0);
+    assert_eq!(serde_json::to_value(full.compact()).unwrap(), projected.0);
     let loaded = app.state.tenants().load(tenant.id).await.unwrap().unwrap();
     assert_eq!(tenant_at("").await["state"], serde_json::to_value(loaded).unwrap());
 

@@ -11,7 +11,9 @@ pub(super) async fn record_payment(
     at: DateTime<Utc>,
     sink: &Sink,
 ) -> Outcome {
-    if s.payments_seen.contains(&payment_id) {
+    // A notification seen before for an invoice still unpaid changes nothing; one for an invoice
+    // no longer unpaid changes nothing below.
+    if s.payments_pending.values().any(|seen| seen.contains(&payment_id)) {
         return Ok(());
     }
     let subscription_id = s.id.expect("started");
