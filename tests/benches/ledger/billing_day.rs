@@ -288,6 +288,10 @@ pub async fn phase(out: &mut String) {
             per_renewal.last().expect("a figure")
         ));
         eprintln!("{}", rows.last().expect("a row"));
+        if months == 36 {
+            rows.push(billing_rebuild(&http, &pool).await);
+            eprintln!("{}", rows.last().expect("a row"));
+        }
         drop(server);
         pool.close().await;
         drop_database(&db).await;
@@ -304,6 +308,30 @@ pub async fn phase(out: &mut String) {
         "| what | seeded | time | rate | raw INSERT, 8 clients | ratio | per item |",
         &rows,
     );
+}
+
+/// The billing projection alone: a rebuild of `billing` over the log (the subscriptions with
+/// their history and renewal), timed from the request to the swap; Subscription events per
+/// second.
+async fn billing_rebuild(http: &Http, pool: &PgPool) -> String {
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Subscription'").fetch_one(pool).await.expect("a count");
+    sqlx::query("CHECKPOINT").execute(pool).await.expect("checkpoint");
+    let started = Instant::now();
+    let (status, reply) = http.post("/v1/admin/projections/billing/rebuild", ADMIN, &json!({})).await;
+    assert!(status == 202 || status == 200, "{status} {reply}");
+    loop {
+        let (_, runs) = http.get("/v1/admin/projections", ADMIN).await;
+        let runs: Vec<&serde_json::Value> = runs.as_array().map(|r| r.iter().filter(|r| r["name"] == "billing").collect()).unwrap_or_default();
+        if runs.len() == 1 && runs[0]["status"] == "live" && runs[0]["generation"].as_i64() > Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    format!(
+        "| the billing projection alone: rebuild of `billing` over {events} Subscription events | | {took:.1} s | **{:.0} events/s** | | | |",
+        events as f64 / took
+    )
 }
 
 /// Sign-ups at 8 clients through `POST /v1/tenants`, and where a sign-up's time goes.
