@@ -98,6 +98,8 @@ struct Failure {
 /// All projections of this process: startup, the projector loops, waiting, status, rebuilds.
 pub struct Projections {
     pool: PgPool,
+    /// Connections for batches: `pool`'s, committing without waiting for the disk.
+    batches: PgPool,
     sequencer: Arc<Sequencer>,
     projections: Vec<Arc<dyn Projection>>,
     live: HashMap<&'static str, watch::Sender<i64>>,
@@ -114,8 +116,24 @@ impl Projections {
     /// The given projections over `pool`, fed by `sequencer`.
     pub fn new(pool: PgPool, sequencer: Arc<Sequencer>, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
         let live = projections.iter().map(|p| (p.name(), watch::Sender::new(0))).collect();
+        let options = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
+        let batches = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(projections.len() as u32 + 2)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    // Idle a while: Postgres may have restarted meanwhile.
+                    if meta.idle_for >= Duration::from_secs(1) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(options);
         Arc::new(Self {
             pool,
+            batches,
             sequencer,
             live,
             quiet: Default::default(),
@@ -250,11 +268,11 @@ impl Projections {
         let started = Instant::now();
         let fail = |error: ProjectionError| Failure { position: 0, error };
         let projection = self.projection(run.name).expect("runs belong to known projections");
-        let mut tx = self.pool.begin().await.map_err(|e| fail(e.into()))?;
         // A batch and its checkpoint commit together, so a batch lost in a crash is lost whole
         // and applied again: nothing here needs to wait for its commit to reach the disk (and
-        // a flood of batches no longer queues fsyncs beside the commands' appends).
-        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await.map_err(|e| fail(e.into()))?;
+        // a flood of batches no longer queues fsyncs beside the commands' appends). Batches run
+        // on connections set so (`synchronous_commit = off`), not a `SET LOCAL` each.
+        let mut tx = self.batches.begin().await.map_err(|e| fail(e.into()))?;
         // The head with the run's row, then the range up to it: the sequencer commits
         // positions and the head together, so every position up to the head is visible to
         // the next statement. (After waiting for the row lock the head may be a little old:
@@ -516,7 +534,10 @@ impl Projections {
         };
         for (generation, status) in runs {
             let run = self.run_of(projection.as_ref(), generation);
-            if status == "live" && self.nothing_to_apply(&run).await? {
+            // While callers wait for this projection, its batch runs at once: they wait for
+            // events of its types, and the check would be one more round trip before them.
+            let awaited = self.waiters[name].0.load(std::sync::atomic::Ordering::Acquire) > 0;
+            if status == "live" && !awaited && self.nothing_to_apply(&run).await? {
                 continue;
             }
             let position = self.catch_up(&run).await.map_err(|f| f.error)?;
