@@ -39,8 +39,15 @@ impl Projections {
                 if left.is_zero() {
                     return self.live_positions_reached(position, only).await;
                 }
-                // Another process may be running this projection: look at the table too.
-                let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), rx.changed()).await;
+                // This process's projector moved: it runs the projection, and the next look is at
+                // its progress again (no statement). Nothing moved here for a while: another
+                // process may be running this projection, so the table is looked at.
+                let step = left.min(Duration::from_millis(100));
+                match tokio::time::timeout(step, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => tokio::time::sleep(step).await,
+                    Err(_) => {}
+                }
                 if *rx.borrow() < position && self.live_positions_reached(position, only).await {
                     return true;
                 }
