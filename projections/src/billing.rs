@@ -284,11 +284,24 @@ impl Projection for BillingProjection {
         let mut distinct = ids.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        let rows: Vec<(Uuid, Json<Subscription>)> =
+        // A subscription whose first event here is its first of all (a sign-up) has no row yet:
+        // only the others' states are read.
+        let mut started = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::new();
+        for (event, id) in events.iter().zip(&ids) {
+            if seen.insert(*id) && event.sequence == 1 {
+                started.insert(*id);
+            }
+        }
+        let known: Vec<Uuid> = distinct.iter().copied().filter(|id| !started.contains(id)).collect();
+        let rows: Vec<(Uuid, Json<Subscription>)> = if known.is_empty() {
+            Vec::new()
+        } else {
             sqlx::query_as(&format!("SELECT id, state FROM {schema}.subscriptions WHERE id = ANY($1)"))
-                .bind(&distinct)
+                .bind(&known)
                 .fetch_all(&mut *conn)
-                .await?;
+                .await?
+        };
         let mut states: std::collections::HashMap<Uuid, Subscription> = rows.into_iter().map(|(id, Json(s))| (id, s)).collect();
         let mut last: std::collections::HashMap<Uuid, &StoredEvent> = std::collections::HashMap::new();
         let mut writes = Writes::default();

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,21 @@ struct Run {
     name: &'static str,
     generation: i32,
     schema: String,
+}
+
+/// A batch's connection while its transaction is open: should the batch's future be dropped
+/// before it commits or rolls back, the connection is closed rather than handed back to the
+/// pool inside the transaction.
+struct BatchTransaction {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+}
+
+impl Drop for BatchTransaction {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 enum Batch {
@@ -267,57 +282,93 @@ impl Projections {
     async fn try_batch(&self, run: &Run, stop_before: Option<i64>, at_once: bool) -> Result<Batch, Failure> {
         let started = Instant::now();
         let fail = |error: ProjectionError| Failure { position: 0, error };
+        let conn = self.batches.acquire().await.map_err(|e| fail(e.into()))?;
+        let mut tx = BatchTransaction { conn: Some(conn) };
+        let outcome = self.batch_in(&mut tx, run, stop_before, at_once, started).await;
+        match &outcome {
+            Ok(_) => tx.conn = None,
+            // Rolled back, or (should that fail too) the connection is closed when dropped.
+            Err(_) => {
+                if let Some(conn) = tx.conn.as_mut() {
+                    if sqlx::Executor::execute(&mut **conn, "ROLLBACK").await.is_ok() {
+                        tx.conn = None;
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
+    /// [`Self::try_batch`] on its transaction's connection. The transaction begins with the
+    /// batch's first statement and commits with its last, each one simple-protocol query
+    /// (`BEGIN; SELECT ..` and `UPDATE ..; COMMIT`): two round trips fewer per batch than
+    /// separate `BEGIN` and `COMMIT`, and a projector waited on by a command is a chain of
+    /// round trips on a busy machine. (The values in them are the run's name, a projection's
+    /// own constant, and numbers.)
+    async fn batch_in(
+        &self,
+        tx: &mut BatchTransaction,
+        run: &Run,
+        stop_before: Option<i64>,
+        at_once: bool,
+        started: Instant,
+    ) -> Result<Batch, Failure> {
+        let fail = |error: ProjectionError| Failure { position: 0, error };
         let projection = self.projection(run.name).expect("runs belong to known projections");
+        let conn: &mut PgConnection = tx.conn.as_mut().expect("a connection until the batch ends");
         // A batch and its checkpoint commit together, so a batch lost in a crash is lost whole
         // and applied again: nothing here needs to wait for its commit to reach the disk (and
         // a flood of batches no longer queues fsyncs beside the commands' appends). Batches run
         // on connections set so (`synchronous_commit = off`), not a `SET LOCAL` each.
-        let mut tx = self.batches.begin().await.map_err(|e| fail(e.into()))?;
+        //
         // The head with the run's row, then the range up to it: the sequencer commits
         // positions and the head together, so every position up to the head is visible to
         // the next statement. (After waiting for the row lock the head may be a little old:
         // the batch is then a little short, never wrong.)
-        let row: Option<(i64, String, i64)> = sqlx::query_as(
-            "SELECT r.position, r.status, h.position FROM projection_runs r CROSS JOIN event_log_head h
-             WHERE r.name = $1 AND r.generation = $2 FOR UPDATE OF r",
-        )
-        .bind(run.name)
-        .bind(run.generation)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| fail(e.into()))?;
+        debug_assert!(run.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        let begin = format!(
+            "BEGIN; SELECT r.position, r.status, h.position FROM projection_runs r CROSS JOIN event_log_head h
+             WHERE r.name = '{}' AND r.generation = {} FOR UPDATE OF r",
+            run.name, run.generation
+        );
+        let rows = sqlx::Executor::fetch_all(&mut *conn, begin.as_str()).await.map_err(|e| fail(e.into()))?;
+        let row: Option<(i64, String, i64)> = match rows.first() {
+            Some(row) => {
+                Some((|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))().map_err(|e| fail(e.into()))?)
+            }
+            None => None,
+        };
         let Some((position, status, head)) = row.filter(|(_, s, _)| s != "retired") else {
+            sqlx::Executor::execute(&mut *conn, "COMMIT").await.map_err(|e| fail(e.into()))?;
             return Ok(Batch::Gone);
         };
         let types = projection.aggregate_types();
         let span = projection.batch_span().unwrap_or(if types.is_some() { FILTERED_BATCH } else { BATCH });
         let last = head.min(position + span).min(stop_before.map_or(i64::MAX, |p| p - 1));
         if last <= position {
-            tx.commit().await.map_err(|e| fail(e.into()))?;
+            sqlx::Executor::execute(&mut *conn, "COMMIT").await.map_err(|e| fail(e.into()))?;
             self.publish(run.name, &status, position);
             return Ok(Batch::Idle(position));
         }
         let more = last < head;
         if at_once {
-            if let Err(error) = projection.apply_range(&mut tx, &run.schema, position, last, &self.pool).await {
+            if let Err(error) = projection.apply_range(&mut *conn, &run.schema, position, last, &self.pool).await {
                 return Err(Failure { position: position + 1, error });
             }
         } else {
-            let events = log::read_range(&mut *tx, position, last, types).await.map_err(|e| fail(e.into()))?;
+            let events = log::read_range(&mut *conn, position, last, types).await.map_err(|e| fail(e.into()))?;
             for event in &events {
-                if let Err(error) = apply(projection.as_ref(), &mut tx, &run.schema, event).await {
+                if let Err(error) = apply(projection.as_ref(), &mut *conn, &run.schema, event).await {
                     return Err(Failure { position: event.position, error });
                 }
             }
         }
-        sqlx::query("UPDATE projection_runs SET position = $3, last_error = NULL, last_error_position = NULL, updated_at = now() WHERE name = $1 AND generation = $2")
-            .bind(run.name)
-            .bind(run.generation)
-            .bind(last)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| fail(e.into()))?;
-        tx.commit().await.map_err(|e| fail(e.into()))?;
+        let commit = format!(
+            "UPDATE projection_runs SET position = {last}, last_error = NULL, last_error_position = NULL, updated_at = now()
+             WHERE name = '{}' AND generation = {}; COMMIT",
+            run.name, run.generation
+        );
+        sqlx::Executor::execute(&mut *conn, commit.as_str()).await.map_err(|e| fail(e.into()))?;
         self.publish(run.name, &status, last);
         metrics::histogram!("saas_ledger_projection_batch_seconds", "projection" => run.name).record(started.elapsed().as_secs_f64());
         metrics::histogram!("saas_ledger_projection_batch_positions", "projection" => run.name).record((last - position) as f64);
