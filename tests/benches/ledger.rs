@@ -33,8 +33,9 @@
 //!    `BENCH_ONLY=simulation` runs this phase alone; `BENCH_SIM_TENANTS=0` skips it.
 //! 9. a billing day (`ledger/billing_day.rs`): `BENCH_BILLING_TENANTS` (default `1000,10000`)
 //!    subscriptions renewing at one instant, billed `BENCH_BILLING_CONCURRENCY` (default `1,64`) at
-//!    once, and `BENCH_SIGNUPS` (default 800) sign-ups at 8 clients, each next to raw INSERTs.
-//!    `BENCH_ONLY=billing` runs this phase alone; `BENCH_BILLING_TENANTS=0` skips it.
+//!    once, `BENCH_HISTORY_TENANTS` (default 4,000) renewing with 36 and with 1 month of history, and
+//!    `BENCH_SIGNUPS` (default 6,000) sign-ups at 8 clients, each next to raw INSERTs.
+//!    `BENCH_ONLY=billing` runs this phase alone; each size `0` skips its part.
 //!
 //! For quick comparisons: `BENCH_ONLY=commands` runs phases 1 and 2 alone and only prints them,
 //! and `BENCH_COMMANDS` (default `usage,bookings,batch`) picks the command phases.

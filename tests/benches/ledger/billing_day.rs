@@ -212,7 +212,7 @@ pub async fn phase(out: &mut String) {
         .collect();
     let counts: Vec<usize> = counts.into_iter().filter(|&n| n > 0).collect();
     let deep: usize = env("BENCH_HISTORY_TENANTS", "4000").parse().expect("BENCH_HISTORY_TENANTS");
-    let signups: usize = env("BENCH_SIGNUPS", "2000").parse().expect("BENCH_SIGNUPS");
+    let signups: usize = env("BENCH_SIGNUPS", "6000").parse().expect("BENCH_SIGNUPS");
     if counts.is_empty() && deep == 0 && signups == 0 {
         return;
     }
