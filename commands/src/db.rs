@@ -37,15 +37,6 @@ pub async fn connect_as(url: &str, max_connections: u32, application_name: &str)
     // restarted meanwhile), not before every acquire as sqlx does by default: that was one more
     // round trip for every statement, as many as the statements themselves on the hot paths
     // (measured: bench/results/design-measurements.md).
-    pool_options(max_connections).connect_with(options).await
-}
-
-/// A pool that opens its connections on first use, with `options` (another pool's, changed).
-pub fn lazy_pool(options: PgConnectOptions, max_connections: u32) -> PgPool {
-    pool_options(max_connections).connect_lazy_with(options)
-}
-
-fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -58,6 +49,8 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
                 Ok(true)
             })
         })
+        .connect_with(options)
+        .await
 }
 
 /// How long a pooled connection may sit idle before it is checked with a ping on its next use

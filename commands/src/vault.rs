@@ -114,7 +114,7 @@ impl Vault {
     /// A vault over `pool`'s key table.
     pub fn new(pool: PgPool) -> Self {
         let options = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
-        let deferred = crate::db::lazy_pool(options, 4);
+        let deferred = pool.options().clone().max_connections(4).connect_lazy_with(options);
         Self { pool, deferred }
     }
 

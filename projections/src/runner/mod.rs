@@ -118,20 +118,8 @@ impl Projections {
     pub fn new(pool: PgPool, sequencer: Arc<Sequencer>, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
         let live = projections.iter().map(|p| (p.name(), watch::Sender::new(0))).collect();
         let options = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
-        let batches = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(projections.len() as u32 + 2)
-            .acquire_timeout(Duration::from_secs(10))
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    // Idle a while: Postgres may have restarted meanwhile.
-                    if meta.idle_for >= Duration::from_secs(1) {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(options);
+        // The main pool's rules (acquire timeout, the ping after an idle second), fewer connections.
+        let batches = pool.options().clone().max_connections(projections.len() as u32 + 2).connect_lazy_with(options);
         Arc::new(Self {
             pool,
             batches,
