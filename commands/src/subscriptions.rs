@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use domain::billing::period::Period;
 use domain::subscription::{
-    BillableUsage, BoxFuture, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent, SubscriptionStatus, UsageMeter,
+    BillableUsage, BoxFuture, Reading, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent, SubscriptionStatus,
+    UsageMeter,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -66,6 +67,50 @@ impl UsageMeter for PgUsageMeter {
             .await
             .map_err(|e| e.to_string())?;
             Ok(rows.into_iter().map(|(metric, quantity)| (metric, quantity.max(0) as u64)).collect())
+        })
+    }
+
+    fn readings(&self, tenant_id: Uuid, periods: Vec<Period>, metrics: Vec<String>) -> BoxFuture<'_, Result<Vec<Reading>, String>> {
+        Box::pin(async move {
+            // One statement for every period: per period and metric the sum, and the latest value
+            // where the metric is a gauge (as `metered` answers); the built-ins are their sums
+            // (as `billable_usage` answers).
+            let starts: Vec<_> = periods.iter().map(|p| p.start).collect();
+            let ends: Vec<_> = periods.iter().map(|p| p.end).collect();
+            let mut asked = metrics.clone();
+            for builtin in ["api_calls", "sms"] {
+                if !asked.iter().any(|m| m == builtin) {
+                    asked.push(builtin.to_owned());
+                }
+            }
+            let rows: Vec<(i64, String, i64, bool, i64)> = sqlx::query_as(
+                "SELECT p.i, r.metric, sum(r.quantity)::bigint, bool_or(r.kind = 'gauge'),
+                        (array_agg(r.quantity ORDER BY r.occurred_at DESC, r.position DESC, r.item DESC))[1]::bigint
+                 FROM unnest($2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY AS p(s, e, i)
+                 JOIN rm.usage_records r ON r.tenant_id = $1 AND r.metric = ANY($4) AND r.occurred_at >= p.s AND r.occurred_at < p.e
+                 GROUP BY p.i, r.metric",
+            )
+            .bind(tenant_id)
+            .bind(&starts)
+            .bind(&ends)
+            .bind(&asked)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            let mut readings: Vec<Reading> =
+                periods.into_iter().map(|period| Reading { period, usage: BillableUsage::default(), metered: BTreeMap::new() }).collect();
+            for (i, metric, sum, gauge, latest) in rows {
+                let reading = &mut readings[(i - 1) as usize];
+                match metric.as_str() {
+                    "api_calls" => reading.usage.api_calls = sum.max(0) as u64,
+                    "sms" => reading.usage.sms = sum.max(0) as u64,
+                    _ => {}
+                }
+                if metrics.contains(&metric) {
+                    reading.metered.insert(metric, if gauge { latest } else { sum }.max(0) as u64);
+                }
+            }
+            Ok(readings)
         })
     }
 }

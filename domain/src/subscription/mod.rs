@@ -213,6 +213,78 @@ pub trait UsageMeter: Send + Sync {
     fn metered(&self, _tenant_id: Uuid, _period: Period, _metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
         Box::pin(async { Ok(BTreeMap::new()) })
     }
+    /// [`Self::billable_usage`] and [`Self::metered`] (of `metrics`) for each of `periods`, in
+    /// their order: what a renewal reads (the period that closed and every period still open to
+    /// late usage), in one read where the meter can. The default asks period by period.
+    fn readings(&self, tenant_id: Uuid, periods: Vec<Period>, metrics: Vec<String>) -> BoxFuture<'_, Result<Vec<Reading>, String>> {
+        Box::pin(async move {
+            let mut readings = Vec::with_capacity(periods.len());
+            for period in periods {
+                let usage = self.billable_usage(tenant_id, period).await?;
+                let metered = if metrics.is_empty() { BTreeMap::new() } else { self.metered(tenant_id, period, metrics.clone()).await? };
+                readings.push(Reading { period, usage, metered });
+            }
+            Ok(readings)
+        })
+    }
+}
+
+/// A tenant's usage in one period, as [`UsageMeter::readings`] answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// The period.
+    pub period: Period,
+    /// The built-in billable usage ([`UsageMeter::billable_usage`]).
+    pub usage: BillableUsage,
+    /// The metrics asked for, as [`UsageMeter::metered`] answers them.
+    pub metered: BTreeMap<String, u64>,
+}
+
+/// A meter that answers from readings taken at once and asks `inner` for anything else.
+pub(crate) struct Prefetched<'a> {
+    inner: &'a dyn UsageMeter,
+    tenant_id: Uuid,
+    metrics: Vec<String>,
+    readings: Vec<Reading>,
+}
+
+impl<'a> Prefetched<'a> {
+    /// `tenant_id`'s usage of `metrics` in `periods`, read at once through `inner`.
+    pub(crate) async fn read(
+        inner: &'a dyn UsageMeter,
+        tenant_id: Uuid,
+        periods: Vec<Period>,
+        metrics: Vec<String>,
+    ) -> Result<Self, String> {
+        let readings = inner.readings(tenant_id, periods, metrics.clone()).await?;
+        Ok(Self { inner, tenant_id, metrics, readings })
+    }
+
+    fn reading(&self, tenant_id: Uuid, period: Period) -> Option<&Reading> {
+        (tenant_id == self.tenant_id).then(|| self.readings.iter().find(|r| r.period == period)).flatten()
+    }
+}
+
+impl UsageMeter for Prefetched<'_> {
+    fn billable_usage(&self, tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
+        match self.reading(tenant_id, period) {
+            Some(reading) => {
+                let usage = reading.usage;
+                Box::pin(async move { Ok(usage) })
+            }
+            None => self.inner.billable_usage(tenant_id, period),
+        }
+    }
+
+    fn metered(&self, tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+        match self.reading(tenant_id, period).filter(|_| metrics.iter().all(|m| self.metrics.contains(m))) {
+            Some(reading) => {
+                let metered = reading.metered.iter().filter(|(m, _)| metrics.contains(m)).map(|(m, q)| (m.clone(), *q)).collect();
+                Box::pin(async move { Ok(metered) })
+            }
+            None => self.inner.metered(tenant_id, period, metrics),
+        }
+    }
 }
 
 /// The aggregate's services.

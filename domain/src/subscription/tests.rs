@@ -702,6 +702,57 @@ fn late_facts_for_two_past_periods_get_one_line_each_under_each_periods_terms() 
     assert_eq!(open, [at(2027, 2, 1), at(2027, 3, 1)]);
 }
 
+/// A meter that counts how it is asked: period by period, or for many periods at once.
+#[derive(Default)]
+struct CountingMeter {
+    usage: Vec<(DateTime<Utc>, BillableUsage)>,
+    single: std::sync::atomic::AtomicUsize,
+    many: std::sync::Mutex<Vec<Vec<Period>>>,
+}
+
+impl CountingMeter {
+    fn at(&self, period: Period) -> BillableUsage {
+        self.usage.iter().find(|(start, _)| *start == period.start).map(|(_, u)| *u).unwrap_or_default()
+    }
+}
+
+impl UsageMeter for CountingMeter {
+    fn billable_usage(&self, _: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
+        self.single.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let usage = self.at(period);
+        Box::pin(async move { Ok(usage) })
+    }
+
+    fn readings(&self, _: Uuid, periods: Vec<Period>, _: Vec<String>) -> BoxFuture<'_, Result<Vec<Reading>, String>> {
+        self.many.lock().expect("the log").push(periods.clone());
+        let readings = periods.into_iter().map(|period| Reading { period, usage: self.at(period), metered: BTreeMap::new() }).collect();
+        Box::pin(async move { Ok(readings) })
+    }
+}
+
+#[test]
+fn a_renewal_reads_the_closed_period_and_the_periods_open_to_late_usage_at_once() {
+    let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
+    advance(metered(&[(at(2027, 1, 1), 10_000, 1)]), &mut events, at(2027, 2, 1));
+    advance(metered(&[(at(2027, 1, 1), 10_000, 1), (at(2027, 2, 1), 10_000, 0)]), &mut events, at(2027, 3, 1));
+    let now = [(at(2027, 1, 1), 11_000, 3), (at(2027, 2, 1), 10_500, 0), (at(2027, 3, 1), 0, 0)];
+    let meter = Arc::new(CountingMeter {
+        usage: now.iter().map(|&(start, api_calls, sms)| (start, BillableUsage { api_calls, sms })).collect(),
+        ..CountingMeter::default()
+    });
+    let april =
+        ok(TestFramework::with(meter.clone() as SubscriptionServices), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 1) });
+    // One read for March (closed) and January and February (open to late usage); none besides.
+    let asked = meter.many.lock().expect("the log").clone();
+    let starts: Vec<Vec<DateTime<Utc>>> = asked.iter().map(|ps| ps.iter().map(|p| p.start).collect()).collect();
+    assert_eq!(starts, [vec![at(2027, 3, 1), at(2027, 1, 1), at(2027, 2, 1)]]);
+    assert_eq!(meter.single.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The same invoice as when the meter is asked period by period.
+    let by_period = ok(metered(&now), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 4, 1) });
+    assert_eq!(described(invoices(&april)[0]), described(invoices(&by_period)[0]));
+    assert_eq!(described(invoices(&april)[0]).len(), 4);
+}
+
 #[test]
 fn late_facts_are_billed_under_their_periods_allowance_not_the_current_plans() {
     // Professional includes 50,000 calls a month; January is billed on its terms, then the

@@ -27,7 +27,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::{
-    BillableUsage, MeteredCharge, PaymentOutcome, StartSubscription, Subscription, SubscriptionCommand, SubscriptionError,
+    BillableUsage, MeteredCharge, PaymentOutcome, Prefetched, StartSubscription, Subscription, SubscriptionCommand, SubscriptionError,
     SubscriptionEvent as E, SubscriptionStatus as S, UsageMeter,
 };
 use std::collections::BTreeMap;

@@ -99,6 +99,19 @@ pub(super) async fn bill_usage(
     at: DateTime<Utc>,
     sink: &Sink,
 ) -> Result<Vec<InvoiceLine>, SubscriptionError> {
+    // The closed period and every period still open to late usage, read at once.
+    let tenant_id = s.tenant_id.expect("started");
+    let periods = std::iter::once(period).chain(s.usage_billed.iter().map(|(&start, b)| Period { start, end: b.period_end })).collect();
+    let mut metrics: Vec<String> = vec![API_CALLS.into(), SMS.into()];
+    let plan = s.plan.as_ref().expect("started");
+    let named = plan.charges.iter().map(|c| &c.metric).chain(s.usage_billed.values().flat_map(|b| b.charges.iter().map(|c| &c.metric)));
+    for metric in named {
+        if !metrics.contains(metric) {
+            metrics.push(metric.clone());
+        }
+    }
+    let read = Prefetched::read(meter, tenant_id, periods, metrics).await.map_err(SubscriptionError::UsageUnavailable)?;
+    let meter: &dyn UsageMeter = &read;
     let (mut lines, billed) = arrears(s, meter, period, at).await?;
     // Before the closed period joins the billed ones, so that it is not read twice.
     let (late, _) = bill_late_usage(s, meter, at, sink).await?;
