@@ -78,8 +78,28 @@ impl ApiError {
         .with("limit_bytes", limit_bytes)
     }
 
-    /// 500 `INTERNAL`: logs `cause` and tells the client only the request id.
+    /// 503 `UNAVAILABLE` with `Retry-After`: the database cannot take the request now (it is
+    /// gone, restarting, or no longer the primary while the server moves to the new one). A
+    /// command answered so may or may not have been recorded: retry it with its key.
+    pub fn unavailable() -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the database cannot take writes right now; retry (with the same idempotency key) after Retry-After",
+        );
+        error.retry_after = Some(UNAVAILABLE_RETRY_AFTER);
+        error
+    }
+
+    /// 500 `INTERNAL`: logs `cause` and tells the client only the request id. A cause that says
+    /// the database cannot take the request now (connection lost, shutting down, a standby) is
+    /// [`Self::unavailable`] instead.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let cause = cause.to_string();
+        if commands::cluster::unavailable_text(&cause) {
+            tracing::warn!(error = %cause, "the database cannot take the request now");
+            return Self::unavailable();
+        }
         tracing::error!(error = %cause, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "an internal error occurred; quote the request id when reporting it")
     }
@@ -155,6 +175,14 @@ impl<E: Rejection> From<CommandError<E>> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if commands::cluster::is_unavailable(&e) {
+            tracing::warn!(error = %e, "the database cannot take the request now");
+            return Self::unavailable();
+        }
         Self::internal(e)
     }
 }
+
+/// Seconds a client is told to wait before retrying a request the database could not take
+/// (a failover takes a few: the watch probes the primary every half second).
+pub const UNAVAILABLE_RETRY_AFTER: u64 = 2;

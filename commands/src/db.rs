@@ -7,6 +7,8 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
+use crate::cluster;
+
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
@@ -22,10 +24,20 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
     connect_as(url, max_connections, "saas-ledger").await
 }
 
+/// The connect options of the single-host `url`, with our session settings, naming the sessions
+/// `application_name`.
+fn options_for(url: &str, application_name: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?.options(SESSION_SETTINGS).application_name(application_name))
+}
+
 /// Like [`connect`], naming the sessions `application_name` (an instance's id, so that
-/// `pg_stat_activity` and leadership queries can tell instances apart).
+/// `pg_stat_activity` and leadership queries can tell instances apart). A `url` with several
+/// hosts connects to the one that accepts writes and follows the primary from then on
+/// ([`crate::cluster`]).
 pub async fn connect_as(url: &str, max_connections: u32, application_name: &str) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.options(SESSION_SETTINGS).application_name(application_name);
+    let hosts = cluster::host_urls(url);
+    let primary = if hosts.len() > 1 { cluster::find_primary(&hosts, FIND_PRIMARY_FOR).await? } else { 0 };
+    let options = options_for(&hosts[primary], application_name)?;
     // One connection first, on its own: a wrong host, port or database then fails within
     // seconds with its cause ("connection refused"), not as a pool timing out.
     match tokio::time::timeout(Duration::from_secs(5), sqlx::ConnectOptions::connect(&options)).await {
@@ -36,13 +48,20 @@ pub async fn connect_as(url: &str, max_connections: u32, application_name: &str)
     // A connection is pinged before use only if it sat idle for a while (Postgres may have
     // restarted meanwhile), not before every acquire as sqlx does by default: that was one more
     // round trip for every statement, as many as the statements themselves on the hot paths
-    // (measured: bench/results/design-measurements.md).
-    PgPoolOptions::new()
+    // (measured: bench/results/design-measurements.md). A connection made before the pools
+    // moved to a new primary is dropped (it is to the old one).
+    let switches = cluster::Switches::default();
+    let seen = switches.clone();
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
+        .before_acquire(move |conn, meta| {
+            let stale = seen.predates_switch(meta.age);
             Box::pin(async move {
+                if stale {
+                    return Ok(false);
+                }
                 if meta.idle_for >= PING_AFTER_IDLE {
                     sqlx::Connection::ping(conn).await?;
                 }
@@ -50,15 +69,44 @@ pub async fn connect_as(url: &str, max_connections: u32, application_name: &str)
             })
         })
         .connect_with(options)
-        .await
+        .await?;
+    if hosts.len() > 1 {
+        let followed = cluster::Cluster::new(hosts, primary, &pool, application_name, options_for, switches);
+        followed.watch();
+    }
+    Ok(pool)
 }
+
+/// A second pool on `pool`'s database: its rules (acquire timeout, the ping after an idle
+/// second, leaving the old primary behind), at most `max_connections`, each session with
+/// `extra` settings besides; it follows the primary as `pool` does. Connects lazily.
+pub fn derive(pool: &PgPool, max_connections: u32, extra: &[(&str, &str)]) -> PgPool {
+    let options = (*pool.connect_options()).clone().options(extra.iter().copied());
+    let derived = pool.options().clone().max_connections(max_connections).connect_lazy_with(options);
+    follow_too(pool, &derived, extra);
+    derived
+}
+
+/// Has `derived` (a pool made from `pool`'s connect options with the `extra` session settings)
+/// follow the primary as `pool` does, if `pool`'s database has several hosts.
+pub fn follow_too(pool: &PgPool, derived: &PgPool, extra: &[(&str, &str)]) {
+    if let Some(followed) = cluster::Cluster::of(pool) {
+        followed.add(derived, extra);
+    }
+}
+
+/// How long a server starting on several hosts looks for the one that accepts writes.
+const FIND_PRIMARY_FOR: Duration = Duration::from_secs(30);
 
 /// How long a pooled connection may sit idle before it is checked with a ping on its next use
 /// (the writer's flushers hold theirs to the same rule).
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Creates the database named in `url` unless it exists (safe when several processes race).
+/// With several hosts, on the one that accepts writes.
 pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+    let hosts = cluster::host_urls(url);
+    let url = if hosts.len() > 1 { hosts[cluster::find_primary(&hosts, FIND_PRIMARY_FOR).await?].as_str() } else { url };
     if Postgres::database_exists(url).await? {
         return Ok(());
     }

@@ -10,6 +10,7 @@ pub mod billing_run;
 pub mod bookings;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod db;
 pub mod error;
 pub mod members;

@@ -113,8 +113,7 @@ pub struct Vault {
 impl Vault {
     /// A vault over `pool`'s key table.
     pub fn new(pool: PgPool) -> Self {
-        let options = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
-        let deferred = pool.options().clone().max_connections(4).connect_lazy_with(options);
+        let deferred = crate::db::derive(&pool, 4, &[("synchronous_commit", "off")]);
         Self { pool, deferred }
     }
 

@@ -74,8 +74,19 @@ impl TestApp {
     }
 }
 
+/// Starts the server on the database at `url` (any form `DATABASE_URL` takes, several hosts
+/// too), creating it if needed; dropping the app leaves the database alone.
+pub async fn spawn_app_at(url: &str, tweak: impl FnOnce(&mut api::Config)) -> TestApp {
+    let db_name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_owned();
+    spawn_at(url.to_owned(), db_name, false, tweak).await
+}
+
 async fn spawn_on(db_name: String, owns_database: bool, tweak: impl FnOnce(&mut api::Config)) -> TestApp {
     let url = format!("{}/{db_name}", server_url());
+    spawn_at(url, db_name, owns_database, tweak).await
+}
+
+async fn spawn_at(url: String, db_name: String, owns_database: bool, tweak: impl FnOnce(&mut api::Config)) -> TestApp {
     let mut config = api::Config::for_database(&url);
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.db_max_connections = 16;

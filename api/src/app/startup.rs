@@ -55,6 +55,7 @@ impl Application {
 
         let sequencer = Sequencer::new(pool.clone());
         let projections = Projections::new(pool.clone(), sequencer.clone(), projections::all());
+        db::follow_too(&pool, projections.batches_pool(), &projections::runner::BATCH_SESSION_SETTINGS);
         projections.prepare().await?;
         let shutdown = CancellationToken::new();
         let background = projections.start(shutdown.clone());

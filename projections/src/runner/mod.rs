@@ -113,11 +113,20 @@ pub struct Projections {
     waiters: HashMap<&'static str, (std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
 }
 
+/// The session settings of the batches' connections besides the main pool's.
+pub const BATCH_SESSION_SETTINGS: [(&str, &str); 1] = [("synchronous_commit", "off")];
+
 impl Projections {
+    /// The pool of the projector batches (`BATCH_SESSION_SETTINGS` on the main pool's
+    /// connect options), for a caller that moves the pools to a new primary.
+    pub fn batches_pool(&self) -> &PgPool {
+        &self.batches
+    }
+
     /// The given projections over `pool`, fed by `sequencer`.
     pub fn new(pool: PgPool, sequencer: Arc<Sequencer>, projections: Vec<Arc<dyn Projection>>) -> Arc<Self> {
         let live = projections.iter().map(|p| (p.name(), watch::Sender::new(0))).collect();
-        let options = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
+        let options = (*pool.connect_options()).clone().options(BATCH_SESSION_SETTINGS);
         // The main pool's rules (acquire timeout, the ping after an idle second), fewer connections.
         let batches = pool.options().clone().max_connections(projections.len() as u32 + 2).connect_lazy_with(options);
         Arc::new(Self {

@@ -13,6 +13,7 @@ mod consistency;
 mod console;
 mod coupons;
 mod credits;
+mod failover;
 mod first_day;
 mod fuzz;
 mod gdpr;

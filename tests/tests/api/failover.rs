@@ -1,0 +1,196 @@
+//! Issue 32: a replicated Postgres (a primary and a synchronous hot standby, `deploy/pair.sh`,
+//! on loopback ports of this machine) behind a multi-host `DATABASE_URL`. Under a flood of usage
+//! the primary is killed (`pg_ctl stop -m immediate`) and the standby promoted by hand: every
+//! acknowledged fact is on the new primary exactly once, writes succeed again within 15 s, no
+//! answer is a 500 (503 `UNAVAILABLE` with `Retry-After` meanwhile), and the projections carry on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::{spawn_app_at, TestApp};
+use serde_json::json;
+
+/// Two Postgres nodes of this test's own, removed when dropped.
+struct Pair {
+    dir: PathBuf,
+    primary: u16,
+    standby: u16,
+}
+
+impl Pair {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("sl-pair-{}", uuid::Uuid::new_v4().simple()));
+        let (primary, standby) = (free_port(), free_port());
+        let pair = Self { dir, primary, standby };
+        pair.run(&["start", &pair.primary.to_string(), &pair.standby.to_string()]);
+        pair
+    }
+
+    fn run(&self, args: &[&str]) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/pair.sh");
+        let (command, rest) = args.split_first().expect("a command");
+        let status = Command::new("bash").arg(&script).arg(command).arg(&self.dir).args(rest).status().expect("deploy/pair.sh runs");
+        assert!(status.success(), "deploy/pair.sh {args:?} failed");
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}", self.primary, self.standby)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/pair.sh");
+        let _ = Command::new("bash").arg(script).arg("stop").arg(&self.dir).status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("an address").port()
+}
+
+/// What the clients saw, in order of time since the start of the flood.
+#[derive(Default)]
+struct Seen {
+    statuses: BTreeMap<u16, usize>,
+    /// Acknowledged keys.
+    acknowledged: Vec<String>,
+    /// (when, status) of every answer.
+    timeline: Vec<(Duration, u16)>,
+    other: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_loss_of_the_primary_loses_no_acknowledged_fact_and_writes_resume_on_the_promoted_standby() {
+    let pair = Pair::start();
+    let app: TestApp = spawn_app_at(&pair.url("ledger"), |c| c.db_max_connections = 16).await;
+    // A tenant per client, on a plan whose rate limit the flood stays under.
+    let mut tenants = Vec::new();
+    for c in 0..8 {
+        tenants.push(app.create_tenant_on(&format!("failover-{c}"), "enterprise").await);
+    }
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut clients = Vec::new();
+    for (c, tenant) in tenants.iter().enumerate() {
+        let (app_client, address, key) = (app.client.clone(), app.address.clone(), tenant.key.clone());
+        let (stop, seen) = (stop.clone(), seen.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key_of_fact = format!("c{c}-{n}");
+                // Each fact is sent until it is acknowledged (a client's retries, with its key).
+                loop {
+                    let reply = app_client
+                        .post(format!("{address}/v1/usage"))
+                        .bearer_auth(&key)
+                        .json(&json!({"metric": "api_calls", "quantity": 1, "idempotency_key": key_of_fact}))
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await;
+                    let status = match reply {
+                        Ok(reply) => {
+                            let status = reply.status().as_u16();
+                            let retry_after = reply.headers().get("retry-after").is_some();
+                            let body: serde_json::Value = reply.json().await.unwrap_or_default();
+                            let mut seen = seen.lock().unwrap();
+                            if status == 503 && (body["error"]["code"] != "UNAVAILABLE" || !retry_after) {
+                                seen.other.push(format!("503 without UNAVAILABLE and Retry-After: {body}"));
+                            }
+                            if status >= 500 && status != 503 {
+                                seen.other.push(format!("{status}: {body}"));
+                            }
+                            status
+                        }
+                        Err(e) => {
+                            seen.lock().unwrap().other.push(format!("no answer: {e}"));
+                            0
+                        }
+                    };
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        *seen.statuses.entry(status).or_default() += 1;
+                        seen.timeline.push((started.elapsed(), status));
+                        if status == 202 {
+                            seen.acknowledged.push(key_of_fact.clone());
+                        }
+                    }
+                    if status == 202 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before_kill = seen.lock().unwrap().acknowledged.len();
+    assert!(before_kill > 50, "the flood runs before the kill ({before_kill} acknowledged)");
+    let killed_at = started.elapsed();
+    pair.run(&["kill", &pair.primary.to_string()]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.run(&["promote", &pair.standby.to_string()]);
+    let promoted_at = started.elapsed();
+    // Until writes have succeeded again for a while.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let recovered = seen.lock().unwrap().timeline.iter().filter(|(at, s)| *at > promoted_at && *s == 202).count();
+        if recovered >= 200 || Instant::now() > deadline {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    {
+        let seen = seen.lock().unwrap();
+        eprintln!("failover: before the last facts: statuses {:?}, {:?}", seen.statuses, &seen.other[..seen.other.len().min(3)]);
+    }
+    for client in clients {
+        tokio::time::timeout(Duration::from_secs(60), client).await.expect("every client's last fact is acknowledged").unwrap();
+    }
+    let seen = Arc::try_unwrap(seen).ok().expect("the clients are done").into_inner().unwrap();
+    let first_503 = seen.timeline.iter().find(|(at, s)| *at > killed_at && *s == 503).map(|(at, _)| *at - killed_at);
+    let first_ok = seen.timeline.iter().find(|(at, s)| *at > promoted_at && *s == 202).map(|(at, _)| *at - promoted_at);
+    eprintln!(
+        "failover: statuses {:?}; kill → first 503 {first_503:?}; promotion → first 202 {first_ok:?}; {} acknowledged",
+        seen.statuses,
+        seen.acknowledged.len()
+    );
+    assert!(seen.other.is_empty(), "answers outside the contract: {:?}", &seen.other[..seen.other.len().min(5)]);
+    let first_ok = first_ok.expect("writes succeed again after the promotion");
+    assert!(first_ok < Duration::from_secs(15), "writes resumed {first_ok:?} after the promotion");
+
+    // Every acknowledged fact is on the new primary exactly once, and nothing else is.
+    let standby = format!("postgres://postgres@127.0.0.1:{}/ledger", pair.standby);
+    let pool = sqlx::PgPool::connect(&standby).await.expect("the new primary");
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT payload->>'idempotency_key', count(*) FROM events WHERE aggregate_type = 'Usage' GROUP BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let stored: BTreeMap<String, i64> = stored.into_iter().collect();
+    let mut acknowledged = seen.acknowledged.clone();
+    acknowledged.sort();
+    acknowledged.dedup();
+    assert_eq!(acknowledged.len(), seen.acknowledged.len(), "each fact is acknowledged once by its sender's loop");
+    for key in &acknowledged {
+        assert_eq!(stored.get(key), Some(&1), "acknowledged fact {key} is on the new primary exactly once");
+    }
+    assert_eq!(stored.len(), acknowledged.len(), "no fact beyond the acknowledged ones (each client sends until acknowledged)");
+    assert!(stored.values().all(|n| *n == 1));
+
+    // The projections carry on on the new primary: the quotas count every fact.
+    for (c, tenant) in tenants.iter().enumerate() {
+        let sent = acknowledged.iter().filter(|k| k.starts_with(&format!("c{c}-"))).count();
+        let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
+        assert_eq!(quota.expect(200)["used"].as_u64(), Some(sent as u64), "client {c}'s tenant");
+    }
+}
