@@ -62,6 +62,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SAAS_LEDGER_RATE_LIMIT_INSTANCES", default_value_t = 1)]
     pub rate_limit_instances: u32,
 
+    /// Hot standbys to serve reads from (comma-separated Postgres URLs): a GET is served by one
+    /// whose read models already reflect what the read must, else by the primary.
+    #[arg(long, env = "SAAS_LEDGER_REPLICA_URLS", default_value = "")]
+    pub replica_urls: String,
+
     /// NATS server to relay the event log to (JetStream); no relay when unset.
     #[arg(long, env = "SAAS_LEDGER_NATS_URL")]
     pub nats_url: Option<String>,
@@ -110,6 +115,8 @@ pub struct Config {
     /// Events replayed and appended since a subscription's last snapshot that make a new one
     /// (0: no snapshots).
     pub snapshot_every: usize,
+    /// Hot standbys reads may be served from.
+    pub replica_urls: Vec<String>,
     /// The event relay to NATS JetStream, if configured.
     pub relay: Option<projections::relay::RelayConfig>,
     /// Connections that write appends.
@@ -144,6 +151,7 @@ impl Config {
             billing_interval: Duration::from_secs(args.billing_interval_secs.max(1)),
             billing_concurrency: args.billing_concurrency.clamp(1, 256),
             snapshot_every: args.snapshot_every,
+            replica_urls: args.replica_urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect(),
             append_writers: args.append_writers.clamp(1, 8),
             auth_cache: Duration::from_millis(args.auth_cache_ms.min(60_000)),
             rate_limit_instances: args.rate_limit_instances.max(1),
@@ -173,6 +181,7 @@ impl Config {
             billing_interval: Duration::from_secs(60),
             billing_concurrency: 64,
             snapshot_every: commands::snapshots::DEFAULT_EVERY,
+            replica_urls: Vec::new(),
             relay: None,
             append_writers: 2,
             auth_cache: Duration::from_secs(1),

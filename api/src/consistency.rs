@@ -48,6 +48,18 @@ struct Record {
 
 tokio::task_local! {
     static APPENDED: Arc<Record>;
+    /// The replica the current read is served from, when the layer chose one.
+    static READ_FROM: sqlx::PgPool;
+}
+
+/// The replica the current read is served from (see [`layer`]); `None`: the primary.
+pub fn read_from() -> Option<sqlx::PgPool> {
+    READ_FROM.try_with(Clone::clone).ok()
+}
+
+/// Counts a read by where it was served (`saas_ledger_reads_total{source}`).
+pub fn served_by(replica: bool) {
+    metrics::counter!("saas_ledger_reads_total", "source" => if replica { "replica" } else { "primary" }).increment(1);
 }
 
 /// Records that the current request appended up to `position` (the commit hook of every
@@ -140,6 +152,34 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     } else {
         (request, 0)
     };
+    // A replica whose read models already reflect everything this read must serves it, without
+    // waiting; if it fails the read (gone, or a query cancelled by its replay), the primary
+    // serves it after all.
+    let mut request = request;
+    let path = request.uri().path().to_owned();
+    if is_read && !waits_by_itself(&path) && !state.replicas().is_empty() {
+        let needed = own.max(asked.unwrap_or(0));
+        if let Some(replica) = state.replicas().serving(needed).cloned() {
+            let (parts, body) = request.into_parts();
+            let again = Request::from_parts(parts.clone(), axum::body::Body::empty());
+            let record = Arc::new(Record::default());
+            let served = READ_FROM.scope(replica.clone(), APPENDED.scope(record, next.clone().run(Request::from_parts(parts, body)))).await;
+            if !served.status().is_server_error() {
+                served_by(true);
+                let mut served = served;
+                if needed > 0 && served.status().is_success() {
+                    served.headers_mut().insert(LEDGER_POSITION, HeaderValue::from(needed));
+                }
+                return served;
+            }
+            tracing::warn!(status = %served.status(), "a read on a replica failed; the primary serves it");
+            state.replicas().failed(&replica);
+            request = again;
+        }
+    }
+    if is_read && !waits_by_itself(&path) {
+        served_by(false);
+    }
     if let Some(asked) = asked.filter(|asked| is_read && *asked > own) {
         if !state.projections().wait_for(asked, EXPLICIT_WAIT).await {
             let mut error = ApiError::new(

@@ -295,6 +295,11 @@ pub enum AuthErrors {
     /// RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After).
     #[response(status = 429)]
     RateLimited(ErrorBody),
+    /// UNAVAILABLE (with Retry-After): the database cannot answer now (a failover under way);
+    /// STALE_READ (with Retry-After): the read models have not reached the Ledger-Position sent;
+    /// TIMEOUT.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 /// The errors of any tenant command (a write on behalf of a tenant).
@@ -325,6 +330,11 @@ pub enum CommandErrors {
     /// RATE_LIMITED: the key's plan allows no more requests this minute (see Retry-After).
     #[response(status = 429)]
     RateLimited(ErrorBody),
+    /// UNAVAILABLE (with Retry-After): the database cannot take writes now (a failover under
+    /// way); the command may or may not have been recorded: retry it with the same key.
+    /// TIMEOUT: the request took too long.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 /// 404 on a route whose path names something.

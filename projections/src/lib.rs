@@ -16,6 +16,7 @@ pub mod log;
 pub mod reads;
 pub mod relay;
 pub mod replay;
+pub mod replicas;
 pub mod runner;
 pub mod sequencer;
 pub mod simulation;

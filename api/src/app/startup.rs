@@ -137,10 +137,16 @@ impl Application {
         let sealer = projections::webhooks::Sealer::new(&crate::config::sealing_key(&config)?);
         let listener = TcpListener::bind(&config.bind).await?;
         let config_rate_limit_instances = config.rate_limit_instances;
+        let replicas = projections::replicas::Replicas::new(pool.clone(), &config.replica_urls, &instance, &projections::all())?;
+        let mut background = background;
+        if !replicas.is_empty() {
+            background.push(replicas.watch(shutdown.clone()));
+        }
         let state = AppState(Arc::new(Inner {
             instance,
             log: EventLog::new(pool.clone()),
             reads: ReadModels::new(pool.clone()),
+            replicas,
             endpoints: Endpoints::new(pool.clone()),
             simulations: Simulations::new(pool.clone()),
             pool,
@@ -162,7 +168,6 @@ impl Application {
         let seed = state.context(None, Actor::System("catalog"));
         state.accounts().catalog().seed_defaults(&seed).await.map_err(|e| e.to_string())?;
         state.settle_all().await;
-        let mut background = background;
         let billing = state.clone();
         background.push(tokio::spawn(projections::leader::lead(state.pool().clone(), "billing-loop", shutdown.clone(), move |lost| {
             billing_loop(billing.clone(), lost)

@@ -37,6 +37,7 @@ pub(super) struct Inner {
     pub(super) instance: String,
     pub(super) pool: PgPool,
     pub(super) reads: ReadModels,
+    pub(super) replicas: Arc<projections::replicas::Replicas>,
     pub(super) endpoints: Endpoints,
     pub(super) simulations: Simulations,
     pub(super) config: Config,
@@ -64,9 +65,18 @@ impl AppState {
         &self.0.pool
     }
 
-    /// The read side: every read of a read model goes through this one handle.
-    pub fn reads(&self) -> &ReadModels {
-        &self.0.reads
+    /// The read side: every read of a read model goes through this one handle. Within a read
+    /// that [`crate::consistency::layer`] routed to a replica, the replica's read models.
+    pub fn reads(&self) -> ReadModels {
+        match crate::consistency::read_from() {
+            Some(replica) => ReadModels::new(replica),
+            None => self.0.reads.clone(),
+        }
+    }
+
+    /// The replicas reads may be served from (`SAAS_LEDGER_REPLICA_URLS`; none by default).
+    pub fn replicas(&self) -> &projections::replicas::Replicas {
+        &self.0.replicas
     }
 
     /// The registered webhook endpoints and their deliveries.

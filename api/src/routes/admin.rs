@@ -22,6 +22,55 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/projections/{name}/rebuild", post(rebuild))
         .route("/v1/admin/clock", put(set_clock).get(get_clock))
         .route("/v1/admin/billing/run", post(run_billing))
+        .route("/v1/admin/cluster", get(cluster))
+}
+
+/// The database hosts this server uses: the primary it writes to and the replicas it reads
+/// from, as its watches last saw them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// The host that takes the writes.
+    pub primary: PrimaryView,
+    /// `SAAS_LEDGER_REPLICA_URLS`, each as last seen (`reachable: false` when it did not answer).
+    pub replicas: Vec<projections::replicas::ReplicaView>,
+}
+
+/// The primary.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PrimaryView {
+    /// `host:port`.
+    pub host: String,
+    /// Every host of a multi-host `DATABASE_URL` (the primary among them), `host:port` each.
+    pub hosts: Vec<String>,
+    /// How many times this server moved to a new primary since it started.
+    pub failovers: u64,
+}
+
+/// The primary and the replicas: `{primary: {host, hosts, failovers}, replicas: [{host, reachable,
+/// lag_bytes, lag_seconds, applied_position}]}`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/cluster",
+    tag = "admin",
+    responses(
+        (status = 200, description = "{primary: {host}, replicas: [{host, reachable, lag_bytes, lag_seconds}]}", body = ClusterView),
+        crate::openapi::AuthErrors,
+        crate::openapi::Forbidden
+    ),
+)]
+async fn cluster(State(state): State<AppState>, _: Admin) -> Result<Json<ClusterView>, ApiError> {
+    let primary = match commands::cluster::Cluster::of(state.pool()) {
+        Some(cluster) => {
+            let (hosts, host) = cluster.hosts();
+            PrimaryView { host, hosts, failovers: cluster.moves() }
+        }
+        None => {
+            let options = state.pool().connect_options();
+            let host = format!("{}:{}", options.get_host(), options.get_port());
+            PrimaryView { host: host.clone(), hosts: vec![host], failovers: 0 }
+        }
+    };
+    Ok(Json(ClusterView { primary, replicas: state.replicas().views() }))
 }
 
 /// Every projection run that is not retired: `{name, version, generation, position, head, lag,
@@ -203,5 +252,5 @@ async fn run_billing(
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(projections, rebuild, set_clock, get_clock, run_billing))]
+#[openapi(paths(projections, rebuild, set_clock, get_clock, run_billing, cluster))]
 pub struct Docs;

@@ -43,6 +43,26 @@ async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>,
         crate::consistency::appended(last.unwrap_or(0));
         return Ok(lines);
     }
+    // A replica whose read models have applied the tenant's last position answers as the
+    // primary would; if it fails, the primary answers.
+    let needed = last.unwrap_or(0);
+    if let Some(replica) = state.replicas().serving(needed).cloned() {
+        match report_at(&replica, caller.tenant_id, now).await {
+            Ok((lines, own)) => {
+                crate::consistency::served_by(true);
+                crate::consistency::appended(needed);
+                if own == needed {
+                    state.quotas().put(caller.tenant_id, needed, month, &lines);
+                }
+                return Ok(lines);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a quota read on a replica failed; the primary serves it");
+                state.replicas().failed(&replica);
+            }
+        }
+    }
+    crate::consistency::served_by(false);
     let (lines, read_at) =
         crate::consistency::read_own_writes_at(state, || async { Ok(report_at(state.pool(), caller.tenant_id, now).await?) }).await?;
     if let Some(position) = read_at {

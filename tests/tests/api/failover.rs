@@ -194,3 +194,88 @@ async fn the_loss_of_the_primary_loses_no_acknowledged_fact_and_writes_resume_on
         assert_eq!(quota.expect(200)["used"].as_u64(), Some(sent as u64), "client {c}'s tenant");
     }
 }
+
+/// `saas_ledger_reads_total{source="replica"}` in `/metrics`.
+async fn replica_reads(app: &TestApp) -> u64 {
+    let metrics = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("saas_ledger_reads_total") && l.contains("source=\"replica\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_served_by_a_replica_are_never_staler_than_the_primary_and_a_stopped_replica_is_skipped() {
+    let pair = Pair::start();
+    let replica = format!("postgres://postgres@127.0.0.1:{}/ledger", pair.standby);
+    let primary = format!("postgres://postgres@127.0.0.1:{}/ledger", pair.primary);
+    let app: TestApp = spawn_app_at(&primary, |c| c.replica_urls = vec![replica.clone()]).await;
+    let tenant = app.create_tenant_on("replicated", "enterprise").await;
+    let other = app.create_tenant_on("elsewhere", "enterprise").await;
+
+    // The replica is seen, caught up.
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let cluster = app.get("/v1/admin/cluster", e2e::ADMIN_TOKEN).await;
+        let cluster = cluster.expect(200);
+        assert_eq!(cluster["primary"]["host"], format!("127.0.0.1:{}", pair.primary));
+        assert_eq!(cluster["replicas"][0]["host"], format!("127.0.0.1:{}", pair.standby));
+        if cluster["replicas"][0]["reachable"] == true && cluster["replicas"][0]["lag_bytes"] == 0 {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(caught_up, "the replica is reachable and caught up");
+
+    // A write, then a read at once (the replica is not known to have it: the primary answers)
+    // or a moment later (the replica has it): each answer counts every fact so far.
+    let before = replica_reads(&app).await;
+    for i in 1..=20u64 {
+        let reply =
+            app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 1, "idempotency_key": format!("r-{i}")})).await;
+        reply.expect(202);
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
+        assert_eq!(quota.expect(200)["used"].as_u64(), Some(i), "read {i} reflects every fact before it");
+        // A read model's list, through the read side's handle.
+        let room = app.create_resource(&tenant.key, "room", 1).await;
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let listed = app.get("/v1/resources", &tenant.key).await;
+        let listed = listed.expect(200);
+        let rows = listed["data"].as_array().or_else(|| listed.as_array()).expect("a list").clone();
+        assert!(rows.iter().any(|r| r["id"] == room.as_str()), "read {i} lists the room just created");
+        assert_eq!(rows.len() as u64, i);
+    }
+    let served = replica_reads(&app).await - before;
+    assert!(served >= 10, "the replica served the reads that came a moment after the writes ({served})");
+
+    // Another tenant's write, named by its Ledger-Position: the read reflects it.
+    let written = app.post("/v1/usage", &other.key, json!({"metric": "api_calls", "quantity": 5, "idempotency_key": "o-1"})).await;
+    let position = written.headers["ledger-position"].to_str().unwrap().to_owned();
+    let read = app
+        .send(app.request(reqwest::Method::GET, "/v1/admin/projections", Some(e2e::ADMIN_TOKEN)).header("Ledger-Position", &position))
+        .await;
+    let read_position: i64 = read.headers["ledger-position"].to_str().unwrap().parse().unwrap();
+    assert!(read_position >= position.parse::<i64>().unwrap());
+    read.expect(200);
+
+    // The replica stops: reads are served by the primary, without an error, and the cluster view
+    // says so. (Only reads from here: the primary waits for its synchronous standby to commit.)
+    pair.run(&["kill", &pair.standby.to_string()]);
+    for _ in 0..20 {
+        let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
+        assert_eq!(quota.expect(200)["used"].as_u64(), Some(20));
+        let listed = app.get("/v1/resources", &tenant.key).await;
+        listed.expect(200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cluster = app.get("/v1/admin/cluster", e2e::ADMIN_TOKEN).await;
+    assert_eq!(cluster.expect(200)["replicas"][0]["reachable"], false);
+}
