@@ -64,103 +64,119 @@ struct Seen {
     other: Vec<String>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_loss_of_the_primary_loses_no_acknowledged_fact_and_writes_resume_on_the_promoted_standby() {
-    let pair = Pair::start();
-    let app: TestApp = spawn_app_at(&pair.url("ledger"), |c| c.db_max_connections = 16).await;
-    // A tenant per client, on a plan whose rate limit the flood stays under.
-    let mut tenants = Vec::new();
-    for c in 0..8 {
-        tenants.push(app.create_tenant_on(&format!("failover-{c}"), "enterprise").await);
-    }
+/// Eight clients sending usage facts as fast as they are answered, each fact until it is
+/// acknowledged (a client's retries, with the fact's own key), a tenant each.
+struct Flood {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    tenants: Vec<e2e::TestTenant>,
+}
 
-    let started = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut clients = Vec::new();
-    for (c, tenant) in tenants.iter().enumerate() {
-        let (app_client, address, key) = (app.client.clone(), app.address.clone(), tenant.key.clone());
-        let (stop, seen) = (stop.clone(), seen.clone());
-        clients.push(tokio::spawn(async move {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let key_of_fact = format!("c{c}-{n}");
-                // Each fact is sent until it is acknowledged (a client's retries, with its key).
-                loop {
-                    let reply = app_client
-                        .post(format!("{address}/v1/usage"))
-                        .bearer_auth(&key)
-                        .json(&json!({"metric": "api_calls", "quantity": 1, "idempotency_key": key_of_fact}))
-                        .timeout(Duration::from_secs(30))
-                        .send()
-                        .await;
-                    let status = match reply {
-                        Ok(reply) => {
-                            let status = reply.status().as_u16();
-                            let retry_after = reply.headers().get("retry-after").is_some();
-                            let body: serde_json::Value = reply.json().await.unwrap_or_default();
+impl Flood {
+    async fn start(app: &TestApp) -> Self {
+        // A tenant per client, on a plan whose rate limit the flood stays under.
+        let mut tenants = Vec::new();
+        for c in 0..8 {
+            tenants.push(app.create_tenant_on(&format!("flood-{c}"), "enterprise").await);
+        }
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut clients = Vec::new();
+        for (c, tenant) in tenants.iter().enumerate() {
+            let (client, address, key) = (app.client.clone(), app.address.clone(), tenant.key.clone());
+            let (stop, seen) = (stop.clone(), seen.clone());
+            clients.push(tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let fact = format!("c{c}-{n}");
+                    loop {
+                        let status = send(&client, &address, &key, &fact, &seen).await;
+                        {
                             let mut seen = seen.lock().unwrap();
-                            if status == 503 && (body["error"]["code"] != "UNAVAILABLE" || !retry_after) {
-                                seen.other.push(format!("503 without UNAVAILABLE and Retry-After: {body}"));
+                            *seen.statuses.entry(status).or_default() += 1;
+                            seen.timeline.push((started.elapsed(), status));
+                            if status == 202 {
+                                seen.acknowledged.push(fact.clone());
                             }
-                            if status >= 500 && status != 503 {
-                                seen.other.push(format!("{status}: {body}"));
-                            }
-                            status
                         }
-                        Err(e) => {
-                            seen.lock().unwrap().other.push(format!("no answer: {e}"));
-                            0
-                        }
-                    };
-                    {
-                        let mut seen = seen.lock().unwrap();
-                        *seen.statuses.entry(status).or_default() += 1;
-                        seen.timeline.push((started.elapsed(), status));
                         if status == 202 {
-                            seen.acknowledged.push(key_of_fact.clone());
+                            break;
                         }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    if status == 202 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            }
-        }));
+            }));
+        }
+        Self { started, stop, seen, clients, tenants }
     }
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before_kill = seen.lock().unwrap().acknowledged.len();
-    assert!(before_kill > 50, "the flood runs before the kill ({before_kill} acknowledged)");
-    let killed_at = started.elapsed();
-    pair.run(&["kill", &pair.primary.to_string()]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    pair.run(&["promote", &pair.standby.to_string()]);
-    let promoted_at = started.elapsed();
-    // Until writes have succeeded again for a while.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let recovered = seen.lock().unwrap().timeline.iter().filter(|(at, s)| *at > promoted_at && *s == 202).count();
-        if recovered >= 200 || Instant::now() > deadline {
-            break;
+    fn acknowledged(&self) -> usize {
+        self.seen.lock().unwrap().acknowledged.len()
+    }
+
+    /// Answers with 202 since `since`.
+    fn accepted_since(&self, since: Duration) -> usize {
+        self.seen.lock().unwrap().timeline.iter().filter(|(at, s)| *at > since && *s == 202).count()
+    }
+
+    /// Stops the clients (each once its last fact is acknowledged) and tells what they saw.
+    async fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        {
+            let seen = self.seen.lock().unwrap();
+            eprintln!("failover: before the last facts: statuses {:?}, {:?}", seen.statuses, &seen.other[..seen.other.len().min(3)]);
+        }
+        for client in self.clients {
+            tokio::time::timeout(Duration::from_secs(60), client).await.expect("every client's last fact is acknowledged").unwrap();
+        }
+        Arc::try_unwrap(self.seen).ok().expect("the clients are done").into_inner().unwrap()
+    }
+}
+
+/// One `POST /v1/usage` of `fact`; its status (0: no answer), anything outside the contract
+/// noted in `seen`.
+async fn send(client: &reqwest::Client, address: &str, key: &str, fact: &str, seen: &Mutex<Seen>) -> u16 {
+    let reply = client
+        .post(format!("{address}/v1/usage"))
+        .bearer_auth(key)
+        .json(&json!({"metric": "api_calls", "quantity": 1, "idempotency_key": fact}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    match reply {
+        Ok(reply) => {
+            let status = reply.status().as_u16();
+            let retry_after = reply.headers().get("retry-after").is_some();
+            let body: serde_json::Value = reply.json().await.unwrap_or_default();
+            let mut seen = seen.lock().unwrap();
+            if status == 503 && (body["error"]["code"] != "UNAVAILABLE" || !retry_after) {
+                seen.other.push(format!("503 without UNAVAILABLE and Retry-After: {body}"));
+            }
+            if status >= 500 && status != 503 {
+                seen.other.push(format!("{status}: {body}"));
+            }
+            status
+        }
+        Err(e) => {
+            seen.lock().unwrap().other.push(format!("no answer: {e}"));
+            0
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    {
-        let seen = seen.lock().unwrap();
-        eprintln!("failover: before the last facts: statuses {:?}, {:?}", seen.statuses, &seen.other[..seen.other.len().min(3)]);
-    }
-    for client in clients {
-        tokio::time::timeout(Duration::from_secs(60), client).await.expect("every client's last fact is acknowledged").unwrap();
-    }
-    let seen = Arc::try_unwrap(seen).ok().expect("the clients are done").into_inner().unwrap();
-    let first_503 = seen.timeline.iter().find(|(at, s)| *at > killed_at && *s == 503).map(|(at, _)| *at - killed_at);
-    let first_ok = seen.timeline.iter().find(|(at, s)| *at > promoted_at && *s == 202).map(|(at, _)| *at - promoted_at);
+}
+
+/// After a failover at `lost` (the primary gone) and `promoted` (the new one accepting
+/// writes), with the flood `finished`: no answer outside the contract, writes again within
+/// 15 s of the promotion, every acknowledged fact exactly once on the new primary `now`, and
+/// the read models caught up on it (the quotas count every fact).
+async fn check_failover(app: &TestApp, tenants: &[e2e::TestTenant], seen: Seen, lost: Duration, promoted: Duration, now: &str) {
+    let first_503 = seen.timeline.iter().find(|(at, s)| *at > lost && *s == 503).map(|(at, _)| *at - lost);
+    let first_ok = seen.timeline.iter().find(|(at, s)| *at > promoted && *s == 202).map(|(at, _)| *at - promoted);
     eprintln!(
-        "failover: statuses {:?}; kill → first 503 {first_503:?}; promotion → first 202 {first_ok:?}; {} acknowledged",
+        "failover: statuses {:?}; primary lost → first 503 {first_503:?}; new primary → first 202 {first_ok:?}; {} acknowledged",
         seen.statuses,
         seen.acknowledged.len()
     );
@@ -168,9 +184,7 @@ async fn the_loss_of_the_primary_loses_no_acknowledged_fact_and_writes_resume_on
     let first_ok = first_ok.expect("writes succeed again after the promotion");
     assert!(first_ok < Duration::from_secs(15), "writes resumed {first_ok:?} after the promotion");
 
-    // Every acknowledged fact is on the new primary exactly once, and nothing else is.
-    let standby = format!("postgres://postgres@127.0.0.1:{}/ledger", pair.standby);
-    let pool = sqlx::PgPool::connect(&standby).await.expect("the new primary");
+    let pool = sqlx::PgPool::connect(now).await.expect("the new primary");
     let stored: Vec<(String, i64)> =
         sqlx::query_as("SELECT payload->>'idempotency_key', count(*) FROM events WHERE aggregate_type = 'Usage' GROUP BY 1")
             .fetch_all(&pool)
@@ -185,14 +199,109 @@ async fn the_loss_of_the_primary_loses_no_acknowledged_fact_and_writes_resume_on
         assert_eq!(stored.get(key), Some(&1), "acknowledged fact {key} is on the new primary exactly once");
     }
     assert_eq!(stored.len(), acknowledged.len(), "no fact beyond the acknowledged ones (each client sends until acknowledged)");
-    assert!(stored.values().all(|n| *n == 1));
-
-    // The projections carry on on the new primary: the quotas count every fact.
     for (c, tenant) in tenants.iter().enumerate() {
         let sent = acknowledged.iter().filter(|k| k.starts_with(&format!("c{c}-"))).count();
         let quota = app.get("/v1/quota/api_calls", &tenant.key).await;
         assert_eq!(quota.expect(200)["used"].as_u64(), Some(sent as u64), "client {c}'s tenant");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_loss_of_the_primary_loses_no_acknowledged_fact_and_writes_resume_on_the_promoted_standby() {
+    let pair = Pair::start();
+    let app: TestApp = spawn_app_at(&pair.url("ledger"), |c| c.db_max_connections = 16).await;
+    let flood = Flood::start(&app).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(flood.acknowledged() > 50, "the flood runs before the kill ({} acknowledged)", flood.acknowledged());
+    let lost = flood.started.elapsed();
+    pair.run(&["kill", &pair.primary.to_string()]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.run(&["promote", &pair.standby.to_string()]);
+    let promoted = flood.started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while flood.accepted_since(promoted) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tenants = flood.tenants.clone();
+    let seen = flood.finish().await;
+    check_failover(&app, &tenants, seen, lost, promoted, &format!("postgres://postgres@127.0.0.1:{}/ledger", pair.standby)).await;
+}
+
+/// The Patroni cluster of `deploy/patroni/` (etcd, two Postgres nodes in synchronous mode,
+/// HAProxy), removed when dropped.
+struct Patroni {
+    dir: PathBuf,
+    base: u16,
+}
+
+impl Patroni {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("sl-patroni-{}", uuid::Uuid::new_v4().simple()));
+        // A block of 40 ports: etcd at base, base+1; Postgres base+11, +12; REST base+21, +22;
+        // HAProxy base+30.
+        let base = 20_000 + (std::process::id() % 400) as u16 * 100;
+        let cluster = Self { dir, base };
+        assert!(cluster.run(&["start", &base.to_string(), "2"]).status.success(), "the Patroni cluster starts");
+        cluster
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/patroni/cluster.sh");
+        let (command, rest) = args.split_first().expect("a command");
+        Command::new("bash").arg(&script).arg(command).arg(&self.dir).args(rest).output().expect("deploy/patroni/cluster.sh runs")
+    }
+
+    /// The primary's Postgres port, if there is one now.
+    fn primary(&self) -> Option<u16> {
+        let out = self.run(&["primary"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
+    }
+}
+
+impl Drop for Patroni {
+    fn drop(&mut self) {
+        let _ = self.run(&["stop"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_patroni_the_loss_of_the_primary_machine_loses_no_acknowledged_fact() {
+    let cluster = Patroni::start();
+    let (one, two) = (cluster.base + 11, cluster.base + 12);
+    let url = format!("postgres://postgres@127.0.0.1:{one},127.0.0.1:{two}/ledger");
+    let app: TestApp = spawn_app_at(&url, |c| c.db_max_connections = 16).await;
+    let cluster_view = app.get("/v1/admin/cluster", e2e::ADMIN_TOKEN).await;
+    let old = cluster.primary().expect("a primary");
+    assert_eq!(cluster_view.expect(200)["primary"]["host"], format!("127.0.0.1:{old}"));
+
+    let flood = Flood::start(&app).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(flood.acknowledged() > 50, "the flood runs before the crash ({} acknowledged)", flood.acknowledged());
+    // The primary's machine is lost: its Patroni and its Postgres die at once.
+    let lost = flood.started.elapsed();
+    assert!(cluster.run(&["crash", &old.to_string()]).status.success());
+    // Patroni promotes the synchronous standby once the leader key expires.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let new = loop {
+        if let Some(port) = cluster.primary().filter(|p| *p != old) {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "Patroni promotes the standby");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let promoted = flood.started.elapsed();
+    eprintln!("failover: Patroni promoted 127.0.0.1:{new} {:?} after the crash", promoted - lost);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while flood.accepted_since(promoted) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tenants = flood.tenants.clone();
+    let seen = flood.finish().await;
+    check_failover(&app, &tenants, seen, lost, promoted, &format!("postgres://postgres@127.0.0.1:{new}/ledger")).await;
+    let cluster_view = app.get("/v1/admin/cluster", e2e::ADMIN_TOKEN).await;
+    let cluster_view = cluster_view.expect(200);
+    assert_eq!(cluster_view["primary"]["host"], format!("127.0.0.1:{new}"));
+    assert_eq!(cluster_view["primary"]["failovers"], 1);
 }
 
 /// `saas_ledger_reads_total{source="replica"}` in `/metrics`.
