@@ -37,6 +37,9 @@
 //!    `BENCH_SIGNUPS` (default 6,000) sign-ups at 8 clients, each next to raw INSERTs.
 //!    `BENCH_ONLY=billing` runs this phase alone; each size `0` skips its part.
 //!
+//! 10. replica reads (`ledger/replicas.rs`): `GET /v1/quota/api_calls` served by a primary alone
+//!    and with a hot standby as its replica, one run. `BENCH_ONLY=replicas` runs it alone.
+//!
 //! For quick comparisons: `BENCH_ONLY=commands` runs phases 1 and 2 alone and only prints them,
 //! and `BENCH_COMMANDS` (default `usage,bookings,batch`) picks the command phases.
 //!
@@ -69,6 +72,8 @@ mod simulation;
 
 #[path = "ledger/billing_day.rs"]
 mod billing_day;
+#[path = "ledger/replicas.rs"]
+mod replicas;
 
 #[path = "ledger/wrk.rs"]
 mod wrk;
@@ -84,6 +89,11 @@ fn main() {
         Err(_) if env("BENCH_ONLY", "") == "simulation" => runtime.block_on(async {
             let mut out = String::new();
             simulation_phase(&mut out).await;
+        }),
+        Err(_) if env("BENCH_ONLY", "") == "replicas" => runtime.block_on(async {
+            let mut out = String::new();
+            replicas::phase(&mut out).await;
+            println!("{out}");
         }),
         Err(_) if env("BENCH_ONLY", "") == "billing" => runtime.block_on(async {
             let mut out = String::new();
@@ -110,6 +120,9 @@ async fn serve(url: String) {
     }
     if let Ok(n) = std::env::var("BENCH_SNAPSHOT_EVERY") {
         config.snapshot_every = n.parse().expect("BENCH_SNAPSHOT_EVERY");
+    }
+    if let Ok(urls) = std::env::var("SL_BENCH_REPLICA_URLS") {
+        config.replica_urls = urls.split(',').map(str::to_owned).collect();
     }
     if let Ok(n) = std::env::var("SL_BENCH_BILLING_CONCURRENCY") {
         config.billing_concurrency = n.parse().expect("SL_BENCH_BILLING_CONCURRENCY");
@@ -994,6 +1007,7 @@ async fn run() {
     // 8. Price simulation, on its own server and database.
     simulation_phase(&mut out).await;
     billing_day::phase(&mut out).await;
+    replicas::phase(&mut out).await;
 
     // 6. Memory.
     let rss = server.peak_rss_mib();
