@@ -38,7 +38,7 @@
 //!    `BENCH_ONLY=billing` runs this phase alone; each size `0` skips its part.
 //!
 //! 10. replica reads (`ledger/replicas.rs`): `GET /v1/quota/api_calls` served by a primary alone
-//!    and with a hot standby as its replica, one run. `BENCH_ONLY=replicas` runs it alone.
+//!     and with a hot standby as its replica, one run. `BENCH_ONLY=replicas` runs it alone.
 //!
 //! For quick comparisons: `BENCH_ONLY=commands` runs phases 1 and 2 alone and only prints them,
 //! and `BENCH_COMMANDS` (default `usage,bookings,batch`) picks the command phases.
