@@ -297,8 +297,11 @@ pub fn unavailable_state(code: &str) -> bool {
 /// The same judgement on an error already turned into text (the message sqlx gives each of
 /// those errors), for causes that travelled as strings.
 pub fn unavailable_text(message: &str) -> bool {
-    const SIGNS: [&str; 14] = [
+    const SIGNS: [&str; 15] = [
         "error communicating with database",
+        // sqlx's protocol errors: a connection that a proxy (HAProxy with no primary behind it)
+        // accepted and then closed answers garbage to the first message.
+        "encountered unexpected or invalid data",
         "pool timed out while waiting for an open connection",
         "attempted to acquire a connection on a closed pool",
         "in a read-only transaction",
@@ -349,6 +352,7 @@ mod tests {
         assert!(!unavailable_state("23505") && !unavailable_state("SL409"));
         assert!(unavailable_text("error returned from database: cannot execute INSERT in a read-only transaction"));
         assert!(unavailable_text("error communicating with database: Connection refused (os error 111)"));
+        assert!(unavailable_text("encountered unexpected or invalid data: unexpected response from SSLRequest: 0x00"));
         assert!(!unavailable_text("error returned from database: duplicate key value violates unique constraint"));
     }
 }

@@ -42,12 +42,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the server on a fresh database, with the configuration adjusted by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut api::Config)) -> TestApp {
-    // `TEST_LOG=warn cargo test ...` shows the servers' logs.
+    init_test_log();
+    let db_name = format!("sl_test_{}", Uuid::new_v4().simple());
+    spawn_on(db_name, true, tweak).await
+}
+
+/// `TEST_LOG=warn cargo test ...` shows the servers' logs.
+fn init_test_log() {
     if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
     }
-    let db_name = format!("sl_test_{}", Uuid::new_v4().simple());
-    spawn_on(db_name, true, tweak).await
 }
 
 /// Starts another instance of the server on `app`'s database (two instances, one database);
@@ -77,6 +81,7 @@ impl TestApp {
 /// Starts the server on the database at `url` (any form `DATABASE_URL` takes, several hosts
 /// too), creating it if needed; dropping the app leaves the database alone.
 pub async fn spawn_app_at(url: &str, tweak: impl FnOnce(&mut api::Config)) -> TestApp {
+    init_test_log();
     let db_name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_owned();
     spawn_at(url.to_owned(), db_name, false, tweak).await
 }
