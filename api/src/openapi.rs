@@ -110,6 +110,7 @@ pub fn document() -> &'static Document {
             routes::aggregates::Docs::openapi(),
             routes::analytics::Docs::openapi(),
             routes::simulations::Docs::openapi(),
+            routes::revenue::Docs::openapi(),
         ] {
             doc.merge(part);
         }

@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod appender;
 pub mod billing_run;
 pub mod bookings;
+pub mod books;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;

@@ -7,6 +7,7 @@
 
 pub mod billing;
 pub mod booking;
+pub mod books;
 pub mod coupon;
 pub mod error;
 pub mod member;

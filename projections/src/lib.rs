@@ -17,6 +17,7 @@ pub mod reads;
 pub mod relay;
 pub mod replay;
 pub mod replicas;
+pub mod revenue;
 pub mod runner;
 pub mod sequencer;
 pub mod simulation;
@@ -37,6 +38,7 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(billing::BillingProjection),
         std::sync::Arc::new(usage::UsageProjection),
         std::sync::Arc::new(bookings::BookingsProjection),
+        std::sync::Arc::new(revenue::RevenueProjection),
         std::sync::Arc::new(audit::AuditProjection::default()),
     ]
 }

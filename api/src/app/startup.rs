@@ -107,6 +107,7 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             pool.clone(),
         );
+        let books = commands::books::Books::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let bookings = Bookings::new(
             pool.clone(),
             vault,
@@ -159,6 +160,7 @@ impl Application {
             usage,
             bookings,
             members,
+            books,
             projections,
             keys,
             rate_limits: crate::rate_limit::RateLimits::new(config_rate_limit_instances),

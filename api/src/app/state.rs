@@ -49,6 +49,7 @@ pub(super) struct Inner {
     pub(super) usage: Usage,
     pub(super) bookings: Bookings,
     pub(super) members: Members,
+    pub(super) books: commands::books::Books,
     pub(super) projections: Arc<Projections>,
     pub(super) log: EventLog,
     pub(super) keys: crate::auth::KeyCache,
@@ -147,6 +148,11 @@ impl AppState {
     /// Member (seat) commands.
     pub fn members(&self) -> &Members {
         &self.0.members
+    }
+
+    /// The platform's books (closing months of revenue).
+    pub fn books(&self) -> &commands::books::Books {
+        &self.0.books
     }
 
     /// Usage commands.

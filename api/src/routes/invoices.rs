@@ -44,6 +44,14 @@ pub struct LineView {
     unit_price: Money,
     /// `quantity × unit_price`, rounded half-up to the cent.
     amount: Money,
+    /// Start of the service period the line is for (plan, add-on and proration lines: the time
+    /// charged or credited; usage and overage lines: the period whose usage they bill); absent
+    /// on lines without one (discount, credit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period_start: Option<DateTime<Utc>>,
+    /// End of that period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period_end: Option<DateTime<Utc>>,
 }
 
 impl From<&InvoiceLine> for LineView {
@@ -54,6 +62,8 @@ impl From<&InvoiceLine> for LineView {
             quantity: l.quantity.into(),
             unit_price: l.unit_price.into(),
             amount: l.amount.into(),
+            period_start: l.period.map(|p| p.start),
+            period_end: l.period.map(|p| p.end),
         }
     }
 }

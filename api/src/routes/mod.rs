@@ -17,6 +17,7 @@ pub mod payments;
 pub mod plans;
 pub mod quota;
 pub mod resources;
+pub mod revenue;
 pub mod simulations;
 pub mod subscription;
 pub mod tenants;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(aggregates::router())
         .merge(analytics::router())
         .merge(simulations::router())
+        .merge(revenue::router())
         .merge(crate::openapi::router())
         .merge(crate::console::router())
         .with_state(state)

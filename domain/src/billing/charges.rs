@@ -131,6 +131,8 @@ impl Charge {
             quantity: Decimal::from(quantity),
             unit_price,
             amount: round_cents(Decimal::from(quantity) * unit_price + flat),
+            period: None,
+            metric: Some(self.metric.clone()),
         };
         let included = if self.included > 0 { format!(" ({} included)", self.included) } else { String::new() };
         match &self.model {

@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::money::round_cents;
+use super::period::Period;
 use crate::values::TaxRate;
 
 /// What an invoice line is for.
@@ -43,18 +44,39 @@ pub struct InvoiceLine {
     pub unit_price: Decimal,
     /// `quantity × unit_price`, rounded to the cent.
     pub amount: Decimal,
+    /// The service period the line is for (`plan`, `addon`, `proration`: the time it charges
+    /// or credits; `usage`, `overage`: the period whose usage it bills). Absent on lines
+    /// without one (discount, credit) and on lines of invoices issued before lines carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
+    /// The metric a `usage` or `overage` line bills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
 }
 
 impl InvoiceLine {
     /// A line of `quantity` units at `unit_price`, rounded once.
     pub fn new(kind: LineKind, description: impl Into<String>, quantity: Decimal, unit_price: Decimal) -> Self {
-        Self { kind, description: description.into(), quantity, unit_price, amount: round_cents(quantity * unit_price) }
+        let amount = round_cents(quantity * unit_price);
+        Self { kind, description: description.into(), quantity, unit_price, amount, period: None, metric: None }
     }
 
     /// A line with an already-rounded amount (proration, credits): quantity 1.
     pub fn fixed(kind: LineKind, description: impl Into<String>, amount: Decimal) -> Self {
         let amount = round_cents(amount);
-        Self { kind, description: description.into(), quantity: Decimal::ONE, unit_price: amount, amount }
+        Self { kind, description: description.into(), quantity: Decimal::ONE, unit_price: amount, amount, period: None, metric: None }
+    }
+
+    /// The line, for the service period `period`.
+    pub fn over(mut self, period: Period) -> Self {
+        self.period = Some(period);
+        self
+    }
+
+    /// The line, billing `metric`.
+    pub fn of_metric(mut self, metric: impl Into<String>) -> Self {
+        self.metric = Some(metric.into());
+        self
     }
 }
 

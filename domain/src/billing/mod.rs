@@ -7,3 +7,4 @@ pub mod money;
 pub mod period;
 pub mod pricing;
 pub mod proration;
+pub mod revenue_recognition;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::BillingPeriod;
 
 /// A half-open interval `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Period))]
 pub struct Period {
     /// First instant.

@@ -55,6 +55,8 @@ pub(super) struct Fields<'a> {
     metric: Option<&'a RawValue>,
     #[serde(borrow)]
     facts: Option<&'a RawValue>,
+    #[serde(borrow)]
+    month: Option<&'a RawValue>,
 }
 
 /// A plan as events embed it.
@@ -119,6 +121,8 @@ pub fn summary_of(event_type: &str, aggregate_type: &str, aggregate_id: &str, pa
         "ResourceCreated" => format!("{} \"{}\" created (capacity {})", text(p.kind), text(p.name), shown(p.capacity)),
         "UsageRecorded" => format!("{} {} recorded", shown(p.quantity), text(p.metric)),
         "UsageBatchRecorded" => batch_summary(p.facts),
+        "MonthClosed" => format!("revenue month {} closed", text(p.month)),
+        "MonthReopened" => format!("revenue month {} reopened: {}", text(p.month), text(p.reason)),
         other => format!("{other} on {aggregate_type} {aggregate_id}"),
     }
 }

@@ -25,6 +25,7 @@ mod openapi;
 mod operability;
 mod projector_crash;
 mod rebuild;
+mod recognition;
 mod relay;
 mod replay;
 mod revenue;

@@ -14,22 +14,29 @@ pub(super) fn advance_lines(s: &Subscription, period: Period) -> Vec<InvoiceLine
         format!("{} plan ({}), {dates}", plan.name, billing_period.as_str()),
         Decimal::ONE,
         plan.price(billing_period),
-    )];
+    )
+    .over(period)];
     if s.addons.extra_users > 0 {
-        lines.push(InvoiceLine::new(
-            LineKind::Addon,
-            format!("Extra users, {dates}"),
-            Decimal::from(s.addons.extra_users),
-            pricing::extra_user_monthly() * months,
-        ));
+        lines.push(
+            InvoiceLine::new(
+                LineKind::Addon,
+                format!("Extra users, {dates}"),
+                Decimal::from(s.addons.extra_users),
+                pricing::extra_user_monthly() * months,
+            )
+            .over(period),
+        );
     }
     if s.addons.extra_storage_gb > 0 {
-        lines.push(InvoiceLine::new(
-            LineKind::Addon,
-            format!("Extra storage (GB), {dates}"),
-            Decimal::from(s.addons.extra_storage_gb),
-            pricing::extra_storage_gb_monthly() * months,
-        ));
+        lines.push(
+            InvoiceLine::new(
+                LineKind::Addon,
+                format!("Extra storage (GB), {dates}"),
+                Decimal::from(s.addons.extra_storage_gb),
+                pricing::extra_storage_gb_monthly() * months,
+            )
+            .over(period),
+        );
     }
     lines
 }

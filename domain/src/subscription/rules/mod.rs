@@ -115,7 +115,10 @@ pub(super) async fn handle(s: &mut Subscription, command: SubscriptionCommand, m
                     let price = pricing::extra_user_monthly() * months;
                     let amount = proration::split(Decimal::ZERO, price, period, at).charge;
                     let description = format!("Extra user added {}, rest of {}", at.format("%Y-%m-%d %H:%M UTC"), dates(period));
-                    (amount > Decimal::ZERO).then(|| InvoiceLine::fixed(LineKind::Addon, description, amount))
+                    (amount > Decimal::ZERO).then(|| {
+                        InvoiceLine::fixed(LineKind::Addon, description, amount)
+                            .over(Period { start: at.max(period.start), end: period.end })
+                    })
                 }
             };
             sink.write(E::SeatAdded { extra_users, charge, at }, s).await;

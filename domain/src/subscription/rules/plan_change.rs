@@ -43,7 +43,8 @@ pub(super) async fn change_plan(
             LineKind::Proration,
             format!("Unused time on {} ({}) from {}", current.name, current_period.as_str(), at.format("%Y-%m-%d")),
             -credit,
-        );
+        )
+        .over(Period { start: at.max(period.start), end: period.end });
         lines.insert(0, unused);
         begin_period(s, 0, lines, at, sink).await;
         return Ok(());
@@ -58,9 +59,10 @@ pub(super) async fn change_plan(
     sink.write(E::PlanChanged { plan, billing_period: new_period, new_anchor: None, effective_at: at }, s).await;
     if new_price != old_price {
         let from = at.format("%Y-%m-%d %H:%M UTC");
+        let rest = Period { start: at.max(period.start), end: period.end };
         let mut lines = vec![
-            InvoiceLine::fixed(LineKind::Proration, format!("Unused time on {} from {from}", current.name), -split.credit),
-            InvoiceLine::fixed(LineKind::Proration, format!("Remaining time on {new_name} from {from}"), split.charge),
+            InvoiceLine::fixed(LineKind::Proration, format!("Unused time on {} from {from}", current.name), -split.credit).over(rest),
+            InvoiceLine::fixed(LineKind::Proration, format!("Remaining time on {new_name} from {from}"), split.charge).over(rest),
         ];
         // Like every invoice, it carries the late usage found so far.
         lines.extend(bill_late_usage(s, meter, at, sink).await?.0);

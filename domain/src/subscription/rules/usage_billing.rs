@@ -27,11 +27,12 @@ pub(super) fn charges_for(usage: BillableUsage, allowance: Option<u64>) -> Vec<M
 }
 
 /// The plan's own charges on `usage` of a period: their lines and what each counted and cost.
-pub(super) fn plan_charges(charges: &[Charge], usage: &BTreeMap<String, u64>, dates: &str) -> (Vec<InvoiceLine>, Vec<MeteredCharge>) {
+pub(super) fn plan_charges(charges: &[Charge], usage: &BTreeMap<String, u64>, period: Period) -> (Vec<InvoiceLine>, Vec<MeteredCharge>) {
     let (mut lines, mut billed) = (Vec::new(), Vec::new());
+    let dates = dates(period);
     for charge in charges {
         let quantity = usage.get(&charge.metric).copied().unwrap_or(0);
-        let priced = charge.lines(quantity, dates);
+        let priced: Vec<InvoiceLine> = charge.lines(quantity, &dates).into_iter().map(|l| l.over(period)).collect();
         let amount = priced.iter().map(|l| l.amount).sum();
         lines.extend(priced);
         billed.push(MeteredCharge {
@@ -73,16 +74,24 @@ pub(super) async fn arrears(
             usage.api_calls,
             allowance.unwrap_or_default()
         );
-        lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block()));
+        lines.push(
+            InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block())
+                .over(period)
+                .of_metric(API_CALLS),
+        );
     }
     if usage.sms > 0 && !charged(SMS) {
-        lines.push(InvoiceLine::new(LineKind::Overage, format!("SMS, {dates}"), Decimal::from(usage.sms), pricing::sms_each()));
+        lines.push(
+            InvoiceLine::new(LineKind::Overage, format!("SMS, {dates}"), Decimal::from(usage.sms), pricing::sms_each())
+                .over(period)
+                .of_metric(SMS),
+        );
     }
     let mut charges: Vec<MeteredCharge> = charges_for(usage, allowance).into_iter().filter(|c| !charged(&c.metric)).collect();
     if !own.is_empty() {
         let metrics = own.iter().map(|c| c.metric.clone()).collect();
         let metered = meter.metered(s.tenant_id.expect("started"), period, metrics).await.map_err(SubscriptionError::UsageUnavailable)?;
-        let (priced, billed) = plan_charges(&own, &metered, &dates);
+        let (priced, billed) = plan_charges(&own, &metered, period);
         lines.extend(priced);
         charges.extend(billed);
     }
@@ -155,7 +164,7 @@ pub(super) async fn late_usage(
         if !own.is_empty() {
             let metrics = own.iter().map(|c| c.metric.clone()).collect();
             let metered = meter.metered(tenant_id, period, metrics).await.map_err(SubscriptionError::UsageUnavailable)?;
-            let (_, now) = plan_charges(&own, &metered, &dates);
+            let (_, now) = plan_charges(&own, &metered, period);
             for (after, before) in now.iter().zip(billed.charges.iter().filter(|c| c.charge.is_some())) {
                 if after.quantity > before.quantity {
                     changed = true;
@@ -163,7 +172,7 @@ pub(super) async fn late_usage(
                     if extra > Decimal::ZERO {
                         let description =
                             format!("{}, late usage for {dates}: {} ({} billed before)", after.metric, after.quantity, before.quantity);
-                        lines.push(InvoiceLine::fixed(LineKind::Usage, description, extra));
+                        lines.push(InvoiceLine::fixed(LineKind::Usage, description, extra).over(period).of_metric(after.metric.clone()));
                     }
                 }
             }
@@ -196,11 +205,19 @@ pub(super) async fn late_usage(
                 allowance.unwrap_or_default(),
                 counted(API_CALLS)
             );
-            lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block()));
+            lines.push(
+                InvoiceLine::new(LineKind::Overage, description, Decimal::from(blocks), pricing::api_call_block())
+                    .over(period)
+                    .of_metric(API_CALLS),
+            );
         }
         if builtin(SMS) && extra(SMS) > Decimal::ZERO {
             let description = format!("SMS, late usage for {dates} ({} billed before)", counted(SMS));
-            lines.push(InvoiceLine::new(LineKind::Overage, description, Decimal::from(usage.sms - counted(SMS)), pricing::sms_each()));
+            lines.push(
+                InvoiceLine::new(LineKind::Overage, description, Decimal::from(usage.sms - counted(SMS)), pricing::sms_each())
+                    .over(period)
+                    .of_metric(SMS),
+            );
         }
         span = Some(span.map_or(period, |p| Period { start: p.start.min(period.start), end: p.end.max(period.end) }));
         events.push(E::UsageBilled { period_start: start, period_end: period.end, charges, billed_at: at });
