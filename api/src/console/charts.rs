@@ -106,3 +106,64 @@ pub fn bars(title: &str, labels: &[String], series: &[(&str, Vec<f64>)]) -> Stri
     }
     titled(svg, title)
 }
+
+/// A deferred-revenue waterfall over the months in `labels`: each month starts at its deferred
+/// balance, rises by what was billed and falls by what was recognized; the dots are the balance
+/// at each month's end.
+pub fn waterfall(title: &str, labels: &[String], opening: &[f64], billed: &[f64], recognized: &[f64]) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let n = labels.len().max(1);
+        let width = 100u32;
+        let mut low = 0f64;
+        let mut high = 0f64;
+        for i in 0..labels.len() {
+            let top = opening[i] + billed[i];
+            for v in [opening[i], top, top - recognized[i]] {
+                low = low.min(v);
+                high = high.max(v);
+            }
+        }
+        let span = (high - low).max(1.0);
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0u32..(n as u32 * width), (low - span * 0.05)..(high + span * 0.1));
+        let Ok(mut chart) = chart else { return String::new() };
+        let _ = chart
+            .configure_mesh()
+            .x_labels(n.min(12))
+            .x_label_formatter(&|x| labels.get((*x / width) as usize).cloned().unwrap_or_default())
+            .y_label_formatter(&tick)
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw();
+        let (up, down, balance) = (COLOURS[0], COLOURS[1], COLOURS[2]);
+        let rises = (0..labels.len()).map(|i| {
+            let x = i as u32 * width;
+            Rectangle::new([(x + 10, opening[i]), (x + 48, opening[i] + billed[i])], up.filled())
+        });
+        if let Ok(drawn) = chart.draw_series(rises) {
+            drawn.label("billed").legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], up.filled()));
+        }
+        let falls = (0..labels.len()).map(|i| {
+            let x = i as u32 * width;
+            let top = opening[i] + billed[i];
+            Rectangle::new([(x + 52, top), (x + 90, top - recognized[i])], down.filled())
+        });
+        if let Ok(drawn) = chart.draw_series(falls) {
+            drawn.label("recognized").legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], down.filled()));
+        }
+        let closing =
+            (0..labels.len()).map(|i| Circle::new((i as u32 * width + 50, opening[i] + billed[i] - recognized[i]), 4, balance.filled()));
+        if let Ok(drawn) = chart.draw_series(closing) {
+            drawn.label("deferred at month end").legend(move |(x, y)| Circle::new((x + 6, y), 4, balance.filled()));
+        }
+        let _ = chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw();
+        let _ = root.present();
+    }
+    titled(svg, title)
+}

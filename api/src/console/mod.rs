@@ -59,6 +59,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/tenants/{id}", get(pages::tenant))
         .route("/console/tenants/{id}/{action}", get(pages::confirm).post(pages::act))
         .route("/console/invoices/{id}", get(pages::invoice))
+        .route("/console/revenue", get(pages::revenue))
+        .route("/console/revenue/{action}", get(pages::confirm_books).post(pages::act_books))
         .route("/console/operations", get(pages::operations))
         .route("/console/operations/rebuild", post(pages::rebuild))
         .route("/console/operations/billing-run", post(pages::billing_run))
@@ -209,6 +211,7 @@ fn layout(title: &str, console: Option<&Console>, content: Markup) -> Markup {
                                 @if console.is_admin() {
                                     li { a href="/console/overview" { "Overview" } }
                                     li { a href="/console/tenants" { "Tenants" } }
+                                    li { a href="/console/revenue" { "Revenue" } }
                                     li { a href="/console/operations" { "Operations" } }
                                 } @else if let Some(id) = console.tenant() {
                                     li { a href={ "/console/tenants/" (id) } { "My tenant" } }

@@ -53,7 +53,7 @@ struct ReportQuery {
 
 /// One month of the books.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = RevenueMonth)]
+#[schema(as = BooksMonth)]
 struct MonthView {
     /// `YYYY-MM` (UTC).
     #[schema(example = "2027-03")]
@@ -85,7 +85,7 @@ impl From<&MonthFigures> for MonthView {
 
 /// The sums over the months asked for.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = RevenueTotals)]
+#[schema(as = BooksTotals)]
 struct Totals {
     /// Billed in all.
     billed: Money,
@@ -99,7 +99,7 @@ struct Totals {
 
 /// The books, month by month.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = RevenueReport)]
+#[schema(as = BooksReport)]
 struct Report {
     /// The months, in order.
     months: Vec<MonthView>,
@@ -187,7 +187,7 @@ struct ReopenBody {
 
 /// A close or reopen, as recorded.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = RevenueClose)]
+#[schema(as = BooksClose)]
 struct CloseView {
     /// The month.
     #[schema(example = "2027-03")]
@@ -310,7 +310,7 @@ async fn reopen(
 
 /// A month's amount of a schedule.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = RevenueScheduleMonth)]
+#[schema(as = BooksScheduleMonth)]
 struct ScheduleMonth {
     /// `YYYY-MM`.
     #[schema(example = "2027-01")]
@@ -321,7 +321,7 @@ struct ScheduleMonth {
 
 /// A line and its schedule.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = RevenueScheduleLine)]
+#[schema(as = BooksScheduleLine)]
 struct ScheduleLine {
     /// As on the invoice.
     description: String,
@@ -338,7 +338,7 @@ struct ScheduleLine {
 
 /// An invoice's revenue schedule.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = RevenueSchedule)]
+#[schema(as = BooksSchedule)]
 struct InvoiceScheduleView {
     /// The invoice.
     invoice_id: Uuid,
@@ -402,7 +402,7 @@ struct JournalQuery {
 
 /// One journal line.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = JournalLine)]
+#[schema(as = BooksJournalLine)]
 struct JournalLine {
     /// Booked on.
     date: NaiveDate,
@@ -423,7 +423,7 @@ struct JournalLine {
 
 /// The journal of a month.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = Journal)]
+#[schema(as = BooksJournal)]
 struct JournalView {
     /// `YYYY-MM`.
     month: String,

@@ -273,6 +273,47 @@ async fn a_tenant_key_sees_its_own_tenant_only_even_by_editing_urls() {
     browser.client.clone().close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reads_the_books_and_closes_and_reopens_a_month_in_a_real_browser() {
+    let app = spawn_app_with(|c| c.test_clock = true).await;
+    app.set_clock("2027-01-15T00:00:00Z").await;
+    app.create_billed_tenant("books-clinic", "starter").await;
+    app.set_clock("2027-03-02T00:00:00Z").await;
+    let browser = browser().await;
+    sign_in(&browser, &app, ADMIN_TOKEN).await;
+    until_title(&browser, "Overview").await;
+    browser.client.find(Locator::LinkText("Revenue")).await.unwrap().click().await.unwrap();
+    until_title(&browser, "Revenue").await;
+    let table = text_of(&browser, "#revenue-months").await;
+    // 29.00 from January 15 (17 of 31 days in January), renewed on February 15.
+    assert!(table.lines().any(|l| l.starts_with("2027-01") && l.contains("29.00") && l.contains("15.90")), "{table}");
+    assert!(browser.client.source().await.unwrap().contains("Deferred revenue: billed in, recognized out"), "the waterfall is drawn");
+    assert!(text_of(&browser, "#closed-through").await.starts_with("No month is closed. Close 2027-01"));
+    shot(&browser, "08-revenue").await;
+
+    // Close January through its confirmation step.
+    browser.client.find(Locator::Css("#close-link")).await.unwrap().click().await.unwrap();
+    until_title(&browser, "Close 2027-01?").await;
+    browser.client.find(Locator::Css("form.card button[type=submit]")).await.unwrap().click().await.unwrap();
+    until_title(&browser, "Revenue").await;
+    assert!(text_of(&browser, "#closed-through").await.starts_with("Closed through 2027-01."));
+    assert_eq!(app.get("/v1/admin/revenue?from=2027-01&to=2027-01", ADMIN_TOKEN).await.expect(200)["months"][0]["closed"], true);
+
+    // Reopen it with a reason, kept in the audit trail.
+    browser.client.find(Locator::Css("#reopen-link")).await.unwrap().click().await.unwrap();
+    until_title(&browser, "Reopen 2027-01?").await;
+    browser.client.find(Locator::Css("#reason")).await.unwrap().send_keys("Late credit note").await.unwrap();
+    browser.client.find(Locator::Css("form.card button[type=submit]")).await.unwrap().click().await.unwrap();
+    until_title(&browser, "Revenue").await;
+    assert!(text_of(&browser, "#closed-through").await.starts_with("No month is closed."));
+    let audit = app.get("/v1/audit?aggregate_type=Books&limit=10", ADMIN_TOKEN).await.expect(200).clone();
+    let reopened =
+        audit["data"].as_array().unwrap().iter().find(|e| e["event_type"] == "MonthReopened").cloned().expect("the reopen audited");
+    assert_eq!(reopened["actor"], "admin");
+    assert!(reopened["summary"].as_str().unwrap().contains("Late credit note"));
+    browser.client.clone().close().await.unwrap();
+}
+
 /// `saas-ledger demo` fills the console (issue 35): after a demo year the overview charts a
 /// year of months. Its screenshot is `target/console-screenshots/demo-overview.png` (the one in
 /// `docs/` was taken so).
