@@ -18,8 +18,10 @@ pub const BOOKS_ID: &str = "revenue";
 
 /// The books: the months closed, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::Books))]
 pub struct Books {
-    /// Closed months, in the order they were closed (consecutive).
+    /// Closed months (`YYYY-MM`), in the order they were closed (consecutive).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub closed: Vec<Month>,
 }
 

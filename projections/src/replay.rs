@@ -61,6 +61,8 @@ pub enum AggregateState {
     Resource(Resource),
     /// A booking.
     Booking(Booking),
+    /// The platform's books (`Books`/`revenue`): the months closed.
+    Books(domain::books::Books),
 }
 
 /// Why a replay failed.
@@ -83,7 +85,7 @@ pub enum ReplayError {
 }
 
 /// The aggregate types that can be replayed.
-pub const TYPES: [&str; 7] = ["Tenant", "Subscription", "Plan", "Usage", "UsageBatch", "Resource", "Booking"];
+pub const TYPES: [&str; 8] = ["Tenant", "Subscription", "Plan", "Usage", "UsageBatch", "Resource", "Booking", "Books"];
 
 fn fold<A: Aggregate>(events: &[StoredEvent]) -> Result<A, ReplayError> {
     let mut state = A::default();
@@ -105,6 +107,7 @@ pub fn fold_events(aggregate_type: &str, events: &[StoredEvent]) -> Result<Aggre
         "UsageBatch" => AggregateState::UsageBatch(fold(events)?),
         "Resource" => AggregateState::Resource(fold(events)?),
         "Booking" => AggregateState::Booking(fold(events)?),
+        "Books" => AggregateState::Books(fold(events)?),
         other => return Err(ReplayError::UnknownType(other.to_owned())),
     })
 }

@@ -31,7 +31,7 @@ struct Point {
     get,
     path = "/v1/aggregates/{aggregate_type}/{id}",
     tag = "events",
-    params(("aggregate_type" = String, Path, description = "Tenant, Subscription, Plan, Resource, Booking, Usage (a fact recorded on its own, id `<tenant>:<key>`) or UsageBatch (a batch of facts)"), ("id" = String, Path, description = "Aggregate id"), Point),
+    params(("aggregate_type" = String, Path, description = "Tenant, Subscription, Plan, Resource, Booking, Usage (a fact recorded on its own, id `<tenant>:<key>`), UsageBatch (a batch of facts) or Books (id `revenue`, admin: the months of revenue closed)"), ("id" = String, Path, description = "Aggregate id"), Point),
     responses(
         (status = 200, description = "The state rebuilt from its events at that point", body = Replayed),
         crate::openapi::AuthErrors,

@@ -307,8 +307,10 @@ pub async fn phase(out: &mut String) {
             ));
             eprintln!("{}", rows.last().expect("a row"));
         }
-        rows.push(billing_rebuild(&http, &pool).await);
-        eprintln!("{}", rows.last().expect("a row"));
+        for name in ["billing", "revenue"] {
+            rows.push(projection_rebuild(&http, &pool, name).await);
+            eprintln!("{}", rows.last().expect("a row"));
+        }
         drop(server);
         pool.close().await;
         drop_database(&db).await;
@@ -328,20 +330,19 @@ pub async fn phase(out: &mut String) {
     );
 }
 
-/// The billing projection alone: a rebuild of `billing` over the log (the subscriptions with
-/// their history and renewal), timed from the request to the swap; Subscription events per
-/// second.
-async fn billing_rebuild(http: &Http, pool: &PgPool) -> String {
+/// One projection alone: a rebuild of `name` (`billing`; `revenue`, the books, issue 33) over the
+/// log (the subscriptions with their history and renewal), timed from the request to the swap;
+/// Subscription events per second.
+async fn projection_rebuild(http: &Http, pool: &PgPool, name: &str) -> String {
     let events: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Subscription'").fetch_one(pool).await.expect("a count");
     sqlx::query("CHECKPOINT").execute(pool).await.expect("checkpoint");
     let started = Instant::now();
-    let (status, reply) = http.post("/v1/admin/projections/billing/rebuild", ADMIN, &json!({})).await;
+    let (status, reply) = http.post(&format!("/v1/admin/projections/{name}/rebuild"), ADMIN, &json!({})).await;
     assert!(status == 202 || status == 200, "{status} {reply}");
     loop {
         let (_, runs) = http.get("/v1/admin/projections", ADMIN).await;
-        let runs: Vec<&serde_json::Value> =
-            runs.as_array().map(|r| r.iter().filter(|r| r["name"] == "billing").collect()).unwrap_or_default();
+        let runs: Vec<&serde_json::Value> = runs.as_array().map(|r| r.iter().filter(|r| r["name"] == name).collect()).unwrap_or_default();
         if runs.len() == 1 && runs[0]["status"] == "live" && runs[0]["generation"].as_i64() > Some(1) {
             break;
         }
@@ -349,7 +350,7 @@ async fn billing_rebuild(http: &Http, pool: &PgPool) -> String {
     }
     let took = started.elapsed().as_secs_f64();
     format!(
-        "| the billing projection alone: rebuild of `billing` over {events} Subscription events | | {took:.1} s | **{:.0} events/s** | | | |",
+        "| the {name} projection alone: rebuild of `{name}` over {events} Subscription events | | {took:.1} s | **{:.0} events/s** | | | |",
         events as f64 / took
     )
 }

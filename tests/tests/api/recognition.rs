@@ -242,6 +242,12 @@ async fn credit_notes_voids_and_late_usage_never_change_a_closed_month_and_the_b
         "the reopen is audited: {entries:?}"
     );
     app.post("/v1/admin/revenue/close", ADMIN_TOKEN, json!({"month": "2027-02"})).await.expect(200);
+    // The books replay like any aggregate: after the second close, both months; after the reopen, January.
+    for (version, closed) in [(2, json!(["2027-01", "2027-02"])), (3, json!(["2027-01"])), (4, json!(["2027-01", "2027-02"]))] {
+        let replayed = app.get(&format!("/v1/aggregates/Books/revenue?version={version}"), ADMIN_TOKEN).await;
+        assert_eq!(replayed.expect(200)["state"]["closed"], closed, "version {version}");
+    }
+    app.get("/v1/aggregates/Books/revenue", &t.key).await.expect_error(404, "NOT_FOUND");
 
     // The journal as CSV: the same lines.
     let csv = app
