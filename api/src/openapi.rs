@@ -111,6 +111,7 @@ pub fn document() -> &'static Document {
             routes::analytics::Docs::openapi(),
             routes::simulations::Docs::openapi(),
             routes::revenue::Docs::openapi(),
+            routes::corrections::Docs::openapi(),
         ] {
             doc.merge(part);
         }

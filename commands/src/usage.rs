@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use domain::usage::corrections::{Correct, CorrectionError, OriginalFact, UsageCorrections};
 use domain::usage::{
     usage_id, BatchFact, RecordUsage, RecordUsageBatch, RecordedFact, UsageBatch, UsageBatchEvent, UsageError, UsageEvent, UsageFact,
 };
@@ -21,8 +22,12 @@ const BATCH_ATTEMPTS: usize = 5;
 pub struct Usage {
     store: AggregateStore<UsageFact>,
     batches: AggregateStore<UsageBatch>,
+    corrections: Option<AggregateStore<UsageCorrections>>,
     pool: PgPool,
 }
+
+/// How often a correction is decided again after losing a race with another one of its fact.
+const CORRECTION_ATTEMPTS: usize = 5;
 
 /// The outcome of recording one fact.
 #[derive(Debug)]
@@ -46,7 +51,58 @@ impl Usage {
     /// Wraps the usage stores (facts on their own and batches) and the pool their keys are
     /// looked up in.
     pub fn new(store: AggregateStore<UsageFact>, batches: AggregateStore<UsageBatch>, pool: PgPool) -> Self {
-        Self { store, batches, pool }
+        Self { store, batches, corrections: None, pool }
+    }
+
+    /// With corrections (void, amend) kept in `store`.
+    pub fn with_corrections(mut self, store: AggregateStore<UsageCorrections>) -> Self {
+        self.corrections = Some(store);
+        self
+    }
+
+    /// The fact `idempotency_key` of `tenant_id` with its corrections: `None` if no fact has
+    /// that key.
+    pub async fn fact(
+        &self,
+        tenant_id: Uuid,
+        idempotency_key: &str,
+    ) -> Result<Option<(RecordedFact, UsageCorrections)>, CommandError<CorrectionError>> {
+        let id = usage_id(tenant_id, idempotency_key);
+        let mut known = recorded_facts(&self.pool, &[id.as_str()]).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let Some(Some(fact)) = known.remove(&id) else { return Ok(None) };
+        let corrections = match &self.corrections {
+            Some(store) => store.load(&id).await?.map(|(state, _)| state).unwrap_or_default(),
+            None => UsageCorrections::default(),
+        };
+        Ok(Some((fact, corrections)))
+    }
+
+    /// Voids (`quantity: None`) or amends fact `idempotency_key` of `tenant_id`, for `reason`:
+    /// 404 `NOT_FOUND` if no fact has that key; of concurrent corrections each decides on the
+    /// one before it (a lost race is decided again).
+    pub async fn correct(
+        &self,
+        tenant_id: Uuid,
+        idempotency_key: &str,
+        quantity: Option<i64>,
+        reason: String,
+        context: &CommandContext,
+    ) -> Result<Committed<UsageCorrections>, CommandError<CorrectionError>> {
+        let store = self.corrections.as_ref().ok_or_else(|| CommandError::Internal("corrections are not wired".to_owned()))?;
+        let id = usage_id(tenant_id, idempotency_key);
+        let mut known = recorded_facts(&self.pool, &[id.as_str()]).await.map_err(|e| CommandError::Internal(e.to_string()))?;
+        let Some(Some(fact)) = known.remove(&id) else { return Err(CommandError::Domain(CorrectionError::NotFound)) };
+        let original = OriginalFact { tenant_id, idempotency_key: idempotency_key.to_owned(), fact };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let command =
+                Correct { original: original.clone(), quantity, reason: reason.clone(), actor: context.actor.to_string(), at: context.at };
+            match store.execute(&id, command, context).await {
+                Err(CommandError::Concurrency(_)) if attempt < CORRECTION_ATTEMPTS => continue,
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Records `fact` unless its idempotency key was recorded before (on its own or in a batch):

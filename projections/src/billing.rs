@@ -59,15 +59,23 @@ fn credit_transactions(event: &SubscriptionEvent) -> Vec<CreditTransaction> {
     use domain::billing::invoice::LineKind;
     let mut entries = Vec::new();
     match event {
-        SubscriptionEvent::InvoiceIssued { invoice_id, number, lines, credit_applied, issued_at, .. } => {
+        SubscriptionEvent::InvoiceIssued { invoice_id, number, lines, credit_applied, credit_carried, issued_at, .. } => {
             for line in lines.iter().filter(|l| l.kind == LineKind::Credit) {
-                let reason = if line.amount > Decimal::ZERO {
-                    format!("Unused time carried from invoice {number}")
+                let (amount, reason) = if line.amount > Decimal::ZERO {
+                    let carried = if *credit_carried > Decimal::ZERO { *credit_carried } else { line.amount };
+                    let corrections =
+                        lines.iter().any(|l| matches!(l.kind, LineKind::Usage | LineKind::Overage) && l.amount < Decimal::ZERO);
+                    let reason = if corrections {
+                        format!("Usage corrections beyond invoice {number}, with their tax")
+                    } else {
+                        format!("Unused time carried from invoice {number}")
+                    };
+                    (carried, reason)
                 } else {
-                    format!("Applied to invoice {number}")
+                    (line.amount, format!("Applied to invoice {number}"))
                 };
                 // A carried amount adds to the balance; an applied one (before tax, in older invoices) takes from it.
-                entries.push((line.amount, reason, Some(*invoice_id), None, *issued_at));
+                entries.push((amount, reason, Some(*invoice_id), None, *issued_at));
             }
             if *credit_applied > Decimal::ZERO {
                 entries.push((-*credit_applied, format!("Applied to invoice {number}"), Some(*invoice_id), None, *issued_at));
@@ -352,6 +360,7 @@ fn fold(writes: &mut Writes, event: &StoredEvent, id: Uuid, state: &mut Subscrip
             issued_at,
             due_at,
             paid_at,
+            ..
         } => writes.issue(InvoiceRow {
             id: *invoice_id,
             number: number.clone(),

@@ -288,22 +288,72 @@ async fn load_streams(pool: &PgPool, ids: &[String]) -> Result<BTreeMap<Uuid, Ve
 }
 
 /// The usage facts of `tenants` on `metrics`, by tenant, in log order (a batch's facts in
-/// their order), as the billing meter reads them.
+/// their order), as the billing meter read them at each point of the log: a corrected fact with
+/// its quantity as recorded (a void one too, from its correction), and each correction as a fact
+/// of its own at the correction's position: for a counter the difference it made, for a gauge's
+/// amendment the new value (a void gauge reading keeps counting in a replay: the one thing a
+/// replay does not undo).
 async fn load_facts(pool: &PgPool, tenants: &[Uuid], metrics: &[String]) -> Result<HashMap<Uuid, Vec<UsageFact>>, sqlx::Error> {
-    let mut rows = sqlx::query_as::<_, (Uuid, String, bool, i64, DateTime<Utc>, i64)>(
-        "SELECT tenant_id, metric, kind = 'gauge', quantity, occurred_at, position FROM rm.usage_records
+    type Correction = (Uuid, String, String, bool, DateTime<Utc>, Option<i64>, String, i64, i64, i64);
+    let corrections: Vec<Correction> = sqlx::query_as(
+        "SELECT tenant_id, idempotency_key, metric, kind = 'gauge', occurred_at, fact_position, correction, previous_quantity, quantity, position
+         FROM rm.usage_corrections WHERE tenant_id = ANY($1) AND metric = ANY($2) ORDER BY position",
+    )
+    .bind(tenants)
+    .bind(metrics)
+    .fetch_all(pool)
+    .await?;
+    // The quantity each corrected fact was recorded with: the first correction's previous one.
+    let mut recorded: HashMap<(Uuid, String), i64> = HashMap::new();
+    for (tenant, key, _, _, _, _, _, previous, _, _) in &corrections {
+        recorded.entry((*tenant, key.clone())).or_insert(*previous);
+    }
+    let mut rows = sqlx::query_as::<_, (Uuid, String, bool, i64, DateTime<Utc>, i64, i32, String)>(
+        "SELECT tenant_id, metric, kind = 'gauge', quantity, occurred_at, position, item, idempotency_key FROM rm.usage_records
          WHERE tenant_id = ANY($1) AND metric = ANY($2)
          ORDER BY position, item",
     )
     .bind(tenants)
     .bind(metrics)
     .fetch(pool);
-    let mut facts: HashMap<Uuid, Vec<UsageFact>> = HashMap::new();
+    let mut facts: HashMap<Uuid, Vec<(i64, i32, UsageFact)>> = HashMap::new();
+    let mut present: std::collections::HashSet<(Uuid, String)> = std::collections::HashSet::new();
     while let Some(row) = rows.next().await {
-        let (tenant_id, metric, gauge, quantity, occurred_at, position) = row?;
-        facts.entry(tenant_id).or_default().push(UsageFact { metric, gauge, quantity, occurred_at, position });
+        let (tenant_id, metric, gauge, quantity, occurred_at, position, item, key) = row?;
+        let id = (tenant_id, key);
+        let quantity = recorded.get(&id).copied().unwrap_or(quantity);
+        if recorded.contains_key(&id) {
+            present.insert(id);
+        }
+        facts.entry(tenant_id).or_default().push((position, item, UsageFact { metric, gauge, quantity, occurred_at, position }));
     }
-    Ok(facts)
+    drop(rows);
+    let mut first_seen: std::collections::HashSet<(Uuid, String)> = std::collections::HashSet::new();
+    for (tenant_id, key, metric, gauge, occurred_at, fact_position, correction, previous, quantity, position) in corrections {
+        let id = (tenant_id, key);
+        let list = facts.entry(tenant_id).or_default();
+        // A void fact has left `usage_records`: it was recorded all the same.
+        if first_seen.insert(id.clone()) && !present.contains(&id) {
+            if let Some(at) = fact_position {
+                list.push((at, 0, UsageFact { metric: metric.clone(), gauge, quantity: previous, occurred_at, position: at }));
+            }
+        }
+        let change = match (gauge, correction.as_str()) {
+            (false, _) => Some(quantity - previous),
+            (true, "amend") => Some(quantity),
+            (true, _) => None,
+        };
+        if let Some(quantity) = change {
+            list.push((position, 0, UsageFact { metric, gauge, quantity, occurred_at, position }));
+        }
+    }
+    Ok(facts
+        .into_iter()
+        .map(|(tenant, mut list)| {
+            list.sort_by_key(|(position, item, _)| (*position, *item));
+            (tenant, list.into_iter().map(|(_, _, fact)| fact).collect())
+        })
+        .collect())
 }
 
 /// The sums as they are gathered.

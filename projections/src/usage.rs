@@ -1,6 +1,11 @@
 //! The `usage` projection: every accepted usage fact (`rm.usage_records`, summed by billing
 //! and quota over exact instants) and hourly buckets (`rm.usage_hourly`, for time series).
 //! Counters add up; for gauges (`storage_bytes`) a bucket keeps its latest value.
+//!
+//! Corrections (`UsageVoided`, `UsageAmended`) are kept in `rm.usage_corrections` (with the
+//! fact's position, so that a replay of billing knows what was known when); a void fact leaves
+//! `usage_records`, an amended one counts with its new quantity, and its hour's bucket is
+//! counted again from the facts.
 
 use async_trait::async_trait;
 use domain::usage::{MetricKind, UsageBatchEvent, UsageEvent};
@@ -24,16 +29,17 @@ impl Projection for UsageProjection {
     /// 2: `usage_records` is keyed by the fact's position (was: tenant and idempotency key,
     /// which the log's own key on `<tenant>:<key>` streams already makes unique; a random text
     /// key made every projected fact an insert into a large, cold b-tree).
+    /// 3: corrections (`usage_corrections`).
     fn version(&self) -> i32 {
-        2
+        3
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        Some(&["Usage", "UsageBatch"])
+        Some(&["Usage", "UsageBatch", "UsageCorrection"])
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["usage_records", "usage_hourly"]
+        &["usage_records", "usage_hourly", "usage_corrections"]
     }
 
     fn analytics_views(&self) -> Vec<(&'static str, String)> {
@@ -81,7 +87,24 @@ impl Projection for UsageProjection {
                  last_value bigint NOT NULL,
                  last_at    timestamptz NOT NULL,
                  PRIMARY KEY (tenant_id, metric, hour)
-             );"
+             );
+             CREATE TABLE {schema}.usage_corrections (
+                 position          bigint PRIMARY KEY,
+                 tenant_id         uuid NOT NULL,
+                 idempotency_key   text NOT NULL,
+                 metric            text NOT NULL,
+                 kind              text NOT NULL,
+                 occurred_at       timestamptz NOT NULL,
+                 fact_position     bigint,
+                 fact_item         integer,
+                 correction        text NOT NULL,
+                 previous_quantity bigint NOT NULL,
+                 quantity          bigint NOT NULL,
+                 reason            text NOT NULL,
+                 actor             text NOT NULL,
+                 at                timestamptz NOT NULL
+             );
+             CREATE INDEX ON {schema}.usage_corrections (tenant_id, idempotency_key);"
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
         Ok(())
@@ -110,10 +133,18 @@ impl Projection for UsageProjection {
             .bind(upto)
             .execute(&mut *conn)
             .await?;
+        // Corrections (rare) after the facts: a correction always follows its fact in the log.
+        let corrections = crate::log::read_range(&mut *conn, after, upto, Some(&["UsageCorrection"])).await?;
+        for event in &corrections {
+            correct(conn, schema, event).await?;
+        }
         Ok(())
     }
 
     async fn apply(&self, conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type == "UsageCorrection" {
+            return correct(conn, schema, event).await;
+        }
         let facts = Fact::read(event)?;
         if facts.is_empty() {
             return Ok(());
@@ -139,6 +170,79 @@ impl Projection for UsageProjection {
         .await?;
         Ok(())
     }
+}
+
+/// Applies a correction: kept in `usage_corrections` with the fact's position; the fact leaves
+/// `usage_records` (void) or counts with its new quantity (amend); its hour's bucket is counted
+/// again from the facts (a gauge's latest value may have been the one corrected).
+async fn correct(conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
+    use domain::usage::corrections::UsageCorrectionEvent as C;
+    let correction: C = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+    let (tenant_id, key, metric, kind, occurred_at, previous, quantity, reason, actor, at, name) = match correction {
+        C::UsageVoided { tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, reason, actor, at } => {
+            (tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, None, reason, actor, at, "void")
+        }
+        C::UsageAmended { tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, quantity, reason, actor, at } => {
+            (tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, Some(quantity), reason, actor, at, "amend")
+        }
+    };
+    let kind = match kind {
+        MetricKind::Counter => "counter",
+        MetricKind::Gauge => "gauge",
+    };
+    let fact = "tenant_id = $1 AND metric = $2 AND occurred_at = $3 AND idempotency_key = $4";
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.usage_corrections (position, tenant_id, idempotency_key, metric, kind, occurred_at, fact_position, fact_item,
+                                                correction, previous_quantity, quantity, reason, actor, at)
+         SELECT $5, $1, $4, $2, $6, $3, f.position, f.item, $7, $8, $9, $10, $11, $12
+         FROM (SELECT NULL) AS one
+         LEFT JOIN LATERAL (SELECT position, item FROM {schema}.usage_records WHERE {fact} LIMIT 1) AS f ON true"
+    ))
+    .bind(tenant_id)
+    .bind(metric.as_str())
+    .bind(occurred_at)
+    .bind(&key)
+    .bind(event.position)
+    .bind(kind)
+    .bind(name)
+    .bind(previous)
+    .bind(quantity.unwrap_or(0))
+    .bind(&reason)
+    .bind(&actor)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    let change = match quantity {
+        None => format!("DELETE FROM {schema}.usage_records WHERE {fact}"),
+        Some(_) => format!("UPDATE {schema}.usage_records SET quantity = $5 WHERE {fact}"),
+    };
+    let mut change = sqlx::query(&change).bind(tenant_id).bind(metric.as_str()).bind(occurred_at).bind(&key);
+    if let Some(q) = quantity {
+        change = change.bind(q);
+    }
+    change.execute(&mut *conn).await?;
+    // The hour's bucket, counted again (gone when no fact is left in it).
+    sqlx::query(&format!(
+        "WITH b AS (SELECT date_trunc('hour', $3 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour),
+         agg AS (
+             SELECT coalesce(sum(r.quantity), 0) AS total, count(*) AS facts,
+                    (array_agg(r.quantity ORDER BY r.occurred_at DESC, r.position DESC, r.item DESC))[1] AS last_value,
+                    max(r.occurred_at) AS last_at
+             FROM {schema}.usage_records r, b
+             WHERE r.tenant_id = $1 AND r.metric = $2 AND r.occurred_at >= b.hour AND r.occurred_at < b.hour + interval '1 hour'
+         ),
+         updated AS (
+             UPDATE {schema}.usage_hourly h SET total = agg.total, facts = agg.facts, last_value = agg.last_value, last_at = agg.last_at
+             FROM agg, b WHERE h.tenant_id = $1 AND h.metric = $2 AND h.hour = b.hour AND agg.facts > 0
+         )
+         DELETE FROM {schema}.usage_hourly h USING agg, b WHERE h.tenant_id = $1 AND h.metric = $2 AND h.hour = b.hour AND agg.facts = 0"
+    ))
+    .bind(tenant_id)
+    .bind(metric.as_str())
+    .bind(occurred_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// `WITH f AS (..)`: the facts of the usage events matching `range` (a condition on

@@ -106,7 +106,8 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             pool.clone(),
-        );
+        )
+        .with_corrections(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let books = commands::books::Books::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let bookings = Bookings::new(
             pool.clone(),

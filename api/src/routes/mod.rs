@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod api_keys;
 pub mod audit;
 pub mod bookings;
+pub mod corrections;
 pub mod coupons;
 pub mod credits;
 pub mod events;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(analytics::router())
         .merge(simulations::router())
         .merge(revenue::router())
+        .merge(corrections::router())
         .merge(crate::openapi::router())
         .merge(crate::console::router())
         .with_state(state)

@@ -76,6 +76,11 @@ pub enum SubscriptionEvent {
         /// before credit was applied after tax: 0).
         #[serde(default)]
         credit_applied: Decimal,
+        /// What the invoice carries to the credit balance: a downgrade's unused time, or the part
+        /// of corrections' negative lines beyond the other lines with its tax (absent before it was
+        /// stated: the positive `credit` lines).
+        #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+        credit_carried: Decimal,
         /// When.
         issued_at: DateTime<Utc>,
         /// When payment is due.
@@ -405,7 +410,7 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
                 s.status = SubscriptionStatus::Active;
             }
         }
-        E::InvoiceIssued { invoice_id, subtotal, total, credit_applied, paid_at, lines, issued_at, .. } => {
+        E::InvoiceIssued { invoice_id, subtotal, total, credit_applied, credit_carried, paid_at, lines, issued_at, .. } => {
             s.invoices_issued += 1;
             s.pending_lines.clear();
             // Every invoice first bills the late usage found so far; a period whose window has
@@ -415,8 +420,10 @@ pub(super) fn apply(s: &mut Subscription, event: SubscriptionEvent) {
             // in invoices issued before credit was applied after tax, credit applied (negative).
             for line in lines.iter().filter(|l| l.kind == LineKind::Credit) {
                 if line.amount > Decimal::ZERO {
+                    // Carried: `credit_carried` when stated (it adds the tax on a correction's excess).
+                    let carried = if credit_carried > Decimal::ZERO { credit_carried } else { line.amount };
                     let id = Uuid::new_v5(&invoice_id, b"carried-credit");
-                    s.credits.push(CreditGrant { id, remaining: line.amount, expires_at: None });
+                    s.credits.push(CreditGrant { id, remaining: carried, expires_at: None });
                 } else {
                     use_credit(s, -line.amount, issued_at);
                 }

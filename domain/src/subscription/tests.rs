@@ -445,7 +445,8 @@ fn cancel_at_period_end_can_be_withdrawn_and_otherwise_ends_the_subscription() {
             Err(SubscriptionError::InvalidTransition { status: SubscriptionStatus::Cancelled, .. })
         ));
     }
-    assert!(ok(no_usage(), &events, SubscriptionCommand::AdvanceTo { as_of: at(2028, 1, 1) }).is_empty());
+    // The meter still reads what was billed (a meter reading less would be a correction, billed).
+    assert!(ok(usage(0, 2), &events, SubscriptionCommand::AdvanceTo { as_of: at(2028, 1, 1) }).is_empty());
 }
 
 #[test]
@@ -780,7 +781,11 @@ fn late_facts_are_billed_under_their_periods_allowance_not_the_current_plans() {
 fn late_usage_of_a_cancelled_subscription_gets_a_final_invoice_once() {
     let mut events = history(no_usage, vec![start(0, at(2027, 1, 1))]);
     advance(metered(&[(at(2027, 1, 1), 10_000, 0)]), &mut events, at(2027, 2, 1));
-    events.extend(ok(no_usage(), &events, SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 2, 10) }));
+    events.extend(ok(
+        metered(&[(at(2027, 1, 1), 10_000, 0)]),
+        &events,
+        SubscriptionCommand::Cancel { at_period_end: false, at: at(2027, 2, 10) },
+    ));
     assert_eq!(state(&events).status, SubscriptionStatus::Cancelled);
     // Nothing late yet: the billing run appends nothing.
     assert!(ok(metered(&[(at(2027, 1, 1), 10_000, 0)]), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 2, 20) }).is_empty());

@@ -14,6 +14,8 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod corrections;
+
 use crate::values::string_value;
 use crate::{Rejection, RejectionKind, ValidationError};
 

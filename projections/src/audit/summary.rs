@@ -57,6 +57,8 @@ pub(super) struct Fields<'a> {
     facts: Option<&'a RawValue>,
     #[serde(borrow)]
     month: Option<&'a RawValue>,
+    #[serde(borrow)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 /// A plan as events embed it.
@@ -121,6 +123,8 @@ pub fn summary_of(event_type: &str, aggregate_type: &str, aggregate_id: &str, pa
         "ResourceCreated" => format!("{} \"{}\" created (capacity {})", text(p.kind), text(p.name), shown(p.capacity)),
         "UsageRecorded" => format!("{} {} recorded", shown(p.quantity), text(p.metric)),
         "UsageBatchRecorded" => batch_summary(p.facts),
+        "UsageVoided" => format!("usage fact {} voided: {}", text(p.idempotency_key), text(p.reason)),
+        "UsageAmended" => format!("usage fact {} amended to {}: {}", text(p.idempotency_key), shown(p.quantity), text(p.reason)),
         "MonthClosed" => format!("revenue month {} closed", text(p.month)),
         "MonthReopened" => format!("revenue month {} reopened: {}", text(p.month), text(p.reason)),
         other => format!("{other} on {aggregate_type} {aggregate_id}"),

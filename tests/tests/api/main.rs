@@ -11,6 +11,7 @@ mod bookings;
 mod client;
 mod consistency;
 mod console;
+mod corrections;
 mod coupons;
 mod credits;
 mod failover;

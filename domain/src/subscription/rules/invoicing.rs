@@ -60,8 +60,25 @@ pub(super) async fn issue_invoice(s: &mut Subscription, period: Period, mut line
         }
     }
     let sum: Decimal = lines.iter().map(|l| l.amount).sum();
+    let mut credit_carried = Decimal::ZERO;
     if sum < Decimal::ZERO {
-        lines.push(InvoiceLine::fixed(LineKind::Credit, "Carried to account credit", -sum));
+        // Of what goes below zero, the part corrections' negative usage lines make up is carried
+        // with the tax it would have had (what was paid for it, tax included); a downgrade's
+        // unused time is carried as it is.
+        let corrected: Decimal = -lines
+            .iter()
+            .filter(|l| matches!(l.kind, LineKind::Usage | LineKind::Overage) && l.amount < Decimal::ZERO)
+            .map(|l| l.amount)
+            .sum::<Decimal>();
+        let from_corrections = corrected.min(-sum);
+        let tax = round_cents(from_corrections * s.tax_rate.percent() / Decimal::ONE_HUNDRED);
+        credit_carried = -sum + tax;
+        let description = if from_corrections > Decimal::ZERO {
+            format!("Usage corrections beyond this invoice, carried to account credit (with {tax} tax)")
+        } else {
+            "Carried to account credit".to_owned()
+        };
+        lines.push(InvoiceLine::fixed(LineKind::Credit, description, -sum));
     }
     let money = totals(&lines, s.tax_rate);
     let credit_applied = credit_to_apply(money.total, s.available_credit(at));
@@ -79,6 +96,7 @@ pub(super) async fn issue_invoice(s: &mut Subscription, period: Period, mut line
             tax: money.tax,
             total: money.total,
             credit_applied,
+            credit_carried,
             issued_at: at,
             due_at: at + Duration::days(i64::from(s.net_terms_days)),
             paid_at: (money.total - credit_applied <= Decimal::ZERO).then_some(at),

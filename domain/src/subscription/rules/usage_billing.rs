@@ -166,12 +166,14 @@ pub(super) async fn late_usage(
             let metered = meter.metered(tenant_id, period, metrics).await.map_err(SubscriptionError::UsageUnavailable)?;
             let (_, now) = plan_charges(&own, &metered, period);
             for (after, before) in now.iter().zip(billed.charges.iter().filter(|c| c.charge.is_some())) {
-                if after.quantity > before.quantity {
+                // More facts (late usage) or fewer (corrections): the difference, either way.
+                if after.quantity != before.quantity {
                     changed = true;
                     let extra = after.amount - before.amount;
-                    if extra > Decimal::ZERO {
+                    if !extra.is_zero() {
+                        let what = if after.quantity > before.quantity { "late usage" } else { "usage corrected" };
                         let description =
-                            format!("{}, late usage for {dates}: {} ({} billed before)", after.metric, after.quantity, before.quantity);
+                            format!("{}, {what} for {dates}: {} ({} billed before)", after.metric, after.quantity, before.quantity);
                         lines.push(InvoiceLine::fixed(LineKind::Usage, description, extra).over(period).of_metric(after.metric.clone()));
                     }
                 }
@@ -186,7 +188,7 @@ pub(super) async fn late_usage(
         };
         let before = |metric: &str| billed.charges.iter().find(|c| c.charge.is_none() && c.metric == metric);
         let counted = |metric: &str| before(metric).map_or(0, |c| c.quantity);
-        let builtin_changed = (builtin(API_CALLS) && usage.api_calls > counted(API_CALLS)) || (builtin(SMS) && usage.sms > counted(SMS));
+        let builtin_changed = (builtin(API_CALLS) && usage.api_calls != counted(API_CALLS)) || (builtin(SMS) && usage.sms != counted(SMS));
         if !changed && !builtin_changed {
             continue;
         }
@@ -196,11 +198,13 @@ pub(super) async fn late_usage(
             let now = charges.iter().find(|c| c.metric == metric).map_or(Decimal::ZERO, |c| c.amount);
             now - before(metric).map_or(Decimal::ZERO, |c| c.amount)
         };
-        if builtin(API_CALLS) && extra(API_CALLS) > Decimal::ZERO {
-            let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance)
-                - pricing::api_call_overage_blocks(counted(API_CALLS), allowance);
+        let what = |now: u64, before: u64| if now > before { "late usage" } else { "usage corrected" };
+        if builtin(API_CALLS) && !extra(API_CALLS).is_zero() {
+            let blocks = pricing::api_call_overage_blocks(usage.api_calls, allowance) as i128
+                - pricing::api_call_overage_blocks(counted(API_CALLS), allowance) as i128;
             let description = format!(
-                "API calls beyond the allowance, late usage for {dates}: {} of {} included ({} billed before), per started 1,000",
+                "API calls beyond the allowance, {} for {dates}: {} of {} included ({} billed before), per started 1,000",
+                what(usage.api_calls, counted(API_CALLS)),
                 usage.api_calls,
                 allowance.unwrap_or_default(),
                 counted(API_CALLS)
@@ -211,10 +215,11 @@ pub(super) async fn late_usage(
                     .of_metric(API_CALLS),
             );
         }
-        if builtin(SMS) && extra(SMS) > Decimal::ZERO {
-            let description = format!("SMS, late usage for {dates} ({} billed before)", counted(SMS));
+        if builtin(SMS) && !extra(SMS).is_zero() {
+            let description = format!("SMS, {} for {dates} ({} billed before)", what(usage.sms, counted(SMS)), counted(SMS));
+            let difference = usage.sms as i128 - counted(SMS) as i128;
             lines.push(
-                InvoiceLine::new(LineKind::Overage, description, Decimal::from(usage.sms - counted(SMS)), pricing::sms_each())
+                InvoiceLine::new(LineKind::Overage, description, Decimal::from(difference), pricing::sms_each())
                     .over(period)
                     .of_metric(SMS),
             );
