@@ -101,6 +101,8 @@ async fn an_admin_suspends_a_tenant_opens_an_invoice_and_rebuilds_a_projection_i
     app.create_billed_tenant("console-school", "professional").await;
     app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 4200, "idempotency_key": "c-1"})).await.expect(202);
     app.set_clock("2027-02-01T09:00:00Z").await;
+    app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 900, "idempotency_key": "c-2"})).await.expect(202);
+    app.post("/v1/usage/c-2/void", &tenant.key, json!({"reason": "Load test traffic"})).await.expect(200);
     let browser = browser().await;
 
     sign_in(&browser, &app, ADMIN_TOKEN).await;
@@ -123,6 +125,8 @@ async fn an_admin_suspends_a_tenant_opens_an_invoice_and_rebuilds_a_projection_i
     until_title(&browser, "Tenant console-clinic").await;
     assert_eq!(text_of(&browser, "#tenant-status").await, "active");
     assert!(text_of(&browser, "#audit-verification").await.starts_with("Chain verified"));
+    let corrections = text_of(&browser, "#usage-corrections").await;
+    assert!(corrections.contains("usage fact c-2 voided: Load test traffic"), "the tenant page lists corrections: {corrections}");
     shot(&browser, "03-tenant").await;
 
     // Suspend through the form, with its confirmation step.

@@ -96,6 +96,7 @@ pub async fn tenant(console: Console, Path(id): Path<String>) -> Response {
             let bookings = items(&console.api(Method::GET, &format!("/v1/bookings?from={}&limit=50", encode(&month)), scope, None).await?);
             let keys = items(&console.api(Method::GET, "/v1/api-keys", scope, None).await?);
             let audit = items(&console.api(Method::GET, "/v1/audit?limit=20", scope, None).await?);
+            let corrections = items(&console.api(Method::GET, "/v1/audit?aggregate_type=UsageCorrection&limit=20", scope, None).await?);
             let verified = console.api(Method::GET, "/v1/audit/verify", scope, None).await?;
             let status = text(&tenant["status"]);
             let code = text(&tenant["code"]);
@@ -169,6 +170,15 @@ pub async fn tenant(console: Console, Path(id): Path<String>) -> Response {
                                         }
                                     }
                                 }
+                            }
+                        }
+                    }
+                    section aria-labelledby="corrections" {
+                        h2 #corrections { "Usage corrections" }
+                        @if corrections.is_empty() { p { "None." } } @else {
+                            table #usage-corrections {
+                                thead { tr { th scope="col" { "When" } th scope="col" { "Correction" } th scope="col" { "By" } } }
+                                tbody { @for c in &corrections { tr { td { (text(&c["occurred_at"])) } td { (text(&c["summary"])) } td { (text(&c["actor"])) } } } }
                             }
                         }
                     }
