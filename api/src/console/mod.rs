@@ -60,6 +60,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/tenants/{id}/{action}", get(pages::confirm).post(pages::act))
         .route("/console/invoices/{id}", get(pages::invoice))
         .route("/console/revenue", get(pages::revenue))
+        .route("/console/revenue/journal", get(pages::journal))
+        .route("/console/revenue/journal.csv", get(pages::journal_csv))
         .route("/console/revenue/{action}", get(pages::confirm_books).post(pages::act_books))
         .route("/console/operations", get(pages::operations))
         .route("/console/operations/rebuild", post(pages::rebuild))

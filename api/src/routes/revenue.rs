@@ -552,7 +552,7 @@ async fn journal(
 
 /// A CSV field (RFC 4180): quoted when it holds a comma, quote or line break; a leading `=`, `+`,
 /// `-` or `@` is prefixed with `'` so that a spreadsheet never runs it as a formula.
-fn csv_field(text: &str) -> String {
+pub(crate) fn csv_field(text: &str) -> String {
     let text = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text.to_owned() };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))

@@ -315,6 +315,24 @@ async fn an_admin_reads_the_books_and_closes_and_reopens_a_month_in_a_real_brows
         audit["data"].as_array().unwrap().iter().find(|e| e["event_type"] == "MonthReopened").cloned().expect("the reopen audited");
     assert_eq!(reopened["actor"], "admin");
     assert!(reopened["summary"].as_str().unwrap().contains("Late credit note"));
+
+    // The month's journal as a page, and its CSV for the accountant.
+    browser.client.find(Locator::Css("#journal-month option[value='2027-01']")).await.unwrap().click().await.unwrap();
+    browser.client.find(Locator::Css("form[action='/console/revenue/journal'] button")).await.unwrap().click().await.unwrap();
+    until_title(&browser, "Journal 2027-01").await;
+    let journal = text_of(&browser, "#journal-lines").await;
+    assert!(journal.contains("accounts_receivable") && journal.contains("deferred_revenue") && journal.contains("revenue"), "{journal}");
+    let cookie = session_cookie(&browser).await;
+    let csv = reqwest::Client::new()
+        .get(format!("{}/console/revenue/journal.csv?month=2027-01", app.address))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = csv.text().await.unwrap();
+    assert!(csv.starts_with("date,account,debit,credit,invoice_id,tenant_id,memo\r\n") && csv.contains("accounts_receivable"), "{csv}");
+    shot(&browser, "09-journal").await;
     browser.client.clone().close().await.unwrap();
 }
 

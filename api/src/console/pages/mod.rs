@@ -12,7 +12,7 @@ mod tenants;
 pub use events::{aggregate, events};
 pub use operations::{billing_run, operations, rebuild};
 pub use overview::overview;
-pub use revenue::{act_books, confirm_books, revenue};
+pub use revenue::{act_books, confirm_books, journal, journal_csv, revenue};
 pub use tenants::{act, confirm, invoice, tenant, tenants};
 
 use axum::extract::{Path, Query};

@@ -99,11 +99,96 @@ pub async fn revenue(console: Console, Query(q): Query<RevenueQuery>) -> Respons
                             td {}
                         } }
                     }
-                    @if let Some(m) = labels.last() {
-                        p { "Journal: " a href={ "/v1/admin/revenue/journal?month=" (m) } { "JSON" } " (API; send " code { "Accept: text/csv" } " for CSV)" }
+                    @if !labels.is_empty() {
+                        form.card method="get" action="/console/revenue/journal" {
+                            label for="journal-month" { "Journal of the month" }
+                            select #journal-month name="month" {
+                                @for m in labels.iter().rev() { option value=(m) selected[Some(m) == labels.iter().rev().find(|l| **l <= this_month)] { (m) } }
+                            }
+                            button type="submit" { "Show journal" }
+                        }
                     }
                 },
             ))
+        }
+        .await,
+    )
+}
+
+/// `GET /console/revenue/journal?month=` (admin): the month's double-entry journal, with its CSV.
+pub async fn journal(console: Console, Query(q): Query<MonthQuery>) -> Response {
+    or_error(
+        async {
+            if !console.is_admin() {
+                return Err(ApiError::forbidden("the books are the platform admin's"));
+            }
+            let journal = console.api(Method::GET, &format!("/v1/admin/revenue/journal?month={}", encode(q.month.trim())), None, None).await?;
+            let month = text(&journal["month"]);
+            let lines = journal["lines"].as_array().cloned().unwrap_or_default();
+            Ok(page(
+                &format!("Journal {month}"),
+                &console,
+                html! {
+                    p { a #journal-csv href={ "/console/revenue/journal.csv?month=" (month) } download { "Download as CSV" } " · " a href="/console/revenue" { "Back to revenue" } }
+                    table #journal-lines {
+                        caption { "Debits equal credits for every invoice and for the month" }
+                        thead { tr {
+                            th scope="col" { "Date" } th scope="col" { "Account" } th scope="col" class="num" { "Debit" } th scope="col" class="num" { "Credit" }
+                            th scope="col" { "Invoice" } th scope="col" { "Memo" }
+                        } }
+                        tbody {
+                            @for l in &lines {
+                                tr {
+                                    td { (text(&l["date"])) } td { (text(&l["account"])) } td.num { (text(&l["debit"])) } td.num { (text(&l["credit"])) }
+                                    td { a href={ "/console/invoices/" (text(&l["invoice_id"])) } { (text(&l["invoice_id"])) } } td { (text(&l["memo"])) }
+                                }
+                            }
+                        }
+                        tfoot { tr {
+                            th scope="row" colspan="2" { "Total" } td.num { (text(&journal["total_debit"])) } td.num { (text(&journal["total_credit"])) } td {} td {}
+                        } }
+                    }
+                },
+            ))
+        }
+        .await,
+    )
+}
+
+/// `GET /console/revenue/journal.csv?month=` (admin): the journal as the API's CSV.
+pub async fn journal_csv(console: Console, Query(q): Query<MonthQuery>) -> Response {
+    or_error(
+        async {
+            if !console.is_admin() {
+                return Err(ApiError::forbidden("the books are the platform admin's"));
+            }
+            let journal =
+                console.api(Method::GET, &format!("/v1/admin/revenue/journal?month={}", encode(q.month.trim())), None, None).await?;
+            let month = text(&journal["month"]);
+            let mut body = String::from("date,account,debit,credit,invoice_id,tenant_id,memo\r\n");
+            for l in journal["lines"].as_array().cloned().unwrap_or_default() {
+                let field = |name: &str| l[name].as_str().map(str::to_owned).unwrap_or_default();
+                body.push_str(&format!(
+                    "{},{},{},{},{},{},{}\r\n",
+                    field("date"),
+                    field("account"),
+                    field("debit"),
+                    field("credit"),
+                    field("invoice_id"),
+                    field("tenant_id"),
+                    crate::routes::revenue::csv_field(&field("memo"))
+                ));
+            }
+            let disposition = format!("attachment; filename=\"journal-{month}.csv\"");
+            Ok((
+                axum::http::StatusCode::OK,
+                [
+                    (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                    (axum::http::header::CONTENT_DISPOSITION, disposition),
+                ],
+                body,
+            )
+                .into_response())
         }
         .await,
     )
