@@ -289,7 +289,7 @@ async fn all_invoices(app: &TestApp) -> Vec<Value> {
     }
 }
 
-/// A year of generated history (the demo: sign-ups on every plan and period, trials, seats,
+/// A year of generated history (the demo, 200 tenants: sign-ups on every plan and period, trials, seats,
 /// coupons, usage over the allowance and late, upgrades and downgrades, cancellations, credit
 /// notes), plus voids: every month satisfies the deferred identity, every schedule sums to what
 /// its invoice billed net of credit notes and voids, the journal balances per invoice and per
@@ -304,7 +304,7 @@ async fn over_a_generated_year_the_books_balance_and_every_schedule_sums_to_what
     })
     .await;
     let made =
-        api::demo::run(&app.state, api::demo::DemoOptions { seed: 11, tenants: 150, webhook_url: None }).await.expect("the demo runs");
+        api::demo::run(&app.state, api::demo::DemoOptions { seed: 11, tenants: 200, webhook_url: None }).await.expect("the demo runs");
     assert!(made.credit_notes > 0 && made.plan_changes > 0 && made.cancellations > 0, "{made:?}");
     // Void some of the invoices still open.
     let open: Vec<String> =
