@@ -240,11 +240,34 @@ impl Patroni {
         // A block of 40 ports: etcd at base, base+1; Postgres base+11, +12; REST base+21, +22;
         // HAProxy base+30.
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let nth = STARTED.fetch_add(1, Ordering::Relaxed);
-        let base = 20_000 + ((std::process::id() + nth * 97) % 400) as u16 * 100;
-        let cluster = Self { dir, base };
-        assert!(cluster.run(&["start", &base.to_string(), "2"]).status.success(), "the Patroni cluster starts");
-        cluster
+        // A start that fails (a port another process holds, a standby slow to sync under the
+        // whole suite's load) is stopped and tried again on other ports, with its output shown.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let nth = STARTED.fetch_add(1, Ordering::Relaxed);
+            let base = 20_000 + ((std::process::id() + nth * 97) % 400) as u16 * 100;
+            let cluster = Self { dir: dir.join(format!("try-{nth}")), base };
+            let started = cluster.run(&["start", &base.to_string(), "2"]);
+            if started.status.success() {
+                return cluster;
+            }
+            let mut logs = String::new();
+            for entry in std::fs::read_dir(&cluster.dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    logs.push_str(&format!("\n--- {}\n{}", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+                }
+            }
+            failures.push(format!(
+                "base {base}: {}{}{logs}",
+                String::from_utf8_lossy(&started.stdout),
+                String::from_utf8_lossy(&started.stderr)
+            ));
+            drop(cluster);
+        }
+        panic!("the Patroni cluster did not start: {failures:#?}");
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
@@ -263,6 +286,9 @@ impl Patroni {
 impl Drop for Patroni {
     fn drop(&mut self) {
         let _ = self.run(&["stop"]);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
