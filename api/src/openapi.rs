@@ -87,32 +87,7 @@ pub fn document() -> &'static Document {
     static DOC: OnceLock<Document> = OnceLock::new();
     DOC.get_or_init(|| {
         let mut doc = Root::openapi();
-        for part in [
-            routes::health::Docs::openapi(),
-            routes::tenants::Docs::openapi(),
-            routes::export::Docs::openapi(),
-            routes::api_keys::Docs::openapi(),
-            routes::events::Docs::openapi(),
-            routes::admin::Docs::openapi(),
-            routes::plans::Docs::openapi(),
-            routes::subscription::Docs::openapi(),
-            routes::invoices::Docs::openapi(),
-            routes::credits::Docs::openapi(),
-            routes::coupons::Docs::openapi(),
-            routes::members::Docs::openapi(),
-            routes::usage::Docs::openapi(),
-            routes::payments::Docs::openapi(),
-            routes::webhook_endpoints::Docs::openapi(),
-            routes::resources::Docs::openapi(),
-            routes::bookings::Docs::openapi(),
-            routes::quota::Docs::openapi(),
-            routes::audit::Docs::openapi(),
-            routes::aggregates::Docs::openapi(),
-            routes::analytics::Docs::openapi(),
-            routes::simulations::Docs::openapi(),
-            routes::revenue::Docs::openapi(),
-            routes::corrections::Docs::openapi(),
-        ] {
+        for part in parts() {
             doc.merge(part);
         }
         unique_operation_ids(&mut doc);
@@ -120,6 +95,56 @@ pub fn document() -> &'static Document {
         plain_summaries(&mut doc);
         named_pages(doc)
     })
+}
+
+/// Each route module's part of the document.
+fn parts() -> Vec<Document> {
+    vec![
+        routes::health::Docs::openapi(),
+        routes::tenants::Docs::openapi(),
+        routes::export::Docs::openapi(),
+        routes::api_keys::Docs::openapi(),
+        routes::events::Docs::openapi(),
+        routes::admin::Docs::openapi(),
+        routes::plans::Docs::openapi(),
+        routes::subscription::Docs::openapi(),
+        routes::invoices::Docs::openapi(),
+        routes::credits::Docs::openapi(),
+        routes::coupons::Docs::openapi(),
+        routes::members::Docs::openapi(),
+        routes::usage::Docs::openapi(),
+        routes::payments::Docs::openapi(),
+        routes::webhook_endpoints::Docs::openapi(),
+        routes::resources::Docs::openapi(),
+        routes::bookings::Docs::openapi(),
+        routes::quota::Docs::openapi(),
+        routes::audit::Docs::openapi(),
+        routes::aggregates::Docs::openapi(),
+        routes::analytics::Docs::openapi(),
+        routes::simulations::Docs::openapi(),
+        routes::revenue::Docs::openapi(),
+        routes::corrections::Docs::openapi(),
+    ]
+}
+
+/// Schema names that two parts define differently: utoipa's merge keeps one of them silently
+/// (two answer types both named `RevenueMonth` once made one route's schema the other's).
+pub fn schema_name_clashes() -> Vec<String> {
+    let mut seen: std::collections::BTreeMap<String, serde_json::Value> = std::collections::BTreeMap::new();
+    let mut clashes = Vec::new();
+    for part in std::iter::once(Root::openapi()).chain(parts()) {
+        for (name, schema) in part.components.map(|c| c.schemas).unwrap_or_default() {
+            let schema = serde_json::to_value(&schema).unwrap_or_default();
+            match seen.get(&name) {
+                Some(before) if *before != schema => clashes.push(name),
+                Some(_) => {}
+                None => {
+                    seen.insert(name, schema);
+                }
+            }
+        }
+    }
+    clashes
 }
 
 /// Operation ids are the handlers' names, which repeat across modules (`create`, `list`,

@@ -519,3 +519,11 @@ async fn summaries_are_plain_text_for_swagger_ui() {
     }
     assert!(summaries > 40, "only {summaries} operations have a summary");
 }
+
+/// Two answer or body types under one schema name would leave one of them described as the
+/// other (utoipa's merge keeps one silently); every name is defined once or identically.
+#[test]
+fn no_two_schemas_share_a_name() {
+    let clashes = api::openapi::schema_name_clashes();
+    assert!(clashes.is_empty(), "schema names defined differently by two route modules: {clashes:?}");
+}
