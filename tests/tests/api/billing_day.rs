@@ -63,6 +63,21 @@ async fn a_billing_run_killed_mid_way_and_run_again_invoices_every_renewal_exact
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     assert!(mover.await.unwrap().is_err(), "the clock's move was cut off by the kill");
+    // A statement the killed server had sent still runs, and commits, until its backend notices
+    // the closed socket: count once no other session of this database is busy.
+    let settled = Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if busy == 0 || Instant::now() > settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let renewed_before_kill = invoices(pool.clone()).await - TENANTS;
     assert!(renewed_before_kill < TENANTS, "the kill landed mid-run ({renewed_before_kill} of {TENANTS} renewed)");
     drop(server);
