@@ -205,6 +205,34 @@ struct CloseView {
     at: DateTime<Utc>,
 }
 
+/// A close or reopen as the event the command appended records it.
+fn recorded(committed: &commands::Committed<domain::books::Books>, actor: String) -> Result<CloseView, ApiError> {
+    let closed_through = committed.state.closed_through().map(|m| m.to_string());
+    committed
+        .events
+        .iter()
+        .map(|e| match &e.payload {
+            BooksEvent::MonthClosed { month, at } => CloseView {
+                month: month.to_string(),
+                status: "closed",
+                closed_through: closed_through.clone(),
+                reason: None,
+                actor: actor.clone(),
+                at: *at,
+            },
+            BooksEvent::MonthReopened { month, reason, at } => CloseView {
+                month: month.to_string(),
+                status: "reopened",
+                closed_through: closed_through.clone(),
+                reason: Some(reason.clone()),
+                actor: actor.clone(),
+                at: *at,
+            },
+        })
+        .next()
+        .ok_or_else(|| ApiError::internal("the books command appended no event"))
+}
+
 /// `POST /v1/admin/revenue/close {month}` (admin): closes a month that has ended, in order (the
 /// earliest open month first: the books' first month, or the month after the latest closed one;
 /// otherwise 409 `CONFLICT`). Its figures never change afterwards: whatever would change them
@@ -240,18 +268,7 @@ async fn close(
             let first = app.reads().revenue().first_month().await?;
             let committed = app.books().close(month, first, &context).await?;
             app.settle(domain::books::BOOKS_ID, &committed).await;
-            let at = committed.events.iter().find_map(|e| match &e.payload {
-                BooksEvent::MonthClosed { at, .. } => Some(*at),
-                _ => None,
-            });
-            Ok(CloseView {
-                month: month.to_string(),
-                status: "closed",
-                closed_through: committed.state.closed_through().map(|m| m.to_string()),
-                reason: None,
-                actor,
-                at: at.unwrap_or(context.at),
-            })
+            recorded(&committed, actor)
         })
         .await
         .map(Json)
@@ -287,22 +304,7 @@ async fn reopen(
         .detach(async move {
             let committed = app.books().reopen(month, body.reason, &context).await?;
             app.settle(domain::books::BOOKS_ID, &committed).await;
-            let (reason, at) = committed
-                .events
-                .iter()
-                .find_map(|e| match &e.payload {
-                    BooksEvent::MonthReopened { reason, at, .. } => Some((reason.clone(), *at)),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            Ok(CloseView {
-                month: month.to_string(),
-                status: "reopened",
-                closed_through: committed.state.closed_through().map(|m| m.to_string()),
-                reason: Some(reason),
-                actor,
-                at,
-            })
+            recorded(&committed, actor)
         })
         .await
         .map(Json)
