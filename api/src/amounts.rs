@@ -40,6 +40,24 @@ impl From<Decimal> for Quantity {
     }
 }
 
+/// A quantity as a client sends it: a JSON number or a decimal string, 0 to 10^15, at most 6
+/// decimal places (the OpenAPI schema of the usage and amendment bodies' `quantity`).
+pub struct QuantityInput;
+
+impl utoipa::PartialSchema for QuantityInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Number).minimum(Some(0)).maximum(Some(1_000_000_000_000_000_i64)))
+            .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^[0-9]{1,16}(\.[0-9]{1,6})?$")))
+            .description(Some("A JSON number or a decimal string (`\"2.5\"`), 0 to 10^15, at most 6 decimal places"))
+            .examples([serde_json::json!("2.5")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for QuantityInput {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

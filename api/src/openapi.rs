@@ -112,6 +112,7 @@ fn parts() -> Vec<Document> {
         routes::credits::Docs::openapi(),
         routes::coupons::Docs::openapi(),
         routes::members::Docs::openapi(),
+        routes::metrics::Docs::openapi(),
         routes::usage::Docs::openapi(),
         routes::payments::Docs::openapi(),
         routes::webhook_endpoints::Docs::openapi(),

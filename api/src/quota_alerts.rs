@@ -59,9 +59,9 @@ async fn round(state: &AppState) -> Result<(), sqlx::Error> {
             let (lines, _) = commands::quota::report_at(pool, tenant_id, now).await?;
             for line in lines {
                 let Some(limit) = line.limit else { continue };
-                for threshold in reached(line.used, limit) {
+                for threshold in reached(line.used_whole(), limit) {
                     let period = line.period_start.zip(line.period_end);
-                    let mark = Threshold { tenant_id, metric: line.metric.to_owned(), threshold, limit, used: line.used, period };
+                    let mark = Threshold { tenant_id, metric: line.metric.clone(), threshold, limit, used: line.used_whole(), period };
                     record_threshold(pool, &mark, now).await?;
                 }
             }

@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod members;
 pub mod metadata;
+pub mod metrics;
 pub mod quota;
 pub mod snapshots;
 pub mod store;

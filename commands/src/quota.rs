@@ -60,14 +60,18 @@ fn limits_with_addons(limits: &mut PlanLimits, addons: &domain::subscription::Ad
 #[schema(as = Quota)]
 pub struct QuotaLine {
     /// The metric as the plan's limits name it (`api_calls_per_month`, `bookings_per_month`,
-    /// `events`, `users`, `storage_mb`).
-    pub metric: &'static str,
-    /// The limit; `null`: unlimited.
+    /// `events`, `users`, `storage_mb`), or the code of a metric the plan's charges name
+    /// (`gb_hours`).
+    pub metric: String,
+    /// The limit; `null`: unlimited (every metric a plan prices without a limit).
     #[schema(minimum = 0)]
     pub limit: Option<u64>,
-    /// Used so far in the period.
-    #[schema(minimum = 0)]
-    pub used: u64,
+    /// Used so far in the period: for a metric the plan prices, its aggregate (`sum`, `max`,
+    /// `last` or `unique_count`), rounded to its precision (a JSON number, decimal where the
+    /// metric keeps decimals).
+    #[serde(serialize_with = "as_number")]
+    #[schema(value_type = f64, minimum = 0)]
+    pub used: rust_decimal::Decimal,
     /// `limit - used`, never below 0; `null`: unlimited.
     #[schema(minimum = 0)]
     pub remaining: Option<u64>,
@@ -80,12 +84,31 @@ pub struct QuotaLine {
     pub period_end: Option<DateTime<Utc>>,
 }
 
+/// A decimal as a JSON number (whole: an integer; else its shortest float, exact for the six
+/// places a metric keeps at the magnitudes quotas reach).
+fn as_number<S: serde::Serializer>(d: &rust_decimal::Decimal, serializer: S) -> Result<S::Ok, S::Error> {
+    use rust_decimal::prelude::ToPrimitive;
+    let d = d.normalize();
+    match (d.scale(), d.to_u64()) {
+        (0, Some(whole)) => serializer.serialize_u64(whole),
+        _ => serializer.serialize_f64(d.to_f64().unwrap_or_default()),
+    }
+}
+
+impl QuotaLine {
+    /// `used` as a whole count (the hard and built-in quotas' are).
+    pub fn used_whole(&self) -> u64 {
+        rust_decimal::prelude::ToPrimitive::to_u64(&self.used.ceil()).unwrap_or(0)
+    }
+}
+
 /// The quotas a metric may be asked for by, as a sentence for a refusal: each limit's name with
 /// the other names it answers to.
 pub const QUOTA_NAMES: &str =
     "api_calls_per_month (or api_calls), bookings_per_month (or bookings), events, users, storage_mb (or storage, storage_bytes)";
 
-/// The names a metric may be asked for by, mapped to its canonical name.
+/// The names a metric may be asked for by, mapped to its canonical name (a metric a plan
+/// prices answers to its own code, see [`report_at`]).
 pub fn canonical_metric(name: &str) -> Option<&'static str> {
     Some(match name {
         "bookings_per_month" | "bookings" => "bookings_per_month",
@@ -112,7 +135,19 @@ type QuotaRow = (
     i64,
     Option<i64>,
     Option<i64>,
+    Option<Vec<String>>,
+    Option<sqlx::types::Json<Vec<MeteredParts>>>,
 );
+
+/// A priced metric's parts in the period, as `quota_snapshot` answers them.
+#[derive(Debug, serde::Deserialize)]
+struct MeteredParts {
+    metric: String,
+    sum: rust_decimal::Decimal,
+    max: Option<rust_decimal::Decimal>,
+    last: Option<rust_decimal::Decimal>,
+    distinct: i64,
+}
 
 /// Every quota of `tenant_id` as of `now`, read in one statement (one snapshot), with the
 /// position of the tenant's last event in that snapshot (so a caller can tell whether the read
@@ -125,7 +160,8 @@ type QuotaRow = (
 pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
     let row: QuotaRow = sqlx::query_as(
-        "SELECT limits, addons, billing_period, period_start, period_end, bookings, events, users, api_calls, storage_bytes, last_position
+        "SELECT limits, addons, billing_period, period_start, period_end, bookings, events, users, api_calls, storage_bytes, last_position,
+                charged, metered
          FROM quota_snapshot($1, $2, $3)",
     )
     .bind(tenant_id)
@@ -133,7 +169,21 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
     .bind(next_month)
     .fetch_one(pool)
     .await?;
-    let (limits, addons, billing_period, period_start, period_end, bookings, events, users, api_calls, storage_bytes, last) = row;
+    let (
+        limits,
+        addons,
+        billing_period,
+        period_start,
+        period_end,
+        bookings,
+        events,
+        users,
+        api_calls,
+        storage_bytes,
+        last,
+        charged,
+        metered,
+    ) = row;
     let months = match billing_period.as_deref() {
         Some("yearly") => u64::from(months_in(domain::plan::BillingPeriod::Yearly)),
         _ => 1,
@@ -141,16 +191,16 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
     let limits = limits_from(limits.map(|l| l.0), addons.map(|a| a.0));
     let (bookings, events, users) =
         (bookings.unwrap_or(0).max(0) as u64, events.unwrap_or(0).max(0) as u64, users.unwrap_or(0).max(0) as u64);
-    let line = |metric, limit: Option<u64>, used: u64, enforcement, period: Option<(DateTime<Utc>, DateTime<Utc>)>| QuotaLine {
-        metric,
+    let line = |metric: &str, limit: Option<u64>, used: u64, enforcement, period: Option<(DateTime<Utc>, DateTime<Utc>)>| QuotaLine {
+        metric: metric.to_owned(),
         limit,
-        used,
+        used: rust_decimal::Decimal::from(used),
         remaining: limit.map(|l| l.saturating_sub(used)),
         enforcement,
         period_start: period.map(|p| p.0),
         period_end: period.map(|p| p.1),
     };
-    let lines = vec![
+    let mut lines = vec![
         line("bookings_per_month", limits.bookings_per_month, bookings, "hard", Some((month, next_month))),
         line("events", limits.events, events, "hard", None),
         line("users", limits.users, users, "hard", None),
@@ -163,5 +213,33 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
             Some((period_start, period_end)),
         ),
     ];
+    let charged = charged.unwrap_or_default();
+    if !charged.is_empty() {
+        // The metrics the plan prices beyond the built-in lines: their aggregate by their
+        // definitions, no limit (a plan limits only the built-in quotas).
+        let codes: Vec<&str> = charged.iter().map(String::as_str).collect();
+        let definitions = crate::metrics::MetricDefinitions::new(pool.clone()).resolve(&codes).await?;
+        let parts = metered.map(|m| m.0).unwrap_or_default();
+        let mut priced: Vec<QuotaLine> = charged
+            .iter()
+            .map(|code| {
+                let used = match (definitions.get(code), parts.iter().find(|p| &p.metric == code)) {
+                    (Some(d), Some(p)) => d.figure_of(p.sum, p.max, p.last, p.distinct),
+                    _ => rust_decimal::Decimal::ZERO,
+                };
+                QuotaLine {
+                    metric: code.clone(),
+                    limit: None,
+                    used,
+                    remaining: None,
+                    enforcement: "metered",
+                    period_start: Some(period_start),
+                    period_end: Some(period_end),
+                }
+            })
+            .collect();
+        priced.sort_by(|a, b| a.metric.cmp(&b.metric));
+        lines.extend(priced);
+    }
     Ok((lines, last.unwrap_or(0)))
 }

@@ -1,6 +1,6 @@
 //! Subscription commands, and the usage meter the aggregate bills arrears with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use domain::billing::period::Period;
@@ -8,33 +8,72 @@ use domain::subscription::{
     BillableUsage, BoxFuture, Reading, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent, SubscriptionStatus,
     UsageMeter,
 };
+use domain::usage::metrics::MetricDefinition;
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::metrics::MetricDefinitions;
 
 use crate::store::Decided;
 use crate::{AggregateStore, CommandContext, CommandError, Committed};
 
 /// Reads a tenant's billable usage in a period from the usage read model (`rm.usage_records`,
-/// one row per accepted usage fact). The billing run waits for the read models to catch up
-/// before it runs, so the sums include every fact recorded before it.
+/// one row per accepted usage fact), each metric aggregated by its definition (see
+/// [`MetricDefinitions`]) and rounded once. The billing run waits for the read models to catch
+/// up before it runs, so the figures include every fact recorded before it.
 #[derive(Debug, Clone)]
 pub struct PgUsageMeter {
     pool: PgPool,
+    definitions: Arc<MetricDefinitions>,
 }
 
 impl PgUsageMeter {
     /// A meter over `pool`.
     pub fn new(pool: PgPool) -> Arc<Self> {
-        Arc::new(Self { pool })
+        Arc::new(Self { definitions: MetricDefinitions::new(pool.clone()), pool })
     }
+
+    /// Each metric's figure from its parts (see [`MetricDefinition::figure_of`]).
+    async fn figures(&self, rows: Vec<(i64, String, Parts)>) -> Result<Vec<(i64, String, Decimal)>, String> {
+        let codes: Vec<&str> = rows.iter().map(|(_, m, _)| m.as_str()).collect::<HashSet<_>>().into_iter().collect();
+        let definitions = self.definitions.resolve(&codes).await.map_err(|e| e.to_string())?;
+        Ok(rows
+            .into_iter()
+            .map(|(i, metric, (sum, max, last, distinct))| {
+                let figure = match definitions.get(&metric) {
+                    Some(d) => d.figure_of(sum, max, last, distinct),
+                    None => MetricDefinition::implicit(&metric).figure_of(sum, max, last, distinct),
+                };
+                (i, metric, figure)
+            })
+            .collect())
+    }
+}
+
+/// A metric's parts in a period: the sum, the largest, the latest and the distinct values.
+type Parts = (Decimal, Option<Decimal>, Option<Decimal>, i64);
+
+/// A period's index, a metric and its parts, as a statement answers them.
+type PartsRow = (i64, String, Decimal, Option<Decimal>, Option<Decimal>, i64);
+
+/// The parts of each metric and period (`p.i`) as one statement's columns.
+const PARTS: &str = "sum(r.quantity), max(r.quantity),
+                     (array_agg(r.quantity ORDER BY r.occurred_at DESC, r.position DESC, r.item DESC))[1],
+                     count(DISTINCT r.value) FILTER (WHERE r.value IS NOT NULL)";
+
+/// A whole count (the built-ins' sums, precision 0, halves up).
+fn whole(d: Decimal) -> u64 {
+    d.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero).to_u64().unwrap_or(0)
 }
 
 impl UsageMeter for PgUsageMeter {
     fn billable_usage(&self, tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
         Box::pin(async move {
-            let (api_calls, sms): (i64, i64) = sqlx::query_as(
-                "SELECT coalesce(sum(quantity) FILTER (WHERE metric = 'api_calls'), 0)::bigint,
-                        coalesce(sum(quantity) FILTER (WHERE metric = 'sms'), 0)::bigint
+            let (api_calls, sms): (Decimal, Decimal) = sqlx::query_as(
+                "SELECT coalesce(sum(quantity) FILTER (WHERE metric = 'api_calls'), 0),
+                        coalesce(sum(quantity) FILTER (WHERE metric = 'sms'), 0)
                  FROM rm.usage_records
                  WHERE tenant_id = $1 AND metric IN ('api_calls', 'sms') AND occurred_at >= $2 AND occurred_at < $3",
             )
@@ -44,21 +83,18 @@ impl UsageMeter for PgUsageMeter {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
-            Ok(BillableUsage { api_calls: api_calls.max(0) as u64, sms: sms.max(0) as u64 })
+            Ok(BillableUsage { api_calls: whole(api_calls), sms: whole(sms) })
         })
     }
 
-    fn metered(&self, tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+    fn metered(&self, tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, Decimal>, String>> {
         Box::pin(async move {
-            // Counters summed; gauges at their latest value in the period.
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT metric, CASE WHEN bool_or(kind = 'gauge')
-                                     THEN (array_agg(quantity ORDER BY occurred_at DESC, position DESC, item DESC))[1]
-                                     ELSE sum(quantity) END::bigint
-                 FROM rm.usage_records
-                 WHERE tenant_id = $1 AND metric = ANY($2) AND occurred_at >= $3 AND occurred_at < $4
-                 GROUP BY metric",
-            )
+            let rows: Vec<PartsRow> = sqlx::query_as(&format!(
+                "SELECT 1::bigint, r.metric, {PARTS}
+                 FROM rm.usage_records r
+                 WHERE r.tenant_id = $1 AND r.metric = ANY($2) AND r.occurred_at >= $3 AND r.occurred_at < $4
+                 GROUP BY r.metric"
+            ))
             .bind(tenant_id)
             .bind(&metrics)
             .bind(period.start)
@@ -66,15 +102,16 @@ impl UsageMeter for PgUsageMeter {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
-            Ok(rows.into_iter().map(|(metric, quantity)| (metric, quantity.max(0) as u64)).collect())
+            let rows = rows.into_iter().map(|(i, m, sum, max, last, distinct)| (i, m, (sum, max, last, distinct))).collect();
+            Ok(self.figures(rows).await?.into_iter().map(|(_, metric, figure)| (metric, figure)).collect())
         })
     }
 
     fn readings(&self, tenant_id: Uuid, periods: Vec<Period>, metrics: Vec<String>) -> BoxFuture<'_, Result<Vec<Reading>, String>> {
         Box::pin(async move {
-            // One statement for every period: per period and metric the sum, and the latest value
-            // where the metric is a gauge (as `metered` answers); the built-ins are their sums
-            // (as `billable_usage` answers).
+            // One statement for every period: per period and metric the parts its definition's
+            // figure is made of (as `metered` answers); the built-ins are their sums (as
+            // `billable_usage` answers).
             let starts: Vec<_> = periods.iter().map(|p| p.start).collect();
             let ends: Vec<_> = periods.iter().map(|p| p.end).collect();
             let mut asked = metrics.clone();
@@ -83,13 +120,12 @@ impl UsageMeter for PgUsageMeter {
                     asked.push(builtin.to_owned());
                 }
             }
-            let rows: Vec<(i64, String, i64, bool, i64)> = sqlx::query_as(
-                "SELECT p.i, r.metric, sum(r.quantity)::bigint, bool_or(r.kind = 'gauge'),
-                        (array_agg(r.quantity ORDER BY r.occurred_at DESC, r.position DESC, r.item DESC))[1]::bigint
+            let rows: Vec<PartsRow> = sqlx::query_as(&format!(
+                "SELECT p.i, r.metric, {PARTS}
                  FROM unnest($2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY AS p(s, e, i)
                  JOIN rm.usage_records r ON r.tenant_id = $1 AND r.metric = ANY($4) AND r.occurred_at >= p.s AND r.occurred_at < p.e
-                 GROUP BY p.i, r.metric",
-            )
+                 GROUP BY p.i, r.metric"
+            ))
             .bind(tenant_id)
             .bind(&starts)
             .bind(&ends)
@@ -99,16 +135,20 @@ impl UsageMeter for PgUsageMeter {
             .map_err(|e| e.to_string())?;
             let mut readings: Vec<Reading> =
                 periods.into_iter().map(|period| Reading { period, usage: BillableUsage::default(), metered: BTreeMap::new() }).collect();
-            for (i, metric, sum, gauge, latest) in rows {
+            let mut parts = Vec::new();
+            for (i, metric, sum, max, last, distinct) in rows {
                 let reading = &mut readings[(i - 1) as usize];
                 match metric.as_str() {
-                    "api_calls" => reading.usage.api_calls = sum.max(0) as u64,
-                    "sms" => reading.usage.sms = sum.max(0) as u64,
+                    "api_calls" => reading.usage.api_calls = whole(sum),
+                    "sms" => reading.usage.sms = whole(sum),
                     _ => {}
                 }
                 if metrics.contains(&metric) {
-                    reading.metered.insert(metric, if gauge { latest } else { sum }.max(0) as u64);
+                    parts.push((i, metric, (sum, max, last, distinct)));
                 }
+            }
+            for (i, metric, figure) in self.figures(parts).await? {
+                readings[(i - 1) as usize].metered.insert(metric, figure);
             }
             Ok(readings)
         })

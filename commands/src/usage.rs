@@ -23,6 +23,7 @@ pub struct Usage {
     store: AggregateStore<UsageFact>,
     batches: AggregateStore<UsageBatch>,
     corrections: Option<AggregateStore<UsageCorrections>>,
+    definitions: std::sync::Arc<crate::metrics::MetricDefinitions>,
     pool: PgPool,
 }
 
@@ -51,7 +52,12 @@ impl Usage {
     /// Wraps the usage stores (facts on their own and batches) and the pool their keys are
     /// looked up in.
     pub fn new(store: AggregateStore<UsageFact>, batches: AggregateStore<UsageBatch>, pool: PgPool) -> Self {
-        Self { store, batches, corrections: None, pool }
+        Self { store, batches, corrections: None, definitions: crate::metrics::MetricDefinitions::new(pool.clone()), pool }
+    }
+
+    /// The metric definitions facts are recorded by.
+    pub fn definitions(&self) -> &crate::metrics::MetricDefinitions {
+        &self.definitions
     }
 
     /// With corrections (void, amend) kept in `store`.
@@ -77,14 +83,15 @@ impl Usage {
         Ok(Some((fact, corrections)))
     }
 
-    /// Voids (`quantity: None`) or amends fact `idempotency_key` of `tenant_id`, for `reason`:
+    /// Voids (`quantity: None`) or amends (to `quantity`, or a `unique_count` fact to `value`) fact `idempotency_key` of `tenant_id`, for `reason`:
     /// 404 `NOT_FOUND` if no fact has that key; of concurrent corrections each decides on the
     /// one before it (a lost race is decided again).
     pub async fn correct(
         &self,
         tenant_id: Uuid,
         idempotency_key: &str,
-        quantity: Option<i64>,
+        quantity: Option<rust_decimal::Decimal>,
+        value: Option<String>,
         reason: String,
         context: &CommandContext,
     ) -> Result<Committed<UsageCorrections>, CommandError<CorrectionError>> {
@@ -96,8 +103,14 @@ impl Usage {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let command =
-                Correct { original: original.clone(), quantity, reason: reason.clone(), actor: context.actor.to_string(), at: context.at };
+            let command = Correct {
+                original: original.clone(),
+                quantity,
+                value: value.clone(),
+                reason: reason.clone(),
+                actor: context.actor.to_string(),
+                at: context.at,
+            };
             match store.execute(&id, command, context).await {
                 Err(CommandError::Concurrency(_)) if attempt < CORRECTION_ATTEMPTS => continue,
                 outcome => return outcome,
@@ -233,7 +246,13 @@ fn resent(fact: &RecordUsage, known: &RecordedFact) -> Result<bool, CommandError
 
 /// What `fact` records.
 fn recorded(fact: &RecordUsage) -> RecordedFact {
-    RecordedFact { metric: fact.metric.clone(), quantity: fact.quantity, occurred_at: fact.occurred_at }
+    RecordedFact {
+        metric: fact.metric.clone(),
+        kind: fact.kind,
+        quantity: fact.quantity,
+        value: fact.value.clone(),
+        occurred_at: fact.occurred_at,
+    }
 }
 
 /// Which of `ids` were recorded before, each with its fact: a fact's own stream (its first
@@ -266,7 +285,13 @@ async fn recorded_facts(pool: &PgPool, ids: &[&str]) -> Result<HashMap<String, O
             for fact in facts {
                 in_batches.insert(
                     usage_id(tenant_id, &fact.idempotency_key),
-                    RecordedFact { metric: fact.metric, quantity: fact.quantity, occurred_at: fact.occurred_at },
+                    RecordedFact {
+                        metric: fact.metric,
+                        kind: fact.kind,
+                        quantity: fact.quantity,
+                        value: fact.value,
+                        occurred_at: fact.occurred_at,
+                    },
                 );
             }
         }
@@ -275,9 +300,9 @@ async fn recorded_facts(pool: &PgPool, ids: &[&str]) -> Result<HashMap<String, O
     for (id, batch, payload) in rows {
         let fact = match (batch, payload) {
             (_, Some(payload)) => {
-                let UsageEvent::UsageRecorded { metric, quantity, occurred_at, .. } =
+                let UsageEvent::UsageRecorded { metric, kind, quantity, value, occurred_at, .. } =
                     serde_json::from_value(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                Some(RecordedFact { metric, quantity, occurred_at })
+                Some(RecordedFact { metric, kind, quantity, value, occurred_at })
             }
             (Some(_), None) => in_batches.get(&id).cloned(),
             (None, None) => None,

@@ -22,16 +22,16 @@ impl Projection for CatalogProjection {
     }
 
     fn version(&self) -> i32 {
-        // 2: coupons.
-        2
+        // 2: coupons. 3: billable metrics.
+        3
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        Some(&["Plan", "Coupon"])
+        Some(&["Plan", "Coupon", "Metric"])
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["plans", "coupons"]
+        &["plans", "coupons", "metrics"]
     }
 
     async fn create(&self, conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
@@ -54,6 +54,11 @@ impl Projection for CatalogProjection {
                  code        text PRIMARY KEY,
                  terms       jsonb NOT NULL,
                  created_at  timestamptz NOT NULL
+             );
+             CREATE TABLE {schema}.metrics (
+                 code        text PRIMARY KEY,
+                 definition  jsonb NOT NULL,
+                 defined_at  timestamptz NOT NULL
              )"
         );
         sqlx::Executor::execute(&mut *conn, ddl.as_str()).await?;
@@ -68,6 +73,17 @@ impl Projection for CatalogProjection {
                 .bind(&terms.code)
                 .bind(sqlx::types::Json(&terms))
                 .bind(created_at)
+                .execute(conn)
+                .await?;
+            return Ok(());
+        }
+        if event.aggregate_type == "Metric" {
+            let domain::usage::metrics::MetricEvent::MetricDefined { metric, defined_at } =
+                serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+            sqlx::query(&format!("INSERT INTO {schema}.metrics (code, definition, defined_at) VALUES ($1, $2, $3)"))
+                .bind(metric.code.as_str())
+                .bind(sqlx::types::Json(&metric))
+                .bind(defined_at)
                 .execute(conn)
                 .await?;
             return Ok(());

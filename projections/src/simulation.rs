@@ -184,7 +184,15 @@ pub async fn simulate(
     input: &SimulationInput,
     progress: &(dyn Fn(usize, usize) + Send + Sync),
 ) -> Result<SimulationResult, SimulationError> {
-    let catalog = CandidateCatalog::new(input.plans.iter().cloned());
+    // Usage is aggregated by the real catalog's metric definitions, as billing aggregates it.
+    let definitions: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT payload FROM events WHERE aggregate_type = 'Metric' AND sequence = 1").fetch_all(pool).await?;
+    let definitions = definitions.into_iter().filter_map(|payload| {
+        serde_json::from_value::<domain::usage::metrics::MetricEvent>(payload).ok().map(|e| match e {
+            domain::usage::metrics::MetricEvent::MetricDefined { metric, .. } => metric,
+        })
+    });
+    let catalog = CandidateCatalog::new(input.plans.iter().cloned()).with_metrics(definitions);
     let ids: Vec<String> = match &input.tenants {
         None => {
             sqlx::query_scalar(
@@ -287,71 +295,76 @@ async fn load_streams(pool: &PgPool, ids: &[String]) -> Result<BTreeMap<Uuid, Ve
         .collect())
 }
 
+/// A fact's corrections: from each position on, what it counts (`None`: void).
+type Changes = Vec<(i64, Option<domain::subscription::simulation::Counted>)>;
+
 /// The usage facts of `tenants` on `metrics`, by tenant, in log order (a batch's facts in
-/// their order), as the billing meter read them at each point of the log: a corrected fact with
-/// its quantity as recorded (a void one too, from its correction), and each correction as a fact
-/// of its own at the correction's position: for a counter the difference it made, for a gauge's
-/// amendment the new value (a void gauge reading keeps counting in a replay: the one thing a
-/// replay does not undo).
+/// their order), each with its corrections, so that a replay sees every fact as the billing
+/// meter saw it at each point of the log: a corrected fact as recorded until its first
+/// correction, then as each correction left it (a void one not at all); a void fact has left
+/// `usage_records` and is taken from its corrections.
 async fn load_facts(pool: &PgPool, tenants: &[Uuid], metrics: &[String]) -> Result<HashMap<Uuid, Vec<UsageFact>>, sqlx::Error> {
-    type Correction = (Uuid, String, String, bool, DateTime<Utc>, Option<i64>, String, i64, i64, i64);
+    type Correction =
+        (Uuid, String, String, DateTime<Utc>, Option<i64>, Option<i32>, String, Decimal, Decimal, Option<String>, Option<String>, i64);
     let corrections: Vec<Correction> = sqlx::query_as(
-        "SELECT tenant_id, idempotency_key, metric, kind = 'gauge', occurred_at, fact_position, correction, previous_quantity, quantity, position
+        "SELECT tenant_id, idempotency_key, metric, occurred_at, fact_position, fact_item, correction, previous_quantity, quantity,
+                previous_value, value, position
          FROM rm.usage_corrections WHERE tenant_id = ANY($1) AND metric = ANY($2) ORDER BY position",
     )
     .bind(tenants)
     .bind(metrics)
     .fetch_all(pool)
     .await?;
-    // The quantity each corrected fact was recorded with: the first correction's previous one.
-    let mut recorded: HashMap<(Uuid, String), i64> = HashMap::new();
-    for (tenant, key, _, _, _, _, _, previous, _, _) in &corrections {
-        recorded.entry((*tenant, key.clone())).or_insert(*previous);
+    // Per corrected fact: as recorded (the first correction's previous state) and its changes.
+    let mut corrected: HashMap<(Uuid, String), (Correction, Changes)> = HashMap::new();
+    for c in &corrections {
+        let (tenant, key, .., correction, _, quantity, _, value, position) = c;
+        let entry = corrected.entry((*tenant, key.clone())).or_insert_with(|| (c.clone(), Vec::new()));
+        entry.1.push((*position, (correction == "amend").then(|| (*quantity, value.clone()))));
     }
-    let mut rows = sqlx::query_as::<_, (Uuid, String, bool, i64, DateTime<Utc>, i64, i32, String)>(
-        "SELECT tenant_id, metric, kind = 'gauge', quantity, occurred_at, position, item, idempotency_key FROM rm.usage_records
+    let mut rows = sqlx::query_as::<_, (Uuid, String, Decimal, Option<String>, DateTime<Utc>, i64, i32, String)>(
+        "SELECT tenant_id, metric, quantity, value, occurred_at, position, item, idempotency_key FROM rm.usage_records
          WHERE tenant_id = ANY($1) AND metric = ANY($2)
          ORDER BY position, item",
     )
     .bind(tenants)
     .bind(metrics)
     .fetch(pool);
-    let mut facts: HashMap<Uuid, Vec<(i64, i32, UsageFact)>> = HashMap::new();
-    let mut present: std::collections::HashSet<(Uuid, String)> = std::collections::HashSet::new();
+    let mut facts: HashMap<Uuid, Vec<UsageFact>> = HashMap::new();
     while let Some(row) = rows.next().await {
-        let (tenant_id, metric, gauge, quantity, occurred_at, position, item, key) = row?;
-        let id = (tenant_id, key);
-        let quantity = recorded.get(&id).copied().unwrap_or(quantity);
-        if recorded.contains_key(&id) {
-            present.insert(id);
-        }
-        facts.entry(tenant_id).or_default().push((position, item, UsageFact { metric, gauge, quantity, occurred_at, position }));
+        let (tenant_id, metric, quantity, value, occurred_at, position, item, key) = row?;
+        let fact = match corrected.remove(&(tenant_id, key)) {
+            // As recorded, then as corrected.
+            Some((first, changes)) => {
+                let (.., previous_quantity, _, previous_value, _, _) = first;
+                UsageFact { metric, quantity: previous_quantity, value: previous_value, occurred_at, position, item, corrections: changes }
+            }
+            None => UsageFact { metric, quantity, value, occurred_at, position, item, corrections: Vec::new() },
+        };
+        facts.entry(tenant_id).or_default().push(fact);
     }
     drop(rows);
-    let mut first_seen: std::collections::HashSet<(Uuid, String)> = std::collections::HashSet::new();
-    for (tenant_id, key, metric, gauge, occurred_at, fact_position, correction, previous, quantity, position) in corrections {
-        let id = (tenant_id, key);
-        let list = facts.entry(tenant_id).or_default();
-        // A void fact has left `usage_records`: it was recorded all the same.
-        if first_seen.insert(id.clone()) && !present.contains(&id) {
-            if let Some(at) = fact_position {
-                list.push((at, 0, UsageFact { metric: metric.clone(), gauge, quantity: previous, occurred_at, position: at }));
-            }
-        }
-        let change = match (gauge, correction.as_str()) {
-            (false, _) => Some(quantity - previous),
-            (true, "amend") => Some(quantity),
-            (true, _) => None,
-        };
-        if let Some(quantity) = change {
-            list.push((position, 0, UsageFact { metric, gauge, quantity, occurred_at, position }));
+    // Void facts, no longer in `usage_records`.
+    for ((tenant_id, _), (first, changes)) in corrected {
+        let (_, _, metric, occurred_at, fact_position, fact_item, _, previous_quantity, _, previous_value, _, _) = first;
+        if let Some(position) = fact_position {
+            let fact = UsageFact {
+                metric,
+                quantity: previous_quantity,
+                value: previous_value,
+                occurred_at,
+                position,
+                item: fact_item.unwrap_or(1),
+                corrections: changes,
+            };
+            facts.entry(tenant_id).or_default().push(fact);
         }
     }
     Ok(facts
         .into_iter()
         .map(|(tenant, mut list)| {
-            list.sort_by_key(|(position, item, _)| (*position, *item));
-            (tenant, list.into_iter().map(|(_, _, fact)| fact).collect())
+            list.sort_by_key(|f| (f.position, f.item));
+            (tenant, list)
         })
         .collect())
 }

@@ -30,8 +30,9 @@ impl Projection for UsageProjection {
     /// which the log's own key on `<tenant>:<key>` streams already makes unique; a random text
     /// key made every projected fact an insert into a large, cold b-tree).
     /// 3: corrections (`usage_corrections`).
+    /// 4: decimal quantities (numeric), a `unique_count` fact's `value`, a bucket's largest value.
     fn version(&self) -> i32 {
-        3
+        4
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
@@ -43,12 +44,21 @@ impl Projection for UsageProjection {
     }
 
     fn analytics_views(&self) -> Vec<(&'static str, String)> {
+        // A bucket's value as its metric aggregates: a counter's sum, a gauge's latest, a `max`
+        // metric's largest; a `unique_count` metric's distinct values, counted from its facts
+        // (distinct counts do not add up hour by hour).
         let bucket = |unit: &str| {
             format!(
                 "SELECT tenant_id, metric, kind, date_trunc('{unit}', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
-                        CASE WHEN kind = 'gauge' THEN (array_agg(last_value ORDER BY last_at DESC))[1]::numeric ELSE sum(total) END AS value,
+                        CASE WHEN kind = 'gauge' THEN (array_agg(last_value ORDER BY last_at DESC))[1]::numeric
+                             WHEN kind = 'max' THEN max(max_value)
+                             ELSE sum(total) END AS value,
                         sum(facts)::bigint AS facts
-                 FROM {{schema}}.usage_hourly GROUP BY tenant_id, metric, kind, 4"
+                 FROM {{schema}}.usage_hourly WHERE kind <> 'unique' GROUP BY tenant_id, metric, kind, 4
+                 UNION ALL
+                 SELECT tenant_id, metric, kind, date_trunc('{unit}', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
+                        count(DISTINCT value)::numeric AS value, count(*)::bigint AS facts
+                 FROM {{schema}}.usage_records WHERE kind = 'unique' GROUP BY tenant_id, metric, kind, 4"
             )
         };
         vec![("usage_hourly", bucket("hour")), ("usage_daily", bucket("day")), ("usage_monthly", bucket("month"))]
@@ -70,12 +80,13 @@ impl Projection for UsageProjection {
                  tenant_id       uuid NOT NULL,
                  metric          text NOT NULL,
                  kind            text NOT NULL,
-                 quantity        bigint NOT NULL,
+                 quantity        numeric NOT NULL,
                  idempotency_key text NOT NULL,
                  occurred_at     timestamptz NOT NULL,
                  recorded_at     timestamptz NOT NULL,
                  position        bigint NOT NULL,
-                 item            integer NOT NULL DEFAULT 1
+                 item            integer NOT NULL DEFAULT 1,
+                 value           text
              );
              CREATE TABLE {schema}.usage_hourly (
                  tenant_id  uuid NOT NULL,
@@ -84,8 +95,9 @@ impl Projection for UsageProjection {
                  hour       timestamptz NOT NULL,
                  total      numeric NOT NULL,
                  facts      bigint NOT NULL,
-                 last_value bigint NOT NULL,
+                 last_value numeric NOT NULL,
                  last_at    timestamptz NOT NULL,
+                 max_value  numeric NOT NULL,
                  PRIMARY KEY (tenant_id, metric, hour)
              );
              CREATE TABLE {schema}.usage_corrections (
@@ -98,8 +110,10 @@ impl Projection for UsageProjection {
                  fact_position     bigint,
                  fact_item         integer,
                  correction        text NOT NULL,
-                 previous_quantity bigint NOT NULL,
-                 quantity          bigint NOT NULL,
+                 previous_quantity numeric NOT NULL,
+                 quantity          numeric NOT NULL,
+                 previous_value    text,
+                 value             text,
                  reason            text NOT NULL,
                  actor             text NOT NULL,
                  at                timestamptz NOT NULL
@@ -152,9 +166,9 @@ impl Projection for UsageProjection {
         let column = |f: fn(&Fact) -> String| facts.iter().map(f).collect::<Vec<_>>();
         sqlx::query(&format!(
             "WITH f AS (
-                 SELECT u.tenant_id, u.metric, u.kind, u.quantity, u.idempotency_key, u.occurred_at, u.recorded_at, $8::bigint AS position, u.item::integer AS item
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[], $7::timestamptz[])
-                      WITH ORDINALITY AS u(tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, item)
+                 SELECT u.tenant_id, u.metric, u.kind, u.quantity, u.idempotency_key, u.occurred_at, u.recorded_at, $8::bigint AS position, u.item::integer AS item, u.value
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::timestamptz[], $7::timestamptz[], $9::text[])
+                      WITH ORDINALITY AS u(tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, value, item)
              ) {}",
             fold(schema)
         ))
@@ -166,6 +180,7 @@ impl Projection for UsageProjection {
         .bind(facts.iter().map(|f| f.occurred_at).collect::<Vec<_>>())
         .bind(facts.iter().map(|f| f.recorded_at).collect::<Vec<_>>())
         .bind(event.position)
+        .bind(facts.iter().map(|f| f.value.clone()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -178,23 +193,47 @@ impl Projection for UsageProjection {
 async fn correct(conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> Result<(), ProjectionError> {
     use domain::usage::corrections::UsageCorrectionEvent as C;
     let correction: C = serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-    let (tenant_id, key, metric, kind, occurred_at, previous, quantity, reason, actor, at, name) = match correction {
-        C::UsageVoided { tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, reason, actor, at } => {
-            (tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, None, reason, actor, at, "void")
+    let (tenant_id, key, metric, kind, occurred_at, (previous, previous_value), amended, reason, actor, at, name) = match correction {
+        C::UsageVoided { tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, previous_value, reason, actor, at } => {
+            (tenant_id, idempotency_key, metric, kind, occurred_at, (previous_quantity, previous_value), None, reason, actor, at, "void")
         }
-        C::UsageAmended { tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, quantity, reason, actor, at } => {
-            (tenant_id, idempotency_key, metric, kind, occurred_at, previous_quantity, Some(quantity), reason, actor, at, "amend")
-        }
+        C::UsageAmended {
+            tenant_id,
+            idempotency_key,
+            metric,
+            kind,
+            occurred_at,
+            previous_quantity,
+            quantity,
+            previous_value,
+            value,
+            reason,
+            actor,
+            at,
+        } => (
+            tenant_id,
+            idempotency_key,
+            metric,
+            kind,
+            occurred_at,
+            (previous_quantity, previous_value),
+            Some((quantity, value)),
+            reason,
+            actor,
+            at,
+            "amend",
+        ),
     };
-    let kind = match kind {
-        MetricKind::Counter => "counter",
-        MetricKind::Gauge => "gauge",
+    let kind = kind.as_str();
+    let (quantity, value) = match &amended {
+        Some((q, v)) => (*q, v.clone()),
+        None => (rust_decimal::Decimal::ZERO, None),
     };
     let fact = "tenant_id = $1 AND metric = $2 AND occurred_at = $3 AND idempotency_key = $4";
     sqlx::query(&format!(
         "INSERT INTO {schema}.usage_corrections (position, tenant_id, idempotency_key, metric, kind, occurred_at, fact_position, fact_item,
-                                                correction, previous_quantity, quantity, reason, actor, at)
-         SELECT $5, $1, $4, $2, $6, $3, f.position, f.item, $7, $8, $9, $10, $11, $12
+                                                correction, previous_quantity, quantity, reason, actor, at, previous_value, value)
+         SELECT $5, $1, $4, $2, $6, $3, f.position, f.item, $7, $8, $9, $10, $11, $12, $13, $14
          FROM (SELECT NULL) AS one
          LEFT JOIN LATERAL (SELECT position, item FROM {schema}.usage_records WHERE {fact} LIMIT 1) AS f ON true"
     ))
@@ -206,19 +245,21 @@ async fn correct(conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> 
     .bind(kind)
     .bind(name)
     .bind(previous)
-    .bind(quantity.unwrap_or(0))
+    .bind(quantity)
     .bind(&reason)
     .bind(&actor)
     .bind(at)
+    .bind(&previous_value)
+    .bind(&value)
     .execute(&mut *conn)
     .await?;
-    let change = match quantity {
+    let change = match amended {
         None => format!("DELETE FROM {schema}.usage_records WHERE {fact}"),
-        Some(_) => format!("UPDATE {schema}.usage_records SET quantity = $5 WHERE {fact}"),
+        Some(_) => format!("UPDATE {schema}.usage_records SET quantity = $5, value = $6 WHERE {fact}"),
     };
     let mut change = sqlx::query(&change).bind(tenant_id).bind(metric.as_str()).bind(occurred_at).bind(&key);
-    if let Some(q) = quantity {
-        change = change.bind(q);
+    if amended.is_some() {
+        change = change.bind(quantity).bind(&value);
     }
     change.execute(&mut *conn).await?;
     // The hour's bucket, counted again (gone when no fact is left in it).
@@ -227,12 +268,13 @@ async fn correct(conn: &mut PgConnection, schema: &str, event: &StoredEvent) -> 
          agg AS (
              SELECT coalesce(sum(r.quantity), 0) AS total, count(*) AS facts,
                     (array_agg(r.quantity ORDER BY r.occurred_at DESC, r.position DESC, r.item DESC))[1] AS last_value,
-                    max(r.occurred_at) AS last_at
+                    max(r.occurred_at) AS last_at, max(r.quantity) AS max_value
              FROM {schema}.usage_records r, b
              WHERE r.tenant_id = $1 AND r.metric = $2 AND r.occurred_at >= b.hour AND r.occurred_at < b.hour + interval '1 hour'
          ),
          updated AS (
-             UPDATE {schema}.usage_hourly h SET total = agg.total, facts = agg.facts, last_value = agg.last_value, last_at = agg.last_at
+             UPDATE {schema}.usage_hourly h
+             SET total = agg.total, facts = agg.facts, last_value = agg.last_value, last_at = agg.last_at, max_value = agg.max_value
              FROM agg, b WHERE h.tenant_id = $1 AND h.metric = $2 AND h.hour = b.hour AND agg.facts > 0
          )
          DELETE FROM {schema}.usage_hourly h USING agg, b WHERE h.tenant_id = $1 AND h.metric = $2 AND h.hour = b.hour AND agg.facts = 0"
@@ -253,14 +295,14 @@ fn facts_in(range: &str) -> String {
     format!(
         "WITH f AS (
              SELECT (payload->>'tenant_id')::uuid AS tenant_id, payload->>'metric' AS metric, payload->>'kind' AS kind,
-                    (payload->>'quantity')::bigint AS quantity, payload->>'idempotency_key' AS idempotency_key,
+                    (payload->>'quantity')::numeric AS quantity, payload->>'idempotency_key' AS idempotency_key,
                     (payload->>'occurred_at')::timestamptz AS occurred_at, (payload->>'recorded_at')::timestamptz AS recorded_at,
-                    position, 1 AS item
+                    position, 1 AS item, payload->>'value' AS value
              FROM events
              WHERE {range} AND (aggregate_type = 'Usage') IS TRUE
              UNION ALL
-             SELECT b.tenant_id, x.f->>'metric', x.f->>'kind', (x.f->>'quantity')::bigint, x.f->>'idempotency_key',
-                    (x.f->>'occurred_at')::timestamptz, b.recorded_at, b.position, x.n::integer
+             SELECT b.tenant_id, x.f->>'metric', x.f->>'kind', (x.f->>'quantity')::numeric, x.f->>'idempotency_key',
+                    (x.f->>'occurred_at')::timestamptz, b.recorded_at, b.position, x.n::integer, x.f->>'value'
              FROM (SELECT position, (payload->>'tenant_id')::uuid AS tenant_id, (payload->>'recorded_at')::timestamptz AS recorded_at,
                           payload->'facts' AS facts
                    FROM events
@@ -275,17 +317,18 @@ fn facts_in(range: &str) -> String {
 fn fold(schema: &str) -> String {
     format!(
         ", facts AS (
-             INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position, item)
+             INSERT INTO {schema}.usage_records (tenant_id, metric, kind, quantity, idempotency_key, occurred_at, recorded_at, position, item, value)
              SELECT * FROM f
          )
-         INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at)
+         INSERT INTO {schema}.usage_hourly AS h (tenant_id, metric, kind, hour, total, facts, last_value, last_at, max_value)
          SELECT tenant_id, metric, min(kind), date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', sum(quantity), count(*),
-                (array_agg(quantity ORDER BY occurred_at DESC, position DESC, item DESC))[1], max(occurred_at)
+                (array_agg(quantity ORDER BY occurred_at DESC, position DESC, item DESC))[1], max(occurred_at), max(quantity)
          FROM f
          GROUP BY 1, 2, 4
          ON CONFLICT (tenant_id, metric, hour) DO UPDATE SET
              total = h.total + EXCLUDED.total,
              facts = h.facts + EXCLUDED.facts,
+             max_value = greatest(h.max_value, EXCLUDED.max_value),
              last_value = CASE WHEN EXCLUDED.last_at >= h.last_at THEN EXCLUDED.last_value ELSE h.last_value END,
              last_at = greatest(h.last_at, EXCLUDED.last_at)"
     )
@@ -296,7 +339,8 @@ struct Fact {
     tenant_id: uuid::Uuid,
     metric: String,
     kind: &'static str,
-    quantity: i64,
+    quantity: rust_decimal::Decimal,
+    value: Option<String>,
     idempotency_key: String,
     occurred_at: chrono::DateTime<chrono::Utc>,
     recorded_at: chrono::DateTime<chrono::Utc>,
@@ -306,19 +350,17 @@ impl Fact {
     /// The facts `event` holds: one for a `UsageRecorded`, each of a `UsageBatchRecorded`'s in
     /// order, none for other events.
     fn read(event: &StoredEvent) -> Result<Vec<Self>, ProjectionError> {
-        let kind = |kind| match kind {
-            MetricKind::Counter => "counter",
-            MetricKind::Gauge => "gauge",
-        };
+        let kind = MetricKind::as_str;
         match event.aggregate_type.as_str() {
             "Usage" => {
-                let UsageEvent::UsageRecorded { tenant_id, metric, kind: k, quantity, idempotency_key, occurred_at, recorded_at } =
+                let UsageEvent::UsageRecorded { tenant_id, metric, kind: k, quantity, value, idempotency_key, occurred_at, recorded_at } =
                     serde::Deserialize::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
                 Ok(vec![Self {
                     tenant_id,
                     metric: metric.as_str().to_owned(),
                     kind: kind(k),
                     quantity,
+                    value,
                     idempotency_key,
                     occurred_at,
                     recorded_at,
@@ -334,6 +376,7 @@ impl Fact {
                         metric: f.metric.as_str().to_owned(),
                         kind: kind(f.kind),
                         quantity: f.quantity,
+                        value: f.value,
                         idempotency_key: f.idempotency_key,
                         occurred_at: f.occurred_at,
                         recorded_at,

@@ -109,6 +109,8 @@ impl Application {
         )
         .with_corrections(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let books = commands::books::Books::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
+        let metrics =
+            commands::metrics::Metrics::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let bookings = Bookings::new(
             pool.clone(),
             vault,
@@ -162,6 +164,7 @@ impl Application {
             bookings,
             members,
             books,
+            metrics,
             projections,
             keys,
             rate_limits: crate::rate_limit::RateLimits::new(config_rate_limit_instances),

@@ -50,6 +50,7 @@ pub(super) struct Inner {
     pub(super) bookings: Bookings,
     pub(super) members: Members,
     pub(super) books: commands::books::Books,
+    pub(super) metrics: commands::metrics::Metrics,
     pub(super) projections: Arc<Projections>,
     pub(super) log: EventLog,
     pub(super) keys: crate::auth::KeyCache,
@@ -153,6 +154,11 @@ impl AppState {
     /// The platform's books (closing months of revenue).
     pub fn books(&self) -> &commands::books::Books {
         &self.0.books
+    }
+
+    /// The billable-metric catalog's commands.
+    pub fn metrics(&self) -> &commands::metrics::Metrics {
+        &self.0.metrics
     }
 
     /// Usage commands.

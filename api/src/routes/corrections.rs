@@ -36,6 +36,12 @@ struct CorrectionView {
     quantity: Quantity,
     /// The quantity before it.
     previous_quantity: Quantity,
+    /// The value after an amendment (a `unique_count` fact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    /// The value before it (a `unique_count` fact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_value: Option<String>,
     /// Why.
     reason: String,
     /// Who (`admin`, `key:<prefix>`).
@@ -54,6 +60,9 @@ struct FactView {
     metric: String,
     /// What counts now (0 once void).
     quantity: Quantity,
+    /// The value it counts (a `unique_count` fact; none once void).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
     /// When it happened.
     occurred_at: DateTime<Utc>,
     /// `recorded`, `amended` or `void`.
@@ -64,11 +73,16 @@ struct FactView {
 }
 
 fn view(key: &str, fact: &RecordedFact, corrections: &UsageCorrections) -> FactView {
-    let quantity = if corrections.corrections.is_empty() { fact.quantity } else { corrections.quantity };
+    let (quantity, value) = if corrections.corrections.is_empty() {
+        (fact.quantity, fact.value.clone())
+    } else {
+        (corrections.quantity, corrections.value.clone())
+    };
     FactView {
         idempotency_key: key.to_owned(),
         metric: fact.metric.as_str().to_owned(),
-        quantity: rust_decimal::Decimal::from(quantity).into(),
+        quantity: quantity.into(),
+        value,
         occurred_at: fact.occurred_at,
         status: corrections.status(),
         corrections: corrections
@@ -76,8 +90,10 @@ fn view(key: &str, fact: &RecordedFact, corrections: &UsageCorrections) -> FactV
             .iter()
             .map(|c| CorrectionView {
                 kind: c.kind,
-                quantity: rust_decimal::Decimal::from(c.quantity).into(),
-                previous_quantity: rust_decimal::Decimal::from(c.previous_quantity).into(),
+                quantity: c.quantity.into(),
+                previous_quantity: c.previous_quantity.into(),
+                value: c.value.clone(),
+                previous_value: c.previous_value.clone(),
                 reason: c.reason.clone(),
                 actor: c.actor.clone(),
                 at: c.at,
@@ -114,13 +130,17 @@ struct VoidBody {
     reason: String,
 }
 
-/// An amendment.
+/// An amendment: the new `quantity`, or the new `value` of a `unique_count` metric's fact.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AmendBody {
-    /// The fact's new quantity: a whole number from 0 to 10^18.
-    #[schema(example = 1500, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    quantity: i64,
+    /// The fact's new quantity: a JSON number or a decimal string, 0 to 10^15, at most 6
+    /// decimal places.
+    #[schema(value_type = Option<crate::amounts::QuantityInput>)]
+    quantity: Option<serde_json::Value>,
+    /// A `unique_count` fact's new value (1 to 255 characters).
+    #[schema(example = "user-42")]
+    value: Option<String>,
     /// Why (1 to 500 characters; audited).
     #[schema(example = "Metered twice", min_length = 1, max_length = 500)]
     reason: String,
@@ -130,14 +150,15 @@ async fn correct(
     state: AppState,
     caller: TenantCaller,
     key: String,
-    quantity: Option<i64>,
+    quantity: Option<rust_decimal::Decimal>,
+    value: Option<String>,
     reason: String,
 ) -> Result<Json<FactView>, ApiError> {
     let context = state.context(Some(caller.tenant_id), caller.actor);
     let app = state.clone();
     state
         .detach(async move {
-            let committed = app.usage().correct(caller.tenant_id, &key, quantity, reason, &context).await?;
+            let committed = app.usage().correct(caller.tenant_id, &key, quantity, value, reason, &context).await?;
             let (fact, _) = app.usage().fact(caller.tenant_id, &key).await?.ok_or_else(|| ApiError::not_found("usage fact"))?;
             Ok(Json(view(&key, &fact, &committed.state)))
         })
@@ -169,11 +190,12 @@ async fn void(
     Path(key): Path<String>,
     ApiJson(body): ApiJson<VoidBody>,
 ) -> Result<Json<FactView>, ApiError> {
-    correct(state, caller, key, None, body.reason).await
+    correct(state, caller, key, None, None, body.reason).await
 }
 
-/// `POST /v1/usage/{idempotency_key}/amend {quantity, reason}` (tenant owner/admin key, or the
-/// admin with `X-Tenant-ID`): the fact counts with `quantity` from now on; billed as a void is.
+/// `POST /v1/usage/{idempotency_key}/amend {quantity | value, reason}` (tenant owner/admin key,
+/// or the admin with `X-Tenant-ID`): the fact counts with `quantity` (a `unique_count` fact with
+/// `value`) from now on; billed as a void is.
 #[utoipa::path(
     post,
     path = "/v1/usage/{idempotency_key}/amend",
@@ -193,7 +215,18 @@ async fn amend(
     Path(key): Path<String>,
     ApiJson(body): ApiJson<AmendBody>,
 ) -> Result<Json<FactView>, ApiError> {
-    correct(state, caller, key, Some(body.quantity), body.reason).await
+    let (quantity, value) = match (body.quantity, body.value) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation("value", "give the new quantity or, for a unique_count metric, the new value, not both"))
+        }
+        (None, None) => {
+            return Err(ApiError::validation("quantity", "give the fact's new quantity (or, for a unique_count metric, its new value)"))
+        }
+        (Some(q), None) => (crate::routes::usage::decimal_quantity(&q)?, None),
+        // The quantity of a distinct value is 1.
+        (None, Some(v)) => (rust_decimal::Decimal::ONE, Some(v)),
+    };
+    correct(state, caller, key, Some(quantity), value, body.reason).await
 }
 
 #[derive(utoipa::OpenApi)]

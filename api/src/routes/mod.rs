@@ -14,6 +14,7 @@ pub mod export;
 pub mod health;
 pub mod invoices;
 pub mod members;
+pub mod metrics;
 pub mod payments;
 pub mod plans;
 pub mod quota;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(credits::router())
         .merge(coupons::router())
         .merge(members::router())
+        .merge(metrics::router())
         .merge(usage::router())
         .merge(payments::router())
         .merge(webhook_endpoints::router())

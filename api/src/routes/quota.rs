@@ -76,7 +76,7 @@ async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>,
     get,
     path = "/v1/quota/{metric}",
     tag = "quota",
-    params(("metric" = String, Path, description = "api_calls, storage_bytes, sms, tickets, bookings, events, ..."), crate::openapi::TenantHeader),
+    params(("metric" = String, Path, description = "api_calls, storage_bytes, bookings, events, users, or the code of any metric the tenant's plan prices (limit null: used is the period's aggregate)"), crate::openapi::TenantHeader),
     responses(
         (status = 200, description = "One metric: limit, used, remaining, period", body = QuotaLine),
         crate::openapi::AuthErrors,
@@ -88,10 +88,11 @@ async fn one(State(state): State<AppState>, caller: TenantCaller, Path(metric): 
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "NOT_FOUND",
-            format!("no quota \"{}\": the quotas are {QUOTA_NAMES}", metric.escape_debug()),
+            format!("no quota \"{}\": the quotas are {QUOTA_NAMES}, and every metric the plan prices", metric.escape_debug()),
         )
     };
-    let metric = canonical_metric(&metric).ok_or_else(unknown)?;
+    // A limit's names, or the code of a metric the plan prices.
+    let metric = canonical_metric(&metric).map_or(metric.clone(), str::to_owned);
     let lines = read(&state, &caller).await?;
     lines.into_iter().find(|l| l.metric == metric).map(Json).ok_or_else(unknown)
 }

@@ -5,7 +5,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::usage::{parse_idempotency_key, parse_quantity, MetricName, RecordUsage};
+use std::collections::HashMap;
+
+use domain::usage::metrics::MetricDefinition;
+use domain::usage::{parse_idempotency_key, parse_quantity, MetricKind, MetricName, RecordUsage};
 use projections::usage::reads::Granularity;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -35,9 +38,15 @@ struct UsageBody {
     /// as nothing).
     #[schema(pattern = "^[a-z][a-z0-9_]{0,63}$", example = "api_calls")]
     metric: String,
-    /// Whole units, 0 to 10^15.
-    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
-    quantity: serde_json::Number,
+    /// How much: a JSON number or a decimal string (`"2.5"`), 0 to 10^15, at most 6 decimal
+    /// places (more: 400 `VALIDATION_FAILED`, `details.field = "quantity"`). Not sent for a
+    /// `unique_count` metric.
+    #[schema(value_type = Option<crate::amounts::QuantityInput>)]
+    quantity: Option<Value>,
+    /// The value a `unique_count` metric counts (a user id, ...; 1 to 255 characters): the
+    /// period's figure is the number of distinct values. Only for such a metric.
+    #[schema(example = "user-42", min_length = 1, max_length = 255)]
+    value: Option<String>,
     /// The fact's identity: a key recorded before with the same fact is answered as a duplicate
     /// and counted once; with another metric, quantity or `occurred_at`, it is refused (409
     /// `IDEMPOTENCY_KEY_REUSED`).
@@ -77,23 +86,60 @@ async fn plan_metrics(state: &AppState, tenant_id: uuid::Uuid, names: &[&str]) -
     Ok(state.reads().billing().charged_metrics(tenant_id).await?)
 }
 
-/// A quantity as sent: a whole number in range, else a refusal that says so (not serde's
-/// "invalid type: floating point").
-fn whole_quantity(sent: &serde_json::Number) -> Result<i64, ApiError> {
-    match sent.as_i64() {
+/// A quantity as sent: a JSON number or a decimal string, in range, with at most 6 decimal
+/// places; else a refusal that says so (not serde's "invalid type").
+pub fn decimal_quantity(sent: &Value) -> Result<Decimal, ApiError> {
+    match domain::usage::quantity::quantity_from_json(sent) {
         Some(quantity) => Ok(parse_quantity(quantity)?),
-        None => {
-            Err(ApiError::validation("quantity", format!("must be a whole number from 0 to {}, not {sent}", domain::usage::MAX_QUANTITY)))
-        }
+        None => Err(ApiError::validation(
+            "quantity",
+            format!(
+                "must be a number or a decimal string from 0 to {} with at most {} decimal places, not {sent}",
+                domain::usage::MAX_QUANTITY,
+                domain::usage::MAX_SCALE
+            ),
+        )),
     }
 }
 
+/// The definitions of the metrics `names` (those not built in read from the catalog; cached).
+async fn definitions(state: &AppState, names: &[&str]) -> Result<HashMap<String, MetricDefinition>, ApiError> {
+    let mut asked: Vec<&str> = names.iter().copied().filter(|m| MetricName::parse(m).is_ok()).collect();
+    asked.sort_unstable();
+    asked.dedup();
+    if asked.iter().all(|m| MetricName::is_built_in(m)) {
+        return Ok(asked.into_iter().map(|m| (m.to_owned(), MetricDefinition::implicit(m))).collect());
+    }
+    Ok(state.usage().definitions().resolve(&asked).await?)
+}
+
 impl UsageBody {
-    fn parse(self, caller: &TenantCaller, now: DateTime<Utc>, plan_metrics: &[String]) -> Result<RecordUsage, ApiError> {
+    fn parse(
+        self,
+        caller: &TenantCaller,
+        now: DateTime<Utc>,
+        plan_metrics: &[String],
+        definitions: &HashMap<String, MetricDefinition>,
+    ) -> Result<RecordUsage, ApiError> {
+        let metric = MetricName::known(&self.metric, plan_metrics)?;
+        let kind = definitions.get(metric.as_str()).map_or(MetricKind::Counter, |d| d.aggregation.kind());
+        let quantity = match (kind, &self.quantity, &self.value) {
+            (MetricKind::Unique, Some(_), _) => {
+                return Err(ApiError::validation(
+                    "quantity",
+                    format!("{metric} is a unique_count metric: a fact carries a value (a string such as a user id), not a quantity"),
+                ))
+            }
+            (MetricKind::Unique, None, _) => Decimal::ONE,
+            (_, Some(q), _) => decimal_quantity(q)?,
+            (_, None, _) => return Err(ApiError::validation("quantity", "is required")),
+        };
         Ok(RecordUsage {
             tenant_id: caller.tenant_id,
-            metric: MetricName::known(&self.metric, plan_metrics)?,
-            quantity: whole_quantity(&self.quantity)?,
+            metric,
+            kind,
+            quantity,
+            value: self.value,
             idempotency_key: parse_idempotency_key(&self.idempotency_key)?,
             occurred_at: self.occurred_at.unwrap_or(now),
             occurred_at_stated: self.occurred_at.is_some(),
@@ -126,7 +172,8 @@ async fn record(
     ApiJson(body): ApiJson<UsageBody>,
 ) -> Result<(StatusCode, Json<UsageAccepted>), ApiError> {
     let known = plan_metrics(&state, caller.tenant_id, &[body.metric.as_str()]).await?;
-    let mut fact = body.parse(&caller, state.now(), &known)?;
+    let definitions = definitions(&state, &[body.metric.as_str()]).await?;
+    let mut fact = body.parse(&caller, state.now(), &known, &definitions)?;
     if cancelled {
         fact = before_cancellation(fact, cancelled_at(&state, caller.tenant_id).await?)?;
     }
@@ -184,12 +231,13 @@ async fn record_batch(
     let cancelled_at = if cancelled { Some(cancelled_at(&state, caller.tenant_id).await?) } else { None };
     let names: Vec<&str> = records.iter().filter_map(|r| r.get("metric").and_then(Value::as_str)).collect();
     let known = plan_metrics(&state, caller.tenant_id, &names).await?;
+    let definitions = definitions(&state, &names).await?;
     let parsed: Vec<Result<RecordUsage, ApiError>> = records
         .into_iter()
         .map(|r| {
             let fact = serde_json::from_value::<UsageBody>(r)
                 .map_err(|e| ApiError::validation("record", e.to_string()))
-                .and_then(|b| b.parse(&caller, now, &known))?;
+                .and_then(|b| b.parse(&caller, now, &known, &definitions))?;
             match cancelled_at {
                 Some(at) => before_cancellation(fact, at),
                 None => Ok(fact),
@@ -254,15 +302,17 @@ pub struct UsageAccepted {
 pub struct UsageBucket {
     /// The metric.
     metric: String,
-    /// `counter` (summed) or `gauge` (the latest value).
-    #[schema(pattern = "^(counter|gauge)$")]
+    /// `counter` (summed), `gauge` (the latest value; a `last` metric), `max` (the largest) or
+    /// `unique` (distinct values; a `unique_count` metric).
+    #[schema(pattern = "^(counter|gauge|max|unique)$")]
     kind: String,
     /// Start of the bucket.
     start: DateTime<Utc>,
     /// End of the bucket (the series route only).
     #[serde(skip_serializing_if = "Option::is_none")]
     end: Option<DateTime<Utc>>,
-    /// The sum of a counter's facts, or a gauge's latest value.
+    /// The bucket's figure as its metric aggregates: a counter's sum, a gauge's latest value, a
+    /// `max` metric's largest, a `unique_count` metric's distinct values.
     value: Quantity,
     /// How many facts.
     facts: i64,
@@ -372,7 +422,7 @@ async fn series(
     let buckets = rows
         .into_iter()
         .map(|r| {
-            let value = if r.kind == "gauge" { Decimal::from(r.last) } else { r.total };
+            let value = r.value();
             let end = step(r.bucket);
             UsageBucket::new(r.metric, r.kind, r.bucket, Some(end), value, r.facts)
         })

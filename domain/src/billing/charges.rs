@@ -117,20 +117,23 @@ impl Charge {
         }
     }
 
-    /// The invoice lines (kind `usage`) for `quantity` units of a period described by `dates`:
-    /// none when nothing is billable; one per tier used for graduated tiers.
-    pub fn lines(&self, quantity: u64, dates: &str) -> Vec<InvoiceLine> {
-        let billable = quantity.saturating_sub(self.included);
-        if billable == 0 {
+    /// The invoice lines (kind `usage`) for `quantity` units (a metric's aggregate, already
+    /// rounded to its precision: decimals are priced as they are, a package counts a started
+    /// one, a tier holds the units up to its end) of a period described by `dates`: none when
+    /// nothing is billable; one per tier used for graduated tiers.
+    pub fn lines(&self, quantity: Decimal, dates: &str) -> Vec<InvoiceLine> {
+        let quantity = quantity.normalize();
+        let billable = (quantity - Decimal::from(self.included)).max(Decimal::ZERO);
+        if billable.is_zero() {
             return Vec::new();
         }
         let metric = &self.metric;
-        let line = |description: String, quantity: u64, unit_price: Decimal, flat: Decimal| InvoiceLine {
+        let line = |description: String, quantity: Decimal, unit_price: Decimal, flat: Decimal| InvoiceLine {
             kind: LineKind::Usage,
             description,
-            quantity: Decimal::from(quantity),
+            quantity: quantity.normalize(),
             unit_price,
-            amount: round_cents(Decimal::from(quantity) * unit_price + flat),
+            amount: round_cents(quantity * unit_price + flat),
             period: None,
             metric: Some(self.metric.clone()),
         };
@@ -140,7 +143,7 @@ impl Charge {
                 vec![line(format!("{metric}: {quantity}{included}, {dates}"), billable, *unit_price, Decimal::ZERO)]
             }
             Model::Package { package_size, package_price } => {
-                let packages = billable.div_ceil(*package_size);
+                let packages = (billable / Decimal::from(*package_size)).ceil();
                 vec![line(
                     format!("{metric}: {quantity}{included}, per started {package_size}, {dates}"),
                     packages,
@@ -149,15 +152,15 @@ impl Charge {
                 )]
             }
             Model::Graduated { tiers } => {
-                let (mut lines, mut from) = (Vec::new(), 0u64);
+                let (mut lines, mut from) = (Vec::new(), Decimal::ZERO);
                 for tier in tiers {
                     if billable <= from {
                         break;
                     }
-                    let to = tier.up_to.map_or(billable, |end| end.min(billable));
+                    let to = tier.up_to.map_or(billable, |end| Decimal::from(end).min(billable));
                     let span = match tier.up_to {
-                        Some(end) => format!("{} – {end}", from + 1),
-                        None => format!("{} and more", from + 1),
+                        Some(end) => format!("{} – {end}", from.floor() + Decimal::ONE),
+                        None => format!("{} and more", from.floor() + Decimal::ONE),
                     };
                     lines.push(line(format!("{metric}: tier {span}, {dates}"), to - from, tier.unit_price, tier.flat_fee));
                     from = to;
@@ -165,7 +168,7 @@ impl Charge {
                 lines
             }
             Model::Volume { tiers } => {
-                let tier = tiers.iter().find(|t| t.up_to.is_none_or(|end| billable <= end)).or(tiers.last());
+                let tier = tiers.iter().find(|t| t.up_to.is_none_or(|end| billable <= Decimal::from(end))).or(tiers.last());
                 tier.map(|t| vec![line(format!("{metric}: {quantity}{included}, {dates}"), billable, t.unit_price, t.flat_fee)])
                     .unwrap_or_default()
             }
@@ -173,7 +176,7 @@ impl Charge {
     }
 
     /// What `quantity` units cost in all.
-    pub fn amount(&self, quantity: u64) -> Decimal {
+    pub fn amount(&self, quantity: Decimal) -> Decimal {
         self.lines(quantity, "").iter().map(|l| l.amount).sum()
     }
 }
@@ -194,30 +197,30 @@ mod tests {
     fn graduated_as_in_the_contract_and_lagos_own_figures() {
         let graduated = charge(Model::Graduated { tiers: vec![tier(Some(10), "10", "2"), tier(Some(20), "5", "3"), tier(None, "5", "3")] });
         for (q, expected) in [(1, "12.00"), (10, "102.00"), (11, "110.00"), (21, "163.00")] {
-            assert_eq!(graduated.amount(q).to_string(), expected, "q = {q}");
+            assert_eq!(graduated.amount(Decimal::from(q)).to_string(), expected, "q = {q}");
         }
-        assert_eq!(graduated.lines(21, "").len(), 3, "one line per tier used");
-        assert!(graduated.lines(0, "").is_empty());
+        assert_eq!(graduated.lines(Decimal::from(21), "").len(), 3, "one line per tier used");
+        assert!(graduated.lines(Decimal::from(0), "").is_empty());
     }
 
     #[test]
     fn volume_as_in_the_contract_and_lagos_own_figures() {
         let volume = charge(Model::Volume { tiers: vec![tier(Some(100), "2", "10"), tier(Some(200), "1", "0"), tier(None, "0.5", "50")] });
         for (q, expected) in [(1, "12.00"), (100, "210.00"), (101, "101.00"), (300, "200.00")] {
-            assert_eq!(volume.amount(q).to_string(), expected, "q = {q}");
+            assert_eq!(volume.amount(Decimal::from(q)).to_string(), expected, "q = {q}");
         }
         // Neither model is assumed cheaper than the other.
         let graduated =
             charge(Model::Graduated { tiers: vec![tier(Some(100), "2", "10"), tier(Some(200), "1", "0"), tier(None, "0.5", "50")] });
-        assert!(graduated.amount(101) > volume.amount(101));
-        assert!(graduated.amount(1) == volume.amount(1));
+        assert!(graduated.amount(Decimal::from(101)) > volume.amount(Decimal::from(101)));
+        assert!(graduated.amount(Decimal::from(1)) == volume.amount(Decimal::from(1)));
     }
 
     #[test]
     fn per_unit_and_package_after_included_units() {
         let per_unit = Charge { metric: "sms".into(), included: 100, model: Model::PerUnit { unit_price: "0.05".parse().unwrap() } };
-        assert_eq!(per_unit.amount(100), Decimal::ZERO);
-        assert_eq!(per_unit.amount(103).to_string(), "0.15");
+        assert_eq!(per_unit.amount(Decimal::from(100)), Decimal::ZERO);
+        assert_eq!(per_unit.amount(Decimal::from(103)).to_string(), "0.15");
         // Today's API-call overage: 10,000 included, 0.50 per started 1,000.
         let package = Charge {
             metric: "api_calls".into(),
@@ -225,15 +228,32 @@ mod tests {
             model: Model::Package { package_size: 1000, package_price: "0.50".parse().unwrap() },
         };
         for (q, expected) in [(10_000, "0"), (10_001, "0.50"), (12_000, "1.00"), (12_001, "1.50")] {
-            assert_eq!(package.amount(q).to_string(), expected, "q = {q}");
+            assert_eq!(package.amount(Decimal::from(q)).to_string(), expected, "q = {q}");
         }
+    }
+
+    #[test]
+    fn decimal_quantities_are_priced_as_they_are_per_unit_and_across_tiers() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        let per_unit = Charge { metric: "gb_hours".into(), included: 1, model: Model::PerUnit { unit_price: d("0.10") } };
+        assert_eq!(per_unit.amount(d("3.5")).to_string(), "0.25", "2.5 billable GB-hours at 0.10");
+        assert_eq!(per_unit.lines(d("3.5"), "d")[0].quantity.to_string(), "2.5");
+        let graduated = charge(Model::Graduated { tiers: vec![tier(Some(10), "1", "0"), tier(None, "0.5", "0")] });
+        let lines = graduated.lines(d("12.5"), "d");
+        assert_eq!(lines.iter().map(|l| l.quantity.to_string()).collect::<Vec<_>>(), ["10", "2.5"]);
+        assert_eq!(graduated.amount(d("12.5")).to_string(), "11.25");
+        assert_eq!(graduated.amount(d("9.75")).to_string(), "9.75", "within the first tier");
+        let package = charge(Model::Package { package_size: 10, package_price: d("1") });
+        assert_eq!(package.amount(d("10.000001")).to_string(), "2.00", "a started package");
+        let volume = charge(Model::Volume { tiers: vec![tier(Some(10), "1", "0"), tier(None, "0.5", "0")] });
+        assert_eq!(volume.amount(d("10.5")).to_string(), "5.25", "10.5 lies beyond the first tier's 10");
     }
 
     #[test]
     fn amounts_are_rounded_half_away_from_zero_once_per_line() {
         let per_unit = charge(Model::PerUnit { unit_price: "0.005".parse().unwrap() });
-        assert_eq!(per_unit.amount(1).to_string(), "0.01");
-        assert_eq!(per_unit.amount(3).to_string(), "0.02", "0.015 → 0.02");
+        assert_eq!(per_unit.amount(Decimal::from(1)).to_string(), "0.01");
+        assert_eq!(per_unit.amount(Decimal::from(3)).to_string(), "0.02", "0.015 → 0.02");
     }
 
     #[test]
@@ -261,7 +281,7 @@ mod tests {
         assert_eq!(starter.charges, [Charge::api_call_overage(10_000)]);
         assert!(starter.charges[0].is_api_call_overage(starter.limits.api_calls_per_month));
         for (calls, expected) in [(10_000, "0.00"), (10_001, "0.50"), (12_000, "1.00"), (12_001, "1.50")] {
-            let amount: Decimal = starter.charges[0].lines(calls, "d").iter().map(|l| l.amount).sum();
+            let amount: Decimal = starter.charges[0].lines(Decimal::from(calls), "d").iter().map(|l| l.amount).sum();
             assert_eq!(round_cents(amount).to_string(), expected, "{calls}");
         }
         let enterprise = catalog.iter().find(|p| p.code.as_str() == "enterprise").unwrap();

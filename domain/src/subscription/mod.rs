@@ -144,8 +144,10 @@ pub struct MeteredCharge {
     pub charge: Option<crate::billing::charges::Charge>,
     /// The metric (`api_calls`, `sms`).
     pub metric: String,
-    /// Units counted in the period.
-    pub quantity: u64,
+    /// Units counted in the period (the metric's aggregate, rounded to its precision).
+    #[serde(with = "crate::usage::quantity")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub quantity: Decimal,
     /// Units included in the plan for the period (`None`: no allowance, or unlimited for
     /// `api_calls`).
     pub included: Option<u64>,
@@ -208,9 +210,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait UsageMeter: Send + Sync {
     /// Usage of `tenant_id` in `[period.start, period.end)`.
     fn billable_usage(&self, tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>>;
-    /// Usage of `metrics` by `tenant_id` in the period: counters summed, gauges at their latest
-    /// value; a metric without facts is absent.
-    fn metered(&self, _tenant_id: Uuid, _period: Period, _metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+    /// Usage of `metrics` by `tenant_id` in the period: each metric's aggregate (`sum`, `max`,
+    /// `last`, `unique_count`, as its definition says), rounded once to its precision; a metric
+    /// without facts is absent.
+    fn metered(
+        &self,
+        _tenant_id: Uuid,
+        _period: Period,
+        _metrics: Vec<String>,
+    ) -> BoxFuture<'_, Result<BTreeMap<String, Decimal>, String>> {
         Box::pin(async { Ok(BTreeMap::new()) })
     }
     /// [`Self::billable_usage`] and [`Self::metered`] (of `metrics`) for each of `periods`, in
@@ -237,7 +245,7 @@ pub struct Reading {
     /// The built-in billable usage ([`UsageMeter::billable_usage`]).
     pub usage: BillableUsage,
     /// The metrics asked for, as [`UsageMeter::metered`] answers them.
-    pub metered: BTreeMap<String, u64>,
+    pub metered: BTreeMap<String, Decimal>,
 }
 
 /// A meter that answers from readings taken at once and asks `inner` for anything else.
@@ -276,7 +284,7 @@ impl UsageMeter for Prefetched<'_> {
         }
     }
 
-    fn metered(&self, tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+    fn metered(&self, tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, Decimal>, String>> {
         match self.reading(tenant_id, period).filter(|_| metrics.iter().all(|m| self.metrics.contains(m))) {
             Some(reading) => {
                 let metered = reading.metered.iter().filter(|(m, _)| metrics.contains(m)).map(|(m, q)| (m.clone(), *q)).collect();

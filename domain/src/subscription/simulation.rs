@@ -19,6 +19,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
+use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -28,6 +29,7 @@ use super::{
 };
 use crate::billing::period::Period;
 use crate::plan::Plan;
+use crate::usage::metrics::{MetricDefinition, Tally};
 
 /// One stored event of the subscription, with what its commit's metadata says.
 #[derive(Debug, Clone)]
@@ -44,31 +46,71 @@ pub struct RecordedEvent {
     pub at: Option<DateTime<Utc>>,
 }
 
-/// One usage fact as billing reads it.
+/// One usage fact as billing reads it, with its corrections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageFact {
     /// The metric.
     pub metric: String,
-    /// A gauge (latest value counts) rather than a counter (summed).
-    pub gauge: bool,
-    /// The quantity.
-    pub quantity: i64,
+    /// The quantity as recorded.
+    pub quantity: Decimal,
+    /// The value as recorded (a `unique_count` fact).
+    pub value: Option<String>,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
     /// Its position in the log (when it was recorded).
     pub position: i64,
+    /// Its place in its batch (1 for a fact on its own).
+    pub item: i32,
+    /// Its corrections in log order: from each position on, its quantity and value (`None`:
+    /// void).
+    pub corrections: Vec<(i64, Option<Counted>)>,
+}
+
+/// What a fact counts: its quantity and value.
+pub type Counted = (Decimal, Option<String>);
+
+impl UsageFact {
+    /// The fact as the log held it before position `before`: `None` if not yet recorded or void.
+    pub fn as_of(&self, before: i64) -> Option<(Decimal, Option<&str>)> {
+        if self.position >= before {
+            return None;
+        }
+        let mut state = Some((self.quantity, self.value.as_deref()));
+        for (position, correction) in &self.corrections {
+            if *position < before {
+                state = correction.as_ref().map(|(q, v)| (*q, v.as_deref()));
+            }
+        }
+        state
+    }
 }
 
 /// The candidate catalog: by plan code, the plan that stands for every version of it.
 #[derive(Debug, Clone, Default)]
 pub struct CandidateCatalog {
     plans: BTreeMap<String, Plan>,
+    metrics: BTreeMap<String, MetricDefinition>,
 }
 
 impl CandidateCatalog {
     /// A catalog of `plans` (a later plan with the same code wins).
     pub fn new(plans: impl IntoIterator<Item = Plan>) -> Self {
-        Self { plans: plans.into_iter().map(|p| (p.code.to_string(), p)).collect() }
+        Self { plans: plans.into_iter().map(|p| (p.code.to_string(), p)).collect(), metrics: BTreeMap::new() }
+    }
+
+    /// With the billable metrics' definitions (those of the real catalog: usage is aggregated
+    /// as billing aggregates it).
+    pub fn with_metrics(mut self, metrics: impl IntoIterator<Item = MetricDefinition>) -> Self {
+        self.metrics = metrics.into_iter().map(|m| (m.code.to_string(), m)).collect();
+        self
+    }
+
+    /// Metric `code`'s definition (a built-in's or an undefined plan metric's implicit one).
+    pub fn metric(&self, code: &str) -> MetricDefinition {
+        match self.metrics.get(code) {
+            Some(m) => m.clone(),
+            None => MetricDefinition::implicit(code),
+        }
     }
 
     /// The candidate plan with `code`, if the catalog has one.
@@ -126,50 +168,51 @@ pub struct Replayed {
 }
 
 /// The usage meter of a replay: the facts recorded before position `before`, as the live
-/// meter (`rm.usage_records`) saw them then.
+/// meter (`rm.usage_records`) saw them then, aggregated by each metric's definition.
 struct ReplayMeter {
     facts: Arc<[UsageFact]>,
     before: i64,
+    metrics: BTreeMap<String, MetricDefinition>,
 }
 
 impl ReplayMeter {
-    fn seen(&self, period: Period) -> impl Iterator<Item = &UsageFact> {
-        self.facts.iter().filter(move |f| f.position < self.before && f.occurred_at >= period.start && f.occurred_at < period.end)
+    fn seen(&self, period: Period) -> impl Iterator<Item = (&UsageFact, Decimal, Option<&str>)> {
+        self.facts.iter().filter(move |f| f.occurred_at >= period.start && f.occurred_at < period.end).filter_map(move |f| {
+            let (quantity, value) = f.as_of(self.before)?;
+            Some((f, quantity, value))
+        })
     }
 }
 
 impl UsageMeter for ReplayMeter {
     fn billable_usage(&self, _tenant_id: Uuid, period: Period) -> BoxFuture<'_, Result<BillableUsage, String>> {
-        let (mut api_calls, mut sms) = (0i64, 0i64);
-        for fact in self.seen(period) {
+        let (mut api_calls, mut sms) = (Decimal::ZERO, Decimal::ZERO);
+        for (fact, quantity, _) in self.seen(period) {
             match fact.metric.as_str() {
-                "api_calls" => api_calls += fact.quantity,
-                "sms" => sms += fact.quantity,
+                "api_calls" => api_calls += quantity,
+                "sms" => sms += quantity,
                 _ => {}
             }
         }
-        Box::pin(async move { Ok(BillableUsage { api_calls: api_calls.max(0) as u64, sms: sms.max(0) as u64 }) })
+        let whole = |d: Decimal| d.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero).to_u64().unwrap_or(0);
+        Box::pin(async move { Ok(BillableUsage { api_calls: whole(api_calls), sms: whole(sms) }) })
     }
 
-    fn metered(&self, _tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
-        // Counters summed; gauges at their latest value (latest instant, later position on a tie,
-        // and the later of a batch's facts, which share its position: the facts come in log
-        // order). Per metric: whether a gauge, the sum, and the latest (instant, position, quantity).
-        type Latest = Option<(DateTime<Utc>, i64, i64)>;
-        let mut sums: BTreeMap<&str, (bool, i64, Latest)> = BTreeMap::new();
-        for fact in self.seen(period).filter(|f| metrics.contains(&f.metric)) {
-            let entry = sums.entry(fact.metric.as_str()).or_default();
-            entry.0 |= fact.gauge;
-            entry.1 += fact.quantity;
-            if entry.2.is_none_or(|(at, position, _)| (fact.occurred_at, fact.position) >= (at, position)) {
-                entry.2 = Some((fact.occurred_at, fact.position, fact.quantity));
-            }
+    fn metered(&self, _tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, Decimal>, String>> {
+        // Each metric's tally (a batch's facts share its position and follow its order), then
+        // its definition's figure.
+        let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+        for (fact, quantity, value) in self.seen(period).filter(|(f, _, _)| metrics.contains(&f.metric)) {
+            tallies.entry(fact.metric.as_str()).or_default().add(fact.occurred_at, fact.position, fact.item, quantity, value);
         }
-        let answer = sums
+        let answer = tallies
             .into_iter()
-            .map(|(metric, (gauge, sum, latest))| {
-                let value = if gauge { latest.map_or(0, |l| l.2) } else { sum };
-                (metric.to_owned(), value.max(0) as u64)
+            .map(|(metric, tally)| {
+                let definition = match self.metrics.get(metric) {
+                    Some(m) => m.clone(),
+                    None => MetricDefinition::implicit(metric),
+                };
+                (metric.to_owned(), definition.figure(&tally))
             })
             .collect();
         Box::pin(async move { Ok(answer) })
@@ -202,7 +245,8 @@ pub async fn replay(events: Vec<RecordedEvent>, facts: Arc<[UsageFact]>, catalog
             }
             real.apply(recorded.event.clone());
         }
-        let meter: Arc<dyn UsageMeter> = Arc::new(ReplayMeter { facts: facts.clone(), before: group[0].position });
+        let meter: Arc<dyn UsageMeter> =
+            Arc::new(ReplayMeter { facts: facts.clone(), before: group[0].position, metrics: catalog.metrics.clone() });
         for command in commands {
             let command = match command {
                 Ok(command) => command,

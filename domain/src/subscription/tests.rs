@@ -645,7 +645,7 @@ fn late_api_calls_that_cross_the_allowance_are_billed_on_the_next_invoice_for_th
     let february = advance(metered(&[(at(2027, 1, 1), 10_000, 0)]), &mut events, at(2027, 2, 1));
     assert_eq!(money(invoices(&february)[0]).0, [(LineKind::Plan, cents("29.00"))]);
     assert!(february.iter().any(|e| matches!(e, SubscriptionEvent::UsageBilled { period_start, charges, .. }
-        if *period_start == at(2027, 1, 1) && charges[0].quantity == 10_000 && charges[0].amount.is_zero())));
+        if *period_start == at(2027, 1, 1) && charges[0].quantity == Decimal::from(10_000) && charges[0].amount.is_zero())));
     // 2,001 late calls for January turn up before March's invoice: 12,001 → 3 started blocks.
     let march = advance(metered(&[(at(2027, 1, 1), 12_001, 0), (at(2027, 2, 1), 500, 0)]), &mut events, at(2027, 3, 1));
     let invoice = invoices(&march)[0];
@@ -672,7 +672,7 @@ fn late_facts_inside_the_allowance_add_no_line_but_are_remembered() {
     advance(metered(&[(at(2027, 1, 1), 5_000, 0)]), &mut events, at(2027, 2, 1));
     let march = advance(metered(&[(at(2027, 1, 1), 9_999, 0)]), &mut events, at(2027, 3, 1));
     assert_eq!(money(invoices(&march)[0]).0, [(LineKind::Plan, cents("29.00"))]);
-    assert_eq!(state(&events).usage_billed[&at(2027, 1, 1)].charges[0].quantity, 9_999);
+    assert_eq!(state(&events).usage_billed[&at(2027, 1, 1)].charges[0].quantity, Decimal::from(9_999));
     // Two more calls later cross the allowance by one: one started block.
     let april = advance(metered(&[(at(2027, 1, 1), 10_001, 0)]), &mut events, at(2027, 4, 1));
     assert_eq!(money(invoices(&april)[0]).0, [(LineKind::Plan, cents("29.00")), (LineKind::Overage, cents("0.50"))]);
@@ -868,8 +868,8 @@ impl UsageMeter for MetricByPeriod {
         Box::pin(async { Ok(BillableUsage::default()) })
     }
 
-    fn metered(&self, _: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
-        let found = self.1.iter().find(|(start, _)| *start == period.start).map(|(_, q)| *q);
+    fn metered(&self, _: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, Decimal>, String>> {
+        let found = self.1.iter().find(|(start, _)| *start == period.start).map(|(_, q)| Decimal::from(*q));
         let metric = self.0;
         Box::pin(
             async move { Ok(found.filter(|_| metrics.iter().any(|m| m == metric)).map(|q| (metric.to_owned(), q)).into_iter().collect()) },
@@ -903,11 +903,15 @@ fn late_facts_are_billed_as_the_difference_under_every_charge_model() {
         // January billed at 8 (3 beyond the 5 included).
         let february = advance(framework(8), &mut events, at(2027, 2, 1));
         let billed: Decimal = money(invoices(&february)[0]).0.iter().filter(|(k, _)| *k == LineKind::Usage).map(|(_, a)| d(a)).sum();
-        assert_eq!(billed, charge.amount(8), "{charge:?}");
+        assert_eq!(billed, charge.amount(Decimal::from(8)), "{charge:?}");
         // 17 more arrive late: the next invoice carries exactly the difference, once.
         let march = advance(framework(25), &mut events, at(2027, 3, 1));
         let late: Vec<(LineKind, String)> = money(invoices(&march)[0]).0.into_iter().filter(|(k, _)| *k == LineKind::Usage).collect();
-        assert_eq!(late, [(LineKind::Usage, (charge.amount(25) - charge.amount(8)).to_string())], "{charge:?}");
+        assert_eq!(
+            late,
+            [(LineKind::Usage, (charge.amount(Decimal::from(25)) - charge.amount(Decimal::from(8))).to_string())],
+            "{charge:?}"
+        );
         assert!(ok(framework(25), &events, SubscriptionCommand::AdvanceTo { as_of: at(2027, 3, 1) }).is_empty());
         // Within the included units nothing is billed, late or not.
         let mut quiet = ok(framework(0), &[], {

@@ -9,10 +9,11 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{parse_quantity, MetricKind, MetricName, RecordedFact, LATE_USAGE_DAYS};
+use super::{parse_quantity, parse_value, quantity, MetricKind, MetricName, RecordedFact, LATE_USAGE_DAYS};
 use crate::{Rejection, RejectionKind, ValidationError};
 
 /// The fact a correction applies to, as it was recorded.
@@ -33,9 +34,19 @@ pub struct Correction {
     /// `void` or `amend`.
     pub kind: CorrectionKind,
     /// The quantity after it (0 for a void).
-    pub quantity: i64,
+    #[serde(with = "quantity")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub quantity: Decimal,
     /// The quantity before it.
-    pub previous_quantity: i64,
+    #[serde(with = "quantity")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub previous_quantity: Decimal,
+    /// The value after it (a `unique_count` fact's amendment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value before it (a `unique_count` fact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_value: Option<String>,
     /// Why.
     pub reason: String,
     /// Who (`admin`, `key:<prefix>`).
@@ -61,7 +72,11 @@ pub struct UsageCorrections {
     /// The fact, once a correction was made.
     pub original: Option<OriginalFact>,
     /// Its quantity now.
-    pub quantity: i64,
+    #[serde(with = "quantity")]
+    pub quantity: Decimal,
+    /// Its value now (a `unique_count` fact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     /// Whether it was voided.
     pub void: bool,
     /// Every correction, oldest first.
@@ -84,8 +99,10 @@ impl UsageCorrections {
 pub struct Correct {
     /// The fact as recorded (looked up by its key).
     pub original: OriginalFact,
-    /// `None`: void it; `Some(q)`: amend it to `q`.
-    pub quantity: Option<i64>,
+    /// `None`: void it; `Some(q)`: amend it to `q` (1 for a `unique_count` fact).
+    pub quantity: Option<Decimal>,
+    /// A `unique_count` fact's new value (with `quantity: Some(1)`).
+    pub value: Option<String>,
     /// Why (1 to 500 characters).
     pub reason: String,
     /// Who.
@@ -111,7 +128,11 @@ pub enum UsageCorrectionEvent {
         /// When it happened.
         occurred_at: DateTime<Utc>,
         /// Its quantity before.
-        previous_quantity: i64,
+        #[serde(with = "quantity")]
+        previous_quantity: Decimal,
+        /// Its value before (a `unique_count` fact).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_value: Option<String>,
         /// Why.
         reason: String,
         /// Who.
@@ -132,9 +153,17 @@ pub enum UsageCorrectionEvent {
         /// When it happened.
         occurred_at: DateTime<Utc>,
         /// Its quantity before.
-        previous_quantity: i64,
+        #[serde(with = "quantity")]
+        previous_quantity: Decimal,
         /// Its quantity now.
-        quantity: i64,
+        #[serde(with = "quantity")]
+        quantity: Decimal,
+        /// Its value before (a `unique_count` fact).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_value: Option<String>,
+        /// Its value now (a `unique_count` fact).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
         /// Why.
         reason: String,
         /// Who.
@@ -212,14 +241,23 @@ impl Aggregate for UsageCorrections {
     type Services = ();
 
     async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
-        let Correct { original, quantity, reason, actor, at } = command;
+        let Correct { original, quantity, value, reason, actor, at } = command;
         let reason = reason.trim().to_owned();
         if reason.is_empty() || reason.chars().count() > 500 {
             return Err(ValidationError::new("reason", "must say why the fact is corrected (1 to 500 characters)").into());
         }
-        if let Some(q) = quantity {
-            parse_quantity(q)?;
-        }
+        let unique = original.fact.kind == MetricKind::Unique;
+        let (quantity, value) = match (quantity, value) {
+            (None, _) => (None, None),
+            (Some(_), Some(v)) if unique => (Some(Decimal::ONE), Some(parse_value(&v)?)),
+            (Some(_), None) if unique => {
+                return Err(ValidationError::new("value", "the fact is of a unique_count metric: an amendment gives its new value").into());
+            }
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new("value", "only a unique_count metric's fact has a value; give its new quantity").into());
+            }
+            (Some(q), None) => (Some(parse_quantity(q)?), None),
+        };
         if self.void {
             return Err(CorrectionError::Conflict {
                 field: "idempotency_key",
@@ -233,9 +271,10 @@ impl Aggregate for UsageCorrections {
                 message: format!("the fact occurred more than {LATE_USAGE_DAYS} days ago: it can no longer be corrected"),
             });
         }
-        let previous_quantity = if self.original.is_some() { self.quantity } else { fact.quantity };
+        let (previous_quantity, previous_value) =
+            if self.original.is_some() { (self.quantity, self.value.clone()) } else { (fact.quantity, fact.value.clone()) };
         let (tenant_id, idempotency_key, metric, kind, occurred_at) =
-            (original.tenant_id, original.idempotency_key.clone(), fact.metric.clone(), fact.metric.kind(), fact.occurred_at);
+            (original.tenant_id, original.idempotency_key.clone(), fact.metric.clone(), fact.kind, fact.occurred_at);
         let event = match quantity {
             None => UsageCorrectionEvent::UsageVoided {
                 tenant_id,
@@ -244,6 +283,7 @@ impl Aggregate for UsageCorrections {
                 kind,
                 occurred_at,
                 previous_quantity,
+                previous_value,
                 reason,
                 actor,
                 at,
@@ -256,6 +296,8 @@ impl Aggregate for UsageCorrections {
                 occurred_at,
                 previous_quantity,
                 quantity,
+                previous_value,
+                value,
                 reason,
                 actor,
                 at,
@@ -271,41 +313,64 @@ impl Aggregate for UsageCorrections {
                 tenant_id,
                 idempotency_key,
                 metric,
+                kind,
                 occurred_at,
                 previous_quantity,
+                previous_value,
                 reason,
                 actor,
                 at,
-                ..
             } => {
                 self.original.get_or_insert(OriginalFact {
                     tenant_id,
                     idempotency_key,
-                    fact: RecordedFact { metric, quantity: previous_quantity, occurred_at },
+                    fact: RecordedFact { metric, kind, quantity: previous_quantity, value: previous_value.clone(), occurred_at },
                 });
                 self.void = true;
-                self.quantity = 0;
-                self.corrections.push(Correction { kind: CorrectionKind::Void, quantity: 0, previous_quantity, reason, actor, at });
+                self.quantity = Decimal::ZERO;
+                self.value = None;
+                self.corrections.push(Correction {
+                    kind: CorrectionKind::Void,
+                    quantity: Decimal::ZERO,
+                    previous_quantity,
+                    value: None,
+                    previous_value,
+                    reason,
+                    actor,
+                    at,
+                });
             }
             UsageCorrectionEvent::UsageAmended {
                 tenant_id,
                 idempotency_key,
                 metric,
+                kind,
                 occurred_at,
                 previous_quantity,
                 quantity,
+                previous_value,
+                value,
                 reason,
                 actor,
                 at,
-                ..
             } => {
                 self.original.get_or_insert(OriginalFact {
                     tenant_id,
                     idempotency_key,
-                    fact: RecordedFact { metric, quantity: previous_quantity, occurred_at },
+                    fact: RecordedFact { metric, kind, quantity: previous_quantity, value: previous_value.clone(), occurred_at },
                 });
                 self.quantity = quantity;
-                self.corrections.push(Correction { kind: CorrectionKind::Amend, quantity, previous_quantity, reason, actor, at });
+                self.value = value.clone();
+                self.corrections.push(Correction {
+                    kind: CorrectionKind::Amend,
+                    quantity,
+                    previous_quantity,
+                    value,
+                    previous_value,
+                    reason,
+                    actor,
+                    at,
+                });
             }
         }
     }
@@ -325,14 +390,21 @@ mod tests {
         OriginalFact {
             tenant_id: Uuid::nil(),
             idempotency_key: "k1".into(),
-            fact: RecordedFact { metric: MetricName::parse("api_calls").unwrap(), quantity: 2001, occurred_at: at(occurred_at) },
+            fact: RecordedFact {
+                metric: MetricName::parse("api_calls").unwrap(),
+                kind: MetricKind::Counter,
+                quantity: Decimal::from(2001),
+                value: None,
+                occurred_at: at(occurred_at),
+            },
         }
     }
 
     fn correct(quantity: Option<i64>, now: &str) -> Correct {
         Correct {
             original: original("2027-01-20T00:00:00Z"),
-            quantity,
+            quantity: quantity.map(Decimal::from),
+            value: None,
             reason: "duplicate send".into(),
             actor: "admin".into(),
             at: at(now),
@@ -349,8 +421,10 @@ mod tests {
             metric: MetricName::parse("api_calls").unwrap(),
             kind: MetricKind::Counter,
             occurred_at: at("2027-01-20T00:00:00Z"),
-            previous_quantity: 2001,
-            quantity: 1500,
+            previous_quantity: Decimal::from(2001),
+            quantity: Decimal::from(1500),
+            previous_value: None,
+            value: None,
             reason: "duplicate send".into(),
             actor: "admin".into(),
             at: at("2027-02-01T00:00:00Z"),
@@ -361,11 +435,13 @@ mod tests {
             .then_expect_events(vec![amended.clone()]);
         // A void after it takes the amended quantity away.
         let events = Facts::with(()).given(vec![amended.clone()]).when(correct(None, "2027-02-02T00:00:00Z")).inspect_result().unwrap();
-        assert!(matches!(&events[0], UsageCorrectionEvent::UsageVoided { previous_quantity: 1500, .. }));
+        assert!(
+            matches!(&events[0], UsageCorrectionEvent::UsageVoided { previous_quantity, .. } if *previous_quantity == Decimal::from(1500))
+        );
         let mut state = UsageCorrections::default();
         state.apply(amended);
         state.apply(events[0].clone());
-        assert_eq!((state.status(), state.quantity, state.corrections.len()), ("void", 0, 2));
+        assert_eq!((state.status(), state.quantity, state.corrections.len()), ("void", Decimal::ZERO, 2));
         // Void: never again.
         let again = Facts::with(()).given(vec![events[0].clone()]).when(correct(None, "2027-02-02T00:00:00Z")).inspect_result();
         assert!(matches!(again, Err(CorrectionError::Conflict { field: "idempotency_key", .. })));

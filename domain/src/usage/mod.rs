@@ -11,10 +11,15 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod corrections;
+pub mod metrics;
+pub mod quantity;
+
+pub use quantity::{parse_quantity, MAX_QUANTITY, MAX_SCALE};
 
 use crate::values::string_value;
 use crate::{Rejection, RejectionKind, ValidationError};
@@ -36,8 +41,9 @@ impl MetricName {
         Ok(Self(input.to_owned()))
     }
 
-    /// A metric a tenant may record: a built-in one (see [`BUILT_IN_METRICS`]) or one its plan
-    /// prices (`plan_metrics`); a misspelt name would otherwise be stored and billed as nothing.
+    /// A metric a tenant may record: a built-in one (see [`BUILT_IN_METRICS`]), one of the
+    /// catalog or one its plan prices (`plan_metrics`, with the catalog's that its plan names);
+    /// a misspelt name would otherwise be stored and billed as nothing.
     pub fn known(input: &str, plan_metrics: &[String]) -> Result<Self, ValidationError> {
         let metric = Self::parse(input)?;
         if !BUILT_IN_METRICS.contains(&metric.as_str()) && !plan_metrics.iter().any(|m| m == input) {
@@ -62,36 +68,47 @@ impl MetricName {
     pub fn is_built_in(input: &str) -> bool {
         BUILT_IN_METRICS.contains(&input)
     }
-
-    /// How the metric aggregates.
-    pub fn kind(&self) -> MetricKind {
-        match self.as_str() {
-            "storage_bytes" => MetricKind::Gauge,
-            _ => MetricKind::Counter,
-        }
-    }
 }
 
 /// How a metric's facts combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = domain::MetricKind))]
 #[serde(rename_all = "lowercase")]
 pub enum MetricKind {
     /// Facts add up (`api_calls`, `sms`).
+    #[default]
     Counter,
-    /// The latest fact is the value (`storage_bytes`).
+    /// The latest fact is the value (`storage_bytes`; a `last` metric).
     Gauge,
+    /// The largest fact is the value (a `max` metric).
+    #[serde(rename = "max")]
+    Max,
+    /// The distinct values count (a `unique_count` metric; each fact's quantity is 1).
+    #[serde(rename = "unique")]
+    Unique,
 }
 
-/// The largest quantity one fact may carry.
-pub const MAX_QUANTITY: i64 = 1_000_000_000_000_000;
-
-/// Checks a quantity: a whole number from 0 to [`MAX_QUANTITY`].
-pub fn parse_quantity(quantity: i64) -> Result<i64, ValidationError> {
-    if !(0..=MAX_QUANTITY).contains(&quantity) {
-        return Err(ValidationError::new("quantity", format!("must be a whole number from 0 to {MAX_QUANTITY}")));
+impl MetricKind {
+    /// Its name in the log and the read models.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Max => "max",
+            Self::Unique => "unique",
+        }
     }
-    Ok(quantity)
+}
+
+/// The longest `value` a `unique_count` fact may carry.
+pub const MAX_VALUE_LENGTH: usize = 255;
+
+/// Checks a `unique_count` fact's value: 1 to 255 characters.
+pub fn parse_value(value: &str) -> Result<String, ValidationError> {
+    if value.is_empty() || value.chars().count() > MAX_VALUE_LENGTH || value.chars().any(char::is_control) {
+        return Err(ValidationError::new("value", format!("must be 1 to {MAX_VALUE_LENGTH} characters (no control characters)")));
+    }
+    Ok(value.to_owned())
 }
 
 /// Checks an idempotency key: 1 to 255 visible ASCII characters.
@@ -125,8 +142,16 @@ pub struct UsageFact {
 pub struct RecordedFact {
     /// Which metric.
     pub metric: MetricName,
+    /// How the metric's facts combine (as recorded).
+    #[serde(default)]
+    pub kind: MetricKind,
     /// How much.
-    pub quantity: i64,
+    #[serde(with = "quantity")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub quantity: Decimal,
+    /// The value counted (a `unique_count` metric's fact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     /// When it happened.
     pub occurred_at: DateTime<Utc>,
 }
@@ -138,8 +163,12 @@ pub struct RecordUsage {
     pub tenant_id: Uuid,
     /// Which metric.
     pub metric: MetricName,
-    /// How much.
-    pub quantity: i64,
+    /// How the metric's facts combine (from its definition).
+    pub kind: MetricKind,
+    /// How much (1 for a `unique_count` fact).
+    pub quantity: Decimal,
+    /// The value counted (a `unique_count` metric's fact; none for any other).
+    pub value: Option<String>,
     /// The client's key for this fact.
     pub idempotency_key: String,
     /// When it happened.
@@ -164,7 +193,11 @@ pub enum UsageEvent {
         /// Counter or gauge.
         kind: MetricKind,
         /// How much.
-        quantity: i64,
+        #[serde(with = "quantity")]
+        quantity: Decimal,
+        /// The value counted (a `unique_count` metric's fact).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
         /// The client's key.
         idempotency_key: String,
         /// When it happened.
@@ -191,7 +224,7 @@ pub enum UsageError {
     Invalid(#[from] ValidationError),
     /// The idempotency key was recorded with another metric, quantity or `occurred_at`: a
     /// client bug (two facts under one key), never answered as a duplicate.
-    #[error("idempotency_key \"{key}\" was recorded with another fact ({} {} at {}); a correction is not a resend", .recorded.metric, .recorded.quantity, .recorded.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))]
+    #[error("idempotency_key \"{key}\" was recorded with another fact ({} {} at {}); a correction is not a resend", .recorded.metric, .recorded.value.clone().unwrap_or_else(|| .recorded.quantity.to_string()), .recorded.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))]
     KeyReused {
         /// The key.
         key: String,
@@ -261,6 +294,7 @@ impl Aggregate for UsageFact {
             metric: fact.metric,
             kind: fact.kind,
             quantity: fact.quantity,
+            value: fact.value,
             idempotency_key: fact.idempotency_key,
             occurred_at: fact.occurred_at,
             recorded_at: command.at,
@@ -270,9 +304,9 @@ impl Aggregate for UsageFact {
     }
 
     fn apply(&mut self, event: Self::Event) {
-        let UsageEvent::UsageRecorded { metric, quantity, occurred_at, .. } = event;
+        let UsageEvent::UsageRecorded { metric, kind, quantity, value, occurred_at, .. } = event;
         self.recorded = true;
-        self.fact = Some(RecordedFact { metric, quantity, occurred_at });
+        self.fact = Some(RecordedFact { metric, kind, quantity, value, occurred_at });
     }
 }
 
@@ -281,7 +315,8 @@ impl RecordUsage {
     /// and the same `occurred_at` when the command states one.
     pub fn repeats(&self, recorded: &RecordedFact) -> bool {
         self.metric == recorded.metric
-            && self.quantity == recorded.quantity
+            && (self.kind == MetricKind::Unique || self.quantity == recorded.quantity)
+            && self.value == recorded.value
             && (!self.occurred_at_stated || self.occurred_at == recorded.occurred_at)
     }
 
@@ -300,10 +335,32 @@ impl RecordUsage {
             )
             .into());
         }
+        let (quantity, value) = match (self.kind, &self.value) {
+            (MetricKind::Unique, Some(value)) => (Decimal::ONE, Some(parse_value(value)?)),
+            (MetricKind::Unique, None) => {
+                return Err(ValidationError::new(
+                    "value",
+                    format!(
+                        "{} is a unique_count metric: a fact carries a value (a string such as a user id), not a quantity",
+                        self.metric
+                    ),
+                )
+                .into());
+            }
+            (_, Some(_)) => {
+                return Err(ValidationError::new(
+                    "value",
+                    format!("only a unique_count metric's fact carries a value; {} takes a quantity", self.metric),
+                )
+                .into());
+            }
+            (_, None) => (parse_quantity(self.quantity)?, None),
+        };
         Ok(BatchFact {
             metric: self.metric.clone(),
-            kind: self.metric.kind(),
-            quantity: parse_quantity(self.quantity)?,
+            kind: self.kind,
+            quantity,
+            value,
             idempotency_key: self.idempotency_key.clone(),
             occurred_at: self.occurred_at,
         })
@@ -352,7 +409,12 @@ pub struct BatchFact {
     /// Counter or gauge.
     pub kind: MetricKind,
     /// How much.
-    pub quantity: i64,
+    #[serde(with = "quantity")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub quantity: Decimal,
+    /// The value counted (a `unique_count` metric's fact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     /// The client's key.
     pub idempotency_key: String,
     /// When it happened.
@@ -426,7 +488,9 @@ mod tests {
         RecordUsage {
             tenant_id: Uuid::from_u128(1),
             metric: MetricName::parse("api_calls").unwrap(),
-            quantity,
+            kind: MetricKind::Counter,
+            quantity: Decimal::from(quantity),
+            value: None,
             idempotency_key: "k1".into(),
             occurred_at,
             occurred_at_stated: true,
@@ -438,7 +502,9 @@ mod tests {
     fn a_fact_is_recorded_once_and_a_retry_records_nothing() {
         let at = Utc.with_ymd_and_hms(2027, 1, 1, 11, 0, 0).unwrap();
         let events = TestFramework::<UsageFact>::with(()).given_no_previous_events().when(record(5, at)).inspect_result().unwrap();
-        assert!(matches!(&events[..], [UsageEvent::UsageRecorded { quantity: 5, kind: MetricKind::Counter, .. }]));
+        assert!(
+            matches!(&events[..], [UsageEvent::UsageRecorded { quantity, kind: MetricKind::Counter, .. }] if *quantity == Decimal::from(5))
+        );
         TestFramework::<UsageFact>::with(()).given(events).when(record(5, at)).then_expect_events(vec![]);
     }
 
@@ -503,9 +569,35 @@ mod tests {
     }
 
     #[test]
-    fn metric_names_and_kinds() {
-        assert_eq!(MetricName::parse("storage_bytes").unwrap().kind(), MetricKind::Gauge);
-        assert_eq!(MetricName::parse("sms").unwrap().kind(), MetricKind::Counter);
+    fn decimal_quantities_and_unique_values() {
+        let at = Utc.with_ymd_and_hms(2027, 1, 1, 11, 0, 0).unwrap();
+        let decimal = RecordUsage { quantity: "2.125".parse().unwrap(), ..record(0, at) };
+        assert_eq!(decimal.decide().unwrap().quantity.to_string(), "2.125");
+        let field = |r: RecordUsage| match r.decide() {
+            Err(UsageError::Invalid(e)) => e.field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(RecordUsage { quantity: "0.0000001".parse().unwrap(), ..record(0, at) }), "quantity");
+        let unique = RecordUsage { kind: MetricKind::Unique, value: Some("user-1".into()), ..record(0, at) };
+        let decided = unique.decide().unwrap();
+        assert_eq!((decided.quantity, decided.value.as_deref()), (Decimal::ONE, Some("user-1")));
+        assert_eq!(field(RecordUsage { value: None, ..unique.clone() }), "value");
+        assert_eq!(field(RecordUsage { value: Some(String::new()), ..unique.clone() }), "value");
+        assert_eq!(field(RecordUsage { value: Some("x".into()), ..record(1, at) }), "value");
+        // A unique fact sent again with another value is another fact.
+        let recorded = RecordedFact {
+            metric: unique.metric.clone(),
+            kind: MetricKind::Unique,
+            quantity: Decimal::ONE,
+            value: Some("user-1".into()),
+            occurred_at: at,
+        };
+        assert!(unique.repeats(&recorded));
+        assert!(!RecordUsage { value: Some("user-2".into()), ..unique }.repeats(&recorded));
+    }
+
+    #[test]
+    fn metric_names() {
         for bad in ["", "API", "1abc", "a-b", &"a".repeat(65)] {
             assert!(MetricName::parse(bad).is_err(), "{bad}");
         }
@@ -524,7 +616,7 @@ mod tests {
             .inspect_result()
             .unwrap();
         let [UsageBatchEvent::UsageBatchRecorded { facts, recorded_at, .. }] = &events[..] else { panic!("{events:?}") };
-        assert_eq!((facts.len(), facts[1].quantity, *recorded_at), (2, 2, at));
+        assert_eq!((facts.len(), facts[1].quantity, *recorded_at), (2, Decimal::from(2), at));
         TestFramework::<UsageBatch>::with(()).given(events).when(batch(vec![fact("c", 1)])).then_expect_events(vec![]);
         for facts in [vec![fact("a", 1), fact("a", 2)], vec![], (0..=MAX_BATCH_FACTS).map(|i| fact(&i.to_string(), 1)).collect()] {
             assert!(TestFramework::<UsageBatch>::with(()).given_no_previous_events().when(batch(facts)).inspect_result().is_err());

@@ -95,6 +95,14 @@ pub(super) fn shown(v: Option<&RawValue>) -> &str {
     v.map_or("null", RawValue::get)
 }
 
+/// A quantity: a whole one is a JSON number, a decimal one a string (`"2.5"`), shown bare.
+pub(super) fn quantity(v: Option<&RawValue>) -> String {
+    match v {
+        Some(r) if r.get().starts_with('"') => text(v),
+        _ => shown(v).to_owned(),
+    }
+}
+
 /// A one-line, human summary of an event, from its type and its payload's JSON text.
 pub fn summary_of(event_type: &str, aggregate_type: &str, aggregate_id: &str, payload: &str) -> String {
     let p: Fields<'_> = serde_json::from_str(payload).unwrap_or_default();
@@ -121,10 +129,10 @@ pub fn summary_of(event_type: &str, aggregate_type: &str, aggregate_id: &str, pa
         "BookingRescheduled" => format!("booking moved to {} – {}", text(p.starts_at), text(p.ends_at)),
         "BookingCancelled" => format!("booking cancelled: {}", text(p.reason)),
         "ResourceCreated" => format!("{} \"{}\" created (capacity {})", text(p.kind), text(p.name), shown(p.capacity)),
-        "UsageRecorded" => format!("{} {} recorded", shown(p.quantity), text(p.metric)),
+        "UsageRecorded" => format!("{} {} recorded", quantity(p.quantity), text(p.metric)),
         "UsageBatchRecorded" => batch_summary(p.facts),
         "UsageVoided" => format!("usage fact {} voided: {}", text(p.idempotency_key), text(p.reason)),
-        "UsageAmended" => format!("usage fact {} amended to {}: {}", text(p.idempotency_key), shown(p.quantity), text(p.reason)),
+        "UsageAmended" => format!("usage fact {} amended to {}: {}", text(p.idempotency_key), quantity(p.quantity), text(p.reason)),
         "MonthClosed" => format!("revenue month {} closed", text(p.month)),
         "MonthReopened" => format!("revenue month {} reopened: {}", text(p.month), text(p.reason)),
         other => format!("{other} on {aggregate_type} {aggregate_id}"),

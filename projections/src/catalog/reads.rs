@@ -31,7 +31,33 @@ pub struct CouponRow {
 const COUPON_SELECT: &str = "SELECT c.terms, coalesce(r.redeemed, 0) AS redeemed, c.created_at
      FROM rm.coupons c LEFT JOIN coupon_redemptions r ON r.code = c.code";
 
+/// A billable metric of the catalog (`None` for `defined_at`: a built-in).
+#[derive(Debug, Clone)]
+pub struct MetricRow {
+    pub definition: domain::usage::metrics::MetricDefinition,
+    pub defined_at: Option<DateTime<Utc>>,
+}
+
 impl CatalogReads<'_> {
+    /// Every billable metric: the built-ins, then the defined ones, by code.
+    pub async fn metrics(&self) -> Result<Vec<MetricRow>, sqlx::Error> {
+        let rows: Vec<(Json<domain::usage::metrics::MetricDefinition>, DateTime<Utc>)> =
+            sqlx::query_as("SELECT definition, defined_at FROM rm.metrics ORDER BY code").fetch_all(self.0).await?;
+        let built_ins =
+            domain::usage::metrics::MetricDefinition::built_ins().into_iter().map(|definition| MetricRow { definition, defined_at: None });
+        Ok(built_ins.chain(rows.into_iter().map(|(d, at)| MetricRow { definition: d.0, defined_at: Some(at) })).collect())
+    }
+
+    /// Metric `code`, if the catalog has it.
+    pub async fn metric(&self, code: &str) -> Result<Option<MetricRow>, sqlx::Error> {
+        if let Some(definition) = domain::usage::metrics::MetricDefinition::built_ins().into_iter().find(|m| m.code.as_str() == code) {
+            return Ok(Some(MetricRow { definition, defined_at: None }));
+        }
+        let row: Option<(Json<domain::usage::metrics::MetricDefinition>, DateTime<Utc>)> =
+            sqlx::query_as("SELECT definition, defined_at FROM rm.metrics WHERE code = $1").bind(code).fetch_optional(self.0).await?;
+        Ok(row.map(|(d, at)| MetricRow { definition: d.0, defined_at: Some(at) }))
+    }
+
     /// The latest version of each plan, cheapest first.
     pub async fn latest_plans(&self) -> Result<Vec<Plan>, sqlx::Error> {
         let plans: Vec<Json<Plan>> = sqlx::query_scalar(

@@ -30,7 +30,22 @@ pub struct UsageBucketRow {
     pub total: Decimal,
     pub facts: i64,
     /// A gauge's latest value in the bucket.
-    pub last: i64,
+    pub last: Decimal,
+    /// The largest value in the bucket (a `max` metric's figure; a `unique_count` metric's
+    /// distinct values).
+    pub largest: Decimal,
+}
+
+impl UsageBucketRow {
+    /// The bucket's figure as its metric aggregates: a gauge's latest value, a `max` metric's
+    /// largest, a `unique_count` metric's distinct values, a counter's sum.
+    pub fn value(&self) -> Decimal {
+        match self.kind.as_str() {
+            "gauge" => self.last,
+            "max" | "unique" => self.largest,
+            _ => self.total,
+        }
+    }
 }
 
 /// A bucket of an `analytics.usage_*` view.
@@ -92,13 +107,24 @@ impl UsageReads<'_> {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageBucketRow>, sqlx::Error> {
+        // Distinct values do not add up hour by hour: a `unique_count` metric's buckets are
+        // counted from its facts.
         sqlx::query_as(
             "SELECT metric, kind, date_trunc($4, hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
                     sum(total) AS total, sum(facts)::bigint AS facts,
-                    (array_agg(last_value ORDER BY last_at DESC))[1] AS last
+                    (array_agg(last_value ORDER BY last_at DESC))[1] AS last, max(max_value) AS largest
              FROM rm.usage_hourly
-             WHERE tenant_id = $1 AND ($2::text IS NULL OR metric = $2) AND hour >= date_trunc('hour', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND hour < $5
-             GROUP BY metric, kind, bucket ORDER BY metric, bucket",
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR metric = $2) AND kind <> 'unique'
+               AND hour >= date_trunc('hour', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND hour < $5
+             GROUP BY metric, kind, bucket
+             UNION ALL
+             SELECT metric, kind, date_trunc($4, occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket,
+                    sum(quantity), count(*)::bigint, 0::numeric, count(DISTINCT value)::numeric
+             FROM rm.usage_records
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR metric = $2) AND kind = 'unique'
+               AND occurred_at >= date_trunc('hour', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND occurred_at < $5
+             GROUP BY metric, kind, 3
+             ORDER BY metric, bucket",
         )
         .bind(tenant_id)
         .bind(metric)

@@ -46,11 +46,16 @@ impl UsageMeter for Meter {
         Box::pin(async move { Ok(usage) })
     }
 
-    fn metered(&self, _tenant_id: Uuid, period: Period, metrics: Vec<String>) -> BoxFuture<'_, Result<BTreeMap<String, u64>, String>> {
+    fn metered(
+        &self,
+        _tenant_id: Uuid,
+        period: Period,
+        metrics: Vec<String>,
+    ) -> BoxFuture<'_, Result<BTreeMap<String, rust_decimal::Decimal>, String>> {
         let mut sums = BTreeMap::new();
         for (metric, quantity, at) in &self.0 {
             if metrics.iter().any(|m| m == metric) && *at >= period.start && *at < period.end {
-                *sums.entry((*metric).to_owned()).or_insert(0u64) += *quantity as u64;
+                *sums.entry((*metric).to_owned()).or_insert(rust_decimal::Decimal::ZERO) += rust_decimal::Decimal::from(*quantity);
             }
         }
         Box::pin(async move { Ok(sums) })

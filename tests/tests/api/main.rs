@@ -22,6 +22,7 @@ mod global_order;
 mod instances;
 mod late_usage;
 mod members;
+mod metrics;
 mod openapi;
 mod operability;
 mod projector_crash;

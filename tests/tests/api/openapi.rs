@@ -75,8 +75,11 @@ async fn the_spec_lists_exactly_the_routed_operations_and_every_one_answers() {
             // Every operation documents its success and its errors in the contract's shape.
             let responses = op["responses"].as_object().unwrap();
             assert!(responses.keys().any(|s| s.starts_with('2')), "{method} {path} has no success response");
-            // Public: the payment webhook (signed instead) and the plan list (pricing pages).
-            let public = path == "/v1/webhooks/payments" || (path == "/v1/plans" && method == "get");
+            // Public: the payment webhook (signed instead), the plan list (pricing pages) and the
+            // metric catalog (what the plans' charges name).
+            let public = path == "/v1/webhooks/payments"
+                || (path == "/v1/plans" && method == "get")
+                || (path.starts_with("/v1/metrics") && method == "get");
             if path.starts_with("/v1/") && !public {
                 assert!(responses.contains_key("401"), "{method} {path} does not document 401");
                 assert_eq!(responses["401"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");

@@ -12,14 +12,14 @@ pub(super) fn charges_for(usage: BillableUsage, allowance: Option<u64>) -> Vec<M
         MeteredCharge {
             charge: None,
             metric: API_CALLS.into(),
-            quantity: usage.api_calls,
+            quantity: Decimal::from(usage.api_calls),
             included: allowance,
             amount: round_cents(Decimal::from(blocks) * pricing::api_call_block()),
         },
         MeteredCharge {
             charge: None,
             metric: SMS.into(),
-            quantity: usage.sms,
+            quantity: Decimal::from(usage.sms),
             included: None,
             amount: round_cents(Decimal::from(usage.sms) * pricing::sms_each()),
         },
@@ -27,11 +27,15 @@ pub(super) fn charges_for(usage: BillableUsage, allowance: Option<u64>) -> Vec<M
 }
 
 /// The plan's own charges on `usage` of a period: their lines and what each counted and cost.
-pub(super) fn plan_charges(charges: &[Charge], usage: &BTreeMap<String, u64>, period: Period) -> (Vec<InvoiceLine>, Vec<MeteredCharge>) {
+pub(super) fn plan_charges(
+    charges: &[Charge],
+    usage: &BTreeMap<String, Decimal>,
+    period: Period,
+) -> (Vec<InvoiceLine>, Vec<MeteredCharge>) {
     let (mut lines, mut billed) = (Vec::new(), Vec::new());
     let dates = dates(period);
     for charge in charges {
-        let quantity = usage.get(&charge.metric).copied().unwrap_or(0);
+        let quantity = usage.get(&charge.metric).copied().unwrap_or_default();
         let priced: Vec<InvoiceLine> = charge.lines(quantity, &dates).into_iter().map(|l| l.over(period)).collect();
         let amount = priced.iter().map(|l| l.amount).sum();
         lines.extend(priced);
@@ -187,7 +191,7 @@ pub(super) async fn late_usage(
             BillableUsage::default()
         };
         let before = |metric: &str| billed.charges.iter().find(|c| c.charge.is_none() && c.metric == metric);
-        let counted = |metric: &str| before(metric).map_or(0, |c| c.quantity);
+        let counted = |metric: &str| before(metric).map_or(0, |c| rust_decimal::prelude::ToPrimitive::to_u64(&c.quantity).unwrap_or(0));
         let builtin_changed = (builtin(API_CALLS) && usage.api_calls != counted(API_CALLS)) || (builtin(SMS) && usage.sms != counted(SMS));
         if !changed && !builtin_changed {
             continue;
