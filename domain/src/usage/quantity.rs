@@ -23,7 +23,10 @@ pub fn parse_quantity(quantity: Decimal) -> Result<Decimal, ValidationError> {
         return Err(ValidationError::new("quantity", format!("must be a number from 0 to {MAX_QUANTITY}")));
     }
     if quantity.scale() > MAX_SCALE {
-        return Err(ValidationError::new("quantity", format!("must have at most {MAX_SCALE} decimal places, not {}", quantity.scale())));
+        return Err(ValidationError::new(
+            "quantity",
+            format!("must have at most {MAX_SCALE} decimal places ({quantity} has {})", quantity.scale()),
+        ));
     }
     // `-0` reads as 0.
     Ok(if quantity.is_zero() { Decimal::ZERO } else { quantity })

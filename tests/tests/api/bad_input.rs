@@ -120,12 +120,15 @@ async fn refusals_say_what_would_be_right() {
     let app = e2e::spawn_app_with(|c| c.max_body_bytes = 64 * 1024).await;
     let tenant = app.create_tenant("teaching-clinic").await;
 
-    // A fractional quantity: the range, and the value sent, not serde's wording.
-    let reply = app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 1.5, "idempotency_key": "frac"})).await;
+    // A quantity with more than 6 decimal places: the rule, and the value sent, not serde's wording.
+    let reply = app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": 1.1234567, "idempotency_key": "frac"})).await;
     reply.expect_error(400, "VALIDATION_FAILED");
     assert_eq!(reply.body["error"]["details"]["field"], "quantity", "{}", reply.body);
     let message = reply.body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("whole number") && message.contains("1.5") && !message.contains("invalid type"), "{message}");
+    assert!(message.contains("6 decimal places") && message.contains("1.1234567") && !message.contains("invalid type"), "{message}");
+    let reply = app.post("/v1/usage", &tenant.key, json!({"metric": "api_calls", "quantity": [1], "idempotency_key": "list"})).await;
+    reply.expect_error(400, "VALIDATION_FAILED");
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("decimal string"), "{}", reply.body);
 
     // An unknown metric: every metric the tenant may record, each once.
     let reply = app.post("/v1/usage", &tenant.key, json!({"metric": "emails", "quantity": 1, "idempotency_key": "unknown"})).await;

@@ -69,7 +69,7 @@ async fn batches_accept_or_refuse_each_record_on_its_own() {
     let too_many: Vec<Value> = (0..1001).map(|i| json!({"metric": "sms", "quantity": 1, "idempotency_key": format!("x{i}")})).collect();
     app.post("/v1/usage/batch", &tenant.key, json!({"records": too_many})).await.expect_error(400, "VALIDATION_FAILED");
     app.post("/v1/usage/batch", &tenant.key, json!({"records": []})).await.expect_error(400, "VALIDATION_FAILED");
-    app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 1.5, "idempotency_key": "frac"}))
+    app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": "1.0000005", "idempotency_key": "frac"}))
         .await
         .expect_error(400, "VALIDATION_FAILED");
     app.post("/v1/usage", &tenant.key, json!({"metric": "sms", "quantity": 1})).await.expect_error(400, "VALIDATION_FAILED");
