@@ -113,11 +113,13 @@ async fn a_voided_fact_of_an_invoiced_period_is_credited_on_the_next_invoice_and
     assert_eq!(series(&app, &tenant).await, before);
 
     // The simulation re-runs the real billing: corrections included, every difference 0.00.
-    let sim = app
-        .post("/v1/admin/simulations", ADMIN_TOKEN, json!({"from": "2027-01-01T00:00:00Z", "to": "2027-05-01T00:00:00Z", "plans": []}))
-        .await
-        .expect(202)
-        .clone();
+    simulation_differs_nowhere(&app, "2027-01-01T00:00:00Z", "2027-05-01T00:00:00Z").await;
+}
+
+/// Runs a simulation with no candidate plans over `[from, to)` and asserts every month's
+/// difference is 0.00 (the real billing, re-run).
+pub(crate) async fn simulation_differs_nowhere(app: &TestApp, from: &str, to: &str) {
+    let sim = app.post("/v1/admin/simulations", ADMIN_TOKEN, json!({"from": from, "to": to, "plans": []})).await.expect(202).clone();
     let id = sim["id"].as_str().unwrap().to_owned();
     let done = loop {
         let s = app.get(&format!("/v1/admin/simulations/{id}"), ADMIN_TOKEN).await.expect(200).clone();
@@ -137,7 +139,8 @@ async fn series(app: &TestApp, tenant: &TestTenant) -> Value {
     app.get(path, &tenant.key).await.expect(200).clone()
 }
 
-async fn rebuild(app: &TestApp, name: &str) {
+/// Rebuilds projection `name` and waits until the new generation is live.
+pub(crate) async fn rebuild(app: &TestApp, name: &str) {
     let generation = |runs: &Value| runs.as_array().unwrap().iter().find(|r| r["name"] == name).map(|r| r["generation"].as_i64().unwrap());
     let before = generation(&app.get("/v1/admin/projections", ADMIN_TOKEN).await.expect(200).clone()).unwrap();
     app.post(&format!("/v1/admin/projections/{name}/rebuild"), ADMIN_TOKEN, json!({})).await.expect(202);
