@@ -56,7 +56,7 @@ async fn round(state: &AppState) -> Result<(), sqlx::Error> {
         }
         let now = state.now();
         for tenant_id in tenants {
-            let (lines, _) = commands::quota::report_at(pool, tenant_id, now).await?;
+            let (lines, _) = commands::quota::report_at(pool, state.usage().definitions(), tenant_id, now).await?;
             for line in lines {
                 let Some(limit) = line.limit else { continue };
                 for threshold in reached(line.used_whole(), limit) {

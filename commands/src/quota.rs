@@ -157,7 +157,12 @@ struct MeteredParts {
 /// allowance times the months it spans), exactly what its invoice will bill. The statement
 /// (`quota_snapshot`, `migrations/0012_generic_plans.sql`: planned once per connection) reads
 /// only the parts of the subscription's state it needs, whatever that state's size.
-pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
+pub async fn report_at(
+    pool: &PgPool,
+    definitions: &crate::metrics::MetricDefinitions,
+    tenant_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(Vec<QuotaLine>, i64), sqlx::Error> {
     let (month, next_month) = (month_start(now), add_months(month_start(now), 1));
     let row: QuotaRow = sqlx::query_as(
         "SELECT limits, addons, billing_period, period_start, period_end, bookings, events, users, api_calls, storage_bytes, last_position,
@@ -218,14 +223,14 @@ pub async fn report_at(pool: &PgPool, tenant_id: Uuid, now: DateTime<Utc>) -> Re
         // The metrics the plan prices beyond the built-in lines: their aggregate by their
         // definitions, no limit (a plan limits only the built-in quotas).
         let codes: Vec<&str> = charged.iter().map(String::as_str).collect();
-        let definitions = crate::metrics::MetricDefinitions::new(pool.clone()).resolve(&codes).await?;
+        let definitions = definitions.resolve(&codes).await?;
         let parts = metered.map(|m| m.0).unwrap_or_default();
         let mut priced: Vec<QuotaLine> = charged
             .iter()
             .map(|code| {
-                let used = match (definitions.get(code), parts.iter().find(|p| &p.metric == code)) {
-                    (Some(d), Some(p)) => d.figure_of(p.sum, p.max, p.last, p.distinct),
-                    _ => rust_decimal::Decimal::ZERO,
+                let used = match parts.iter().find(|p| &p.metric == code) {
+                    Some(p) => definitions[code].figure_of(p.sum, p.max, p.last, p.distinct),
+                    None => rust_decimal::Decimal::ZERO,
                 };
                 QuotaLine {
                     metric: code.clone(),

@@ -8,7 +8,6 @@ use domain::subscription::{
     BillableUsage, BoxFuture, Reading, Subscription, SubscriptionCommand, SubscriptionError, SubscriptionEvent, SubscriptionStatus,
     UsageMeter,
 };
-use domain::usage::metrics::MetricDefinition;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -32,20 +31,23 @@ pub struct PgUsageMeter {
 impl PgUsageMeter {
     /// A meter over `pool`.
     pub fn new(pool: PgPool) -> Arc<Self> {
-        Arc::new(Self { definitions: MetricDefinitions::new(pool.clone()), pool })
+        Self::with_definitions(pool.clone(), MetricDefinitions::new(pool))
+    }
+
+    /// A meter over `pool` aggregating by `definitions` (the process's, shared).
+    pub fn with_definitions(pool: PgPool, definitions: Arc<MetricDefinitions>) -> Arc<Self> {
+        Arc::new(Self { pool, definitions })
     }
 
     /// Each metric's figure from its parts (see [`MetricDefinition::figure_of`]).
     async fn figures(&self, rows: Vec<(i64, String, Parts)>) -> Result<Vec<(i64, String, Decimal)>, String> {
         let codes: Vec<&str> = rows.iter().map(|(_, m, _)| m.as_str()).collect::<HashSet<_>>().into_iter().collect();
+        // `resolve` answers every code asked (an undefined one with its implicit definition).
         let definitions = self.definitions.resolve(&codes).await.map_err(|e| e.to_string())?;
         Ok(rows
             .into_iter()
             .map(|(i, metric, (sum, max, last, distinct))| {
-                let figure = match definitions.get(&metric) {
-                    Some(d) => d.figure_of(sum, max, last, distinct),
-                    None => MetricDefinition::implicit(&metric).figure_of(sum, max, last, distinct),
-                };
+                let figure = definitions[&metric].figure_of(sum, max, last, distinct);
                 (i, metric, figure)
             })
             .collect())

@@ -55,8 +55,14 @@ impl Usage {
         Self { store, batches, corrections: None, definitions: crate::metrics::MetricDefinitions::new(pool.clone()), pool }
     }
 
+    /// With the process's metric definitions (shared with the billing meter and quota reads).
+    pub fn with_definitions(mut self, definitions: std::sync::Arc<crate::metrics::MetricDefinitions>) -> Self {
+        self.definitions = definitions;
+        self
+    }
+
     /// The metric definitions facts are recorded by.
-    pub fn definitions(&self) -> &crate::metrics::MetricDefinitions {
+    pub fn definitions(&self) -> &std::sync::Arc<crate::metrics::MetricDefinitions> {
         &self.definitions
     }
 

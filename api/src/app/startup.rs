@@ -84,7 +84,9 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
         ));
-        let meter: domain::subscription::SubscriptionServices = PgUsageMeter::new(pool.clone());
+        // One set of metric definitions (immutable once made) for recording, billing and quotas.
+        let definitions = commands::metrics::MetricDefinitions::new(pool.clone());
+        let meter: domain::subscription::SubscriptionServices = PgUsageMeter::with_definitions(pool.clone(), definitions.clone());
         let mut subscription_store = AggregateStore::new(pool.clone(), appender.clone(), meter, Vec::new(), on_commit.clone());
         if config.snapshot_every > 0 {
             let rules = SnapshotRules {
@@ -107,7 +109,8 @@ impl Application {
             AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()),
             pool.clone(),
         )
-        .with_corrections(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
+        .with_corrections(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()))
+        .with_definitions(definitions);
         let books = commands::books::Books::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));
         let metrics =
             commands::metrics::Metrics::new(AggregateStore::new(pool.clone(), appender.clone(), (), Vec::new(), on_commit.clone()));

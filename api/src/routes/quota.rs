@@ -47,7 +47,7 @@ async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>,
     // primary would; if it fails, the primary answers.
     let needed = last.unwrap_or(0);
     if let Some(replica) = state.replicas().serving(needed).cloned() {
-        match report_at(&replica, caller.tenant_id, now).await {
+        match report_at(&replica, state.usage().definitions(), caller.tenant_id, now).await {
             Ok((lines, own)) => {
                 crate::consistency::served_by(true);
                 crate::consistency::appended(needed);
@@ -63,8 +63,10 @@ async fn read(state: &AppState, caller: &TenantCaller) -> Result<Vec<QuotaLine>,
         }
     }
     crate::consistency::served_by(false);
-    let (lines, read_at) =
-        crate::consistency::read_own_writes_at(state, || async { Ok(report_at(state.pool(), caller.tenant_id, now).await?) }).await?;
+    let (lines, read_at) = crate::consistency::read_own_writes_at(state, || async {
+        Ok(report_at(state.pool(), state.usage().definitions(), caller.tenant_id, now).await?)
+    })
+    .await?;
     if let Some(position) = read_at {
         state.quotas().put(caller.tenant_id, position, month, &lines);
     }

@@ -102,14 +102,12 @@ pub fn decimal_quantity(sent: &Value) -> Result<Decimal, ApiError> {
     }
 }
 
-/// The definitions of the metrics `names` (those not built in read from the catalog; cached).
+/// The definitions of the metrics `names` (kept in memory once read: a built-in's, or any
+/// defined one's, costs no read).
 async fn definitions(state: &AppState, names: &[&str]) -> Result<HashMap<String, MetricDefinition>, ApiError> {
     let mut asked: Vec<&str> = names.iter().copied().filter(|m| MetricName::parse(m).is_ok()).collect();
     asked.sort_unstable();
     asked.dedup();
-    if asked.iter().all(|m| MetricName::is_built_in(m)) {
-        return Ok(asked.into_iter().map(|m| (m.to_owned(), MetricDefinition::implicit(m))).collect());
-    }
     Ok(state.usage().definitions().resolve(&asked).await?)
 }
 
