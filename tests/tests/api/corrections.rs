@@ -7,18 +7,7 @@
 use e2e::{spawn_app_with, TestApp, TestTenant, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
-fn lines(invoice: &Value) -> Vec<(String, String)> {
-    invoice["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| (l["kind"].as_str().unwrap().to_owned(), l["amount"].as_str().unwrap().to_owned()))
-        .collect()
-}
-
-fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
-    expected.iter().map(|(k, a)| ((*k).to_owned(), (*a).to_owned())).collect()
-}
+use crate::late_usage::{lines, pairs};
 
 async fn record(app: &TestApp, tenant: &TestTenant, metric: &str, quantity: u64, key: &str, occurred_at: &str) {
     app.post("/v1/usage", &tenant.key, json!({"metric": metric, "quantity": quantity, "idempotency_key": key, "occurred_at": occurred_at}))

@@ -9,7 +9,7 @@ async fn invoices(app: &TestApp, tenant: &TestTenant) -> Vec<Value> {
 }
 
 /// `(kind, amount)` of each line.
-fn lines(invoice: &Value) -> Vec<(String, String)> {
+pub(crate) fn lines(invoice: &Value) -> Vec<(String, String)> {
     invoice["lines"]
         .as_array()
         .unwrap()
@@ -18,7 +18,8 @@ fn lines(invoice: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+/// `(kind, amount)` pairs as owned strings.
+pub(crate) fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
     expected.iter().map(|(k, a)| ((*k).to_owned(), (*a).to_owned())).collect()
 }
 
