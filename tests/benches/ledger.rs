@@ -15,7 +15,9 @@
 //! 1. command throughput: `POST /v1/usage` and `POST /v1/bookings` at each concurrency, spread
 //!    over the tenants (each booking on its own slot of one of each tenant's rooms), next to
 //!    `pgbench` single-row INSERTs of an event-sized row into a copy of `events` at the same
-//!    concurrency; `POST /v1/usage/batch` (1,000 facts) next to 1,000-row INSERTs;
+//!    concurrency, both also driven by `wrk` where it is installed (each booking phase starts
+//!    with the read models caught up); `POST /v1/usage/batch` (1,000 facts) next to 1,000-row
+//!    INSERTs;
 //! 2. where a command's time goes, from the server's own `/metrics`: the request, the command
 //!    (load, decide, append), the wait for read models, the sequencer and projector batches;
 //! 3. `GET /v1/quota/api_calls` at 32 clients;
@@ -40,8 +42,9 @@
 //! 10. replica reads (`ledger/replicas.rs`): `GET /v1/quota/api_calls` served by a primary alone
 //!     and with a hot standby as its replica, one run. `BENCH_ONLY=replicas` runs it alone.
 //!
-//! For quick comparisons: `BENCH_ONLY=commands` runs phases 1 and 2 alone and only prints them,
-//! and `BENCH_COMMANDS` (default `usage,bookings,batch`) picks the command phases.
+//! For quick comparisons: `BENCH_ONLY=commands` runs phases 1 and 2 alone and only prints them
+//! (`BENCH_KEEP_DB` keeps its database too), and `BENCH_COMMANDS` (default
+//! `usage,wrk,bookings,batch`) picks the command phases.
 //!
 //! Prints the tables and writes them to `bench/results/<date>.md`.
 
@@ -692,6 +695,7 @@ async fn run() {
         }
     }
     for &c in clients.iter().filter(|_| runs("bookings")) {
+        settled(&pool).await;
         let (http2, tenants2) = (http.clone(), tenants.clone());
         let base = c as i64 * 1_000_000;
         let (ours, tps) = against_pgbench(&url, EVENT_ROW, c, secs, move |n| {
@@ -713,6 +717,21 @@ async fn run() {
         .await;
         rows.push(ours.row_against("`POST /v1/bookings`", c, tps));
         eprintln!("{}", rows.last().expect("a row"));
+    }
+    // Bookings by the external load generator too (the figure issue 31 asks for).
+    if runs("wrk") && runs("bookings") && wrk::available() {
+        let keys: Vec<String> = tenants.iter().map(|t| t.key.clone()).collect();
+        let rooms: Vec<Vec<String>> = tenants.iter().map(|t| t.rooms.clone()).collect();
+        for &c in &clients {
+            settled(&pool).await;
+            let (per_second, failed, tps) = wrk::bookings(&server.address, &url, &keys, &rooms, c, secs);
+            rows.push(format!(
+                "| `POST /v1/bookings` by `wrk -t2 -c{c}`, {c} clients | {per_second:.0} req/s | | | {tps:.0} tps ({} clients) | **{:.2}** | {failed} |",
+                c.min(PGBENCH_MAX_CLIENTS),
+                per_second / tps
+            ));
+            eprintln!("{}", rows.last().expect("a row"));
+        }
     }
     let bookings_after = http.metrics().await;
     if runs("batch") {
@@ -815,6 +834,10 @@ async fn run() {
         println!("{out}");
         drop(server);
         pool.close().await;
+        if std::env::var_os("BENCH_KEEP_DB").is_some() {
+            eprintln!("kept database {db}");
+            return;
+        }
         if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await
         {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;

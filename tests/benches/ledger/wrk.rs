@@ -1,7 +1,7 @@
-//! `POST /v1/usage` driven by an external load generator (`wrk`, 2 threads), as a user's own
-//! load test would be (issue 31): the server answers a client that is not this process, and
-//! the figure does not depend on our own client's cost. Alternates, like the rest of the bench,
-//! with `pgbench` single-row INSERTs at the same concurrency.
+//! `POST /v1/usage` and `POST /v1/bookings` driven by an external load generator (`wrk`, 2
+//! threads), as a user's own load test would be (issue 31): the server answers a client that is
+//! not this process, and the figure does not depend on our own client's cost. Alternates, like
+//! the rest of the bench, with `pgbench` single-row INSERTs at the same concurrency.
 
 use std::process::Command;
 
@@ -16,16 +16,42 @@ pub fn available() -> bool {
 /// connections for `secs` in all, alternating with `pgbench`: (requests/s, non-2xx answers,
 /// raw INSERT tps).
 pub fn usage(base: &str, url: &str, keys: &[String], run: &str, clients: usize, secs: u64) -> (f64, u64, f64) {
-    let script = std::env::temp_dir().join(format!("sl-bench-wrk-{}.lua", uuid::Uuid::now_v7()));
-    let keys_lua: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
-    std::fs::write(
-        &script,
-        format!(
-            r#"local keys = {{{keys}}}
+    let request = format!(
+        r#"  local body = '{{"metric":"api_calls","quantity":1,"idempotency_key":"{run}-{clients}-' .. round .. '-' .. tid .. '-' .. n .. '"}}'
+  return wrk.format("POST", "/v1/usage", {{["Authorization"] = "Bearer " .. keys[(n % #keys) + 1], ["Content-Type"] = "application/json"}}, body)"#
+    );
+    drive(base, url, &lua(keys, &[], &request), "/v1/usage", clients, secs)
+}
+
+/// `wrk` booking rooms: each request a distinct 10-minute slot (none overlaps another, in this
+/// phase or the bench's own booking phases), of the next tenant's rooms in turn (`keys[i]` owns
+/// `rooms[i]`); as [`usage`] otherwise.
+pub fn bookings(base: &str, url: &str, keys: &[String], rooms: &[Vec<String>], clients: usize, secs: u64) -> (f64, u64, f64) {
+    // Slots after the bench's own booking phases' (those start at 2030 + clients × 10^6 slots).
+    let first = 200_000_000 + clients as u64 * 1_000_000;
+    let request = format!(
+        r#"  local k = (n % #keys) + 1
+  local mine = rooms[k]
+  local room = mine[(math.floor(n / #keys) % #mine) + 1]
+  local start = 1893456000 + ({first} + (round * 2 + tid) * 100000 + n) * 600
+  local body = '{{"resource_id":"' .. room .. '","starts_at":"' .. os.date("!%Y-%m-%dT%H:%M:%SZ", start) .. '","ends_at":"' .. os.date("!%Y-%m-%dT%H:%M:%SZ", start + 300) .. '","customer":{{"name":"Bench","email":"bench@example.com"}}}}'
+  return wrk.format("POST", "/v1/bookings", {{["Authorization"] = "Bearer " .. keys[k], ["Content-Type"] = "application/json"}}, body)"#
+    );
+    drive(base, url, &lua(keys, rooms, &request), "/v1/bookings", clients, secs)
+}
+
+/// A `wrk` script: the keys (and rooms) as tables, a thread number and round, and `request`
+/// (Lua, with `n` counting this thread's requests) as the request function's body.
+fn lua(keys: &[String], rooms: &[Vec<String>], request: &str) -> String {
+    let quoted = |items: &[String]| items.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ");
+    let rooms: Vec<String> = rooms.iter().map(|r| format!("{{{}}}", quoted(r))).collect();
+    format!(
+        r#"local keys = {{{keys}}}
+local rooms = {{{rooms}}}
 local next_id = 0
-round = "0"
+round = 0
 function init(args)
-  round = args[1] or "0"
+  round = tonumber(args[1] or "0")
 end
 function setup(thread)
   thread:set("tid", next_id)
@@ -34,21 +60,25 @@ end
 local n = 0
 request = function()
   n = n + 1
-  local body = '{{"metric":"api_calls","quantity":1,"idempotency_key":"{run}-{clients}-' .. round .. '-' .. tid .. '-' .. n .. '"}}'
-  return wrk.format("POST", "/v1/usage", {{["Authorization"] = "Bearer " .. keys[(n % #keys) + 1], ["Content-Type"] = "application/json"}}, body)
+{request}
 end
 "#,
-            keys = keys_lua.join(", "),
-        ),
+        keys = quoted(keys),
+        rooms = rooms.join(", "),
     )
-    .expect("a temporary file");
+}
+
+/// Runs `script` against `path` in [`SLICES`] slices, each followed by `pgbench` for as long.
+fn drive(base: &str, url: &str, script: &str, path: &str, clients: usize, secs: u64) -> (f64, u64, f64) {
+    let file = std::env::temp_dir().join(format!("sl-bench-wrk-{}.lua", uuid::Uuid::now_v7()));
+    std::fs::write(&file, script).expect("a temporary file");
     let slice = (secs / SLICES).max(1);
     let (mut requests, mut seconds, mut failed, mut tps) = (0.0, 0.0, 0u64, 0.0);
     for round in 0..SLICES {
         let output = Command::new("wrk")
             .args(["-t", "2", "-c", &clients.to_string(), "-d", &format!("{slice}s"), "-s"])
-            .arg(&script)
-            .arg(format!("{base}/v1/usage"))
+            .arg(&file)
+            .arg(format!("{base}{path}"))
             .args(["--", &round.to_string()])
             .output()
             .expect("wrk runs");
@@ -63,6 +93,6 @@ end
         seconds += slice as f64;
         tps += pgbench(url, EVENT_ROW, clients, slice) / SLICES as f64;
     }
-    let _ = std::fs::remove_file(&script);
+    let _ = std::fs::remove_file(&file);
     (requests / seconds, failed, tps)
 }
