@@ -685,12 +685,7 @@ async fn run() {
     if runs("wrk") && wrk::available() {
         let keys: Vec<String> = tenants.iter().map(|t| t.key.clone()).collect();
         for &c in &clients {
-            let (per_second, failed, tps) = wrk::usage(&server.address, &url, &keys, &run, c, secs);
-            rows.push(format!(
-                "| `POST /v1/usage` by `wrk -t2 -c{c}`, {c} clients | {per_second:.0} req/s | | | {tps:.0} tps ({} clients) | **{:.2}** | {failed} |",
-                c.min(PGBENCH_MAX_CLIENTS),
-                per_second / tps
-            ));
+            rows.push(wrk::row("`POST /v1/usage`", c, wrk::usage(&server.address, &url, &keys, &run, c, secs)));
             eprintln!("{}", rows.last().expect("a row"));
         }
     }
@@ -724,12 +719,7 @@ async fn run() {
         let rooms: Vec<Vec<String>> = tenants.iter().map(|t| t.rooms.clone()).collect();
         for &c in &clients {
             settled(&pool).await;
-            let (per_second, failed, tps) = wrk::bookings(&server.address, &url, &keys, &rooms, c, secs);
-            rows.push(format!(
-                "| `POST /v1/bookings` by `wrk -t2 -c{c}`, {c} clients | {per_second:.0} req/s | | | {tps:.0} tps ({} clients) | **{:.2}** | {failed} |",
-                c.min(PGBENCH_MAX_CLIENTS),
-                per_second / tps
-            ));
+            rows.push(wrk::row("`POST /v1/bookings`", c, wrk::bookings(&server.address, &url, &keys, &rooms, c, secs)));
             eprintln!("{}", rows.last().expect("a row"));
         }
     }
@@ -834,14 +824,7 @@ async fn run() {
         println!("{out}");
         drop(server);
         pool.close().await;
-        if std::env::var_os("BENCH_KEEP_DB").is_some() {
-            eprintln!("kept database {db}");
-            return;
-        }
-        if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await
-        {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
-        }
+        drop_unless_kept(&db).await;
         return;
     }
 
@@ -1048,6 +1031,11 @@ async fn run() {
     std::fs::create_dir_all(&dir).expect("the results folder");
     std::fs::write(dir.join(format!("{date}.md")), &out).expect("the results file");
     println!("written to bench/results/{date}.md");
+    drop_unless_kept(&db).await;
+}
+
+/// Drops the run's database `db`, unless `BENCH_KEEP_DB` is set (then says which it kept).
+async fn drop_unless_kept(db: &str) {
     if std::env::var_os("BENCH_KEEP_DB").is_some() {
         eprintln!("kept database {db}");
         return;
@@ -1130,10 +1118,5 @@ async fn simulation_phase(out: &mut String) {
     );
     drop(server);
     pool.close().await;
-    if std::env::var_os("BENCH_KEEP_DB").is_none() {
-        if let Ok(admin) = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", e2e::server_url())).await
-        {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await;
-        }
-    }
+    drop_unless_kept(&db).await;
 }

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use super::{pgbench, EVENT_ROW, SLICES};
+use super::{pgbench, EVENT_ROW, PGBENCH_MAX_CLIENTS, SLICES};
 
 /// Whether `wrk` is installed (Debian package `wrk`).
 pub fn available() -> bool {
@@ -38,6 +38,15 @@ pub fn bookings(base: &str, url: &str, keys: &[String], rooms: &[Vec<String>], c
   return wrk.format("POST", "/v1/bookings", {{["Authorization"] = "Bearer " .. keys[k], ["Content-Type"] = "application/json"}}, body)"#
     );
     drive(base, url, &lua(keys, rooms, &request), "/v1/bookings", clients, secs)
+}
+
+/// The table row of a `wrk` measurement of `what` at `clients`: (requests/s, non-2xx, raw tps).
+pub fn row(what: &str, clients: usize, (per_second, failed, tps): (f64, u64, f64)) -> String {
+    format!(
+        "| {what} by `wrk -t2 -c{clients}`, {clients} clients | {per_second:.0} req/s | | | {tps:.0} tps ({} clients) | **{:.2}** | {failed} |",
+        clients.min(PGBENCH_MAX_CLIENTS),
+        per_second / tps
+    )
 }
 
 /// A `wrk` script: the keys (and rooms) as tables, a thread number and round, and `request`
